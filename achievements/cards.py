@@ -1,0 +1,72 @@
+"""What a badge card shows, as plain data.
+
+Pages and pushed frames render the same card partial from these dicts, so a
+progress bar looks the same whether it came with the page or over the socket.
+The dicts hold only JSON-friendly values because they travel through the
+channel layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+from django.utils.formats import date_format
+from django.utils.timezone import localtime
+
+from achievements import rules
+from achievements.models import Badge, RequirementProgress, UserBadge, format_number
+
+Card = dict[str, Any]
+
+
+def cards_for_user(
+    user_id: int, *, badge_ids: Iterable[int] | None = None, event_types: Iterable[str] | None = None
+) -> list[Card]:
+    """Cards for the user's active badges (optionally only some), in display order."""
+    badges = Badge.objects.active().prefetch_related("requirements")
+    if badge_ids is not None:
+        badges = badges.filter(pk__in=list(badge_ids))
+    if event_types is not None:
+        badges = badges.filter(requirements__event_type__in=list(event_types)).distinct()
+    badges_list = list(badges)
+    user_badges = {
+        ub.badge_id: ub
+        for ub in UserBadge.objects.filter(user_id=user_id, badge__in=badges_list)
+    }
+    values = dict(
+        RequirementProgress.objects.filter(
+            user_id=user_id, requirement__badge__in=badges_list
+        ).values_list("requirement_id", "value")
+    )
+    return [_card(badge, user_badges.get(badge.pk), values) for badge in badges_list]
+
+
+def _card(badge: Badge, user_badge: UserBadge | None, values: dict[int, Decimal]) -> Card:
+    requirements = list(badge.requirements.all())
+    status = rules.badge_status([(r.as_rule(), values.get(r.pk, Decimal(0))) for r in requirements])
+    completed_at = user_badge.completed_at if user_badge else None
+    return {
+        "id": badge.pk,
+        "key": badge.key,
+        "name": badge.name,
+        "description": badge.description,
+        "icon": badge.icon,
+        "percent": 100 if completed_at else status.percent,
+        "current": format_number(status.current),
+        "target": format_number(status.target),
+        "completed": completed_at is not None,
+        "completed_at": completed_at.isoformat() if completed_at else None,
+        "completed_on": (
+            date_format(localtime(completed_at), "DATE_FORMAT") if completed_at else ""
+        ),
+        "requirements": [
+            {
+                "label": r.unit_label(),
+                "current": format_number(min(values.get(r.pk, Decimal(0)), r.threshold)),
+                "target": format_number(r.threshold),
+            }
+            for r in requirements
+        ],
+    }

@@ -1,0 +1,171 @@
+"""Recording events (the outbox) and handing them to the evaluator."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, close_old_connections, transaction
+from django.utils import timezone
+
+from achievements import rules
+from achievements.models import Event
+
+logger = logging.getLogger(__name__)
+
+EVENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
+SOURCE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$")
+PAYLOAD_MAX_BYTES = 16_384
+
+
+class InvalidEvent(ValueError):
+    """An event that cannot be recorded; `field` names the offending argument."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    event: Event
+    created: bool
+
+    @property
+    def duplicate(self) -> bool:
+        return not self.created
+
+
+def record_event(
+    user: AbstractBaseUser,
+    event_type: str,
+    *,
+    payload: dict[str, Any] | None = None,
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+    source: str = "app",
+) -> RecordedEvent:
+    """Record that `user` did `event_type`, and evaluate it once the caller commits.
+
+    Call it inside the transaction that saves the producer's own row, so the
+    event exists exactly when that row does. Pass a stable `event_id` derived
+    from that row (e.g. "visit-42") and a retry of the same action is
+    recognised as a duplicate instead of counting twice. Raises InvalidEvent,
+    before writing anything, when an argument is unusable.
+    """
+    payload = {} if payload is None else payload
+    event_id = uuid.uuid4().hex if event_id is None else event_id
+    occurred_at = timezone.now() if occurred_at is None else occurred_at
+    _validate(user, event_type, payload, event_id, occurred_at, source)
+
+    try:
+        # A savepoint, so a duplicate id does not break the caller's transaction.
+        with transaction.atomic():
+            event = Event.objects.create(
+                event_id=event_id,
+                event_type=event_type,
+                user=user,
+                occurred_at=occurred_at,
+                source=source,
+                payload=payload,
+            )
+    except IntegrityError:
+        existing = Event.objects.filter(event_id=event_id).first()
+        if existing is None:
+            raise
+        return RecordedEvent(existing, created=False)
+
+    transaction.on_commit(partial(enqueue_evaluation, event.pk))
+    return RecordedEvent(event, created=True)
+
+
+def _validate(
+    user: AbstractBaseUser,
+    event_type: str,
+    payload: Any,
+    event_id: Any,
+    occurred_at: Any,
+    source: Any,
+) -> None:
+    if user is None or getattr(user, "pk", None) is None:
+        raise InvalidEvent("user", "must be a saved user")
+    problem = rules.event_type_problem(event_type)
+    if problem:
+        raise InvalidEvent("event_type", problem)
+    if not isinstance(event_id, str) or not EVENT_ID_PATTERN.match(event_id):
+        raise InvalidEvent(
+            "event_id", "must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"
+        )
+    if not isinstance(source, str) or not SOURCE_PATTERN.match(source):
+        raise InvalidEvent(
+            "source", "must be 1-64 characters of letters, digits, '.', '_', ':' or '-'"
+        )
+    if not isinstance(occurred_at, datetime):
+        raise InvalidEvent("occurred_at", "must be a datetime")
+    if timezone.is_naive(occurred_at):
+        raise InvalidEvent("occurred_at", "must be time-zone aware")
+    if not isinstance(payload, dict):
+        raise InvalidEvent("payload", f"must be a JSON object, not {type(payload).__name__}")
+    try:
+        encoded = json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidEvent("payload", f"must be JSON-serialisable ({exc})") from None
+    if len(encoded.encode()) > PAYLOAD_MAX_BYTES:
+        raise InvalidEvent("payload", f"must be at most {PAYLOAD_MAX_BYTES} bytes as JSON")
+
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def enqueue_evaluation(event_pk: int) -> None:
+    """Hand a committed event to the evaluator, according to ACCOLADE_TASK_MODE.
+
+    Only the primary key travels: the worker loads the row itself, so it sees
+    exactly what was committed.
+    """
+    mode = getattr(settings, "ACCOLADE_TASK_MODE", "celery")
+    if mode == "celery":
+        from achievements.tasks import evaluate_event_task
+
+        evaluate_event_task.delay(event_pk)
+    elif mode == "thread":
+        _thread_executor().submit(_evaluate_in_thread, event_pk)
+    elif mode == "sync":
+        from achievements.actions import evaluate_event
+
+        evaluate_event(event_pk)
+    else:
+        raise ValueError(f"unknown ACCOLADE_TASK_MODE {mode!r}")
+
+
+def _thread_executor() -> ThreadPoolExecutor:
+    # One thread: evaluations in the embedded mode run one at a time, which
+    # keeps SQLite's single writer free for request threads in between.
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="accolade-evaluate")
+        return _executor
+
+
+def _evaluate_in_thread(event_pk: int) -> None:
+    from achievements.actions import evaluate_event
+
+    try:
+        evaluate_event(event_pk)
+    except Exception:
+        logger.exception("Evaluating event %s failed", event_pk)
+    finally:
+        close_old_connections()

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import transaction
+
+from achievements import rules
+from achievements.models import Badge, BadgeRequirement
+from examples.places.models import Place
+
+DEMO_PASSWORD = "accolade-demo"
+
+DEMO_PLACES = [
+    "Lisbon", "Kyoto", "Reykjavík", "Cape Town", "Montréal", "Oaxaca",
+    "Tallinn", "Hobart", "Marrakesh", "Valparaíso", "Hanoi", "Bergen",
+]
+
+DEMO_BADGES = [
+    {
+        "key": "places_visited_5",
+        "name": "5 Places Visited",
+        "description": "Visit five different places.",
+        "icon": "🧭",
+        "sort_order": 10,
+        "requirements": [
+            {
+                "event_type": "visit.created",
+                "aggregation": rules.Aggregation.DISTINCT,
+                "field": "place_id",
+                "threshold": Decimal(5),
+                "label": "different places",
+            }
+        ],
+    },
+    {
+        "key": "images_posted_10",
+        "name": "10 Images Posted",
+        "description": "Post ten photos.",
+        "icon": "📸",
+        "sort_order": 20,
+        "requirements": [
+            {
+                "event_type": "image.posted",
+                "aggregation": rules.Aggregation.COUNT,
+                "field": "",
+                "threshold": Decimal(10),
+                "label": "images posted",
+            }
+        ],
+    },
+]
+
+
+class Command(BaseCommand):
+    help = "Create demo users, places and badges. Safe to run again: it updates in place."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--quiet-logins", action="store_true", help="Do not print the demo log-ins."
+        )
+
+    @transaction.atomic
+    def handle(self, *args: Any, **options: Any) -> None:
+        User = get_user_model()
+        for name in DEMO_PLACES:
+            Place.objects.get_or_create(name=name)
+
+        for spec in DEMO_BADGES:
+            requirements = spec["requirements"]
+            badge, _ = Badge.objects.update_or_create(
+                key=spec["key"],
+                defaults={k: v for k, v in spec.items() if k not in {"key", "requirements"}},
+            )
+            # Replace the requirements only when they differ, so re-seeding
+            # does not throw away users' progress on unchanged rules.
+            current = [
+                {
+                    "event_type": r.event_type,
+                    "aggregation": r.aggregation,
+                    "field": r.field,
+                    "threshold": Decimal(r.threshold),
+                    "label": r.label,
+                }
+                for r in badge.requirements.all()
+            ]
+            if current != requirements:
+                badge.requirements.all().delete()
+                for requirement in requirements:
+                    BadgeRequirement.objects.create(badge=badge, **requirement)
+
+        logins = [("alice", False), ("bob", False), ("admin", True)]
+        for username, is_staff in logins:
+            user, created = User.objects.get_or_create(
+                username=username, defaults={"is_staff": is_staff, "is_superuser": is_staff}
+            )
+            if created:
+                user.set_password(DEMO_PASSWORD)
+                user.save()
+
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Demo data ready: {len(DEMO_PLACES)} places, {len(DEMO_BADGES)} badges."
+            )
+        )
+        if not options["quiet_logins"]:
+            self.stdout.write("Demo log-ins (password for each: %s):" % DEMO_PASSWORD)
+            self.stdout.write("  alice, bob  – ordinary users")
+            self.stdout.write("  admin       – staff, for /admin/")

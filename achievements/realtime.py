@@ -1,0 +1,116 @@
+"""The only module that talks to the channel layer.
+
+Workers call notify_* after their transaction commits; the consumer in
+achievements.consumers turns each message type into rendered HTML for the
+page. Who receives a message is decided here, by the sender, from the user id
+the engine loaded: a socket never chooses its own group.
+
+Sending from synchronous code needs an event loop. Building one per call (what
+async_to_sync does outside a server) costs milliseconds and, with
+channels_redis, leaves connections bound to dead loops. Instead each process
+keeps one long-lived loop in a daemon thread and submits sends to it. In the
+embedded mode the in-memory layer's queues belong to the server's loop, so
+sends are submitted to that loop, which the consumer registers when a socket
+connects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Coroutine, Iterable
+from concurrent.futures import Future
+from typing import Any
+
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+
+from achievements.cards import cards_for_user
+
+logger = logging.getLogger(__name__)
+
+SEND_TIMEOUT_SECONDS = 5.0
+
+
+def user_group(user_id: int) -> str:
+    """The channel-layer group every open page of one user listens on."""
+    return f"user.{int(user_id)}"
+
+
+def notify_badge_changes(
+    *, user_id: int, badge_ids: Iterable[int], unlocked_badge_ids: Iterable[int] = ()
+) -> None:
+    """Push fresh cards for changed badges, and a toast for each unlock."""
+    unlocked = set(unlocked_badge_ids)
+    messages = [
+        {
+            "type": "achievement.unlocked" if card["id"] in unlocked else "progress.updated",
+            "card": card,
+        }
+        for card in cards_for_user(user_id, badge_ids=badge_ids)
+    ]
+    send_to_group(user_group(user_id), messages)
+
+
+def send_to_group(group: str, messages: list[dict[str, Any]]) -> None:
+    """Send messages to a group, in order. Best effort: a push is never worth failing a task."""
+    layer = get_channel_layer()
+    if layer is None or not messages:
+        return
+
+    async def send_all() -> None:
+        for message in messages:
+            await layer.group_send(group, message)
+
+    try:
+        _submit(layer, send_all()).result(timeout=SEND_TIMEOUT_SECONDS)
+    except Exception:
+        logger.exception("Pushing %d message(s) to %s failed", len(messages), group)
+
+
+# --- one event loop per process for sends -----------------------------------
+
+_server_loop: asyncio.AbstractEventLoop | None = None
+_sender_loop: asyncio.AbstractEventLoop | None = None
+_sender_pid: int | None = None
+_sender_lock = threading.Lock()
+
+
+def register_server_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Remember the loop serving sockets, for in-memory layer sends from other threads."""
+    global _server_loop
+    _server_loop = loop
+
+
+def _submit(layer: Any, coroutine: Coroutine[Any, Any, None]) -> Future[None]:
+    if isinstance(layer, InMemoryChannelLayer):
+        loop = _server_loop
+        if loop is None or loop.is_closed():
+            # No socket has connected in this process, so nobody can listen.
+            coroutine.close()
+            done: Future[None] = Future()
+            done.set_result(None)
+            return done
+        try:
+            if asyncio.get_running_loop() is loop:
+                raise RuntimeError("send_to_group must not be called from the server loop")
+        except RuntimeError as exc:
+            if "server loop" in str(exc):
+                raise
+        return asyncio.run_coroutine_threadsafe(coroutine, loop)
+    return asyncio.run_coroutine_threadsafe(coroutine, _process_sender_loop())
+
+
+def _process_sender_loop() -> asyncio.AbstractEventLoop:
+    """This process's long-lived send loop, started on first use (and again after a fork)."""
+    global _sender_loop, _sender_pid
+    with _sender_lock:
+        if _sender_loop is None or _sender_pid != os.getpid() or _sender_loop.is_closed():
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(
+                target=loop.run_forever, name="accolade-channel-sender", daemon=True
+            )
+            thread.start()
+            _sender_loop, _sender_pid = loop, os.getpid()
+        return _sender_loop

@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from achievements import views
+
+app_name = "achievements"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("badges/", views.badges, name="badges"),
+]

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET
+
+from achievements.cards import cards_for_user
+
+
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect("achievements:badges")
+    return render(request, "achievements/home.html")
+
+
+@require_GET
+@login_required
+def badges(request: HttpRequest) -> HttpResponse:
+    cards = cards_for_user(request.user.pk)
+    earned = [card for card in cards if card["completed"]]
+    in_progress = [card for card in cards if not card["completed"]]
+    return render(
+        request,
+        "achievements/badges.html",
+        {"earned": earned, "in_progress": in_progress, "total": len(cards)},
+    )

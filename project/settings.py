@@ -1,0 +1,214 @@
+"""Accolade settings.
+
+Everything that differs between a laptop and a deployment comes from the
+environment (see project/env.py for the readers and README for the list).
+With REDIS_URL unset the site runs embedded: SQLite, an in-memory channel
+layer and evaluation in a background thread of the web process, so a fresh
+machine needs nothing but Python.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from project.env import (
+    database_config,
+    env_bool,
+    env_identifier,
+    env_int,
+    env_list,
+    env_str,
+    redis_urls,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DEBUG", False)
+
+_secret_key = env_str("SECRET_KEY")
+if not _secret_key:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set. Set it to a long random string, "
+            "or set DEBUG=1 for local development."
+        )
+    _secret_key = "django-insecure-accolade-development-only"
+SECRET_KEY = _secret_key
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# Used as the Celery queue name, the cache key prefix and the channel-layer
+# prefix, so two deployments (or a test run) can share one Redis safely.
+ACCOLADE_NAMESPACE = env_identifier("ACCOLADE_NAMESPACE", "accolade")
+
+INSTALLED_APPS = [
+    # daphne first: its runserver replaces Django's, serving HTTP and
+    # WebSockets from one process.
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_celery_results",
+    "django_htmx",
+    "template_partials",
+    "achievements",
+    "accounts",
+    # The example producer: how a host application plugs into Accolade.
+    "examples.places",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+ASGI_APPLICATION = "project.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+            "builtins": ["template_partials.templatetags.partials"],
+        },
+    },
+]
+
+DATABASES = {"default": database_config("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The embedded mode writes from request threads and the evaluation thread
+    # at once: WAL lets readers proceed during a write, IMMEDIATE takes the
+    # write lock up front instead of failing on upgrade, and the timeout waits
+    # for it rather than raising "database is locked".
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+_redis = redis_urls("REDIS_URL")
+ACCOLADE_EMBEDDED = _redis is None
+# How recorded events reach the evaluator: "celery" (a worker, through the
+# broker), "thread" (a background thread of this process; the embedded mode)
+# or "sync" (inline after commit; tests).
+ACCOLADE_TASK_MODE = "thread" if ACCOLADE_EMBEDDED else "celery"
+
+if _redis is None:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # No broker: tasks run in a background thread of the process that
+    # recorded the event (see achievements.events.enqueue_evaluation).
+    CELERY_BROKER_URL = "memory://"
+    CELERY_TASK_ALWAYS_EAGER = True
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": _redis["cache"],
+            "KEY_PREFIX": ACCOLADE_NAMESPACE,
+        }
+    }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # redis-py 8 gives sockets a 5 s timeout by default, which
+                # breaks the layer's blocking receive (channels_redis#422), and
+                # caps the pool at 100 connections; both are lifted here.
+                "hosts": [
+                    {
+                        "address": _redis["channels"],
+                        "socket_timeout": None,
+                        "max_connections": env_int("CHANNEL_LAYER_MAX_CONNECTIONS", 1000, minimum=1),
+                    }
+                ],
+                "prefix": f"{ACCOLADE_NAMESPACE}:asgi",
+                # Capacity is shared by every socket of one Daphne process and
+                # overflow is dropped silently, so it is sized well above the
+                # default of 100.
+                "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1500, minimum=1),
+                "expiry": 60,
+                "group_expiry": 3600,
+            },
+        }
+    }
+    CELERY_BROKER_URL = _redis["broker"]
+
+# Celery. Evaluation must survive a worker dying mid-task: acknowledge only
+# after the task ran, and hand the message back if the worker process is lost.
+# The task itself is idempotent per event (see achievements.actions).
+CELERY_TASK_DEFAULT_QUEUE = ACCOLADE_NAMESPACE
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 4
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_BACKEND = "django-db"
+CELERY_RESULT_EXTENDED = True
+CELERY_TIMEZONE = "UTC"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "accounts:login"
+LOGIN_REDIRECT_URL = "achievements:badges"
+LOGOUT_REDIRECT_URL = "accounts:login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+# Serve straight from the source folders as well, so the site works without a
+# collectstatic step; production runs collectstatic anyway (see README).
+WHITENOISE_USE_FINDERS = True
+
+MEDIA_URL = "/media/"
+MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / "media")) or BASE_DIR / "media")
+
+# Uploaded images are small; anything larger is refused by the form.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "achievements": {"level": env_str("ACCOLADE_LOG_LEVEL", "INFO"), "propagate": True},
+    },
+}

@@ -1,0 +1,60 @@
+/* Accolade page behaviour: toast dismissal, live-connection status, reconnects.
+ * No inline scripts anywhere, so a strict content security policy can allow
+ * only the vendored files. */
+(function () {
+  "use strict";
+
+  var MAX_TOASTS = 4;
+
+  function dismiss(toast) {
+    if (!toast || toast.classList.contains("is-leaving")) return;
+    toast.classList.add("is-leaving");
+    window.setTimeout(function () { toast.remove(); }, 200);
+  }
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-dismiss-toast]");
+    if (button) dismiss(button.closest("[data-toast]"));
+  });
+
+  document.addEventListener("keydown", function (event) {
+    if (event.key !== "Escape") return;
+    var toasts = document.querySelectorAll("#toasts [data-toast]");
+    if (toasts.length) dismiss(toasts[toasts.length - 1]);
+  });
+
+  function setLiveState(state, text) {
+    var status = document.getElementById("live-status");
+    if (!status) return;
+    status.dataset.state = state;
+    status.querySelector(".live-text").textContent = text;
+  }
+
+  document.addEventListener("htmx:wsOpen", function () { setLiveState("open", "Live"); });
+
+  document.addEventListener("htmx:wsClose", function (event) {
+    setLiveState("closed", "Reconnecting…");
+    // The ws extension retries only after abnormal closes (1006, 1011-1013).
+    // A clean close, as when the server restarts for a deploy, would leave the
+    // page silently offline, so reconnect by re-initialising the element.
+    var code = event.detail && event.detail.event && event.detail.event.code;
+    if (code === 1000 || code === 1001) {
+      var element = event.detail.elt || document.getElementById("live");
+      window.setTimeout(function () {
+        if (!document.body.contains(element)) return;
+        var fresh = element.cloneNode(true);
+        element.replaceWith(fresh);
+        window.htmx.process(fresh);
+      }, 1000 + Math.random() * 2000);
+    }
+  });
+
+  document.addEventListener("htmx:wsError", function () { setLiveState("closed", "Offline"); });
+
+  // Keep the stack short: the oldest toast goes when a new one would overflow.
+  document.addEventListener("htmx:oobAfterSwap", function (event) {
+    if (!event.detail || !event.detail.target || event.detail.target.id !== "toasts") return;
+    var toasts = event.detail.target.querySelectorAll("[data-toast]");
+    for (var i = 0; i < toasts.length - MAX_TOASTS; i++) dismiss(toasts[i]);
+  });
+})();

@@ -1,0 +1,143 @@
+"""The live socket, through the real ASGI stack: origin check, session auth, groups."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from achievements import realtime
+from achievements.actions import evaluate_event
+from achievements.events import record_event
+from project.asgi import application
+from tests.factories import make_places_badge, make_user
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORIGIN = (b"origin", b"http://testserver")
+
+
+@database_sync_to_async
+def _signed_in_cookie(username: str) -> tuple[object, bytes]:
+    user = make_user(username=username)
+    client = Client()
+    client.force_login(user)
+    return user, f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+async def _connect(cookie: bytes | None = None, origin: tuple[bytes, bytes] = ORIGIN):
+    headers = [origin]
+    if cookie:
+        headers.append((b"cookie", cookie))
+    communicator = WebsocketCommunicator(application, "/ws/live/", headers=headers)
+    connected, code = await communicator.connect()
+    return communicator, connected, code
+
+
+@database_sync_to_async
+def _visit(user, place_id: int) -> None:
+    evaluate_event(record_event(user, "visit.created", payload={"place_id": place_id}).event.pk)
+
+
+async def test_an_anonymous_socket_is_refused():
+    communicator, connected, code = await _connect()
+    assert not connected
+    assert code == 4401
+
+
+async def test_a_socket_from_a_foreign_origin_is_refused():
+    _, cookie = await _signed_in_cookie("owner")
+    communicator, connected, _ = await _connect(cookie, origin=(b"origin", b"https://evil.example"))
+    assert not connected
+
+
+async def test_a_signed_in_user_receives_progress_and_the_unlock_toast_as_html():
+    user, cookie = await _signed_in_cookie("owner")
+    await database_sync_to_async(make_places_badge)(threshold=2)
+    communicator, connected, _ = await _connect(cookie)
+    assert connected
+
+    await _visit(user, 1)
+    frame = await communicator.receive_from(timeout=3)
+    assert 'id="badge-places_visited_2"' in frame
+    assert 'aria-valuenow="50"' in frame
+    assert "1 of 2 different places" in frame
+    assert "toast" not in frame
+
+    await _visit(user, 2)
+    frame = await communicator.receive_from(timeout=3)
+    assert 'aria-valuenow="100"' in frame
+    assert '<div id="toasts" hx-swap-oob="beforeend">' in frame
+    assert "Badge unlocked: <strong>2 Places Visited</strong>" in frame
+    assert 'data-dismiss-toast aria-label="Dismiss notification: 2 Places Visited"' in frame
+    await communicator.disconnect()
+
+
+async def test_a_user_never_receives_another_users_events():
+    owner, owner_cookie = await _signed_in_cookie("owner")
+    other, other_cookie = await _signed_in_cookie("other")
+    await database_sync_to_async(make_places_badge)(threshold=1)
+    owner_socket, _, _ = await _connect(owner_cookie)
+    other_socket, _, _ = await _connect(other_cookie)
+
+    # The other user even asks, in every way a client could, for the owner's group.
+    for message in (
+        realtime.user_group(owner.pk),
+        f'{{"subscribe": "{realtime.user_group(owner.pk)}"}}',
+        f'{{"type": "group_add", "group": "{realtime.user_group(owner.pk)}"}}',
+    ):
+        await other_socket.send_to(text_data=message)
+
+    await _visit(owner, 1)
+    assert "Badge unlocked" in await owner_socket.receive_from(timeout=3)
+    assert await other_socket.receive_nothing(timeout=0.5)
+
+    await _visit(other, 2)
+    assert "Badge unlocked" in await other_socket.receive_from(timeout=3)
+    assert await owner_socket.receive_nothing(timeout=0.5)
+    await owner_socket.disconnect()
+    await other_socket.disconnect()
+
+
+async def test_a_user_with_two_tabs_gets_the_frame_in_both():
+    user, cookie = await _signed_in_cookie("owner")
+    await database_sync_to_async(make_places_badge)(threshold=3)
+    first, _, _ = await _connect(cookie)
+    second, _, _ = await _connect(cookie)
+    await _visit(user, 1)
+    frames = await asyncio.gather(first.receive_from(timeout=3), second.receive_from(timeout=3))
+    assert all('aria-valuenow="33"' in frame for frame in frames)
+    await first.disconnect()
+    await second.disconnect()
+
+
+async def test_a_closed_socket_leaves_the_users_group():
+    user, cookie = await _signed_in_cookie("owner")
+    communicator, _, _ = await _connect(cookie)
+    await communicator.disconnect()
+    layer = get_channel_layer()
+    assert not layer.groups.get(realtime.user_group(user.pk))
+
+
+async def test_badge_text_from_staff_is_escaped_in_pushed_frames():
+    user, cookie = await _signed_in_cookie("owner")
+
+    @sync_to_async
+    def hostile_badge():
+        badge = make_places_badge(threshold=1)
+        badge.name = "<img src=x onerror=alert(1)>"
+        badge.description = "<script>alert(2)</script>"
+        badge.save()
+
+    await hostile_badge()
+    communicator, _, _ = await _connect(cookie)
+    await _visit(user, 1)
+    frame = await communicator.receive_from(timeout=3)
+    assert "<img src=x" not in frame and "<script>" not in frame
+    assert "&lt;img src=x onerror=alert(1)&gt;" in frame
+    await communicator.disconnect()

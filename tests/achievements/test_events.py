@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from django.db import transaction
+
+from achievements.events import InvalidEvent, record_event
+from achievements.models import Event, UserBadge
+from tests.factories import make_images_badge
+
+
+def test_it_records_an_event_with_every_field(owner):
+    occurred = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    recorded = record_event(
+        owner, "image.posted", payload={"image_id": 9}, event_id="photo-9",
+        occurred_at=occurred, source="web",
+    )
+    event = Event.objects.get(event_id="photo-9")
+    assert recorded.created and not recorded.duplicate
+    assert (event.event_type, event.user, event.occurred_at, event.source, event.payload) == (
+        "image.posted", owner, occurred, "web", {"image_id": 9}
+    )
+    assert event.received_at is not None and event.processed_at is None
+
+
+def test_it_counts_a_duplicate_event_id_once(owner):
+    first = record_event(owner, "image.posted", event_id="photo-1")
+    second = record_event(owner, "image.posted", event_id="photo-1", payload={"changed": True})
+    assert first.created and second.duplicate
+    assert second.event.pk == first.event.pk
+    assert Event.objects.count() == 1
+
+
+def test_a_duplicate_does_not_break_the_callers_transaction(owner):
+    with transaction.atomic():
+        record_event(owner, "image.posted", event_id="photo-1")
+        record_event(owner, "image.posted", event_id="photo-1")
+        record_event(owner, "image.posted", event_id="photo-2")
+    assert Event.objects.count() == 2
+
+
+def test_evaluation_is_enqueued_only_after_the_producer_commits(owner, django_capture_on_commit_callbacks):
+    make_images_badge(threshold=1)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        record_event(owner, "image.posted", event_id="photo-1")
+        assert not UserBadge.objects.exists()
+    assert len(callbacks) == 1
+    callbacks[0]()
+    assert UserBadge.objects.get(user=owner).completed_at is not None
+
+
+def test_a_duplicate_enqueues_nothing(owner, django_capture_on_commit_callbacks):
+    record_event(owner, "image.posted", event_id="photo-1")
+    with django_capture_on_commit_callbacks() as callbacks:
+        record_event(owner, "image.posted", event_id="photo-1")
+    assert callbacks == []
+
+
+def test_a_rolled_back_producer_leaves_no_event_and_no_evaluation(owner, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks() as callbacks:
+        with pytest.raises(RuntimeError), transaction.atomic():
+            record_event(owner, "image.posted", event_id="photo-1")
+            raise RuntimeError("the producer's own save failed")
+    assert not Event.objects.exists()
+    assert callbacks == []
+
+
+def test_the_task_receives_the_events_key_not_the_instance(owner, settings, monkeypatch,
+                                                           django_capture_on_commit_callbacks):
+    from achievements import tasks
+
+    sent = []
+    monkeypatch.setattr(tasks.evaluate_event_task, "delay", lambda *args: sent.append(args))
+    settings.ACCOLADE_TASK_MODE = "celery"
+    with django_capture_on_commit_callbacks(execute=True):
+        recorded = record_event(owner, "image.posted", event_id="photo-1")
+    assert sent == [(recorded.event.pk,)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "problem"),
+    [
+        ({"event_type": ""}, "event_type", "must not be empty"),
+        ({"event_type": "has spaces"}, "event_type", "lower-case words"),
+        ({"event_type": "x" * 65}, "event_type", "at most 64"),
+        ({"payload": [1, 2]}, "payload", "must be a JSON object, not list"),
+        ({"payload": "text"}, "payload", "must be a JSON object, not str"),
+        ({"payload": {"when": datetime.now(UTC)}}, "payload", "JSON-serialisable"),
+        ({"payload": {"big": "x" * 20_000}}, "payload", "at most 16384 bytes"),
+        ({"event_id": ""}, "event_id", "1-128 characters"),
+        ({"event_id": "has space"}, "event_id", "1-128 characters"),
+        ({"event_id": "x" * 129}, "event_id", "1-128 characters"),
+        ({"occurred_at": datetime(2026, 1, 1)}, "occurred_at", "time-zone aware"),
+        ({"occurred_at": "2026-01-01"}, "occurred_at", "must be a datetime"),
+        ({"source": ""}, "source", "1-64 characters"),
+    ],
+)
+def test_bad_input_is_refused_with_the_field_named_and_nothing_written(owner, kwargs, field, problem):
+    arguments = {"event_type": "image.posted", **kwargs}
+    with pytest.raises(InvalidEvent) as raised:
+        record_event(owner, arguments.pop("event_type"), **arguments)
+    assert raised.value.field == field
+    assert problem in raised.value.problem
+    assert not Event.objects.exists()
+
+
+def test_an_unsaved_user_is_refused(db):
+    from django.contrib.auth import get_user_model
+
+    with pytest.raises(InvalidEvent) as raised:
+        record_event(get_user_model()(username="ghost"), "image.posted")
+    assert raised.value.field == "user"
+
+
+def test_events_are_immutable(owner):
+    event = record_event(owner, "image.posted").event
+    event.payload = {"tampered": True}
+    with pytest.raises(ValueError, match="immutable"):
+        event.save()
