@@ -25,7 +25,7 @@ IMAGE_POSTED = "image.posted"
 @require_http_methods(["GET", "POST"])
 @login_required
 def visits(request: HttpRequest) -> HttpResponse:
-    form = VisitForm(request.POST or None)
+    form = VisitForm(request.POST if request.method == "POST" else None)
     status = 200
     if request.method == "POST":
         if form.is_valid():
@@ -61,7 +61,9 @@ def visits(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @login_required
 def photos(request: HttpRequest) -> HttpResponse:
-    form = PhotoForm(request.POST or None, request.FILES or None)
+    form = (
+        PhotoForm(request.POST, request.FILES) if request.method == "POST" else PhotoForm()
+    )
     status = 200
     if request.method == "POST":
         if form.is_valid():

@@ -1,0 +1,79 @@
+"""Configuration from the environment: good values work, bad ones stop start-up clearly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from project import env
+
+
+def test_redis_url_gives_one_database_per_role(monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://:secret@cache.internal:6380/7")
+    assert env.redis_urls("REDIS_URL") == {
+        "broker": "redis://:secret@cache.internal:6380/0",
+        "cache": "redis://:secret@cache.internal:6380/1",
+        "channels": "redis://:secret@cache.internal:6380/2",
+    }
+
+
+def test_an_unset_redis_url_means_the_embedded_mode(monkeypatch):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    assert env.redis_urls("REDIS_URL") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("DEBUG", "maybe", "DEBUG='maybe' is not a boolean"),
+        ("REDIS_URL", "http://localhost:6379", "REDIS_URL='http://localhost:6379' has scheme 'http'"),
+        ("REDIS_URL", "redis://:hunter2@localhost:notaport", "REDIS_URL='redis://:***@localhost:notaport' has an invalid port"),
+        ("DATABASE_URL", "mysql://db/x", "DATABASE_URL='mysql://db/x' has scheme 'mysql'"),
+        ("DATABASE_URL", "postgres://localhost", "names no database"),
+        ("ALLOWED_HOSTS", " , ", "ALLOWED_HOSTS is set but lists nothing"),
+        ("ACCOLADE_NAMESPACE", "has space", "ACCOLADE_NAMESPACE='has space' must be"),
+    ],
+)
+def test_a_bad_value_fails_naming_the_variable(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    readers = {
+        "DEBUG": lambda: env.env_bool("DEBUG", False),
+        "REDIS_URL": lambda: env.redis_urls("REDIS_URL"),
+        "DATABASE_URL": lambda: env.database_config("DATABASE_URL", "sqlite:///x"),
+        "ALLOWED_HOSTS": lambda: env.env_list("ALLOWED_HOSTS", []),
+        "ACCOLADE_NAMESPACE": lambda: env.env_identifier("ACCOLADE_NAMESPACE", "accolade"),
+    }
+    with pytest.raises(ImproperlyConfigured) as raised:
+        readers[name]()
+    assert message in str(raised.value)
+    assert "hunter2" not in str(raised.value)
+
+
+def _check(**overrides: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in {"DEBUG", "SECRET_KEY", "REDIS_URL", "DATABASE_URL", "DJANGO_SETTINGS_MODULE"}}
+    environment.update(overrides)
+    return subprocess.run([sys.executable, "manage.py", "check"], capture_output=True, text=True,
+                          env=environment, timeout=120)
+
+
+def test_start_up_refuses_a_missing_secret_key_outside_debug():
+    result = _check()
+    assert result.returncode != 0
+    assert "SECRET_KEY is not set" in result.stderr
+
+
+def test_start_up_names_a_bad_variable():
+    result = _check(DEBUG="1", REDIS_URL="localhost:6379")
+    assert result.returncode != 0
+    assert "REDIS_URL='localhost:6379' has scheme" in result.stderr
+
+
+def test_start_up_succeeds_with_good_values():
+    result = _check(DEBUG="0", SECRET_KEY="x" * 50, REDIS_URL="redis://127.0.0.1:6379",
+                    DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres")
+    assert result.returncode == 0, result.stderr
