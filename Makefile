@@ -27,8 +27,18 @@ run: install
 	@echo "Serving on http://$(HOST):$(PORT)/  (Ctrl-C to stop)"
 	DEBUG=1 $(PY) manage.py runserver $(HOST):$(PORT)
 
+# On CI (CI=true) the services are started and Chromium installed when
+# missing, and the whole suite runs on PostgreSQL; the tests that need a
+# service then fail instead of skipping.
+CI_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/accolade
+
 test: install
-	$(BIN)/pytest
+	@if [ "$$CI" = "true" ]; then \
+		bash .ci/services.sh && \
+		DATABASE_URL="$${DATABASE_URL:-$(CI_DATABASE_URL)}" $(BIN)/pytest; \
+	else \
+		$(BIN)/pytest; \
+	fi
 
 lint: install
 	$(BIN)/ruff check .

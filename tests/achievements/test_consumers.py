@@ -22,6 +22,16 @@ pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = (b"origin", b"http://testserver")
 
 
+@pytest.fixture(autouse=True)
+async def close_thread_connections():
+    """Close the database connection the sync-to-async thread opened, so the test
+    database can be dropped at the end of the run."""
+    yield
+    from django.db import connections
+
+    await sync_to_async(connections.close_all)()
+
+
 @database_sync_to_async
 def _signed_in_cookie(username: str) -> tuple[object, bytes]:
     user = make_user(username=username)
