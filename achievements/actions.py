@@ -68,7 +68,11 @@ def evaluate_event(event_pk: int) -> Evaluation | None:
         observations = [
             (requirement, observation)
             for requirement in watching
-            if (observation := rules.observe(requirement.as_rule(), event.event_type, event.payload))
+            if (
+                observation := rules.observe(
+                    requirement.as_rule(), event.event_type, event.payload
+                )
+            )
         ]
         if not observations:
             return result
@@ -121,8 +125,13 @@ def evaluate_event(event_pk: int) -> Evaluation | None:
                 result.changed_badge_ids.append(badge_id)
         UserBadge.objects.bulk_update(
             user_badges.values(),
-            ["current_value", "target_value", "last_evaluated_at", "completed_at",
-             "completed_by_event"],
+            [
+                "current_value",
+                "target_value",
+                "last_evaluated_at",
+                "completed_at",
+                "completed_by_event",
+            ],
         )
 
         if result.changed_badge_ids:
@@ -161,7 +170,10 @@ def _progress_rows(
     user_id: int, requirements: list[BadgeRequirement]
 ) -> dict[int, RequirementProgress]:
     RequirementProgress.objects.bulk_create(
-        [RequirementProgress(user_id=user_id, requirement=r, value=Decimal(0)) for r in requirements],
+        [
+            RequirementProgress(user_id=user_id, requirement=r, value=Decimal(0))
+            for r in requirements
+        ],
         ignore_conflicts=True,
     )
     rows = RequirementProgress.objects.filter(

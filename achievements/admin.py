@@ -45,22 +45,48 @@ class UserBadgeAdmin(admin.ModelAdmin):
 
     @admin.display(description="Progress")
     def progress(self, user_badge: UserBadge) -> str:
-        return f"{format_number(user_badge.current_value)} / {format_number(user_badge.target_value)}"
+        return (
+            f"{format_number(user_badge.current_value)} / {format_number(user_badge.target_value)}"
+        )
 
 
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
     """The event log, browsable but never editable: events are facts."""
 
-    list_display = ["event_id", "event_type", "user", "source", "occurred_at", "received_at",
-                    "processed_at"]
+    list_display = [
+        "event_id",
+        "event_type",
+        "user",
+        "source",
+        "occurred_at",
+        "received_at",
+        "processed_at",
+    ]
     list_filter = ["event_type", "source", ("processed_at", admin.EmptyFieldListFilter)]
     list_select_related = ["user"]
     search_fields = ["event_id", "event_type", "user__username"]
     date_hierarchy = "received_at"
-    fields = ["event_id", "event_type", "user", "source", "occurred_at", "received_at",
-              "processed_at", "pretty_payload"]
-    readonly_fields = fields
+    fields = [
+        "event_id",
+        "event_type",
+        "user",
+        "source",
+        "occurred_at",
+        "received_at",
+        "processed_at",
+        "pretty_payload",
+    ]
+    readonly_fields = [
+        "event_id",
+        "event_type",
+        "user",
+        "source",
+        "occurred_at",
+        "received_at",
+        "processed_at",
+        "pretty_payload",
+    ]
 
     @admin.display(description="Payload")
     def pretty_payload(self, event: Event) -> str:

@@ -22,7 +22,10 @@ Card = dict[str, Any]
 
 
 def cards_for_user(
-    user_id: int, *, badge_ids: Iterable[int] | None = None, event_types: Iterable[str] | None = None
+    user_id: int,
+    *,
+    badge_ids: Iterable[int] | None = None,
+    event_types: Iterable[str] | None = None,
 ) -> list[Card]:
     """Cards for the user's active badges (optionally only some), in display order."""
     badges = Badge.objects.active().prefetch_related("requirements")
@@ -32,8 +35,7 @@ def cards_for_user(
         badges = badges.filter(requirements__event_type__in=list(event_types)).distinct()
     badges_list = list(badges)
     user_badges = {
-        ub.badge_id: ub
-        for ub in UserBadge.objects.filter(user_id=user_id, badge__in=badges_list)
+        ub.badge_id: ub for ub in UserBadge.objects.filter(user_id=user_id, badge__in=badges_list)
     }
     values = dict(
         RequirementProgress.objects.filter(
@@ -45,7 +47,9 @@ def cards_for_user(
 
 def _card(badge: Badge, user_badge: UserBadge | None, values: dict[int, Decimal]) -> Card:
     requirements = list(badge.requirements.all())
-    status = rules.badge_status([(r.as_rule(), values.get(r.pk, Decimal(0))) for r in requirements])
+    status = rules.badge_status(
+        [(r.as_rule(), values.get(r.pk, Decimal(0))) for r in requirements]
+    )
     completed_at = user_badge.completed_at if user_badge else None
     return {
         "id": badge.pk,

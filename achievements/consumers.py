@@ -43,7 +43,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
     async def progress_updated(self, message: dict[str, Any]) -> None:
         await self.send(
-            text_data=render_to_string("achievements/badges.html#progress", {"card": message["card"]})
+            text_data=render_to_string(
+                "achievements/badges.html#progress", {"card": message["card"]}
+            )
         )
 
     async def achievement_unlocked(self, message: dict[str, Any]) -> None:

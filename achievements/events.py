@@ -75,7 +75,7 @@ def record_event(
             event = Event.objects.create(
                 event_id=event_id,
                 event_type=event_type,
-                user=user,
+                user_id=user.pk,
                 occurred_at=occurred_at,
                 source=source,
                 payload=payload,

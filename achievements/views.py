@@ -6,6 +6,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET
 
 from achievements.cards import cards_for_user
+from project.http import AuthenticatedHttpRequest
 
 
 @require_GET
@@ -17,7 +18,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @login_required
-def badges(request: HttpRequest) -> HttpResponse:
+def badges(request: AuthenticatedHttpRequest) -> HttpResponse:
     cards = cards_for_user(request.user.pk)
     earned = [card for card in cards if card["completed"]]
     in_progress = [card for card in cards if not card["completed"]]

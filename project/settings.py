@@ -10,6 +10,7 @@ machine needs nothing but Python.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -118,6 +119,8 @@ ACCOLADE_EMBEDDED = _redis is None
 # or "sync" (inline after commit; tests).
 ACCOLADE_TASK_MODE = "thread" if ACCOLADE_EMBEDDED else "celery"
 
+CACHES: dict[str, dict[str, Any]]
+CHANNEL_LAYERS: dict[str, dict[str, Any]]
 if _redis is None:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -144,7 +147,9 @@ else:
                     {
                         "address": _redis["channels"],
                         "socket_timeout": None,
-                        "max_connections": env_int("CHANNEL_LAYER_MAX_CONNECTIONS", 1000, minimum=1),
+                        "max_connections": env_int(
+                            "CHANNEL_LAYER_MAX_CONNECTIONS", 1000, minimum=1
+                        ),
                     }
                 ],
                 "prefix": f"{ACCOLADE_NAMESPACE}:asgi",

@@ -6,7 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import User
 
 from achievements import rules
 from achievements.models import Badge, BadgeRequirement
@@ -15,7 +15,7 @@ from examples.places.models import Place
 PASSWORD = "correct-horse-battery"
 
 
-def make_user(*, username: str, is_staff: bool = False) -> AbstractUser:
+def make_user(*, username: str, is_staff: bool = False) -> User:
     user = get_user_model().objects.create_user(
         username=username, password=PASSWORD, is_staff=is_staff
     )

@@ -30,8 +30,16 @@ def test_an_unset_redis_url_means_the_embedded_mode(monkeypatch):
     ("name", "value", "message"),
     [
         ("DEBUG", "maybe", "DEBUG='maybe' is not a boolean"),
-        ("REDIS_URL", "http://localhost:6379", "REDIS_URL='http://localhost:6379' has scheme 'http'"),
-        ("REDIS_URL", "redis://:hunter2@localhost:notaport", "REDIS_URL='redis://:***@localhost:notaport' has an invalid port"),
+        (
+            "REDIS_URL",
+            "http://localhost:6379",
+            "REDIS_URL='http://localhost:6379' has scheme 'http'",
+        ),
+        (
+            "REDIS_URL",
+            "redis://:hunter2@localhost:notaport",
+            "REDIS_URL='redis://:***@localhost:notaport' has an invalid port",
+        ),
         ("DATABASE_URL", "mysql://db/x", "DATABASE_URL='mysql://db/x' has scheme 'mysql'"),
         ("DATABASE_URL", "postgres://localhost", "names no database"),
         ("ALLOWED_HOSTS", " , ", "ALLOWED_HOSTS is set but lists nothing"),
@@ -54,11 +62,19 @@ def test_a_bad_value_fails_naming_the_variable(monkeypatch, name, value, message
 
 
 def _check(**overrides: str) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items()
-                   if k not in {"DEBUG", "SECRET_KEY", "REDIS_URL", "DATABASE_URL", "DJANGO_SETTINGS_MODULE"}}
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DEBUG", "SECRET_KEY", "REDIS_URL", "DATABASE_URL", "DJANGO_SETTINGS_MODULE"}
+    }
     environment.update(overrides)
-    return subprocess.run([sys.executable, "manage.py", "check"], capture_output=True, text=True,
-                          env=environment, timeout=120)
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+    )
 
 
 def test_start_up_refuses_a_missing_secret_key_outside_debug():
@@ -74,6 +90,10 @@ def test_start_up_names_a_bad_variable():
 
 
 def test_start_up_succeeds_with_good_values():
-    result = _check(DEBUG="0", SECRET_KEY="x" * 50, REDIS_URL="redis://127.0.0.1:6379",
-                    DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres")
+    result = _check(
+        DEBUG="0",
+        SECRET_KEY="x" * 50,
+        REDIS_URL="redis://127.0.0.1:6379",
+        DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres",
+    )
     assert result.returncode == 0, result.stderr

@@ -26,5 +26,7 @@ class PhotoForm(forms.ModelForm):
     def clean_image(self):
         image = self.cleaned_data["image"]
         if image and image.size > MAX_IMAGE_BYTES:
-            raise forms.ValidationError("The image is larger than 2 MB; please pick a smaller one.")
+            raise forms.ValidationError(
+                "The image is larger than 2 MB; please pick a smaller one."
+            )
         return image

@@ -16,7 +16,9 @@ class Place(models.Model):
 
 
 class Visit(models.Model):
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="visits")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="visits"
+    )
     place = models.ForeignKey(Place, on_delete=models.PROTECT, related_name="visits")
     visited_at = models.DateTimeField(default=timezone.now)
 
@@ -28,7 +30,9 @@ class Visit(models.Model):
 
 
 class Photo(models.Model):
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="photos")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="photos"
+    )
     caption = models.CharField(max_length=140)
     image = models.ImageField(upload_to="photos/%Y/%m/")
     posted_at = models.DateTimeField(default=timezone.now)

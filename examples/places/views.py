@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
@@ -17,6 +17,7 @@ from achievements.cards import cards_for_user
 from achievements.events import record_event
 from examples.places.forms import PhotoForm, VisitForm
 from examples.places.models import Photo, Visit
+from project.http import AuthenticatedHttpRequest
 
 VISIT_CREATED = "visit.created"
 IMAGE_POSTED = "image.posted"
@@ -24,7 +25,7 @@ IMAGE_POSTED = "image.posted"
 
 @require_http_methods(["GET", "POST"])
 @login_required
-def visits(request: HttpRequest) -> HttpResponse:
+def visits(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = VisitForm(request.POST if request.method == "POST" else None)
     status = 200
     if request.method == "POST":
@@ -60,10 +61,8 @@ def visits(request: HttpRequest) -> HttpResponse:
 
 @require_http_methods(["GET", "POST"])
 @login_required
-def photos(request: HttpRequest) -> HttpResponse:
-    form = (
-        PhotoForm(request.POST, request.FILES) if request.method == "POST" else PhotoForm()
-    )
+def photos(request: AuthenticatedHttpRequest) -> HttpResponse:
+    form = PhotoForm(request.POST, request.FILES) if request.method == "POST" else PhotoForm()
     status = 200
     if request.method == "POST":
         if form.is_valid():

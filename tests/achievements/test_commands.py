@@ -9,36 +9,55 @@ from examples.places.models import Place
 
 def test_seed_demo_creates_the_demo_badges_places_and_users(db, capsys):
     call_command("seed_demo")
-    places, images = Badge.objects.get(key="places_visited_5"), Badge.objects.get(key="images_posted_10")
+    places, images = (
+        Badge.objects.get(key="places_visited_5"),
+        Badge.objects.get(key="images_posted_10"),
+    )
     assert places.name == "5 Places Visited"
     [requirement] = places.requirements.all()
-    assert (requirement.event_type, requirement.aggregation, requirement.field, requirement.threshold) == (
-        "visit.created", "distinct", "place_id", 5
-    )
+    assert (
+        requirement.event_type,
+        requirement.aggregation,
+        requirement.field,
+        requirement.threshold,
+    ) == ("visit.created", "distinct", "place_id", 5)
     [requirement] = images.requirements.all()
-    assert (requirement.event_type, requirement.aggregation, requirement.threshold) == ("image.posted", "count", 10)
+    assert (requirement.event_type, requirement.aggregation, requirement.threshold) == (
+        "image.posted",
+        "count",
+        10,
+    )
     assert Place.objects.count() >= 5
     assert "alice" in capsys.readouterr().out
 
 
-def test_seed_demo_run_twice_keeps_progress_on_unchanged_rules(db, django_capture_on_commit_callbacks):
+def test_seed_demo_run_twice_keeps_progress_on_unchanged_rules(
+    db, django_capture_on_commit_callbacks
+):
     call_command("seed_demo", quiet_logins=True)
     with django_capture_on_commit_callbacks(execute=True):
-        call_command("record_event", user="alice", event_type="visit.created",
-                     payload='{"place_id": 1}')
+        call_command(
+            "record_event", user="alice", event_type="visit.created", payload='{"place_id": 1}'
+        )
     call_command("seed_demo", quiet_logins=True)
     assert Badge.objects.count() == 2
     assert UserBadge.objects.get(user__username="alice").current_value == 1
 
 
-def test_record_event_records_and_evaluates_like_the_app(owner, capsys,
-                                                      django_capture_on_commit_callbacks):
+def test_record_event_records_and_evaluates_like_the_app(
+    owner, capsys, django_capture_on_commit_callbacks
+):
     from tests.factories import make_images_badge
 
     make_images_badge(threshold=1)
     with django_capture_on_commit_callbacks(execute=True):
-        call_command("record_event", user="owner", event_type="image.posted",
-                     payload='{"image_id": 3}', event_id="cli-1")
+        call_command(
+            "record_event",
+            user="owner",
+            event_type="image.posted",
+            payload='{"image_id": 3}',
+            event_id="cli-1",
+        )
     event = Event.objects.get(event_id="cli-1")
     assert event.payload == {"image_id": 3} and event.source == "cli"
     assert UserBadge.objects.get(user=owner).completed_at is not None
@@ -67,7 +86,9 @@ def test_record_event_reports_a_duplicate(owner, capsys):
         ({"occurred_at": "2026-01-01T10:00:00"}, "--occurred-at: must be time-zone aware."),
     ],
 )
-def test_record_event_refuses_bad_input_with_one_clear_line_and_writes_nothing(owner, options, message):
+def test_record_event_refuses_bad_input_with_one_clear_line_and_writes_nothing(
+    owner, options, message
+):
     arguments = {"user": "owner", "event_type": "visit.created", **options}
     with pytest.raises(CommandError) as raised:
         call_command("record_event", **arguments)
@@ -85,8 +106,13 @@ def test_record_event_exits_non_zero_with_one_line_from_the_shell(tmp_path):
     env.pop("REDIS_URL", None)
 
     def manage(*args):
-        return subprocess.run([sys.executable, "manage.py", *args], capture_output=True,
-                              text=True, env=env, timeout=120)
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
 
     assert manage("migrate", "--noinput", "-v0").returncode == 0
     result = manage("record_event", "--user", "nobody", "--type", "visit.created")

@@ -62,7 +62,9 @@ async def test_an_anonymous_socket_is_refused():
 
 async def test_a_socket_from_a_foreign_origin_is_refused():
     _, cookie = await _signed_in_cookie("owner")
-    communicator, connected, _ = await _connect(cookie, origin=(b"origin", b"https://evil.example"))
+    communicator, connected, _ = await _connect(
+        cookie, origin=(b"origin", b"https://evil.example")
+    )
     assert not connected
 
 

@@ -13,13 +13,21 @@ from tests.factories import make_images_badge
 def test_it_records_an_event_with_every_field(owner):
     occurred = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     recorded = record_event(
-        owner, "image.posted", payload={"image_id": 9}, event_id="photo-9",
-        occurred_at=occurred, source="web",
+        owner,
+        "image.posted",
+        payload={"image_id": 9},
+        event_id="photo-9",
+        occurred_at=occurred,
+        source="web",
     )
     event = Event.objects.get(event_id="photo-9")
     assert recorded.created and not recorded.duplicate
     assert (event.event_type, event.user, event.occurred_at, event.source, event.payload) == (
-        "image.posted", owner, occurred, "web", {"image_id": 9}
+        "image.posted",
+        owner,
+        occurred,
+        "web",
+        {"image_id": 9},
     )
     assert event.received_at is not None and event.processed_at is None
 
@@ -40,7 +48,9 @@ def test_a_duplicate_does_not_break_the_callers_transaction(owner):
     assert Event.objects.count() == 2
 
 
-def test_evaluation_is_enqueued_only_after_the_producer_commits(owner, django_capture_on_commit_callbacks):
+def test_evaluation_is_enqueued_only_after_the_producer_commits(
+    owner, django_capture_on_commit_callbacks
+):
     make_images_badge(threshold=1)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         record_event(owner, "image.posted", event_id="photo-1")
@@ -57,17 +67,23 @@ def test_a_duplicate_enqueues_nothing(owner, django_capture_on_commit_callbacks)
     assert callbacks == []
 
 
-def test_a_rolled_back_producer_leaves_no_event_and_no_evaluation(owner, django_capture_on_commit_callbacks):
-    with django_capture_on_commit_callbacks() as callbacks:
-        with pytest.raises(RuntimeError), transaction.atomic():
-            record_event(owner, "image.posted", event_id="photo-1")
-            raise RuntimeError("the producer's own save failed")
+def test_a_rolled_back_producer_leaves_no_event_and_no_evaluation(
+    owner, django_capture_on_commit_callbacks
+):
+    with (
+        django_capture_on_commit_callbacks() as callbacks,
+        pytest.raises(RuntimeError),
+        transaction.atomic(),
+    ):
+        record_event(owner, "image.posted", event_id="photo-1")
+        raise RuntimeError("the producer's own save failed")
     assert not Event.objects.exists()
     assert callbacks == []
 
 
-def test_the_task_receives_the_events_key_not_the_instance(owner, settings, monkeypatch,
-                                                           django_capture_on_commit_callbacks):
+def test_the_task_receives_the_events_key_not_the_instance(
+    owner, settings, monkeypatch, django_capture_on_commit_callbacks
+):
     from achievements import tasks
 
     sent = []
@@ -96,7 +112,9 @@ def test_the_task_receives_the_events_key_not_the_instance(owner, settings, monk
         ({"source": ""}, "source", "1-64 characters"),
     ],
 )
-def test_bad_input_is_refused_with_the_field_named_and_nothing_written(owner, kwargs, field, problem):
+def test_bad_input_is_refused_with_the_field_named_and_nothing_written(
+    owner, kwargs, field, problem
+):
     arguments = {"event_type": "image.posted", **kwargs}
     with pytest.raises(InvalidEvent) as raised:
         record_event(owner, arguments.pop("event_type"), **arguments)

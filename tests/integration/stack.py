@@ -62,8 +62,12 @@ def base_environment(**overrides: str) -> dict[str, str]:
 
 def manage(environment: dict[str, str], *args: str) -> None:
     result = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=environment,
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if result.returncode != 0:
         raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -77,7 +81,11 @@ class Process:
         self.log_path = log_dir / f"{name}.log"
         self.log = self.log_path.open("w")
         self.popen = subprocess.Popen(
-            args, cwd=ROOT, env=environment, stdout=self.log, stderr=subprocess.STDOUT,
+            args,
+            cwd=ROOT,
+            env=environment,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -136,15 +144,18 @@ class Stack:
 def embedded_stack(tmp_dir: Path) -> Iterator[Stack]:
     """`manage.py runserver` alone: SQLite, in-memory layer, evaluation in a thread."""
     environment = base_environment(
-        DEBUG="1", DATABASE_URL=f"sqlite:///{tmp_dir / 'embedded.sqlite3'}",
+        DEBUG="1",
+        DATABASE_URL=f"sqlite:///{tmp_dir / 'embedded.sqlite3'}",
         MEDIA_ROOT=str(tmp_dir / "media"),
     )
     manage(environment, "migrate", "--noinput", "-v0")
     manage(environment, "seed_demo", "--quiet-logins")
     port = free_port()
     server = Process(
-        "runserver", [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
-        environment, tmp_dir,
+        "runserver",
+        [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
+        environment,
+        tmp_dir,
     )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/", server)
@@ -160,10 +171,16 @@ REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 @contextmanager
 def topology_stack(tmp_dir: Path) -> Iterator[Stack]:
     """The production shape: PostgreSQL, Redis, a Celery worker process and Daphne."""
-    require(port_open(PG_HOST, PG_PORT), "PostgreSQL on 127.0.0.1:5432",
-            "Start it (see README, 'Running the tests') or run with CI=true make test.")
-    require(port_open(REDIS_HOST, REDIS_PORT), "Redis on 127.0.0.1:6379",
-            "Start it (see README, 'Running the tests') or run with CI=true make test.")
+    require(
+        port_open(PG_HOST, PG_PORT),
+        "PostgreSQL on 127.0.0.1:5432",
+        "Start it (see README, 'Running the tests') or run with CI=true make test.",
+    )
+    require(
+        port_open(REDIS_HOST, REDIS_PORT),
+        "Redis on 127.0.0.1:6379",
+        "Start it (see README, 'Running the tests') or run with CI=true make test.",
+    )
     import psycopg
 
     database = f"accolade_it_{os.getpid()}_{int(time.time())}"
@@ -185,17 +202,30 @@ def topology_stack(tmp_dir: Path) -> Iterator[Stack]:
         manage(environment, "seed_demo", "--quiet-logins")
         worker = Process(
             "celery-worker",
-            [str(BIN / "celery"), "-A", "project", "worker", "--loglevel", "INFO",
-             "--concurrency", "2", "--without-mingle", "--without-gossip", "--hostname",
-             f"{database}@%h"],
-            environment, tmp_dir,
+            [
+                str(BIN / "celery"),
+                "-A",
+                "project",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "2",
+                "--without-mingle",
+                "--without-gossip",
+                "--hostname",
+                f"{database}@%h",
+            ],
+            environment,
+            tmp_dir,
         )
         processes.append(worker)
         port = free_port()
         daphne = Process(
-            "daphne", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port),
-                       "project.asgi:application"],
-            environment, tmp_dir,
+            "daphne",
+            [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "project.asgi:application"],
+            environment,
+            tmp_dir,
         )
         processes.append(daphne)
         worker.wait_for_output(r"ready\.", timeout=90)
@@ -221,8 +251,11 @@ class SignedInClient:
         self.http.get("/accounts/login/")
         response = self.http.post(
             "/accounts/login/",
-            data={"username": username, "password": DEMO_PASSWORD,
-                  "csrfmiddlewaretoken": self.http.cookies["csrftoken"]},
+            data={
+                "username": username,
+                "password": DEMO_PASSWORD,
+                "csrfmiddlewaretoken": self.http.cookies["csrftoken"],
+            },
         )
         assert response.status_code == 302, response.text[:500]
 
@@ -235,7 +268,8 @@ class SignedInClient:
 
     def log_visit(self, place_id: str) -> httpx.Response:
         response = self.http.post(
-            "/places/", data={"place": place_id},
+            "/places/",
+            data={"place": place_id},
             headers={"X-CSRFToken": self.http.cookies["csrftoken"], "HX-Request": "true"},
         )
         assert response.status_code == 200, response.text[:500]

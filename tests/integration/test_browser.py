@@ -25,8 +25,11 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="module")
 def browser():
-    stack.require(stack.chromium_available(), f"Chromium at {stack.CHROMIUM}",
-                  "Install it with `apt-get install -y chromium` (CI does this itself).")
+    stack.require(
+        stack.chromium_available(),
+        f"Chromium at {stack.CHROMIUM}",
+        "Install it with `apt-get install -y chromium` (CI does this itself).",
+    )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

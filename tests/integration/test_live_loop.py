@@ -27,7 +27,9 @@ def _percent(frame: str, key: str) -> int | None:
 
 
 @pytest.mark.parametrize("site_name", STACKS)
-def test_five_distinct_visits_push_progress_and_then_the_toast_within_two_seconds(request, site_name):
+def test_five_distinct_visits_push_progress_and_then_the_toast_within_two_seconds(
+    request, site_name
+):
     site = request.getfixturevalue(site_name)
     client = SignedInClient(site.base_url, "alice")
 
@@ -39,9 +41,9 @@ def test_five_distinct_visits_push_progress_and_then_the_toast_within_two_second
             for number, place in enumerate(places, start=1):
                 await asyncio.to_thread(client.log_visit, place)
                 answered = time.monotonic()
-                frame = await asyncio.wait_for(socket.recv(), timeout=10)
+                frame = str(await asyncio.wait_for(socket.recv(), timeout=10))
                 arrived = time.monotonic() - answered
-                print(f"{site.name}: visit {number}, frame {arrived * 1000:.1f} ms after the response")
+                print(f"{site.name}: visit {number}, frame {arrived * 1000:.1f} ms after response")
                 assert _percent(frame, "places_visited_5") == number * 20, frame
                 if number < 5:
                     assert "Badge unlocked" not in frame

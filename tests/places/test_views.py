@@ -31,7 +31,9 @@ def _png(size=(4, 4)) -> SimpleUploadedFile:
     return SimpleUploadedFile("tiny.png", buffer.getvalue(), content_type="image/png")
 
 
-def test_logging_a_visit_records_the_visit_and_its_event(client, owner, places, django_capture_on_commit_callbacks):
+def test_logging_a_visit_records_the_visit_and_its_event(
+    client, owner, places, django_capture_on_commit_callbacks
+):
     make_places_badge(threshold=5)
     client.force_login(owner)
     with django_capture_on_commit_callbacks(execute=True):
@@ -40,7 +42,9 @@ def test_logging_a_visit_records_the_visit_and_its_event(client, owner, places, 
     visit = Visit.objects.get(user=owner)
     event = Event.objects.get()
     assert (event.event_id, event.event_type, event.payload) == (
-        f"visit-{visit.pk}", "visit.created", {"place_id": places[1].pk, "visit_id": visit.pk}
+        f"visit-{visit.pk}",
+        "visit.created",
+        {"place_id": places[1].pk, "visit_id": visit.pk},
     )
     assert event.occurred_at == visit.visited_at
     assert UserBadge.objects.get(user=owner).current_value == 1
@@ -56,7 +60,9 @@ def test_a_plain_form_post_redirects_back(client, owner, places):
 
 
 @pytest.mark.parametrize("data", [{}, {"place": ""}, {"place": "999999"}, {"place": "abc"}])
-def test_a_bad_place_is_refused_with_the_field_named_and_nothing_written(client, owner, places, data):
+def test_a_bad_place_is_refused_with_the_field_named_and_nothing_written(
+    client, owner, places, data
+):
     client.force_login(owner)
     response = client.post("/places/", data, **HTMX)
     assert response.status_code == 422
@@ -73,7 +79,9 @@ def test_the_visits_page_shows_progress_for_badges_that_watch_visits(client, own
     assert 'id="badge-images_posted_10"' not in page
 
 
-def test_posting_a_photo_records_an_image_posted_event(client, owner, django_capture_on_commit_callbacks):
+def test_posting_a_photo_records_an_image_posted_event(
+    client, owner, django_capture_on_commit_callbacks
+):
     make_images_badge(threshold=1)
     client.force_login(owner)
     with django_capture_on_commit_callbacks(execute=True):
@@ -82,7 +90,9 @@ def test_posting_a_photo_records_an_image_posted_event(client, owner, django_cap
     photo = Photo.objects.get()
     event = Event.objects.get()
     assert (event.event_id, event.event_type, event.payload) == (
-        f"photo-{photo.pk}", "image.posted", {"image_id": photo.pk}
+        f"photo-{photo.pk}",
+        "image.posted",
+        {"image_id": photo.pk},
     )
     assert UserBadge.objects.get(user=owner).completed_at is not None
 
@@ -91,7 +101,13 @@ def test_posting_a_photo_records_an_image_posted_event(client, owner, django_cap
     ("data", "field"),
     [
         ({"caption": "No file"}, "image"),
-        ({"caption": "Not an image", "image": SimpleUploadedFile("x.png", b"hello", "image/png")}, "image"),
+        (
+            {
+                "caption": "Not an image",
+                "image": SimpleUploadedFile("x.png", b"hello", "image/png"),
+            },
+            "image",
+        ),
         ({"caption": "", "image": "PNG"}, "caption"),
     ],
 )

@@ -28,9 +28,7 @@ class Command(BaseCommand):
         except json.JSONDecodeError as exc:
             raise CommandError(f"--payload is not valid JSON: {exc}") from None
         if not isinstance(payload, dict):
-            raise CommandError(
-                f"--payload must be a JSON object, not {type(payload).__name__}."
-            )
+            raise CommandError(f"--payload must be a JSON object, not {type(payload).__name__}.")
 
         occurred_at = None
         if options["occurred_at"]:
@@ -65,7 +63,5 @@ class Command(BaseCommand):
             )
         else:
             self.stdout.write(
-                self.style.SUCCESS(
-                    f"Recorded {event.event_type} {event.event_id} for {username}."
-                )
+                self.style.SUCCESS(f"Recorded {event.event_type} {event.event_id} for {username}.")
             )

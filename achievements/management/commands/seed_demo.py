@@ -14,11 +14,21 @@ from examples.places.models import Place
 DEMO_PASSWORD = "accolade-demo"
 
 DEMO_PLACES = [
-    "Lisbon", "Kyoto", "Reykjavík", "Cape Town", "Montréal", "Oaxaca",
-    "Tallinn", "Hobart", "Marrakesh", "Valparaíso", "Hanoi", "Bergen",
+    "Lisbon",
+    "Kyoto",
+    "Reykjavík",
+    "Cape Town",
+    "Montréal",
+    "Oaxaca",
+    "Tallinn",
+    "Hobart",
+    "Marrakesh",
+    "Valparaíso",
+    "Hanoi",
+    "Bergen",
 ]
 
-DEMO_BADGES = [
+DEMO_BADGES: list[dict[str, Any]] = [
     {
         "key": "places_visited_5",
         "name": "5 Places Visited",
@@ -106,6 +116,6 @@ class Command(BaseCommand):
             )
         )
         if not options["quiet_logins"]:
-            self.stdout.write("Demo log-ins (password for each: %s):" % DEMO_PASSWORD)
+            self.stdout.write(f"Demo log-ins (password for each: {DEMO_PASSWORD}):")
             self.stdout.write("  alice, bob  – ordinary users")
             self.stdout.write("  admin       – staff, for /admin/")
