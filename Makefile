@@ -14,7 +14,7 @@ $(BIN)/activate:
 # Reinstall whenever the pins change.
 $(VENV)/.installed: pyproject.toml requirements.lock | $(BIN)/activate
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
+	$(PY) -m pip install --quiet -r requirements.lock
 	touch $@
 
 install: $(VENV)/.installed
@@ -32,7 +32,7 @@ run: install
 # service then fail instead of skipping.
 CI_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/accolade
 
-test: install
+test: install lint typecheck
 	@if [ "$$CI" = "true" ]; then \
 		bash .ci/services.sh && \
 		DATABASE_URL="$${DATABASE_URL:-$(CI_DATABASE_URL)}" $(BIN)/pytest; \

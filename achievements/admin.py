@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 from django.utils.html import format_html
@@ -9,8 +11,21 @@ from django.utils.html import format_html
 from achievements.models import Badge, BadgeRequirement, Event, UserBadge, format_number
 
 
+class BadgeRequirementForm(forms.ModelForm):
+    class Meta:
+        model = BadgeRequirement
+        fields = "__all__"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Show a stored 5.0000 as 5, the way staff typed it.
+        if self.instance.pk and self.instance.threshold is not None:
+            self.initial["threshold"] = format_number(self.instance.threshold)
+
+
 class BadgeRequirementInline(admin.TabularInline):
     model = BadgeRequirement
+    form = BadgeRequirementForm
     extra = 0
     min_num = 1
     fields = ["event_type", "aggregation", "field", "operator", "threshold", "scope", "label"]

@@ -9,7 +9,8 @@ from django.template.loader import render_to_string
 from achievements import realtime
 
 # A close code in the application range, so a page can tell "not signed in"
-# from a network failure; sent before accept, it rejects the handshake.
+# from a network failure. It is sent after accepting: a refused handshake
+# reaches the browser as 1006, which the htmx ws extension retries forever.
 CLOSE_NOT_AUTHENTICATED = 4401
 
 
@@ -25,6 +26,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
+            await self.accept()
             await self.close(code=CLOSE_NOT_AUTHENTICATED)
             return
         realtime.register_server_loop(asyncio.get_running_loop())

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 EVENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 SOURCE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$")
 PAYLOAD_MAX_BYTES = 16_384
+PAYLOAD_MAX_DEPTH = 10
 
 
 class InvalidEvent(ValueError):
@@ -84,9 +85,18 @@ def record_event(
         existing = Event.objects.filter(event_id=event_id).first()
         if existing is None:
             raise
+        if existing.user_id != user.pk or existing.event_type != event_type:
+            # Same id, different fact: a producer bug, not a retry. Saying so
+            # beats silently dropping the second event as a "duplicate".
+            raise InvalidEvent(
+                "event_id",
+                f"{event_id!r} was already used for a different user or event type",
+            ) from None
         return RecordedEvent(existing, created=False)
 
-    transaction.on_commit(partial(enqueue_evaluation, event.pk))
+    # robust: a failing hand-off must not turn the producer's committed
+    # request into an error; the event row stays unprocessed in the outbox.
+    transaction.on_commit(partial(enqueue_evaluation, event.pk), robust=True)
     return RecordedEvent(event, created=True)
 
 
@@ -117,12 +127,32 @@ def _validate(
         raise InvalidEvent("occurred_at", "must be time-zone aware")
     if not isinstance(payload, dict):
         raise InvalidEvent("payload", f"must be a JSON object, not {type(payload).__name__}")
+    _check_payload_values(payload, depth=1)
     try:
-        encoded = json.dumps(payload, allow_nan=False)
+        # ensure_ascii=False so that text which cannot be stored as UTF-8
+        # (a lone surrogate) fails here rather than in the database.
+        encoded = json.dumps(payload, allow_nan=False, ensure_ascii=False).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise InvalidEvent("payload", f"must be JSON-serialisable ({exc})") from None
-    if len(encoded.encode()) > PAYLOAD_MAX_BYTES:
+    if len(encoded) > PAYLOAD_MAX_BYTES:
         raise InvalidEvent("payload", f"must be at most {PAYLOAD_MAX_BYTES} bytes as JSON")
+
+
+def _check_payload_values(value: Any, *, depth: int) -> None:
+    if depth > PAYLOAD_MAX_DEPTH:
+        raise InvalidEvent("payload", f"must be nested at most {PAYLOAD_MAX_DEPTH} levels deep")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidEvent("payload", f"keys must be strings, not {type(key).__name__}")
+            _check_payload_values(key, depth=depth)
+            _check_payload_values(item, depth=depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_payload_values(item, depth=depth + 1)
+    elif isinstance(value, str) and "\x00" in value:
+        # PostgreSQL's jsonb cannot store NUL characters.
+        raise InvalidEvent("payload", "must not contain NUL characters")
 
 
 _executor: ThreadPoolExecutor | None = None
@@ -139,7 +169,12 @@ def enqueue_evaluation(event_pk: int) -> None:
     if mode == "celery":
         from achievements.tasks import evaluate_event_task
 
-        evaluate_event_task.delay(event_pk)
+        try:
+            evaluate_event_task.delay(event_pk)
+        except Exception:
+            # The broker is unreachable. The event is committed and still
+            # marked unprocessed, so it is not lost, only late.
+            logger.exception("Could not enqueue evaluation of event %s", event_pk)
     elif mode == "thread":
         _thread_executor().submit(_evaluate_in_thread, event_pk)
     elif mode == "sync":

@@ -63,9 +63,13 @@ def send_to_group(group: str, messages: list[dict[str, Any]]) -> None:
         for message in messages:
             await layer.group_send(group, message)
 
+    future = _submit(layer, send_all())
     try:
-        _submit(layer, send_all()).result(timeout=SEND_TIMEOUT_SECONDS)
+        future.result(timeout=SEND_TIMEOUT_SECONDS)
     except Exception:
+        # Cancel, so a send that is merely slow is not delivered after we
+        # have reported it as failed.
+        future.cancel()
         logger.exception("Pushing %d message(s) to %s failed", len(messages), group)
 
 
@@ -74,6 +78,7 @@ def send_to_group(group: str, messages: list[dict[str, Any]]) -> None:
 _server_loop: asyncio.AbstractEventLoop | None = None
 _sender_loop: asyncio.AbstractEventLoop | None = None
 _sender_pid: int | None = None
+_sender_thread: threading.Thread | None = None
 _sender_lock = threading.Lock()
 
 
@@ -86,7 +91,7 @@ def register_server_loop(loop: asyncio.AbstractEventLoop) -> None:
 def _submit(layer: Any, coroutine: Coroutine[Any, Any, None]) -> Future[None]:
     if isinstance(layer, InMemoryChannelLayer):
         loop = _server_loop
-        if loop is None or loop.is_closed():
+        if loop is None or loop.is_closed() or not loop.is_running():
             # No socket has connected in this process, so nobody can listen.
             coroutine.close()
             done: Future[None] = Future()
@@ -104,13 +109,19 @@ def _submit(layer: Any, coroutine: Coroutine[Any, Any, None]) -> Future[None]:
 
 def _process_sender_loop() -> asyncio.AbstractEventLoop:
     """This process's long-lived send loop, started on first use (and again after a fork)."""
-    global _sender_loop, _sender_pid
+    global _sender_loop, _sender_pid, _sender_thread
     with _sender_lock:
-        if _sender_loop is None or _sender_pid != os.getpid() or _sender_loop.is_closed():
+        if (
+            _sender_loop is None
+            or _sender_pid != os.getpid()
+            or _sender_loop.is_closed()
+            or _sender_thread is None
+            or not _sender_thread.is_alive()
+        ):
             loop = asyncio.new_event_loop()
             thread = threading.Thread(
                 target=loop.run_forever, name="accolade-channel-sender", daemon=True
             )
             thread.start()
-            _sender_loop, _sender_pid = loop, os.getpid()
+            _sender_loop, _sender_pid, _sender_thread = loop, os.getpid(), thread
         return _sender_loop

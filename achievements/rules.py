@@ -120,7 +120,7 @@ def distinct_key(value: Any) -> str:
     Types are kept apart on purpose: the place 7 and the place "7" are
     different values, as they would be in the producer's own database.
     """
-    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -60,6 +60,14 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return items
 
 
+def env_choice(name: str, default: str, choices: list[str]) -> str:
+    """One of a fixed set of values, matched case-insensitively."""
+    value = (env_str(name, default) or default).upper()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} must be one of {', '.join(choices)}.")
+    return value
+
+
 def env_identifier(name: str, default: str) -> str:
     """A short name safe to use in queue names, cache prefixes and group names."""
     value = env_str(name, default) or ""

@@ -17,6 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 from project.env import (
     database_config,
     env_bool,
+    env_choice,
     env_identifier,
     env_int,
     env_list,
@@ -158,7 +159,9 @@ else:
                 # default of 100.
                 "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1500, minimum=1),
                 "expiry": 60,
-                "group_expiry": 3600,
+                # A socket leaves its group when this runs out, and a page
+                # open longer stops receiving; a day is the layer's default.
+                "group_expiry": 86400,
             },
         }
     }
@@ -215,6 +218,11 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
-        "achievements": {"level": env_str("ACCOLADE_LOG_LEVEL", "INFO"), "propagate": True},
+        "achievements": {
+            "level": env_choice(
+                "ACCOLADE_LOG_LEVEL", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+            ),
+            "propagate": True,
+        },
     },
 }

@@ -33,11 +33,16 @@
   document.addEventListener("htmx:wsOpen", function () { setLiveState("open", "Live"); });
 
   document.addEventListener("htmx:wsClose", function (event) {
+    var code = event.detail && event.detail.event && event.detail.event.code;
+    if (code === 4401) {
+      // The session ended: reconnecting cannot help until the user signs in.
+      setLiveState("closed", "Signed out");
+      return;
+    }
     setLiveState("closed", "Reconnecting…");
     // The ws extension retries only after abnormal closes (1006, 1011-1013).
     // A clean close, as when the server restarts for a deploy, would leave the
     // page silently offline, so reconnect by re-initialising the element.
-    var code = event.detail && event.detail.event && event.detail.event.code;
     if (code === 1000 || code === 1001) {
       var element = event.detail.elt || document.getElementById("live");
       window.setTimeout(function () {

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from django.core.management import CommandError, call_command
 
-from achievements.models import Badge, Event, UserBadge
+from achievements.models import Badge, BadgeRequirement, Event, RequirementProgress, UserBadge
 from examples.places.models import Place
 
 
@@ -39,9 +39,11 @@ def test_seed_demo_run_twice_keeps_progress_on_unchanged_rules(
         call_command(
             "record_event", user="alice", event_type="visit.created", payload='{"place_id": 1}'
         )
+    requirement_ids = sorted(BadgeRequirement.objects.values_list("pk", flat=True))
     call_command("seed_demo", quiet_logins=True)
     assert Badge.objects.count() == 2
-    assert UserBadge.objects.get(user__username="alice").current_value == 1
+    assert sorted(BadgeRequirement.objects.values_list("pk", flat=True)) == requirement_ids
+    assert RequirementProgress.objects.get(user__username="alice").value == 1
 
 
 def test_record_event_records_and_evaluates_like_the_app(
@@ -84,6 +86,9 @@ def test_record_event_reports_a_duplicate(owner, capsys):
         ({"event_id": "has space"}, "--event-id: must be 1-128 characters"),
         ({"occurred_at": "yesterday"}, "--occurred-at is not an ISO 8601"),
         ({"occurred_at": "2026-01-01T10:00:00"}, "--occurred-at: must be time-zone aware."),
+        ({"occurred_at": "2026-02-30T00:00:00+00:00"}, "--occurred-at is not a valid date"),
+        ({"payload": "[" * 100_000}, "--payload is nested too deeply."),
+        ({"payload": '{"a": ' * 20 + "1" + "}" * 20}, "--payload: must be nested at most 10"),
     ],
 )
 def test_record_event_refuses_bad_input_with_one_clear_line_and_writes_nothing(

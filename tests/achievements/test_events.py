@@ -110,6 +110,11 @@ def test_the_task_receives_the_events_key_not_the_instance(
         ({"occurred_at": datetime(2026, 1, 1)}, "occurred_at", "time-zone aware"),
         ({"occurred_at": "2026-01-01"}, "occurred_at", "must be a datetime"),
         ({"source": ""}, "source", "1-64 characters"),
+        ({"payload": {"place": "\ud800"}}, "payload", "JSON-serialisable"),
+        ({"payload": {"place": "a\x00b"}}, "payload", "NUL characters"),
+        ({"payload": {"a\x00": 1}}, "payload", "NUL characters"),
+        ({"payload": {1: "x"}}, "payload", "keys must be strings"),
+        ({"payload": {"n": float("nan")}}, "payload", "JSON-serialisable"),
     ],
 )
 def test_bad_input_is_refused_with_the_field_named_and_nothing_written(
@@ -121,6 +126,43 @@ def test_bad_input_is_refused_with_the_field_named_and_nothing_written(
     assert raised.value.field == field
     assert problem in raised.value.problem
     assert not Event.objects.exists()
+
+
+def test_deep_nesting_is_refused(owner):
+    payload: dict = {}
+    inner = payload
+    for _ in range(11):
+        inner["x"] = {}
+        inner = inner["x"]
+    with pytest.raises(InvalidEvent, match="nested at most 10 levels"):
+        record_event(owner, "image.posted", payload=payload)
+
+
+def test_reusing_an_event_id_for_a_different_fact_is_an_error_not_a_duplicate(owner, second_user):
+    record_event(owner, "image.posted", event_id="shared-1")
+    with pytest.raises(InvalidEvent) as raised:
+        record_event(second_user, "image.posted", event_id="shared-1")
+    assert raised.value.field == "event_id"
+    with pytest.raises(InvalidEvent):
+        record_event(owner, "visit.created", event_id="shared-1")
+    assert Event.objects.count() == 1
+
+
+def test_a_broker_outage_does_not_fail_the_producer_and_leaves_the_event_pending(
+    owner, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    from kombu.exceptions import OperationalError
+
+    from achievements import tasks
+
+    def broker_down(*args):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(tasks.evaluate_event_task, "delay", broker_down)
+    settings.ACCOLADE_TASK_MODE = "celery"
+    with django_capture_on_commit_callbacks(execute=True):
+        recorded = record_event(owner, "image.posted")
+    assert Event.objects.unprocessed().get() == recorded.event
 
 
 def test_an_unsaved_user_is_refused(db):

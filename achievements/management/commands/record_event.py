@@ -27,12 +27,17 @@ class Command(BaseCommand):
             payload = json.loads(options["payload"])
         except json.JSONDecodeError as exc:
             raise CommandError(f"--payload is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise CommandError("--payload is nested too deeply.") from None
         if not isinstance(payload, dict):
             raise CommandError(f"--payload must be a JSON object, not {type(payload).__name__}.")
 
         occurred_at = None
         if options["occurred_at"]:
-            occurred_at = parse_datetime(options["occurred_at"])
+            try:
+                occurred_at = parse_datetime(options["occurred_at"])
+            except ValueError as exc:
+                raise CommandError(f"--occurred-at is not a valid date and time: {exc}.") from None
             if occurred_at is None:
                 raise CommandError("--occurred-at is not an ISO 8601 date and time.")
 

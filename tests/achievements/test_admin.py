@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from achievements.events import record_event
+from achievements.models import Badge, BadgeRequirement, Event
+from tests.factories import make_places_badge
+
+
+@pytest.fixture
+def admin_client(client, db):
+    admin = get_user_model().objects.create_superuser("root", "root@example.com", "pw-for-tests")
+    client.force_login(admin)
+    return client
+
+
+def _inline_post(**requirement):
+    data = {
+        "key": "photo_fan",
+        "name": "Photo fan",
+        "description": "",
+        "icon": "",
+        "is_active": "on",
+        "sort_order": "0",
+        "requirements-TOTAL_FORMS": "1",
+        "requirements-INITIAL_FORMS": "0",
+        "requirements-MIN_NUM_FORMS": "1",
+        "requirements-MAX_NUM_FORMS": "1000",
+    }
+    defaults = {
+        "event_type": "image.posted",
+        "aggregation": "count",
+        "field": "",
+        "operator": ">=",
+        "threshold": "3",
+        "scope": "all_time",
+        "label": "",
+    }
+    for name, value in {**defaults, **requirement}.items():
+        data[f"requirements-0-{name}"] = value
+    return data
+
+
+def test_staff_create_a_badge_with_its_requirements_inline(admin_client):
+    response = admin_client.post("/admin/achievements/badge/add/", _inline_post())
+    assert response.status_code == 302
+    requirement = BadgeRequirement.objects.get(badge__key="photo_fan")
+    assert (requirement.event_type, requirement.threshold) == ("image.posted", 3)
+
+
+@pytest.mark.parametrize(
+    ("requirement", "message"),
+    [
+        ({"aggregation": "distinct", "field": ""}, "needs a payload field"),
+        ({"event_type": "Image Posted"}, "Event type must be lower-case words"),
+        ({"threshold": "0"}, "greater than or equal to 1"),
+        ({"threshold": "-5"}, "greater than or equal to 1"),
+        ({"aggregation": "median"}, "Select a valid choice"),
+        ({"field": "place id", "aggregation": "distinct"}, "Use a payload key"),
+    ],
+)
+def test_an_invalid_requirement_is_refused_with_a_message_and_nothing_saved(
+    admin_client, requirement, message
+):
+    response = admin_client.post("/admin/achievements/badge/add/", _inline_post(**requirement))
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert not Badge.objects.exists()
+
+
+def test_the_badge_change_page_shows_the_threshold_as_typed(admin_client):
+    badge = make_places_badge(threshold=5)
+    page = admin_client.get(f"/admin/achievements/badge/{badge.pk}/change/").content.decode()
+    assert 'name="requirements-0-threshold" value="5"' in page
+
+
+def test_events_are_browsable_but_read_only(admin_client, owner):
+    event = record_event(owner, "visit.created", payload={"place_id": 4}).event
+    assert admin_client.get("/admin/achievements/event/").status_code == 200
+    page = admin_client.get(f"/admin/achievements/event/{event.pk}/change/")
+    assert page.status_code == 200
+    assert "&quot;place_id&quot;: 4" in page.content.decode()
+    assert admin_client.get("/admin/achievements/event/add/").status_code == 403
+    admin_client.post(f"/admin/achievements/event/{event.pk}/change/", {"event_type": "x.y"})
+    assert Event.objects.get().event_type == "visit.created"
+    assert admin_client.post(f"/admin/achievements/event/{event.pk}/delete/").status_code == 403
+
+
+def test_user_badges_are_browsable(admin_client, owner):
+    assert admin_client.get("/admin/achievements/userbadge/").status_code == 200
+
+
+def test_the_admin_is_closed_to_non_staff(client, owner):
+    client.force_login(owner)
+    assert client.get("/admin/achievements/badge/").status_code == 302

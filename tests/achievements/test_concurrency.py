@@ -1,0 +1,93 @@
+"""Races on the real database: PostgreSQL row locks are the point, so no SQLite stand-in."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from achievements.actions import evaluate_event
+from achievements.models import Event, RequirementProgress, UserBadge
+from tests.factories import make_images_badge, make_places_badge
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def postgresql_only():
+    if connection.vendor == "postgresql":
+        return
+    message = (
+        "needs PostgreSQL row locks; run with "
+        "DATABASE_URL=postgres://postgres@127.0.0.1:5432/accolade or CI=true make test"
+    )
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def test_workers_racing_over_one_users_events_count_each_once_and_unlock_once(owner):
+    """Four threads, each with its own connection, all try to evaluate every event
+    (as redelivered messages would), in different orders, at the same moment."""
+    images = make_images_badge(threshold=15)
+    places = make_places_badge(threshold=10)
+    now = timezone.now()
+    events = Event.objects.bulk_create(
+        [
+            Event(event_id=f"img-{n}", event_type="image.posted", user=owner, occurred_at=now)
+            for n in range(20)
+        ]
+        + [
+            Event(
+                event_id=f"visit-{n}",
+                event_type="visit.created",
+                user=owner,
+                occurred_at=now,
+                payload={"place_id": n % 12},
+            )
+            for n in range(30)
+        ]
+    )
+    keys = [event.pk for event in events]
+    start = threading.Barrier(4)
+    claimed: list[int] = []
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        order = keys[:]
+        random.Random(seed).shuffle(order)
+        try:
+            start.wait()
+            for key in order:
+                if evaluate_event(key) is not None:
+                    claimed.append(key)
+        except BaseException as exc:  # surfaced below, with the thread's traceback lost otherwise
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert errors == []
+    assert sorted(claimed) == sorted(keys), "every event is evaluated exactly once"
+    assert not Event.objects.unprocessed().exists()
+    values = dict(
+        RequirementProgress.objects.filter(user=owner).values_list("requirement__badge", "value")
+    )
+    assert values == {images.pk: 20, places.pk: 12}
+    unlocked = UserBadge.objects.filter(user=owner, completed_at__isnull=False)
+    assert sorted(unlocked.values_list("badge", flat=True)) == sorted([images.pk, places.pk])
+    for user_badge in unlocked:
+        assert user_badge.completed_by_event is not None
+    # The images badge was completed by the 15th image evaluated, whichever that was.
+    images_row = unlocked.get(badge=images)
+    assert images_row.completed_by_event is not None
+    assert images_row.completed_by_event.event_type == "image.posted"
