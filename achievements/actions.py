@@ -5,18 +5,22 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from achievements import realtime, rules
+from accounts.models import time_zone_for
+from achievements import context, realtime, rules
 from achievements.models import (
     BadgeRequirement,
     DistinctValue,
     Event,
     RequirementProgress,
+    Unlock,
     UserBadge,
 )
 
@@ -31,6 +35,7 @@ class Evaluation:
     user_id: int | None = None
     changed_badge_ids: list[int] = field(default_factory=list)
     unlocked_badge_ids: list[int] = field(default_factory=list)
+    unlock_ids: list[int] = field(default_factory=list)
 
 
 def evaluate_event(event_pk: int) -> Evaluation | None:
@@ -40,108 +45,32 @@ def evaluate_event(event_pk: int) -> Evaluation | None:
        transaction can win it. A loser blocks on the row until the winner
        commits, then finds it already processed and stops. If anything below
        fails, the claim rolls back with everything else and a retry starts
-       clean.
-    2. Find the requirements that watch this event type; most events touch
-       none or few, and nothing else is loaded.
-    3. Lock the user's row for each affected badge (creating it if needed), in
-       badge order so two workers never wait on each other in a cycle. Every
-       read-modify-write of that user's progress on those badges happens under
-       these locks, so concurrent events for one user serialise here while
-       other users proceed in parallel.
-    4. Advance each watching requirement incrementally from its stored value.
-    5. Recompute each badge's status and unlock it if every requirement holds.
-       The conditional update on completed_at makes the unlock happen once.
-    6. After commit, push the new progress and any unlock to the user's pages.
+       clean. A redelivered or swept message for a processed event is a no-op.
+    2. Apply it to the user's progress (apply_event), in the user's time zone.
+    3. After commit, push the new progress and any unlock to the user's pages.
     """
     with transaction.atomic():
         now = timezone.now()
-        claimed = Event.objects.filter(pk=event_pk, processed_at__isnull=True).update(
-            processed_at=now
-        )
+        claimed = Event.objects.filter(
+            pk=event_pk, processed_at__isnull=True, dead_lettered_at__isnull=True
+        ).update(processed_at=now, retry_at=None)
         if not claimed:
-            logger.debug("Event %s was already processed; skipping", event_pk)
+            logger.debug("Event %s was already processed or dead-lettered; skipping", event_pk)
             return None
         event = Event.objects.get(pk=event_pk)
-        result = Evaluation(event_pk=event_pk, user_id=event.user_id)
-
-        watching = list(BadgeRequirement.objects.watching(event.event_type))
-        observations = [
-            (requirement, observation)
-            for requirement in watching
-            if (
-                observation := rules.observe(
-                    requirement.as_rule(), event.event_type, event.payload
-                )
-            )
-        ]
-        if not observations:
-            return result
-
-        badge_ids = sorted({requirement.badge_id for requirement, _ in observations})
-        user_badges = _lock_user_badges(event.user_id, badge_ids)
-        all_requirements = list(BadgeRequirement.objects.filter(badge_id__in=badge_ids))
-        progress = _progress_rows(event.user_id, all_requirements)
-
-        changed_progress = []
-        for requirement, observation in observations:
-            row = progress[requirement.pk]
-            is_new_value = True
-            if observation.distinct_key is not None:
-                _, is_new_value = DistinctValue.objects.get_or_create(
-                    user_id=event.user_id,
-                    requirement=requirement,
-                    value_key=observation.distinct_key,
-                )
-            new_value = rules.advance(requirement.as_rule(), row.value, is_new_value=is_new_value)
-            if new_value != row.value:
-                row.value = new_value
-                row.updated_at = now
-                changed_progress.append(row)
-        if changed_progress:
-            RequirementProgress.objects.bulk_update(changed_progress, ["value", "updated_at"])
-
-        requirements_by_badge: dict[int, list[BadgeRequirement]] = defaultdict(list)
-        for requirement in all_requirements:
-            requirements_by_badge[requirement.badge_id].append(requirement)
-
-        for badge_id in badge_ids:
-            user_badge = user_badges[badge_id]
-            status = rules.badge_status(
-                [(r.as_rule(), progress[r.pk].value) for r in requirements_by_badge[badge_id]]
-            )
-            changed = (
-                user_badge.current_value != status.current
-                or user_badge.target_value != status.target
-            )
-            user_badge.current_value = status.current
-            user_badge.target_value = status.target
-            user_badge.last_evaluated_at = now
-            if status.met and user_badge.completed_at is None:
-                user_badge.completed_at = now
-                user_badge.completed_by_event = event
-                result.unlocked_badge_ids.append(badge_id)
-                changed = True
-            if changed:
-                result.changed_badge_ids.append(badge_id)
-        UserBadge.objects.bulk_update(
-            user_badges.values(),
-            [
-                "current_value",
-                "target_value",
-                "last_evaluated_at",
-                "completed_at",
-                "completed_by_event",
-            ],
-        )
-
+        with context.evaluation_context(
+            user_id=event.user_id, time_zone=time_zone_for(event.user_id)
+        ):
+            result = apply_event(event, now=now)
         if result.changed_badge_ids:
             transaction.on_commit(
                 partial(
                     realtime.notify_badge_changes,
                     user_id=event.user_id,
                     badge_ids=result.changed_badge_ids,
-                    unlocked_badge_ids=result.unlocked_badge_ids,
-                )
+                    unlock_ids=result.unlock_ids,
+                ),
+                robust=True,
             )
     if result.unlocked_badge_ids:
         logger.info(
@@ -153,7 +82,99 @@ def evaluate_event(event_pk: int) -> Evaluation | None:
     return result
 
 
-def _lock_user_badges(user_id: int, badge_ids: list[int]) -> dict[int, UserBadge]:
+def apply_event(event: Event, *, now: datetime) -> Evaluation:
+    """Advance the user's progress by one event, inside the caller's transaction.
+
+    1. Find the requirements that watch this event type; most events touch
+       none or few, and nothing else is loaded.
+    2. Lock the user's row for each affected badge (creating it if needed), in
+       badge order so two workers never wait on each other in a cycle. Every
+       read-modify-write of that user's progress on those badges happens under
+       these locks, so concurrent events for one user serialise here while
+       other users proceed in parallel.
+    3. Advance each watching requirement incrementally from its stored value.
+    4. Recompute each badge's status and unlock it if every requirement holds.
+       The Unlock row's unique constraint backs the in-lock check, so a
+       second unlock of one badge cannot be written whatever races.
+    """
+    result = Evaluation(event_pk=event.pk, user_id=event.user_id)
+    watching = list(BadgeRequirement.objects.watching(event.event_type))
+    observations = [
+        (requirement, observation)
+        for requirement in watching
+        if (observation := rules.observe(requirement.as_rule(), event.event_type, event.payload))
+    ]
+    if not observations:
+        return result
+
+    badge_ids = sorted({requirement.badge_id for requirement, _ in observations})
+    user_badges = lock_user_badges(event.user_id, badge_ids)
+    all_requirements = list(BadgeRequirement.objects.filter(badge_id__in=badge_ids))
+    progress = _progress_rows(event.user_id, all_requirements)
+
+    changed_progress = []
+    for requirement, observation in observations:
+        row = progress[requirement.pk]
+        is_new_value = True
+        if observation.distinct_key is not None:
+            _, is_new_value = DistinctValue.objects.get_or_create(
+                user_id=event.user_id,
+                requirement=requirement,
+                value_key=observation.distinct_key,
+            )
+        new_value = rules.advance(requirement.as_rule(), row.value, is_new_value=is_new_value)
+        if new_value != row.value:
+            row.value = new_value
+            row.updated_at = now
+            changed_progress.append(row)
+    if changed_progress:
+        RequirementProgress.objects.bulk_update(changed_progress, ["value", "updated_at"])
+
+    requirements_by_badge: dict[int, list[BadgeRequirement]] = defaultdict(list)
+    for requirement in all_requirements:
+        requirements_by_badge[requirement.badge_id].append(requirement)
+
+    for badge_id in badge_ids:
+        user_badge = user_badges[badge_id]
+        status = rules.badge_status(
+            [(r.as_rule(), progress[r.pk].value) for r in requirements_by_badge[badge_id]]
+        )
+        changed = (
+            user_badge.current_value != status.current or user_badge.target_value != status.target
+        )
+        user_badge.current_value = status.current
+        user_badge.target_value = status.target
+        user_badge.last_evaluated_at = now
+        if status.met and user_badge.completed_at is None:
+            unlock, created = Unlock.objects.get_or_create(
+                user_id=event.user_id,
+                badge_id=badge_id,
+                period="",
+                defaults={"unlocked_at": now, "event": event},
+            )
+            user_badge.completed_at = unlock.unlocked_at
+            user_badge.completed_by_event_id = unlock.event_id
+            if created:
+                result.unlocked_badge_ids.append(badge_id)
+                result.unlock_ids.append(unlock.pk)
+            changed = True
+        if changed:
+            result.changed_badge_ids.append(badge_id)
+    UserBadge.objects.bulk_update(
+        user_badges.values(),
+        [
+            "current_value",
+            "target_value",
+            "last_evaluated_at",
+            "completed_at",
+            "completed_by_event",
+        ],
+    )
+    return result
+
+
+def lock_user_badges(user_id: int, badge_ids: list[int]) -> dict[int, UserBadge]:
+    """The user's rows for these badges, created if missing, locked in badge order."""
     UserBadge.objects.bulk_create(
         [UserBadge(user_id=user_id, badge_id=badge_id) for badge_id in badge_ids],
         ignore_conflicts=True,
@@ -180,3 +201,116 @@ def _progress_rows(
         user_id=user_id, requirement_id__in=[r.pk for r in requirements]
     )
     return {row.requirement_id: row for row in rows}
+
+
+# --- failures, dead letters and the sweeper ---------------------------------
+
+
+def max_attempts() -> int:
+    return int(getattr(settings, "ACCOLADE_MAX_ATTEMPTS", 5))
+
+
+def retry_delay(attempt: int) -> float:
+    """Exponential backoff: base, 2×base, 4×base ... capped at ACCOLADE_RETRY_MAX_SECONDS."""
+    base = float(getattr(settings, "ACCOLADE_RETRY_BASE_SECONDS", 2.0))
+    cap = float(getattr(settings, "ACCOLADE_RETRY_MAX_SECONDS", 300.0))
+    return min(cap, base * 2 ** max(0, attempt - 1))
+
+
+@dataclass(frozen=True)
+class Failure:
+    attempts: int
+    dead_lettered: bool
+    retry_in: float | None
+
+
+def record_evaluation_failure(event_pk: int, error: str) -> Failure:
+    """Count a failed evaluation; dead-letter the event once it has failed too often.
+
+    Runs in its own transaction: the evaluation's transaction has rolled back.
+    A dead-lettered event is skipped by claims and sweeps until staff re-drive it.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        event = (
+            Event.objects.select_for_update()
+            .filter(pk=event_pk, processed_at__isnull=True)
+            .only("pk", "attempts")
+            .first()
+        )
+        if event is None:
+            return Failure(attempts=0, dead_lettered=False, retry_in=None)
+        attempts = event.attempts + 1
+        if attempts >= max_attempts():
+            Event.objects.filter(pk=event_pk).update(
+                attempts=attempts, last_error=error, dead_lettered_at=now, retry_at=None
+            )
+            logger.error("Event %s dead-lettered after %s attempts", event_pk, attempts)
+            return Failure(attempts=attempts, dead_lettered=True, retry_in=None)
+        delay = retry_delay(attempts)
+        Event.objects.filter(pk=event_pk).update(
+            attempts=attempts, last_error=error, retry_at=now + timedelta(seconds=delay)
+        )
+        return Failure(attempts=attempts, dead_lettered=False, retry_in=delay)
+
+
+def redrive_events(event_pks: list[int]) -> int:
+    """Give dead-lettered events another full set of attempts, after a rule fix."""
+    from achievements.events import enqueue_evaluation
+
+    with transaction.atomic():
+        pks = list(
+            Event.objects.dead_lettered()
+            .filter(pk__in=event_pks, processed_at__isnull=True)
+            .values_list("pk", flat=True)
+        )
+        Event.objects.filter(pk__in=pks).update(
+            dead_lettered_at=None, attempts=0, retry_at=None, swept_at=None
+        )
+        for pk in pks:
+            transaction.on_commit(partial(enqueue_evaluation, pk), robust=True)
+    return len(pks)
+
+
+def sweep_stranded_events(*, older_than_seconds: float | None = None, limit: int = 1000) -> int:
+    """Re-enqueue unprocessed events whose task message appears lost.
+
+    The event row is the outbox, so an event whose message never reached the
+    broker (it was down at commit) or was lost with a worker is still here.
+    Each swept event is stamped so the next sweep leaves it alone for another
+    period; the claim in evaluate_event makes a second delivery harmless.
+    """
+    from achievements.events import enqueue_evaluation
+
+    age = (
+        float(getattr(settings, "ACCOLADE_SWEEP_AGE_SECONDS", 300))
+        if older_than_seconds is None
+        else older_than_seconds
+    )
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=age)
+    with transaction.atomic():
+        pks = list(
+            Event.objects.stranded(older_than=cutoff)
+            .order_by("received_at", "pk")
+            .values_list("pk", flat=True)[:limit]
+        )
+        Event.objects.filter(pk__in=pks).update(swept_at=now)
+    for pk in pks:
+        enqueue_evaluation(pk)
+    if pks:
+        logger.warning("Swept %s stranded event(s) back onto the queue", len(pks))
+    return len(pks)
+
+
+def mark_unlocks_seen(user_id: int, unlock_ids: list[int]) -> int:
+    """Record that a page of `user_id` showed these unlocks; others' unlocks are ignored."""
+    return Unlock.objects.filter(user_id=user_id, pk__in=unlock_ids, seen_at__isnull=True).update(
+        seen_at=timezone.now()
+    )
+
+
+def mark_unlocks_delivered(unlock_ids: list[int]) -> None:
+    Unlock.objects.filter(pk__in=unlock_ids, delivered_at__isnull=True).update(
+        delivered_at=timezone.now()
+    )

@@ -4,11 +4,21 @@ import json
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from achievements.models import Badge, BadgeRequirement, Event, UserBadge, format_number
+from achievements.actions import redrive_events
+from achievements.models import (
+    Badge,
+    BadgeRequirement,
+    DedupRule,
+    Event,
+    Unlock,
+    UserBadge,
+    format_number,
+)
 
 
 class BadgeRequirementForm(forms.ModelForm):
@@ -65,9 +75,30 @@ class UserBadgeAdmin(admin.ModelAdmin):
         )
 
 
+class EventStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("pending", "Pending"), ("processed", "Processed"), ("dead", "Dead-lettered")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Event]) -> QuerySet[Event]:
+        if self.value() == "pending":
+            return queryset.filter(processed_at__isnull=True, dead_lettered_at__isnull=True)
+        if self.value() == "processed":
+            return queryset.filter(processed_at__isnull=False)
+        if self.value() == "dead":
+            return queryset.filter(dead_lettered_at__isnull=False)
+        return queryset
+
+
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
-    """The event log, browsable but never editable: events are facts."""
+    """The event log, browsable but never editable: events are facts.
+
+    Dead-lettered events (filter "status: dead-lettered") show their error and
+    can be re-driven after the rule or data problem is fixed.
+    """
 
     list_display = [
         "event_id",
@@ -76,22 +107,14 @@ class EventAdmin(admin.ModelAdmin):
         "source",
         "occurred_at",
         "received_at",
-        "processed_at",
+        "status_label",
+        "attempts",
     ]
-    list_filter = ["event_type", "source", ("processed_at", admin.EmptyFieldListFilter)]
+    list_filter = [EventStatusFilter, "event_type", "source"]
     list_select_related = ["user"]
     search_fields = ["event_id", "event_type", "user__username"]
     date_hierarchy = "received_at"
-    fields = [
-        "event_id",
-        "event_type",
-        "user",
-        "source",
-        "occurred_at",
-        "received_at",
-        "processed_at",
-        "pretty_payload",
-    ]
+    actions = ["redrive"]
     readonly_fields = [
         "event_id",
         "event_type",
@@ -101,11 +124,39 @@ class EventAdmin(admin.ModelAdmin):
         "received_at",
         "processed_at",
         "pretty_payload",
+        "fingerprint",
+        "status_label",
+        "attempts",
+        "retry_at",
+        "swept_at",
+        "dead_lettered_at",
+        "error",
     ]
+    fields = tuple(readonly_fields)
 
     @admin.display(description="Payload")
     def pretty_payload(self, event: Event) -> str:
         return format_html("<pre>{}</pre>", json.dumps(event.payload, indent=2, sort_keys=True))
+
+    @admin.display(description="Status")
+    def status_label(self, event: Event) -> str:
+        return event.status
+
+    @admin.display(description="Last error")
+    def error(self, event: Event) -> str:
+        return format_html("<pre>{}</pre>", event.last_error) if event.last_error else "—"
+
+    @admin.action(description="Re-drive selected dead-lettered events", permissions=["redrive"])
+    def redrive(self, request: HttpRequest, queryset: QuerySet[Event]) -> None:
+        count = redrive_events(list(queryset.values_list("pk", flat=True)))
+        skipped = queryset.count() - count
+        message = f"Re-queued {count} dead-lettered event(s)."
+        if skipped:
+            message += f" {skipped} selected event(s) were not dead-lettered and were left alone."
+        self.message_user(request, message, messages.SUCCESS if count else messages.WARNING)
+
+    def has_redrive_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("achievements.change_event")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -115,3 +166,32 @@ class EventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Event | None = None) -> bool:
         return False
+
+
+@admin.register(Unlock)
+class UnlockAdmin(admin.ModelAdmin):
+    list_display = ["user", "badge", "period", "unlocked_at", "silent", "delivered_at", "seen_at"]
+    list_filter = ["badge", "silent", ("seen_at", admin.EmptyFieldListFilter)]
+    list_select_related = ["user", "badge"]
+    search_fields = ["user__username", "badge__key", "badge__name"]
+    raw_id_fields = ["user", "event"]
+    date_hierarchy = "unlocked_at"
+    readonly_fields = [
+        "user",
+        "badge",
+        "period",
+        "unlocked_at",
+        "event",
+        "silent",
+        "delivered_at",
+        "seen_at",
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(DedupRule)
+class DedupRuleAdmin(admin.ModelAdmin):
+    list_display = ["event_type", "payload_key", "window_seconds"]
+    search_fields = ["event_type", "payload_key"]

@@ -9,6 +9,7 @@ channel layer.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -16,7 +17,7 @@ from django.utils.formats import date_format
 from django.utils.timezone import localtime
 
 from achievements import rules
-from achievements.models import Badge, RequirementProgress, UserBadge, format_number
+from achievements.models import Badge, RequirementProgress, Unlock, UserBadge, format_number
 
 Card = dict[str, Any]
 
@@ -26,11 +27,16 @@ def cards_for_user(
     *,
     badge_ids: Iterable[int] | None = None,
     event_types: Iterable[str] | None = None,
+    changed_since: datetime | None = None,
 ) -> list[Card]:
     """Cards for the user's active badges (optionally only some), in display order."""
     badges = Badge.objects.active().prefetch_related("requirements")
     if badge_ids is not None:
         badges = badges.filter(pk__in=list(badge_ids))
+    if changed_since is not None:
+        badges = badges.filter(
+            user_badges__user_id=user_id, user_badges__last_evaluated_at__gt=changed_since
+        )
     if event_types is not None:
         badges = badges.filter(requirements__event_type__in=list(event_types)).distinct()
     badges_list = list(badges)
@@ -74,3 +80,19 @@ def _card(badge: Badge, user_badge: UserBadge | None, values: dict[int, Decimal]
             for r in requirements
         ],
     }
+
+
+def unseen_unlocks(user_id: int, *, limit: int) -> list[dict[str, Any]]:
+    """The user's unlocks that no page has shown yet, oldest first, with their cards."""
+    unlocks = list(
+        Unlock.objects.filter(user_id=user_id, seen_at__isnull=True, silent=False)
+        .order_by("unlocked_at", "pk")
+        .values_list("pk", "badge_id")[:limit]
+    )
+    if not unlocks:
+        return []
+    badge_ids = [badge_id for _, badge_id in unlocks]
+    cards = {card["id"]: card for card in cards_for_user(user_id, badge_ids=badge_ids)}
+    return [
+        {"unlock_id": pk, "card": cards[badge_id]} for pk, badge_id in unlocks if badge_id in cards
+    ]

@@ -1,17 +1,30 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qs
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
 from achievements import realtime
+from achievements.actions import mark_unlocks_seen
+from achievements.cards import cards_for_user, unseen_unlocks
+
+logger = logging.getLogger(__name__)
 
 # A close code in the application range, so a page can tell "not signed in"
 # from a network failure. It is sent after accepting: a refused handshake
 # reaches the browser as 1006, which the htmx ws extension retries forever.
 CLOSE_NOT_AUTHENTICATED = 4401
+# How many unseen unlocks one (re)connect catches up on; older ones are
+# still on the badges page.
+CATCH_UP_LIMIT = 10
+MAX_SEEN_IDS = 50
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
@@ -22,6 +35,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
     """
 
     group_name: str | None = None
+    user_id: int | None = None
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -30,18 +44,60 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_NOT_AUTHENTICATED)
             return
         realtime.register_server_loop(asyncio.get_running_loop())
+        self.user_id = user.pk
         self.group_name = realtime.user_group(user.pk)
         await self.channel_layer.group_add(self.group_name, self.channel_name)
         await self.accept()
+        await self.catch_up()
 
     async def disconnect(self, code: int) -> None:
         if self.group_name:
             await self.channel_layer.group_discard(self.group_name, self.channel_name)
 
+    async def catch_up(self) -> None:
+        """Send what this page may have missed while it was not connected.
+
+        The channel layer is at-most-once: anything pushed while a socket was
+        down is gone. So on every connect the page gets the cards that changed
+        since it was rendered (the `since` query parameter, a timestamp the
+        page carries; it only narrows what is sent, it grants nothing) and
+        every unlock no page has shown yet. The page drops toasts it showed
+        already, so a reconnect never shows one twice.
+        """
+        assert self.user_id is not None
+        since = _parse_since(self.scope.get("query_string", b""))
+        cards, unlocks = await database_sync_to_async(_catch_up_data)(self.user_id, since)
+        frame = "".join(
+            render_to_string("achievements/badges.html#progress", {"card": card}) for card in cards
+        )
+        frame += "".join(
+            render_to_string(
+                "achievements/badges.html#toast_frame",
+                {"card": unlock["card"], "unlock_id": unlock["unlock_id"]},
+            )
+            for unlock in unlocks
+        )
+        if frame:
+            await self.send(text_data=frame)
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        # Pages only listen. Anything a client sends is ignored rather than
-        # trusted; in particular it cannot subscribe to other groups.
-        return
+        """Pages report which unlock toasts they have shown; nothing else is accepted.
+
+        Ids that are not this user's unlocks are ignored by the update, so a
+        client cannot touch anyone else's state.
+        """
+        if not text_data or len(text_data) > 2000 or self.user_id is None:
+            return
+        try:
+            message = json.loads(text_data)
+        except ValueError:
+            return
+        seen = message.get("seen") if isinstance(message, dict) else None
+        if not isinstance(seen, list):
+            return
+        ids = [i for i in seen[:MAX_SEEN_IDS] if isinstance(i, int) and not isinstance(i, bool)]
+        if ids:
+            await database_sync_to_async(mark_unlocks_seen)(self.user_id, ids)
 
     async def progress_updated(self, message: dict[str, Any]) -> None:
         await self.send(
@@ -51,7 +107,24 @@ class LiveConsumer(AsyncWebsocketConsumer):
         )
 
     async def achievement_unlocked(self, message: dict[str, Any]) -> None:
-        context = {"card": message["card"]}
+        context = {"card": message["card"], "unlock_id": message.get("unlock_id")}
         frame = render_to_string("achievements/badges.html#progress", context)
         frame += render_to_string("achievements/badges.html#toast_frame", context)
         await self.send(text_data=frame)
+
+
+def _parse_since(query_string: bytes) -> datetime | None:
+    values = parse_qs(query_string.decode("latin-1")).get("since")
+    if not values:
+        return None
+    try:
+        return datetime.fromtimestamp(float(values[0]), tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _catch_up_data(
+    user_id: int, since: datetime | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    cards = cards_for_user(user_id, changed_since=since) if since else []
+    return cards, unseen_unlocks(user_id, limit=CATCH_UP_LIMIT)

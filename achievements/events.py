@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
 import threading
+import time
+import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, close_old_connections, transaction
+from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.utils import timezone
 
 from achievements import rules
-from achievements.models import Event
+from achievements.models import DedupRule, Event
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +76,9 @@ def record_event(
     try:
         # A savepoint, so a duplicate id does not break the caller's transaction.
         with transaction.atomic():
+            fingerprint, earlier = _near_duplicate(user.pk, event_type, payload, occurred_at)
+            if earlier is not None:
+                return RecordedEvent(earlier, created=False)
             event = Event.objects.create(
                 event_id=event_id,
                 event_type=event_type,
@@ -80,6 +86,7 @@ def record_event(
                 occurred_at=occurred_at,
                 source=source,
                 payload=payload,
+                fingerprint=fingerprint,
             )
     except IntegrityError:
         existing = Event.objects.filter(event_id=event_id).first()
@@ -98,6 +105,37 @@ def record_event(
     # request into an error; the event row stays unprocessed in the outbox.
     transaction.on_commit(partial(enqueue_evaluation, event.pk), robust=True)
     return RecordedEvent(event, created=True)
+
+
+def _near_duplicate(
+    user_id: int, event_type: str, payload: dict[str, Any], occurred_at: datetime
+) -> tuple[str, Event | None]:
+    """The event's business fingerprint, and an earlier event it repeats, if any.
+
+    Only event types with a DedupRule have a fingerprint. Two producers
+    recording the same fact at once must not both see "no earlier event", so
+    the check and the insert are serialised per fingerprint: on PostgreSQL by
+    a transaction-scoped advisory lock, on SQLite by its single writer.
+    """
+    rule = DedupRule.objects.filter(event_type=event_type).first()
+    if rule is None or payload.get(rule.payload_key) is None:
+        return "", None
+    key = rules.distinct_key(payload[rule.payload_key])
+    fingerprint = hashlib.sha256(f"{user_id}|{event_type}|{key}".encode()).hexdigest()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [fingerprint])
+    window = timedelta(seconds=rule.window_seconds)
+    earlier = (
+        Event.objects.filter(
+            fingerprint=fingerprint,
+            occurred_at__gte=occurred_at - window,
+            occurred_at__lte=occurred_at + window,
+        )
+        .order_by("occurred_at", "pk")
+        .first()
+    )
+    return fingerprint, earlier
 
 
 def _validate(
@@ -192,15 +230,44 @@ def _thread_executor() -> ThreadPoolExecutor:
     with _executor_lock:
         if _executor is None:
             _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="accolade-evaluate")
+            _start_embedded_sweeper()
         return _executor
 
 
 def _evaluate_in_thread(event_pk: int) -> None:
-    from achievements.actions import evaluate_event
+    """The embedded mode's stand-in for the Celery task, with the same failure policy."""
+    from achievements import actions, context
 
     try:
-        evaluate_event(event_pk)
-    except Exception:
-        logger.exception("Evaluating event %s failed", event_pk)
+        actions.evaluate_event(event_pk)
+    except Exception as exc:
+        failure = actions.record_evaluation_failure(
+            event_pk, "".join(traceback.format_exception(exc))[-10_000:]
+        )
+        logger.warning("Evaluating event %s failed (attempt %s)", event_pk, failure.attempts)
+        if failure.retry_in is not None:
+            timer = threading.Timer(failure.retry_in, enqueue_evaluation, args=[event_pk])
+            timer.daemon = True
+            timer.start()
     finally:
+        context.reset()
         close_old_connections()
+
+
+def _start_embedded_sweeper() -> None:
+    """Celery beat's job in the embedded mode: re-enqueue stranded events now and then."""
+
+    def sweep_forever() -> None:
+        from achievements.actions import sweep_stranded_events
+
+        interval = float(getattr(settings, "ACCOLADE_SWEEP_INTERVAL_SECONDS", 60))
+        while True:
+            time.sleep(interval)
+            try:
+                sweep_stranded_events()
+            except Exception:
+                logger.exception("Sweeping stranded events failed")
+            finally:
+                close_old_connections()
+
+    threading.Thread(target=sweep_forever, name="accolade-sweeper", daemon=True).start()

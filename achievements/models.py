@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -7,6 +8,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 from achievements import rules
@@ -148,7 +150,24 @@ class BadgeRequirement(models.Model):
 
 class EventQuerySet(models.QuerySet["Event"]):
     def unprocessed(self) -> EventQuerySet:
-        return self.filter(processed_at__isnull=True)
+        """Events still waiting for evaluation: neither processed nor given up on."""
+        return self.filter(processed_at__isnull=True, dead_lettered_at__isnull=True)
+
+    def dead_lettered(self) -> EventQuerySet:
+        return self.filter(dead_lettered_at__isnull=False)
+
+    def stranded(self, *, older_than: datetime) -> EventQuerySet:
+        """Unprocessed events nobody appears to be working on.
+
+        Received before `older_than`, with no retry scheduled after it and not
+        re-enqueued by a sweep since then. Their task message was lost (broker
+        down at commit, a worker gone with the message) or never sent.
+        """
+        return self.unprocessed().filter(
+            Q(received_at__lt=older_than),
+            Q(retry_at__isnull=True) | Q(retry_at__lt=older_than),
+            Q(swept_at__isnull=True) | Q(swept_at__lt=older_than),
+        )
 
 
 class Event(models.Model):
@@ -170,6 +189,22 @@ class Event(models.Model):
     payload = models.JSONField(default=dict, blank=True)
     received_at = models.DateTimeField(default=timezone.now)
     processed_at = models.DateTimeField(null=True, blank=True)
+    fingerprint = models.CharField(
+        max_length=64,
+        blank=True,
+        db_index=True,
+        help_text="Hash of user, type and the dedup rule's payload key, when a rule applies.",
+    )
+
+    # Delivery bookkeeping. These change as the event moves through the
+    # pipeline; the facts above never do.
+    attempts = models.PositiveIntegerField(default=0, help_text="Failed evaluations so far.")
+    last_error = models.TextField(blank=True)
+    retry_at = models.DateTimeField(null=True, blank=True)
+    swept_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the sweeper last re-enqueued it."
+    )
+    dead_lettered_at = models.DateTimeField(null=True, blank=True)
 
     objects = EventQuerySet.as_manager()
 
@@ -183,15 +218,30 @@ class Event(models.Model):
                 name="event_unprocessed",
                 condition=models.Q(processed_at__isnull=True),
             ),
+            models.Index(
+                fields=["dead_lettered_at"],
+                name="event_dead_lettered",
+                condition=models.Q(dead_lettered_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.event_id}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
+        # The event's facts never change. Pipeline bookkeeping (processed_at,
+        # attempts, ...) is written with queryset updates, never through save().
         if not self._state.adding:
             raise ValueError("Events are immutable once recorded.")
         super().save(*args, **kwargs)
+
+    @property
+    def status(self) -> str:
+        if self.processed_at:
+            return "processed"
+        if self.dead_lettered_at:
+            return "dead-lettered"
+        return "pending"
 
 
 class UserBadge(models.Model):
@@ -227,6 +277,88 @@ class UserBadge(models.Model):
     @property
     def is_completed(self) -> bool:
         return self.completed_at is not None
+
+
+class Unlock(models.Model):
+    """One earning of a badge by a user, with whether it reached the user's pages.
+
+    `period` is empty for once-only badges; the unique constraint makes a
+    second unlock of the same badge in the same period impossible.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="unlocks"
+    )
+    badge = models.ForeignKey(Badge, on_delete=models.CASCADE, related_name="unlocks")
+    period = models.CharField(max_length=32, blank=True, default="")
+    unlocked_at = models.DateTimeField(default=timezone.now)
+    event = models.ForeignKey(
+        Event,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="unlocks",
+        help_text="The event whose evaluation completed the badge.",
+    )
+    silent = models.BooleanField(
+        default=False, help_text="Unlocked by a replay or re-evaluation: never toasted."
+    )
+    delivered_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a push to the user's pages was first sent."
+    )
+    seen_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a page of the user first showed the toast."
+    )
+
+    class Meta:
+        ordering = ["-unlocked_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "badge", "period"], name="unique_unlock"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["user", "unlocked_at"],
+                name="unlock_unseen",
+                condition=models.Q(seen_at__isnull=True, silent=False),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} unlocked {self.badge}"
+
+
+class DedupRule(models.Model):
+    """Treat events of one type as duplicates when they repeat a business key soon after.
+
+    Some producers retry with fresh ids (a webhook that generates one per
+    delivery). Events of `event_type` by the same user with the same value of
+    `payload_key` within `window_seconds` of an earlier one count once.
+    """
+
+    event_type = models.CharField(
+        max_length=rules.EVENT_TYPE_MAX_LENGTH, unique=True, validators=[validate_event_type]
+    )
+    payload_key = models.CharField(
+        max_length=64, help_text="The payload field that identifies the business fact."
+    )
+    window_seconds = models.PositiveIntegerField(
+        default=300,
+        validators=[MinValueValidator(1)],
+        help_text="How long after an event a repeat still counts as a duplicate.",
+    )
+
+    class Meta:
+        verbose_name = "deduplication rule"
+
+    def __str__(self) -> str:
+        return f"{self.event_type} by {self.payload_key} within {self.window_seconds}s"
+
+    def clean(self) -> None:
+        super().clean()
+        if self.payload_key and not rules.FIELD_PATTERN.match(self.payload_key):
+            raise ValidationError(
+                {"payload_key": "Use a payload key of letters, digits and '_', e.g. order_id."}
+            )
 
 
 class RequirementProgress(models.Model):

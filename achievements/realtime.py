@@ -39,25 +39,46 @@ def user_group(user_id: int) -> str:
 
 
 def notify_badge_changes(
-    *, user_id: int, badge_ids: Iterable[int], unlocked_badge_ids: Iterable[int] = ()
+    *, user_id: int, badge_ids: Iterable[int], unlock_ids: Iterable[int] = ()
 ) -> None:
-    """Push fresh cards for changed badges, and a toast for each unlock."""
-    unlocked = set(unlocked_badge_ids)
-    messages = [
-        {
-            "type": "achievement.unlocked" if card["id"] in unlocked else "progress.updated",
-            "card": card,
-        }
-        for card in cards_for_user(user_id, badge_ids=badge_ids)
-    ]
-    send_to_group(user_group(user_id), messages)
+    """Push fresh cards for changed badges, and a toast for each unlock.
+
+    An unlock is marked delivered once the layer has accepted the send. The
+    layer is at-most-once, so delivery is not the end of it: pages that were
+    not connected pick up unseen unlocks when their socket (re)connects.
+    """
+    from achievements.models import Unlock
+
+    unlock_by_badge = dict(
+        Unlock.objects.filter(pk__in=list(unlock_ids)).values_list("badge_id", "pk")
+    )
+    messages = []
+    for card in cards_for_user(user_id, badge_ids=badge_ids):
+        if card["id"] in unlock_by_badge:
+            messages.append(
+                {
+                    "type": "achievement.unlocked",
+                    "card": card,
+                    "unlock_id": unlock_by_badge[card["id"]],
+                }
+            )
+        else:
+            messages.append({"type": "progress.updated", "card": card})
+    if send_to_group(user_group(user_id), messages) and unlock_by_badge:
+        from achievements.actions import mark_unlocks_delivered
+
+        mark_unlocks_delivered(list(unlock_by_badge.values()))
 
 
-def send_to_group(group: str, messages: list[dict[str, Any]]) -> None:
-    """Send messages to a group, in order. Best effort: a push is never worth failing a task."""
+def send_to_group(group: str, messages: list[dict[str, Any]]) -> bool:
+    """Send messages to a group, in order; whether the layer took them.
+
+    Best effort: a push is never worth failing a task over, so errors are
+    logged, not raised.
+    """
     layer = get_channel_layer()
     if layer is None or not messages:
-        return
+        return False
 
     async def send_all() -> None:
         for message in messages:
@@ -71,6 +92,8 @@ def send_to_group(group: str, messages: list[dict[str, Any]]) -> None:
         # have reported it as failed.
         future.cancel()
         logger.exception("Pushing %d message(s) to %s failed", len(messages), group)
+        return False
+    return True
 
 
 # --- one event loop per process for sends -----------------------------------
@@ -94,9 +117,9 @@ def _submit(layer: Any, coroutine: Coroutine[Any, Any, None]) -> Future[None]:
         if loop is None or loop.is_closed() or not loop.is_running():
             # No socket has connected in this process, so nobody can listen.
             coroutine.close()
-            done: Future[None] = Future()
-            done.set_result(None)
-            return done
+            nobody: Future[None] = Future()
+            nobody.set_exception(LookupError("no socket is connected to this process"))
+            return nobody
         try:
             if asyncio.get_running_loop() is loop:
                 raise RuntimeError("send_to_group must not be called from the server loop")

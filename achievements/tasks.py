@@ -2,23 +2,51 @@
 
 from __future__ import annotations
 
+import logging
+import traceback
+
 from celery import shared_task
-from django.db import DatabaseError
+from celery.signals import task_postrun
 
-from achievements import actions
+from achievements import actions, context
+
+logger = logging.getLogger(__name__)
 
 
-@shared_task(
-    name="achievements.evaluate_event",
-    acks_late=True,
-    ignore_result=True,
-    # Lock waits, deadlock victims and dropped connections are worth another
-    # try; the claim in evaluate_event makes a retry of a committed event a no-op.
-    autoretry_for=(DatabaseError,),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=8,
-)
-def evaluate_event_task(event_pk: int) -> None:
-    actions.evaluate_event(event_pk)
+@shared_task(bind=True, name="achievements.evaluate_event", acks_late=True, ignore_result=True)
+def evaluate_event_task(self, event_pk: int) -> None:
+    """Evaluate one event; retry with backoff, then dead-letter it.
+
+    Any exception counts, not only database errors: an event that fails
+    however often it is tried (a malformed payload meeting a rule) must end up
+    somewhere staff can see it, while every other event carries on. The
+    failure is recorded in its own transaction, because the evaluation's has
+    rolled back.
+    """
+    try:
+        actions.evaluate_event(event_pk)
+    except Exception as exc:
+        failure = actions.record_evaluation_failure(
+            event_pk, "".join(traceback.format_exception(exc))[-10_000:]
+        )
+        if failure.retry_in is None:
+            return
+        logger.warning(
+            "Evaluating event %s failed (attempt %s), retrying in %.0fs: %r",
+            event_pk,
+            failure.attempts,
+            failure.retry_in,
+            exc,
+        )
+        raise self.retry(countdown=failure.retry_in, max_retries=None) from exc
+
+
+@shared_task(name="achievements.sweep_stranded_events", ignore_result=True)
+def sweep_stranded_events_task() -> int:
+    return actions.sweep_stranded_events()
+
+
+@task_postrun.connect
+def reset_task_context(**kwargs: object) -> None:
+    """Forget task-scoped context after every task, whether it succeeded or failed."""
+    context.reset()

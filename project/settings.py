@@ -93,6 +93,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "achievements.context_processors.live",
             ],
             "builtins": ["template_partials.templatetags.partials"],
         },
@@ -179,6 +180,23 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = "django-db"
+ACCOLADE_SWEEP_INTERVAL_SECONDS = env_int("ACCOLADE_SWEEP_INTERVAL_SECONDS", 60, minimum=1)
+# The sweeper re-enqueues events whose task message was lost (see
+# achievements.actions.sweep_stranded_events); celery beat runs it.
+CELERY_BEAT_SCHEDULE = {
+    "sweep-stranded-events": {
+        "task": "achievements.sweep_stranded_events",
+        "schedule": float(ACCOLADE_SWEEP_INTERVAL_SECONDS),
+    },
+}
+
+# Failure handling. An event whose evaluation keeps failing is retried with
+# exponential backoff, then dead-lettered for staff to inspect and re-drive.
+ACCOLADE_MAX_ATTEMPTS = env_int("ACCOLADE_MAX_ATTEMPTS", 5, minimum=1)
+ACCOLADE_RETRY_BASE_SECONDS = env_int("ACCOLADE_RETRY_BASE_SECONDS", 2, minimum=0)
+ACCOLADE_RETRY_MAX_SECONDS = env_int("ACCOLADE_RETRY_MAX_SECONDS", 300, minimum=0)
+# Unprocessed events older than this, with no retry pending, count as stranded.
+ACCOLADE_SWEEP_AGE_SECONDS = env_int("ACCOLADE_SWEEP_AGE_SECONDS", 300, minimum=1)
 CELERY_RESULT_EXTENDED = True
 CELERY_TIMEZONE = "UTC"
 

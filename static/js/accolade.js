@@ -6,6 +6,15 @@
 
   var MAX_TOASTS = 4;
 
+  // Day and streak rules count in the user's own time zone; the sign-up form
+  // asks the browser for it.
+  document.addEventListener("DOMContentLoaded", function () {
+    var field = document.querySelector('input[type="hidden"][name="time_zone"]');
+    if (field && !field.value && window.Intl) {
+      field.value = Intl.DateTimeFormat().resolvedOptions().timeZone || "";
+    }
+  });
+
   function dismiss(toast) {
     if (!toast || toast.classList.contains("is-leaving")) return;
     toast.classList.add("is-leaving");
@@ -55,6 +64,42 @@
   });
 
   document.addEventListener("htmx:wsError", function () { setLiveState("closed", "Offline"); });
+
+  // Each tab shows an unlock's toast once. The server sends every unlock no
+  // page has acknowledged whenever a socket (re)connects, and a live push can
+  // cross that catch-up, so a toast this tab already showed is dropped here;
+  // sessionStorage is per tab and survives reloads of it. Shown toasts are
+  // acknowledged back, and the server stops offering them.
+  var SHOWN_KEY = "accolade.shownUnlocks";
+
+  function shownUnlocks() {
+    try { return JSON.parse(window.sessionStorage.getItem(SHOWN_KEY) || "[]"); }
+    catch (error) { return []; }
+  }
+
+  function rememberShown(ids) {
+    try {
+      window.sessionStorage.setItem(SHOWN_KEY, JSON.stringify(ids.slice(-200)));
+    } catch (error) { /* storage full or disabled: duplicates become possible, nothing worse */ }
+  }
+
+  document.addEventListener("htmx:wsAfterMessage", function (event) {
+    var fresh = document.querySelectorAll("#toasts [data-unlock-id]:not([data-acknowledged])");
+    if (!fresh.length) return;
+    var shown = shownUnlocks();
+    var acknowledge = [];
+    fresh.forEach(function (toast) {
+      var id = parseInt(toast.dataset.unlockId, 10);
+      if (shown.indexOf(id) !== -1) { toast.remove(); return; }
+      toast.dataset.acknowledged = "true";
+      shown.push(id);
+      acknowledge.push(id);
+    });
+    rememberShown(shown);
+    if (acknowledge.length && event.detail && event.detail.socketWrapper) {
+      event.detail.socketWrapper.send(JSON.stringify({ seen: acknowledge }));
+    }
+  });
 
   // Keep the stack short: the oldest toast goes when a new one would overflow.
   document.addEventListener("htmx:oobAfterSwap", function (event) {

@@ -47,7 +47,7 @@ def test_every_page_of_a_signed_in_user_has_the_live_toast_region(client, owner)
     client.force_login(owner)
     for url in ("/badges/", "/places/", "/places/photos/"):
         page = client.get(url).content.decode()
-        assert 'ws-connect="/ws/live/"' in page, url
+        assert 'ws-connect="/ws/live/?since=' in page, url
         assert 'id="toasts" class="toasts" aria-live="polite"' in page, url
 
 
