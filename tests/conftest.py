@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
+
 import pytest
+from django.db import connection
 
 from tests.factories import make_user
 
@@ -20,3 +23,17 @@ def second_user(db):
 @pytest.fixture
 def staff_user(db):
     return make_user(username="staff", is_staff=True)
+
+
+@pytest.fixture
+def postgresql_only(db):
+    """For tests where PostgreSQL's row and advisory locks are the thing under test."""
+    if connection.vendor == "postgresql":
+        return
+    message = (
+        "needs PostgreSQL locks; run with "
+        "DATABASE_URL=postgres://postgres@127.0.0.1:5432/accolade or CI=true make test"
+    )
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 
@@ -14,20 +13,7 @@ from achievements.actions import evaluate_event
 from achievements.models import Event, RequirementProgress, UserBadge
 from tests.factories import make_images_badge, make_places_badge
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def postgresql_only():
-    if connection.vendor == "postgresql":
-        return
-    message = (
-        "needs PostgreSQL row locks; run with "
-        "DATABASE_URL=postgres://postgres@127.0.0.1:5432/accolade or CI=true make test"
-    )
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("postgresql_only")]
 
 
 def test_workers_racing_over_one_users_events_count_each_once_and_unlock_once(owner):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import time
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -158,3 +161,91 @@ async def test_badge_text_from_staff_is_escaped_in_pushed_frames():
     assert "<img src=x" not in frame and "<script>" not in frame
     assert "&lt;img src=x onerror=alert(1)&gt;" in frame
     await communicator.disconnect()
+
+
+def _unlock_id(frame: str) -> int:
+    match = re.search(r'data-unlock-id="(\d+)"', frame)
+    assert match, frame
+    return int(match.group(1))
+
+
+@database_sync_to_async
+def _unlock_states(user) -> list[tuple[bool, bool]]:
+    from achievements.models import Unlock
+
+    return [
+        (u.delivered_at is not None, u.seen_at is not None)
+        for u in Unlock.objects.filter(user=user)
+    ]
+
+
+async def test_an_unlock_pushed_to_a_connected_page_is_marked_delivered_and_then_seen():
+    user, cookie = await _signed_in_cookie("owner")
+    await database_sync_to_async(make_places_badge)(threshold=1)
+    communicator, _, _ = await _connect(cookie)
+    await _visit(user, 1)
+    frame = await communicator.receive_from(timeout=3)
+    unlock_id = _unlock_id(frame)
+    assert await _unlock_states(user) == [(True, False)]
+
+    await communicator.send_to(text_data=json.dumps({"seen": [unlock_id]}))
+    await asyncio.sleep(0.2)
+    assert await _unlock_states(user) == [(True, True)]
+    await communicator.disconnect()
+
+
+async def test_a_page_that_connects_later_catches_up_on_unseen_unlocks_once():
+    user, cookie = await _signed_in_cookie("owner")
+    await database_sync_to_async(make_places_badge)(threshold=1)
+    await _visit(user, 1)  # no page open: the push reaches nobody
+    assert await _unlock_states(user) == [(False, False)]
+
+    first, _, _ = await _connect(cookie)
+    frame = await first.receive_from(timeout=3)
+    assert "Badge unlocked: <strong>1 Places Visited</strong>" in frame
+    unlock_id = _unlock_id(frame)
+    await first.send_to(text_data=json.dumps({"seen": [unlock_id]}))
+    await asyncio.sleep(0.2)
+    await first.disconnect()
+
+    second, _, _ = await _connect(cookie)
+    assert await second.receive_nothing(timeout=0.5)
+    await second.disconnect()
+
+
+async def test_a_reconnecting_page_gets_the_cards_that_changed_while_it_was_away():
+    user, cookie = await _signed_in_cookie("owner")
+    await database_sync_to_async(make_places_badge)(threshold=5)
+    rendered_at = time.time() - 1
+    await _visit(user, 1)
+    await _visit(user, 2)
+    communicator = WebsocketCommunicator(
+        application, f"/ws/live/?since={rendered_at}", headers=[ORIGIN, (b"cookie", cookie)]
+    )
+    assert (await communicator.connect())[0]
+    frame = await communicator.receive_from(timeout=3)
+    assert 'aria-valuenow="40"' in frame
+    await communicator.disconnect()
+
+
+async def test_a_page_cannot_mark_another_users_unlock_seen():
+    owner, owner_cookie = await _signed_in_cookie("owner")
+    other, other_cookie = await _signed_in_cookie("other")
+    await database_sync_to_async(make_places_badge)(threshold=1)
+    await _visit(owner, 1)
+    from achievements.models import Unlock
+
+    unlock_id = (await database_sync_to_async(Unlock.objects.get)(user=owner)).pk
+    other_socket, _, _ = await _connect(other_cookie)
+    for message in (
+        json.dumps({"seen": [unlock_id]}),
+        json.dumps({"seen": "all"}),
+        json.dumps({"seen": [True, "1", None, 1.5]}),
+        "not json",
+        json.dumps([1, 2]),
+        "x" * 5000,
+    ):
+        await other_socket.send_to(text_data=message)
+    await asyncio.sleep(0.2)
+    assert await _unlock_states(owner) == [(False, False)]
+    await other_socket.disconnect()

@@ -1,0 +1,195 @@
+"""Rebuilding progress and unlocks from the event log."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import transaction
+from django.utils import timezone
+
+from achievements import rules
+from achievements.actions import lock_user_badges
+from achievements.models import (
+    Badge,
+    BadgeRequirement,
+    DistinctValue,
+    Event,
+    RequirementProgress,
+    Unlock,
+    UserBadge,
+)
+
+
+class UnknownBadge(ValueError):
+    pass
+
+
+@dataclass
+class ReplayReport:
+    users: int = 0
+    events: int = 0
+    newly_unlocked: list[tuple[int, int]] = field(default_factory=list)
+    no_longer_qualifying: list[tuple[int, int]] = field(default_factory=list)
+
+
+def replay_events(
+    *,
+    since: datetime | None = None,
+    badge_keys: list[str] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> ReplayReport:
+    """Recompute progress from processed events, for every user or those active since `since`.
+
+    1. Pick the badges (all active ones, or those named) and the event types
+       their requirements watch.
+    2. Pick the users: everyone with a processed event of those types, or
+       only those with one on or after `since`. Each chosen user's progress is
+       rebuilt from their whole history, since an all-time count cannot be
+       rebuilt from part of it.
+    3. Per user, in one transaction holding the same row locks as live
+       evaluation: fold their events in `occurred_at` order through the pure
+       rules, then replace the stored progress and distinct values.
+    4. A badge the rebuilt progress completes, and that is not yet unlocked,
+       is unlocked silently: no toast, and marked seen. A badge already
+       unlocked stays unlocked even if the rebuilt progress falls short; it
+       is reported, never revoked.
+
+    Only processed events are replayed: a pending one will be counted by its
+    own evaluation, and counting it here as well would count it twice. Live
+    evaluation can run alongside: the row locks serialise the two per user.
+    """
+    badges = Badge.objects.active()
+    if badge_keys:
+        badges = Badge.objects.filter(key__in=badge_keys)
+        missing = sorted(set(badge_keys) - set(badges.values_list("key", flat=True)))
+        if missing:
+            raise UnknownBadge(f"no badge with key {', '.join(map(repr, missing))}")
+    requirements = list(BadgeRequirement.objects.filter(badge__in=badges).order_by("pk"))
+    event_types = sorted({requirement.event_type for requirement in requirements})
+    report = ReplayReport()
+    if not requirements:
+        return report
+
+    users = Event.objects.filter(event_type__in=event_types, processed_at__isnull=False)
+    if since is not None:
+        users = users.filter(occurred_at__gte=since)
+    user_ids = sorted(set(users.values_list("user_id", flat=True)))
+    for done, user_id in enumerate(user_ids, start=1):
+        _replay_user(user_id, requirements, event_types, report)
+        report.users += 1
+        if on_progress:
+            on_progress(done, len(user_ids))
+    return report
+
+
+def _replay_user(
+    user_id: int,
+    requirements: list[BadgeRequirement],
+    event_types: list[str],
+    report: ReplayReport,
+) -> None:
+    with transaction.atomic():
+        # Only badges this user has events for get rows, as in live
+        # evaluation; they are locked the same way, in the same order.
+        user_types = set(
+            Event.objects.filter(
+                user_id=user_id, event_type__in=event_types, processed_at__isnull=False
+            )
+            .values_list("event_type", flat=True)
+            .distinct()
+        )
+        watched_badges = {r.badge_id for r in requirements if r.event_type in user_types}
+        requirements = [r for r in requirements if r.badge_id in watched_badges]
+        by_type: dict[str, list[tuple[BadgeRequirement, rules.Rule]]] = defaultdict(list)
+        by_badge: dict[int, list[BadgeRequirement]] = defaultdict(list)
+        for requirement in requirements:
+            by_type[requirement.event_type].append((requirement, requirement.as_rule()))
+            by_badge[requirement.badge_id].append(requirement)
+        badge_ids = sorted(by_badge)
+        user_badges = lock_user_badges(user_id, badge_ids)
+        values = {requirement.pk: Decimal(0) for requirement in requirements}
+        seen: dict[int, set[str]] = defaultdict(set)
+        completed_by: dict[int, int] = {}
+
+        events = (
+            Event.objects.filter(
+                user_id=user_id, event_type__in=event_types, processed_at__isnull=False
+            )
+            .order_by("occurred_at", "pk")
+            .values_list("pk", "event_type", "payload")
+        )
+        for event_pk, event_type, payload in events.iterator(chunk_size=2000):
+            report.events += 1
+            touched = set()
+            for requirement, rule in by_type[event_type]:
+                observation = rules.observe(rule, event_type, payload)
+                if observation is None:
+                    continue
+                is_new = True
+                if observation.distinct_key is not None:
+                    is_new = observation.distinct_key not in seen[requirement.pk]
+                    seen[requirement.pk].add(observation.distinct_key)
+                values[requirement.pk] = rules.advance(
+                    rule, values[requirement.pk], is_new_value=is_new
+                )
+                touched.add(requirement.badge_id)
+            for badge_id in touched - completed_by.keys():
+                if _status(by_badge[badge_id], values).met:
+                    completed_by[badge_id] = event_pk
+
+        requirement_ids = [requirement.pk for requirement in requirements]
+        DistinctValue.objects.filter(user_id=user_id, requirement_id__in=requirement_ids).delete()
+        DistinctValue.objects.bulk_create(
+            [
+                DistinctValue(user_id=user_id, requirement_id=requirement_id, value_key=key)
+                for requirement_id, keys in seen.items()
+                for key in sorted(keys)
+            ],
+            batch_size=2000,
+        )
+        RequirementProgress.objects.filter(
+            user_id=user_id, requirement_id__in=requirement_ids
+        ).delete()
+        RequirementProgress.objects.bulk_create(
+            [
+                RequirementProgress(user_id=user_id, requirement_id=pk, value=value)
+                for pk, value in values.items()
+            ]
+        )
+
+        now = timezone.now()
+        for badge_id in badge_ids:
+            user_badge = user_badges[badge_id]
+            status = _status(by_badge[badge_id], values)
+            user_badge.current_value = status.current
+            user_badge.target_value = status.target
+            if status.met and user_badge.completed_at is None:
+                unlock, created = Unlock.objects.get_or_create(
+                    user_id=user_id,
+                    badge_id=badge_id,
+                    period="",
+                    defaults={
+                        "unlocked_at": now,
+                        "event_id": completed_by.get(badge_id),
+                        "silent": True,
+                        "seen_at": now,
+                    },
+                )
+                user_badge.completed_at = unlock.unlocked_at
+                user_badge.completed_by_event_id = unlock.event_id
+                if created:
+                    report.newly_unlocked.append((user_id, badge_id))
+            elif not status.met and user_badge.completed_at is not None:
+                report.no_longer_qualifying.append((user_id, badge_id))
+        UserBadge.objects.bulk_update(
+            user_badges.values(),
+            ["current_value", "target_value", "completed_at", "completed_by_event"],
+        )
+
+
+def _status(requirements: list[BadgeRequirement], values: dict[int, Decimal]) -> rules.BadgeStatus:
+    return rules.badge_status([(r.as_rule(), values[r.pk]) for r in requirements])

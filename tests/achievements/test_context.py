@@ -1,0 +1,65 @@
+"""Task-scoped context never outlives its task."""
+
+from __future__ import annotations
+
+import pytest
+from django.utils import timezone
+
+from accounts.models import Profile
+from achievements import context, rules
+from achievements.events import record_event
+from achievements.tasks import evaluate_event_task
+from tests.factories import make_images_badge
+
+
+def test_the_context_is_set_for_the_block_and_restored_after_an_error():
+    assert context.current_user_id.get() is None
+    with (
+        pytest.raises(RuntimeError),
+        context.evaluation_context(user_id=7, time_zone="Asia/Tokyo"),
+    ):
+        assert context.current_user_id.get() == 7
+        assert timezone.get_current_timezone_name() == "Asia/Tokyo"
+        raise RuntimeError
+    assert context.current_user_id.get() is None
+    assert timezone.get_current_timezone_name() == "UTC"
+
+
+def test_an_unknown_time_zone_falls_back_to_utc():
+    with context.evaluation_context(user_id=1, time_zone="Mars/Olympus_Mons"):
+        assert timezone.get_current_timezone_name() == "UTC"
+
+
+def test_evaluation_runs_in_the_users_time_zone(owner, monkeypatch):
+    Profile.objects.create(user=owner, time_zone="America/Santiago")
+    make_images_badge(threshold=5)
+    seen = []
+    original = rules.observe
+
+    def spy(rule, event_type, payload):
+        seen.append((timezone.get_current_timezone_name(), context.current_user_id.get()))
+        return original(rule, event_type, payload)
+
+    monkeypatch.setattr(rules, "observe", spy)
+    evaluate_event_task.apply(args=[record_event(owner, "image.posted").event.pk])
+    assert seen == [("America/Santiago", owner.pk)]
+    assert timezone.get_current_timezone_name() == "UTC"
+    assert context.current_user_id.get() is None
+
+
+def test_a_failing_task_leaks_nothing_into_the_next(owner, settings, monkeypatch):
+    """Context set outside any evaluation block, by a task that then fails, is
+    cleared by the task_postrun handler before the next task runs."""
+    from achievements import actions
+
+    settings.ACCOLADE_MAX_ATTEMPTS = 1
+
+    def leak_and_fail(event_pk):
+        timezone.activate("Pacific/Chatham")
+        context.current_user_id.set(999)
+        raise ValueError("bad rule")
+
+    monkeypatch.setattr(actions, "evaluate_event", leak_and_fail)
+    evaluate_event_task.apply(args=[record_event(owner, "image.posted").event.pk])
+    assert timezone.get_current_timezone_name() == "UTC"
+    assert context.current_user_id.get() is None

@@ -1,0 +1,155 @@
+"""Poison events, retries, dead letters, re-drive and the sweeper."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from achievements import actions, rules
+from achievements.events import record_event
+from achievements.models import Event, RequirementProgress
+from achievements.tasks import evaluate_event_task
+from tests.factories import make_images_badge
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Make every evaluation of an image.posted event fail, as a broken rule would."""
+
+    original = rules.observe
+
+    def explode(rule, event_type, payload):
+        if event_type == "image.posted":
+            raise ZeroDivisionError("the rule divides by zero")
+        return original(rule, event_type, payload)
+
+    monkeypatch.setattr(rules, "observe", explode)
+    return monkeypatch
+
+
+def test_a_failure_is_counted_with_its_error_and_a_retry_is_scheduled(owner, settings):
+    settings.ACCOLADE_MAX_ATTEMPTS = 3
+    event = record_event(owner, "image.posted").event
+    failure = actions.record_evaluation_failure(event.pk, "Traceback: boom")
+    event.refresh_from_db()
+    assert (failure.attempts, failure.dead_lettered) == (1, False)
+    assert event.attempts == 1 and event.last_error == "Traceback: boom"
+    assert event.retry_at is not None and event.status == "pending"
+
+
+def test_retry_delays_grow_exponentially_up_to_a_cap(settings):
+    settings.ACCOLADE_RETRY_BASE_SECONDS = 2
+    settings.ACCOLADE_RETRY_MAX_SECONDS = 20
+    assert [actions.retry_delay(n) for n in range(1, 7)] == [2, 4, 8, 16, 20, 20]
+
+
+def test_the_task_retries_then_dead_letters_a_poison_event(owner, settings, poison):
+    settings.ACCOLADE_MAX_ATTEMPTS = 3
+    settings.ACCOLADE_RETRY_BASE_SECONDS = 0
+    make_images_badge(threshold=1)
+    event = record_event(owner, "image.posted").event
+    # Run the task as Celery's worker would, retries included (eager mode).
+    evaluate_event_task.apply(args=[event.pk])
+    event.refresh_from_db()
+    assert event.status == "dead-lettered"
+    assert event.attempts == 3
+    assert "ZeroDivisionError: the rule divides by zero" in event.last_error
+    assert event.processed_at is None
+
+
+def test_a_poison_event_does_not_block_other_events(owner, settings, poison):
+    settings.ACCOLADE_MAX_ATTEMPTS = 2
+    settings.ACCOLADE_RETRY_BASE_SECONDS = 0
+    from tests.factories import make_places_badge
+
+    make_places_badge(threshold=5)
+    bad = record_event(owner, "image.posted").event
+    good = record_event(owner, "visit.created", payload={"place_id": 1}).event
+    evaluate_event_task.apply(args=[bad.pk])
+    evaluate_event_task.apply(args=[good.pk])
+    good.refresh_from_db()
+    assert good.status == "processed"
+    assert RequirementProgress.objects.get(user=owner).value == 1
+
+
+def test_a_dead_lettered_event_is_not_claimed_or_swept(owner, settings):
+    settings.ACCOLADE_MAX_ATTEMPTS = 1
+    event = record_event(owner, "image.posted").event
+    actions.record_evaluation_failure(event.pk, "boom")
+    assert actions.evaluate_event(event.pk) is None
+    Event.objects.filter(pk=event.pk).update(received_at=timezone.now() - timedelta(hours=1))
+    assert actions.sweep_stranded_events(older_than_seconds=60) == 0
+
+
+def test_redriving_after_a_fix_processes_the_event_once(
+    owner, settings, poison, django_capture_on_commit_callbacks
+):
+    settings.ACCOLADE_MAX_ATTEMPTS = 1
+    make_images_badge(threshold=1)
+    event = record_event(owner, "image.posted").event
+    evaluate_event_task.apply(args=[event.pk])
+    event.refresh_from_db()
+    assert event.status == "dead-lettered"
+
+    poison.undo()  # the rule is fixed
+    with django_capture_on_commit_callbacks(execute=True):
+        assert actions.redrive_events([event.pk]) == 1
+    event.refresh_from_db()
+    assert event.status == "processed" and event.attempts == 0
+    assert RequirementProgress.objects.get(user=owner).value == 1
+    assert actions.redrive_events([event.pk]) == 0
+
+
+def test_the_sweeper_re_enqueues_only_events_nobody_is_working_on(
+    owner, django_capture_on_commit_callbacks
+):
+    old = timezone.now() - timedelta(minutes=10)
+    stranded = record_event(owner, "image.posted", event_id="stranded").event
+    fresh = record_event(owner, "image.posted", event_id="fresh").event
+    retrying = record_event(owner, "image.posted", event_id="retrying").event
+    done = record_event(owner, "image.posted", event_id="done").event
+    Event.objects.filter(pk__in=[stranded.pk, retrying.pk, done.pk]).update(received_at=old)
+    Event.objects.filter(pk=retrying.pk).update(retry_at=timezone.now() + timedelta(minutes=1))
+    actions.evaluate_event(done.pk)
+
+    assert actions.sweep_stranded_events(older_than_seconds=300) == 1
+    for event in (stranded, fresh, retrying):
+        event.refresh_from_db()
+    assert stranded.status == "processed"
+    assert fresh.status == "pending" and retrying.status == "pending"
+    # A swept event is left alone for another period, and processed ones are never swept.
+    assert actions.sweep_stranded_events(older_than_seconds=300) == 0
+
+
+def test_swept_duplicates_of_a_processed_event_count_once(owner):
+    make_images_badge(threshold=10)
+    event = record_event(owner, "image.posted").event
+    for _ in range(3):
+        actions.evaluate_event(event.pk)
+    assert RequirementProgress.objects.get(user=owner).value == 1
+
+
+def test_staff_can_redrive_from_the_admin(client, owner, settings, poison):
+    from django.contrib.auth import get_user_model
+
+    settings.ACCOLADE_MAX_ATTEMPTS = 1
+    make_images_badge(threshold=1)
+    event = record_event(owner, "image.posted").event
+    evaluate_event_task.apply(args=[event.pk])
+    admin = get_user_model().objects.create_superuser("root", "r@example.com", "pw")
+    client.force_login(admin)
+    page = client.get("/admin/achievements/event/?status=dead").content.decode()
+    assert event.event_id in page
+    detail = client.get(f"/admin/achievements/event/{event.pk}/change/").content.decode()
+    assert "ZeroDivisionError" in detail
+    poison.undo()
+    response = client.post(
+        "/admin/achievements/event/",
+        {"action": "redrive", "_selected_action": [event.pk]},
+        follow=True,
+    )
+    assert "Re-queued 1 dead-lettered event(s)." in response.content.decode()
+    event.refresh_from_db()
+    assert event.dead_lettered_at is None

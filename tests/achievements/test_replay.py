@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from achievements.actions import evaluate_event
+from achievements.events import record_event
+from achievements.models import DistinctValue, RequirementProgress, Unlock, UserBadge
+from tests.factories import make_images_badge, make_places_badge
+
+
+def dump() -> dict[str, list]:
+    """Every piece of progress state, without the timestamps a rebuild may move."""
+    return {
+        "progress": sorted(
+            RequirementProgress.objects.values_list("user_id", "requirement_id", "value")
+        ),
+        "distinct": sorted(
+            DistinctValue.objects.values_list("user_id", "requirement_id", "value_key")
+        ),
+        "user_badges": sorted(
+            UserBadge.objects.values_list(
+                "user_id",
+                "badge_id",
+                "current_value",
+                "target_value",
+                "completed_at",
+                "completed_by_event",
+            )
+        ),
+        "unlocks": sorted(
+            Unlock.objects.values_list("user_id", "badge_id", "period", "unlocked_at", "event")
+        ),
+    }
+
+
+@pytest.fixture
+def history(owner, second_user):
+    places = make_places_badge(threshold=3)
+    images = make_images_badge(threshold=2)
+    for n, place in enumerate([1, 2, 2, 3, 4]):
+        evaluate_event(
+            record_event(
+                owner, "visit.created", payload={"place_id": place}, event_id=f"o{n}"
+            ).event.pk
+        )
+    for n in range(3):
+        evaluate_event(record_event(second_user, "image.posted", event_id=f"s{n}").event.pk)
+    evaluate_event(
+        record_event(second_user, "visit.created", payload={"place_id": 1}, event_id="s9").event.pk
+    )
+    return places, images
+
+
+def test_replaying_the_log_reproduces_live_evaluation_exactly(history):
+    live = dump()
+    call_command("replay_events")
+    assert dump() == live
+
+
+def test_replaying_twice_gives_identical_state(history):
+    call_command("replay_events")
+    first = dump()
+    call_command("replay_events")
+    assert dump() == first
+
+
+def test_replay_rebuilds_lost_progress(history):
+    expected = dump()
+    RequirementProgress.objects.all().delete()
+    DistinctValue.objects.all().delete()
+    UserBadge.objects.update(current_value=0)
+    call_command("replay_events")
+    assert dump() == expected
+
+
+def test_a_badge_added_later_is_unlocked_silently_by_replay(history, owner, second_user):
+    from tests.factories import make_badge
+
+    visitor = make_badge(
+        key="visitor", requirements=[{"event_type": "visit.created", "threshold": 1}]
+    )
+    call_command("replay_events", badges=["visitor"])
+    unlocks = Unlock.objects.filter(badge=visitor)
+    assert sorted(unlocks.values_list("user_id", flat=True)) == sorted([owner.pk, second_user.pk])
+    assert all(u.silent and u.seen_at is not None for u in unlocks)
+    owner_unlock = unlocks.get(user=owner)
+    assert owner_unlock.event is not None and owner_unlock.event.event_id == "o0"
+
+
+def test_replay_never_revokes_an_unlock(history, owner, capsys):
+    places, _ = history
+    places.requirements.update(threshold=50)
+    call_command("replay_events")
+    user_badge = UserBadge.objects.get(user=owner, badge=places)
+    assert user_badge.completed_at is not None
+    assert Unlock.objects.filter(user=owner, badge=places).exists()
+    assert user_badge.current_value == 4 and user_badge.target_value == 50
+    assert "1 unlock(s) no longer qualify" in capsys.readouterr().out
+
+
+def test_replay_sends_no_toasts(history, monkeypatch, django_capture_on_commit_callbacks):
+    from achievements import realtime
+
+    sent = []
+    monkeypatch.setattr(realtime, "send_to_group", lambda *args: sent.append(args))
+    from tests.factories import make_badge
+
+    make_badge(key="visitor", requirements=[{"event_type": "visit.created", "threshold": 1}])
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("replay_events")
+    assert sent == []
+
+
+def test_replay_for_one_badge_leaves_the_others_alone(history, second_user):
+    _, images = history
+    RequirementProgress.objects.filter(requirement__badge=images).update(value=99)
+    call_command("replay_events", badges=["places_visited_3"])
+    assert RequirementProgress.objects.get(user=second_user, requirement__badge=images).value == 99
+
+
+def test_pending_events_are_left_to_their_own_evaluation(history, owner):
+    before = dump()
+    record_event(owner, "visit.created", payload={"place_id": 77}, event_id="pending")
+    call_command("replay_events")
+    assert dump() == before
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"since": "last tuesday"}, "--since 'last tuesday' is not a date"),
+        ({"since": "2026-02-30"}, "--since '2026-02-30' is not a date"),
+        ({"badges": ["nope"]}, "--badge: no badge with key 'nope'."),
+    ],
+)
+def test_bad_options_are_refused_and_change_nothing(history, options, message):
+    before = dump()
+    with pytest.raises(CommandError) as raised:
+        call_command("replay_events", **options)
+    assert str(raised.value).startswith(message)
+    assert dump() == before
