@@ -131,10 +131,27 @@ def wait_for_http(url: str, process: Process, timeout: float = 60) -> None:
 class Stack:
     """A running site: its base URL and the processes behind it."""
 
-    def __init__(self, name: str, base_url: str, processes: list[Process]):
+    def __init__(
+        self, name: str, base_url: str, processes: list[Process], environment: dict[str, str]
+    ):
         self.name = name
         self.base_url = base_url
         self.processes = processes
+        self.environment = environment
+
+    def python(self, code: str) -> str:
+        """Run Python in the site's Django environment, as another process of the app would."""
+        result = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", code],
+            cwd=ROOT,
+            env=self.environment,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"shell failed:\n{result.stdout}\n{result.stderr}")
+        return result.stdout
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.output()[-3000:]}" for p in self.processes)
@@ -159,7 +176,7 @@ def embedded_stack(tmp_dir: Path) -> Iterator[Stack]:
     )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/", server)
-        yield Stack("embedded", f"http://127.0.0.1:{port}", [server])
+        yield Stack("embedded", f"http://127.0.0.1:{port}", [server], environment)
     finally:
         server.stop()
 
@@ -168,74 +185,232 @@ PG_HOST, PG_PORT = "127.0.0.1", 5432
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
 
-@contextmanager
-def topology_stack(tmp_dir: Path) -> Iterator[Stack]:
-    """The production shape: PostgreSQL, Redis, a Celery worker process and Daphne."""
-    require(
-        port_open(PG_HOST, PG_PORT),
-        "PostgreSQL on 127.0.0.1:5432",
-        "Start it (see README, 'Running the tests') or run with CI=true make test.",
-    )
-    require(
-        port_open(REDIS_HOST, REDIS_PORT),
-        "Redis on 127.0.0.1:6379",
-        "Start it (see README, 'Running the tests') or run with CI=true make test.",
-    )
-    import psycopg
+class Topology:
+    """The production shape, with every part under the test's control.
 
-    database = f"accolade_it_{os.getpid()}_{int(time.time())}"
-    admin_url = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{database}"')
-    environment = base_environment(
-        DEBUG="0",
-        DATABASE_URL=f"postgres://postgres@{PG_HOST}:{PG_PORT}/{database}",
-        REDIS_URL=f"redis://{REDIS_HOST}:{REDIS_PORT}",
-        # A namespace of our own: a developer's running worker never takes our tasks.
-        ACCOLADE_NAMESPACE=database.replace("_", "-"),
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        MEDIA_ROOT=str(tmp_dir / "media"),
-    )
-    processes: list[Process] = []
-    try:
-        manage(environment, "migrate", "--noinput", "-v0")
-        manage(environment, "seed_demo", "--quiet-logins")
-        worker = Process(
-            "celery-worker",
+    PostgreSQL (a fresh database), Redis (the shared server, or a private
+    redis-server on its own port that a test may stop and start), Celery
+    worker processes, optionally celery beat, and Daphne.
+    """
+
+    def __init__(
+        self,
+        tmp_dir: Path,
+        *,
+        private_redis: bool = False,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        require(
+            port_open(PG_HOST, PG_PORT),
+            "PostgreSQL on 127.0.0.1:5432",
+            "Start it (see README, 'Running the tests') or run with CI=true make test.",
+        )
+        if private_redis:
+            require(
+                shutil.which("redis-server") is not None,
+                "redis-server",
+                "Install it with `apt-get install -y redis-server` (CI does this itself).",
+            )
+        else:
+            require(
+                port_open(REDIS_HOST, REDIS_PORT),
+                "Redis on 127.0.0.1:6379",
+                "Start it (see README, 'Running the tests') or run with CI=true make test.",
+            )
+        self.tmp_dir = tmp_dir
+        self.database = f"accolade_it_{os.getpid()}_{time.monotonic_ns()}"
+        self.redis_port = free_port() if private_redis else REDIS_PORT
+        self.redis: Process | None = None
+        self.workers: list[Process] = []
+        self.processes: list[Process] = []
+        self.environment = base_environment(
+            DEBUG="0",
+            DATABASE_URL=f"postgres://postgres@{PG_HOST}:{PG_PORT}/{self.database}",
+            REDIS_URL=f"redis://{REDIS_HOST}:{self.redis_port}",
+            # A namespace of our own: a developer's running worker never takes our tasks.
+            ACCOLADE_NAMESPACE=self.database.replace("_", "-"),
+            ALLOWED_HOSTS="127.0.0.1,localhost",
+            MEDIA_ROOT=str(tmp_dir / "media"),
+            **(extra_env or {}),
+        )
+        self.base_url = ""
+        self._admin_url = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/postgres"
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self, *, workers: int = 1, concurrency: int = 2, beat: bool = False) -> Topology:
+        import psycopg
+
+        with psycopg.connect(self._admin_url, autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{self.database}"')
+        if self.redis_port != REDIS_PORT:
+            self.start_redis()
+        manage(self.environment, "migrate", "--noinput", "-v0")
+        manage(self.environment, "seed_demo", "--quiet-logins")
+        for _ in range(workers):
+            self.start_worker(concurrency=concurrency)
+        if beat:
+            self.start_beat()
+        port = free_port()
+        daphne = self._spawn(
+            "daphne",
+            [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "project.asgi:application"],
+        )
+        wait_for_http(f"http://127.0.0.1:{port}/", daphne)
+        self.base_url = f"http://127.0.0.1:{port}"
+        return self
+
+    def stop(self) -> None:
+        import psycopg
+
+        for process in reversed(self.processes):
+            process.stop()
+        with psycopg.connect(self._admin_url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+    def as_stack(self) -> Stack:
+        return Stack("topology", self.base_url, self.processes, self.environment)
+
+    # -- parts ---------------------------------------------------------------
+
+    def start_worker(self, *, concurrency: int = 2, include: str = "") -> Process:
+        number = len(self.workers) + 1
+        args = [
+            str(BIN / "celery"),
+            "-A",
+            "project",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--concurrency",
+            str(concurrency),
+            "--without-mingle",
+            "--without-gossip",
+            "--hostname",
+            f"w{number}-{self.database}@%h",
+        ]
+        if include:
+            args += ["--include", include]
+        worker = self._spawn(f"celery-worker-{number}", args)
+        worker.wait_for_output(r"ready\.", timeout=90)
+        self.workers.append(worker)
+        return worker
+
+    def start_beat(self) -> Process:
+        schedule = self.tmp_dir / f"beat-schedule-{time.monotonic_ns()}"
+        beat = self._spawn(
+            "celery-beat",
             [
                 str(BIN / "celery"),
                 "-A",
                 "project",
-                "worker",
+                "beat",
                 "--loglevel",
                 "INFO",
-                "--concurrency",
-                "2",
-                "--without-mingle",
-                "--without-gossip",
-                "--hostname",
-                f"{database}@%h",
+                "--schedule",
+                str(schedule),
             ],
-            environment,
-            tmp_dir,
         )
-        processes.append(worker)
-        port = free_port()
-        daphne = Process(
-            "daphne",
-            [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "project.asgi:application"],
-            environment,
-            tmp_dir,
+        beat.wait_for_output(r"beat: Starting", timeout=60)
+        return beat
+
+    def start_redis(self) -> Process:
+        self.redis = self._spawn(
+            f"redis-{self.redis_port}",
+            [
+                "redis-server",
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
         )
-        processes.append(daphne)
-        worker.wait_for_output(r"ready\.", timeout=90)
-        wait_for_http(f"http://127.0.0.1:{port}/", daphne)
-        yield Stack("topology", f"http://127.0.0.1:{port}", processes)
+        deadline = time.monotonic() + 20
+        while not port_open(REDIS_HOST, self.redis_port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start:\n{self.redis.output()}")
+            time.sleep(0.05)
+        return self.redis
+
+    def stop_redis(self) -> None:
+        assert self.redis is not None, "only a private Redis can be stopped"
+        self.redis.stop()
+        self.processes.remove(self.redis)
+        self.redis = None
+
+    def kill(self, process: Process, *, whole_group: bool = True) -> None:
+        """SIGKILL: no cleanup, no acknowledgements, exactly like a crashed host process."""
+        if whole_group:
+            os.killpg(process.popen.pid, signal.SIGKILL)
+        else:
+            os.kill(process.popen.pid, signal.SIGKILL)
+        process.popen.wait(timeout=10)
+
+    def kill_pid(self, pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+
+    def pool_children(self, worker: Process) -> list[int]:
+        """The prefork pool's child processes of a worker."""
+        result = subprocess.run(
+            ["pgrep", "-P", str(worker.popen.pid)], capture_output=True, text=True
+        )
+        return [int(pid) for pid in result.stdout.split()]
+
+    # -- data ----------------------------------------------------------------
+
+    def python(self, code: str, timeout: float = 300) -> str:
+        """Run Python inside the stack's Django environment (manage.py shell)."""
+        result = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", code],
+            cwd=ROOT,
+            env=self.environment,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"shell failed:\n{result.stdout}\n{result.stderr}")
+        return result.stdout
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        import psycopg
+
+        url = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{self.database}"
+        with psycopg.connect(url) as connection:
+            return connection.execute(sql, params).fetchall()
+
+    def wait_until(self, sql: str, expected: object, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        value = None
+        while time.monotonic() < deadline:
+            value = self.query(sql)[0][0]
+            if value == expected:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{sql!r} stayed at {value!r}, expected {expected!r}\n{self.logs()}")
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.output()[-3000:]}" for p in self.processes)
+
+    def _spawn(self, name: str, args: list[str]) -> Process:
+        process = Process(name, args, self.environment, self.tmp_dir)
+        self.processes.append(process)
+        return process
+
+
+@contextmanager
+def topology_stack(tmp_dir: Path) -> Iterator[Stack]:
+    """The production shape: PostgreSQL, Redis, a Celery worker process and Daphne."""
+    topology = Topology(tmp_dir)
+    try:
+        topology.start()
+        yield topology.as_stack()
     finally:
-        for process in processes:
-            process.stop()
-        with psycopg.connect(admin_url, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        topology.stop()
 
 
 def chromium_available() -> bool:

@@ -61,10 +61,11 @@ def test_visits_move_the_bar_and_unlock_a_toast_without_a_reload(request, browse
 
         bar = page.get_by_role("progressbar", name="Progress towards 5 Places Visited")
         expect(bar).to_have_attribute("aria-valuenow", "0")
-        options = page.locator("#id_place option[value]:not([value=''])")
-        for number in range(1, 6):
-            value = options.nth(number - 1).get_attribute("value")
-            page.get_by_label("Place", exact=True).select_option(value)
+        places = page.locator("#id_place option[value]:not([value=''])").evaluate_all(
+            "options => options.map(option => option.value)"
+        )
+        for number, place in enumerate(places[:5], start=1):
+            page.get_by_label("Place", exact=True).select_option(place)
             page.get_by_role("button", name="Log visit").click()
             expect(bar).to_have_attribute("aria-valuenow", str(min(number * 20, 100)))
             if number == 3:
@@ -111,3 +112,82 @@ def test_the_pages_fit_a_phone_screen(embedded_site, browser):
 def _artifact(name: str):
     stack.ARTIFACTS.mkdir(exist_ok=True)
     return stack.ARTIFACTS / name
+
+
+def _sign_up(page, base_url: str, username: str) -> None:
+    page.goto(f"{base_url}/accounts/signup/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password", exact=True).fill("a-long-passphrase-9")
+    page.get_by_label("Password confirmation").fill("a-long-passphrase-9")
+    page.get_by_role("button", name="Sign up").click()
+
+
+def _log_in(page, base_url: str, username: str) -> None:
+    page.goto(f"{base_url}/accounts/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill("a-long-passphrase-9")
+    page.get_by_role("button", name="Log in").click()
+
+
+@pytest.mark.parametrize("site_name", STACKS)
+def test_every_open_tab_shows_an_unlock_once_and_a_later_page_catches_up(
+    request, browser, site_name
+):
+    from playwright.sync_api import expect
+
+    site = request.getfixturevalue(site_name)
+    username = f"tabs-{site.name}"
+    context = browser.new_context(viewport={"width": 1000, "height": 700})
+    try:
+        first, second = context.new_page(), context.new_page()
+        _sign_up(first, site.base_url, username)
+        for page in (first, second):
+            page.goto(f"{site.base_url}/places/")
+            expect(page.locator("#live-status")).to_have_attribute("data-state", "open")
+
+        places = first.locator("#id_place option[value]:not([value=''])").evaluate_all(
+            "options => options.map(option => option.value)"
+        )
+        for number, place in enumerate(places[:5], start=1):
+            first.get_by_label("Place", exact=True).select_option(place)
+            first.get_by_role("button", name="Log visit").click()
+            expect(first.locator(".subheading .count")).to_have_text(f"({number})")
+
+        for page in (first, second):
+            expect(page.locator("#toasts [data-toast]")).to_have_count(1)
+        first.wait_for_timeout(1000)  # a late duplicate would have arrived by now
+        for page in (first, second):
+            expect(page.locator("#toasts [data-toast]")).to_have_count(1)
+
+        # Shown and acknowledged: a reload shows it no more.
+        second.reload()
+        expect(second.locator("#live-status")).to_have_attribute("data-state", "open")
+        second.wait_for_timeout(500)
+        expect(second.locator("#toasts [data-toast]")).to_have_count(0)
+
+        # An unlock while no page is open is waiting for the next page, once.
+        first.close()
+        second.close()
+        site.python(
+            "from django.contrib.auth import get_user_model\n"
+            "from django.db import transaction\n"
+            "from achievements.events import record_event\n"
+            f"user = get_user_model().objects.get(username={username!r})\n"
+            "for n in range(10):\n"
+            "    with transaction.atomic():\n"
+            "        record_event(user, 'image.posted', payload={'image_id': n})\n"
+        )
+        later = context.new_page()
+        later.goto(f"{site.base_url}/badges/")
+        toast = later.locator("#toasts [data-toast]")
+        expect(toast).to_have_count(1)
+        expect(toast).to_contain_text("10 Images Posted")
+        later.reload()
+        expect(later.locator("#live-status")).to_have_attribute("data-state", "open")
+        later.wait_for_timeout(500)
+        expect(later.locator("#toasts [data-toast]")).to_have_count(0)
+    except Exception:
+        print(site.logs())
+        raise
+    finally:
+        context.close()

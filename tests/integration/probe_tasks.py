@@ -1,0 +1,32 @@
+"""Tasks loaded only into a test worker (celery --include), to look inside it."""
+
+from __future__ import annotations
+
+import json
+
+from celery import shared_task
+from django.utils import timezone
+
+from achievements import context
+
+
+def _snapshot() -> dict[str, object]:
+    return {
+        "time_zone": timezone.get_current_timezone_name(),
+        "user_id": context.current_user_id.get(),
+    }
+
+
+@shared_task(name="probe.leak_context_and_fail")
+def leak_context_and_fail(path: str) -> None:
+    timezone.activate("Pacific/Chatham")
+    context.current_user_id.set(4242)
+    with open(path, "w") as file:
+        json.dump(_snapshot(), file)
+    raise RuntimeError("a task that fails after setting context")
+
+
+@shared_task(name="probe.report_context")
+def report_context(path: str) -> None:
+    with open(path, "w") as file:
+        json.dump(_snapshot(), file)
