@@ -266,5 +266,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.chdir(ROOT)
-    sys.stdout.reconfigure(line_buffering=True)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     main()
