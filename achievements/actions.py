@@ -11,6 +11,7 @@ from functools import partial
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import time_zone_for
@@ -134,6 +135,9 @@ def apply_event(event: Event, *, now: datetime) -> Evaluation:
     for requirement in all_requirements:
         requirements_by_badge[requirement.badge_id].append(requirement)
 
+    # Stamped as late as possible: pages re-sync cards evaluated after they
+    # were rendered, and this is the nearest point to the commit.
+    evaluated_at = timezone.now()
     for badge_id in badge_ids:
         user_badge = user_badges[badge_id]
         status = rules.badge_status(
@@ -144,7 +148,7 @@ def apply_event(event: Event, *, now: datetime) -> Evaluation:
         )
         user_badge.current_value = status.current
         user_badge.target_value = status.target
-        user_badge.last_evaluated_at = now
+        user_badge.last_evaluated_at = evaluated_at
         if status.met and user_badge.completed_at is None:
             unlock, created = Unlock.objects.get_or_create(
                 user_id=event.user_id,
@@ -224,6 +228,33 @@ class Failure:
     retry_in: float | None
 
 
+def record_evaluation_crash(event_pk: int, starts: int) -> bool:
+    """Dead-letter an event whose evaluation keeps killing the worker process.
+
+    Exceptions are counted by record_evaluation_failure. A crash (out of
+    memory, a segfault, the hard time limit) raises nothing, and with
+    reject_on_worker_lost the message comes straight back. The task counts
+    starts outside the database, and past the limit this ends the loop.
+    """
+    if starts <= max_attempts():
+        return False
+    with transaction.atomic():
+        updated = Event.objects.filter(
+            pk=event_pk, processed_at__isnull=True, dead_lettered_at__isnull=True
+        ).update(
+            attempts=F("attempts") + 1,
+            dead_lettered_at=timezone.now(),
+            retry_at=None,
+            last_error=(
+                f"The worker process died {starts - 1} time(s) while evaluating this event "
+                "(killed, out of memory or over the time limit)."
+            ),
+        )
+    if updated:
+        logger.error("Event %s dead-lettered: evaluating it killed the worker", event_pk)
+    return True
+
+
 def record_evaluation_failure(event_pk: int, error: str) -> Failure:
     """Count a failed evaluation; dead-letter the event once it has failed too often.
 
@@ -234,12 +265,17 @@ def record_evaluation_failure(event_pk: int, error: str) -> Failure:
     with transaction.atomic():
         event = (
             Event.objects.select_for_update()
-            .filter(pk=event_pk, processed_at__isnull=True)
-            .only("pk", "attempts")
+            .filter(pk=event_pk, processed_at__isnull=True, dead_lettered_at__isnull=True)
+            .only("pk", "attempts", "retry_at")
             .first()
         )
         if event is None:
             return Failure(attempts=0, dead_lettered=False, retry_in=None)
+        if event.retry_at is not None and event.retry_at > now:
+            # A second delivery (a sweep, a redelivery) failed while a retry
+            # is already scheduled: that retry will try again, so this one
+            # neither counts nor starts a second chain of retries.
+            return Failure(attempts=event.attempts, dead_lettered=False, retry_in=None)
         attempts = event.attempts + 1
         if attempts >= max_attempts():
             Event.objects.filter(pk=event_pk).update(
@@ -290,12 +326,15 @@ def sweep_stranded_events(*, older_than_seconds: float | None = None, limit: int
     now = timezone.now()
     cutoff = now - timedelta(seconds=age)
     with transaction.atomic():
+        # skip_locked: rows an evaluation has claimed (or another sweeper
+        # holds) are being dealt with; waiting on them would stall the sweep.
         pks = list(
             Event.objects.stranded(older_than=cutoff)
-            .order_by("received_at", "pk")
+            .select_for_update(skip_locked=True)
+            .order_by("pk")
             .values_list("pk", flat=True)[:limit]
         )
-        Event.objects.filter(pk__in=pks).update(swept_at=now)
+        Event.objects.filter(pk__in=pks).stranded(older_than=cutoff).update(swept_at=now)
     for pk in pks:
         enqueue_evaluation(pk)
     if pks:

@@ -85,7 +85,9 @@ def _card(badge: Badge, user_badge: UserBadge | None, values: dict[int, Decimal]
 def unseen_unlocks(user_id: int, *, limit: int) -> list[dict[str, Any]]:
     """The user's unlocks that no page has shown yet, oldest first, with their cards."""
     unlocks = list(
-        Unlock.objects.filter(user_id=user_id, seen_at__isnull=True, silent=False)
+        Unlock.objects.filter(
+            user_id=user_id, seen_at__isnull=True, silent=False, badge__is_active=True
+        )
         .order_by("unlocked_at", "pk")
         .values_list("pk", "badge_id")[:limit]
     )

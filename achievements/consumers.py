@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -14,6 +15,7 @@ from django.template.loader import render_to_string
 from achievements import realtime
 from achievements.actions import mark_unlocks_seen
 from achievements.cards import cards_for_user, unseen_unlocks
+from achievements.events import ensure_embedded_sweeper
 
 logger = logging.getLogger(__name__)
 
@@ -21,10 +23,15 @@ logger = logging.getLogger(__name__)
 # from a network failure. It is sent after accepting: a refused handshake
 # reaches the browser as 1006, which the htmx ws extension retries forever.
 CLOSE_NOT_AUTHENTICATED = 4401
-# How many unseen unlocks one (re)connect catches up on; older ones are
-# still on the badges page.
-CATCH_UP_LIMIT = 10
+# How many unseen unlocks one (re)connect catches up on: no more than a page
+# shows at once (accolade.js MAX_TOASTS), so none is dismissed unseen; the
+# rest come on the next connect, and all are on the badges page.
+CATCH_UP_LIMIT = 4
 MAX_SEEN_IDS = 50
+# Pages send one acknowledgement per frame with toasts; anything beyond this
+# many messages a minute is ignored rather than turned into database writes.
+MAX_MESSAGES_PER_MINUTE = 60
+MAX_ID = 2**63 - 1
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
@@ -36,6 +43,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
     group_name: str | None = None
     user_id: int | None = None
+    _window_started: float = 0.0
+    _messages_in_window: int = 0
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -44,6 +53,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_NOT_AUTHENTICATED)
             return
         realtime.register_server_loop(asyncio.get_running_loop())
+        ensure_embedded_sweeper()
         self.user_id = user.pk
         self.group_name = realtime.user_group(user.pk)
         await self.channel_layer.group_add(self.group_name, self.channel_name)
@@ -88,6 +98,12 @@ class LiveConsumer(AsyncWebsocketConsumer):
         """
         if not text_data or len(text_data) > 2000 or self.user_id is None:
             return
+        now = time.monotonic()
+        if now - self._window_started > 60:
+            self._window_started, self._messages_in_window = now, 0
+        self._messages_in_window += 1
+        if self._messages_in_window > MAX_MESSAGES_PER_MINUTE:
+            return
         try:
             message = json.loads(text_data)
         except ValueError:
@@ -95,7 +111,11 @@ class LiveConsumer(AsyncWebsocketConsumer):
         seen = message.get("seen") if isinstance(message, dict) else None
         if not isinstance(seen, list):
             return
-        ids = [i for i in seen[:MAX_SEEN_IDS] if isinstance(i, int) and not isinstance(i, bool)]
+        ids = [
+            i
+            for i in seen[:MAX_SEEN_IDS]
+            if isinstance(i, int) and not isinstance(i, bool) and 0 < i <= MAX_ID
+        ]
         if ids:
             await database_sync_to_async(mark_unlocks_seen)(self.user_id, ids)
 

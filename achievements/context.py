@@ -3,7 +3,7 @@
 Worker processes run task after task; anything one task sets must not be seen
 by the next. `evaluation_context` sets both for the length of a block and
 restores the previous values however the block ends, and the Celery
-`task_postrun` handler in achievements.signals resets them once more after
+`task_postrun` handler in achievements.tasks resets them once more after
 every task as a backstop.
 """
 

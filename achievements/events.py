@@ -230,8 +230,8 @@ def _thread_executor() -> ThreadPoolExecutor:
     with _executor_lock:
         if _executor is None:
             _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="accolade-evaluate")
-            _start_embedded_sweeper()
-        return _executor
+    ensure_embedded_sweeper()
+    return _executor
 
 
 def _evaluate_in_thread(event_pk: int) -> None:
@@ -241,9 +241,13 @@ def _evaluate_in_thread(event_pk: int) -> None:
     try:
         actions.evaluate_event(event_pk)
     except Exception as exc:
-        failure = actions.record_evaluation_failure(
-            event_pk, "".join(traceback.format_exception(exc))[-10_000:]
-        )
+        try:
+            failure = actions.record_evaluation_failure(
+                event_pk, "".join(traceback.format_exception(exc))[-10_000:]
+            )
+        except Exception:
+            logger.exception("Recording the failure of event %s failed", event_pk)
+            return
         logger.warning("Evaluating event %s failed (attempt %s)", event_pk, failure.attempts)
         if failure.retry_in is not None:
             timer = threading.Timer(failure.retry_in, enqueue_evaluation, args=[event_pk])
@@ -254,8 +258,23 @@ def _evaluate_in_thread(event_pk: int) -> None:
         close_old_connections()
 
 
-def _start_embedded_sweeper() -> None:
-    """Celery beat's job in the embedded mode: re-enqueue stranded events now and then."""
+_sweeper_started = False
+
+
+def ensure_embedded_sweeper() -> None:
+    """Celery beat's job in the embedded mode: re-enqueue stranded events now and then.
+
+    Started by the first evaluation or the first socket of a server process in
+    the embedded mode, so a restarted runserver picks up what the previous
+    one left behind. Other modes have celery beat.
+    """
+    global _sweeper_started
+    if getattr(settings, "ACCOLADE_TASK_MODE", "celery") != "thread":
+        return
+    with _executor_lock:
+        if _sweeper_started:
+            return
+        _sweeper_started = True
 
     def sweep_forever() -> None:
         from achievements.actions import sweep_stranded_events

@@ -64,10 +64,11 @@ def replay_events(
     """
     badges = Badge.objects.active()
     if badge_keys:
-        badges = Badge.objects.filter(key__in=badge_keys)
+        # Inactive badges are not evaluated live, so they are not replayed either.
+        badges = badges.filter(key__in=badge_keys)
         missing = sorted(set(badge_keys) - set(badges.values_list("key", flat=True)))
         if missing:
-            raise UnknownBadge(f"no badge with key {', '.join(map(repr, missing))}")
+            raise UnknownBadge(f"no active badge with key {', '.join(map(repr, missing))}")
     requirements = list(BadgeRequirement.objects.filter(badge__in=badges).order_by("pk"))
     event_types = sorted({requirement.event_type for requirement in requirements})
     report = ReplayReport()
@@ -114,6 +115,7 @@ def _replay_user(
         values = {requirement.pk: Decimal(0) for requirement in requirements}
         seen: dict[int, set[str]] = defaultdict(set)
         completed_by: dict[int, int] = {}
+        touched_badges: set[int] = set()
 
         events = (
             Event.objects.filter(
@@ -137,6 +139,7 @@ def _replay_user(
                     rule, values[requirement.pk], is_new_value=is_new
                 )
                 touched.add(requirement.badge_id)
+            touched_badges |= touched
             for badge_id in touched - completed_by.keys():
                 if _status(by_badge[badge_id], values).met:
                     completed_by[badge_id] = event_pk
@@ -154,16 +157,30 @@ def _replay_user(
         RequirementProgress.objects.filter(
             user_id=user_id, requirement_id__in=requirement_ids
         ).delete()
+        # Live evaluation writes rows only for badges an event actually moved
+        # (an event without a distinct rule's field moves nothing); so does this.
         RequirementProgress.objects.bulk_create(
             [
-                RequirementProgress(user_id=user_id, requirement_id=pk, value=value)
-                for pk, value in values.items()
+                RequirementProgress(
+                    user_id=user_id, requirement_id=requirement.pk, value=values[requirement.pk]
+                )
+                for requirement in requirements
+                if requirement.badge_id in touched_badges
             ]
         )
+        untouched = [
+            badge_id
+            for badge_id in badge_ids
+            if badge_id not in touched_badges and user_badges[badge_id].completed_at is None
+        ]
+        UserBadge.objects.filter(user_id=user_id, badge_id__in=untouched).delete()
 
         now = timezone.now()
         for badge_id in badge_ids:
+            if badge_id in untouched:
+                continue
             user_badge = user_badges[badge_id]
+            user_badge.last_evaluated_at = now
             status = _status(by_badge[badge_id], values)
             user_badge.current_value = status.current
             user_badge.target_value = status.target
@@ -186,8 +203,14 @@ def _replay_user(
             elif not status.met and user_badge.completed_at is not None:
                 report.no_longer_qualifying.append((user_id, badge_id))
         UserBadge.objects.bulk_update(
-            user_badges.values(),
-            ["current_value", "target_value", "completed_at", "completed_by_event"],
+            [user_badges[badge_id] for badge_id in badge_ids if badge_id not in untouched],
+            [
+                "current_value",
+                "target_value",
+                "completed_at",
+                "completed_by_event",
+                "last_evaluated_at",
+            ],
         )
 
 

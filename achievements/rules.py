@@ -120,8 +120,10 @@ def distinct_key(value: Any) -> str:
     Types are kept apart on purpose: the place 7 and the place "7" are
     different values, as they would be in the producer's own database.
     """
-    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # surrogatepass: text the recorder would refuse cannot reach here, but a
+    # hash must never be the thing that fails.
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def advance(rule: Rule, value: Decimal, *, is_new_value: bool = True) -> Decimal:

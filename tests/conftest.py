@@ -8,6 +8,16 @@ from django.db import connection
 from tests.factories import make_user
 
 
+@pytest.fixture(autouse=True)
+def clear_cache():
+    """The local-memory cache outlives a test's database rollback; start each test clean."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
 @pytest.fixture
 def owner(db):
     """The user whose actions a test is about."""

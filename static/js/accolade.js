@@ -39,7 +39,12 @@
     status.querySelector(".live-text").textContent = text;
   }
 
-  document.addEventListener("htmx:wsOpen", function () { setLiveState("open", "Live"); });
+  var cleanCloseRetries = 0;
+
+  document.addEventListener("htmx:wsOpen", function () {
+    cleanCloseRetries = 0;
+    setLiveState("open", "Live");
+  });
 
   document.addEventListener("htmx:wsClose", function (event) {
     var code = event.detail && event.detail.event && event.detail.event.code;
@@ -54,12 +59,15 @@
     // page silently offline, so reconnect by re-initialising the element.
     if (code === 1000 || code === 1001) {
       var element = event.detail.elt || document.getElementById("live");
+      // Back off (1 s, 2 s, 4 s ... up to a minute, with jitter) so a server
+      // that keeps closing is not hammered.
+      var delay = Math.min(60000, 1000 * Math.pow(2, cleanCloseRetries++));
       window.setTimeout(function () {
         if (!document.body.contains(element)) return;
         var fresh = element.cloneNode(true);
         element.replaceWith(fresh);
         window.htmx.process(fresh);
-      }, 1000 + Math.random() * 2000);
+      }, delay * (0.5 + Math.random()));
     }
   });
 
@@ -67,10 +75,12 @@
 
   // Each tab shows an unlock's toast once. The server sends every unlock no
   // page has acknowledged whenever a socket (re)connects, and a live push can
-  // cross that catch-up, so a toast this tab already showed is dropped here;
-  // sessionStorage is per tab and survives reloads of it. Shown toasts are
-  // acknowledged back, and the server stops offering them.
+  // cross that catch-up, so a toast this tab already showed is taken out of
+  // the incoming fragment before it is swapped in; sessionStorage is per tab
+  // and survives reloads of it. Every unlock that arrives is acknowledged
+  // back, shown or not, so the server stops offering it.
   var SHOWN_KEY = "accolade.shownUnlocks";
+  var pendingAcknowledgements = [];
 
   function shownUnlocks() {
     try { return JSON.parse(window.sessionStorage.getItem(SHOWN_KEY) || "[]"); }
@@ -83,28 +93,28 @@
     } catch (error) { /* storage full or disabled: duplicates become possible, nothing worse */ }
   }
 
-  document.addEventListener("htmx:wsAfterMessage", function (event) {
-    var fresh = document.querySelectorAll("#toasts [data-unlock-id]:not([data-acknowledged])");
-    if (!fresh.length) return;
+  document.addEventListener("htmx:oobBeforeSwap", function (event) {
+    var detail = event.detail;
+    if (!detail || !detail.target || detail.target.id !== "toasts" || !detail.fragment) return;
     var shown = shownUnlocks();
-    var acknowledge = [];
-    fresh.forEach(function (toast) {
-      var id = parseInt(toast.dataset.unlockId, 10);
-      if (shown.indexOf(id) !== -1) { toast.remove(); return; }
-      toast.dataset.acknowledged = "true";
-      shown.push(id);
-      acknowledge.push(id);
+    detail.fragment.querySelectorAll("[data-unlock-id]").forEach(function (toast) {
+      var id = parseInt(toast.getAttribute("data-unlock-id"), 10);
+      pendingAcknowledgements.push(id);
+      if (shown.indexOf(id) !== -1) { toast.remove(); } else { shown.push(id); }
     });
     rememberShown(shown);
-    if (acknowledge.length && event.detail && event.detail.socketWrapper) {
-      event.detail.socketWrapper.send(JSON.stringify({ seen: acknowledge }));
-    }
+  });
+
+  document.addEventListener("htmx:wsAfterMessage", function (event) {
+    if (!pendingAcknowledgements.length || !event.detail || !event.detail.socketWrapper) return;
+    event.detail.socketWrapper.send(JSON.stringify({ seen: pendingAcknowledgements }));
+    pendingAcknowledgements = [];
   });
 
   // Keep the stack short: the oldest toast goes when a new one would overflow.
   document.addEventListener("htmx:oobAfterSwap", function (event) {
     if (!event.detail || !event.detail.target || event.detail.target.id !== "toasts") return;
-    var toasts = event.detail.target.querySelectorAll("[data-toast]");
+    var toasts = event.detail.target.querySelectorAll("[data-toast]:not(.is-leaving)");
     for (var i = 0; i < toasts.length - MAX_TOASTS; i++) dismiss(toasts[i]);
   });
 })();

@@ -249,3 +249,27 @@ async def test_a_page_cannot_mark_another_users_unlock_seen():
     await asyncio.sleep(0.2)
     assert await _unlock_states(owner) == [(False, False)]
     await other_socket.disconnect()
+
+
+async def test_unlocks_of_a_badge_made_inactive_are_not_offered_on_connect():
+    user, cookie = await _signed_in_cookie("owner")
+    badge = await database_sync_to_async(make_places_badge)(threshold=1)
+    await _visit(user, 1)
+    badge.is_active = False
+    await database_sync_to_async(badge.save)()
+    communicator, _, _ = await _connect(cookie)
+    assert await communicator.receive_nothing(timeout=0.5)
+    await communicator.disconnect()
+
+
+async def test_absurd_or_excessive_client_messages_are_ignored_without_closing_the_socket():
+    user, cookie = await _signed_in_cookie("owner")
+    await database_sync_to_async(make_places_badge)(threshold=2)
+    communicator, _, _ = await _connect(cookie)
+    await communicator.send_to(text_data=json.dumps({"seen": [2**64, -1, 0]}))
+    for _ in range(100):
+        await communicator.send_to(text_data=json.dumps({"seen": [1]}))
+    await _visit(user, 1)
+    frame = await communicator.receive_from(timeout=3)
+    assert 'aria-valuenow="50"' in frame
+    await communicator.disconnect()

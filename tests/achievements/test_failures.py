@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from achievements import actions, rules
+from achievements import actions, events, rules
 from achievements.events import record_event
 from achievements.models import Event, RequirementProgress
 from achievements.tasks import evaluate_event_task
@@ -102,9 +102,7 @@ def test_redriving_after_a_fix_processes_the_event_once(
     assert actions.redrive_events([event.pk]) == 0
 
 
-def test_the_sweeper_re_enqueues_only_events_nobody_is_working_on(
-    owner, django_capture_on_commit_callbacks
-):
+def test_the_sweeper_re_enqueues_only_events_nobody_is_working_on(owner, monkeypatch):
     old = timezone.now() - timedelta(minutes=10)
     stranded = record_event(owner, "image.posted", event_id="stranded").event
     fresh = record_event(owner, "image.posted", event_id="fresh").event
@@ -114,13 +112,19 @@ def test_the_sweeper_re_enqueues_only_events_nobody_is_working_on(
     Event.objects.filter(pk=retrying.pk).update(retry_at=timezone.now() + timedelta(minutes=1))
     actions.evaluate_event(done.pk)
 
+    enqueued: list[int] = []
+    monkeypatch.setattr(events, "enqueue_evaluation", enqueued.append)
     assert actions.sweep_stranded_events(older_than_seconds=300) == 1
-    for event in (stranded, fresh, retrying):
-        event.refresh_from_db()
-    assert stranded.status == "processed"
-    assert fresh.status == "pending" and retrying.status == "pending"
-    # A swept event is left alone for another period, and processed ones are never swept.
+    assert enqueued == [stranded.pk]
+    # The message is lost again: the stamp keeps the next sweep from repeating
+    # it within the period, and processed or fresh events are never swept.
     assert actions.sweep_stranded_events(older_than_seconds=300) == 0
+    Event.objects.filter(pk=stranded.pk).update(swept_at=old)
+    assert actions.sweep_stranded_events(older_than_seconds=300) == 1
+    assert enqueued == [stranded.pk, stranded.pk]
+    fresh.refresh_from_db()
+    retrying.refresh_from_db()
+    assert fresh.swept_at is None and retrying.swept_at is None
 
 
 def test_swept_duplicates_of_a_processed_event_count_once(owner):
@@ -153,3 +157,32 @@ def test_staff_can_redrive_from_the_admin(client, owner, settings, poison):
     assert "Re-queued 1 dead-lettered event(s)." in response.content.decode()
     event.refresh_from_db()
     assert event.dead_lettered_at is None
+
+
+def test_an_event_that_keeps_killing_the_worker_is_dead_lettered(owner, settings):
+    """A crash raises nothing; counting starts catches the loop that redelivery creates."""
+    from django.core.cache import cache
+
+    settings.ACCOLADE_MAX_ATTEMPTS = 3
+    make_images_badge(threshold=1)
+    event = record_event(owner, "image.posted").event
+    # Three starts ended with the process dying (nothing was recorded in the database).
+    cache.set(f"evaluation-starts:{event.pk}", 3)
+    evaluate_event_task.apply(args=[event.pk])
+    event.refresh_from_db()
+    assert event.status == "dead-lettered"
+    assert "worker process died 3 time(s)" in event.last_error
+    assert not RequirementProgress.objects.exists()
+
+
+def test_a_second_delivery_failing_while_a_retry_is_pending_starts_no_second_chain(
+    owner, settings
+):
+    settings.ACCOLADE_MAX_ATTEMPTS = 5
+    settings.ACCOLADE_RETRY_BASE_SECONDS = 60
+    event = record_event(owner, "image.posted").event
+    first = actions.record_evaluation_failure(event.pk, "boom")
+    second = actions.record_evaluation_failure(event.pk, "boom again")
+    event.refresh_from_db()
+    assert first.retry_in == 60 and second.retry_in is None
+    assert event.attempts == 1 and event.last_error == "boom"

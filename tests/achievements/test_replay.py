@@ -46,6 +46,17 @@ def history(owner, second_user):
         )
     for n in range(3):
         evaluate_event(record_event(second_user, "image.posted", event_id=f"s{n}").event.pk)
+    # Events the rules accept only in part, or not at all, must replay the same way.
+    partial_payloads: list[dict] = [{}, {"place_id": None}, {"other": 1}]
+    for n, payload in enumerate(partial_payloads):
+        evaluate_event(
+            record_event(owner, "visit.created", payload=payload, event_id=f"x{n}").event.pk
+        )
+    evaluate_event(record_event(owner, "lesson.finished", event_id="x9").event.pk)
+    from django.contrib.auth import get_user_model
+
+    stranger = get_user_model().objects.create_user("stranger")
+    evaluate_event(record_event(stranger, "visit.created", payload={}, event_id="z1").event.pk)
     evaluate_event(
         record_event(second_user, "visit.created", payload={"place_id": 1}, event_id="s9").event.pk
     )
@@ -75,6 +86,8 @@ def test_replay_rebuilds_lost_progress(history):
 
 
 def test_a_badge_added_later_is_unlocked_silently_by_replay(history, owner, second_user):
+    from django.contrib.auth import get_user_model
+
     from tests.factories import make_badge
 
     visitor = make_badge(
@@ -82,7 +95,10 @@ def test_a_badge_added_later_is_unlocked_silently_by_replay(history, owner, seco
     )
     call_command("replay_events", badges=["visitor"])
     unlocks = Unlock.objects.filter(badge=visitor)
-    assert sorted(unlocks.values_list("user_id", flat=True)) == sorted([owner.pk, second_user.pk])
+    stranger = get_user_model().objects.get(username="stranger")
+    assert sorted(unlocks.values_list("user_id", flat=True)) == sorted(
+        [owner.pk, second_user.pk, stranger.pk]
+    )
     assert all(u.silent and u.seen_at is not None for u in unlocks)
     owner_unlock = unlocks.get(user=owner)
     assert owner_unlock.event is not None and owner_unlock.event.event_id == "o0"
@@ -131,7 +147,7 @@ def test_pending_events_are_left_to_their_own_evaluation(history, owner):
     [
         ({"since": "last tuesday"}, "--since 'last tuesday' is not a date"),
         ({"since": "2026-02-30"}, "--since '2026-02-30' is not a date"),
-        ({"badges": ["nope"]}, "--badge: no badge with key 'nope'."),
+        ({"badges": ["nope"]}, "--badge: no active badge with key 'nope'."),
     ],
 )
 def test_bad_options_are_refused_and_change_nothing(history, options, message):
