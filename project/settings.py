@@ -167,6 +167,9 @@ else:
         }
     }
     CELERY_BROKER_URL = _redis["broker"]
+    # The stock Redis transport with a fix for a worker crash on broker loss;
+    # see achievements/broker.py.
+    CELERY_BROKER_TRANSPORT = "achievements.broker:Transport"
 
 # Celery. Evaluation must survive a worker dying mid-task: acknowledge only
 # after the task ran, and hand the message back if the worker process is lost.
