@@ -53,21 +53,24 @@ def evaluate_event(event_pk: int) -> Evaluation | None:
     with transaction.atomic():
         now = timezone.now()
         claimed = Event.objects.filter(
-            pk=event_pk, processed_at__isnull=True, dead_lettered_at__isnull=True
+            pk=event_pk,
+            processed_at__isnull=True,
+            dead_lettered_at__isnull=True,
+            user__isnull=False,
         ).update(processed_at=now, retry_at=None)
         if not claimed:
             logger.debug("Event %s was already processed or dead-lettered; skipping", event_pk)
             return None
         event = Event.objects.get(pk=event_pk)
-        with context.evaluation_context(
-            user_id=event.user_id, time_zone=time_zone_for(event.user_id)
-        ):
-            result = apply_event(event, now=now)
+        user_id = event.user_id
+        assert user_id is not None  # the claim only takes events with a user
+        with context.evaluation_context(user_id=user_id, time_zone=time_zone_for(user_id)):
+            result = apply_event(event, user_id=user_id, now=now)
         if result.changed_badge_ids:
             transaction.on_commit(
                 partial(
                     realtime.notify_badge_changes,
-                    user_id=event.user_id,
+                    user_id=user_id,
                     badge_ids=result.changed_badge_ids,
                     unlock_ids=result.unlock_ids,
                 ),
@@ -83,7 +86,7 @@ def evaluate_event(event_pk: int) -> Evaluation | None:
     return result
 
 
-def apply_event(event: Event, *, now: datetime) -> Evaluation:
+def apply_event(event: Event, *, user_id: int, now: datetime) -> Evaluation:
     """Advance the user's progress by one event, inside the caller's transaction.
 
     1. Find the requirements that watch this event type; most events touch
@@ -98,7 +101,7 @@ def apply_event(event: Event, *, now: datetime) -> Evaluation:
        The Unlock row's unique constraint backs the in-lock check, so a
        second unlock of one badge cannot be written whatever races.
     """
-    result = Evaluation(event_pk=event.pk, user_id=event.user_id)
+    result = Evaluation(event_pk=event.pk, user_id=user_id)
     watching = list(BadgeRequirement.objects.watching(event.event_type))
     observations = [
         (requirement, observation)
@@ -109,9 +112,9 @@ def apply_event(event: Event, *, now: datetime) -> Evaluation:
         return result
 
     badge_ids = sorted({requirement.badge_id for requirement, _ in observations})
-    user_badges = lock_user_badges(event.user_id, badge_ids)
+    user_badges = lock_user_badges(user_id, badge_ids)
     all_requirements = list(BadgeRequirement.objects.filter(badge_id__in=badge_ids))
-    progress = _progress_rows(event.user_id, all_requirements)
+    progress = _progress_rows(user_id, all_requirements)
 
     changed_progress = []
     for requirement, observation in observations:
@@ -119,7 +122,7 @@ def apply_event(event: Event, *, now: datetime) -> Evaluation:
         is_new_value = True
         if observation.distinct_key is not None:
             _, is_new_value = DistinctValue.objects.get_or_create(
-                user_id=event.user_id,
+                user_id=user_id,
                 requirement=requirement,
                 value_key=observation.distinct_key,
             )
@@ -151,7 +154,7 @@ def apply_event(event: Event, *, now: datetime) -> Evaluation:
         user_badge.last_evaluated_at = evaluated_at
         if status.met and user_badge.completed_at is None:
             unlock, created = Unlock.objects.get_or_create(
-                user_id=event.user_id,
+                user_id=user_id,
                 badge_id=badge_id,
                 period="",
                 defaults={"unlocked_at": now, "event": event},
@@ -340,6 +343,44 @@ def sweep_stranded_events(*, older_than_seconds: float | None = None, limit: int
     if pks:
         logger.warning("Swept %s stranded event(s) back onto the queue", len(pks))
     return len(pks)
+
+
+class LinkConflict(ValueError):
+    pass
+
+
+def link_external_identity(external_id: str, user_id: int) -> int:
+    """Link a producer's user id to a site user and evaluate what waited for it.
+
+    Returns how many waiting events were handed to the evaluator. Linking an
+    id to the user it is already linked to is a no-op; to another user, or a
+    user who already has a different id, is refused.
+    """
+    from achievements.events import enqueue_evaluation
+    from achievements.models import ExternalIdentity
+
+    with transaction.atomic():
+        ExternalIdentity.objects.get_or_create(external_id=external_id)
+        identity = ExternalIdentity.objects.select_for_update().get(external_id=external_id)
+        if identity.user_id not in (None, user_id):
+            raise LinkConflict(f"{external_id!r} is already linked to another user")
+        other = ExternalIdentity.objects.filter(user_id=user_id).exclude(pk=identity.pk).first()
+        if other is not None:
+            raise LinkConflict(f"that user is already linked to {other.external_id!r}")
+        if identity.user_id is None:
+            identity.user_id = user_id
+            identity.linked_at = timezone.now()
+            identity.save(update_fields=["user", "linked_at"])
+        waiting = list(
+            Event.objects.waiting_for_user()
+            .filter(external_user_id=external_id)
+            .order_by("occurred_at", "pk")
+            .values_list("pk", flat=True)
+        )
+        Event.objects.filter(pk__in=waiting).update(user_id=user_id)
+        for pk in waiting:
+            transaction.on_commit(partial(enqueue_evaluation, pk), robust=True)
+    return len(waiting)
 
 
 def mark_unlocks_seen(user_id: int, unlock_ids: list[int]) -> int:

@@ -9,12 +9,14 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from achievements.actions import redrive_events
+from achievements.actions import LinkConflict, link_external_identity, redrive_events
 from achievements.models import (
     Badge,
     BadgeRequirement,
     DedupRule,
     Event,
+    EventType,
+    ExternalIdentity,
     Unlock,
     UserBadge,
     format_number,
@@ -195,3 +197,74 @@ class UnlockAdmin(admin.ModelAdmin):
 class DedupRuleAdmin(admin.ModelAdmin):
     list_display = ["event_type", "payload_key", "window_seconds"]
     search_fields = ["event_type", "payload_key"]
+
+
+@admin.register(EventType)
+class EventTypeAdmin(admin.ModelAdmin):
+    """Event types the API accepts before any badge watches them."""
+
+    list_display = ["name", "description"]
+    search_fields = ["name", "description"]
+
+
+class ExternalIdentityForm(forms.ModelForm):
+    class Meta:
+        model = ExternalIdentity
+        fields = ["external_id", "user"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if (
+            self.instance.pk
+            and self.instance.user_id
+            and cleaned.get("user") != self.instance.user
+        ):
+            raise forms.ValidationError(
+                "This id is already linked; unlinking or moving it would move a user's history."
+            )
+        return cleaned
+
+
+@admin.register(ExternalIdentity)
+class ExternalIdentityAdmin(admin.ModelAdmin):
+    """Producers' user ids. Linking one to a site user evaluates the events that waited."""
+
+    form = ExternalIdentityForm
+    list_display = ["external_id", "user", "linked_at", "waiting_events"]
+    list_filter = [("user", admin.EmptyFieldListFilter)]
+    search_fields = ["external_id", "user__username"]
+    raw_id_fields = ["user"]
+    readonly_fields = ["created_at", "linked_at"]
+
+    @admin.display(description="Events waiting")
+    def waiting_events(self, identity: ExternalIdentity) -> int:
+        return (
+            Event.objects.waiting_for_user().filter(external_user_id=identity.external_id).count()
+        )
+
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: ExternalIdentity | None = None
+    ) -> Any:
+        # Events refer to the id by value, so it cannot be renamed once it exists.
+        return [*self.readonly_fields, "external_id"] if obj else self.readonly_fields
+
+    def save_model(
+        self, request: HttpRequest, obj: ExternalIdentity, form: Any, change: bool
+    ) -> None:
+        user = obj.user
+        if not change:
+            obj.user = None  # linking is link_external_identity's job, below
+            super().save_model(request, obj, form, change)
+        if user is None:
+            return
+        try:
+            count = link_external_identity(obj.external_id, user.pk)
+        except LinkConflict as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
+        obj.refresh_from_db()
+        self.message_user(
+            request,
+            f"Linked {obj.external_id} to {user}; {count} waiting event(s) queued.",
+            messages.SUCCESS,
+        )

@@ -23,7 +23,7 @@ Card = dict[str, Any]
 
 
 def cards_for_user(
-    user_id: int,
+    user_id: int | None,
     *,
     badge_ids: Iterable[int] | None = None,
     event_types: Iterable[str] | None = None,
@@ -33,13 +33,16 @@ def cards_for_user(
     badges = Badge.objects.active().prefetch_related("requirements")
     if badge_ids is not None:
         badges = badges.filter(pk__in=list(badge_ids))
-    if changed_since is not None:
+    if changed_since is not None and user_id is not None:
         badges = badges.filter(
             user_badges__user_id=user_id, user_badges__last_evaluated_at__gt=changed_since
         )
     if event_types is not None:
         badges = badges.filter(requirements__event_type__in=list(event_types)).distinct()
     badges_list = list(badges)
+    if user_id is None:
+        # Nobody yet (an unlinked producer id): every badge at zero.
+        return [_card(badge, None, {}) for badge in badges_list]
     user_badges = {
         ub.badge_id: ub for ub in UserBadge.objects.filter(user_id=user_id, badge__in=badges_list)
     }

@@ -22,7 +22,7 @@ from django.db import IntegrityError, close_old_connections, connection, transac
 from django.utils import timezone
 
 from achievements import rules
-from achievements.models import DedupRule, Event
+from achievements.models import DedupRule, Event, ExternalIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -68,21 +68,95 @@ def record_event(
     recognised as a duplicate instead of counting twice. Raises InvalidEvent,
     before writing anything, when an argument is unusable.
     """
+    if user is None or getattr(user, "pk", None) is None:
+        raise InvalidEvent("user", "must be a saved user")
+    return _record(
+        subject=Subject(user_id=user.pk, external_id=""),
+        event_type=event_type,
+        payload=payload,
+        event_id=event_id,
+        occurred_at=occurred_at,
+        source=source,
+    )
+
+
+def record_external_event(
+    external_user_id: str,
+    event_type: str,
+    *,
+    payload: dict[str, Any] | None = None,
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+    source: str = "api",
+) -> RecordedEvent:
+    """Record an event for a producer's user id, linked to a site user or not yet.
+
+    An event for an id no site user is linked to is kept, waiting; linking the
+    id (link_external_identity) hands it, and everything else waiting for that
+    id, to the evaluator.
+    """
+    if not isinstance(external_user_id, str) or not EVENT_ID_PATTERN.match(external_user_id):
+        raise InvalidEvent(
+            "user_id", "must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"
+        )
+    with transaction.atomic():
+        # Locked, so a link being made at the same moment either happens
+        # first (this event gets the user) or waits for this event (and then
+        # hands it over with the others); an event cannot fall between them.
+        # Rolled back with the event if the event is refused.
+        ExternalIdentity.objects.get_or_create(external_id=external_user_id)
+        identity = ExternalIdentity.objects.select_for_update().get(external_id=external_user_id)
+        return _record(
+            subject=Subject(user_id=identity.user_id, external_id=external_user_id),
+            event_type=event_type,
+            payload=payload,
+            event_id=event_id,
+            occurred_at=occurred_at,
+            source=source,
+        )
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Who an event is about: a site user, a producer's id for one, or both."""
+
+    user_id: int | None
+    external_id: str
+
+    @property
+    def fingerprint_key(self) -> str:
+        # The producer's id when there is one, so a near-duplicate is caught
+        # whether or not the id was linked between the two events.
+        return f"ext:{self.external_id}" if self.external_id else str(self.user_id)
+
+
+def _record(
+    *,
+    subject: Subject,
+    event_type: str,
+    payload: dict[str, Any] | None,
+    event_id: str | None,
+    occurred_at: datetime | None,
+    source: str,
+) -> RecordedEvent:
     payload = {} if payload is None else payload
     event_id = uuid.uuid4().hex if event_id is None else event_id
     occurred_at = timezone.now() if occurred_at is None else occurred_at
-    _validate(user, event_type, payload, event_id, occurred_at, source)
+    _validate(event_type, payload, event_id, occurred_at, source)
 
     try:
         # A savepoint, so a duplicate id does not break the caller's transaction.
         with transaction.atomic():
-            fingerprint, earlier = _near_duplicate(user.pk, event_type, payload, occurred_at)
+            fingerprint, earlier = _near_duplicate(
+                subject.fingerprint_key, event_type, payload, occurred_at
+            )
             if earlier is not None:
                 return RecordedEvent(earlier, created=False)
             event = Event.objects.create(
                 event_id=event_id,
                 event_type=event_type,
-                user_id=user.pk,
+                user_id=subject.user_id,
+                external_user_id=subject.external_id,
                 occurred_at=occurred_at,
                 source=source,
                 payload=payload,
@@ -92,7 +166,12 @@ def record_event(
         existing = Event.objects.filter(event_id=event_id).first()
         if existing is None:
             raise
-        if existing.user_id != user.pk or existing.event_type != event_type:
+        same_subject = (
+            existing.external_user_id == subject.external_id
+            if subject.external_id
+            else existing.user_id == subject.user_id
+        )
+        if not same_subject or existing.event_type != event_type:
             # Same id, different fact: a producer bug, not a retry. Saying so
             # beats silently dropping the second event as a "duplicate".
             raise InvalidEvent(
@@ -101,14 +180,15 @@ def record_event(
             ) from None
         return RecordedEvent(existing, created=False)
 
-    # robust: a failing hand-off must not turn the producer's committed
-    # request into an error; the event row stays unprocessed in the outbox.
-    transaction.on_commit(partial(enqueue_evaluation, event.pk), robust=True)
+    if subject.user_id is not None:
+        # robust: a failing hand-off must not turn the producer's committed
+        # request into an error; the event row stays unprocessed in the outbox.
+        transaction.on_commit(partial(enqueue_evaluation, event.pk), robust=True)
     return RecordedEvent(event, created=True)
 
 
 def _near_duplicate(
-    user_id: int, event_type: str, payload: dict[str, Any], occurred_at: datetime
+    subject_key: str, event_type: str, payload: dict[str, Any], occurred_at: datetime
 ) -> tuple[str, Event | None]:
     """The event's business fingerprint, and an earlier event it repeats, if any.
 
@@ -121,7 +201,7 @@ def _near_duplicate(
     if rule is None or payload.get(rule.payload_key) is None:
         return "", None
     key = rules.distinct_key(payload[rule.payload_key])
-    fingerprint = hashlib.sha256(f"{user_id}|{event_type}|{key}".encode()).hexdigest()
+    fingerprint = hashlib.sha256(f"{subject_key}|{event_type}|{key}".encode()).hexdigest()
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [fingerprint])
@@ -139,15 +219,12 @@ def _near_duplicate(
 
 
 def _validate(
-    user: AbstractBaseUser,
     event_type: str,
     payload: Any,
     event_id: Any,
     occurred_at: Any,
     source: Any,
 ) -> None:
-    if user is None or getattr(user, "pk", None) is None:
-        raise InvalidEvent("user", "must be a saved user")
     problem = rules.event_type_problem(event_type)
     if problem:
         raise InvalidEvent("event_type", problem)

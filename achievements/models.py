@@ -153,6 +153,10 @@ class EventQuerySet(models.QuerySet["Event"]):
         """Events still waiting for evaluation: neither processed nor given up on."""
         return self.filter(processed_at__isnull=True, dead_lettered_at__isnull=True)
 
+    def waiting_for_user(self) -> EventQuerySet:
+        """Events for a producer's user id that no site user is linked to yet."""
+        return self.unprocessed().filter(user__isnull=True)
+
     def dead_lettered(self) -> EventQuerySet:
         return self.filter(dead_lettered_at__isnull=False)
 
@@ -164,6 +168,7 @@ class EventQuerySet(models.QuerySet["Event"]):
         down at commit, a worker gone with the message) or never sent.
         """
         return self.unprocessed().filter(
+            Q(user__isnull=False),
             Q(received_at__lt=older_than),
             Q(retry_at__isnull=True) | Q(retry_at__lt=older_than),
             Q(swept_at__isnull=True) | Q(swept_at__lt=older_than),
@@ -182,7 +187,18 @@ class Event(models.Model):
     )
     event_type = models.CharField(max_length=rules.EVENT_TYPE_MAX_LENGTH)
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="achievement_events"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="achievement_events",
+        null=True,
+        blank=True,
+        help_text="Empty while the producer's user id is not linked to a site user yet.",
+    )
+    external_user_id = models.CharField(
+        max_length=128,
+        blank=True,
+        db_index=True,
+        help_text="The producer's id for the user, for events that came through the API.",
     )
     occurred_at = models.DateTimeField()
     source = models.CharField(max_length=64, default="app")
@@ -241,6 +257,8 @@ class Event(models.Model):
             return "processed"
         if self.dead_lettered_at:
             return "dead-lettered"
+        if self.user_id is None:
+            return "waiting for user"
         return "pending"
 
 
@@ -325,6 +343,60 @@ class Unlock(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} unlocked {self.badge}"
+
+
+class EventType(models.Model):
+    """An event type the HTTP API accepts.
+
+    Types that badge requirements or dedup rules watch are accepted anyway;
+    this catalogue is for types a producer sends before any rule uses them,
+    so they are stored for later rules and replays instead of refused.
+    """
+
+    name = models.CharField(
+        max_length=rules.EVENT_TYPE_MAX_LENGTH, unique=True, validators=[validate_event_type]
+    )
+    description = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def accepted_event_types() -> set[str]:
+    return (
+        set(EventType.objects.values_list("name", flat=True))
+        | set(BadgeRequirement.objects.values_list("event_type", flat=True))
+        | set(DedupRule.objects.values_list("event_type", flat=True))
+    )
+
+
+class ExternalIdentity(models.Model):
+    """A producer's id for a user, and the site user it belongs to once linked.
+
+    Events can arrive through the API for an id nobody has linked yet. They
+    are kept, counted and evaluated when the link is made, so no placeholder
+    accounts are created and nothing is dropped.
+    """
+
+    external_id = models.CharField(max_length=128, unique=True)
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="external_identity",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    linked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "external identities"
+
+    def __str__(self) -> str:
+        return f"{self.external_id} → {self.user or 'not linked'}"
 
 
 class DedupRule(models.Model):

@@ -6,9 +6,10 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
+from django.utils import timezone
 
 from achievements import rules
-from achievements.models import Badge, BadgeRequirement
+from achievements.models import Badge, BadgeRequirement, EventType, ExternalIdentity
 from examples.places.models import Place
 
 DEMO_PASSWORD = "accolade-demo"
@@ -77,6 +78,10 @@ class Command(BaseCommand):
         User = get_user_model()
         for name in DEMO_PLACES:
             Place.objects.get_or_create(name=name)
+        for event_type in ("visit.created", "image.posted"):
+            EventType.objects.get_or_create(
+                name=event_type, defaults={"description": "Sent by the example producer."}
+            )
 
         for spec in DEMO_BADGES:
             requirements = spec["requirements"]
@@ -109,6 +114,11 @@ class Command(BaseCommand):
             if created:
                 user.set_password(DEMO_PASSWORD)
                 user.save()
+            if not is_staff:
+                # The HTTP API addresses users by the producer's id; the demo's are the names.
+                ExternalIdentity.objects.get_or_create(
+                    external_id=username, defaults={"user": user, "linked_at": timezone.now()}
+                )
 
         self.stdout.write(
             self.style.SUCCESS(
