@@ -68,6 +68,19 @@ def env_choice(name: str, default: str, choices: list[str]) -> str:
     return value
 
 
+def env_rate(name: str, default: str) -> tuple[int, int]:
+    """A rate written REQUESTS/SECONDS, e.g. 1200/60."""
+    raw = env_str(name, default) or default
+    count, _, period = raw.partition("/")
+    try:
+        parsed = int(count), int(period)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} must look like 1200/60.") from None
+    if parsed[0] < 1 or parsed[1] < 1:
+        raise ImproperlyConfigured(f"{name}={raw!r}: both numbers must be at least 1.")
+    return parsed
+
+
 def env_identifier(name: str, default: str) -> str:
     """A short name safe to use in queue names, cache prefixes and group names."""
     value = env_str(name, default) or ""

@@ -9,6 +9,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("admin/", admin.site.urls),
     path("accounts/", include("accounts.urls")),
     path("places/", include("examples.places.urls")),
+    path("api/v1/", include("api.urls")),
     path("", include("achievements.urls")),
 ]
 

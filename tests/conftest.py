@@ -47,3 +47,21 @@ def postgresql_only(db):
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def embedded_site(tmp_path_factory):
+    """`manage.py runserver` alone, as `make run` serves it (started once per run)."""
+    from tests.integration import stack
+
+    with stack.embedded_stack(tmp_path_factory.mktemp("embedded")) as site:
+        yield site
+
+
+@pytest.fixture(scope="session")
+def topology_site(tmp_path_factory):
+    """PostgreSQL, Redis, a Celery worker and Daphne (started once per run)."""
+    from tests.integration import stack
+
+    with stack.topology_stack(tmp_path_factory.mktemp("topology")) as site:
+        yield site

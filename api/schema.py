@@ -1,0 +1,338 @@
+"""The OpenAPI 3.1 description of the API, served at /api/v1/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
+SOURCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$"
+TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
+
+
+def _error_response(description: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Errors"}}},
+        **extra,
+    }
+
+
+ERRORS = {
+    "401": _error_response("Missing, unknown or revoked API key."),
+    "429": _error_response(
+        "This key's rate limit is used up.",
+        headers={
+            "Retry-After": {
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                "description": "Seconds to wait.",
+            }
+        },
+    ),
+}
+
+
+def openapi_schema() -> dict[str, Any]:
+    limit, period = settings.ACCOLADE_API_RATE_LIMIT
+    event = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["event_id", "event_type", "user_id", "occurred_at"],
+        "properties": {
+            "event_id": {
+                "type": "string",
+                "pattern": ID_PATTERN,
+                "maxLength": 128,
+                "description": "Your stable id for the event; a repeat is a duplicate.",
+            },
+            "event_type": {
+                "type": "string",
+                "pattern": TYPE_PATTERN,
+                "maxLength": 64,
+                "description": "A known event type, e.g. visit.created.",
+            },
+            "user_id": {
+                "type": "string",
+                "pattern": ID_PATTERN,
+                "maxLength": 128,
+                "description": "Your id for the user. Events for an id not yet "
+                "linked to a site user are kept until it is.",
+            },
+            "occurred_at": {
+                "type": "string",
+                "format": "date-time",
+                "description": "ISO 8601 with a time zone; not in the future.",
+            },
+            "source": {
+                "type": "string",
+                "pattern": SOURCE_PATTERN,
+                "maxLength": 64,
+                "default": "api",
+            },
+            "payload": {
+                "type": "object",
+                "description": "At most 16 KB as JSON and 10 levels deep.",
+            },
+        },
+        "example": {
+            "event_id": "visit-9001",
+            "event_type": "visit.created",
+            "user_id": "u-42",
+            "occurred_at": "2026-11-21T09:30:00Z",
+            "source": "mobile",
+            "payload": {"place_id": 7},
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Accolade event API",
+            "version": "1.0.0",
+            "description": (
+                "Send events from other services and read badge progress. Authenticate with "
+                "`Authorization: Bearer KEY` (keys from the admin or `manage.py "
+                f"create_api_key NAME`). Each key may make {limit} requests per {period} s."
+            ),
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/v1/events": {
+                "post": {
+                    "operationId": "recordEvents",
+                    "summary": "Record one event, or a batch of them",
+                    "description": (
+                        f'A single event object, or {{"events": [...]}} with 1 to '
+                        f"{settings.ACCOLADE_API_MAX_BATCH} of them. Body at most "
+                        f"{settings.ACCOLADE_API_MAX_BODY_BYTES} bytes. Events are durable "
+                        "when the response is sent; evaluation follows asynchronously."
+                    ),
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "oneOf": [
+                                        {"$ref": "#/components/schemas/Event"},
+                                        {"$ref": "#/components/schemas/Batch"},
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": {
+                            "description": "At least one event was stored (or was a "
+                            "duplicate); see each result.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Results"}
+                                }
+                            },
+                        },
+                        "422": {
+                            "description": "No event could be stored: each result says "
+                            "why, or the batch is malformed or holds too many events.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "oneOf": [
+                                            {"$ref": "#/components/schemas/Results"},
+                                            {"$ref": "#/components/schemas/Errors"},
+                                        ]
+                                    }
+                                }
+                            },
+                        },
+                        "400": _error_response("The body is not UTF-8 JSON."),
+                        "413": _error_response("The body is too large."),
+                        "415": _error_response("The body is not application/json."),
+                        **ERRORS,
+                    },
+                }
+            },
+            "/api/v1/events/{event_id}": {
+                "get": {
+                    "operationId": "getEvent",
+                    "summary": "An event's processing status and the unlocks it caused",
+                    "parameters": [
+                        {
+                            "name": "event_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "maxLength": 128},
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The event.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/EventStatus"}
+                                }
+                            },
+                        },
+                        "404": _error_response("No event has this id."),
+                        **ERRORS,
+                    },
+                }
+            },
+            "/api/v1/users/{user_id}/badges": {
+                "get": {
+                    "operationId": "getUserBadges",
+                    "summary": "A user's earned badges and progress (as on their badge page)",
+                    "parameters": [
+                        {
+                            "name": "user_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "maxLength": 128},
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The user's badges.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/UserBadges"}
+                                }
+                            },
+                        },
+                        "404": _error_response("No event or link exists for this user id."),
+                        **ERRORS,
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Event": event,
+                "Batch": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["events"],
+                    "properties": {
+                        "events": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": settings.ACCOLADE_API_MAX_BATCH,
+                            "items": {"$ref": "#/components/schemas/Event"},
+                        }
+                    },
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["field", "problem"],
+                    "properties": {"field": {"type": "string"}, "problem": {"type": "string"}},
+                },
+                "Errors": {
+                    "type": "object",
+                    "required": ["errors"],
+                    "properties": {
+                        "errors": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {"$ref": "#/components/schemas/Error"},
+                        }
+                    },
+                },
+                "Result": {
+                    "type": "object",
+                    "required": ["event_id", "status"],
+                    "properties": {
+                        "event_id": {"type": ["string", "null"]},
+                        "status": {"enum": ["accepted", "duplicate", "rejected"]},
+                        "errors": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Error"},
+                        },
+                    },
+                },
+                "Results": {
+                    "type": "object",
+                    "required": ["results"],
+                    "properties": {
+                        "results": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Result"},
+                        }
+                    },
+                },
+                "EventStatus": {
+                    "type": "object",
+                    "required": ["event_id", "event_type", "status", "received_at", "unlocks"],
+                    "properties": {
+                        "event_id": {"type": "string"},
+                        "event_type": {"type": "string"},
+                        "user_id": {"type": ["string", "null"]},
+                        "status": {
+                            "enum": ["pending", "processed", "dead_lettered", "waiting_for_user"]
+                        },
+                        "received_at": {"type": "string", "format": "date-time"},
+                        "processed_at": {"type": ["string", "null"], "format": "date-time"},
+                        "dead_letter_reason": {"type": ["string", "null"]},
+                        "unlocks": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["badge", "name", "unlocked_at"],
+                                "properties": {
+                                    "badge": {"type": "string"},
+                                    "name": {"type": "string"},
+                                    "unlocked_at": {"type": "string", "format": "date-time"},
+                                },
+                            },
+                        },
+                    },
+                },
+                "UserBadges": {
+                    "type": "object",
+                    "required": ["user_id", "linked", "pending_events", "badges"],
+                    "properties": {
+                        "user_id": {"type": "string"},
+                        "linked": {"type": "boolean"},
+                        "pending_events": {"type": "integer", "minimum": 0},
+                        "badges": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": [
+                                    "key",
+                                    "name",
+                                    "earned",
+                                    "percent",
+                                    "current",
+                                    "target",
+                                    "requirements",
+                                ],
+                                "properties": {
+                                    "key": {"type": "string"},
+                                    "name": {"type": "string"},
+                                    "description": {"type": "string"},
+                                    "icon": {"type": "string"},
+                                    "earned": {"type": "boolean"},
+                                    "earned_at": {"type": ["string", "null"]},
+                                    "percent": {"type": "integer", "minimum": 0, "maximum": 100},
+                                    "current": {"type": "string"},
+                                    "target": {"type": "string"},
+                                    "requirements": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "properties": {
+                                                "label": {"type": "string"},
+                                                "current": {"type": "string"},
+                                                "target": {"type": "string"},
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    }

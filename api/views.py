@@ -1,0 +1,335 @@
+"""The event ingestion API: JSON in, JSON out, never a 500 for bad input.
+
+Every error names the field and the problem, as {"errors": [{"field", "problem"}]}.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.db import transaction
+from django.http import HttpRequest, JsonResponse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from achievements.cards import cards_for_user
+from achievements.events import (
+    EVENT_ID_PATTERN,
+    SOURCE_PATTERN,
+    InvalidEvent,
+    record_external_event,
+)
+from achievements.models import Event, ExternalIdentity, Unlock, accepted_event_types
+from achievements.rules import event_type_problem
+from api.auth import authenticate, rate_limit
+from api.schema import openapi_schema
+
+EVENT_FIELDS = {"event_id", "event_type", "user_id", "occurred_at", "source", "payload"}
+REQUIRED_FIELDS = ("event_id", "event_type", "user_id", "occurred_at")
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def error(status: int, field: str, problem: str, **headers: str) -> JsonResponse:
+    response = JsonResponse({"errors": [{"field": field, "problem": problem}]}, status=status)
+    for name, value in headers.items():
+        response[name.replace("_", "-")] = value
+    return response
+
+
+def _guard(request: HttpRequest) -> JsonResponse | None:
+    """Authenticate and rate-limit; a response to send instead, or None to go on."""
+    api_key = authenticate(request)
+    if api_key is None:
+        return error(
+            401,
+            "Authorization",
+            "send a valid, unrevoked API key as 'Authorization: Bearer KEY'",
+            WWW_Authenticate='Bearer realm="accolade"',
+        )
+    retry_after = rate_limit(api_key)
+    if retry_after is not None:
+        return error(
+            429,
+            "Authorization",
+            f"this key has used its {settings.ACCOLADE_API_RATE_LIMIT[0]} requests per "
+            f"{settings.ACCOLADE_API_RATE_LIMIT[1]} s; retry after {retry_after} s",
+            Retry_After=str(retry_after),
+        )
+    return None
+
+
+@require_GET
+def schema(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(openapi_schema())
+
+
+@csrf_exempt
+@require_POST
+def events(request: HttpRequest) -> JsonResponse:
+    """Record one event or a batch; 202 with a result per event once they are durable."""
+    refused = _guard(request)
+    if refused:
+        return refused
+    max_body = settings.ACCOLADE_API_MAX_BODY_BYTES
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > max_body:
+        return error(413, "body", f"must be at most {max_body} bytes (got {declared})")
+    content_type = request.META.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        return error(415, "Content-Type", "must be application/json")
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        return error(413, "body", f"must be at most {max_body} bytes")
+    if len(body) > max_body:
+        return error(413, "body", f"must be at most {max_body} bytes (got {len(body)})")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return error(400, "body", f"is not valid UTF-8 (byte {exc.start})")
+    try:
+        document = json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as exc:
+        return error(400, "body", f"is not valid JSON: {exc}")
+    except RecursionError:
+        return error(400, "body", "is nested too deeply")
+
+    if isinstance(document, dict) and "events" in document:
+        extra = sorted(set(document) - {"events"})
+        if extra:
+            return error(422, extra[0], "is not allowed next to 'events'")
+        items = document["events"]
+        if not isinstance(items, list):
+            return error(422, "events", f"must be an array, not {_json_type(items)}")
+        if not items:
+            return error(422, "events", "must hold at least one event")
+        limit = settings.ACCOLADE_API_MAX_BATCH
+        if len(items) > limit:
+            return error(422, "events", f"must hold at most {limit} events (got {len(items)})")
+        prefix = "events[{}]."
+    else:
+        items = [document]
+        prefix = ""
+
+    known_types = accepted_event_types()
+    results = []
+    with transaction.atomic():
+        for index, item in enumerate(items):
+            results.append(_record_one(item, prefix.format(index), known_types))
+    stored = any(result["status"] != "rejected" for result in results)
+    return JsonResponse({"results": results}, status=202 if stored else 422)
+
+
+def _record_one(item: Any, prefix: str, known_types: set[str]) -> dict[str, Any]:
+    event_id = item.get("event_id") if isinstance(item, dict) else None
+    shown_id = event_id if isinstance(event_id, str) and len(event_id) <= 128 else None
+    errors = _problems(item, prefix, known_types)
+    if not errors:
+        try:
+            recorded = record_external_event(
+                item["user_id"],
+                item["event_type"],
+                payload=item.get("payload", {}),
+                event_id=item["event_id"],
+                occurred_at=_parse_time(item["occurred_at"]),
+                source=item.get("source", "api"),
+            )
+        except InvalidEvent as exc:
+            errors = [{"field": prefix + exc.field, "problem": exc.problem}]
+        else:
+            status = "accepted" if recorded.created else "duplicate"
+            return {"event_id": shown_id, "status": status}
+    return {"event_id": shown_id, "status": "rejected", "errors": errors}
+
+
+def _problems(item: Any, prefix: str, known_types: set[str]) -> list[dict[str, str]]:
+    if not isinstance(item, dict):
+        return [
+            {
+                "field": prefix.rstrip(".") or "body",
+                "problem": f"must be an event object, not {_json_type(item)}",
+            }
+        ]
+    problems = [
+        {"field": prefix + name, "problem": "is not a field of an event"}
+        for name in sorted(set(item) - EVENT_FIELDS)
+    ]
+    problems += [
+        {"field": prefix + name, "problem": "is required"}
+        for name in REQUIRED_FIELDS
+        if name not in item
+    ]
+
+    def check(name: str, problem: str | None) -> None:
+        if problem:
+            problems.append({"field": prefix + name, "problem": problem})
+
+    if "event_id" in item:
+        check("event_id", _string_problem(item["event_id"], EVENT_ID_PATTERN, 128))
+    if "user_id" in item:
+        check("user_id", _string_problem(item["user_id"], EVENT_ID_PATTERN, 128))
+    if "source" in item:
+        check("source", _string_problem(item["source"], SOURCE_PATTERN, 64))
+    if "event_type" in item:
+        kind = item["event_type"]
+        type_problem = event_type_problem(kind)
+        if type_problem is None and kind not in known_types:
+            type_problem = (
+                f"{kind!r} is not a known event type; staff add it under "
+                "Achievements › Event types"
+            )
+        check("event_type", type_problem)
+    if "occurred_at" in item:
+        check("occurred_at", _time_problem(item["occurred_at"]))
+    if "payload" in item and not isinstance(item["payload"], dict):
+        check("payload", f"must be an object, not {_json_type(item['payload'])}")
+    return problems
+
+
+def _string_problem(value: Any, pattern: Any, limit: int) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, not {_json_type(value)}"
+    if not pattern.match(value):
+        return (
+            f"must be 1-{limit} characters of letters, digits, '.', '_', ':' or '-', "
+            "starting with a letter or digit"
+        )
+    return None
+
+
+def _parse_time(value: str) -> datetime | None:
+    try:
+        return parse_datetime(value.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _time_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be an ISO 8601 date-time string, not {_json_type(value)}"
+    if len(value) > 40:
+        return "is too long for a date-time"
+    parsed = _parse_time(value)
+    if parsed is None:
+        return "is not an ISO 8601 date-time such as 2026-11-21T09:30:00Z"
+    if timezone.is_naive(parsed):
+        return "must include a time zone, such as Z or +01:00"
+    now = timezone.now()
+    skew = timedelta(seconds=settings.ACCOLADE_API_MAX_CLOCK_SKEW_SECONDS)
+    if parsed > now + skew:
+        return f"is in the future (more than {skew.seconds} s after the server's clock)"
+    if parsed < EARLIEST:
+        return "is before 2000-01-01"
+    return None
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _json_type(value: Any) -> str:
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+@require_GET
+def event_status(request: HttpRequest, event_id: str) -> JsonResponse:
+    refused = _guard(request)
+    if refused:
+        return refused
+    event = Event.objects.filter(event_id=event_id).first()
+    if event is None:
+        return error(404, "event_id", "no event has this id")
+    if event.processed_at:
+        status = "processed"
+    elif event.dead_lettered_at:
+        status = "dead_lettered"
+    elif event.user_id is None:
+        status = "waiting_for_user"
+    else:
+        status = "pending"
+    unlocks = Unlock.objects.filter(event=event).select_related("badge").order_by("pk")
+    return JsonResponse(
+        {
+            "event_id": event.event_id,
+            "event_type": event.event_type,
+            "user_id": event.external_user_id or _external_id_of(event.user_id),
+            "status": status,
+            "received_at": event.received_at.isoformat(),
+            "processed_at": event.processed_at.isoformat() if event.processed_at else None,
+            "dead_letter_reason": _last_line(event.last_error) if event.dead_lettered_at else None,
+            "unlocks": [
+                {
+                    "badge": unlock.badge.key,
+                    "name": unlock.badge.name,
+                    "unlocked_at": unlock.unlocked_at.isoformat(),
+                }
+                for unlock in unlocks
+            ],
+        }
+    )
+
+
+@require_GET
+def user_badges(request: HttpRequest, user_id: str) -> JsonResponse:
+    refused = _guard(request)
+    if refused:
+        return refused
+    identity = ExternalIdentity.objects.filter(external_id=user_id).first()
+    if identity is None:
+        return error(404, "user_id", "no events or link exist for this user id")
+    cards = cards_for_user(identity.user_id)
+    waiting = Event.objects.unprocessed().filter(external_user_id=user_id).count()
+    return JsonResponse(
+        {
+            "user_id": identity.external_id,
+            "linked": identity.user_id is not None,
+            "pending_events": waiting,
+            "badges": [
+                {
+                    "key": card["key"],
+                    "name": card["name"],
+                    "description": card["description"],
+                    "icon": card["icon"],
+                    "earned": card["completed"],
+                    "earned_at": card["completed_at"],
+                    "percent": card["percent"],
+                    "current": card["current"],
+                    "target": card["target"],
+                    "requirements": card["requirements"],
+                }
+                for card in cards
+            ],
+        }
+    )
+
+
+def _external_id_of(user_id: int | None) -> str | None:
+    if user_id is None:
+        return None
+    return (
+        ExternalIdentity.objects.filter(user_id=user_id)
+        .values_list("external_id", flat=True)
+        .first()
+    )
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "unknown error"

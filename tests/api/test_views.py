@@ -1,0 +1,310 @@
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from achievements.actions import link_external_identity
+from achievements.models import Event, ExternalIdentity, RequirementProgress, UserBadge
+from api.models import ApiKey
+from tests.factories import make_places_badge
+
+
+def event(**overrides):
+    return {
+        "event_id": "ev-1",
+        "event_type": "visit.created",
+        "user_id": "u-42",
+        "occurred_at": (timezone.now() - timedelta(minutes=1)).isoformat(),
+        "source": "mobile",
+        "payload": {"place_id": 7},
+        **overrides,
+    }
+
+
+def test_one_event_is_accepted_and_durable(api):
+    response = api.post(event())
+    assert response.status_code == 202
+    assert response.json() == {"results": [{"event_id": "ev-1", "status": "accepted"}]}
+    stored = Event.objects.get(event_id="ev-1")
+    assert (stored.external_user_id, stored.source, stored.payload) == (
+        "u-42",
+        "mobile",
+        {"place_id": 7},
+    )
+
+
+def test_a_batch_reports_each_event(api):
+    response = api.post(
+        {
+            "events": [
+                event(event_id="a"),
+                event(event_id="a"),
+                event(event_id="b", event_type="Bad Type"),
+            ]
+        }
+    )
+    assert response.status_code == 202
+    assert response.json()["results"] == [
+        {"event_id": "a", "status": "accepted"},
+        {"event_id": "a", "status": "duplicate"},
+        {
+            "event_id": "b",
+            "status": "rejected",
+            "errors": [
+                {
+                    "field": "events[2].event_type",
+                    "problem": "must be lower-case words of letters, digits and '_' joined "
+                    "by dots, such as 'visit.created'",
+                }
+            ],
+        },
+    ]
+    assert Event.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "problem"),
+    [
+        ({k: v for k, v in event().items() if k != "user_id"}, "user_id", "is required"),
+        (event(event_id=5), "event_id", "must be a string, not a number"),
+        (event(event_type="lesson.finished"), "event_type", "not a known event type"),
+        (event(occurred_at="yesterday"), "occurred_at", "is not an ISO 8601 date-time"),
+        (event(occurred_at="2026-01-01T10:00:00"), "occurred_at", "must include a time zone"),
+        (
+            event(occurred_at=(timezone.now() + timedelta(days=1)).isoformat()),
+            "occurred_at",
+            "is in the future",
+        ),
+        (event(occurred_at="1999-12-31T23:00:00Z"), "occurred_at", "is before 2000-01-01"),
+        (event(payload=[1, 2]), "payload", "must be an object, not an array"),
+        (event(payload="x"), "payload", "must be an object, not a string"),
+        (event(payload={"a": "x" * 20_000}), "payload", "at most 16384 bytes"),
+        (event(user_id="has space"), "user_id", "must be 1-128 characters"),
+        (event(source=""), "source", "must be 1-64 characters"),
+        (event(colour="red"), "colour", "is not a field of an event"),
+        ([1, 2], "body", "must be an event object, not an array"),
+    ],
+)
+def test_a_bad_event_gets_422_naming_the_field_and_nothing_is_stored(api, body, field, problem):
+    response = api.post(body)
+    assert response.status_code == 422
+    [result] = response.json()["results"]
+    assert result["status"] == "rejected"
+    assert any(e["field"] == field and problem in e["problem"] for e in result["errors"]), result
+    assert not Event.objects.exists()
+    assert not ExternalIdentity.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "field", "problem"),
+    [
+        (b"{not json", "application/json", 400, "body", "is not valid JSON"),
+        (b'{"a": NaN}', "application/json", 400, "body", "NaN is not a JSON number"),
+        (b"\xff\xfe{}", "application/json", 400, "body", "is not valid UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "body", "nested too deeply"),
+        (
+            b"event_id=1",
+            "application/x-www-form-urlencoded",
+            415,
+            "Content-Type",
+            "must be application/json",
+        ),
+        (
+            json.dumps({"events": "x"}).encode(),
+            "application/json",
+            422,
+            "events",
+            "must be an array, not a string",
+        ),
+        (
+            json.dumps({"events": []}).encode(),
+            "application/json",
+            422,
+            "events",
+            "at least one event",
+        ),
+        (
+            json.dumps({"events": [event()], "x": 1}).encode(),
+            "application/json",
+            422,
+            "x",
+            "is not allowed next to 'events'",
+        ),
+    ],
+)
+def test_a_bad_body_gets_a_4xx_naming_the_problem(api, body, content_type, status, field, problem):
+    response = api.post(body, content_type=content_type)
+    assert response.status_code == status
+    [error] = response.json()["errors"]
+    assert error["field"] == field and problem in error["problem"]
+    assert not Event.objects.exists()
+
+
+def test_oversized_bodies_get_413_and_too_many_events_422(api, settings):
+    settings.ACCOLADE_API_MAX_BATCH = 3
+    response = api.post({"events": [event(event_id=f"e{n}") for n in range(4)]})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "events"
+    settings.ACCOLADE_API_MAX_BODY_BYTES = 2000
+    response = api.post({"events": [event(payload={"pad": "x" * 3000})]})
+    assert response.status_code == 413
+    assert response.json()["errors"][0]["field"] == "body"
+    assert not Event.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "header", [None, "", "Bearer", "Bearer wrong", "Basic dXNlcjpwYXNz", "Bearer acc_" + "x" * 300]
+)
+def test_requests_without_a_valid_key_get_401(client, db, header):
+    extra = {"HTTP_AUTHORIZATION": header} if header is not None else {}
+    for response in (
+        client.post("/api/v1/events", event(), content_type="application/json", **extra),
+        client.get("/api/v1/events/ev-1", **extra),
+        client.get("/api/v1/users/u-42/badges", **extra),
+    ):
+        assert response.status_code == 401
+        assert response["WWW-Authenticate"].startswith("Bearer")
+        assert response.json()["errors"][0]["field"] == "Authorization"
+    assert not Event.objects.exists()
+
+
+def test_a_revoked_key_gets_401(client, api_key):
+    ApiKey.objects.get().revoke()
+    response = client.get("/api/v1/events/x", HTTP_AUTHORIZATION=f"Bearer {api_key}")
+    assert response.status_code == 401
+
+
+def test_keys_are_stored_hashed_and_never_logged(client, api_key, caplog):
+    stored = ApiKey.objects.get()
+    assert api_key not in (stored.key_hash, stored.prefix) and stored.prefix == api_key[:12]
+    caplog.set_level("DEBUG")
+    client.get("/api/v1/events/missing", HTTP_AUTHORIZATION=f"Bearer {api_key}")
+    client.get("/api/v1/events/missing", HTTP_AUTHORIZATION=f"Bearer {api_key}x")
+    assert api_key not in caplog.text
+    assert ApiKey.objects.get().last_used_at is not None
+
+
+def test_the_rate_limit_answers_429_with_retry_after(api, settings):
+    settings.ACCOLADE_API_RATE_LIMIT = (3, 60)
+    codes = [api.get("/api/v1/events/none").status_code for _ in range(4)]
+    assert codes == [404, 404, 404, 429]
+    response = api.get("/api/v1/events/none")
+    assert 1 <= int(response["Retry-After"]) <= 61
+    assert response.json()["errors"][0]["field"] == "Authorization"
+
+
+def test_event_status_shows_pending_processed_and_the_unlocks_caused(
+    api, owner, django_capture_on_commit_callbacks
+):
+    make_places_badge(threshold=1)
+    link_external_identity("u-42", owner.pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        api.post(event())
+    body = api.get("/api/v1/events/ev-1").json()
+    assert body["status"] == "processed" and body["user_id"] == "u-42"
+    assert [u["badge"] for u in body["unlocks"]] == ["places_visited_1"]
+    assert api.get("/api/v1/events/nope").status_code == 404
+
+
+def test_events_for_an_unlinked_user_wait_and_count_for_them_once_linked(
+    api, owner, django_capture_on_commit_callbacks
+):
+    make_places_badge(threshold=2)
+    with django_capture_on_commit_callbacks(execute=True):
+        api.post(
+            {
+                "events": [
+                    event(event_id="a", payload={"place_id": 1}),
+                    event(event_id="b", payload={"place_id": 2}),
+                ]
+            }
+        )
+    assert api.get("/api/v1/events/a").json()["status"] == "waiting_for_user"
+    waiting = api.get("/api/v1/users/u-42/badges").json()
+    assert waiting["linked"] is False and waiting["pending_events"] == 2
+    assert waiting["badges"][0]["percent"] == 0
+    from django.contrib.auth import get_user_model
+
+    assert get_user_model().objects.count() == 1  # no placeholder account was made
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert link_external_identity("u-42", owner.pk) == 2
+    linked = api.get("/api/v1/users/u-42/badges").json()
+    assert linked["linked"] is True and linked["pending_events"] == 0
+    assert linked["badges"][0]["earned"] is True
+    assert RequirementProgress.objects.get(user=owner).value == 2
+    assert UserBadge.objects.get(user=owner).completed_at is not None
+
+
+def test_unknown_users_get_404(api):
+    response = api.get("/api/v1/users/nobody/badges")
+    assert response.status_code == 404
+    assert response.json()["errors"][0]["field"] == "user_id"
+
+
+def test_the_openapi_schema_is_served(client, db):
+    schema = client.get("/api/v1/openapi.json").json()
+    assert schema["openapi"].startswith("3.1")
+    assert set(schema["paths"]) == {
+        "/api/v1/events",
+        "/api/v1/events/{event_id}",
+        "/api/v1/users/{user_id}/badges",
+    }
+
+
+def test_create_api_key_prints_the_key_alone_on_its_last_line(db, capsys):
+    from django.core.management import call_command
+
+    call_command("create_api_key", "billing")
+    out = capsys.readouterr().out
+    key = out.strip().splitlines()[-1]
+    assert key.startswith("acc_") and " " not in key
+    from api.auth import hash_key
+
+    assert ApiKey.objects.get(name="billing").key_hash == hash_key(key)
+
+
+def test_create_api_key_refuses_a_duplicate_name(db):
+    from django.core.management import CommandError, call_command
+
+    call_command("create_api_key", "billing")
+    with pytest.raises(CommandError, match="already exists"):
+        call_command("create_api_key", "billing")
+    assert ApiKey.objects.count() == 1
+
+
+def test_staff_create_a_key_in_the_admin_and_see_it_once(admin_client):
+    response = admin_client.post("/admin/api/apikey/add/", {"name": "mobile"}, follow=True)
+    page = response.content.decode()
+    assert "Copy the key for mobile now" in page
+    key_hash = ApiKey.objects.get(name="mobile").key_hash
+    assert key_hash not in page
+    detail = admin_client.get(f"/admin/api/apikey/{ApiKey.objects.get().pk}/change/")
+    assert "Copy the key" not in detail.content.decode()
+
+
+def test_staff_link_an_id_in_the_admin_and_its_events_are_evaluated(
+    admin_client, api, owner, django_capture_on_commit_callbacks
+):
+    make_places_badge(threshold=5)
+    api.post(event())
+    identity = ExternalIdentity.objects.get()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            f"/admin/achievements/externalidentity/{identity.pk}/change/",
+            {"user": owner.pk},
+            follow=True,
+        )
+    assert "Linked u-42 to owner; 1 waiting event(s) queued." in response.content.decode()
+    assert Event.objects.get().processed_at is not None
+
+
+@pytest.fixture
+def admin_client(client, db):
+    from django.contrib.auth import get_user_model
+
+    client.force_login(get_user_model().objects.create_superuser("root", "r@example.com", "pw"))
+    return client
