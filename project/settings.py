@@ -21,6 +21,7 @@ from project.env import (
     env_identifier,
     env_int,
     env_list,
+    env_rate,
     env_str,
     redis_urls,
 )
@@ -41,6 +42,22 @@ SECRET_KEY = _secret_key
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# Transport security. Production runs behind a TLS-terminating proxy that sets
+# X-Forwarded-Proto (and strips it from clients); everything defaults to on
+# outside DEBUG and can be turned off for plain-HTTP setups such as the test
+# topology on loopback.
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("TRUST_X_FORWARDED_PROTO", not DEBUG) else None
+)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
+CSRF_COOKIE_HTTPONLY = True  # pages send the token from the template, never from the cookie
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
 
 # Used as the Celery queue name, the cache key prefix and the channel-layer
 # prefix, so two deployments (or a test run) can share one Redis safely.
@@ -63,12 +80,14 @@ INSTALLED_APPS = [
     "template_partials",
     "achievements",
     "accounts",
+    "api",
     # The example producer: how a host application plugs into Accolade.
     "examples.places",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "project.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -231,6 +250,13 @@ MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / "media")) or BASE_DIR / "
 # Uploaded images are small; anything larger is refused by the form.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+
+# The event API (api/). Limits are per request; payload limits are enforced
+# by record_event for every producer alike.
+ACCOLADE_API_MAX_BODY_BYTES = env_int("ACCOLADE_API_MAX_BODY_BYTES", 1_048_576, minimum=1024)
+ACCOLADE_API_MAX_BATCH = env_int("ACCOLADE_API_MAX_BATCH", 500, minimum=1)
+ACCOLADE_API_MAX_CLOCK_SKEW_SECONDS = env_int("ACCOLADE_API_MAX_CLOCK_SKEW_SECONDS", 300)
+ACCOLADE_API_RATE_LIMIT = env_rate("ACCOLADE_API_RATE_LIMIT", "1200/60")
 
 LOGGING = {
     "version": 1,

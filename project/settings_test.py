@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key-not-for-production")
+# The test client speaks plain HTTP; production's TLS-only defaults are
+# covered by tests/test_settings.py through `check --deploy`.
+os.environ.setdefault("SECURE_SSL_REDIRECT", "0")
+os.environ.setdefault("SECURE_COOKIES", "0")
+os.environ.setdefault("SECURE_HSTS_SECONDS", "0")
 # The suite runs embedded unless a test starts the real topology itself; a
 # REDIS_URL in the developer's shell must not leak into unit tests.
 os.environ.pop("REDIS_URL", None)

@@ -97,3 +97,54 @@ def test_start_up_succeeds_with_good_values():
         DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres",
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_production_settings_pass_the_deploy_checks():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("SECURE_", "DEBUG", "DJANGO_SETTINGS", "REDIS_URL"))
+            },
+            "SECRET_KEY": "k3Y-" + "x9Zq7!" * 10,
+            "ALLOWED_HOSTS": "badges.example.com",
+        },
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_debug_is_off_unless_asked_for():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); "
+            "from django.conf import settings as s; print(s.DEBUG, s.SECURE_SSL_REDIRECT)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("SECURE_", "DEBUG", "DJANGO_SETTINGS"))
+            },
+            "DJANGO_SETTINGS_MODULE": "project.settings",
+            "SECRET_KEY": "x" * 50,
+        },
+    )
+    assert result.stdout.split() == ["False", "True"], result.stderr
+
+
+def test_pages_carry_a_content_security_policy_allowing_only_our_scripts(client, db):
+    policy = client.get("/accounts/login/")["Content-Security-Policy"]
+    assert "script-src 'self'" in policy
+    assert "unsafe-inline" not in policy.split("script-src")[1].split(";")[0]
+    assert "frame-ancestors 'none'" in policy

@@ -273,3 +273,27 @@ async def test_absurd_or_excessive_client_messages_are_ignored_without_closing_t
     frame = await communicator.receive_from(timeout=3)
     assert 'aria-valuenow="50"' in frame
     await communicator.disconnect()
+
+
+async def test_no_url_or_query_string_selects_another_users_group():
+    owner, _ = await _signed_in_cookie("owner")
+    other, other_cookie = await _signed_in_cookie("other")
+    await database_sync_to_async(make_places_badge)(threshold=1)
+    group = realtime.user_group(owner.pk)
+    for path in (
+        f"/ws/live/?user={owner.pk}&group={group}&user_id={owner.pk}",
+        f"/ws/live/?since=0&user={owner.pk}",
+    ):
+        communicator = WebsocketCommunicator(
+            application, path, headers=[ORIGIN, (b"cookie", other_cookie)]
+        )
+        assert (await communicator.connect())[0]
+        await _visit(owner, 1)
+        assert await communicator.receive_nothing(timeout=0.5), path
+        await communicator.disconnect()
+    for path in (f"/ws/live/{owner.pk}/", f"/ws/{group}/", "/ws/"):
+        communicator = WebsocketCommunicator(
+            application, path, headers=[ORIGIN, (b"cookie", other_cookie)]
+        )
+        with pytest.raises(ValueError, match="No route found"):
+            await communicator.connect()

@@ -55,7 +55,17 @@ def base_environment(**overrides: str) -> dict[str, str]:
         for key, value in os.environ.items()
         if key not in {"DJANGO_SETTINGS_MODULE", "REDIS_URL", "DATABASE_URL", "DEBUG"}
     }
-    environment.update({"PYTHONUNBUFFERED": "1", "SECRET_KEY": "integration-test-secret-key"})
+    environment.update(
+        {
+            "PYTHONUNBUFFERED": "1",
+            "SECRET_KEY": "integration-test-secret-key",
+            # Plain HTTP on loopback: no TLS redirect, no secure-only cookies.
+            "SECURE_SSL_REDIRECT": "0",
+            "SECURE_COOKIES": "0",
+            "SECURE_HSTS_SECONDS": "0",
+            "ACCOLADE_API_RATE_LIMIT": "100000/60",
+        }
+    )
     environment.update(overrides)
     return environment
 

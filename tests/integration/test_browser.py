@@ -191,3 +191,76 @@ def test_every_open_tab_shows_an_unlock_once_and_a_later_page_catches_up(
         raise
     finally:
         context.close()
+
+
+HOSTILE_NAME = "<img src=x onerror=alert(1)>"
+HOSTILE_DESCRIPTION = "<script>alert(2)</script>"
+
+
+def test_hostile_badge_text_from_staff_never_executes(embedded_site, browser):
+    """Staff text reaches every user's page, toasts and the admin: it must stay text."""
+    from playwright.sync_api import expect
+
+    site = embedded_site
+    site.python(
+        "from django.contrib.auth import get_user_model\n"
+        "from django.db import transaction\n"
+        "from achievements.models import Badge, BadgeRequirement\n"
+        "from achievements.events import record_event\n"
+        "User = get_user_model()\n"
+        f"badge = Badge.objects.create(key='xss', name={HOSTILE_NAME!r},\n"
+        f"    description={HOSTILE_DESCRIPTION!r}, icon='<b>!</b>')\n"
+        "BadgeRequirement.objects.create(badge=badge, event_type='xss.probe', threshold=1)\n"
+        "user = User.objects.create_user('xss-user', password='a-long-passphrase-9')\n"
+        "User.objects.create_superuser('xss-admin', 'a@example.com', 'a-long-passphrase-9')\n"
+        "with transaction.atomic():\n"
+        "    record_event(user, 'xss.probe')\n"
+    )
+    context = browser.new_context()
+    page = context.new_page()
+    dialogs: list[str] = []
+    violations: list[str] = []
+
+    def on_dialog(dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.on(
+        "console",
+        lambda message: (
+            violations.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
+    try:
+        _log_in(page, site.base_url, "xss-user")
+        expect(page.locator("#live-status")).to_have_attribute("data-state", "open")
+        toast = page.locator("#toasts [data-toast]")
+        expect(toast).to_have_count(1)  # the pushed (catch-up) toast, rendered by the consumer
+        expect(toast).to_contain_text(HOSTILE_NAME)
+        expect(page.locator("#badge-xss")).to_contain_text(HOSTILE_DESCRIPTION)
+        page.goto(f"{site.base_url}/places/")
+        page.wait_for_timeout(300)
+        assert page.locator("img[src='x']").count() == 0
+        assert violations == [], violations
+
+        context.clear_cookies()
+        _log_in(page, site.base_url, "xss-admin")
+        for path in (
+            "/admin/achievements/badge/",
+            "/admin/achievements/unlock/",
+            "/admin/achievements/userbadge/",
+        ):
+            page.goto(f"{site.base_url}{path}")
+            expect(page.get_by_text(HOSTILE_NAME).first).to_be_visible()
+        page.goto(f"{site.base_url}/admin/achievements/badge/")
+        page.get_by_role("link", name=HOSTILE_NAME).click()
+        expect(page.locator("#id_name")).to_have_value(HOSTILE_NAME)
+        assert page.locator("img[src='x']").count() == 0
+        assert dialogs == []
+    finally:
+        context.close()
+        site.python(
+            "from achievements.models import Badge\n"
+            "Badge.objects.filter(key='xss').update(is_active=False)\n"
+        )
