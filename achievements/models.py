@@ -20,8 +20,16 @@ def validate_event_type(value: str) -> None:
         raise ValidationError(f"Event type {problem}.", code="invalid_event_type")
 
 
-def _choices(enum: type[rules.Aggregation] | type[rules.Operator] | type[rules.Scope]):
-    return [(member.value, member.label) for member in enum]
+def _choices(members: list[rules.Aggregation] | list[rules.Operator] | list[rules.Scope]):
+    return [(member.value, member.label) for member in members]
+
+
+# The members the evaluator in actions.py handles today. rules.py and
+# progress.py already describe more (sums, windows, streaks, sequences); they
+# become choices here when the evaluator stores their state.
+EVALUATED_AGGREGATIONS = [rules.Aggregation.COUNT, rules.Aggregation.DISTINCT]
+EVALUATED_OPERATORS = [rules.Operator.GTE]
+EVALUATED_SCOPES = [rules.Scope.ALL_TIME]
 
 
 class BadgeQuerySet(models.QuerySet["Badge"]):
@@ -75,7 +83,7 @@ class BadgeRequirement(models.Model):
         help_text="The event type this requirement watches, e.g. visit.created.",
     )
     aggregation = models.CharField(
-        max_length=20, choices=_choices(rules.Aggregation), default=rules.Aggregation.COUNT
+        max_length=20, choices=_choices(EVALUATED_AGGREGATIONS), default=rules.Aggregation.COUNT
     )
     field = models.CharField(
         max_length=64,
@@ -83,7 +91,7 @@ class BadgeRequirement(models.Model):
         help_text="Payload field to aggregate; required for distinct counts (e.g. place_id).",
     )
     operator = models.CharField(
-        max_length=4, choices=_choices(rules.Operator), default=rules.Operator.GTE
+        max_length=4, choices=_choices(EVALUATED_OPERATORS), default=rules.Operator.GTE
     )
     threshold = models.DecimalField(
         max_digits=18,
@@ -92,7 +100,7 @@ class BadgeRequirement(models.Model):
         help_text="The value the aggregate must reach.",
     )
     scope = models.CharField(
-        max_length=20, choices=_choices(rules.Scope), default=rules.Scope.ALL_TIME
+        max_length=20, choices=_choices(EVALUATED_SCOPES), default=rules.Scope.ALL_TIME
     )
     label = models.CharField(
         max_length=100,

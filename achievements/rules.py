@@ -28,6 +28,11 @@ FIELD_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 class Aggregation(StrEnum):
     COUNT = "count"
     DISTINCT = "distinct"
+    SUM = "sum"
+    MAX = "max"
+    MIN = "min"
+    # One event whose field alone crosses the threshold ("a run over 10 km").
+    SINGLE = "single"
 
     @property
     def label(self) -> str:
@@ -35,29 +40,174 @@ class Aggregation(StrEnum):
 
     @property
     def needs_field(self) -> bool:
-        return self is Aggregation.DISTINCT
+        return self is not Aggregation.COUNT
+
+    @property
+    def needs_number(self) -> bool:
+        return self in {Aggregation.SUM, Aggregation.MAX, Aggregation.MIN, Aggregation.SINGLE}
 
 
 _AGGREGATION_LABELS = {
     Aggregation.COUNT: "Count of events",
     Aggregation.DISTINCT: "Distinct values of a payload field",
+    Aggregation.SUM: "Sum of a numeric payload field",
+    Aggregation.MAX: "Largest value of a numeric payload field",
+    Aggregation.MIN: "Smallest value of a numeric payload field",
+    Aggregation.SINGLE: "One event whose field crosses the threshold",
 }
 
 
 class Operator(StrEnum):
     GTE = ">="
+    GT = ">"
+    LTE = "<="
+    LT = "<"
+    EQ = "=="
+    NE = "!="
 
     @property
     def label(self) -> str:
-        return {Operator.GTE: "at least (>=)"}[self]
+        return {
+            Operator.GTE: "at least (>=)",
+            Operator.GT: "more than (>)",
+            Operator.LTE: "at most (<=)",
+            Operator.LT: "less than (<)",
+            Operator.EQ: "exactly (==)",
+            Operator.NE: "anything but (!=)",
+        }[self]
+
+    def holds(self, left: Any, right: Any) -> bool:
+        """Compare, treating values of incomparable types as not matching."""
+        try:
+            if self is Operator.EQ:
+                return bool(left == right)
+            if self is Operator.NE:
+                return bool(left != right)
+            if isinstance(left, bool) or isinstance(right, bool):
+                return False
+            if self is Operator.GTE:
+                return bool(left >= right)
+            if self is Operator.GT:
+                return bool(left > right)
+            if self is Operator.LTE:
+                return bool(left <= right)
+            return bool(left < right)
+        except TypeError:
+            return False
 
 
 class Scope(StrEnum):
     ALL_TIME = "all_time"
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    ROLLING = "rolling"
 
     @property
     def label(self) -> str:
-        return {Scope.ALL_TIME: "All time"}[self]
+        return {
+            Scope.ALL_TIME: "All time",
+            Scope.DAY: "Within one calendar day",
+            Scope.WEEK: "Within one calendar week (Monday to Sunday)",
+            Scope.MONTH: "Within one calendar month",
+            Scope.ROLLING: "Within any N consecutive days",
+        }[self]
+
+
+class Kind(StrEnum):
+    AGGREGATE = "aggregate"
+    STREAK = "streak"
+    SEQUENCE = "sequence"
+    COMPOSITE = "composite"
+
+    @property
+    def label(self) -> str:
+        return {
+            Kind.AGGREGATE: "Aggregate of one event type",
+            Kind.STREAK: "Streak of consecutive days or weeks",
+            Kind.SEQUENCE: "Event types in order within a time window",
+            Kind.COMPOSITE: "All or any of other badges",
+        }[self]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One payload comparison, e.g. duration_seconds >= 600 or source == "mobile"."""
+
+    field: str
+    operator: Operator
+    value: Any
+
+    def matches(self, payload: Mapping[str, Any]) -> bool:
+        if self.field not in payload:
+            return False
+        actual = payload[self.field]
+        expected = self.value
+        if _is_number(actual) and _is_number(expected):
+            return self.operator.holds(Decimal(str(actual)), Decimal(str(expected)))
+        return self.operator.holds(actual, expected)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Conditions combined with all (and) or any (or); groups may nest."""
+
+    mode: str = "all"
+    terms: tuple[Condition | Filter, ...] = ()
+
+    def matches(self, payload: Mapping[str, Any]) -> bool:
+        if not self.terms:
+            return True
+        results = (term.matches(payload) for term in self.terms)
+        return all(results) if self.mode == "all" else any(results)
+
+    @classmethod
+    def from_data(cls, data: Any) -> Filter:
+        """Build from the stored JSON: {"all"|"any": [condition or group, ...]}.
+
+        A condition is {"field": ..., "op": ..., "value": ...}. Raises
+        ValueError with a message naming the part that is wrong.
+        """
+        if data in (None, {}, []):
+            return cls()
+        if not isinstance(data, dict) or len(data) != 1 or next(iter(data)) not in ("all", "any"):
+            raise ValueError('a filter is {"all": [...]} or {"any": [...]}')
+        mode, items = next(iter(data.items()))
+        if not isinstance(items, list):
+            raise ValueError(f'"{mode}" must hold a list of conditions')
+        terms: list[Condition | Filter] = []
+        for index, item in enumerate(items):
+            if isinstance(item, dict) and set(item) == {"field", "op", "value"}:
+                if not isinstance(item["field"], str) or not FIELD_PATTERN.match(item["field"]):
+                    raise ValueError(f"condition {index + 1}: field must be a payload key")
+                try:
+                    operator = Operator(item["op"])
+                except ValueError:
+                    raise ValueError(
+                        f"condition {index + 1}: unknown operator {item['op']!r}"
+                    ) from None
+                if not isinstance(item["value"], str | int | float | bool) or (
+                    isinstance(item["value"], float) and item["value"] != item["value"]
+                ):
+                    raise ValueError(
+                        f"condition {index + 1}: value must be a string, number or boolean"
+                    )
+                terms.append(Condition(item["field"], operator, item["value"]))
+            else:
+                terms.append(cls.from_data(item))
+        return cls(mode=mode, terms=tuple(terms))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
+
+
+def numeric(value: Any) -> Decimal | None:
+    """A payload value as a number, or None if it is not one (booleans are not numbers)."""
+    if not _is_number(value):
+        return None
+    number = Decimal(str(value))
+    return number if number.is_finite() else None
 
 
 def event_type_problem(value: object) -> str | None:
@@ -136,9 +286,7 @@ def advance(rule: Rule, value: Decimal, *, is_new_value: bool = True) -> Decimal
 
 
 def is_met(rule: Rule, value: Decimal) -> bool:
-    if rule.operator is Operator.GTE:
-        return value >= rule.threshold
-    raise ValueError(f"unknown operator {rule.operator!r}")
+    return rule.operator.holds(value, rule.threshold)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,51 @@
+"""Calendar periods in a user's own time zone. Pure: no ORM, no clock.
+
+Day, week and month rules, streaks and repeatable badges all ask the same
+question: which local day, week or month did this moment fall in, for this
+user? Days are counted by the local calendar date, so a day across a DST
+change is one day, whatever its length in hours.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from datetime import date, datetime, timedelta
+
+from achievements.rules import Scope
+
+
+def local_date(moment: datetime, time_zone: str) -> date:
+    """The calendar date of an aware `moment` in `time_zone` (UTC if unknown)."""
+    return moment.astimezone(_zone(time_zone)).date()
+
+
+def day_number(moment: datetime, time_zone: str) -> int:
+    """Consecutive integers for consecutive local days."""
+    return local_date(moment, time_zone).toordinal()
+
+
+def week_number(moment: datetime, time_zone: str) -> int:
+    """Consecutive integers for consecutive local ISO weeks (Monday to Sunday)."""
+    day = local_date(moment, time_zone)
+    return (day - timedelta(days=day.weekday())).toordinal() // 7
+
+
+def period_key(scope: Scope, moment: datetime, time_zone: str) -> str:
+    """A stable name for the calendar period of `moment`: "all", "2026-11-21",
+    "2026-W47" or "2026-11"; rolling windows bucket by day."""
+    if scope is Scope.ALL_TIME:
+        return "all"
+    day = local_date(moment, time_zone)
+    if scope in (Scope.DAY, Scope.ROLLING):
+        return day.isoformat()
+    if scope is Scope.WEEK:
+        year, week, _ = day.isocalendar()
+        return f"{year}-W{week:02d}"
+    return f"{day.year}-{day.month:02d}"
+
+
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    try:
+        return zoneinfo.ZoneInfo(name or "UTC")
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return zoneinfo.ZoneInfo("UTC")

@@ -1,0 +1,427 @@
+"""Incremental progress for every rule kind. Pure: plain values in, plain values out.
+
+Each requirement of each user has a small JSON state. `apply_fact` folds one
+event into it without looking at any other event; `measure` reads it. Events
+may arrive in any order and more than once (the engine drops exact
+duplicates before they get here): the state is built so that windows,
+streaks and sequences come out the same whatever the order.
+
+State formats (all JSON-serialisable):
+- aggregate: {"b": {period: value}, "k": {period: [keys]}, "met": bool}
+  ("k" only for distinct counts inside day/week/month/rolling scopes; an
+  all-time distinct count asks the engine whether a key is new instead, as
+  that set can grow without bound).
+- streak: {"r": [[first, last], ...] sorted, disjoint runs of period numbers, "met": bool}
+- sequence: {"t": [[epoch seconds, ...] per step, sorted], "met": bool}
+
+`met` latches: a requirement counts as met once any window satisfied it. For
+comparisons that can only become true as events arrive (counts, sums of
+non-negative values and maxima with >= or >, minima with <= or <) that is the
+same as asking the final set of events; for the others it is "satisfied at
+some point", which is what a badge that is never revoked means anyway.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from achievements import periods
+from achievements.rules import (
+    Aggregation,
+    Filter,
+    Kind,
+    Operator,
+    Scope,
+    distinct_key,
+    numeric,
+)
+
+State = dict[str, Any]
+MAX_ROLLING_DAYS = 366
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A requirement, whatever its kind, as plain data."""
+
+    id: int
+    threshold: Decimal
+    kind: Kind = Kind.AGGREGATE
+    event_type: str = ""
+    aggregation: Aggregation = Aggregation.COUNT
+    field: str = ""
+    operator: Operator = Operator.GTE
+    scope: Scope = Scope.ALL_TIME
+    window_days: int = 0  # rolling scopes and sequences
+    streak_unit: str = "day"  # "day" or "week"
+    steps: tuple[str, ...] = ()  # sequences
+    filter: Filter = Filter()
+    label: str = ""
+
+    def watches(self, event_type: str) -> bool:
+        if self.kind is Kind.SEQUENCE:
+            return event_type in self.steps
+        return event_type == self.event_type
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One event as the rules see it."""
+
+    event_type: str
+    payload: Mapping[str, Any]
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class Measure:
+    value: Decimal
+    target: Decimal
+    met: bool
+    text: str
+    current_streak: int = 0
+    longest_streak: int = 0
+
+
+def key_for(spec: Spec, fact: Fact) -> str | None:
+    """For an all-time distinct count: the key the engine must check for newness."""
+    if (
+        spec.kind is Kind.AGGREGATE
+        and spec.aggregation is Aggregation.DISTINCT
+        and spec.scope is Scope.ALL_TIME
+        and spec.watches(fact.event_type)
+        and spec.filter.matches(fact.payload)
+        and fact.payload.get(spec.field) is not None
+    ):
+        return distinct_key(fact.payload[spec.field])
+    return None
+
+
+def apply_fact(
+    spec: Spec, state: State | None, fact: Fact, time_zone: str, *, is_new_key: bool = True
+) -> State:
+    """The state after one more event. Returns a new dict; `state` is not changed.
+
+    `is_new_key` is only read for all-time distinct counts (see key_for).
+    """
+    state = copy.deepcopy(state) if state else {}
+    if not spec.watches(fact.event_type) or not spec.filter.matches(fact.payload):
+        return state
+    if spec.kind is Kind.AGGREGATE:
+        _apply_aggregate(spec, state, fact, time_zone, is_new_key)
+    elif spec.kind is Kind.STREAK:
+        _apply_streak(spec, state, fact, time_zone)
+    elif spec.kind is Kind.SEQUENCE:
+        _apply_sequence(spec, state, fact)
+    else:
+        raise ValueError(f"{spec.kind} requirements are evaluated from other badges, not events")
+    return state
+
+
+def measure(spec: Spec, state: State | None, now: datetime, time_zone: str) -> Measure:
+    """Where the requirement stands at `now`: the value to show, the target, met or not."""
+    state = state or {}
+    if spec.kind is Kind.AGGREGATE:
+        return _measure_aggregate(spec, state, now, time_zone)
+    if spec.kind is Kind.STREAK:
+        return _measure_streak(spec, state, now, time_zone)
+    if spec.kind is Kind.SEQUENCE:
+        return _measure_sequence(spec, state)
+    raise ValueError(f"{spec.kind} requirements are measured from other badges")
+
+
+# --- aggregates ------------------------------------------------------------
+
+
+def _event_value(spec: Spec, fact: Fact) -> Decimal | str | None:
+    """What the event contributes: 1 for a count, the number, or the distinct key."""
+    if spec.aggregation is Aggregation.COUNT:
+        return Decimal(1)
+    raw = fact.payload.get(spec.field)
+    if raw is None:
+        return None
+    if spec.aggregation is Aggregation.DISTINCT:
+        return distinct_key(raw)[:16]
+    return numeric(raw)
+
+
+def _combine(spec: Spec, values: Iterable[Decimal]) -> Decimal | None:
+    values = list(values)
+    if not values:
+        return None
+    if spec.aggregation in (Aggregation.COUNT, Aggregation.SUM, Aggregation.DISTINCT):
+        return sum(values, Decimal(0))
+    if spec.aggregation is Aggregation.MIN:
+        return min(values)
+    if spec.aggregation is Aggregation.SINGLE and spec.operator in (Operator.LTE, Operator.LT):
+        return min(values)
+    return max(values)
+
+
+def _apply_aggregate(
+    spec: Spec, state: State, fact: Fact, time_zone: str, is_new_key: bool
+) -> None:
+    contribution = _event_value(spec, fact)
+    if contribution is None:
+        return
+    buckets: dict[str, str] = state.setdefault("b", {})
+    if spec.aggregation is Aggregation.SINGLE:
+        # Scopes do not apply: one event on its own decides.
+        value = Decimal(contribution)
+        best = buckets.get("all")
+        buckets["all"] = str(value if best is None else _combine(spec, [Decimal(best), value]))
+        if spec.operator.holds(value, spec.threshold):
+            state["met"] = True
+        return
+
+    bucket = periods.period_key(spec.scope, fact.occurred_at, time_zone)
+    if spec.aggregation is Aggregation.DISTINCT:
+        if spec.scope is Scope.ALL_TIME:
+            if not is_new_key:
+                return
+            buckets[bucket] = str(Decimal(buckets.get(bucket, "0")) + 1)
+        else:
+            keys: list[str] = state.setdefault("k", {}).setdefault(bucket, [])
+            if contribution in keys:
+                return
+            bisect.insort(keys, str(contribution))
+            buckets[bucket] = str(len(keys))
+    else:
+        current = buckets.get(bucket)
+        if spec.aggregation in (Aggregation.COUNT, Aggregation.SUM):
+            new = Decimal(current or "0") + Decimal(contribution)
+        else:
+            values = [Decimal(contribution)]
+            if current is not None:
+                values.append(Decimal(current))
+            combined = _combine(spec, values)
+            new = Decimal(contribution) if combined is None else combined
+        buckets[bucket] = str(new)
+
+    for window_value in _touched_windows(spec, state, bucket):
+        if spec.operator.holds(window_value, spec.threshold):
+            state["met"] = True
+            break
+
+
+def _window_days(spec: Spec) -> int:
+    return max(1, min(MAX_ROLLING_DAYS, spec.window_days or 1))
+
+
+def _touched_windows(spec: Spec, state: State, bucket: str) -> Iterable[Decimal]:
+    """The values of every window the changed bucket belongs to."""
+    if spec.scope is not Scope.ROLLING:
+        yield Decimal(state["b"][bucket])
+        return
+    day = date.fromisoformat(bucket)
+    size = _window_days(spec)
+    for offset in range(size):
+        end = day + timedelta(days=offset)
+        value = _rolling_value(spec, state, end, size)
+        if value is not None:
+            yield value
+
+
+def _rolling_value(spec: Spec, state: State, end: date, size: int) -> Decimal | None:
+    days = [(end - timedelta(days=n)).isoformat() for n in range(size)]
+    if spec.aggregation is Aggregation.DISTINCT:
+        keys: set[str] = set()
+        for day in days:
+            keys.update(state.get("k", {}).get(day, []))
+        return Decimal(len(keys)) if keys else None
+    return _combine(spec, [Decimal(state["b"][d]) for d in days if d in state.get("b", {})])
+
+
+def _measure_aggregate(spec: Spec, state: State, now: datetime, time_zone: str) -> Measure:
+    buckets = state.get("b", {})
+    if spec.aggregation is Aggregation.SINGLE or spec.scope is Scope.ALL_TIME:
+        raw = buckets.get("all")
+    elif spec.scope is Scope.ROLLING:
+        today = periods.local_date(now, time_zone)
+        rolled = _rolling_value(spec, state, today, _window_days(spec))
+        raw = None if rolled is None else str(rolled)
+    else:
+        raw = buckets.get(periods.period_key(spec.scope, now, time_zone))
+    value = Decimal(raw) if raw is not None else Decimal(0)
+    met = bool(state.get("met"))
+    unit = spec.label or _unit(spec)
+    text = f"{_fmt(value)} of {_fmt(spec.threshold)} {unit}".strip()
+    if spec.scope is not Scope.ALL_TIME and spec.aggregation is not Aggregation.SINGLE:
+        text += {
+            Scope.DAY: " today",
+            Scope.WEEK: " this week",
+            Scope.MONTH: " this month",
+            Scope.ROLLING: f" in the last {_window_days(spec)} days",
+        }[spec.scope]
+    return Measure(value=value, target=spec.threshold, met=met, text=text)
+
+
+def _unit(spec: Spec) -> str:
+    if spec.aggregation is Aggregation.DISTINCT:
+        return f"different {spec.field.removesuffix('_id').replace('_', ' ')}s"
+    if spec.aggregation is Aggregation.COUNT:
+        return spec.event_type
+    return spec.field.replace("_", " ")
+
+
+# --- streaks -----------------------------------------------------------------
+
+
+def _period_number(spec: Spec, moment: datetime, time_zone: str) -> int:
+    if spec.streak_unit == "week":
+        return periods.week_number(moment, time_zone)
+    return periods.day_number(moment, time_zone)
+
+
+def _apply_streak(spec: Spec, state: State, fact: Fact, time_zone: str) -> None:
+    number = _period_number(spec, fact.occurred_at, time_zone)
+    runs: list[list[int]] = state.setdefault("r", [])
+    index = bisect.bisect_left(runs, [number, number])
+    # Already inside a run (the one starting before it, or starting at it)?
+    for neighbour in (index - 1, index):
+        if 0 <= neighbour < len(runs) and runs[neighbour][0] <= number <= runs[neighbour][1]:
+            return
+    runs.insert(index, [number, number])
+    # Merge with the run before and after when they now touch.
+    if index + 1 < len(runs) and runs[index + 1][0] == number + 1:
+        runs[index][1] = runs[index + 1][1]
+        del runs[index + 1]
+    if index > 0 and runs[index - 1][1] == number - 1:
+        runs[index - 1][1] = runs[index][1]
+        del runs[index]
+    if _longest(runs) >= spec.threshold:
+        state["met"] = True
+
+
+def _longest(runs: Sequence[Sequence[int]]) -> int:
+    return max((last - first + 1 for first, last in runs), default=0)
+
+
+def _measure_streak(spec: Spec, state: State, now: datetime, time_zone: str) -> Measure:
+    runs = state.get("r", [])
+    today = _period_number(spec, now, time_zone)
+    current = 0
+    for first, last in runs:
+        # A streak is still alive until a whole period passes without an event.
+        if last in (today, today - 1):
+            current = last - first + 1
+    longest = _longest(runs)
+    unit = "weeks" if spec.streak_unit == "week" else "days"
+    return Measure(
+        value=Decimal(current),
+        target=spec.threshold,
+        met=bool(state.get("met")),
+        text=f"streak {current} of {_fmt(spec.threshold)} {unit} (longest {longest})",
+        current_streak=current,
+        longest_streak=longest,
+    )
+
+
+# --- sequences ---------------------------------------------------------------
+
+
+def _apply_sequence(spec: Spec, state: State, fact: Fact) -> None:
+    times: list[list[float]] = state.setdefault("t", [[] for _ in spec.steps])
+    moment = fact.occurred_at.timestamp()
+    for step, event_type in enumerate(spec.steps):
+        if event_type == fact.event_type and moment not in times[step]:
+            bisect.insort(times[step], moment)
+    if _steps_done(spec, times) == len(spec.steps):
+        state["met"] = True
+
+
+def _steps_done(spec: Spec, times: Sequence[Sequence[float]]) -> int:
+    """The most leading steps that happened in order within the window.
+
+    For each occurrence of the first step, take the earliest occurrence of
+    each next step strictly after the previous one: taking the earliest can
+    only leave more room for the steps after it, so it finds a chain when
+    there is one.
+    """
+    window = timedelta(days=spec.window_days).total_seconds() if spec.window_days else None
+    best = 0
+    for start in times[0] if times else []:
+        done, previous = 1, start
+        for step in range(1, len(times)):
+            index = bisect.bisect_right(times[step], previous)
+            if index == len(times[step]):
+                break
+            candidate = times[step][index]
+            if window is not None and candidate - start > window:
+                break
+            done, previous = done + 1, candidate
+        best = max(best, done)
+        if best == len(times):
+            break
+    return best
+
+
+def _measure_sequence(spec: Spec, state: State) -> Measure:
+    times = state.get("t", [[] for _ in spec.steps])
+    done = len(spec.steps) if state.get("met") else _steps_done(spec, times)
+    return Measure(
+        value=Decimal(done),
+        target=Decimal(len(spec.steps)),
+        met=bool(state.get("met")),
+        text=f"step {done} of {len(spec.steps)}",
+    )
+
+
+# --- composites and tiers ---------------------------------------------------------
+
+
+def composite_met(mode: str, parts_met: Sequence[bool]) -> bool:
+    """All-of or any-of other requirements or badges."""
+    if not parts_met:
+        return False
+    return all(parts_met) if mode == "all" else any(parts_met)
+
+
+def find_cycle(graph: Mapping[Any, Iterable[Any]]) -> list[Any] | None:
+    """A cycle in "composite X refers to Y" edges, as the list of nodes, or None."""
+    visiting: list[Any] = []
+    state: dict[Any, str] = {}
+
+    def visit(node: Any) -> list[Any] | None:
+        state[node] = "visiting"
+        visiting.append(node)
+        for target in graph.get(node, ()):
+            if state.get(target) == "visiting":
+                return visiting[visiting.index(target) :] + [target]
+            if target not in state:
+                found = visit(target)
+                if found:
+                    return found
+        visiting.pop()
+        state[node] = "done"
+        return None
+
+    for node in list(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def tier_reached(
+    value: Decimal, operator: Operator, tiers: Sequence[tuple[str, Decimal]]
+) -> str | None:
+    """The highest tier (bronze, silver, gold ... in order) whose threshold `value` meets."""
+    reached = None
+    for name, threshold in tiers:
+        if operator.holds(value, threshold):
+            reached = name
+    return reached
+
+
+def _fmt(value: Decimal) -> str:
+    if value == value.to_integral_value():
+        return str(int(value))
+    return f"{value.normalize():f}"
