@@ -15,7 +15,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import time_zone_for
-from achievements import context, realtime, rules
+from achievements import context, progress, realtime
+from achievements.index import requirement_ids_watching
 from achievements.models import (
     BadgeRequirement,
     DistinctValue,
@@ -65,7 +66,7 @@ def evaluate_event(event_pk: int) -> Evaluation | None:
         user_id = event.user_id
         assert user_id is not None  # the claim only takes events with a user
         with context.evaluation_context(user_id=user_id, time_zone=time_zone_for(user_id)):
-            result = apply_event(event, user_id=user_id, now=now)
+            result = apply_event(event, user_id=user_id, now=now, time_zone=time_zone_for(user_id))
         if result.changed_badge_ids:
             transaction.on_commit(
                 partial(
@@ -86,53 +87,62 @@ def evaluate_event(event_pk: int) -> Evaluation | None:
     return result
 
 
-def apply_event(event: Event, *, user_id: int, now: datetime) -> Evaluation:
+def apply_event(
+    event: Event, *, user_id: int, now: datetime, time_zone: str = "UTC"
+) -> Evaluation:
     """Advance the user's progress by one event, inside the caller's transaction.
 
-    1. Find the requirements that watch this event type; most events touch
-       none or few, and nothing else is loaded.
+    1. Find the requirements that watch this event type (achievements.index)
+       and keep those the event can change (type, filters, field present).
     2. Lock the user's row for each affected badge (creating it if needed), in
        badge order so two workers never wait on each other in a cycle. Every
        read-modify-write of that user's progress on those badges happens under
        these locks, so concurrent events for one user serialise here while
        other users proceed in parallel.
-    3. Advance each watching requirement incrementally from its stored value.
-    4. Recompute each badge's status and unlock it if every requirement holds.
-       The Unlock row's unique constraint backs the in-lock check, so a
-       second unlock of one badge cannot be written whatever races.
+    3. Fold the event into each requirement's state (achievements.progress),
+       asking DistinctValue whether an all-time distinct value is new.
+    4. Measure every requirement of each affected badge and unlock the badge
+       if all are met. The Unlock row's unique constraint backs the in-lock
+       check, so a second unlock of one badge cannot be written whatever races.
     """
     result = Evaluation(event_pk=event.pk, user_id=user_id)
-    watching = list(BadgeRequirement.objects.watching(event.event_type))
-    observations = [
-        (requirement, observation)
-        for requirement in watching
-        if (observation := rules.observe(requirement.as_rule(), event.event_type, event.payload))
+    watching_ids = requirement_ids_watching(event.event_type)
+    if not watching_ids:
+        return result
+    fact = progress.Fact(event.event_type, event.payload, event.occurred_at)
+    touched = [
+        requirement
+        for requirement in BadgeRequirement.objects.filter(
+            pk__in=watching_ids, badge__is_active=True
+        )
+        if progress.relevant(requirement.as_spec(), fact)
     ]
-    if not observations:
+    if not touched:
         return result
 
-    badge_ids = sorted({requirement.badge_id for requirement, _ in observations})
+    badge_ids = sorted({requirement.badge_id for requirement in touched})
     user_badges = lock_user_badges(user_id, badge_ids)
     all_requirements = list(BadgeRequirement.objects.filter(badge_id__in=badge_ids))
-    progress = _progress_rows(user_id, all_requirements)
+    rows = _progress_rows(user_id, all_requirements)
+    specs = {requirement.pk: requirement.as_spec() for requirement in all_requirements}
 
-    changed_progress = []
-    for requirement, observation in observations:
-        row = progress[requirement.pk]
-        is_new_value = True
-        if observation.distinct_key is not None:
-            _, is_new_value = DistinctValue.objects.get_or_create(
-                user_id=user_id,
-                requirement=requirement,
-                value_key=observation.distinct_key,
+    changed_rows = []
+    for requirement in touched:
+        spec, row = specs[requirement.pk], rows[requirement.pk]
+        is_new_key = True
+        key = progress.key_for(spec, fact)
+        if key is not None:
+            _, is_new_key = DistinctValue.objects.get_or_create(
+                user_id=user_id, requirement=requirement, value_key=key
             )
-        new_value = rules.advance(requirement.as_rule(), row.value, is_new_value=is_new_value)
-        if new_value != row.value:
-            row.value = new_value
+        state = progress.apply_fact(spec, row.state, fact, time_zone, is_new_key=is_new_key)
+        if state != row.state:
+            row.state = state
+            row.value = progress.measure(spec, state, now, time_zone).value
             row.updated_at = now
-            changed_progress.append(row)
-    if changed_progress:
-        RequirementProgress.objects.bulk_update(changed_progress, ["value", "updated_at"])
+            changed_rows.append(row)
+    if changed_rows:
+        RequirementProgress.objects.bulk_update(changed_rows, ["state", "value", "updated_at"])
 
     requirements_by_badge: dict[int, list[BadgeRequirement]] = defaultdict(list)
     for requirement in all_requirements:
@@ -143,8 +153,11 @@ def apply_event(event: Event, *, user_id: int, now: datetime) -> Evaluation:
     evaluated_at = timezone.now()
     for badge_id in badge_ids:
         user_badge = user_badges[badge_id]
-        status = rules.badge_status(
-            [(r.as_rule(), progress[r.pk].value) for r in requirements_by_badge[badge_id]]
+        status = progress.badge_status(
+            [
+                progress.measure(specs[r.pk], rows[r.pk].state, now, time_zone)
+                for r in requirements_by_badge[badge_id]
+            ]
         )
         changed = (
             user_badge.current_value != status.current or user_badge.target_value != status.target
@@ -165,7 +178,7 @@ def apply_event(event: Event, *, user_id: int, now: datetime) -> Evaluation:
                 result.unlocked_badge_ids.append(badge_id)
                 result.unlock_ids.append(unlock.pk)
             changed = True
-        if changed:
+        if changed or any(row.requirement.badge_id == badge_id for row in changed_rows):
             result.changed_badge_ids.append(badge_id)
     UserBadge.objects.bulk_update(
         user_badges.values(),

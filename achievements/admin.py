@@ -40,7 +40,20 @@ class BadgeRequirementInline(admin.TabularInline):
     form = BadgeRequirementForm
     extra = 0
     min_num = 1
-    fields = ["event_type", "aggregation", "field", "operator", "threshold", "scope", "label"]
+    fields = [
+        "kind",
+        "event_type",
+        "aggregation",
+        "field",
+        "operator",
+        "threshold",
+        "scope",
+        "window_days",
+        "streak_unit",
+        "steps",
+        "filters",
+        "label",
+    ]
 
 
 @admin.register(Badge)

@@ -1,8 +1,21 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.db.models.signals import post_delete, post_save
 
 
 class AchievementsConfig(AppConfig):
     name = "achievements"
     verbose_name = "Achievements"
+
+    def ready(self) -> None:
+        from achievements import index
+        from achievements.models import Badge, BadgeRequirement
+
+        for model in (Badge, BadgeRequirement):
+            post_save.connect(
+                index.invalidate, sender=model, dispatch_uid=f"index-{model.__name__}"
+            )
+            post_delete.connect(
+                index.invalidate, sender=model, dispatch_uid=f"index-del-{model.__name__}"
+            )

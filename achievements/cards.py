@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
+from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.timezone import localtime
 
-from achievements import rules
+from accounts.models import time_zone_for
+from achievements import progress
 from achievements.models import Badge, RequirementProgress, Unlock, UserBadge, format_number
 
 Card = dict[str, Any]
@@ -40,25 +41,36 @@ def cards_for_user(
     if event_types is not None:
         badges = badges.filter(requirements__event_type__in=list(event_types)).distinct()
     badges_list = list(badges)
+    now = timezone.now()
     if user_id is None:
         # Nobody yet (an unlinked producer id): every badge at zero.
-        return [_card(badge, None, {}) for badge in badges_list]
+        return [_card(badge, None, {}, now, "UTC") for badge in badges_list]
     user_badges = {
         ub.badge_id: ub for ub in UserBadge.objects.filter(user_id=user_id, badge__in=badges_list)
     }
-    values = dict(
+    states = dict(
         RequirementProgress.objects.filter(
             user_id=user_id, requirement__badge__in=badges_list
-        ).values_list("requirement_id", "value")
+        ).values_list("requirement_id", "state")
     )
-    return [_card(badge, user_badges.get(badge.pk), values) for badge in badges_list]
+    time_zone = time_zone_for(user_id)
+    return [
+        _card(badge, user_badges.get(badge.pk), states, now, time_zone) for badge in badges_list
+    ]
 
 
-def _card(badge: Badge, user_badge: UserBadge | None, values: dict[int, Decimal]) -> Card:
+def _card(
+    badge: Badge,
+    user_badge: UserBadge | None,
+    states: dict[int, dict[str, Any]],
+    now: datetime,
+    time_zone: str,
+) -> Card:
     requirements = list(badge.requirements.all())
-    status = rules.badge_status(
-        [(r.as_rule(), values.get(r.pk, Decimal(0))) for r in requirements]
-    )
+    measures = [
+        progress.measure(r.as_spec(), states.get(r.pk) or {}, now, time_zone) for r in requirements
+    ]
+    status = progress.badge_status(measures)
     completed_at = user_badge.completed_at if user_badge else None
     return {
         "id": badge.pk,
@@ -77,10 +89,14 @@ def _card(badge: Badge, user_badge: UserBadge | None, values: dict[int, Decimal]
         "requirements": [
             {
                 "label": r.unit_label(),
-                "current": format_number(min(values.get(r.pk, Decimal(0)), r.threshold)),
-                "target": format_number(r.threshold),
+                "current": format_number(
+                    measure.target if measure.met else min(measure.value, measure.target)
+                ),
+                "target": format_number(measure.target),
+                "text": measure.text,
+                "met": measure.met,
             }
-            for r in requirements
+            for r, measure in zip(requirements, measures, strict=True)
         ],
     }
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -12,6 +13,14 @@ from django.db.models import Q
 from django.utils import timezone
 
 from achievements import rules
+from achievements.progress import Spec
+
+
+def _member(enum: Any, value: Any) -> Any:
+    try:
+        return enum(value)
+    except ValueError:
+        return None
 
 
 def validate_event_type(value: str) -> None:
@@ -20,16 +29,16 @@ def validate_event_type(value: str) -> None:
         raise ValidationError(f"Event type {problem}.", code="invalid_event_type")
 
 
-def _choices(members: list[rules.Aggregation] | list[rules.Operator] | list[rules.Scope]):
+def _choices(members: Sequence[Any]) -> list[tuple[str, str]]:
     return [(member.value, member.label) for member in members]
 
 
-# The members the evaluator in actions.py handles today. rules.py and
-# progress.py already describe more (sums, windows, streaks, sequences); they
-# become choices here when the evaluator stores their state.
-EVALUATED_AGGREGATIONS = [rules.Aggregation.COUNT, rules.Aggregation.DISTINCT]
-EVALUATED_OPERATORS = [rules.Operator.GTE]
-EVALUATED_SCOPES = [rules.Scope.ALL_TIME]
+# Composites (all/any of other badges) are described in rules.py and
+# progress.py but not evaluated yet, so they are not offered.
+EVALUATED_AGGREGATIONS = list(rules.Aggregation)
+EVALUATED_OPERATORS = list(rules.Operator)
+EVALUATED_SCOPES = list(rules.Scope)
+EVALUATED_KINDS = [rules.Kind.AGGREGATE, rules.Kind.STREAK, rules.Kind.SEQUENCE]
 
 
 class BadgeQuerySet(models.QuerySet["Badge"]):
@@ -77,10 +86,15 @@ class BadgeRequirement(models.Model):
     """
 
     badge = models.ForeignKey(Badge, on_delete=models.CASCADE, related_name="requirements")
+    kind = models.CharField(
+        max_length=20, choices=_choices(EVALUATED_KINDS), default=rules.Kind.AGGREGATE
+    )
     event_type = models.CharField(
         max_length=rules.EVENT_TYPE_MAX_LENGTH,
         validators=[validate_event_type],
-        help_text="The event type this requirement watches, e.g. visit.created.",
+        blank=True,
+        help_text="The event type this requirement watches, e.g. visit.created "
+        "(sequences list theirs in steps).",
     )
     aggregation = models.CharField(
         max_length=20, choices=_choices(EVALUATED_AGGREGATIONS), default=rules.Aggregation.COUNT
@@ -96,8 +110,8 @@ class BadgeRequirement(models.Model):
     threshold = models.DecimalField(
         max_digits=18,
         decimal_places=4,
-        validators=[MinValueValidator(Decimal(1))],
-        help_text="The value the aggregate must reach.",
+        validators=[MinValueValidator(Decimal(0))],
+        help_text="The value to reach: a count, a sum, a streak length, a number of steps.",
     )
     scope = models.CharField(
         max_length=20, choices=_choices(EVALUATED_SCOPES), default=rules.Scope.ALL_TIME
@@ -106,6 +120,26 @@ class BadgeRequirement(models.Model):
         max_length=100,
         blank=True,
         help_text="What the number counts, shown to users, e.g. 'different places'.",
+    )
+    filters = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Payload conditions, e.g. {"all": [{"field": "duration_seconds", "op": ">=", '
+        '"value": 600}, {"field": "source", "op": "==", "value": "mobile"}]}.',
+    )
+    window_days = models.PositiveIntegerField(
+        default=0,
+        help_text="Rolling scope: the window in days. Sequences: all steps within this many "
+        "days (0: no limit).",
+    )
+    streak_unit = models.CharField(
+        max_length=4, choices=[("day", "Days"), ("week", "Weeks")], default="day"
+    )
+    steps = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Sequences: event types in order, e.g. ["profile.completed", '
+        '"tutorial.finished"].',
     )
 
     objects = BadgeRequirementQuerySet.as_manager()
@@ -119,15 +153,64 @@ class BadgeRequirement(models.Model):
 
     def clean(self) -> None:
         super().clean()
-        aggregation = rules.Aggregation(self.aggregation) if self.aggregation else None
-        if aggregation and aggregation.needs_field and not self.field:
-            raise ValidationError(
-                {"field": f"A {aggregation.label.lower()} requirement needs a payload field."}
-            )
+        errors: dict[str, str] = {}
+        kind = _member(rules.Kind, self.kind)
+        aggregation = _member(rules.Aggregation, self.aggregation)
+        if kind in (rules.Kind.AGGREGATE, rules.Kind.STREAK) and not self.event_type:
+            errors["event_type"] = "Name the event type this requirement watches."
+        needs_field = kind is rules.Kind.AGGREGATE and aggregation and aggregation.needs_field
+        if needs_field and not self.field:
+            errors["field"] = f"A {aggregation.label.lower()} requirement needs a payload field."
         if self.field and not rules.FIELD_PATTERN.match(self.field):
-            raise ValidationError(
-                {"field": "Use a payload key of letters, digits and '_', e.g. place_id."}
-            )
+            errors["field"] = "Use a payload key of letters, digits and '_', e.g. place_id."
+        counted = kind in (rules.Kind.STREAK, rules.Kind.SEQUENCE) or aggregation in (
+            rules.Aggregation.COUNT,
+            rules.Aggregation.DISTINCT,
+        )
+        if self.threshold is not None and counted and self.threshold < 1:
+            errors["threshold"] = "A count, streak or sequence needs a threshold of at least 1."
+        rolling = self.scope == rules.Scope.ROLLING and kind is rules.Kind.AGGREGATE
+        if rolling and not 1 <= self.window_days <= 366:
+            errors["window_days"] = "A rolling scope needs a window of 1 to 366 days."
+        if kind is rules.Kind.SEQUENCE:
+            steps = self.steps if isinstance(self.steps, list) else None
+            if steps is None or len(steps) < 2:
+                errors["steps"] = "A sequence needs at least 2 steps, in order."
+            else:
+                for number, step in enumerate(steps, start=1):
+                    problem = rules.event_type_problem(step)
+                    if problem:
+                        errors["steps"] = f"Step {number}: event type {problem}."
+                        break
+        try:
+            rules.Filter.from_data(self.filters)
+        except ValueError as exc:
+            errors["filters"] = f"Filter: {exc}."
+        if errors:
+            raise ValidationError(errors)
+
+    def as_spec(self) -> Spec:
+        kind = rules.Kind(self.kind)
+        return Spec(
+            id=self.pk,
+            threshold=Decimal(self.threshold),
+            kind=kind,
+            event_type=self.event_type,
+            aggregation=rules.Aggregation(self.aggregation),
+            field=self.field,
+            operator=rules.Operator(self.operator),
+            scope=rules.Scope(self.scope),
+            window_days=self.window_days,
+            streak_unit=self.streak_unit,
+            steps=tuple(self.steps) if kind is rules.Kind.SEQUENCE else (),
+            filter=rules.Filter.from_data(self.filters),
+            label=self.label,
+        )
+
+    def watched_types(self) -> list[str]:
+        if self.kind == rules.Kind.SEQUENCE:
+            return list(dict.fromkeys(self.steps))
+        return [self.event_type]
 
     def as_rule(self) -> rules.Rule:
         return rules.Rule(
@@ -449,6 +532,9 @@ class RequirementProgress(models.Model):
         BadgeRequirement, on_delete=models.CASCADE, related_name="progress"
     )
     value = models.DecimalField(max_digits=18, decimal_places=4, default=Decimal(0))
+    state = models.JSONField(
+        default=dict, blank=True, help_text="The incremental state (see achievements/progress.py)."
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

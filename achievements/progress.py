@@ -34,6 +34,7 @@ from typing import Any
 from achievements import periods
 from achievements.rules import (
     Aggregation,
+    BadgeStatus,
     Filter,
     Kind,
     Operator,
@@ -425,3 +426,32 @@ def _fmt(value: Decimal) -> str:
     if value == value.to_integral_value():
         return str(int(value))
     return f"{value.normalize():f}"
+
+
+def badge_status(measures: Sequence[Measure]) -> BadgeStatus:
+    """Combine a badge's requirement measures: met when every one is met.
+
+    A met requirement counts in full; one still open counts up to its target,
+    so overshooting one never hides that another is short.
+    """
+    if not measures:
+        return BadgeStatus(Decimal(0), Decimal(0), met=False)
+    current = sum(
+        (m.target if m.met else max(Decimal(0), min(m.value, m.target)) for m in measures),
+        Decimal(0),
+    )
+    target = sum((m.target for m in measures), Decimal(0))
+    return BadgeStatus(current=current, target=target, met=all(m.met for m in measures))
+
+
+def relevant(spec: Spec, fact: Fact) -> bool:
+    """Whether the event can change this requirement's state at all."""
+    if not spec.watches(fact.event_type) or not spec.filter.matches(fact.payload):
+        return False
+    if spec.kind is Kind.AGGREGATE and spec.aggregation is not Aggregation.COUNT:
+        value = fact.payload.get(spec.field)
+        if value is None:
+            return False
+        if spec.aggregation.needs_number and numeric(value) is None:
+            return False
+    return True

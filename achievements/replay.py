@@ -6,12 +6,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 
 from django.db import transaction
 from django.utils import timezone
 
-from achievements import rules
+from accounts.models import time_zone_for
+from achievements import progress, rules
 from achievements.actions import lock_user_badges
 from achievements.models import (
     Badge,
@@ -70,7 +70,7 @@ def replay_events(
         if missing:
             raise UnknownBadge(f"no active badge with key {', '.join(map(repr, missing))}")
     requirements = list(BadgeRequirement.objects.filter(badge__in=badges).order_by("pk"))
-    event_types = sorted({requirement.event_type for requirement in requirements})
+    event_types = sorted({t for requirement in requirements for t in requirement.watched_types()})
     report = ReplayReport()
     if not requirements:
         return report
@@ -93,6 +93,8 @@ def _replay_user(
     event_types: list[str],
     report: ReplayReport,
 ) -> None:
+    time_zone = time_zone_for(user_id)
+    now = timezone.now()
     with transaction.atomic():
         # Only badges this user has events for get rows, as in live
         # evaluation; they are locked the same way, in the same order.
@@ -103,45 +105,56 @@ def _replay_user(
             .values_list("event_type", flat=True)
             .distinct()
         )
-        watched_badges = {r.badge_id for r in requirements if r.event_type in user_types}
+        watched_badges = {r.badge_id for r in requirements if set(r.watched_types()) & user_types}
         requirements = [r for r in requirements if r.badge_id in watched_badges]
-        by_type: dict[str, list[tuple[BadgeRequirement, rules.Rule]]] = defaultdict(list)
+        specs = {requirement.pk: requirement.as_spec() for requirement in requirements}
+        by_type: dict[str, list[BadgeRequirement]] = defaultdict(list)
         by_badge: dict[int, list[BadgeRequirement]] = defaultdict(list)
         for requirement in requirements:
-            by_type[requirement.event_type].append((requirement, requirement.as_rule()))
+            for event_type in requirement.watched_types():
+                by_type[event_type].append(requirement)
             by_badge[requirement.badge_id].append(requirement)
         badge_ids = sorted(by_badge)
         user_badges = lock_user_badges(user_id, badge_ids)
-        values = {requirement.pk: Decimal(0) for requirement in requirements}
+        states: dict[int, dict] = {requirement.pk: {} for requirement in requirements}
         seen: dict[int, set[str]] = defaultdict(set)
         completed_by: dict[int, int] = {}
         touched_badges: set[int] = set()
+
+        def status(badge_id: int) -> rules.BadgeStatus:
+            return progress.badge_status(
+                [
+                    progress.measure(specs[r.pk], states[r.pk], now, time_zone)
+                    for r in by_badge[badge_id]
+                ]
+            )
 
         events = (
             Event.objects.filter(
                 user_id=user_id, event_type__in=event_types, processed_at__isnull=False
             )
             .order_by("occurred_at", "pk")
-            .values_list("pk", "event_type", "payload")
+            .values_list("pk", "event_type", "payload", "occurred_at")
         )
-        for event_pk, event_type, payload in events.iterator(chunk_size=2000):
+        for event_pk, event_type, payload, occurred_at in events.iterator(chunk_size=2000):
             report.events += 1
+            fact = progress.Fact(event_type, payload, occurred_at)
             touched = set()
-            for requirement, rule in by_type[event_type]:
-                observation = rules.observe(rule, event_type, payload)
-                if observation is None:
+            for requirement in by_type[event_type]:
+                spec = specs[requirement.pk]
+                if not progress.relevant(spec, fact):
                     continue
-                is_new = True
-                if observation.distinct_key is not None:
-                    is_new = observation.distinct_key not in seen[requirement.pk]
-                    seen[requirement.pk].add(observation.distinct_key)
-                values[requirement.pk] = rules.advance(
-                    rule, values[requirement.pk], is_new_value=is_new
+                key = progress.key_for(spec, fact)
+                is_new = key is not None and key not in seen[requirement.pk]
+                if key is not None:
+                    seen[requirement.pk].add(key)
+                states[requirement.pk] = progress.apply_fact(
+                    spec, states[requirement.pk], fact, time_zone, is_new_key=is_new
                 )
                 touched.add(requirement.badge_id)
             touched_badges |= touched
             for badge_id in touched - completed_by.keys():
-                if _status(by_badge[badge_id], values).met:
+                if status(badge_id).met:
                     completed_by[badge_id] = event_pk
 
         requirement_ids = [requirement.pk for requirement in requirements]
@@ -162,7 +175,12 @@ def _replay_user(
         RequirementProgress.objects.bulk_create(
             [
                 RequirementProgress(
-                    user_id=user_id, requirement_id=requirement.pk, value=values[requirement.pk]
+                    user_id=user_id,
+                    requirement_id=requirement.pk,
+                    state=states[requirement.pk],
+                    value=progress.measure(
+                        specs[requirement.pk], states[requirement.pk], now, time_zone
+                    ).value,
                 )
                 for requirement in requirements
                 if requirement.badge_id in touched_badges
@@ -175,16 +193,15 @@ def _replay_user(
         ]
         UserBadge.objects.filter(user_id=user_id, badge_id__in=untouched).delete()
 
-        now = timezone.now()
         for badge_id in badge_ids:
             if badge_id in untouched:
                 continue
             user_badge = user_badges[badge_id]
             user_badge.last_evaluated_at = now
-            status = _status(by_badge[badge_id], values)
-            user_badge.current_value = status.current
-            user_badge.target_value = status.target
-            if status.met and user_badge.completed_at is None:
+            badge_status = status(badge_id)
+            user_badge.current_value = badge_status.current
+            user_badge.target_value = badge_status.target
+            if badge_status.met and user_badge.completed_at is None:
                 unlock, created = Unlock.objects.get_or_create(
                     user_id=user_id,
                     badge_id=badge_id,
@@ -200,7 +217,7 @@ def _replay_user(
                 user_badge.completed_by_event_id = unlock.event_id
                 if created:
                     report.newly_unlocked.append((user_id, badge_id))
-            elif not status.met and user_badge.completed_at is not None:
+            elif not badge_status.met and user_badge.completed_at is not None:
                 report.no_longer_qualifying.append((user_id, badge_id))
         UserBadge.objects.bulk_update(
             [user_badges[badge_id] for badge_id in badge_ids if badge_id not in untouched],
@@ -212,7 +229,3 @@ def _replay_user(
                 "last_evaluated_at",
             ],
         )
-
-
-def _status(requirements: list[BadgeRequirement], values: dict[int, Decimal]) -> rules.BadgeStatus:
-    return rules.badge_status([(r.as_rule(), values[r.pk]) for r in requirements])

@@ -144,7 +144,13 @@ def test_it_pushes_progress_to_the_users_group_only_after_commit(
     assert message["type"] == "progress.updated"
     assert message["card"]["percent"] == 20
     assert message["card"]["requirements"] == [
-        {"label": "different places", "current": "1", "target": "5"}
+        {
+            "label": "different places",
+            "current": "1",
+            "target": "5",
+            "text": "1 of 5 different places",
+            "met": False,
+        }
     ]
 
 

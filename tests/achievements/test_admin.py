@@ -29,6 +29,11 @@ def _inline_post(**requirement):
         "requirements-MAX_NUM_FORMS": "1000",
     }
     defaults = {
+        "kind": "aggregate",
+        "filters": "{}",
+        "window_days": "0",
+        "streak_unit": "day",
+        "steps": "[]",
         "event_type": "image.posted",
         "aggregation": "count",
         "field": "",
@@ -54,8 +59,18 @@ def test_staff_create_a_badge_with_its_requirements_inline(admin_client):
     [
         ({"aggregation": "distinct", "field": ""}, "needs a payload field"),
         ({"event_type": "Image Posted"}, "Event type must be lower-case words"),
-        ({"threshold": "0"}, "greater than or equal to 1"),
-        ({"threshold": "-5"}, "greater than or equal to 1"),
+        ({"threshold": "0"}, "needs a threshold of at least 1"),
+        ({"threshold": "-5"}, "greater than or equal to 0"),
+        ({"kind": "sequence", "steps": '["a.done"]'}, "A sequence needs at least 2 steps"),
+        ({"kind": "sequence", "steps": '["a.done", "Bad Step"]'}, "Step 2: event type must be"),
+        ({"scope": "rolling", "window_days": "0"}, "A rolling scope needs a window of 1 to 366"),
+        ({"filters": '{"some": []}'}, "Filter: a filter is {&quot;all&quot;: [...]}"),
+        (
+            {"filters": '{"all": [{"field": "x", "op": "~", "value": 1}]}'},
+            "Filter: condition 1: unknown operator",
+        ),
+        ({"kind": "streak", "event_type": ""}, "Name the event type this requirement watches."),
+        ({"aggregation": "sum", "field": ""}, "needs a payload field"),
         ({"aggregation": "median"}, "Select a valid choice"),
         ({"field": "place id", "aggregation": "distinct"}, "Use a payload key"),
     ],

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import Profile
-from achievements import context, rules
+from achievements import context, progress
 from achievements.events import record_event
 from achievements.tasks import evaluate_event_task
 from tests.factories import make_images_badge
@@ -34,13 +34,14 @@ def test_evaluation_runs_in_the_users_time_zone(owner, monkeypatch):
     Profile.objects.create(user=owner, time_zone="America/Santiago")
     make_images_badge(threshold=5)
     seen = []
-    original = rules.observe
+    original = progress.apply_fact
 
-    def spy(rule, event_type, payload):
+    def spy(spec, state, fact, time_zone, **kwargs):
         seen.append((timezone.get_current_timezone_name(), context.current_user_id.get()))
-        return original(rule, event_type, payload)
+        assert time_zone == "America/Santiago"
+        return original(spec, state, fact, time_zone, **kwargs)
 
-    monkeypatch.setattr(rules, "observe", spy)
+    monkeypatch.setattr(progress, "apply_fact", spy)
     evaluate_event_task.apply(args=[record_event(owner, "image.posted").event.pk])
     assert seen == [("America/Santiago", owner.pk)]
     assert timezone.get_current_timezone_name() == "UTC"

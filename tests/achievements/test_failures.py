@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from achievements import actions, events, rules
+from achievements import actions, events, progress
 from achievements.events import record_event
 from achievements.models import Event, RequirementProgress
 from achievements.tasks import evaluate_event_task
@@ -18,14 +18,14 @@ from tests.factories import make_images_badge
 def poison(monkeypatch):
     """Make every evaluation of an image.posted event fail, as a broken rule would."""
 
-    original = rules.observe
+    original = progress.apply_fact
 
-    def explode(rule, event_type, payload):
-        if event_type == "image.posted":
+    def explode(spec, state, fact, time_zone, **kwargs):
+        if fact.event_type == "image.posted":
             raise ZeroDivisionError("the rule divides by zero")
-        return original(rule, event_type, payload)
+        return original(spec, state, fact, time_zone, **kwargs)
 
-    monkeypatch.setattr(rules, "observe", explode)
+    monkeypatch.setattr(progress, "apply_fact", explode)
     return monkeypatch
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.core.management import CommandError, call_command
 
@@ -13,7 +15,10 @@ def dump() -> dict[str, list]:
     """Every piece of progress state, without the timestamps a rebuild may move."""
     return {
         "progress": sorted(
-            RequirementProgress.objects.values_list("user_id", "requirement_id", "value")
+            (user, requirement, value, json.dumps(state, sort_keys=True))
+            for user, requirement, value, state in RequirementProgress.objects.values_list(
+                "user_id", "requirement_id", "value", "state"
+            )
         ),
         "distinct": sorted(
             DistinctValue.objects.values_list("user_id", "requirement_id", "value_key")
