@@ -29,6 +29,11 @@ class Profile(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="profile"
     )
     time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
+    attributes = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Facts badges can be limited to, e.g. {"plan": "pro", "team": "north"}.',
+    )
 
     def __str__(self) -> str:
         return f"{self.user} ({self.time_zone})"

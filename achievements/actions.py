@@ -18,6 +18,7 @@ from accounts.models import time_zone_for
 from achievements import context, progress, realtime
 from achievements.index import requirement_ids_watching
 from achievements.models import (
+    Badge,
     BadgeRequirement,
     DistinctValue,
     Event,
@@ -114,9 +115,17 @@ def apply_event(
         requirement
         for requirement in BadgeRequirement.objects.filter(
             pk__in=watching_ids, badge__is_active=True
-        )
+        ).select_related("badge")
         if progress.relevant(requirement.as_spec(), fact)
     ]
+    if any(r.badge.segment_group_id or r.badge.segment_attribute for r in touched):
+        # Badges limited to a segment are neither shown to nor evaluated for others.
+        allowed = set(
+            Badge.objects.for_user(user_id)
+            .filter(pk__in={r.badge_id for r in touched})
+            .values_list("pk", flat=True)
+        )
+        touched = [r for r in touched if r.badge_id in allowed]
     if not touched:
         return result
 

@@ -31,7 +31,7 @@ def cards_for_user(
     changed_since: datetime | None = None,
 ) -> list[Card]:
     """Cards for the user's active badges (optionally only some), in display order."""
-    badges = Badge.objects.active().prefetch_related("requirements")
+    badges = Badge.objects.for_user(user_id).prefetch_related("requirements")
     if badge_ids is not None:
         badges = badges.filter(pk__in=list(badge_ids))
     if changed_since is not None and user_id is not None:
@@ -72,12 +72,14 @@ def _card(
     ]
     status = progress.badge_status(measures)
     completed_at = user_badge.completed_at if user_badge else None
+    mystery = badge.hidden and completed_at is None
     return {
         "id": badge.pk,
         "key": badge.key,
-        "name": badge.name,
-        "description": badge.description,
-        "icon": badge.icon,
+        "name": "Mystery badge" if mystery else badge.name,
+        "description": "Keep going to find out what unlocks it." if mystery else badge.description,
+        "icon": "❓" if mystery else badge.icon,
+        "hidden": mystery,
         "percent": 100 if completed_at else status.percent,
         "current": format_number(status.current),
         "target": format_number(status.target),
@@ -97,7 +99,9 @@ def _card(
                 "met": measure.met,
             }
             for r, measure in zip(requirements, measures, strict=True)
-        ],
+        ]
+        if not mystery
+        else [],
     }
 
 

@@ -45,6 +45,28 @@ class BadgeQuerySet(models.QuerySet["Badge"]):
     def active(self) -> BadgeQuerySet:
         return self.filter(is_active=True)
 
+    def for_user(self, user_id: int | None) -> BadgeQuerySet:
+        """Active badges whose segment includes the user: the only ones shown or evaluated."""
+        badges = self.active()
+        if user_id is None:
+            return badges.filter(segment_group__isnull=True, segment_attribute="")
+        from django.contrib.auth.models import Group
+
+        from accounts.models import Profile
+
+        groups = Group.objects.filter(user__id=user_id)
+        attributes = (
+            Profile.objects.filter(user_id=user_id).values_list("attributes", flat=True).first()
+            or {}
+        )
+        in_attribute_segment = Q(segment_attribute="")
+        for name, value in attributes.items():
+            if isinstance(value, str | int | float | bool):
+                in_attribute_segment |= Q(segment_attribute=name, segment_value=str(value))
+        return badges.filter(
+            Q(segment_group__isnull=True) | Q(segment_group__in=groups), in_attribute_segment
+        )
+
 
 class Badge(models.Model):
     key = models.SlugField(
@@ -61,6 +83,25 @@ class Badge(models.Model):
         default=True, help_text="Inactive badges are neither shown nor evaluated."
     )
     sort_order = models.PositiveIntegerField(default=0)
+    hidden = models.BooleanField(
+        default=False, help_text="Shown as a mystery badge until the user unlocks it."
+    )
+    segment_group = models.ForeignKey(
+        "auth.Group",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Only members of this group see and can earn the badge.",
+    )
+    segment_attribute = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="Only users whose profile attribute of this name ...",
+    )
+    segment_value = models.CharField(
+        max_length=100, blank=True, help_text="... has this value see and can earn the badge."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -71,6 +112,17 @@ class Badge(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        super().clean()
+        if bool(self.segment_attribute) != bool(self.segment_value):
+            raise ValidationError(
+                {"segment_value": "Give both the profile attribute and its value, or neither."}
+            )
+        if self.segment_attribute and not rules.FIELD_PATTERN.match(self.segment_attribute):
+            raise ValidationError(
+                {"segment_attribute": "Use an attribute name of letters, digits and '_'."}
+            )
 
 
 class BadgeRequirementQuerySet(models.QuerySet["BadgeRequirement"]):

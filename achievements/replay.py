@@ -95,6 +95,12 @@ def _replay_user(
 ) -> None:
     time_zone = time_zone_for(user_id)
     now = timezone.now()
+    allowed = set(
+        Badge.objects.for_user(user_id)
+        .filter(pk__in={r.badge_id for r in requirements})
+        .values_list("pk", flat=True)
+    )
+    requirements = [r for r in requirements if r.badge_id in allowed]
     with transaction.atomic():
         # Only badges this user has events for get rows, as in live
         # evaluation; they are locked the same way, in the same order.

@@ -128,3 +128,55 @@ def test_the_event_type_index_is_rebuilt_when_rules_change(owner):
     badge.save()
     record(owner, "quiz.passed")
     assert RequirementProgress.objects.get(user=owner).value == 1
+
+
+def test_a_hidden_badge_is_a_mystery_until_unlocked(owner):
+    badge = make_badge(
+        key="secret",
+        name="Night Owl",
+        description="Visit after midnight.",
+        icon="🦉",
+        requirements=[{"event_type": "visit.created", "threshold": 2}],
+    )
+    badge.hidden = True
+    badge.save()
+    record(owner, "visit.created")
+    [card] = cards_for_user(owner.pk)
+    assert (card["name"], card["icon"], card["hidden"], card["requirements"]) == (
+        "Mystery badge",
+        "❓",
+        True,
+        [],
+    )
+    assert "Night Owl" not in str(card)
+    record(owner, "visit.created")
+    [card] = cards_for_user(owner.pk)
+    assert (card["name"], card["hidden"]) == ("Night Owl", False)
+
+
+def test_segmented_badges_are_neither_shown_nor_evaluated_for_others(owner, second_user):
+    from django.contrib.auth.models import Group
+
+    pros = Group.objects.create(name="pro")
+    pros.user_set.add(owner)
+    by_group = make_badge(
+        key="pro_only", requirements=[{"event_type": "visit.created", "threshold": 1}]
+    )
+    by_group.segment_group = pros
+    by_group.save()
+    by_attribute = make_badge(
+        key="north_team", requirements=[{"event_type": "visit.created", "threshold": 1}]
+    )
+    by_attribute.segment_attribute, by_attribute.segment_value = "team", "north"
+    by_attribute.save()
+    Profile.objects.create(user=second_user, attributes={"team": "north"})
+
+    record(owner, "visit.created")
+    record(second_user, "visit.created")
+    assert sorted(Unlock.objects.values_list("user__username", "badge__key")) == [
+        ("owner", "pro_only"),
+        ("second", "north_team"),
+    ]
+    assert [c["key"] for c in cards_for_user(owner.pk)] == ["pro_only"]
+    assert [c["key"] for c in cards_for_user(second_user.pk)] == ["north_team"]
+    assert cards_for_user(None) == []
