@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from achievements.rulefiles import RuleFileError, import_badges
+
+
+class Command(BaseCommand):
+    help = (
+        "Create or update badges from FILE (see docs/rules.md). The whole file is "
+        "validated first; nothing is written if any entry is invalid."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("file")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            with open(options["file"], encoding="utf-8") as file:
+                document = json.load(file)
+        except OSError as exc:
+            raise CommandError(f"FILE: cannot read {options['file']!r}: {exc.strerror}.") from None
+        except (ValueError, RecursionError) as exc:
+            raise CommandError(f"FILE: not valid JSON: {exc}.") from None
+        try:
+            created, updated = import_badges(document)
+        except RuleFileError as exc:
+            raise CommandError(
+                f"{len(exc.problems)} problem(s), nothing imported: " + "; ".join(exc.problems)
+            ) from None
+        self.stdout.write(
+            self.style.SUCCESS(f"Imported badges: {created} created, {updated} updated.")
+        )

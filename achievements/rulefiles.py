@@ -1,0 +1,185 @@
+"""Badges and their requirements as a versionable JSON file (see docs/rules.md)."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from achievements.models import Badge, BadgeRequirement, format_number
+
+FORMAT = "accolade-badges"
+VERSION = 1
+BADGE_FIELDS = ("name", "description", "icon", "is_active", "sort_order", "hidden")
+REQUIREMENT_FIELDS = (
+    "kind",
+    "event_type",
+    "aggregation",
+    "field",
+    "operator",
+    "threshold",
+    "scope",
+    "window_days",
+    "streak_unit",
+    "steps",
+    "filters",
+    "label",
+)
+
+
+class RuleFileError(ValueError):
+    """Every problem in a rule file, each naming the entry and field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def export_badges() -> dict[str, Any]:
+    badges = Badge.objects.select_related("segment_group").prefetch_related("requirements")
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "badges": [_badge_data(badge) for badge in badges.order_by("key")],
+    }
+
+
+def _badge_data(badge: Badge) -> dict[str, Any]:
+    data: dict[str, Any] = {"key": badge.key}
+    data.update({name: getattr(badge, name) for name in BADGE_FIELDS})
+    segment: dict[str, str] | None = None
+    if badge.segment_group:
+        segment = {"group": badge.segment_group.name}
+    elif badge.segment_attribute:
+        segment = {"attribute": badge.segment_attribute, "value": badge.segment_value}
+    data["segment"] = segment
+    data["requirements"] = [_requirement_data(r) for r in badge.requirements.order_by("pk")]
+    return data
+
+
+def _requirement_data(requirement: BadgeRequirement) -> dict[str, Any]:
+    data = {name: getattr(requirement, name) for name in REQUIREMENT_FIELDS}
+    data["threshold"] = format_number(requirement.threshold)
+    return data
+
+
+def import_badges(document: Any) -> tuple[int, int]:
+    """Validate the whole document, then write it; nothing is written if anything is wrong.
+
+    Badges are matched by key and updated in place; a badge's requirements
+    are replaced only when they differ, so unchanged rules keep users'
+    progress. Returns (badges created, badges updated).
+    """
+    planned = _validate(document)
+    created = updated = 0
+    with transaction.atomic():
+        for badge, requirements in planned:
+            existing = Badge.objects.filter(key=badge.key).first()
+            if existing is None:
+                badge.save()
+                created += 1
+            else:
+                badge.pk, badge.created_at = existing.pk, existing.created_at
+                badge.save()
+                updated += 1
+            current = [_requirement_data(r) for r in badge.requirements.order_by("pk")]
+            wanted = [_requirement_data(r) for r in requirements]
+            if current != wanted:
+                badge.requirements.all().delete()
+                for requirement in requirements:
+                    requirement.badge = badge
+                    requirement.save()
+    return created, updated
+
+
+def _validate(document: Any) -> list[tuple[Badge, list[BadgeRequirement]]]:
+    problems: list[str] = []
+    if not isinstance(document, dict):
+        raise RuleFileError(["the file must hold a JSON object"])
+    if document.get("format") != FORMAT:
+        problems.append(f"format: must be {FORMAT!r}")
+    if document.get("version") != VERSION:
+        problems.append(f"version: must be {VERSION}")
+    entries = document.get("badges")
+    if not isinstance(entries, list):
+        raise RuleFileError([*problems, "badges: must be a list"])
+    planned = []
+    seen_keys: set[str] = set()
+    for index, entry in enumerate(entries):
+        where = f"badges[{index}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: must be an object")
+            continue
+        key = entry.get("key")
+        where = f"badges[{index}] ({key!r})"
+        if key in seen_keys:
+            problems.append(f"{where}.key: appears twice in the file")
+        if isinstance(key, str):
+            seen_keys.add(key)
+        unknown = set(entry) - {"key", "segment", "requirements", *BADGE_FIELDS}
+        for name in sorted(unknown):
+            problems.append(f"{where}.{name}: is not a badge field")
+        badge = Badge(key=key if isinstance(key, str) else "")
+        for name in BADGE_FIELDS:
+            if name in entry:
+                setattr(badge, name, entry[name])
+        segment = entry.get("segment")
+        if segment:
+            if isinstance(segment, dict) and set(segment) == {"group"}:
+                group = Group.objects.filter(name=segment["group"]).first()
+                if group is None:
+                    problems.append(f"{where}.segment.group: no group named {segment['group']!r}")
+                badge.segment_group = group
+            elif isinstance(segment, dict) and set(segment) == {"attribute", "value"}:
+                badge.segment_attribute = str(segment["attribute"])
+                badge.segment_value = str(segment["value"])
+            else:
+                problems.append(
+                    f'{where}.segment: must be {{"group": NAME}} or '
+                    '{"attribute": NAME, "value": VALUE} or null'
+                )
+        problems += _field_errors(where, badge, exclude=["key"] if not key else [])
+        requirements = []
+        items = entry.get("requirements")
+        if not isinstance(items, list) or not items:
+            problems.append(f"{where}.requirements: must be a non-empty list")
+            items = []
+        for number, item in enumerate(items):
+            place = f"{where}.requirements[{number}]"
+            if not isinstance(item, dict):
+                problems.append(f"{place}: must be an object")
+                continue
+            for name in sorted(set(item) - set(REQUIREMENT_FIELDS)):
+                problems.append(f"{place}.{name}: is not a requirement field")
+            requirement = BadgeRequirement()
+            for name in REQUIREMENT_FIELDS:
+                if name in item:
+                    value = item[name]
+                    if name == "threshold":
+                        try:
+                            value = Decimal(str(value))
+                        except InvalidOperation:
+                            problems.append(f"{place}.threshold: must be a number")
+                            continue
+                    setattr(requirement, name, value)
+            problems += _field_errors(place, requirement, exclude=["badge"])
+            requirements.append(requirement)
+        planned.append((badge, requirements))
+    if problems:
+        raise RuleFileError(problems)
+    return planned
+
+
+def _field_errors(where: str, instance: Any, *, exclude: list[str]) -> list[str]:
+    try:
+        instance.full_clean(exclude=exclude, validate_unique=False)
+    except ValidationError as exc:
+        return [
+            f"{where}.{field}: {message}"
+            for field, messages in exc.message_dict.items()
+            for message in messages
+        ]
+    return []

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.contrib.auth.models import Group
+from django.core.management import CommandError, call_command
+
+from achievements.models import Badge, BadgeRequirement
+from tests.factories import make_badge, make_places_badge
+
+
+@pytest.fixture
+def every_kind(db):
+    make_places_badge(threshold=5)
+    runs = make_badge(key="long_runs", icon="🏃", requirements=[])
+    BadgeRequirement.objects.create(
+        badge=runs,
+        event_type="run.finished",
+        aggregation="sum",
+        field="km",
+        threshold=42,
+        scope="rolling",
+        window_days=30,
+        filters={"all": [{"field": "source", "op": "==", "value": "watch"}]},
+    )
+    streak = make_badge(key="week_streak", requirements=[])
+    BadgeRequirement.objects.create(
+        badge=streak, kind="streak", event_type="lesson.done", threshold=4, streak_unit="week"
+    )
+    onboarding = make_badge(key="onboarded", requirements=[])
+    onboarding.hidden = True
+    onboarding.segment_group = Group.objects.create(name="beta")
+    onboarding.save()
+    BadgeRequirement.objects.create(
+        badge=onboarding,
+        kind="sequence",
+        threshold=2,
+        window_days=7,
+        steps=["profile.completed", "project.created"],
+    )
+
+
+def test_export_then_import_round_trips_every_badge(every_kind, tmp_path):
+    first = tmp_path / "badges.json"
+    call_command("export_badges", str(first))
+    exported = json.loads(first.read_text())
+    assert exported["format"] == "accolade-badges" and len(exported["badges"]) == 4
+
+    Badge.objects.all().delete()
+    call_command("import_badges", str(first))
+    second = tmp_path / "again.json"
+    call_command("export_badges", str(second))
+    assert json.loads(second.read_text()) == exported
+
+
+def test_reimporting_unchanged_rules_keeps_requirements(every_kind, tmp_path):
+    path = tmp_path / "badges.json"
+    call_command("export_badges", str(path))
+    before = sorted(BadgeRequirement.objects.values_list("pk", flat=True))
+    call_command("import_badges", str(path))
+    assert sorted(BadgeRequirement.objects.values_list("pk", flat=True)) == before
+
+
+# Exports are sorted by key: long_runs, onboarded, places_visited_5, week_streak.
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda d: d["badges"][0]["requirements"][0].update(aggregation="median"),
+            "badges[0] ('long_runs').requirements[0].aggregation: Value 'median' is not a valid",
+        ),
+        (
+            lambda d: d["badges"][1]["requirements"][0].update(steps=["a.b"]),
+            "badges[1] ('onboarded').requirements[0].steps: A sequence needs at least 2 steps",
+        ),
+        (
+            lambda d: d["badges"][1].update(segment={"group": "nobody"}),
+            "badges[1] ('onboarded').segment.group: no group named 'nobody'",
+        ),
+        (
+            lambda d: d["badges"][2]["requirements"][0].update(threshold=-3),
+            "threshold: Ensure this value is greater than or equal to 0.",
+        ),
+        (
+            lambda d: d["badges"][2]["requirements"][0].update(filters={"some": []}),
+            "filters: Filter: a filter is",
+        ),
+        (lambda d: d["badges"][2].update(colour="red"), "colour: is not a badge field"),
+        (lambda d: d.update(version=9), "version: must be 1"),
+    ],
+)
+def test_an_invalid_entry_is_named_and_nothing_is_written(every_kind, tmp_path, change, message):
+    path = tmp_path / "badges.json"
+    call_command("export_badges", str(path))
+    document = json.loads(path.read_text())
+    document["badges"].append(
+        {
+            "key": "brand_new",
+            "name": "New",
+            "requirements": [{"event_type": "x.y", "threshold": 1}],
+        }
+    )
+    change(document)
+    path.write_text(json.dumps(document))
+    with pytest.raises(CommandError) as raised:
+        call_command("import_badges", str(path))
+    assert message in str(raised.value)
+    assert "nothing imported" in str(raised.value)
+    assert not Badge.objects.filter(key="brand_new").exists()
+
+
+def test_unreadable_files_are_refused(db, tmp_path):
+    with pytest.raises(CommandError, match="FILE: cannot read"):
+        call_command("import_badges", str(tmp_path / "missing.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    with pytest.raises(CommandError, match="FILE: not valid JSON"):
+        call_command("import_badges", str(bad))
