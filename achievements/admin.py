@@ -7,7 +7,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from achievements.actions import LinkConflict, link_external_identity, redrive_events
 from achievements.models import (
@@ -80,8 +80,25 @@ class UserBadgeAdmin(admin.ModelAdmin):
     list_select_related = ["user", "badge"]
     search_fields = ["user__username", "badge__name", "badge__key"]
     raw_id_fields = ["user", "completed_by_event"]
-    readonly_fields = ["last_evaluated_at"]
+    readonly_fields = ["last_evaluated_at", "explanation"]
     date_hierarchy = "completed_at"
+
+    @admin.display(description="Why (as the user sees it)")
+    def explanation(self, user_badge: UserBadge) -> str:
+        """Each requirement's standing for this user, the text their badge card shows."""
+        from achievements.cards import cards_for_user
+
+        cards = cards_for_user(user_badge.user_id, badge_ids=[user_badge.badge_id])
+        if not cards:
+            return "The badge is inactive or outside this user's segment."
+        requirements = cards[0]["requirements"] or [
+            {"text": "hidden until unlocked", "met": False}
+        ]
+        return format_html_join(
+            "",
+            "<div>{} {}</div>",
+            (("✓" if r["met"] else "·", r["text"]) for r in requirements),
+        )
 
     @admin.display(description="Progress")
     def progress(self, user_badge: UserBadge) -> str:

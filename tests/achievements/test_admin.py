@@ -109,3 +109,15 @@ def test_user_badges_are_browsable(admin_client, owner):
 def test_the_admin_is_closed_to_non_staff(client, owner):
     client.force_login(owner)
     assert client.get("/admin/achievements/badge/").status_code == 302
+
+
+def test_staff_see_why_a_user_has_or_lacks_a_badge(admin_client, owner):
+    from achievements.actions import evaluate_event
+    from achievements.models import UserBadge
+
+    make_places_badge(threshold=5)
+    for place in (1, 2):
+        evaluate_event(record_event(owner, "visit.created", payload={"place_id": place}).event.pk)
+    user_badge = UserBadge.objects.get(user=owner)
+    page = admin_client.get(f"/admin/achievements/userbadge/{user_badge.pk}/change/")
+    assert "2 of 5 different places" in page.content.decode()
