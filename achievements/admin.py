@@ -5,10 +5,15 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from achievements import rulefiles
 from achievements.actions import LinkConflict, link_external_identity, redrive_events
 from achievements.models import (
     Badge,
@@ -21,6 +26,7 @@ from achievements.models import (
     UserBadge,
     format_number,
 )
+from achievements.preview import preview_requirements
 
 
 class BadgeRequirementForm(forms.ModelForm):
@@ -63,6 +69,7 @@ class BadgeAdmin(admin.ModelAdmin):
     list_editable = ["sort_order"]
     search_fields = ["name", "key", "description"]
     prepopulated_fields = {"key": ["name"]}
+    readonly_fields = ["preview_link"]
     inlines = [BadgeRequirementInline]
 
     def get_queryset(self, request: HttpRequest):
@@ -71,6 +78,58 @@ class BadgeAdmin(admin.ModelAdmin):
     @admin.display(description="Requirements")
     def requirement_summary(self, badge: Badge) -> str:
         return "; ".join(r.describe() for r in badge.requirements.all())
+
+    @admin.display(description="Rule change preview")
+    def preview_link(self, badge: Badge) -> str:
+        if not badge.pk:
+            return "Save the badge first."
+        url = reverse("admin:achievements_badge_preview", args=[badge.pk])
+        return format_html('<a href="{}">Preview a change to these requirements</a>', url)
+
+    def get_urls(self) -> list[Any]:
+        preview = path(
+            "<path:object_id>/preview/",
+            self.admin_site.admin_view(self.preview_view),
+            name="achievements_badge_preview",
+        )
+        return [preview, *super().get_urls()]
+
+    def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Edit a badge's requirements as JSON, see what the change would do, then apply it."""
+        badge = self.get_object(request, object_id)
+        if badge is None:
+            raise Http404("No such badge.")
+        if not self.has_change_permission(request, badge):
+            raise PermissionDenied
+        entry = rulefiles.export_badges_data([badge])[0]
+        text = json.dumps(entry["requirements"], indent=2, ensure_ascii=False)
+        context: dict[str, Any] = {"problems": [], "preview": None}
+        if request.method == "POST":
+            text = request.POST.get("requirements", "")
+            try:
+                requirements = json.loads(text)
+            except ValueError as exc:
+                context["problems"] = [f"requirements: not valid JSON: {exc}"]
+            else:
+                document = rulefiles.document([{**entry, "requirements": requirements}])
+                try:
+                    [(_, planned)] = rulefiles.validate(document)
+                except rulefiles.RuleFileError as exc:
+                    context["problems"] = exc.problems
+                else:
+                    if "_apply" in request.POST:
+                        rulefiles.import_badges(document)
+                        self.message_user(request, "Requirements updated.", messages.SUCCESS)
+                        return redirect("admin:achievements_badge_change", badge.pk)
+                    context["preview"] = preview_requirements(badge, planned)
+        context.update(
+            self.admin_site.each_context(request),
+            badge=badge,
+            requirements_json=text,
+            opts=self.model._meta,
+            title=f"Preview a rule change: {badge.name}",
+        )
+        return TemplateResponse(request, "admin/achievements/badge/preview.html", context)
 
 
 @admin.register(UserBadge)

@@ -40,11 +40,15 @@ class RuleFileError(ValueError):
 
 def export_badges() -> dict[str, Any]:
     badges = Badge.objects.select_related("segment_group").prefetch_related("requirements")
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "badges": [_badge_data(badge) for badge in badges.order_by("key")],
-    }
+    return document(export_badges_data(badges.order_by("key")))
+
+
+def export_badges_data(badges: Any) -> list[dict[str, Any]]:
+    return [_badge_data(badge) for badge in badges]
+
+
+def document(badges: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"format": FORMAT, "version": VERSION, "badges": badges}
 
 
 def _badge_data(badge: Badge) -> dict[str, Any]:
@@ -73,7 +77,7 @@ def import_badges(document: Any) -> tuple[int, int]:
     are replaced only when they differ, so unchanged rules keep users'
     progress. Returns (badges created, badges updated).
     """
-    planned = _validate(document)
+    planned = validate(document)
     created = updated = 0
     with transaction.atomic():
         for badge, requirements in planned:
@@ -95,7 +99,8 @@ def import_badges(document: Any) -> tuple[int, int]:
     return created, updated
 
 
-def _validate(document: Any) -> list[tuple[Badge, list[BadgeRequirement]]]:
+def validate(document: Any) -> list[tuple[Badge, list[BadgeRequirement]]]:
+    """Every badge and its requirements, unsaved; RuleFileError lists every problem."""
     problems: list[str] = []
     if not isinstance(document, dict):
         raise RuleFileError(["the file must hold a JSON object"])

@@ -121,3 +121,59 @@ def test_staff_see_why_a_user_has_or_lacks_a_badge(admin_client, owner):
     user_badge = UserBadge.objects.get(user=owner)
     page = admin_client.get(f"/admin/achievements/userbadge/{user_badge.pk}/change/")
     assert "2 of 5 different places" in page.content.decode()
+
+
+def test_staff_preview_a_rule_change_before_applying_it(admin_client, owner, second_user):
+    import json
+
+    from achievements.actions import evaluate_event
+    from achievements.models import BadgeRequirement, Unlock
+
+    badge = make_places_badge(threshold=3)
+    for user, places in ((owner, [1, 2]), (second_user, [1])):
+        for place in places:
+            evaluate_event(
+                record_event(user, "visit.created", payload={"place_id": place}).event.pk
+            )
+    url = f"/admin/achievements/badge/{badge.pk}/preview/"
+    page = admin_client.get(url).content.decode()
+    assert "&quot;threshold&quot;: &quot;3&quot;" in page
+
+    requirements = [
+        {
+            "kind": "aggregate",
+            "event_type": "visit.created",
+            "aggregation": "distinct",
+            "field": "place_id",
+            "threshold": "2",
+        }
+    ]
+    response = admin_client.post(
+        url, {"requirements": json.dumps(requirements), "_preview": "Preview"}
+    )
+    body = response.content.decode()
+    assert "Would newly qualify (no unlock yet)</th><td>1</td>" in body
+    assert "owner" in body
+    assert BadgeRequirement.objects.get(badge=badge).threshold == 3  # nothing saved
+
+    bad = admin_client.post(
+        url,
+        {
+            "requirements": json.dumps([{**requirements[0], "aggregation": "median"}]),
+            "_preview": "Preview",
+        },
+    ).content.decode()
+    assert "requirements[0].aggregation: Value &#x27;median&#x27; is not a valid choice" in bad
+
+    response = admin_client.post(
+        url, {"requirements": json.dumps(requirements), "_apply": "Apply"}
+    )
+    assert response.status_code == 302
+    assert BadgeRequirement.objects.get(badge=badge).threshold == 2
+    assert not Unlock.objects.exists()  # applying changes rules; replay awards, silently
+
+
+def test_the_preview_needs_change_permission(client, owner):
+    badge = make_places_badge(threshold=3)
+    client.force_login(owner)
+    assert client.get(f"/admin/achievements/badge/{badge.pk}/preview/").status_code == 302
