@@ -85,6 +85,7 @@ def evaluate_event(event_pk: int) -> Evaluation | None:
             result.unlocked_badge_ids,
             event_pk,
         )
+        result.unlocked_badge_ids += evaluate_composites(user_id, result.unlocked_badge_ids)
     return result
 
 
@@ -131,7 +132,11 @@ def apply_event(
 
     badge_ids = sorted({requirement.badge_id for requirement in touched})
     user_badges = lock_user_badges(user_id, badge_ids)
-    all_requirements = list(BadgeRequirement.objects.filter(badge_id__in=badge_ids))
+    all_requirements = list(
+        BadgeRequirement.objects.filter(badge_id__in=badge_ids).prefetch_related(
+            "composite_badges"
+        )
+    )
     rows = _progress_rows(user_id, all_requirements)
     specs = {requirement.pk: requirement.as_spec() for requirement in all_requirements}
 
@@ -160,11 +165,12 @@ def apply_event(
     # Stamped as late as possible: pages re-sync cards evaluated after they
     # were rendered, and this is the nearest point to the commit.
     evaluated_at = timezone.now()
+    unlocked = _unlocked_badges(user_id, all_requirements)
     for badge_id in badge_ids:
         user_badge = user_badges[badge_id]
         status = progress.badge_status(
             [
-                progress.measure(specs[r.pk], rows[r.pk].state, now, time_zone)
+                r.measure(rows[r.pk].state, now, time_zone, unlocked)
                 for r in requirements_by_badge[badge_id]
             ]
         )
@@ -200,6 +206,95 @@ def apply_event(
         ],
     )
     return result
+
+
+def _unlocked_badges(user_id: int, requirements: list[BadgeRequirement]) -> set[int]:
+    if not any(r.kind == "composite" for r in requirements):
+        return set()
+    return set(Unlock.objects.filter(user_id=user_id).values_list("badge_id", flat=True))
+
+
+def evaluate_composites(
+    user_id: int, unlocked_badge_ids: list[int], *, silent: bool = False
+) -> list[int]:
+    """Unlock badges made of other badges, after those unlocks committed.
+
+    Runs in transactions of its own, after the evaluation that unlocked the
+    parts, so it never takes badge locks out of order; a composite made of
+    composites is followed level by level. Returns the badges it unlocked.
+    """
+    unlocked_here: list[int] = []
+    changed = list(unlocked_badge_ids)
+    for _ in range(10):  # cycles are refused when rules are saved; this is a backstop
+        if not changed:
+            break
+        candidates = set(
+            BadgeRequirement.objects.filter(
+                kind="composite", composite_badges__in=changed, badge__is_active=True
+            ).values_list("badge_id", flat=True)
+        )
+        allowed = sorted(
+            Badge.objects.for_user(user_id).filter(pk__in=candidates).values_list("pk", flat=True)
+        )
+        if not allowed:
+            break
+        changed = []
+        with transaction.atomic():
+            now = timezone.now()
+            time_zone = time_zone_for(user_id)
+            user_badges = lock_user_badges(user_id, allowed)
+            requirements = list(
+                BadgeRequirement.objects.filter(badge_id__in=allowed).prefetch_related(
+                    "composite_badges"
+                )
+            )
+            rows = _progress_rows(user_id, requirements)
+            unlocked = set(
+                Unlock.objects.filter(user_id=user_id).values_list("badge_id", flat=True)
+            )
+            new_unlocks = []
+            for badge_id in allowed:
+                status = progress.badge_status(
+                    [
+                        r.measure(rows[r.pk].state, now, time_zone, unlocked)
+                        for r in requirements
+                        if r.badge_id == badge_id
+                    ]
+                )
+                user_badge = user_badges[badge_id]
+                user_badge.current_value, user_badge.target_value = status.current, status.target
+                user_badge.last_evaluated_at = now
+                if status.met and user_badge.completed_at is None:
+                    unlock, created = Unlock.objects.get_or_create(
+                        user_id=user_id,
+                        badge_id=badge_id,
+                        period="",
+                        defaults={
+                            "unlocked_at": now,
+                            "silent": silent,
+                            "seen_at": now if silent else None,
+                        },
+                    )
+                    user_badge.completed_at = unlock.unlocked_at
+                    if created:
+                        changed.append(badge_id)
+                        new_unlocks.append(unlock.pk)
+            UserBadge.objects.bulk_update(
+                user_badges.values(),
+                ["current_value", "target_value", "last_evaluated_at", "completed_at"],
+            )
+            if not silent:
+                transaction.on_commit(
+                    partial(
+                        realtime.notify_badge_changes,
+                        user_id=user_id,
+                        badge_ids=allowed,
+                        unlock_ids=new_unlocks,
+                    ),
+                    robust=True,
+                )
+        unlocked_here += changed
+    return unlocked_here
 
 
 def lock_user_badges(user_id: int, badge_ids: list[int]) -> dict[int, UserBadge]:

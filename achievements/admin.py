@@ -7,6 +7,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
+from django.forms.models import BaseInlineFormSet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -27,6 +28,7 @@ from achievements.models import (
     format_number,
 )
 from achievements.preview import preview_requirements
+from achievements.progress import find_cycle
 
 
 class BadgeRequirementForm(forms.ModelForm):
@@ -41,9 +43,50 @@ class BadgeRequirementForm(forms.ModelForm):
             self.initial["threshold"] = format_number(self.instance.threshold)
 
 
+class BadgeRequirementFormSet(BaseInlineFormSet):
+    """Refuses composites with no parts, that require their own badge, or that close a circle."""
+
+    def clean(self) -> None:
+        super().clean()
+        badge = self.instance
+        edges: dict[int, set[int]] = {}
+        others = BadgeRequirement.objects.filter(kind="composite").prefetch_related(
+            "composite_badges"
+        )
+        if badge.pk:
+            others = others.exclude(badge_id=badge.pk)
+        for requirement in others:
+            edges.setdefault(requirement.badge_id, set()).update(
+                part.pk for part in requirement.composite_badges.all()
+            )
+        parts: set[int] = set()
+        for form in self.forms:
+            data = getattr(form, "cleaned_data", None)
+            if not data or data.get("DELETE") or data.get("kind") != "composite":
+                continue
+            chosen = {part.pk for part in data.get("composite_badges") or []}
+            if not chosen:
+                form.add_error(
+                    "composite_badges", "Choose the badges this requirement is made of."
+                )
+            elif badge.pk in chosen:
+                form.add_error("composite_badges", "A badge cannot require itself.")
+            parts |= chosen
+        if badge.pk and parts:
+            edges[badge.pk] = parts
+            cycle = find_cycle(edges)
+            if cycle and badge.pk in cycle:
+                names = dict(Badge.objects.filter(pk__in=cycle).values_list("pk", "name"))
+                path_text = " → ".join(names.get(pk, str(pk)) for pk in cycle)
+                raise forms.ValidationError(
+                    f"These badges would require each other in a circle: {path_text}."
+                )
+
+
 class BadgeRequirementInline(admin.TabularInline):
     model = BadgeRequirement
     form = BadgeRequirementForm
+    formset = BadgeRequirementFormSet
     extra = 0
     min_num = 1
     fields = [
@@ -58,6 +101,8 @@ class BadgeRequirementInline(admin.TabularInline):
         "streak_unit",
         "steps",
         "filters",
+        "composite_mode",
+        "composite_badges",
         "label",
     ]
 

@@ -31,7 +31,9 @@ def cards_for_user(
     changed_since: datetime | None = None,
 ) -> list[Card]:
     """Cards for the user's active badges (optionally only some), in display order."""
-    badges = Badge.objects.for_user(user_id).prefetch_related("requirements")
+    badges = Badge.objects.for_user(user_id).prefetch_related(
+        "requirements", "requirements__composite_badges"
+    )
     if badge_ids is not None:
         badges = badges.filter(pk__in=list(badge_ids))
     if changed_since is not None and user_id is not None:
@@ -44,7 +46,7 @@ def cards_for_user(
     now = timezone.now()
     if user_id is None:
         # Nobody yet (an unlinked producer id): every badge at zero.
-        return [_card(badge, None, {}, now, "UTC") for badge in badges_list]
+        return [_card(badge, None, {}, now, "UTC", set()) for badge in badges_list]
     user_badges = {
         ub.badge_id: ub for ub in UserBadge.objects.filter(user_id=user_id, badge__in=badges_list)
     }
@@ -54,8 +56,10 @@ def cards_for_user(
         ).values_list("requirement_id", "state")
     )
     time_zone = time_zone_for(user_id)
+    unlocked = set(Unlock.objects.filter(user_id=user_id).values_list("badge_id", flat=True))
     return [
-        _card(badge, user_badges.get(badge.pk), states, now, time_zone) for badge in badges_list
+        _card(badge, user_badges.get(badge.pk), states, now, time_zone, unlocked)
+        for badge in badges_list
     ]
 
 
@@ -65,11 +69,10 @@ def _card(
     states: dict[int, dict[str, Any]],
     now: datetime,
     time_zone: str,
+    unlocked: set[int],
 ) -> Card:
     requirements = list(badge.requirements.all())
-    measures = [
-        progress.measure(r.as_spec(), states.get(r.pk) or {}, now, time_zone) for r in requirements
-    ]
+    measures = [r.measure(states.get(r.pk), now, time_zone, unlocked) for r in requirements]
     status = progress.badge_status(measures)
     completed_at = user_badge.completed_at if user_badge else None
     mystery = badge.hidden and completed_at is None

@@ -13,7 +13,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from achievements import rules
-from achievements.progress import Spec
+from achievements.progress import Measure, Spec, measure, measure_composite
 
 
 def _member(enum: Any, value: Any) -> Any:
@@ -33,12 +33,10 @@ def _choices(members: Sequence[Any]) -> list[tuple[str, str]]:
     return [(member.value, member.label) for member in members]
 
 
-# Composites (all/any of other badges) are described in rules.py and
-# progress.py but not evaluated yet, so they are not offered.
 EVALUATED_AGGREGATIONS = list(rules.Aggregation)
 EVALUATED_OPERATORS = list(rules.Operator)
 EVALUATED_SCOPES = list(rules.Scope)
-EVALUATED_KINDS = [rules.Kind.AGGREGATE, rules.Kind.STREAK, rules.Kind.SEQUENCE]
+EVALUATED_KINDS = list(rules.Kind)
 
 
 class BadgeQuerySet(models.QuerySet["Badge"]):
@@ -193,6 +191,18 @@ class BadgeRequirement(models.Model):
         help_text='Sequences: event types in order, e.g. ["profile.completed", '
         '"tutorial.finished"].',
     )
+    composite_mode = models.CharField(
+        max_length=3,
+        choices=[("all", "All of them"), ("any", "Any of them")],
+        default="all",
+        help_text="Composites: whether every listed badge is needed, or one.",
+    )
+    composite_badges = models.ManyToManyField(
+        Badge,
+        blank=True,
+        related_name="required_by",
+        help_text="Composites: the badges this requirement is made of.",
+    )
 
     objects = BadgeRequirementQuerySet.as_manager()
 
@@ -208,6 +218,8 @@ class BadgeRequirement(models.Model):
         errors: dict[str, str] = {}
         kind = _member(rules.Kind, self.kind)
         aggregation = _member(rules.Aggregation, self.aggregation)
+        if kind is rules.Kind.COMPOSITE and self.threshold is not None and self.threshold < 0:
+            errors["threshold"] = "Ensure this value is greater than or equal to 0."
         if kind in (rules.Kind.AGGREGATE, rules.Kind.STREAK) and not self.event_type:
             errors["event_type"] = "Name the event type this requirement watches."
         needs_field = kind is rules.Kind.AGGREGATE and aggregation and aggregation.needs_field
@@ -215,9 +227,14 @@ class BadgeRequirement(models.Model):
             errors["field"] = f"A {aggregation.label.lower()} requirement needs a payload field."
         if self.field and not rules.FIELD_PATTERN.match(self.field):
             errors["field"] = "Use a payload key of letters, digits and '_', e.g. place_id."
-        counted = kind in (rules.Kind.STREAK, rules.Kind.SEQUENCE) or aggregation in (
-            rules.Aggregation.COUNT,
-            rules.Aggregation.DISTINCT,
+        counted = (
+            kind in (rules.Kind.STREAK, rules.Kind.SEQUENCE)
+            or (kind is rules.Kind.AGGREGATE)
+            and aggregation
+            in (
+                rules.Aggregation.COUNT,
+                rules.Aggregation.DISTINCT,
+            )
         )
         if self.threshold is not None and counted and self.threshold < 1:
             errors["threshold"] = "A count, streak or sequence needs a threshold of at least 1."
@@ -259,9 +276,20 @@ class BadgeRequirement(models.Model):
             label=self.label,
         )
 
+    def measure(
+        self, state: dict[str, Any] | None, now: datetime, time_zone: str, unlocked: set[int]
+    ) -> Measure:
+        """This requirement's standing for one user; composites look at their unlocks."""
+        if self.kind == rules.Kind.COMPOSITE:
+            required = [badge.pk for badge in self.composite_badges.all()]
+            return measure_composite(self.composite_mode, required, unlocked)
+        return measure(self.as_spec(), state or {}, now, time_zone)
+
     def watched_types(self) -> list[str]:
         if self.kind == rules.Kind.SEQUENCE:
             return list(dict.fromkeys(self.steps))
+        if self.kind == rules.Kind.COMPOSITE:
+            return []  # moved by other badges' unlocks, not by events
         return [self.event_type]
 
     def as_rule(self) -> rules.Rule:

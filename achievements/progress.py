@@ -455,3 +455,18 @@ def relevant(spec: Spec, fact: Fact) -> bool:
         if spec.aggregation.needs_number and numeric(value) is None:
             return False
     return True
+
+
+def measure_composite(mode: str, required: Sequence[int], unlocked: set[int]) -> Measure:
+    """A composite's standing: how many of its badges the user holds."""
+    have = sum(1 for badge in required if badge in unlocked)
+    need = len(required) if mode == "all" else min(1, len(required))
+    met = composite_met(mode, [badge in unlocked for badge in required])
+    return Measure(
+        value=Decimal(min(have, need)),
+        target=Decimal(need),
+        met=met,
+        text=f"{have} of {len(required)} badges"
+        if mode == "all"
+        else f"{min(have, 1)} of 1 badge (any of {len(required)})",
+    )

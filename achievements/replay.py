@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from accounts.models import time_zone_for
 from achievements import progress, rules
-from achievements.actions import lock_user_badges
+from achievements.actions import evaluate_composites, lock_user_badges
 from achievements.models import (
     Badge,
     BadgeRequirement,
@@ -69,7 +69,11 @@ def replay_events(
         missing = sorted(set(badge_keys) - set(badges.values_list("key", flat=True)))
         if missing:
             raise UnknownBadge(f"no active badge with key {', '.join(map(repr, missing))}")
-    requirements = list(BadgeRequirement.objects.filter(badge__in=badges).order_by("pk"))
+    requirements = list(
+        BadgeRequirement.objects.filter(badge__in=badges)
+        .prefetch_related("composite_badges")
+        .order_by("pk")
+    )
     event_types = sorted({t for requirement in requirements for t in requirement.watched_types()})
     report = ReplayReport()
     if not requirements:
@@ -81,6 +85,9 @@ def replay_events(
     user_ids = sorted(set(users.values_list("user_id", flat=True)))
     for done, user_id in enumerate(user_ids, start=1):
         _replay_user(user_id, requirements, event_types, report)
+        held = list(Unlock.objects.filter(user_id=user_id).values_list("badge_id", flat=True))
+        for badge_id in evaluate_composites(user_id, held, silent=True):
+            report.newly_unlocked.append((user_id, badge_id))
         report.users += 1
         if on_progress:
             on_progress(done, len(user_ids))
@@ -127,12 +134,11 @@ def _replay_user(
         completed_by: dict[int, int] = {}
         touched_badges: set[int] = set()
 
+        unlocked = set(Unlock.objects.filter(user_id=user_id).values_list("badge_id", flat=True))
+
         def status(badge_id: int) -> rules.BadgeStatus:
             return progress.badge_status(
-                [
-                    progress.measure(specs[r.pk], states[r.pk], now, time_zone)
-                    for r in by_badge[badge_id]
-                ]
+                [r.measure(states[r.pk], now, time_zone, unlocked) for r in by_badge[badge_id]]
             )
 
         events = (

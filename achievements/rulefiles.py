@@ -26,6 +26,7 @@ REQUIREMENT_FIELDS = (
     "streak_unit",
     "steps",
     "filters",
+    "composite_mode",
     "label",
 )
 
@@ -67,6 +68,10 @@ def _badge_data(badge: Badge) -> dict[str, Any]:
 def _requirement_data(requirement: BadgeRequirement) -> dict[str, Any]:
     data = {name: getattr(requirement, name) for name in REQUIREMENT_FIELDS}
     data["threshold"] = format_number(requirement.threshold)
+    parts = getattr(requirement, "_part_keys", None)
+    if parts is None:
+        parts = sorted(b.key for b in requirement.composite_badges.all()) if requirement.pk else []
+    data["composite_badges"] = parts
     return data
 
 
@@ -79,6 +84,7 @@ def import_badges(document: Any) -> tuple[int, int]:
     """
     planned = validate(document)
     created = updated = 0
+    pending: list[BadgeRequirement] = []
     with transaction.atomic():
         for badge, requirements in planned:
             existing = Badge.objects.filter(key=badge.key).first()
@@ -96,6 +102,11 @@ def import_badges(document: Any) -> tuple[int, int]:
                 for requirement in requirements:
                     requirement.badge = badge
                     requirement.save()
+                    pending.append(requirement)
+        # Composite parts by key, once every badge in the file exists.
+        for requirement in pending:
+            keys = getattr(requirement, "_part_keys", [])
+            requirement.composite_badges.set(Badge.objects.filter(key__in=keys))
     return created, updated
 
 
@@ -157,9 +168,12 @@ def validate(document: Any) -> list[tuple[Badge, list[BadgeRequirement]]]:
             if not isinstance(item, dict):
                 problems.append(f"{place}: must be an object")
                 continue
-            for name in sorted(set(item) - set(REQUIREMENT_FIELDS)):
+            for name in sorted(set(item) - {*REQUIREMENT_FIELDS, "composite_badges"}):
                 problems.append(f"{place}.{name}: is not a requirement field")
             requirement = BadgeRequirement()
+            problems += _part_problems(place, item, key, entries)
+            parts = item.get("composite_badges", [])
+            requirement._part_keys = sorted(parts) if isinstance(parts, list) else []  # type: ignore[attr-defined]
             for name in REQUIREMENT_FIELDS:
                 if name in item:
                     value = item[name]
@@ -188,3 +202,22 @@ def _field_errors(where: str, instance: Any, *, exclude: list[str]) -> list[str]
             for message in messages
         ]
     return []
+
+
+def _part_problems(place: str, item: dict[str, Any], key: Any, entries: list[Any]) -> list[str]:
+    parts = item.get("composite_badges", [])
+    if not isinstance(parts, list) or not all(isinstance(part, str) for part in parts):
+        return [f"{place}.composite_badges: must be a list of badge keys"]
+    problems = []
+    in_file = {entry.get("key") for entry in entries if isinstance(entry, dict)}
+    stored = set(Badge.objects.filter(key__in=parts).values_list("key", flat=True))
+    missing = sorted(set(parts) - in_file - stored)
+    if missing:
+        problems.append(
+            f"{place}.composite_badges: no badge with key " + ", ".join(map(repr, missing))
+        )
+    if item.get("kind") == "composite" and not parts:
+        problems.append(f"{place}.composite_badges: name the badges it is made of")
+    if key in parts:
+        problems.append(f"{place}.composite_badges: a badge cannot require itself")
+    return problems

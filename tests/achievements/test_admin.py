@@ -34,6 +34,7 @@ def _inline_post(**requirement):
         "window_days": "0",
         "streak_unit": "day",
         "steps": "[]",
+        "composite_mode": "all",
         "event_type": "image.posted",
         "aggregation": "count",
         "field": "",

@@ -180,3 +180,74 @@ def test_segmented_badges_are_neither_shown_nor_evaluated_for_others(owner, seco
     assert [c["key"] for c in cards_for_user(owner.pk)] == ["pro_only"]
     assert [c["key"] for c in cards_for_user(second_user.pk)] == ["north_team"]
     assert cards_for_user(None) == []
+
+
+def test_a_composite_unlocks_when_its_badges_do_and_explains_itself(owner):
+    visitor = make_badge(
+        key="visitor", requirements=[{"event_type": "visit.created", "threshold": 1}]
+    )
+    poster = make_badge(
+        key="poster", requirements=[{"event_type": "image.posted", "threshold": 1}]
+    )
+    all_round = make_badge(key="all_round", requirements=[])
+    both = BadgeRequirement.objects.create(
+        badge=all_round, kind="composite", threshold=0, composite_mode="all"
+    )
+    both.composite_badges.set([visitor, poster])
+    legend = make_badge(key="legend", requirements=[])  # a composite of a composite
+    BadgeRequirement.objects.create(
+        badge=legend, kind="composite", threshold=0, composite_mode="any"
+    ).composite_badges.set([all_round])
+
+    record(owner, "visit.created")
+    card = next(c for c in cards_for_user(owner.pk) if c["key"] == "all_round")
+    assert card["requirements"][0]["text"] == "1 of 2 badges"
+    assert not Unlock.objects.filter(badge=all_round).exists()
+
+    result = record(owner, "image.posted")
+    assert set(result.unlocked_badge_ids) == {poster.pk, all_round.pk, legend.pk}
+    assert Unlock.objects.filter(user=owner).count() == 4
+
+
+def test_the_admin_refuses_composites_that_require_themselves(client, owner):
+    from django.contrib.auth import get_user_model
+
+    client.force_login(get_user_model().objects.create_superuser("root", "r@example.com", "pw"))
+    first = make_badge(key="first", requirements=[])
+    second = make_badge(key="second", requirements=[])
+    BadgeRequirement.objects.create(
+        badge=second, kind="composite", threshold=0
+    ).composite_badges.set([first])
+
+    def post(badge, parts):
+        return client.post(
+            f"/admin/achievements/badge/{badge.pk}/change/",
+            {
+                "key": badge.key,
+                "name": badge.name,
+                "description": "",
+                "icon": "",
+                "is_active": "on",
+                "sort_order": "0",
+                "requirements-TOTAL_FORMS": "1",
+                "requirements-INITIAL_FORMS": "0",
+                "requirements-MIN_NUM_FORMS": "1",
+                "requirements-MAX_NUM_FORMS": "1000",
+                "requirements-0-kind": "composite",
+                "requirements-0-composite_mode": "all",
+                "requirements-0-composite_badges": [p.pk for p in parts],
+                "requirements-0-threshold": "0",
+                "requirements-0-aggregation": "count",
+                "requirements-0-operator": ">=",
+                "requirements-0-scope": "all_time",
+                "requirements-0-window_days": "0",
+                "requirements-0-streak_unit": "day",
+                "requirements-0-steps": "[]",
+                "requirements-0-filters": "{}",
+            },
+        ).content.decode()
+
+    assert "A badge cannot require itself." in post(first, [first])
+    page = post(first, [second])
+    assert "would require each other in a circle: Second → First → Second." in page
+    assert not first.requirements.exists()

@@ -39,14 +39,22 @@ def every_kind(db):
         window_days=7,
         steps=["profile.completed", "project.created"],
     )
+    champion = make_badge(key="zz_champion", requirements=[])
+    BadgeRequirement.objects.create(
+        badge=champion, kind="composite", threshold=0, composite_mode="all"
+    ).composite_badges.set([runs, streak])
 
 
 def test_export_then_import_round_trips_every_badge(every_kind, tmp_path):
     first = tmp_path / "badges.json"
     call_command("export_badges", str(first))
     exported = json.loads(first.read_text())
-    assert exported["format"] == "accolade-badges" and len(exported["badges"]) == 4
+    assert exported["format"] == "accolade-badges" and len(exported["badges"]) == 5
 
+    assert exported["badges"][4]["requirements"][0]["composite_badges"] == [
+        "long_runs",
+        "week_streak",
+    ]
     Badge.objects.all().delete()
     call_command("import_badges", str(first))
     second = tmp_path / "again.json"
@@ -88,6 +96,11 @@ def test_reimporting_unchanged_rules_keeps_requirements(every_kind, tmp_path):
         ),
         (lambda d: d["badges"][2].update(colour="red"), "colour: is not a badge field"),
         (lambda d: d.update(version=9), "version: must be 1"),
+        (
+            lambda d: d["badges"][4]["requirements"][0].update(composite_badges=["ghost"]),
+            "badges[4] ('zz_champion').requirements[0].composite_badges: no badge with key "
+            "'ghost'",
+        ),
     ],
 )
 def test_an_invalid_entry_is_named_and_nothing_is_written(every_kind, tmp_path, change, message):
