@@ -49,6 +49,8 @@ def notify_badge_changes(
     """
     from achievements.models import Unlock
 
+    if isinstance(get_channel_layer(), InMemoryChannelLayer) and not _server_loop_running():
+        return  # embedded mode, no page connected here: skip rendering cards nobody gets
     unlock_by_badge = dict(
         Unlock.objects.filter(pk__in=list(unlock_ids)).values_list("badge_id", "pk")
     )
@@ -84,6 +86,11 @@ def send_to_group(group: str, messages: list[dict[str, Any]]) -> bool:
         for message in messages:
             await layer.group_send(group, message)
 
+    if isinstance(layer, InMemoryChannelLayer) and not _server_loop_running():
+        # Embedded mode with no page connected to this process: nobody to
+        # tell, and nothing wrong. Pages catch up from the database.
+        send_all().close()
+        return False
     future = _submit(layer, send_all())
     try:
         future.result(timeout=SEND_TIMEOUT_SECONDS)
@@ -103,6 +110,11 @@ _sender_loop: asyncio.AbstractEventLoop | None = None
 _sender_pid: int | None = None
 _sender_thread: threading.Thread | None = None
 _sender_lock = threading.Lock()
+
+
+def _server_loop_running() -> bool:
+    loop = _server_loop
+    return loop is not None and not loop.is_closed() and loop.is_running()
 
 
 def register_server_loop(loop: asyncio.AbstractEventLoop) -> None:

@@ -20,6 +20,8 @@ def _visit(user, place_id, n):
 def pushes(monkeypatch):
     """What the engine hands to the channel layer, captured at the layer's edge."""
     sent: list[tuple[str, list[dict]]] = []
+    # As if a page were connected to this process, so the push is built.
+    monkeypatch.setattr(realtime, "_server_loop_running", lambda: True)
     monkeypatch.setattr(
         realtime, "send_to_group", lambda group, messages: sent.append((group, messages))
     )

@@ -124,6 +124,7 @@ def test_replay_sends_no_toasts(history, monkeypatch, django_capture_on_commit_c
     from achievements import realtime
 
     sent = []
+    monkeypatch.setattr(realtime, "_server_loop_running", lambda: True)
     monkeypatch.setattr(realtime, "send_to_group", lambda *args: sent.append(args))
     from tests.factories import make_badge
 

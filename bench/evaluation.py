@@ -1,0 +1,222 @@
+"""Evaluation cost: does an event's cost depend on unrelated badges or on history?
+
+Run from the project root (needs PostgreSQL on 127.0.0.1:5432):
+
+    .venv/bin/python bench/evaluation.py [--events 2000] [--repeats 3]
+
+It creates a scratch database, then measures events per second of one
+process evaluating recorded events with the real engine (claim, row locks,
+incremental state, unlock, push attempt), in four set-ups:
+
+- 10 badges vs 1,000 badges watching other event types (plus the 2 badges
+  that do watch the evaluated events);
+- a user history of 100 vs 100,000 earlier events.
+
+Each figure is the median of --repeats runs; the ratios must stay within
+15 % of 1 for the design to hold (an event touches only the requirements
+that watch its type, and never re-reads history).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if args.events < 10 or args.repeats < 1:
+        parser.error("--events must be at least 10 and --repeats at least 1")
+
+    import psycopg
+
+    database = f"accolade_bench_{os.getpid()}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{database}"')
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="project.settings",
+        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{database}",
+        SECRET_KEY="bench-only-secret-key",
+        SECURE_SSL_REDIRECT="0",
+        SECURE_COOKIES="0",
+        ACCOLADE_LOG_LEVEL="WARNING",
+    )
+    os.environ.pop("REDIS_URL", None)
+    try:
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        results = run(args.events, args.repeats)
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    report(results, args)
+
+
+def run(events: int, repeats: int) -> dict[str, float]:
+    from django.contrib.auth import get_user_model
+    from django.utils import timezone
+
+    from achievements.actions import evaluate_event
+    from achievements.models import Badge, BadgeRequirement, Event
+    from tests.factories import make_badge
+
+    User = get_user_model()
+    make_badge(
+        key="places",
+        requirements=[
+            {
+                "event_type": "visit.created",
+                "threshold": 10**9,
+                "aggregation": "distinct",
+                "field": "place_id",
+            }
+        ],
+    )
+    make_badge(key="visits", requirements=[{"event_type": "visit.created", "threshold": 10**9}])
+
+    def set_unrelated_badges(count: int) -> None:
+        existing = Badge.objects.filter(key__startswith="unrelated_").count()
+        for n in range(existing, count):
+            badge = Badge.objects.create(key=f"unrelated_{n}", name=f"Unrelated {n}")
+            BadgeRequirement.objects.create(
+                badge=badge, event_type=f"other.type{n % 50}", threshold=5
+            )
+
+    def history(user, count: int) -> None:
+        now = timezone.now()
+        have = Event.objects.filter(user=user, event_type="visit.created").count()
+        Event.objects.bulk_create(
+            [
+                Event(
+                    event_id=f"h-{user.pk}-{n}",
+                    event_type="visit.created",
+                    user=user,
+                    occurred_at=now - timedelta(minutes=n),
+                    payload={"place_id": n % 500},
+                    processed_at=now,
+                )
+                for n in range(have, count)
+            ],
+            batch_size=5000,
+        )
+
+    def evaluate(users: list, label: str) -> float:
+        now = timezone.now()
+        pending = Event.objects.bulk_create(
+            [
+                Event(
+                    event_id=f"{label}-{time.monotonic_ns()}-{n}",
+                    event_type="visit.created",
+                    user=users[n % len(users)],
+                    occurred_at=now,
+                    payload={"place_id": n % 50},
+                )
+                for n in range(events)
+            ],
+            batch_size=5000,
+        )
+        started = time.perf_counter()
+        for event in pending:
+            evaluate_event(event.pk)
+        return events / (time.perf_counter() - started)
+
+    users = [User.objects.create_user(f"bench-{n}") for n in range(50)]
+    lone = User.objects.create_user("bench-history")
+    results: dict[str, list[float]] = {
+        k: [] for k in ("badges_10", "badges_1000", "history_100", "history_100000")
+    }
+    evaluate(users, "warmup")
+    for _ in range(repeats):
+        set_unrelated_badges(10)
+        Badge.objects.filter(key__startswith="unrelated_").exclude(
+            key__in=[f"unrelated_{n}" for n in range(10)]
+        ).update(is_active=False)
+        _touch_rules()
+        results["badges_10"].append(evaluate(users, "b10"))
+        set_unrelated_badges(1000)
+        Badge.objects.filter(key__startswith="unrelated_").update(is_active=True)
+        _touch_rules()
+        results["badges_1000"].append(evaluate(users, "b1000"))
+    history(lone, 100)
+    for _ in range(repeats):
+        results["history_100"].append(evaluate([lone], "h100"))
+    history(lone, 100_000)
+    for _ in range(repeats):
+        results["history_100000"].append(evaluate([lone], "h100k"))
+    return {name: statistics.median(values) for name, values in results.items()}
+
+
+def _touch_rules() -> None:
+    """Bulk updates skip signals; tell the index the rules changed."""
+    from achievements import index
+
+    index.invalidate()
+
+
+def report(results: dict[str, float], args: argparse.Namespace) -> None:
+    badge_ratio = results["badges_1000"] / results["badges_10"]
+    history_ratio = results["history_100000"] / results["history_100"]
+    print(
+        f"evaluation throughput, one process, {args.events} events per run, "
+        f"median of {args.repeats}"
+    )
+    print(f"  10 unrelated badges       {results['badges_10']:8.0f} events/s")
+    print(
+        f"  1,000 unrelated badges    {results['badges_1000']:8.0f} events/s   "
+        f"ratio {badge_ratio:.2f}"
+    )
+    print(f"  history of 100 events     {results['history_100']:8.0f} events/s")
+    print(
+        f"  history of 100,000 events {results['history_100000']:8.0f} events/s   "
+        f"ratio {history_ratio:.2f}"
+    )
+    ok = abs(badge_ratio - 1) <= 0.15 and abs(history_ratio - 1) <= 0.15
+    print("RESULT " + ("within 15 %" if ok else "OUTSIDE 15 %"))
+    out = ROOT / "bench" / "results-evaluation.json"
+    out.write_text(
+        json.dumps(
+            {
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                },
+                "events_per_run": args.events,
+                "repeats": args.repeats,
+                "events_per_second": {k: round(v, 1) for k, v in results.items()},
+                "ratios": {
+                    "badges_1000_vs_10": round(badge_ratio, 3),
+                    "history_100000_vs_100": round(history_ratio, 3),
+                },
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    main()
