@@ -89,22 +89,8 @@ class BadgeRequirementInline(admin.TabularInline):
     formset = BadgeRequirementFormSet
     extra = 0
     min_num = 1
-    fields = [
-        "kind",
-        "event_type",
-        "aggregation",
-        "field",
-        "operator",
-        "threshold",
-        "scope",
-        "window_days",
-        "streak_unit",
-        "steps",
-        "filters",
-        "composite_mode",
-        "composite_badges",
-        "label",
-    ]
+    # The same fields, in the same order, as a requirement in a rule file.
+    fields = [*rulefiles.REQUIREMENT_FIELDS[:-1], "composite_badges", "label"]
 
 
 @admin.register(Badge)
