@@ -66,8 +66,9 @@ def evaluate_event(event_pk: int) -> Evaluation | None:
         event = Event.objects.get(pk=event_pk)
         user_id = event.user_id
         assert user_id is not None  # the claim only takes events with a user
-        with context.evaluation_context(user_id=user_id, time_zone=time_zone_for(user_id)):
-            result = apply_event(event, user_id=user_id, now=now, time_zone=time_zone_for(user_id))
+        time_zone = time_zone_for(user_id)
+        with context.evaluation_context(user_id=user_id, time_zone=time_zone):
+            result = apply_event(event, user_id=user_id, now=now, time_zone=time_zone)
         if result.changed_badge_ids:
             transaction.on_commit(
                 partial(
@@ -117,7 +118,7 @@ def apply_event(
         for requirement in BadgeRequirement.objects.filter(
             pk__in=watching_ids, badge__is_active=True
         ).select_related("badge")
-        if progress.relevant(requirement.as_spec(), fact)
+        if progress.relevant(requirement.spec, fact)
     ]
     if any(r.badge.segment_group_id or r.badge.segment_attribute for r in touched):
         # Badges limited to a segment are neither shown to nor evaluated for others.
@@ -138,11 +139,11 @@ def apply_event(
         )
     )
     rows = _progress_rows(user_id, all_requirements)
-    specs = {requirement.pk: requirement.as_spec() for requirement in all_requirements}
 
     changed_rows = []
+    moved_badges = set()
     for requirement in touched:
-        spec, row = specs[requirement.pk], rows[requirement.pk]
+        spec, row = requirement.spec, rows[requirement.pk]
         is_new_key = True
         key = progress.key_for(spec, fact)
         if key is not None:
@@ -155,6 +156,7 @@ def apply_event(
             row.value = progress.measure(spec, state, now, time_zone).value
             row.updated_at = now
             changed_rows.append(row)
+            moved_badges.add(requirement.badge_id)
     if changed_rows:
         RequirementProgress.objects.bulk_update(changed_rows, ["state", "value", "updated_at"])
 
@@ -193,7 +195,7 @@ def apply_event(
                 result.unlocked_badge_ids.append(badge_id)
                 result.unlock_ids.append(unlock.pk)
             changed = True
-        if changed or any(row.requirement.badge_id == badge_id for row in changed_rows):
+        if changed or badge_id in moved_badges:
             result.changed_badge_ids.append(badge_id)
     UserBadge.objects.bulk_update(
         user_badges.values(),
@@ -209,9 +211,10 @@ def apply_event(
 
 
 def _unlocked_badges(user_id: int, requirements: list[BadgeRequirement]) -> set[int]:
+    # Only composites look at other badges' unlocks; skip the query otherwise.
     if not any(r.kind == "composite" for r in requirements):
         return set()
-    return set(Unlock.objects.filter(user_id=user_id).values_list("badge_id", flat=True))
+    return Unlock.objects.badge_ids_of(user_id)
 
 
 def evaluate_composites(
@@ -249,9 +252,7 @@ def evaluate_composites(
                 )
             )
             rows = _progress_rows(user_id, requirements)
-            unlocked = set(
-                Unlock.objects.filter(user_id=user_id).values_list("badge_id", flat=True)
-            )
+            unlocked = Unlock.objects.badge_ids_of(user_id)
             new_unlocks = []
             for badge_id in allowed:
                 status = progress.badge_status(

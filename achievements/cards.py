@@ -56,7 +56,7 @@ def cards_for_user(
         ).values_list("requirement_id", "state")
     )
     time_zone = time_zone_for(user_id)
-    unlocked = set(Unlock.objects.filter(user_id=user_id).values_list("badge_id", flat=True))
+    unlocked = Unlock.objects.badge_ids_of(user_id)
     return [
         _card(badge, user_badges.get(badge.pk), states, now, time_zone, unlocked)
         for badge in badges_list

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 from django.conf import settings
@@ -13,7 +14,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from achievements import rules
-from achievements.progress import Measure, Spec, measure, measure_composite
+from achievements.progress import Measure, Spec, measure, measure_composite, unit_name
 
 
 def _member(enum: Any, value: Any) -> Any:
@@ -258,7 +259,9 @@ class BadgeRequirement(models.Model):
         if errors:
             raise ValidationError(errors)
 
-    def as_spec(self) -> Spec:
+    @cached_property
+    def spec(self) -> Spec:
+        """The requirement as plain data for achievements.progress (built once per instance)."""
         kind = rules.Kind(self.kind)
         return Spec(
             id=self.pk,
@@ -283,7 +286,7 @@ class BadgeRequirement(models.Model):
         if self.kind == rules.Kind.COMPOSITE:
             required = [badge.pk for badge in self.composite_badges.all()]
             return measure_composite(self.composite_mode, required, unlocked)
-        return measure(self.as_spec(), state or {}, now, time_zone)
+        return measure(self.spec, state or {}, now, time_zone)
 
     def watched_types(self) -> list[str]:
         if self.kind == rules.Kind.SEQUENCE:
@@ -291,18 +294,6 @@ class BadgeRequirement(models.Model):
         if self.kind == rules.Kind.COMPOSITE:
             return []  # moved by other badges' unlocks, not by events
         return [self.event_type]
-
-    def as_rule(self) -> rules.Rule:
-        return rules.Rule(
-            id=self.pk,
-            event_type=self.event_type,
-            aggregation=rules.Aggregation(self.aggregation),
-            threshold=Decimal(self.threshold),
-            field=self.field,
-            operator=rules.Operator(self.operator),
-            scope=rules.Scope(self.scope),
-            label=self.label,
-        )
 
     def describe(self) -> str:
         """A short human reading of the rule, e.g. '5 distinct place_id of visit.created'."""
@@ -312,11 +303,7 @@ class BadgeRequirement(models.Model):
         return f"{threshold} × {self.event_type}"
 
     def unit_label(self) -> str:
-        if self.label:
-            return self.label
-        if self.aggregation == rules.Aggregation.DISTINCT:
-            return f"different {self.field.removesuffix('_id').replace('_', ' ')}s"
-        return self.event_type
+        return unit_name(self.spec)
 
 
 class EventQuerySet(models.QuerySet["Event"]):
@@ -468,6 +455,12 @@ class UserBadge(models.Model):
         return self.completed_at is not None
 
 
+class UnlockQuerySet(models.QuerySet["Unlock"]):
+    def badge_ids_of(self, user_id: int) -> set[int]:
+        """The badges a user holds (what composites are made of)."""
+        return set(self.filter(user_id=user_id).values_list("badge_id", flat=True))
+
+
 class Unlock(models.Model):
     """One earning of a badge by a user, with whether it reached the user's pages.
 
@@ -498,6 +491,8 @@ class Unlock(models.Model):
     seen_at = models.DateTimeField(
         null=True, blank=True, help_text="When a page of the user first showed the toast."
     )
+
+    objects = UnlockQuerySet.as_manager()
 
     class Meta:
         ordering = ["-unlocked_at", "-id"]

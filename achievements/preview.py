@@ -31,7 +31,7 @@ def preview_requirements(badge: Badge, requirements: list[BadgeRequirement]) -> 
     users holding the unlock who would not qualify any more are listed too
     (they would keep the badge: nothing is ever revoked).
     """
-    specs = [requirement.as_spec() for requirement in requirements]
+    specs = [requirement.spec for requirement in requirements]
     types = sorted({t for requirement in requirements for t in requirement.watched_types()})
     zones = dict(Profile.objects.values_list("user_id", "time_zone"))
     now = timezone.now()

@@ -34,7 +34,6 @@ from typing import Any
 from achievements import periods
 from achievements.rules import (
     Aggregation,
-    BadgeStatus,
     Filter,
     Kind,
     Operator,
@@ -251,7 +250,7 @@ def _measure_aggregate(spec: Spec, state: State, now: datetime, time_zone: str) 
         raw = buckets.get(periods.period_key(spec.scope, now, time_zone))
     value = Decimal(raw) if raw is not None else Decimal(0)
     met = bool(state.get("met"))
-    unit = spec.label or _unit(spec)
+    unit = unit_name(spec)
     text = f"{_fmt(value)} of {_fmt(spec.threshold)} {unit}".strip()
     if spec.scope is not Scope.ALL_TIME and spec.aggregation is not Aggregation.SINGLE:
         text += {
@@ -263,7 +262,10 @@ def _measure_aggregate(spec: Spec, state: State, now: datetime, time_zone: str) 
     return Measure(value=value, target=spec.threshold, met=met, text=text)
 
 
-def _unit(spec: Spec) -> str:
+def unit_name(spec: Spec) -> str:
+    """What the number counts, for people: the staff's label, or one made from the rule."""
+    if spec.label:
+        return spec.label
     if spec.aggregation is Aggregation.DISTINCT:
         return f"different {spec.field.removesuffix('_id').replace('_', ' ')}s"
     if spec.aggregation is Aggregation.COUNT:
@@ -426,6 +428,28 @@ def _fmt(value: Decimal) -> str:
     if value == value.to_integral_value():
         return str(int(value))
     return f"{value.normalize():f}"
+
+
+@dataclass(frozen=True)
+class BadgeStatus:
+    """How far a user is towards a badge, summed over its requirements.
+
+    Each requirement contributes at most its threshold, so overshooting one
+    requirement never hides that another is still short.
+    """
+
+    current: Decimal
+    target: Decimal
+    met: bool
+
+    @property
+    def percent(self) -> int:
+        if self.target <= 0:
+            return 100 if self.met else 0
+        if self.met:
+            return 100
+        # Never show 100% for a badge that is not unlocked yet.
+        return min(99, int(self.current * 100 / self.target))
 
 
 def badge_status(measures: Sequence[Measure]) -> BadgeStatus:

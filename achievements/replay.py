@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import time_zone_for
-from achievements import progress, rules
+from achievements import progress
 from achievements.actions import evaluate_composites, lock_user_badges
 from achievements.models import (
     Badge,
@@ -85,7 +85,7 @@ def replay_events(
     user_ids = sorted(set(users.values_list("user_id", flat=True)))
     for done, user_id in enumerate(user_ids, start=1):
         _replay_user(user_id, requirements, event_types, report)
-        held = list(Unlock.objects.filter(user_id=user_id).values_list("badge_id", flat=True))
+        held = sorted(Unlock.objects.badge_ids_of(user_id))
         for badge_id in evaluate_composites(user_id, held, silent=True):
             report.newly_unlocked.append((user_id, badge_id))
         report.users += 1
@@ -120,7 +120,6 @@ def _replay_user(
         )
         watched_badges = {r.badge_id for r in requirements if set(r.watched_types()) & user_types}
         requirements = [r for r in requirements if r.badge_id in watched_badges]
-        specs = {requirement.pk: requirement.as_spec() for requirement in requirements}
         by_type: dict[str, list[BadgeRequirement]] = defaultdict(list)
         by_badge: dict[int, list[BadgeRequirement]] = defaultdict(list)
         for requirement in requirements:
@@ -134,9 +133,9 @@ def _replay_user(
         completed_by: dict[int, int] = {}
         touched_badges: set[int] = set()
 
-        unlocked = set(Unlock.objects.filter(user_id=user_id).values_list("badge_id", flat=True))
+        unlocked = Unlock.objects.badge_ids_of(user_id)
 
-        def status(badge_id: int) -> rules.BadgeStatus:
+        def status(badge_id: int) -> progress.BadgeStatus:
             return progress.badge_status(
                 [r.measure(states[r.pk], now, time_zone, unlocked) for r in by_badge[badge_id]]
             )
@@ -153,7 +152,7 @@ def _replay_user(
             fact = progress.Fact(event_type, payload, occurred_at)
             touched = set()
             for requirement in by_type[event_type]:
-                spec = specs[requirement.pk]
+                spec = requirement.spec
                 if not progress.relevant(spec, fact):
                     continue
                 key = progress.key_for(spec, fact)
@@ -191,7 +190,7 @@ def _replay_user(
                     requirement_id=requirement.pk,
                     state=states[requirement.pk],
                     value=progress.measure(
-                        specs[requirement.pk], states[requirement.pk], now, time_zone
+                        requirement.spec, states[requirement.pk], now, time_zone
                     ).value,
                 )
                 for requirement in requirements

@@ -1,11 +1,9 @@
-"""Pure badge-rule evaluation: plain values in, decisions out.
+"""The vocabulary of badge rules: kinds, aggregations, operators, scopes, filters.
 
-Nothing here touches the ORM or does I/O. The engine (achievements.actions)
-loads rows, turns them into the frozen dataclasses below, asks these functions
-what changed, and writes the answers back. Keeping the decisions pure means
-every rule kind can be tested exhaustively without a database, and new kinds
-(sums, windows, streaks, sequences) slot in as new aggregations and scopes
-without touching the locking and persistence code around them.
+Pure: nothing here touches the ORM or does I/O. achievements.progress folds
+events into per-requirement state with these; the engine (achievements.actions)
+only loads rows, locks them and writes the answers back, so every rule kind
+can be tested exhaustively without a database.
 """
 
 from __future__ import annotations
@@ -13,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
@@ -226,44 +224,6 @@ def event_type_problem(value: object) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class Rule:
-    """One requirement of a badge, as data."""
-
-    id: int
-    event_type: str
-    aggregation: Aggregation
-    threshold: Decimal
-    field: str = ""
-    operator: Operator = Operator.GTE
-    scope: Scope = Scope.ALL_TIME
-    label: str = ""
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What one event means for one rule, before any stored state is consulted.
-
-    `distinct_key` is set for distinct-count rules: the engine checks it
-    against the values already seen and reports back whether it is new.
-    """
-
-    rule_id: int
-    distinct_key: str | None = None
-
-
-def observe(rule: Rule, event_type: str, payload: Mapping[str, Any]) -> Observation | None:
-    """Whether an event counts towards `rule` at all, and what to remember of it."""
-    if event_type != rule.event_type:
-        return None
-    if rule.aggregation is Aggregation.DISTINCT:
-        if rule.field not in payload or payload[rule.field] is None:
-            # An event without the field cannot add a distinct value.
-            return None
-        return Observation(rule.id, distinct_key=distinct_key(payload[rule.field]))
-    return Observation(rule.id)
-
-
 def distinct_key(value: Any) -> str:
     """A fixed-size key for a payload value: equal JSON values give equal keys.
 
@@ -274,48 +234,3 @@ def distinct_key(value: Any) -> str:
     # surrogatepass: text the recorder would refuse cannot reach here, but a
     # hash must never be the thing that fails.
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def advance(rule: Rule, value: Decimal, *, is_new_value: bool = True) -> Decimal:
-    """The rule's progress value after one qualifying event."""
-    if rule.aggregation is Aggregation.COUNT:
-        return value + 1
-    if rule.aggregation is Aggregation.DISTINCT:
-        return value + 1 if is_new_value else value
-    raise ValueError(f"unknown aggregation {rule.aggregation!r}")
-
-
-def is_met(rule: Rule, value: Decimal) -> bool:
-    return rule.operator.holds(value, rule.threshold)
-
-
-@dataclass(frozen=True)
-class BadgeStatus:
-    """How far a user is towards a badge, summed over its requirements.
-
-    Each requirement contributes at most its threshold, so overshooting one
-    requirement never hides that another is still short.
-    """
-
-    current: Decimal
-    target: Decimal
-    met: bool
-
-    @property
-    def percent(self) -> int:
-        if self.target <= 0:
-            return 100 if self.met else 0
-        if self.met:
-            return 100
-        # Never show 100% for a badge that is not unlocked yet.
-        return min(99, int(self.current * 100 / self.target))
-
-
-def badge_status(progress: Sequence[tuple[Rule, Decimal]]) -> BadgeStatus:
-    """Combine per-requirement values into one badge status (all requirements must hold)."""
-    if not progress:
-        return BadgeStatus(Decimal(0), Decimal(0), met=False)
-    current = sum((min(value, rule.threshold) for rule, value in progress), Decimal(0))
-    target = sum((rule.threshold for rule, _ in progress), Decimal(0))
-    met = all(is_met(rule, value) for rule, value in progress)
-    return BadgeStatus(current=current, target=target, met=met)

@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from achievements import rules
-from achievements.rules import Aggregation, Rule
+from achievements import progress, rules
+from achievements.progress import Fact, Measure, Spec
+from achievements.rules import Aggregation
 
-COUNT_VISITS = Rule(
-    id=1, event_type="visit.created", aggregation=Aggregation.COUNT, threshold=Decimal(3)
-)
-DISTINCT_PLACES = Rule(
+COUNT_VISITS = Spec(id=1, threshold=Decimal(3), event_type="visit.created")
+DISTINCT_PLACES = Spec(
     id=2,
+    threshold=Decimal(5),
     event_type="visit.created",
     aggregation=Aggregation.DISTINCT,
-    threshold=Decimal(5),
     field="place_id",
 )
+NOW = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def fact(event_type: str, payload: dict) -> Fact:
+    return Fact(event_type, payload, NOW)
+
+
+def value(spec: Spec, state: dict) -> Decimal:
+    return progress.measure(spec, state, NOW, "UTC").value
+
+
+def measured(spec: Spec, amount: int) -> Measure:
+    return Measure(
+        value=Decimal(amount),
+        target=spec.threshold,
+        met=spec.operator.holds(Decimal(amount), spec.threshold),
+        text="",
+    )
 
 
 @pytest.mark.parametrize(
@@ -45,12 +63,12 @@ def test_it_accepts_dotted_lower_case_event_types(value):
 
 
 def test_an_event_of_another_type_is_not_observed():
-    assert rules.observe(COUNT_VISITS, "image.posted", {}) is None
+    assert not progress.relevant(COUNT_VISITS, fact("image.posted", {}))
 
 
 def test_a_distinct_rule_ignores_events_without_its_field():
-    assert rules.observe(DISTINCT_PLACES, "visit.created", {"other": 1}) is None
-    assert rules.observe(DISTINCT_PLACES, "visit.created", {"place_id": None}) is None
+    assert not progress.relevant(DISTINCT_PLACES, fact("visit.created", {"other": 1}))
+    assert not progress.relevant(DISTINCT_PLACES, fact("visit.created", {"place_id": None}))
 
 
 def test_distinct_keys_are_equal_for_equal_values_and_keep_types_apart():
@@ -61,33 +79,36 @@ def test_distinct_keys_are_equal_for_equal_values_and_keep_types_apart():
 
 
 def test_count_advances_by_one_per_event_and_distinct_only_for_new_values():
-    assert rules.advance(COUNT_VISITS, Decimal(2)) == 3
-    assert rules.advance(DISTINCT_PLACES, Decimal(2), is_new_value=True) == 3
-    assert rules.advance(DISTINCT_PLACES, Decimal(2), is_new_value=False) == 2
+    visit = fact("visit.created", {"place_id": 1})
+    two = {"b": {"all": "2"}}
+    assert value(COUNT_VISITS, progress.apply_fact(COUNT_VISITS, two, visit, "UTC")) == 3
+    new = progress.apply_fact(DISTINCT_PLACES, two, visit, "UTC", is_new_key=True)
+    seen = progress.apply_fact(DISTINCT_PLACES, two, visit, "UTC", is_new_key=False)
+    assert (value(DISTINCT_PLACES, new), value(DISTINCT_PLACES, seen)) == (3, 2)
 
 
 def test_a_badge_is_met_only_when_every_requirement_holds():
-    status = rules.badge_status([(COUNT_VISITS, Decimal(3)), (DISTINCT_PLACES, Decimal(4))])
+    status = progress.badge_status([measured(COUNT_VISITS, 3), measured(DISTINCT_PLACES, 4)])
     assert not status.met
     assert status.current == 7 and status.target == 8
     assert status.percent == 87
-    status = rules.badge_status([(COUNT_VISITS, Decimal(3)), (DISTINCT_PLACES, Decimal(5))])
+    status = progress.badge_status([measured(COUNT_VISITS, 3), measured(DISTINCT_PLACES, 5)])
     assert status.met and status.percent == 100
 
 
 def test_overshooting_one_requirement_does_not_hide_another_being_short():
-    status = rules.badge_status([(COUNT_VISITS, Decimal(300)), (DISTINCT_PLACES, Decimal(0))])
+    status = progress.badge_status([measured(COUNT_VISITS, 300), measured(DISTINCT_PLACES, 0)])
     assert status.current == 3
     assert status.percent == 37
 
 
 def test_an_unmet_badge_never_shows_a_full_bar():
-    almost = Rule(id=3, event_type="x", aggregation=Aggregation.COUNT, threshold=Decimal(1000))
-    assert rules.badge_status([(almost, Decimal(999))]).percent == 99
+    almost = Spec(id=3, threshold=Decimal(1000), event_type="x")
+    assert progress.badge_status([measured(almost, 999)]).percent == 99
 
 
 def test_a_badge_without_requirements_is_never_met():
-    assert not rules.badge_status([]).met
+    assert not progress.badge_status([]).met
 
 
 events = st.lists(
@@ -106,19 +127,24 @@ events = st.lists(
 @given(events)
 def test_incremental_progress_matches_a_brute_force_count_over_the_history(stream):
     """Feeding events one at a time gives what counting the whole history gives."""
-    count, distinct, seen = Decimal(0), Decimal(0), set()
+    count_state: dict = {}
+    distinct_state: dict = {}
+    seen: set[str] = set()
     for event_type, payload in stream:
-        if rules.observe(COUNT_VISITS, event_type, payload):
-            count = rules.advance(COUNT_VISITS, count)
-        observation = rules.observe(DISTINCT_PLACES, event_type, payload)
-        if observation:
-            is_new = observation.distinct_key not in seen
-            seen.add(observation.distinct_key)
-            distinct = rules.advance(DISTINCT_PLACES, distinct, is_new_value=is_new)
+        event = fact(event_type, payload)
+        count_state = progress.apply_fact(COUNT_VISITS, count_state, event, "UTC")
+        key = progress.key_for(DISTINCT_PLACES, event)
+        distinct_state = progress.apply_fact(
+            DISTINCT_PLACES, distinct_state, event, "UTC", is_new_key=key not in seen
+        )
+        if key is not None:
+            seen.add(key)
 
     visits = [payload for event_type, payload in stream if event_type == "visit.created"]
     expected_places = {(type(p["place_id"]), p["place_id"]) for p in visits if "place_id" in p}
-    assert count == len(visits)
-    assert distinct == len(expected_places)
-    assert rules.is_met(COUNT_VISITS, count) == (len(visits) >= 3)
-    assert rules.is_met(DISTINCT_PLACES, distinct) == (len(expected_places) >= 5)
+    count = progress.measure(COUNT_VISITS, count_state, NOW, "UTC")
+    distinct = progress.measure(DISTINCT_PLACES, distinct_state, NOW, "UTC")
+    assert count.value == len(visits)
+    assert distinct.value == len(expected_places)
+    assert count.met == (len(visits) >= 3)
+    assert distinct.met == (len(expected_places) >= 5)
