@@ -48,12 +48,8 @@ def preview_requirements(badge: Badge, requirements: list[BadgeRequirement]) -> 
         for index, spec in enumerate(specs):
             if not progress.relevant(spec, fact):
                 continue
-            key = progress.key_for(spec, fact)
-            is_new = key is not None and key not in seen[user_id][index]
-            if key is not None:
-                seen[user_id][index].add(key)
-            states[user_id][index] = progress.apply_fact(
-                spec, states[user_id][index], fact, zone, is_new_key=is_new
+            states[user_id][index] = progress.fold_in_memory(
+                spec, states[user_id][index], fact, zone, seen[user_id][index]
             )
 
     holders = set(Unlock.objects.filter(badge=badge).values_list("user_id", flat=True))

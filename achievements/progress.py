@@ -124,6 +124,18 @@ def apply_fact(
     return state
 
 
+def fold_in_memory(
+    spec: Spec, state: State | None, fact: Fact, time_zone: str, seen: set[str]
+) -> State:
+    """apply_fact for whole-history folds (replay, preview), where `seen` holds
+    the all-time distinct keys in memory instead of the engine's table."""
+    key = key_for(spec, fact)
+    is_new = key is not None and key not in seen
+    if key is not None:
+        seen.add(key)
+    return apply_fact(spec, state, fact, time_zone, is_new_key=is_new)
+
+
 def measure(spec: Spec, state: State | None, now: datetime, time_zone: str) -> Measure:
     """Where the requirement stands at `now`: the value to show, the target, met or not."""
     state = state or {}

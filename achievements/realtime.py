@@ -20,8 +20,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Coroutine, Iterable
-from concurrent.futures import Future
+from collections.abc import Iterable
 from typing import Any
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -49,8 +48,8 @@ def notify_badge_changes(
     """
     from achievements.models import Unlock
 
-    if isinstance(get_channel_layer(), InMemoryChannelLayer) and not _server_loop_running():
-        return  # embedded mode, no page connected here: skip rendering cards nobody gets
+    if _nobody_listens(get_channel_layer()):
+        return  # skip rendering cards nobody would get
     unlock_by_badge = dict(
         Unlock.objects.filter(pk__in=list(unlock_ids)).values_list("badge_id", "pk")
     )
@@ -79,19 +78,14 @@ def send_to_group(group: str, messages: list[dict[str, Any]]) -> bool:
     logged, not raised.
     """
     layer = get_channel_layer()
-    if layer is None or not messages:
+    if layer is None or not messages or _nobody_listens(layer):
         return False
 
     async def send_all() -> None:
         for message in messages:
             await layer.group_send(group, message)
 
-    if isinstance(layer, InMemoryChannelLayer) and not _server_loop_running():
-        # Embedded mode with no page connected to this process: nobody to
-        # tell, and nothing wrong. Pages catch up from the database.
-        send_all().close()
-        return False
-    future = _submit(layer, send_all())
+    future = asyncio.run_coroutine_threadsafe(send_all(), _send_loop(layer))
     try:
         future.result(timeout=SEND_TIMEOUT_SECONDS)
     except Exception:
@@ -112,6 +106,12 @@ _sender_thread: threading.Thread | None = None
 _sender_lock = threading.Lock()
 
 
+def _nobody_listens(layer: Any) -> bool:
+    """Embedded mode with no socket connected to this process: a push would reach
+    nobody, and that is nothing wrong (pages catch up from the database)."""
+    return isinstance(layer, InMemoryChannelLayer) and not _server_loop_running()
+
+
 def _server_loop_running() -> bool:
     loop = _server_loop
     return loop is not None and not loop.is_closed() and loop.is_running()
@@ -123,23 +123,20 @@ def register_server_loop(loop: asyncio.AbstractEventLoop) -> None:
     _server_loop = loop
 
 
-def _submit(layer: Any, coroutine: Coroutine[Any, Any, None]) -> Future[None]:
-    if isinstance(layer, InMemoryChannelLayer):
-        loop = _server_loop
-        if loop is None or loop.is_closed() or not loop.is_running():
-            # No socket has connected in this process, so nobody can listen.
-            coroutine.close()
-            nobody: Future[None] = Future()
-            nobody.set_exception(LookupError("no socket is connected to this process"))
-            return nobody
-        try:
-            if asyncio.get_running_loop() is loop:
-                raise RuntimeError("send_to_group must not be called from the server loop")
-        except RuntimeError as exc:
-            if "server loop" in str(exc):
-                raise
-        return asyncio.run_coroutine_threadsafe(coroutine, loop)
-    return asyncio.run_coroutine_threadsafe(coroutine, _process_sender_loop())
+def _send_loop(layer: Any) -> asyncio.AbstractEventLoop:
+    """Where a send must run: the server's loop for the in-memory layer (its queues
+    live there), this process's sender loop otherwise."""
+    if not isinstance(layer, InMemoryChannelLayer):
+        return _process_sender_loop()
+    assert _server_loop is not None
+    try:
+        on_server_loop = asyncio.get_running_loop() is _server_loop
+    except RuntimeError:
+        on_server_loop = False
+    if on_server_loop:
+        # Waiting for the result here would block the loop that must run the send.
+        raise RuntimeError("send_to_group must not be called from the server loop")
+    return _server_loop
 
 
 def _process_sender_loop() -> asyncio.AbstractEventLoop:

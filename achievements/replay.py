@@ -155,12 +155,8 @@ def _replay_user(
                 spec = requirement.spec
                 if not progress.relevant(spec, fact):
                     continue
-                key = progress.key_for(spec, fact)
-                is_new = key is not None and key not in seen[requirement.pk]
-                if key is not None:
-                    seen[requirement.pk].add(key)
-                states[requirement.pk] = progress.apply_fact(
-                    spec, states[requirement.pk], fact, time_zone, is_new_key=is_new
+                states[requirement.pk] = progress.fold_in_memory(
+                    spec, states[requirement.pk], fact, time_zone, seen[requirement.pk]
                 )
                 touched.add(requirement.badge_id)
             touched_badges |= touched

@@ -87,14 +87,11 @@ def import_badges(document: Any) -> tuple[int, int]:
     pending: list[BadgeRequirement] = []
     with transaction.atomic():
         for badge, requirements in planned:
-            existing = Badge.objects.filter(key=badge.key).first()
-            if existing is None:
-                badge.save()
+            if badge.pk is None:
                 created += 1
             else:
-                badge.pk, badge.created_at = existing.pk, existing.created_at
-                badge.save()
                 updated += 1
+            badge.save()
             current = [_requirement_data(r) for r in badge.requirements.order_by("pk")]
             wanted = [_requirement_data(r) for r in requirements]
             if current != wanted:
@@ -138,12 +135,17 @@ def validate(document: Any) -> list[tuple[Badge, list[BadgeRequirement]]]:
         unknown = set(entry) - {"key", "segment", "requirements", *BADGE_FIELDS}
         for name in sorted(unknown):
             problems.append(f"{where}.{name}: is not a badge field")
-        badge = Badge(key=key if isinstance(key, str) else "")
+        # Start from the stored badge, so fields a file leaves out keep their values.
+        badge = (isinstance(key, str) and Badge.objects.filter(key=key).first()) or Badge(
+            key=key if isinstance(key, str) else ""
+        )
         for name in BADGE_FIELDS:
             if name in entry:
                 setattr(badge, name, entry[name])
         segment = entry.get("segment")
-        if segment:
+        if "segment" in entry and segment is None:
+            badge.segment_group, badge.segment_attribute, badge.segment_value = None, "", ""
+        elif segment:
             if isinstance(segment, dict) and set(segment) == {"group"}:
                 group = Group.objects.filter(name=segment["group"]).first()
                 if group is None:

@@ -43,11 +43,15 @@ def _signed_in_cookie(username: str) -> tuple[object, bytes]:
     return user, f"sessionid={client.cookies['sessionid'].value}".encode()
 
 
-async def _connect(cookie: bytes | None = None, origin: tuple[bytes, bytes] = ORIGIN):
+async def _connect(
+    cookie: bytes | None = None,
+    origin: tuple[bytes, bytes] = ORIGIN,
+    path: str = "/ws/live/",
+):
     headers = [origin]
     if cookie:
         headers.append((b"cookie", cookie))
-    communicator = WebsocketCommunicator(application, "/ws/live/", headers=headers)
+    communicator = WebsocketCommunicator(application, path, headers=headers)
     connected, code = await communicator.connect()
     return communicator, connected, code
 
@@ -219,10 +223,8 @@ async def test_a_reconnecting_page_gets_the_cards_that_changed_while_it_was_away
     rendered_at = time.time() - 1
     await _visit(user, 1)
     await _visit(user, 2)
-    communicator = WebsocketCommunicator(
-        application, f"/ws/live/?since={rendered_at}", headers=[ORIGIN, (b"cookie", cookie)]
-    )
-    assert (await communicator.connect())[0]
+    communicator, connected, _ = await _connect(cookie, path=f"/ws/live/?since={rendered_at}")
+    assert connected
     frame = await communicator.receive_from(timeout=3)
     assert 'aria-valuenow="40"' in frame
     await communicator.disconnect()
@@ -284,16 +286,11 @@ async def test_no_url_or_query_string_selects_another_users_group():
         f"/ws/live/?user={owner.pk}&group={group}&user_id={owner.pk}",
         f"/ws/live/?since=0&user={owner.pk}",
     ):
-        communicator = WebsocketCommunicator(
-            application, path, headers=[ORIGIN, (b"cookie", other_cookie)]
-        )
-        assert (await communicator.connect())[0]
+        communicator, connected, _ = await _connect(other_cookie, path=path)
+        assert connected
         await _visit(owner, 1)
         assert await communicator.receive_nothing(timeout=0.5), path
         await communicator.disconnect()
     for path in (f"/ws/live/{owner.pk}/", f"/ws/{group}/", "/ws/"):
-        communicator = WebsocketCommunicator(
-            application, path, headers=[ORIGIN, (b"cookie", other_cookie)]
-        )
         with pytest.raises(ValueError, match="No route found"):
-            await communicator.connect()
+            await _connect(other_cookie, path=path)

@@ -22,7 +22,7 @@ from achievements.progress import (
     apply_fact,
     composite_met,
     find_cycle,
-    key_for,
+    fold_in_memory,
     measure,
     tier_reached,
 )
@@ -38,11 +38,7 @@ def fold(spec: Spec, facts: list[Fact], time_zone: str) -> dict:
     state: dict = {}
     seen: set[str] = set()
     for fact in facts:
-        key = key_for(spec, fact)
-        is_new = key is not None and key not in seen
-        if key is not None:
-            seen.add(key)
-        state = apply_fact(spec, state, fact, time_zone, is_new_key=is_new)
+        state = fold_in_memory(spec, state, fact, time_zone, seen)
     return state
 
 

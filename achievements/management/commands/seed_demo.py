@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -8,8 +7,8 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
-from achievements import rules
-from achievements.models import Badge, BadgeRequirement, EventType, ExternalIdentity
+from achievements.models import EventType, ExternalIdentity
+from achievements.rulefiles import document, import_badges
 from examples.places.models import Place
 
 DEMO_PASSWORD = "accolade-demo"
@@ -29,6 +28,7 @@ DEMO_PLACES = [
     "Bergen",
 ]
 
+# In the rule-file format (docs/rules.md).
 DEMO_BADGES: list[dict[str, Any]] = [
     {
         "key": "places_visited_5",
@@ -39,9 +39,9 @@ DEMO_BADGES: list[dict[str, Any]] = [
         "requirements": [
             {
                 "event_type": "visit.created",
-                "aggregation": rules.Aggregation.DISTINCT,
+                "aggregation": "distinct",
                 "field": "place_id",
-                "threshold": Decimal(5),
+                "threshold": "5",
                 "label": "different places",
             }
         ],
@@ -55,9 +55,8 @@ DEMO_BADGES: list[dict[str, Any]] = [
         "requirements": [
             {
                 "event_type": "image.posted",
-                "aggregation": rules.Aggregation.COUNT,
-                "field": "",
-                "threshold": Decimal(10),
+                "aggregation": "count",
+                "threshold": "10",
                 "label": "images posted",
             }
         ],
@@ -83,28 +82,9 @@ class Command(BaseCommand):
                 name=event_type, defaults={"description": "Sent by the example producer."}
             )
 
-        for spec in DEMO_BADGES:
-            requirements = spec["requirements"]
-            badge, _ = Badge.objects.update_or_create(
-                key=spec["key"],
-                defaults={k: v for k, v in spec.items() if k not in {"key", "requirements"}},
-            )
-            # Replace the requirements only when they differ, so re-seeding
-            # does not throw away users' progress on unchanged rules.
-            current = [
-                {
-                    "event_type": r.event_type,
-                    "aggregation": r.aggregation,
-                    "field": r.field,
-                    "threshold": Decimal(r.threshold),
-                    "label": r.label,
-                }
-                for r in badge.requirements.all()
-            ]
-            if current != requirements:
-                badge.requirements.all().delete()
-                for requirement in requirements:
-                    BadgeRequirement.objects.create(badge=badge, **requirement)
+        # Through the rule-file import, which keeps requirements that did not
+        # change, so re-seeding does not throw away users' progress.
+        import_badges(document(DEMO_BADGES))
 
         logins = [("alice", False), ("bob", False), ("admin", True)]
         for username, is_staff in logins:

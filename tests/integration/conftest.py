@@ -1,1 +1,0 @@
-"""Shared live-site fixtures live in tests/conftest.py."""
