@@ -134,9 +134,9 @@ def apply_event(
     badge_ids = sorted({requirement.badge_id for requirement in touched})
     user_badges = lock_user_badges(user_id, badge_ids)
     all_requirements = list(
-        BadgeRequirement.objects.filter(badge_id__in=badge_ids).prefetch_related(
-            "composite_badges"
-        )
+        BadgeRequirement.objects.filter(badge_id__in=badge_ids)
+        .select_related("badge")
+        .prefetch_related("composite_badges")
     )
     rows = _progress_rows(user_id, all_requirements)
 
@@ -168,46 +168,87 @@ def apply_event(
     # were rendered, and this is the nearest point to the commit.
     evaluated_at = timezone.now()
     unlocked = _unlocked_badges(user_id, all_requirements)
+    states = {pk: row.state for pk, row in rows.items()}
     for badge_id in badge_ids:
         user_badge = user_badges[badge_id]
-        status = progress.badge_status(
-            [
-                r.measure(rows[r.pk].state, now, time_zone, unlocked)
-                for r in requirements_by_badge[badge_id]
-            ]
-        )
+        requirements = requirements_by_badge[badge_id]
+        badge = requirements[0].badge
+        standing = badge.standing(requirements, states, now, time_zone, unlocked)
         changed = (
-            user_badge.current_value != status.current or user_badge.target_value != status.target
+            user_badge.current_value != standing.status.current
+            or user_badge.target_value != standing.status.target
         )
-        user_badge.current_value = status.current
-        user_badge.target_value = status.target
+        user_badge.current_value = standing.status.current
+        user_badge.target_value = standing.status.target
         user_badge.last_evaluated_at = evaluated_at
-        if status.met and user_badge.completed_at is None:
-            unlock, created = Unlock.objects.get_or_create(
-                user_id=user_id,
-                badge_id=badge_id,
-                period="",
-                defaults={"unlocked_at": now, "event": event},
-            )
-            user_badge.completed_at = unlock.unlocked_at
-            user_badge.completed_by_event_id = unlock.event_id
-            if created:
+        earned = badge.earnings(requirements, states, standing, event.occurred_at, time_zone)
+        for unlock in award(user_badge, badge, earned, event_id=event.pk, now=now):
+            result.unlock_ids.append(unlock.pk)
+            if badge_id not in result.unlocked_badge_ids:
                 result.unlocked_badge_ids.append(badge_id)
-                result.unlock_ids.append(unlock.pk)
             changed = True
         if changed or badge_id in moved_badges:
             result.changed_badge_ids.append(badge_id)
-    UserBadge.objects.bulk_update(
-        user_badges.values(),
-        [
-            "current_value",
-            "target_value",
-            "last_evaluated_at",
-            "completed_at",
-            "completed_by_event",
-        ],
-    )
+    UserBadge.objects.bulk_update(user_badges.values(), USER_BADGE_FIELDS)
     return result
+
+
+USER_BADGE_FIELDS = [
+    "current_value",
+    "target_value",
+    "last_evaluated_at",
+    "completed_at",
+    "completed_by_event",
+    "tier",
+]
+
+
+def award(
+    user_badge: UserBadge,
+    badge: Badge,
+    earned: list[tuple[str, int]],
+    *,
+    event_id: int | None,
+    now: datetime,
+    silent: bool = False,
+) -> list[Unlock]:
+    """Write the unlocks `earned` (from Badge.earnings) that the user does not hold yet.
+
+    Runs under the user's badge row lock. The row tells which once-only
+    earnings are held (completed_at, tier), so those cost no query; a
+    repeatable badge's period is checked against its Unlock row, whose
+    unique constraint backs every check. Returns the unlocks created, lowest
+    tier first. `user_badge` is updated; the caller saves it.
+    """
+    created_unlocks = []
+    for period, tier in earned:
+        if tier == 1 and user_badge.tier == 0 and user_badge.completed_at is not None:
+            # Unlocked before the badge had tiers: that unlock is its first tier.
+            user_badge.tier = 1
+            continue
+        if not period and (
+            tier <= user_badge.tier if tier else user_badge.completed_at is not None
+        ):
+            continue
+        unlock, created = Unlock.objects.get_or_create(
+            user_id=user_badge.user_id,
+            badge_id=badge.pk,
+            period=period,
+            tier=tier,
+            defaults={
+                "unlocked_at": now,
+                "event_id": event_id,
+                "silent": silent,
+                "seen_at": now if silent else None,
+            },
+        )
+        if user_badge.completed_at is None:
+            user_badge.completed_at = unlock.unlocked_at
+            user_badge.completed_by_event_id = unlock.event_id
+        user_badge.tier = max(user_badge.tier, tier)
+        if created:
+            created_unlocks.append(unlock)
+    return created_unlocks
 
 
 def _unlocked_badges(user_id: int, requirements: list[BadgeRequirement]) -> set[int]:
@@ -247,43 +288,28 @@ def evaluate_composites(
             time_zone = time_zone_for(user_id)
             user_badges = lock_user_badges(user_id, allowed)
             requirements = list(
-                BadgeRequirement.objects.filter(badge_id__in=allowed).prefetch_related(
-                    "composite_badges"
-                )
+                BadgeRequirement.objects.filter(badge_id__in=allowed)
+                .select_related("badge")
+                .prefetch_related("composite_badges")
             )
             rows = _progress_rows(user_id, requirements)
+            states = {pk: row.state for pk, row in rows.items()}
             unlocked = Unlock.objects.badge_ids_of(user_id)
             new_unlocks = []
             for badge_id in allowed:
-                status = progress.badge_status(
-                    [
-                        r.measure(rows[r.pk].state, now, time_zone, unlocked)
-                        for r in requirements
-                        if r.badge_id == badge_id
-                    ]
-                )
+                badge_requirements = [r for r in requirements if r.badge_id == badge_id]
+                badge = badge_requirements[0].badge
+                standing = badge.standing(badge_requirements, states, now, time_zone, unlocked)
                 user_badge = user_badges[badge_id]
-                user_badge.current_value, user_badge.target_value = status.current, status.target
+                user_badge.current_value = standing.status.current
+                user_badge.target_value = standing.status.target
                 user_badge.last_evaluated_at = now
-                if status.met and user_badge.completed_at is None:
-                    unlock, created = Unlock.objects.get_or_create(
-                        user_id=user_id,
-                        badge_id=badge_id,
-                        period="",
-                        defaults={
-                            "unlocked_at": now,
-                            "silent": silent,
-                            "seen_at": now if silent else None,
-                        },
-                    )
-                    user_badge.completed_at = unlock.unlocked_at
-                    if created:
-                        changed.append(badge_id)
-                        new_unlocks.append(unlock.pk)
-            UserBadge.objects.bulk_update(
-                user_badges.values(),
-                ["current_value", "target_value", "last_evaluated_at", "completed_at"],
-            )
+                earned = badge.earnings(badge_requirements, states, standing, now, time_zone)
+                created = award(user_badge, badge, earned, event_id=None, now=now, silent=silent)
+                if created:
+                    changed.append(badge_id)
+                    new_unlocks += [unlock.pk for unlock in created]
+            UserBadge.objects.bulk_update(user_badges.values(), USER_BADGE_FIELDS)
             if not silent:
                 transaction.on_commit(
                     partial(

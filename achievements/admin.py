@@ -30,6 +30,9 @@ from achievements.models import (
 from achievements.preview import preview_requirements
 from achievements.progress import find_cycle
 
+# What the preview page lets staff edit: the badge's rule, in rule-file form.
+PREVIEW_FIELDS = ("tiers", "repeat", "requirements")
+
 
 class BadgeRequirementForm(forms.ModelForm):
     class Meta:
@@ -59,6 +62,18 @@ class BadgeRequirementFormSet(BaseInlineFormSet):
             edges.setdefault(requirement.badge_id, set()).update(
                 part.pk for part in requirement.composite_badges.all()
             )
+        kept = [
+            form.instance
+            for form in self.forms
+            if getattr(form, "cleaned_data", None) and not form.cleaned_data.get("DELETE")
+        ]
+        if kept and not any(form.errors for form in self.forms):
+            labels = {"tiers": "Tiers", "repeat": "Repeat"}
+            problems = badge.rule_problems(kept)
+            if problems:
+                raise forms.ValidationError(
+                    [f"{labels[name]}: {message}" for name, message in problems.items()]
+                )
         parts: set[int] = set()
         for form in self.forms:
             data = getattr(form, "cleaned_data", None)
@@ -133,30 +148,40 @@ class BadgeAdmin(admin.ModelAdmin):
         if not self.has_change_permission(request, badge):
             raise PermissionDenied
         entry = rulefiles.export_badges_data([badge])[0]
-        text = json.dumps(entry["requirements"], indent=2, ensure_ascii=False)
+        rule = {name: entry[name] for name in PREVIEW_FIELDS}
+        text = json.dumps(rule, indent=2, ensure_ascii=False)
         context: dict[str, Any] = {"problems": [], "preview": None}
         if request.method == "POST":
-            text = request.POST.get("requirements", "")
+            text = request.POST.get("rule", "")
             try:
-                requirements = json.loads(text)
+                edited = json.loads(text)
             except ValueError as exc:
-                context["problems"] = [f"requirements: not valid JSON: {exc}"]
-            else:
-                document = rulefiles.document([{**entry, "requirements": requirements}])
+                context["problems"] = [f"rule: not valid JSON: {exc}"]
+                edited = None
+            if edited is not None and (
+                not isinstance(edited, dict) or not set(edited) <= set(PREVIEW_FIELDS)
+            ):
+                context["problems"] = [
+                    "rule: give an object with "
+                    + ", ".join(f'"{name}"' for name in PREVIEW_FIELDS)
+                    + " (the requirements as in a rule file)"
+                ]
+            elif edited is not None:
+                document = rulefiles.document([{**entry, **edited}])
                 try:
-                    [(_, planned)] = rulefiles.validate(document)
+                    [(edited_badge, planned)] = rulefiles.validate(document)
                 except rulefiles.RuleFileError as exc:
                     context["problems"] = exc.problems
                 else:
                     if "_apply" in request.POST:
                         rulefiles.import_badges(document)
-                        self.message_user(request, "Requirements updated.", messages.SUCCESS)
+                        self.message_user(request, "Rule updated.", messages.SUCCESS)
                         return redirect("admin:achievements_badge_change", badge.pk)
-                    context["preview"] = preview_requirements(badge, planned)
+                    context["preview"] = preview_requirements(edited_badge, planned)
         context.update(
             self.admin_site.each_context(request),
             badge=badge,
-            requirements_json=text,
+            rule_json=text,
             opts=self.model._meta,
             title=f"Preview a rule change: {badge.name}",
         )
@@ -165,7 +190,7 @@ class BadgeAdmin(admin.ModelAdmin):
 
 @admin.register(UserBadge)
 class UserBadgeAdmin(admin.ModelAdmin):
-    list_display = ["user", "badge", "progress", "completed_at", "last_evaluated_at"]
+    list_display = ["user", "badge", "progress", "tier_held", "completed_at", "last_evaluated_at"]
     list_filter = ["badge", ("completed_at", admin.EmptyFieldListFilter)]
     list_select_related = ["user", "badge"]
     search_fields = ["user__username", "badge__name", "badge__key"]
@@ -189,6 +214,10 @@ class UserBadgeAdmin(admin.ModelAdmin):
             "<div>{} {}</div>",
             (("✓" if r["met"] else "·", r["text"]) for r in requirements),
         )
+
+    @admin.display(description="Tier", ordering="tier")
+    def tier_held(self, user_badge: UserBadge) -> str:
+        return user_badge.badge.tier_name(user_badge.tier) or "—"
 
     @admin.display(description="Progress")
     def progress(self, user_badge: UserBadge) -> str:
@@ -292,7 +321,15 @@ class EventAdmin(admin.ModelAdmin):
 
 @admin.register(Unlock)
 class UnlockAdmin(admin.ModelAdmin):
-    list_display = ["user", "badge", "period", "unlocked_at", "silent", "delivered_at", "seen_at"]
+    list_display = [
+        "user",
+        "badge",
+        "earning",
+        "unlocked_at",
+        "silent",
+        "delivered_at",
+        "seen_at",
+    ]
     list_filter = ["badge", "silent", ("seen_at", admin.EmptyFieldListFilter)]
     list_select_related = ["user", "badge"]
     search_fields = ["user__username", "badge__key", "badge__name"]
@@ -302,6 +339,8 @@ class UnlockAdmin(admin.ModelAdmin):
         "user",
         "badge",
         "period",
+        "tier",
+        "earning",
         "unlocked_at",
         "event",
         "silent",
@@ -311,6 +350,11 @@ class UnlockAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    @admin.display(description="Earning")
+    def earning(self, unlock: Unlock) -> str:
+        """Which earning of the badge: a tier, a period, or the one unlock."""
+        return unlock.suffix().strip(" ()") or "once"
 
 
 @admin.register(DedupRule)

@@ -12,12 +12,12 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from django.db.models import Count
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.timezone import localtime
 
 from accounts.models import time_zone_for
-from achievements import progress
 from achievements.models import Badge, RequirementProgress, Unlock, UserBadge, format_number
 
 Card = dict[str, Any]
@@ -57,8 +57,25 @@ def cards_for_user(
     )
     time_zone = time_zone_for(user_id)
     unlocked = Unlock.objects.badge_ids_of(user_id)
+    repeatable = [badge.pk for badge in badges_list if badge.repeat]
+    earnings = dict(
+        Unlock.objects.filter(user_id=user_id, badge_id__in=repeatable)
+        .values("badge_id")
+        .annotate(n=Count("pk"))
+        .values_list("badge_id", "n")
+        if repeatable
+        else []
+    )
     return [
-        _card(badge, user_badges.get(badge.pk), states, now, time_zone, unlocked)
+        _card(
+            badge,
+            user_badges.get(badge.pk),
+            states,
+            now,
+            time_zone,
+            unlocked,
+            times_earned=earnings.get(badge.pk, 0),
+        )
         for badge in badges_list
     ]
 
@@ -70,12 +87,19 @@ def _card(
     now: datetime,
     time_zone: str,
     unlocked: set[int],
+    *,
+    times_earned: int = 0,
 ) -> Card:
     requirements = list(badge.requirements.all())
-    measures = [r.measure(states.get(r.pk), now, time_zone, unlocked) for r in requirements]
-    status = progress.badge_status(measures)
+    standing = badge.standing(requirements, states, now, time_zone, unlocked)
+    measures, status = standing.measures, standing.status
     completed_at = user_badge.completed_at if user_badge else None
     mystery = badge.hidden and completed_at is None
+    tiers = badge.tier_list()
+    # The tier held: the row's, which never goes down, or more if progress is ahead of it.
+    level = max(standing.level, user_badge.tier if user_badge else 0) if tiers else 0
+    # Still something to show after the first unlock: the next tier, or this period.
+    ongoing = bool(badge.repeat) or (bool(tiers) and level < len(tiers))
     return {
         "id": badge.pk,
         "key": badge.key,
@@ -83,7 +107,14 @@ def _card(
         "description": "Keep going to find out what unlocks it." if mystery else badge.description,
         "icon": "❓" if mystery else badge.icon,
         "hidden": mystery,
-        "percent": 100 if completed_at else status.percent,
+        "percent": 100 if completed_at and not ongoing else status.percent,
+        "tier": badge.tier_name(level),
+        "tier_level": level,
+        "tier_names": [name for name, _ in tiers],
+        "next_tier": tiers[level][0] if tiers and level < len(tiers) else "",
+        "repeat": badge.get_repeat_display().lower() if badge.repeat else "",
+        "times_earned": times_earned if badge.repeat else (1 if completed_at else 0),
+        "ongoing": ongoing,
         "current": format_number(status.current),
         "target": format_number(status.target),
         "completed": completed_at is not None,
@@ -109,18 +140,35 @@ def _card(
 
 
 def unseen_unlocks(user_id: int, *, limit: int) -> list[dict[str, Any]]:
-    """The user's unlocks that no page has shown yet, oldest first, with their cards."""
+    """The user's unlocks that no page has shown yet, oldest first, as toasts."""
     unlocks = list(
         Unlock.objects.filter(
             user_id=user_id, seen_at__isnull=True, silent=False, badge__is_active=True
         )
         .order_by("unlocked_at", "pk")
-        .values_list("pk", "badge_id")[:limit]
+        .values_list("pk", "badge_id", "tier", "period")[:limit]
     )
     if not unlocks:
         return []
-    badge_ids = [badge_id for _, badge_id in unlocks]
+    return toasts_for(user_id, unlocks)
+
+
+def toasts_for(user_id: int, unlocks: list[tuple[int, int, int, str]]) -> list[dict[str, Any]]:
+    """A toast per (unlock id, badge id, tier, period), with the badge's current card."""
+    badge_ids = {badge_id for _, badge_id, _, _ in unlocks}
     cards = {card["id"]: card for card in cards_for_user(user_id, badge_ids=badge_ids)}
     return [
-        {"unlock_id": pk, "card": cards[badge_id]} for pk, badge_id in unlocks if badge_id in cards
+        {"unlock_id": pk, "card": cards[badge_id], "headline": headline(cards[badge_id], tier)}
+        for pk, badge_id, tier, period in unlocks
+        if badge_id in cards
     ]
+
+
+def headline(card: Card, tier: int) -> str:
+    """The toast's first words: what kind of earning this is."""
+    names = card["tier_names"]
+    if 0 < tier <= len(names):
+        return f"Badge unlocked ({names[0]})" if tier == 1 else f"{names[tier - 1]} tier reached"
+    if card["repeat"] and card["times_earned"] > 1:
+        return f"Earned again ({card['times_earned']} times)"
+    return "Badge unlocked"

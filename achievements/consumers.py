@@ -83,7 +83,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         frame += "".join(
             render_to_string(
                 "achievements/badges.html#toast_frame",
-                {"card": unlock["card"], "unlock_id": unlock["unlock_id"]},
+                unlock,
             )
             for unlock in unlocks
         )
@@ -127,7 +127,11 @@ class LiveConsumer(AsyncWebsocketConsumer):
         )
 
     async def achievement_unlocked(self, message: dict[str, Any]) -> None:
-        context = {"card": message["card"], "unlock_id": message.get("unlock_id")}
+        context = {
+            "card": message["card"],
+            "unlock_id": message.get("unlock_id"),
+            "headline": message.get("headline"),
+        }
         frame = render_to_string("achievements/badges.html#progress", context)
         frame += render_to_string("achievements/badges.html#toast_frame", context)
         await self.send(text_data=frame)

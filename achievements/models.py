@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
@@ -13,8 +14,18 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from achievements import rules
-from achievements.progress import Measure, Spec, measure, measure_composite, unit_name
+from achievements import periods, rules
+from achievements.progress import (
+    BadgeStatus,
+    Measure,
+    Spec,
+    badge_status,
+    holds_in_period,
+    measure,
+    measure_composite,
+    measure_tiered,
+    unit_name,
+)
 
 
 def _member(enum: Any, value: Any) -> Any:
@@ -38,6 +49,15 @@ EVALUATED_AGGREGATIONS = list(rules.Aggregation)
 EVALUATED_OPERATORS = list(rules.Operator)
 EVALUATED_SCOPES = list(rules.Scope)
 EVALUATED_KINDS = list(rules.Kind)
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A user's standing on one badge (see Badge.standing)."""
+
+    measures: list[Measure]
+    status: BadgeStatus
+    level: int  # tiers reached; for other badges 1 when met now, else 0
 
 
 class BadgeQuerySet(models.QuerySet["Badge"]):
@@ -101,6 +121,26 @@ class Badge(models.Model):
     segment_value = models.CharField(
         max_length=100, blank=True, help_text="... has this value see and can earn the badge."
     )
+    tiers = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Levels of this badge, lowest first, e.g. [{"name": "Bronze", "threshold": 5}, '
+        '{"name": "Silver", "threshold": 25}, {"name": "Gold", "threshold": 100}]. The badge '
+        "unlocks at the first tier, which must be its one requirement's threshold.",
+    )
+    repeat = models.CharField(
+        max_length=5,
+        choices=[
+            ("", "Once"),
+            (rules.Scope.DAY.value, "Every day"),
+            (rules.Scope.WEEK.value, "Every week"),
+            (rules.Scope.MONTH.value, "Every month"),
+        ],
+        default="",
+        blank=True,
+        help_text="Earned again in every period its requirements are met in (each requirement "
+        "counts per that period); every earning is kept.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -122,6 +162,117 @@ class Badge(models.Model):
             raise ValidationError(
                 {"segment_attribute": "Use an attribute name of letters, digits and '_'."}
             )
+        if self.tiers is None:  # an emptied admin field
+            self.tiers = []
+        problem = rules.tiers_problem(self.tiers)
+        if problem:
+            raise ValidationError({"tiers": f"Tiers: {problem}."})
+        if self.tiers and self.repeat:
+            raise ValidationError({"repeat": "A badge can have tiers or be repeatable, not both."})
+
+    def tier_list(self) -> tuple[tuple[str, Decimal], ...]:
+        """The tiers as (name, threshold) pairs, lowest first; empty for a plain badge."""
+        return tuple((tier["name"], Decimal(str(tier["threshold"]))) for tier in self.tiers or ())
+
+    def tier_name(self, level: int) -> str:
+        tiers = self.tier_list()
+        return tiers[level - 1][0] if 0 < level <= len(tiers) else ""
+
+    def rule_problems(self, requirements: Sequence[BadgeRequirement]) -> dict[str, str]:
+        """What is wrong with this badge's tiers or repeat setting given its requirements.
+
+        Checked where a badge and its requirements are saved together (the
+        admin's inline formset, rule-file import), as neither alone can tell.
+        """
+        problems: dict[str, str] = {}
+        if self.tiers and not rules.tiers_problem(self.tiers):
+            tiers = self.tier_list()
+            if len(requirements) != 1:
+                problems["tiers"] = (
+                    "A badge with tiers has exactly one requirement, which the tiers grade."
+                )
+            else:
+                [requirement] = requirements
+                problem = rules.tiered_requirement_problem(
+                    requirement.kind, requirement.aggregation, requirement.operator
+                )
+                if problem:
+                    problems["tiers"] = f"Tiers need {problem}."
+                elif requirement.threshold is not None and Decimal(
+                    requirement.threshold
+                ) != Decimal(tiers[0][1]):
+                    first = format_number(tiers[0][1])
+                    problems["tiers"] = (
+                        f"The badge unlocks at its first tier ({tiers[0][0]}, {first}), so the "
+                        f"requirement's threshold must be {first}, "
+                        f"not {format_number(requirement.threshold)}."
+                    )
+        if self.repeat:
+            unit = rules.Scope(self.repeat)
+            for number, requirement in enumerate(requirements, start=1):
+                if requirement.kind != rules.Kind.AGGREGATE or requirement.aggregation in (
+                    rules.Aggregation.SINGLE,
+                ):
+                    problems["repeat"] = (
+                        f"Requirement {number}: a repeatable badge is made of counts, sums, "
+                        "maxima, minima or distinct counts per period."
+                    )
+                    break
+                if requirement.scope != unit:
+                    problems["repeat"] = (
+                        f"Requirement {number}: a badge earned "
+                        f"{self.get_repeat_display().lower()} counts each requirement per "
+                        f'{unit.value}, so set its scope to "{unit.label}".'
+                    )
+                    break
+        return problems
+
+    def standing(
+        self,
+        requirements: Sequence[BadgeRequirement],
+        states: dict[int, dict[str, Any]],
+        now: datetime,
+        time_zone: str,
+        unlocked: set[int],
+    ) -> Standing:
+        """Where a user stands on this badge: each requirement, the whole, and the tier."""
+        tiers = self.tier_list()
+        if tiers and len(requirements) == 1:
+            [requirement] = requirements
+            level, towards = measure_tiered(
+                requirement.spec, states.get(requirement.pk), now, time_zone, tiers
+            )
+            return Standing([towards], badge_status([towards]), level)
+        measures = [
+            r.measure(states.get(r.pk), now, time_zone, unlocked, latched=not self.repeat)
+            for r in requirements
+        ]
+        status = badge_status(measures)
+        return Standing(measures, status, 1 if status.met else 0)
+
+    def earnings(
+        self,
+        requirements: Sequence[BadgeRequirement],
+        states: dict[int, dict[str, Any]],
+        standing: Standing,
+        moment: datetime,
+        time_zone: str,
+    ) -> list[tuple[str, int]]:
+        """The (period, tier) earnings the user's progress justifies, lowest first.
+
+        A plain badge: ("", 0) once it is met. A tiered badge: ("", n) for every
+        tier reached. A repeatable badge: (period, 0) when every requirement is
+        met within the period of `moment`, the event's local day, week or month.
+        """
+        if self.tier_list():
+            return [("", level) for level in range(1, standing.level + 1)]
+        if self.repeat:
+            period = periods.period_key(rules.Scope(self.repeat), moment, time_zone)
+            met = bool(requirements) and all(
+                holds_in_period(r.spec, states.get(r.pk), period) for r in requirements
+            )
+            return [(period, 0)] if met else []
+        return [("", 0)] if standing.status.met else []
 
 
 class BadgeRequirementQuerySet(models.QuerySet["BadgeRequirement"]):
@@ -280,13 +431,19 @@ class BadgeRequirement(models.Model):
         )
 
     def measure(
-        self, state: dict[str, Any] | None, now: datetime, time_zone: str, unlocked: set[int]
+        self,
+        state: dict[str, Any] | None,
+        now: datetime,
+        time_zone: str,
+        unlocked: set[int],
+        *,
+        latched: bool = True,
     ) -> Measure:
         """This requirement's standing for one user; composites look at their unlocks."""
         if self.kind == rules.Kind.COMPOSITE:
             required = [badge.pk for badge in self.composite_badges.all()]
             return measure_composite(self.composite_mode, required, unlocked)
-        return measure(self.spec, state or {}, now, time_zone)
+        return measure(self.spec, state or {}, now, time_zone, latched=latched)
 
     def watched_types(self) -> list[str]:
         if self.kind == rules.Kind.SEQUENCE:
@@ -439,6 +596,9 @@ class UserBadge(models.Model):
         help_text="The event whose evaluation unlocked the badge.",
     )
     last_evaluated_at = models.DateTimeField(null=True, blank=True)
+    tier = models.PositiveSmallIntegerField(
+        default=0, help_text="Tiered badges: how many tiers the user has reached."
+    )
 
     class Meta:
         constraints = [
@@ -464,8 +624,10 @@ class UnlockQuerySet(models.QuerySet["Unlock"]):
 class Unlock(models.Model):
     """One earning of a badge by a user, with whether it reached the user's pages.
 
-    `period` is empty for once-only badges; the unique constraint makes a
-    second unlock of the same badge in the same period impossible.
+    `period` is empty for once-only badges and names the local day, week or
+    month for repeatable ones; `tier` is 0 for untiered badges and the tier
+    number (1 = the first) for tiered ones. The unique constraint makes a
+    second unlock of the same badge, period and tier impossible.
     """
 
     user = models.ForeignKey(
@@ -473,6 +635,7 @@ class Unlock(models.Model):
     )
     badge = models.ForeignKey(Badge, on_delete=models.CASCADE, related_name="unlocks")
     period = models.CharField(max_length=32, blank=True, default="")
+    tier = models.PositiveSmallIntegerField(default=0)
     unlocked_at = models.DateTimeField(default=timezone.now)
     event = models.ForeignKey(
         Event,
@@ -497,7 +660,9 @@ class Unlock(models.Model):
     class Meta:
         ordering = ["-unlocked_at", "-id"]
         constraints = [
-            models.UniqueConstraint(fields=["user", "badge", "period"], name="unique_unlock"),
+            models.UniqueConstraint(
+                fields=["user", "badge", "period", "tier"], name="unique_unlock"
+            ),
         ]
         indexes = [
             models.Index(
@@ -508,7 +673,13 @@ class Unlock(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.user} unlocked {self.badge}"
+        return f"{self.user} unlocked {self.badge}{self.suffix()}"
+
+    def suffix(self) -> str:
+        """ " (Silver)" or " (2026-W47)": which earning of the badge this is."""
+        if self.tier:
+            return f" ({self.badge.tier_name(self.tier) or f'tier {self.tier}'})"
+        return f" ({self.period})" if self.period else ""
 
 
 class EventType(models.Model):

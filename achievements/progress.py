@@ -7,7 +7,7 @@ duplicates before they get here): the state is built so that windows,
 streaks and sequences come out the same whatever the order.
 
 State formats (all JSON-serialisable):
-- aggregate: {"b": {period: value}, "k": {period: [keys]}, "met": bool}
+- aggregate: {"b": {period: value}, "k": {period: [keys]}, "p": best rolling window, "met": bool}
   ("k" only for distinct counts inside day/week/month/rolling scopes; an
   all-time distinct count asks the engine whether a key is new instead, as
   that set can grow without bound).
@@ -26,7 +26,7 @@ from __future__ import annotations
 import bisect
 import copy
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -136,11 +136,21 @@ def fold_in_memory(
     return apply_fact(spec, state, fact, time_zone, is_new_key=is_new)
 
 
-def measure(spec: Spec, state: State | None, now: datetime, time_zone: str) -> Measure:
-    """Where the requirement stands at `now`: the value to show, the target, met or not."""
+def measure(
+    spec: Spec, state: State | None, now: datetime, time_zone: str, *, latched: bool = True
+) -> Measure:
+    """Where the requirement stands at `now`: the value to show, the target, met or not.
+
+    `latched=False` (repeatable badges) makes a day/week/month aggregate met
+    only when the current period meets it, instead of once any period did.
+    """
     state = state or {}
     if spec.kind is Kind.AGGREGATE:
-        return _measure_aggregate(spec, state, now, time_zone)
+        result = _measure_aggregate(spec, state, now, time_zone)
+        if not latched and spec.scope in (Scope.DAY, Scope.WEEK, Scope.MONTH):
+            key = periods.period_key(spec.scope, now, time_zone)
+            return replace(result, met=holds_in_period(spec, state, key))
+        return result
     if spec.kind is Kind.STREAK:
         return _measure_streak(spec, state, now, time_zone)
     if spec.kind is Kind.SEQUENCE:
@@ -216,10 +226,14 @@ def _apply_aggregate(
             new = Decimal(contribution) if combined is None else combined
         buckets[bucket] = str(new)
 
+    peak_so_far = Decimal(state["p"]) if "p" in state else None
     for window_value in _touched_windows(spec, state, bucket):
         if spec.operator.holds(window_value, spec.threshold):
             state["met"] = True
-            break
+        if spec.scope is Scope.ROLLING and (peak_so_far is None or window_value > peak_so_far):
+            peak_so_far = window_value
+    if peak_so_far is not None:
+        state["p"] = str(peak_so_far)
 
 
 def _window_days(spec: Spec) -> int:
@@ -425,15 +439,60 @@ def find_cycle(graph: Mapping[Any, Iterable[Any]]) -> list[Any] | None:
     return None
 
 
-def tier_reached(
-    value: Decimal, operator: Operator, tiers: Sequence[tuple[str, Decimal]]
-) -> str | None:
-    """The highest tier (bronze, silver, gold ... in order) whose threshold `value` meets."""
-    reached = None
-    for name, threshold in tiers:
-        if operator.holds(value, threshold):
-            reached = name
-    return reached
+def tier_reached(value: Decimal, operator: Operator, tiers: Sequence[tuple[str, Decimal]]) -> int:
+    """How many tiers (bronze, silver, gold ... in order) `value` has reached: 0 for none."""
+    level = 0
+    for _, threshold in tiers:
+        if not operator.holds(value, threshold):
+            break
+        level += 1
+    return level
+
+
+def peak(spec: Spec, state: State | None) -> Decimal:
+    """The best value any window of this requirement ever reached: what tiers are judged on.
+
+    All-time aggregates: the value itself. Day, week and month scopes: the best
+    period. Rolling scopes: the best window, tracked as events arrive ("p").
+    Streaks: the longest streak. Only meaningful for >= and > comparisons,
+    the only ones tiers allow.
+    """
+    state = state or {}
+    if spec.kind is Kind.STREAK:
+        return Decimal(_longest(state.get("r", [])))
+    if spec.kind is not Kind.AGGREGATE:
+        return Decimal(0)
+    values = [Decimal(v) for v in state.get("b", {}).values()]
+    if "p" in state:
+        values.append(Decimal(state["p"]))
+    return max(values, default=Decimal(0))
+
+
+def measure_tiered(
+    spec: Spec,
+    state: State | None,
+    now: datetime,
+    time_zone: str,
+    tiers: Sequence[tuple[str, Decimal]],
+) -> tuple[int, Measure]:
+    """The tier reached, and the standing towards the next one ("12 of 25 ... for Silver")."""
+    level = tier_reached(peak(spec, state), spec.operator, tiers)
+    if level == len(tiers):
+        top = measure(replace(spec, threshold=tiers[-1][1]), state, now, time_zone)
+        return level, replace(top, met=True)
+    name, threshold = tiers[level]
+    towards = measure(replace(spec, threshold=threshold), state, now, time_zone)
+    return level, replace(towards, met=False, text=f"{towards.text} for {name}")
+
+
+def holds_in_period(spec: Spec, state: State | None, period: str) -> bool:
+    """Whether a day/week/month-scoped aggregate is met within one calendar period.
+
+    Repeatable badges are earned once per period, so they ask this instead of
+    the latched `met`.
+    """
+    raw = (state or {}).get("b", {}).get(period)
+    return raw is not None and spec.operator.holds(Decimal(raw), spec.threshold)
 
 
 def _fmt(value: Decimal) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
-from achievements.cards import cards_for_user
+from achievements.cards import cards_for_user, toasts_for
 
 logger = logging.getLogger(__name__)
 
@@ -50,25 +50,23 @@ def notify_badge_changes(
 
     if _nobody_listens(get_channel_layer()):
         return  # skip rendering cards nobody would get
-    unlock_by_badge = dict(
-        Unlock.objects.filter(pk__in=list(unlock_ids)).values_list("badge_id", "pk")
+    unlocks = list(
+        Unlock.objects.filter(pk__in=list(unlock_ids))
+        .order_by("pk")
+        .values_list("pk", "badge_id", "tier", "period")
     )
-    messages = []
-    for card in cards_for_user(user_id, badge_ids=badge_ids):
-        if card["id"] in unlock_by_badge:
-            messages.append(
-                {
-                    "type": "achievement.unlocked",
-                    "card": card,
-                    "unlock_id": unlock_by_badge[card["id"]],
-                }
-            )
-        else:
-            messages.append({"type": "progress.updated", "card": card})
-    if send_to_group(user_group(user_id), messages) and unlock_by_badge:
+    toasts = toasts_for(user_id, unlocks) if unlocks else []
+    others = set(badge_ids) - {toast["card"]["id"] for toast in toasts}
+    messages: list[dict[str, Any]] = [
+        {"type": "progress.updated", "card": card}
+        for card in (cards_for_user(user_id, badge_ids=others) if others else [])
+    ]
+    # One toast per unlock: an event can reach two tiers of a badge at once.
+    messages += [{"type": "achievement.unlocked", **toast} for toast in toasts]
+    if send_to_group(user_group(user_id), messages) and unlocks:
         from achievements.actions import mark_unlocks_delivered
 
-        mark_unlocks_delivered(list(unlock_by_badge.values()))
+        mark_unlocks_delivered([pk for pk, _, _, _ in unlocks])
 
 
 def send_to_group(group: str, messages: list[dict[str, Any]]) -> bool:

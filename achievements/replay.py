@@ -12,7 +12,12 @@ from django.utils import timezone
 
 from accounts.models import time_zone_for
 from achievements import progress
-from achievements.actions import evaluate_composites, lock_user_badges
+from achievements.actions import (
+    USER_BADGE_FIELDS,
+    award,
+    evaluate_composites,
+    lock_user_badges,
+)
 from achievements.models import (
     Badge,
     BadgeRequirement,
@@ -71,6 +76,7 @@ def replay_events(
             raise UnknownBadge(f"no active badge with key {', '.join(map(repr, missing))}")
     requirements = list(
         BadgeRequirement.objects.filter(badge__in=badges)
+        .select_related("badge")
         .prefetch_related("composite_badges")
         .order_by("pk")
     )
@@ -130,15 +136,18 @@ def _replay_user(
         user_badges = lock_user_badges(user_id, badge_ids)
         states: dict[int, dict] = {requirement.pk: {} for requirement in requirements}
         seen: dict[int, set[str]] = defaultdict(set)
-        completed_by: dict[int, int] = {}
+        # The first event that justified each earning, by (badge, period, tier).
+        earned_by: dict[tuple[int, str, int], int] = {}
         touched_badges: set[int] = set()
+        finished: set[int] = set()
+        badges = {r.badge_id: r.badge for r in requirements}
 
         unlocked = Unlock.objects.badge_ids_of(user_id)
 
-        def status(badge_id: int) -> progress.BadgeStatus:
-            return progress.badge_status(
-                [r.measure(states[r.pk], now, time_zone, unlocked) for r in by_badge[badge_id]]
-            )
+        def earnings(badge_id: int, moment: datetime) -> list[tuple[str, int]]:
+            badge, badge_requirements = badges[badge_id], by_badge[badge_id]
+            standing = badge.standing(badge_requirements, states, now, time_zone, unlocked)
+            return badge.earnings(badge_requirements, states, standing, moment, time_zone)
 
         events = (
             Event.objects.filter(
@@ -160,9 +169,13 @@ def _replay_user(
                 )
                 touched.add(requirement.badge_id)
             touched_badges |= touched
-            for badge_id in touched - completed_by.keys():
-                if status(badge_id).met:
-                    completed_by[badge_id] = event_pk
+            for badge_id in touched - finished:
+                earned = earnings(badge_id, occurred_at)
+                for period, tier in earned:
+                    earned_by.setdefault((badge_id, period, tier), event_pk)
+                badge = badges[badge_id]
+                if not badge.repeat and len(earned) == max(1, len(badge.tier_list())):
+                    finished.add(badge_id)  # every earning it has is in; skip the rest
 
         requirement_ids = [requirement.pk for requirement in requirements]
         DistinctValue.objects.filter(user_id=user_id, requirement_id__in=requirement_ids).delete()
@@ -200,39 +213,42 @@ def _replay_user(
         ]
         UserBadge.objects.filter(user_id=user_id, badge_id__in=untouched).delete()
 
+        held = set(
+            Unlock.objects.filter(user_id=user_id, badge_id__in=badge_ids).values_list(
+                "badge_id", "period", "tier"
+            )
+        )
         for badge_id in badge_ids:
             if badge_id in untouched:
                 continue
-            user_badge = user_badges[badge_id]
+            badge, user_badge = badges[badge_id], user_badges[badge_id]
+            standing = badge.standing(by_badge[badge_id], states, now, time_zone, unlocked)
             user_badge.last_evaluated_at = now
-            badge_status = status(badge_id)
-            user_badge.current_value = badge_status.current
-            user_badge.target_value = badge_status.target
-            if badge_status.met and user_badge.completed_at is None:
-                unlock, created = Unlock.objects.get_or_create(
-                    user_id=user_id,
-                    badge_id=badge_id,
-                    period="",
-                    defaults={
-                        "unlocked_at": now,
-                        "event_id": completed_by.get(badge_id),
-                        "silent": True,
-                        "seen_at": now,
-                    },
+            user_badge.current_value = standing.status.current
+            user_badge.target_value = standing.status.target
+            due = sorted((key for key in earned_by if key[0] == badge_id), key=lambda key: key[1:])
+            for _, period, tier in due:
+                created = award(
+                    user_badge,
+                    badge,
+                    [(period, tier)],
+                    event_id=earned_by[(badge_id, period, tier)],
+                    now=now,
+                    silent=True,
                 )
-                user_badge.completed_at = unlock.unlocked_at
-                user_badge.completed_by_event_id = unlock.event_id
                 if created:
                     report.newly_unlocked.append((user_id, badge_id))
-            elif not badge_status.met and user_badge.completed_at is not None:
+            # Earnings the rebuilt progress no longer justifies are reported, never revoked.
+            # An unlock from before the badge had tiers or repeated stands
+            # while the badge is earned in any way.
+            if any(
+                (badge_id, period, tier) not in earned_by
+                and ((period, tier) != ("", 0) or not due)
+                for held_badge, period, tier in held
+                if held_badge == badge_id
+            ):
                 report.no_longer_qualifying.append((user_id, badge_id))
         UserBadge.objects.bulk_update(
             [user_badges[badge_id] for badge_id in badge_ids if badge_id not in untouched],
-            [
-                "current_value",
-                "target_value",
-                "completed_at",
-                "completed_by_event",
-                "last_evaluated_at",
-            ],
+            USER_BADGE_FIELDS,
         )

@@ -13,7 +13,16 @@ from achievements.models import Badge, BadgeRequirement, format_number
 
 FORMAT = "accolade-badges"
 VERSION = 1
-BADGE_FIELDS = ("name", "description", "icon", "is_active", "sort_order", "hidden")
+BADGE_FIELDS = (
+    "name",
+    "description",
+    "icon",
+    "is_active",
+    "sort_order",
+    "hidden",
+    "tiers",
+    "repeat",
+)
 REQUIREMENT_FIELDS = (
     "kind",
     "event_type",
@@ -188,6 +197,11 @@ def validate(document: Any) -> list[tuple[Badge, list[BadgeRequirement]]]:
                     setattr(requirement, name, value)
             problems += _field_errors(place, requirement, exclude=["badge"])
             requirements.append(requirement)
+        if requirements and not any(p.startswith(f"{where}.") for p in problems):
+            problems += [
+                f"{where}.{name}: {message}"
+                for name, message in badge.rule_problems(requirements).items()
+            ]
         planned.append((badge, requirements))
     if problems:
         raise RuleFileError(problems)

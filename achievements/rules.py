@@ -128,6 +128,60 @@ class Kind(StrEnum):
         }[self]
 
 
+MAX_TIERS = 10
+TIER_NAME_MAX_LENGTH = 40
+
+
+def tiers_problem(tiers: Any) -> str | None:
+    """What is wrong with a badge's tier list, or None.
+
+    Tiers are [{"name": "Bronze", "threshold": 5}, ...]: at least two, each
+    named once, thresholds non-negative numbers rising from one tier to the next.
+    """
+    if tiers in (None, []):
+        return None
+    if not isinstance(tiers, list):
+        return 'give a list such as [{"name": "Bronze", "threshold": 5}, ...]'
+    if not 2 <= len(tiers) <= MAX_TIERS:
+        return f"give between 2 and {MAX_TIERS} tiers (a single level is a plain badge)"
+    names: set[str] = set()
+    previous: Decimal | None = None
+    for number, tier in enumerate(tiers, start=1):
+        if not isinstance(tier, dict) or set(tier) != {"name", "threshold"}:
+            return f'tier {number} must be an object with exactly "name" and "threshold"'
+        name = tier["name"]
+        if not isinstance(name, str) or not name.strip():
+            return f"tier {number} needs a name, e.g. Bronze"
+        if len(name) > TIER_NAME_MAX_LENGTH:
+            return f"tier {number}'s name is longer than {TIER_NAME_MAX_LENGTH} characters"
+        if name in names:
+            return f"the name {name!r} is used twice"
+        names.add(name)
+        threshold = numeric(tier["threshold"])
+        if threshold is None or threshold < 0:
+            return f"tier {number} ({name})'s threshold must be a number of at least 0"
+        if previous is not None and threshold <= previous:
+            return f"tier {number} ({name})'s threshold must be higher than the tier before it"
+        previous = threshold
+    return None
+
+
+def tiered_requirement_problem(kind: str, aggregation: str, operator: str) -> str | None:
+    """Why a requirement cannot be graded in tiers, or None.
+
+    Tiers grade the best value a requirement ever reached, so they need a
+    number that grows: a count, sum, maximum, distinct count, single-event
+    value or streak, compared with >= or >.
+    """
+    if kind not in (Kind.AGGREGATE, Kind.STREAK):
+        return "an aggregate or streak requirement, not a sequence or composite"
+    if kind == Kind.AGGREGATE and aggregation == Aggregation.MIN:
+        return "a value that grows; a minimum only shrinks"
+    if operator not in (Operator.GTE, Operator.GT):
+        return "a requirement compared with >= or >, so each tier is higher than the last"
+    return None
+
+
 @dataclass(frozen=True)
 class Condition:
     """One payload comparison, e.g. duration_seconds >= 600 or source == "mobile"."""

@@ -150,7 +150,7 @@ def test_staff_preview_a_rule_change_before_applying_it(admin_client, owner, sec
         }
     ]
     response = admin_client.post(
-        url, {"requirements": json.dumps(requirements), "_preview": "Preview"}
+        url, {"rule": json.dumps({"requirements": requirements}), "_preview": "Preview"}
     )
     body = response.content.decode()
     assert "Would newly qualify (no unlock yet)</th><td>1</td>" in body
@@ -160,18 +160,35 @@ def test_staff_preview_a_rule_change_before_applying_it(admin_client, owner, sec
     bad = admin_client.post(
         url,
         {
-            "requirements": json.dumps([{**requirements[0], "aggregation": "median"}]),
+            "rule": json.dumps({"requirements": [{**requirements[0], "aggregation": "median"}]}),
             "_preview": "Preview",
         },
     ).content.decode()
     assert "requirements[0].aggregation: Value &#x27;median&#x27; is not a valid choice" in bad
 
     response = admin_client.post(
-        url, {"requirements": json.dumps(requirements), "_apply": "Apply"}
+        url, {"rule": json.dumps({"requirements": requirements}), "_apply": "Apply"}
     )
     assert response.status_code == 302
     assert BadgeRequirement.objects.get(badge=badge).threshold == 2
     assert not Unlock.objects.exists()  # applying changes rules; replay awards, silently
+
+    # Tiers are part of the rule: the preview counts users per highest tier.
+    tiered = {
+        "tiers": [{"name": "Bronze", "threshold": 1}, {"name": "Silver", "threshold": 2}],
+        "requirements": [{**requirements[0], "threshold": "1"}],
+    }
+    body = admin_client.post(
+        url, {"rule": json.dumps(tiered), "_preview": "Preview"}
+    ).content.decode()
+    assert "Would hold Bronze as their highest tier</th><td>1</td>" in body
+    assert "Would hold Silver as their highest tier</th><td>1</td>" in body
+    mismatched = {**tiered, "requirements": requirements}
+    body = admin_client.post(
+        url, {"rule": json.dumps(mismatched), "_preview": "Preview"}
+    ).content.decode()
+    assert "requirement&#x27;s threshold must be 1, not 2" in body
+    assert admin_client.post(url, {"rule": "[1]"}).status_code == 200
 
 
 def test_the_preview_needs_change_permission(client, owner):

@@ -23,7 +23,10 @@ from achievements.progress import (
     composite_met,
     find_cycle,
     fold_in_memory,
+    holds_in_period,
     measure,
+    measure_tiered,
+    peak,
     tier_reached,
 )
 from achievements.rules import Aggregation, Condition, Filter, Kind, Operator, Scope, distinct_key
@@ -199,9 +202,34 @@ def test_composites_cycles_and_tiers():
     assert find_cycle({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": ["a"]}) == ["a", "a"]
     tiers = [("bronze", Decimal(5)), ("silver", Decimal(20)), ("gold", Decimal(50))]
-    assert tier_reached(Decimal(4), Operator.GTE, tiers) is None
-    assert tier_reached(Decimal(20), Operator.GTE, tiers) == "silver"
-    assert tier_reached(Decimal(99), Operator.GTE, tiers) == "gold"
+    assert tier_reached(Decimal(4), Operator.GTE, tiers) == 0
+    assert tier_reached(Decimal(20), Operator.GTE, tiers) == 2
+    assert tier_reached(Decimal(99), Operator.GTE, tiers) == 3
+    assert tier_reached(Decimal(20), Operator.GT, tiers) == 1
+
+
+def test_tiered_measure_points_at_the_next_tier():
+    spec = Spec(1, Decimal(2), event_type="visit.created", label="visits")
+    tiers = [("Bronze", Decimal(2)), ("Silver", Decimal(5)), ("Gold", Decimal(10))]
+    state = fold(spec, [visit(day) for day in range(3)], "UTC")
+    level, towards = measure_tiered(spec, state, BASE, "UTC", tiers)
+    assert level == 1
+    assert (towards.text, towards.target, towards.met) == ("3 of 5 visits for Silver", 5, False)
+    state = fold(spec, [visit(day) for day in range(12)], "UTC")
+    level, top = measure_tiered(spec, state, BASE, "UTC", tiers)
+    assert (level, top.met, top.text) == (3, True, "12 of 10 visits")
+
+
+def test_a_weekly_rule_holds_per_week_for_repeatable_badges():
+    spec = Spec(1, Decimal(3), event_type="visit.created", scope=Scope.WEEK)
+    # 2026-03-02 is a Monday: three visits that week, one the week after.
+    state = fold(spec, [visit(1), visit(2), visit(3), visit(8)], "UTC")
+    assert holds_in_period(spec, state, "2026-W10")
+    assert not holds_in_period(spec, state, "2026-W11")
+    assert not holds_in_period(spec, state, "2026-W09")
+    late = BASE + timedelta(days=8)
+    assert measure(spec, state, late, "UTC").met  # latched: some week met it
+    assert not measure(spec, state, late, "UTC", latched=False).met  # but not this week
 
 
 # --- the reference evaluator ----------------------------------------------------
@@ -213,6 +241,14 @@ def local_day(fact: Fact, time_zone: str) -> date:
 
 def reference_aggregate_met(spec: Spec, facts: list[Fact], time_zone: str) -> bool:
     """Is there any window whose aggregate, over all its events, meets the threshold?"""
+    return any(
+        spec.operator.holds(value, spec.threshold)
+        for value in reference_windows(spec, facts, time_zone).values()
+    )
+
+
+def reference_windows(spec: Spec, facts: list[Fact], time_zone: str) -> dict[object, Decimal]:
+    """Every non-empty window's aggregate over all its events, by window."""
     relevant = [
         f for f in facts if f.event_type == spec.event_type and spec.filter.matches(f.payload)
     ]
@@ -233,35 +269,32 @@ def reference_aggregate_met(spec: Spec, facts: list[Fact], time_zone: str) -> bo
             Aggregation.MIN: min(numbers),
         }[spec.aggregation]
 
+    windows: dict[object, list[Fact]] = {}
     if spec.scope is Scope.ALL_TIME:
-        windows = [relevant]
+        windows["all"] = relevant
     elif spec.scope is Scope.ROLLING:
         days = sorted({local_day(f, time_zone) for f in relevant})
-        windows = []
         if days:
             end = days[0]
             while end <= days[-1] + timedelta(days=spec.window_days):
                 start = end - timedelta(days=spec.window_days - 1)
-                windows.append([f for f in relevant if start <= local_day(f, time_zone) <= end])
+                windows[end] = [f for f in relevant if start <= local_day(f, time_zone) <= end]
                 end += timedelta(days=1)
     else:
 
-        def period(fact: Fact) -> tuple:
+        def period(fact: Fact) -> str:
             day = local_day(fact, time_zone)
             if spec.scope is Scope.DAY:
-                return (day,)
+                return day.isoformat()
             if spec.scope is Scope.WEEK:
-                return day.isocalendar()[:2]
-            return (day.year, day.month)
+                year, week, _ = day.isocalendar()
+                return f"{year}-W{week:02d}"
+            return f"{day.year}-{day.month:02d}"
 
-        groups: dict[tuple, list[Fact]] = {}
         for fact in relevant:
-            groups.setdefault(period(fact), []).append(fact)
-        windows = list(groups.values())
-    return any(
-        (value := aggregate(window)) is not None and spec.operator.holds(value, spec.threshold)
-        for window in windows
-    )
+            windows.setdefault(period(fact), []).append(fact)
+    values = {key: aggregate(window) for key, window in windows.items()}
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def reference_longest_streak(facts: list[Fact], time_zone: str, unit: str) -> int:
@@ -359,6 +392,45 @@ def test_aggregates_match_the_reference_in_any_order(
     any_order = measure(spec, fold(spec, shuffled, zone), now, zone)
     assert any_order == in_order
     assert any_order.met == reference_aggregate_met(spec, facts, zone)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    facts=facts_strategy,
+    aggregation=st.sampled_from(
+        [Aggregation.COUNT, Aggregation.DISTINCT, Aggregation.SUM, Aggregation.MAX]
+    ),
+    scope=st.sampled_from(list(Scope)),
+    window=st.integers(1, 10),
+    zone=st.sampled_from(ZONES),
+    order=st.randoms(use_true_random=False),
+)
+def test_tiers_and_periods_match_the_reference_in_any_order(
+    facts, aggregation, scope, window, zone, order
+):
+    """Tiers are judged on the best window ever; repeatable badges on each period alone."""
+    spec = Spec(
+        1,
+        Decimal(2),
+        event_type="visit.created",
+        aggregation=aggregation,
+        field="n",
+        scope=scope,
+        window_days=window,
+    )
+    shuffled = facts[:]
+    order.shuffle(shuffled)
+    state = fold(spec, shuffled, zone)
+    windows = reference_windows(spec, facts, zone)
+    assert peak(spec, state) == max(windows.values(), default=Decimal(0))
+    tiers = [("Bronze", Decimal(2)), ("Silver", Decimal(4)), ("Gold", Decimal(8))]
+    best = max(windows.values(), default=Decimal(0))
+    assert tier_reached(peak(spec, state), spec.operator, tiers) == sum(
+        1 for _, threshold in tiers if best >= threshold
+    )
+    if scope in (Scope.DAY, Scope.WEEK, Scope.MONTH):
+        for period, value in windows.items():
+            assert holds_in_period(spec, state, str(period)) == (value >= spec.threshold)
 
 
 @settings(max_examples=300, deadline=None)

@@ -31,10 +31,13 @@ def dump() -> dict[str, list]:
                 "target_value",
                 "completed_at",
                 "completed_by_event",
+                "tier",
             )
         ),
         "unlocks": sorted(
-            Unlock.objects.values_list("user_id", "badge_id", "period", "unlocked_at", "event")
+            Unlock.objects.values_list(
+                "user_id", "badge_id", "period", "tier", "unlocked_at", "event"
+            )
         ),
     }
 
@@ -162,3 +165,54 @@ def test_bad_options_are_refused_and_change_nothing(history, options, message):
         call_command("replay_events", **options)
     assert str(raised.value).startswith(message)
     assert dump() == before
+
+
+def test_replay_awards_tiers_and_periods_a_rule_change_reaches(owner):
+    from datetime import UTC, datetime, timedelta
+
+    from achievements.models import BadgeRequirement
+    from achievements.replay import replay_events
+    from tests.factories import make_badge
+
+    tiered = make_places_badge(threshold=2)
+    weekly = make_badge(key="weekly", requirements=[])
+    BadgeRequirement.objects.create(
+        badge=weekly, event_type="visit.created", threshold=2, scope="week"
+    )
+    monday = datetime(2026, 3, 2, 9, tzinfo=UTC)
+    for day, place in [(0, 1), (1, 2), (2, 3), (7, 4), (8, 5), (14, 6)]:
+        evaluate_event(
+            record_event(
+                owner,
+                "visit.created",
+                payload={"place_id": place},
+                occurred_at=monday + timedelta(days=day),
+            ).event.pk
+        )
+    assert Unlock.objects.filter(user=owner).count() == 2  # each once, before the change
+    first_unlock = Unlock.objects.get(badge=tiered)
+
+    # Staff grade the places badge in tiers and make the weekly one repeatable.
+    tiered.tiers = [{"name": "Bronze", "threshold": 2}, {"name": "Silver", "threshold": 5}]
+    tiered.save()
+    weekly.repeat = "week"
+    weekly.save()
+    report = replay_events()
+    assert (owner.pk, tiered.pk) in report.newly_unlocked
+    assert not report.no_longer_qualifying
+    silver = Unlock.objects.get(badge=tiered, tier=2)
+    assert silver.silent and silver.event and silver.event.payload == {"place_id": 5}
+    # The unlock from before the tiers stands for the first one: no second Bronze.
+    assert list(Unlock.objects.filter(badge=tiered).values_list("pk", "tier")) == [
+        (silver.pk, 2),
+        (first_unlock.pk, 0),
+    ]
+    assert sorted(Unlock.objects.filter(badge=weekly).values_list("period", flat=True)) == [
+        "",
+        "2026-W10",
+        "2026-W11",
+    ]
+    assert UserBadge.objects.get(user=owner, badge=tiered).tier == 2
+    before = dump()
+    replay_events()
+    assert dump() == before  # a second replay changes nothing

@@ -251,3 +251,111 @@ def test_the_admin_refuses_composites_that_require_themselves(client, owner):
     page = post(first, [second])
     assert "would require each other in a circle: Second → First → Second." in page
     assert not first.requirements.exists()
+
+
+def make_tiered_badge(**requirement):
+    badge = make_badge(key="explorer", requirements=[])
+    badge.tiers = [
+        {"name": "Bronze", "threshold": 2},
+        {"name": "Silver", "threshold": 4},
+        {"name": "Gold", "threshold": 6},
+    ]
+    badge.save()
+    BadgeRequirement.objects.create(
+        badge=badge,
+        event_type="visit.created",
+        aggregation="distinct",
+        field="place_id",
+        threshold=2,
+        **requirement,
+    )
+    return badge
+
+
+def test_a_tiered_badge_unlocks_each_tier_once_and_explains_the_next(owner):
+    badge = make_tiered_badge()
+    record(owner, "visit.created", place_id=1)
+    record(owner, "visit.created", place_id=1)  # not a new place
+    assert not Unlock.objects.exists()
+    result = record(owner, "visit.created", place_id=2)
+    assert result.unlocked_badge_ids == [badge.pk]
+    [card] = cards_for_user(owner.pk)
+    assert (card["completed"], card["tier"], card["next_tier"]) == (True, "Bronze", "Silver")
+    assert card["requirements"][0]["text"] == "2 of 4 different places for Silver"
+    assert card["percent"] == 50  # towards Silver, not the 100% of an ended badge
+
+    # One event may cross two tiers at once (a sum can jump); here, two new places.
+    for place in (3, 4, 5):
+        record(owner, "visit.created", place_id=place)
+    assert list(
+        Unlock.objects.filter(badge=badge).order_by("tier").values_list("tier", "period")
+    ) == [(1, ""), (2, "")]
+    user_badge = badge.user_badges.get(user=owner)
+    assert user_badge.tier == 2
+    record(owner, "visit.created", place_id=6)
+    [card] = cards_for_user(owner.pk)
+    assert (card["tier"], card["next_tier"], card["ongoing"]) == ("Gold", "", False)
+    # Re-delivery and more events never write a tier twice.
+    record(owner, "visit.created", place_id=7)
+    assert Unlock.objects.filter(badge=badge).count() == 3
+
+
+def test_a_tiered_streak_is_graded_on_the_longest_streak(owner):
+    badge = make_badge(key="regular", requirements=[])
+    badge.tiers = [{"name": "Bronze", "threshold": 2}, {"name": "Silver", "threshold": 3}]
+    badge.save()
+    BadgeRequirement.objects.create(
+        badge=badge, kind="streak", event_type="lesson.done", threshold=2
+    )
+    for day in (0, 1, 2, 5):  # a 3-day streak, broken, then a new one starts
+        record(owner, "lesson.done", day)
+    assert badge.user_badges.get(user=owner).tier == 2
+
+
+def test_a_repeatable_badge_is_earned_once_per_week_and_each_earning_kept(owner):
+    Profile.objects.create(user=owner, time_zone="America/New_York")
+    badge = make_badge(key="weekly_three", requirements=[])
+    badge.repeat = "week"
+    badge.save()
+    BadgeRequirement.objects.create(
+        badge=badge, event_type="workout.done", threshold=3, scope="week"
+    )
+    # START is Monday 2 March 2026 (week 10); three workouts that week ...
+    for day in (0, 1, 2):
+        record(owner, "workout.done", day)
+    record(owner, "workout.done", 3)  # a fourth the same week earns nothing more
+    # ... two the next week, then a late one for week 11 that completes it.
+    record(owner, "workout.done", 7)
+    record(owner, "workout.done", 8)
+    assert Unlock.objects.filter(badge=badge).count() == 1
+    late = record(owner, "workout.done", 9.5)
+    assert late.unlocked_badge_ids == [badge.pk]
+    assert sorted(Unlock.objects.filter(badge=badge).values_list("period", flat=True)) == [
+        "2026-W10",
+        "2026-W11",
+    ]
+    # Sunday 15 March 23:30 in New York is Monday in UTC: it counts in week 11.
+    sunday_night = record_event(
+        owner,
+        "workout.done",
+        occurred_at=datetime(2026, 3, 16, 3, 30, tzinfo=UTC),
+    ).event
+    evaluate_event(sunday_night.pk)
+    assert Unlock.objects.filter(badge=badge).count() == 2
+    [card] = cards_for_user(owner.pk)
+    assert (card["completed"], card["times_earned"], card["repeat"]) == (True, 2, "every week")
+
+
+def test_an_event_for_an_old_period_earns_that_period(owner):
+    badge = make_badge(key="daily_two", requirements=[])
+    badge.repeat = "day"
+    badge.save()
+    BadgeRequirement.objects.create(
+        badge=badge, event_type="quiz.passed", threshold=2, scope="day"
+    )
+    record(owner, "quiz.passed", 5)
+    record(owner, "quiz.passed", 0)
+    record(owner, "quiz.passed", 0.25)  # day 0 is complete, though day 5 came first
+    assert list(Unlock.objects.filter(badge=badge).values_list("period", flat=True)) == [
+        "2026-03-02"
+    ]

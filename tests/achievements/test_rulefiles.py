@@ -39,6 +39,21 @@ def every_kind(db):
         window_days=7,
         steps=["profile.completed", "project.created"],
     )
+    # Tiered (places_visited_5 graded further) and repeatable badges.
+    Badge.objects.filter(key="places_visited_5").update(
+        tiers=[
+            {"name": "Bronze", "threshold": 5},
+            {"name": "Silver", "threshold": 25},
+            {"name": "Gold", "threshold": 100},
+        ]
+    )
+    Badge.objects.filter(key="long_runs").update(repeat="")
+    weekly = make_badge(key="week_runner", requirements=[])
+    weekly.repeat = "week"
+    weekly.save()
+    BadgeRequirement.objects.create(
+        badge=weekly, event_type="run.finished", threshold=3, scope="week"
+    )
     champion = make_badge(key="zz_champion", requirements=[])
     BadgeRequirement.objects.create(
         badge=champion, kind="composite", threshold=0, composite_mode="all"
@@ -49,9 +64,11 @@ def test_export_then_import_round_trips_every_badge(every_kind, tmp_path):
     first = tmp_path / "badges.json"
     call_command("export_badges", str(first))
     exported = json.loads(first.read_text())
-    assert exported["format"] == "accolade-badges" and len(exported["badges"]) == 5
+    assert exported["format"] == "accolade-badges" and len(exported["badges"]) == 6
+    assert exported["badges"][2]["tiers"][1] == {"name": "Silver", "threshold": 25}
+    assert exported["badges"][3]["repeat"] == "week"
 
-    assert exported["badges"][4]["requirements"][0]["composite_badges"] == [
+    assert exported["badges"][5]["requirements"][0]["composite_badges"] == [
         "long_runs",
         "week_streak",
     ]
@@ -70,7 +87,8 @@ def test_reimporting_unchanged_rules_keeps_requirements(every_kind, tmp_path):
     assert sorted(BadgeRequirement.objects.values_list("pk", flat=True)) == before
 
 
-# Exports are sorted by key: long_runs, onboarded, places_visited_5, week_streak.
+# Exports are sorted by key: long_runs, onboarded, places_visited_5, week_runner,
+# week_streak, zz_champion.
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -97,9 +115,40 @@ def test_reimporting_unchanged_rules_keeps_requirements(every_kind, tmp_path):
         (lambda d: d["badges"][2].update(colour="red"), "colour: is not a badge field"),
         (lambda d: d.update(version=9), "version: must be 1"),
         (
-            lambda d: d["badges"][4]["requirements"][0].update(composite_badges=["ghost"]),
-            "badges[4] ('zz_champion').requirements[0].composite_badges: no badge with key "
+            lambda d: d["badges"][5]["requirements"][0].update(composite_badges=["ghost"]),
+            "badges[5] ('zz_champion').requirements[0].composite_badges: no badge with key "
             "'ghost'",
+        ),
+        (
+            lambda d: d["badges"][2]["tiers"][1].update(threshold=3),
+            "badges[2] ('places_visited_5').tiers: Tiers: tier 2 (Silver)'s threshold must be "
+            "higher than the tier before it.",
+        ),
+        (
+            lambda d: d["badges"][2]["requirements"][0].update(threshold=4),
+            "badges[2] ('places_visited_5').tiers: The badge unlocks at its first tier "
+            "(Bronze, 5), so the requirement's threshold must be 5, not 4.",
+        ),
+        (
+            lambda d: d["badges"][2]["requirements"][0].update(operator="<="),
+            "tiers: Tiers need a requirement compared with >= or >",
+        ),
+        (
+            lambda d: d["badges"][2]["requirements"].append({"event_type": "x.y", "threshold": 1}),
+            "tiers: A badge with tiers has exactly one requirement",
+        ),
+        (
+            lambda d: d["badges"][3]["requirements"][0].update(scope="month"),
+            "badges[3] ('week_runner').repeat: Requirement 1: a badge earned every week counts "
+            'each requirement per week, so set its scope to "Within one calendar week',
+        ),
+        (
+            lambda d: d["badges"][3].update(repeat="year"),
+            "badges[3] ('week_runner').repeat: Value 'year' is not a valid choice.",
+        ),
+        (
+            lambda d: d["badges"][3].update(tiers=[{"name": "A", "threshold": 1}] * 2),
+            "tiers: Tiers: the name 'A' is used twice.",
         ),
     ],
 )
