@@ -703,9 +703,16 @@ class EventType(models.Model):
 
 
 def accepted_event_types() -> set[str]:
+    """Catalogued types, and every type a rule watches (sequences watch their steps)."""
+    watched: set[str] = set()
+    for event_type, steps in BadgeRequirement.objects.values_list("event_type", "steps"):
+        watched.add(event_type)
+        if isinstance(steps, list):
+            watched.update(step for step in steps if isinstance(step, str))
+    watched.discard("")
     return (
         set(EventType.objects.values_list("name", flat=True))
-        | set(BadgeRequirement.objects.values_list("event_type", flat=True))
+        | watched
         | set(DedupRule.objects.values_list("event_type", flat=True))
     )
 
