@@ -150,17 +150,19 @@ def unseen_unlocks(user_id: int, *, limit: int) -> list[dict[str, Any]]:
     )
     if not unlocks:
         return []
-    return toasts_for(user_id, unlocks)
-
-
-def toasts_for(user_id: int, unlocks: list[tuple[int, int, int, str]]) -> list[dict[str, Any]]:
-    """A toast per (unlock id, badge id, tier, period), with the badge's current card."""
     badge_ids = {badge_id for _, badge_id, _, _ in unlocks}
-    cards = {card["id"]: card for card in cards_for_user(user_id, badge_ids=badge_ids)}
+    return toasts_for(unlocks, cards_for_user(user_id, badge_ids=badge_ids))
+
+
+def toasts_for(
+    unlocks: list[tuple[int, int, int, str]], cards: list[Card]
+) -> list[dict[str, Any]]:
+    """A toast per (unlock id, badge id, tier, period), with its badge's card from `cards`."""
+    by_id = {card["id"]: card for card in cards}
     return [
-        {"unlock_id": pk, "card": cards[badge_id], "headline": headline(cards[badge_id], tier)}
+        {"unlock_id": pk, "card": by_id[badge_id], "headline": headline(by_id[badge_id], tier)}
         for pk, badge_id, tier, period in unlocks
-        if badge_id in cards
+        if badge_id in by_id
     ]
 
 

@@ -119,22 +119,18 @@ class LiveConsumer(AsyncWebsocketConsumer):
         if ids:
             await database_sync_to_async(mark_unlocks_seen)(self.user_id, ids)
 
-    async def progress_updated(self, message: dict[str, Any]) -> None:
-        await self.send(
-            text_data=render_to_string(
-                "achievements/badges.html#progress", {"card": message["card"]}
-            )
+    async def badges_changed(self, message: dict[str, Any]) -> None:
+        """Fresh cards for what one evaluation changed, then a toast per unlock, in one frame."""
+        frame = "".join(
+            render_to_string("achievements/badges.html#progress", {"card": card})
+            for card in message["cards"]
         )
-
-    async def achievement_unlocked(self, message: dict[str, Any]) -> None:
-        context = {
-            "card": message["card"],
-            "unlock_id": message.get("unlock_id"),
-            "headline": message.get("headline"),
-        }
-        frame = render_to_string("achievements/badges.html#progress", context)
-        frame += render_to_string("achievements/badges.html#toast_frame", context)
-        await self.send(text_data=frame)
+        frame += "".join(
+            render_to_string("achievements/badges.html#toast_frame", toast)
+            for toast in message["toasts"]
+        )
+        if frame:
+            await self.send(text_data=frame)
 
 
 def _parse_since(query_string: bytes) -> datetime | None:

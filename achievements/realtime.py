@@ -55,15 +55,11 @@ def notify_badge_changes(
         .order_by("pk")
         .values_list("pk", "badge_id", "tier", "period")
     )
-    toasts = toasts_for(user_id, unlocks) if unlocks else []
-    others = set(badge_ids) - {toast["card"]["id"] for toast in toasts}
-    messages: list[dict[str, Any]] = [
-        {"type": "progress.updated", "card": card}
-        for card in (cards_for_user(user_id, badge_ids=others) if others else [])
-    ]
-    # One toast per unlock: an event can reach two tiers of a badge at once.
-    messages += [{"type": "achievement.unlocked", **toast} for toast in toasts]
-    if send_to_group(user_group(user_id), messages) and unlocks:
+    cards = cards_for_user(user_id, badge_ids={*badge_ids, *(b for _, b, _, _ in unlocks)})
+    # One message, so the page gets every change of one event in one frame;
+    # a toast per unlock, as an event can reach two tiers of a badge at once.
+    message = {"type": "badges.changed", "cards": cards, "toasts": toasts_for(unlocks, cards)}
+    if send_to_group(user_group(user_id), [message]) and unlocks:
         from achievements.actions import mark_unlocks_delivered
 
         mark_unlocks_delivered([pk for pk, _, _, _ in unlocks])

@@ -314,7 +314,23 @@ def openapi_schema() -> dict[str, Any]:
                                     "icon": {"type": "string"},
                                     "earned": {"type": "boolean"},
                                     "earned_at": {"type": ["string", "null"]},
-                                    "percent": {"type": "integer", "minimum": 0, "maximum": 100},
+                                    "times_earned": {
+                                        "type": "integer",
+                                        "minimum": 0,
+                                        "description": "Repeatable badges: one per period.",
+                                    },
+                                    "tier": {
+                                        "type": "string",
+                                        "description": "Tiered badges: the highest tier held.",
+                                    },
+                                    "next_tier": {"type": "string"},
+                                    "percent": {
+                                        "type": "integer",
+                                        "minimum": 0,
+                                        "maximum": 100,
+                                        "description": "Towards the next tier or this period's "
+                                        "earning where those apply.",
+                                    },
                                     "current": {"type": "string"},
                                     "target": {"type": "string"},
                                     "requirements": {

@@ -70,10 +70,8 @@ def test_a_badge_unlocks_once_however_many_events_follow(
         for n in range(3):
             evaluate_event(record_event(owner, "image.posted", event_id=f"p-{n}").event.pk)
     assert UserBadge.objects.filter(user=owner, badge=badge).count() == 1
-    unlock_messages = [
-        m for _, batch in pushes for m in batch if m["type"] == "achievement.unlocked"
-    ]
-    assert len(unlock_messages) == 1
+    toasts = [toast for _, batch in pushes for m in batch for toast in m["toasts"]]
+    assert len(toasts) == 1
 
 
 def test_events_touch_only_requirements_that_watch_their_type(owner):
@@ -143,9 +141,10 @@ def test_it_pushes_progress_to_the_users_group_only_after_commit(
         callback()
     [(group, [message])] = pushes
     assert group == realtime.user_group(owner.pk)
-    assert message["type"] == "progress.updated"
-    assert message["card"]["percent"] == 20
-    assert message["card"]["requirements"] == [
+    assert (message["type"], message["toasts"]) == ("badges.changed", [])
+    [card] = message["cards"]
+    assert card["percent"] == 20
+    assert card["requirements"] == [
         {
             "label": "different places",
             "current": "1",

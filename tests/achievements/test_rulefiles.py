@@ -179,3 +179,23 @@ def test_unreadable_files_are_refused(db, tmp_path):
     bad.write_text("{nope")
     with pytest.raises(CommandError, match="FILE: not valid JSON"):
         call_command("import_badges", str(bad))
+
+
+def test_the_documented_example_of_each_kind_imports(db):
+    """docs/rules.md stays true: its example file is valid and round-trips."""
+    from pathlib import Path
+
+    from achievements.rulefiles import export_badges, import_badges
+
+    text = (Path(__file__).parents[2] / "docs" / "rules.md").read_text()
+    example = text.split("## One example of each kind", 1)[1]
+    document = json.loads(example.split("```json", 1)[1].split("```", 1)[0])
+    Group.objects.create(name="pro")
+    assert import_badges(document) == (len(document["badges"]), 0)
+    exported = {badge["key"]: badge for badge in export_badges()["badges"]}
+    assert exported["explorer"]["tiers"][2] == {"name": "Gold", "threshold": 100}
+    assert exported["weekly_workouts"]["repeat"] == "week"
+    assert exported["all_rounder"]["requirements"][0]["composite_badges"] == [
+        "marathon_month",
+        "ten_k",
+    ]

@@ -61,6 +61,44 @@ DEMO_BADGES: list[dict[str, Any]] = [
             }
         ],
     },
+    {
+        "key": "globetrotter",
+        "name": "Globetrotter",
+        "description": "Visit ever more places: Bronze, Silver, then Gold.",
+        "icon": "🌍",
+        "sort_order": 30,
+        "tiers": [
+            {"name": "Bronze", "threshold": 6},
+            {"name": "Silver", "threshold": 9},
+            {"name": "Gold", "threshold": 12},
+        ],
+        "requirements": [
+            {
+                "event_type": "visit.created",
+                "aggregation": "distinct",
+                "field": "place_id",
+                "threshold": "6",
+                "label": "different places",
+            }
+        ],
+    },
+    {
+        "key": "daily_snapshots",
+        "name": "Daily Snapshots",
+        "description": "Post three photos in a day. Earn it again every day.",
+        "icon": "🗓️",
+        "sort_order": 40,
+        "repeat": "day",
+        "requirements": [
+            {
+                "event_type": "image.posted",
+                "aggregation": "count",
+                "threshold": "3",
+                "scope": "day",
+                "label": "photos",
+            }
+        ],
+    },
 ]
 
 
