@@ -151,26 +151,43 @@ def unseen_unlocks(user_id: int, *, limit: int) -> list[dict[str, Any]]:
     if not unlocks:
         return []
     badge_ids = {badge_id for _, badge_id, _, _ in unlocks}
-    return toasts_for(unlocks, cards_for_user(user_id, badge_ids=badge_ids))
+    return toasts_for(user_id, unlocks, cards_for_user(user_id, badge_ids=badge_ids))
 
 
 def toasts_for(
-    unlocks: list[tuple[int, int, int, str]], cards: list[Card]
+    user_id: int, unlocks: list[tuple[int, int, int, str]], cards: list[Card]
 ) -> list[dict[str, Any]]:
-    """A toast per (unlock id, badge id, tier, period), with its badge's card from `cards`."""
+    """A toast per (unlock id, badge id, tier, period) of the user, with its card from `cards`."""
     by_id = {card["id"]: card for card in cards}
+    repeatable = {
+        badge_id for _, badge_id, _, _ in unlocks if by_id.get(badge_id, {}).get("repeat")
+    }
+    # Which earning each unlock of a repeatable badge is: the 1st, the 2nd ...
+    ordinal: dict[int, int] = {}
+    if repeatable:
+        counts: dict[int, int] = {}
+        for badge_id, pk in (
+            Unlock.objects.filter(badge_id__in=repeatable, user_id=user_id)
+            .order_by("pk")
+            .values_list("badge_id", "pk")
+        ):
+            counts[badge_id] = ordinal[pk] = counts.get(badge_id, 0) + 1
     return [
-        {"unlock_id": pk, "card": by_id[badge_id], "headline": headline(by_id[badge_id], tier)}
+        {
+            "unlock_id": pk,
+            "card": by_id[badge_id],
+            "headline": headline(by_id[badge_id], tier, ordinal.get(pk, 1)),
+        }
         for pk, badge_id, tier, period in unlocks
         if badge_id in by_id
     ]
 
 
-def headline(card: Card, tier: int) -> str:
+def headline(card: Card, tier: int, earning: int = 1) -> str:
     """The toast's first words: what kind of earning this is."""
     names = card["tier_names"]
     if 0 < tier <= len(names):
         return f"Badge unlocked ({names[0]})" if tier == 1 else f"{names[tier - 1]} tier reached"
-    if card["repeat"] and card["times_earned"] > 1:
-        return f"Earned again ({card['times_earned']} times)"
+    if earning > 1:
+        return f"Earned again ({earning} times)"
     return "Badge unlocked"

@@ -58,7 +58,11 @@ def notify_badge_changes(
     cards = cards_for_user(user_id, badge_ids={*badge_ids, *(b for _, b, _, _ in unlocks)})
     # One message, so the page gets every change of one event in one frame;
     # a toast per unlock, as an event can reach two tiers of a badge at once.
-    message = {"type": "badges.changed", "cards": cards, "toasts": toasts_for(unlocks, cards)}
+    message = {
+        "type": "badges.changed",
+        "cards": cards,
+        "toasts": toasts_for(user_id, unlocks, cards),
+    }
     if send_to_group(user_group(user_id), [message]) and unlocks:
         from achievements.actions import mark_unlocks_delivered
 

@@ -20,10 +20,16 @@ def home(request: HttpRequest) -> HttpResponse:
 @login_required
 def badges(request: AuthenticatedHttpRequest) -> HttpResponse:
     cards = cards_for_user(request.user.pk)
-    earned = [card for card in cards if card["completed"]]
-    in_progress = [card for card in cards if not card["completed"]]
+    # A badge with a tier still to reach, or earned again every period, stays a goal.
+    in_progress = [card for card in cards if not card["completed"] or card["ongoing"]]
+    done = [card for card in cards if card["completed"] and not card["ongoing"]]
     return render(
         request,
         "achievements/badges.html",
-        {"earned": earned, "in_progress": in_progress, "total": len(cards)},
+        {
+            "earned": done,
+            "in_progress": in_progress,
+            "earned_count": sum(1 for card in cards if card["completed"]),
+            "total": len(cards),
+        },
     )
