@@ -404,9 +404,23 @@ class BadgeRequirement(models.Model):
                         errors["steps"] = f"Step {number}: event type {problem}."
                         break
         try:
-            rules.Filter.from_data(self.filters)
+            payload_filter = rules.Filter.from_data(self.filters)
         except ValueError as exc:
             errors["filters"] = f"Filter: {exc}."
+        else:
+            candidates = self.steps if kind is rules.Kind.SEQUENCE else [self.event_type]
+            watched = [
+                t
+                for t in (candidates if isinstance(candidates, list) else [])
+                if isinstance(t, str) and not rules.event_type_problem(t)
+            ]
+            numeric_field = bool(needs_field and aggregation and aggregation.needs_number)
+            if watched and (payload_filter.terms or numeric_field):
+                problems = rules.type_problems(
+                    payload_filter, aggregation, self.field, payload_field_types(watched)
+                )
+                for name, message in problems.items():
+                    errors.setdefault(name, message)
         if errors:
             raise ValidationError(errors)
 
@@ -694,12 +708,74 @@ class EventType(models.Model):
         max_length=rules.EVENT_TYPE_MAX_LENGTH, unique=True, validators=[validate_event_type]
     )
     description = models.CharField(max_length=200, blank=True)
+    fields = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='The payload\'s fields and their types, e.g. {"place_id": "number", '
+        '"source": "string", "verified": "boolean"}. Rules that compare a field with a value '
+        "of another type are refused. Fields left out are checked against the stored events.",
+    )
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        super().clean()
+        if self.fields is None:
+            self.fields = {}
+        if not isinstance(self.fields, dict):
+            raise ValidationError({"fields": 'Give an object, e.g. {"place_id": "number"}.'})
+        for name, kind in self.fields.items():
+            if not rules.FIELD_PATTERN.match(name):
+                raise ValidationError(
+                    {"fields": f"{name!r}: use a payload key of letters, digits and '_'."}
+                )
+            if kind not in rules.PAYLOAD_TYPES:
+                raise ValidationError(
+                    {
+                        "fields": f"{name}: the type must be one of "
+                        + ", ".join(rules.PAYLOAD_TYPES)
+                        + f", not {kind!r}."
+                    }
+                )
+
+
+# How many recent events of a type are read to learn its payload's field types.
+TYPE_SAMPLE_SIZE = 200
+
+
+def payload_field_types(event_types: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """What type each payload field of these event types holds, and how that is known.
+
+    Declared on the EventType (staff, in the admin) first; otherwise learned
+    from the most recent stored events, when every value seen has one type.
+    Fields whose type is unknown or mixed are left out: nothing to check.
+    """
+    names = ", ".join(event_types)
+    types: dict[str, tuple[str, str]] = {}
+    for declared in EventType.objects.filter(name__in=event_types).values_list(
+        "fields", flat=True
+    ):
+        for field, kind in (declared or {}).items():
+            types.setdefault(field, (kind, f"in {names} events (declared under Event types)"))
+    seen: dict[str, set[str]] = {}
+    payloads = (
+        Event.objects.filter(event_type__in=event_types)
+        .order_by("-pk")
+        .values_list("payload", flat=True)[:TYPE_SAMPLE_SIZE]
+    )
+    for payload in payloads:
+        if isinstance(payload, dict):
+            for field, value in payload.items():
+                if value is not None:
+                    seen.setdefault(field, set()).add(rules.json_type(value))
+    for field, kinds in seen.items():
+        if len(kinds) == 1:
+            types.setdefault(field, (kinds.pop(), f"in the stored {names} events"))
+    return types
 
 
 def accepted_event_types() -> set[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
@@ -213,6 +213,14 @@ class Filter:
         results = (term.matches(payload) for term in self.terms)
         return all(results) if self.mode == "all" else any(results)
 
+    def conditions(self) -> Iterator[Condition]:
+        """Every condition, nested groups included."""
+        for term in self.terms:
+            if isinstance(term, Condition):
+                yield term
+            else:
+                yield from term.conditions()
+
     @classmethod
     def from_data(cls, data: Any) -> Filter:
         """Build from the stored JSON: {"all"|"any": [condition or group, ...]}.
@@ -248,6 +256,61 @@ class Filter:
             else:
                 terms.append(cls.from_data(item))
         return cls(mode=mode, terms=tuple(terms))
+
+
+PAYLOAD_TYPES = ("number", "string", "boolean")
+
+
+def json_type(value: Any) -> str:
+    """The JSON type of a payload value: number, string, boolean, object, array or null."""
+    if isinstance(value, bool):
+        return "boolean"
+    if _is_number(value):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if value is None:
+        return "null"
+    return "array" if isinstance(value, list | tuple) else "object"
+
+
+def type_problems(
+    filter: Filter,
+    aggregation: Aggregation | None,
+    field: str,
+    field_types: Mapping[str, tuple[str, str]],
+) -> dict[str, str]:
+    """Comparisons and aggregations that can never work given the payload's field types.
+
+    `field_types` maps a payload field to (its type, where that is known from,
+    e.g. "in visit.created events"). A filter comparing a number field with a
+    string never matches, so it is refused instead of silently counting nothing.
+    """
+    problems: dict[str, str] = {}
+    for condition in filter.conditions():
+        known = field_types.get(condition.field)
+        if known is None:
+            continue
+        kind, where = known
+        given = json_type(condition.value)
+        if kind in PAYLOAD_TYPES and given != kind:
+            problems["filters"] = (
+                f"Filter: {condition.field} is a {kind} {where}, so compare it with a {kind}, "
+                f"not the {given} {json.dumps(condition.value)}."
+            )
+            break
+        ordering = condition.operator not in (Operator.EQ, Operator.NE)
+        if kind == "boolean" and ordering:
+            problems["filters"] = (
+                f"Filter: {condition.field} is a boolean {where}; compare it with == or !=."
+            )
+            break
+    known = field_types.get(field) if field else None
+    if aggregation is not None and aggregation.needs_number and known and known[0] != "number":
+        problems["field"] = (
+            f"{field} is a {known[0]} {known[1]}; {aggregation.label.lower()} needs a number."
+        )
+    return problems
 
 
 def _is_number(value: Any) -> bool:

@@ -359,3 +359,95 @@ def test_an_event_for_an_old_period_earns_that_period(owner):
     assert list(Unlock.objects.filter(badge=badge).values_list("period", flat=True)) == [
         "2026-03-02"
     ]
+
+
+def test_toasts_name_the_tier_and_count_each_earning(owner, client):
+    from achievements.cards import unseen_unlocks
+
+    weekly = make_badge(key="weekly_two", requirements=[])
+    weekly.repeat = "week"
+    weekly.save()
+    BadgeRequirement.objects.create(badge=weekly, event_type="gym.done", threshold=2, scope="week")
+    tiered = make_tiered_badge()
+    for day in (0, 1, 7, 8):
+        record(owner, "gym.done", day)
+    for place in range(4):
+        record(owner, "visit.created", place_id=place)
+    headlines = [toast["headline"] for toast in unseen_unlocks(owner.pk, limit=10)]
+    assert headlines == [
+        "Badge unlocked",
+        "Earned again (2 times)",
+        "Badge unlocked (Bronze)",
+        "Silver tier reached",
+    ]
+    # Both still have something to earn, so both stay under "In progress".
+    client.force_login(owner)
+    page = client.get("/badges/").content.decode()
+    in_progress, done = page.split('id="earned-heading"')
+    assert f'id="badge-{tiered.key}"' in in_progress and f'id="badge-{weekly.key}"' in in_progress
+    assert "2 times, every week" in in_progress and "Silver tier" in in_progress
+    assert "2 of 2 earned" in page
+
+
+def test_rules_comparing_a_field_with_the_wrong_type_are_refused(owner):
+    from django.core.exceptions import ValidationError
+
+    from achievements.models import EventType
+
+    EventType.objects.create(
+        name="workout.done", fields={"duration_seconds": "number", "outdoor": "boolean"}
+    )
+    # No declaration for visit.created: its stored events tell the types.
+    record_event(owner, "visit.created", payload={"place_id": 3, "source": "mobile"})
+    badge = make_badge(key="typed", requirements=[])
+
+    def problems(**fields):
+        requirement = BadgeRequirement(badge=badge, threshold=1, **fields)
+        try:
+            requirement.full_clean()
+        except ValidationError as exc:
+            return exc.message_dict
+        return {}
+
+    def where(field, op, value):
+        return {"all": [{"field": field, "op": op, "value": value}]}
+
+    assert problems(event_type="workout.done", filters=where("duration_seconds", ">=", "600")) == {
+        "filters": [
+            "Filter: duration_seconds is a number in workout.done events (declared under Event "
+            'types), so compare it with a number, not the string "600".'
+        ]
+    }
+    assert problems(event_type="workout.done", filters=where("outdoor", ">", True)) == {
+        "filters": [
+            "Filter: outdoor is a boolean in workout.done events (declared under Event types); "
+            "compare it with == or !=."
+        ]
+    }
+    assert problems(event_type="visit.created", filters=where("source", "==", 1)) == {
+        "filters": [
+            "Filter: source is a string in the stored visit.created events, so compare it "
+            "with a string, not the number 1."
+        ]
+    }
+    assert problems(event_type="visit.created", aggregation="sum", field="source") == {
+        "field": [
+            "source is a string in the stored visit.created events; sum of a numeric payload "
+            "field needs a number."
+        ]
+    }
+    # Right types, and fields nobody knows anything about, are fine.
+    assert problems(event_type="workout.done", filters=where("duration_seconds", ">=", 600)) == {}
+    assert problems(event_type="visit.created", filters=where("mood", "==", "happy")) == {}
+    assert problems(event_type="visit.created", aggregation="max", field="place_id") == {}
+
+
+def test_event_type_field_declarations_are_validated(db):
+    from django.core.exceptions import ValidationError
+
+    from achievements.models import EventType
+
+    with pytest.raises(ValidationError, match="the type must be one of number, string, boolean"):
+        EventType(name="a.b", fields={"n": "integer"}).full_clean()
+    with pytest.raises(ValidationError, match="use a payload key"):
+        EventType(name="a.b", fields={"bad key": "number"}).full_clean()

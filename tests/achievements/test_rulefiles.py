@@ -199,3 +199,35 @@ def test_the_documented_example_of_each_kind_imports(db):
         "marathon_month",
         "ten_k",
     ]
+
+
+def test_import_names_a_filter_on_a_field_of_the_wrong_type(db):
+    from achievements.models import EventType
+    from achievements.rulefiles import RuleFileError, import_badges
+
+    EventType.objects.create(name="run.finished", fields={"km": "number"})
+    document = {
+        "format": "accolade-badges",
+        "version": 1,
+        "badges": [
+            {
+                "key": "far",
+                "name": "Far",
+                "requirements": [
+                    {
+                        "event_type": "run.finished",
+                        "threshold": "1",
+                        "filters": {"all": [{"field": "km", "op": ">", "value": "10"}]},
+                    }
+                ],
+            }
+        ],
+    }
+    with pytest.raises(RuleFileError) as raised:
+        import_badges(document)
+    assert raised.value.problems == [
+        "badges[0] ('far').requirements[0].filters: Filter: km is a number in run.finished "
+        "events (declared under Event types), so compare it with a number, not the string "
+        '"10".'
+    ]
+    assert not Badge.objects.exists()
