@@ -85,6 +85,48 @@ def test_an_invalid_requirement_is_refused_with_a_message_and_nothing_saved(
     assert not Badge.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("badge", "requirement", "message"),
+    [
+        ({"tiers": '[{"name": "Bronze", "threshold": 3}]'}, {}, "give between 2 and 10 tiers"),
+        (
+            {"tiers": '[{"name": "Bronze", "threshold": 5}, {"name": "Silver", "threshold": 9}]'},
+            {},
+            "Tiers: The badge unlocks at its first tier (Bronze, 5), so the requirement&#x27;s "
+            "threshold must be 5, not 3.",
+        ),
+        (
+            {"tiers": '[{"name": "Bronze", "threshold": 3}, {"name": "Silver", "threshold": 9}]'},
+            {"kind": "sequence", "steps": '["a.done", "b.done"]', "threshold": "3"},
+            "Tiers need an aggregate or streak requirement",
+        ),
+        (
+            {"repeat": "week"},
+            {"scope": "day"},
+            "Repeat: Requirement 1: a badge earned every week counts each requirement per week",
+        ),
+        ({"repeat": "year"}, {}, "Select a valid choice"),
+    ],
+)
+def test_tiers_and_repeats_are_checked_against_the_requirements(
+    admin_client, badge, requirement, message
+):
+    data = {**_inline_post(**requirement), **badge}
+    response = admin_client.post("/admin/achievements/badge/add/", data)
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert not Badge.objects.exists()
+
+
+def test_staff_create_a_tiered_badge(admin_client):
+    tiers = '[{"name": "Bronze", "threshold": 3}, {"name": "Silver", "threshold": 9}]'
+    response = admin_client.post(
+        "/admin/achievements/badge/add/", {**_inline_post(), "tiers": tiers, "repeat": ""}
+    )
+    assert response.status_code == 302
+    assert Badge.objects.get().tier_list()[1] == ("Silver", 9)
+
+
 def test_the_badge_change_page_shows_the_threshold_as_typed(admin_client):
     badge = make_places_badge(threshold=5)
     page = admin_client.get(f"/admin/achievements/badge/{badge.pk}/change/").content.decode()
