@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -152,13 +153,17 @@ def apply_event(
             )
         state = progress.apply_fact(spec, row.state, fact, time_zone, is_new_key=is_new_key)
         if state != row.state:
+            if state.get("met") and not (row.state or {}).get("met"):
+                row.met_by = event.event_id  # provenance: the event that met it
             row.state = state
             row.value = progress.measure(spec, state, now, time_zone).value
             row.updated_at = now
             changed_rows.append(row)
             moved_badges.add(requirement.badge_id)
     if changed_rows:
-        RequirementProgress.objects.bulk_update(changed_rows, ["state", "value", "updated_at"])
+        RequirementProgress.objects.bulk_update(
+            changed_rows, ["state", "value", "met_by", "updated_at"]
+        )
 
     requirements_by_badge: dict[int, list[BadgeRequirement]] = defaultdict(list)
     for requirement in all_requirements:
@@ -182,7 +187,15 @@ def apply_event(
         user_badge.target_value = standing.status.target
         user_badge.last_evaluated_at = evaluated_at
         earned = badge.earnings(requirements, states, standing, event.occurred_at, time_zone)
-        for unlock in award(user_badge, badge, earned, event_id=event.pk, now=now):
+        completing = [rows[r.pk].met_by for r in requirements if rows[r.pk].met_by]
+        for unlock in award(
+            user_badge,
+            badge,
+            earned,
+            event_id=event.pk,
+            event_ids=[*completing, event.event_id],
+            now=now,
+        ):
             result.unlock_ids.append(unlock.pk)
             if badge_id not in result.unlocked_badge_ids:
                 result.unlocked_badge_ids.append(badge_id)
@@ -209,6 +222,7 @@ def award(
     earned: list[tuple[str, int]],
     *,
     event_id: int | None,
+    event_ids: list[str],
     now: datetime,
     silent: bool = False,
 ) -> list[Unlock]:
@@ -217,9 +231,14 @@ def award(
     Runs under the user's badge row lock. The row tells which once-only
     earnings are held (completed_at, tier), so those cost no query; a
     repeatable badge's period is checked against its Unlock row, whose
-    unique constraint backs every check. Returns the unlocks created, lowest
-    tier first. `user_badge` is updated; the caller saves it.
+    unique constraint backs every check. Each unlock records the rule version
+    it was evaluated under and `event_ids`, the producer's ids of the events
+    that completed it. Returns the unlocks created, lowest tier first.
+    `user_badge` is updated; the caller saves it.
     """
+    from achievements.versions import current_version
+
+    provenance = list(dict.fromkeys(event_ids))  # in order, once each
     created_unlocks = []
     for period, tier in earned:
         if tier == 1 and user_badge.tier == 0 and user_badge.completed_at is not None:
@@ -230,17 +249,21 @@ def award(
             tier <= user_badge.tier if tier else user_badge.completed_at is not None
         ):
             continue
+        defaults: dict[str, Any] = {
+            "unlocked_at": now,
+            "event_id": event_id,
+            "event_ids": provenance,
+            # Only looked up when the unlock is new (get_or_create calls it).
+            "version": partial(current_version, badge.pk),
+            "silent": silent,
+            "seen_at": now if silent else None,
+        }
         unlock, created = Unlock.objects.get_or_create(
             user_id=user_badge.user_id,
             badge_id=badge.pk,
             period=period,
             tier=tier,
-            defaults={
-                "unlocked_at": now,
-                "event_id": event_id,
-                "silent": silent,
-                "seen_at": now if silent else None,
-            },
+            defaults=defaults,
         )
         if user_badge.completed_at is None:
             user_badge.completed_at = unlock.unlocked_at
@@ -305,7 +328,29 @@ def evaluate_composites(
                 user_badge.target_value = standing.status.target
                 user_badge.last_evaluated_at = now
                 earned = badge.earnings(badge_requirements, states, standing, now, time_zone)
-                created = award(user_badge, badge, earned, event_id=None, now=now, silent=silent)
+                parts = {
+                    part.pk
+                    for r in badge_requirements
+                    if r.kind == "composite"
+                    for part in r.composite_badges.all()
+                }
+                created = award(
+                    user_badge,
+                    badge,
+                    earned,
+                    event_id=None,
+                    event_ids=[
+                        event_id
+                        for ids in Unlock.objects.filter(
+                            user_id=user_id, badge_id__in=parts
+                        ).values_list("event_ids", flat=True)
+                        for event_id in ids
+                    ]
+                    if earned
+                    else [],
+                    now=now,
+                    silent=silent,
+                )
                 if created:
                     changed.append(badge_id)
                     new_unlocks += [unlock.pk for unlock in created]

@@ -29,6 +29,7 @@ from achievements.models import (
 )
 from achievements.preview import preview_requirements
 from achievements.progress import find_cycle
+from achievements.versions import record_version
 
 # What the preview page lets staff edit: the badge's rule, in rule-file form.
 PREVIEW_FIELDS = ("tiers", "repeat", "requirements")
@@ -115,11 +116,44 @@ class BadgeAdmin(admin.ModelAdmin):
     list_editable = ["sort_order"]
     search_fields = ["name", "key", "description"]
     prepopulated_fields = {"key": ["name"]}
-    readonly_fields = ["preview_link"]
+    readonly_fields = ["preview_link", "version_link"]
     inlines = [BadgeRequirementInline]
+    object_history_template = "admin/achievements/badge/object_history.html"
 
     def get_queryset(self, request: HttpRequest):
         return super().get_queryset(request).prefetch_related("requirements")
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        """Record the saved rule as a version, once the requirements are saved too."""
+        super().save_related(request, form, formsets, change)
+        record_version(form.instance, by=request.user, source="admin")
+
+    @admin.display(description="Rule version")
+    def version_link(self, badge: Badge) -> str:
+        latest = badge.versions.order_by("-number").first() if badge.pk else None
+        if latest is None:
+            return "Recorded when the badge is saved."
+        url = reverse("admin:achievements_badge_history", args=[badge.pk])
+        return format_html(
+            '<a href="{}">Version {}</a> ({} of them; every change, with what changed)',
+            url,
+            latest.number,
+            badge.versions.count(),
+        )
+
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """The admin's History page, led by the badge's rule versions and their diffs."""
+        badge = self.get_object(request, object_id)
+        versions = (
+            list(badge.versions.select_related("created_by").order_by("-number")) if badge else []
+        )
+        for version in versions:
+            version.rule_json = json.dumps(version.rule, indent=2, ensure_ascii=False)  # type: ignore[attr-defined]
+        return super().history_view(
+            request, object_id, extra_context={**(extra_context or {}), "versions": versions}
+        )
 
     @admin.display(description="Requirements")
     def requirement_summary(self, badge: Badge) -> str:
@@ -174,7 +208,7 @@ class BadgeAdmin(admin.ModelAdmin):
                     context["problems"] = exc.problems
                 else:
                     if "_apply" in request.POST:
-                        rulefiles.import_badges(document)
+                        rulefiles.import_badges(document, by=request.user, source="admin preview")
                         self.message_user(request, "Rule updated.", messages.SUCCESS)
                         return redirect("admin:achievements_badge_change", badge.pk)
                     context["preview"] = preview_requirements(edited_badge, planned)
@@ -341,6 +375,8 @@ class UnlockAdmin(admin.ModelAdmin):
         "period",
         "tier",
         "earning",
+        "version",
+        "event_ids",
         "unlocked_at",
         "event",
         "silent",

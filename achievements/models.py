@@ -629,6 +629,47 @@ class UserBadge(models.Model):
         return self.completed_at is not None
 
 
+class BadgeVersion(models.Model):
+    """One saved state of a badge's rule, as in a rule file. Immutable.
+
+    Every saved change (admin, rule-file import, the preview's apply) adds a
+    version with who made it and what changed; unlocks point at the version
+    they were evaluated under.
+    """
+
+    badge = models.ForeignKey(Badge, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    rule = models.JSONField(help_text="The badge and its requirements, as in a rule file.")
+    changes = models.JSONField(
+        default=list, help_text="What changed from the version before, a line per field."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    source = models.CharField(
+        max_length=32, help_text="Where the change was made: admin, import, preview ..."
+    )
+
+    class Meta:
+        ordering = ["badge", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["badge", "number"], name="unique_badge_version"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.badge} v{self.number}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise ValueError("Badge versions are immutable; record a new one instead.")
+        super().save(*args, **kwargs)
+
+
 class UnlockQuerySet(models.QuerySet["Unlock"]):
     def badge_ids_of(self, user_id: int) -> set[int]:
         """The badges a user holds (what composites are made of)."""
@@ -658,6 +699,20 @@ class Unlock(models.Model):
         blank=True,
         related_name="unlocks",
         help_text="The event whose evaluation completed the badge.",
+    )
+    version = models.ForeignKey(
+        "BadgeVersion",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="unlocks",
+        help_text="The version of the badge's rule it was evaluated under.",
+    )
+    event_ids = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="The producer's ids of the events that completed it: the one that met "
+        "each requirement, and the one evaluated when it unlocked.",
     )
     silent = models.BooleanField(
         default=False, help_text="Unlocked by a replay or re-evaluation: never toasted."
@@ -863,6 +918,11 @@ class RequirementProgress(models.Model):
     value = models.DecimalField(max_digits=18, decimal_places=4, default=Decimal(0))
     state = models.JSONField(
         default=dict, blank=True, help_text="The incremental state (see achievements/progress.py)."
+    )
+    met_by = models.CharField(
+        max_length=128,
+        blank=True,
+        help_text="The producer's id of the event that first met the requirement.",
     )
     updated_at = models.DateTimeField(auto_now=True)
 

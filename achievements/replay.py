@@ -154,9 +154,13 @@ def _replay_user(
                 user_id=user_id, event_type__in=event_types, processed_at__isnull=False
             )
             .order_by("occurred_at", "pk")
-            .values_list("pk", "event_type", "payload", "occurred_at")
+            .values_list("pk", "event_id", "event_type", "payload", "occurred_at")
         )
-        for event_pk, event_type, payload, occurred_at in events.iterator(chunk_size=2000):
+        producer_ids: dict[int, str] = {}
+        met_by: dict[int, str] = {}
+        for event_pk, producer_id, event_type, payload, occurred_at in events.iterator(
+            chunk_size=2000
+        ):
             report.events += 1
             fact = progress.Fact(event_type, payload, occurred_at)
             touched = set()
@@ -167,12 +171,16 @@ def _replay_user(
                 states[requirement.pk] = progress.fold_in_memory(
                     spec, states[requirement.pk], fact, time_zone, seen[requirement.pk]
                 )
+                if states[requirement.pk].get("met") and requirement.pk not in met_by:
+                    met_by[requirement.pk] = producer_id
                 touched.add(requirement.badge_id)
             touched_badges |= touched
             for badge_id in touched - finished:
                 earned = earnings(badge_id, occurred_at)
                 for period, tier in earned:
-                    earned_by.setdefault((badge_id, period, tier), event_pk)
+                    if (badge_id, period, tier) not in earned_by:
+                        earned_by[(badge_id, period, tier)] = event_pk
+                        producer_ids[event_pk] = producer_id
                 badge = badges[badge_id]
                 if not badge.repeat and len(earned) == max(1, len(badge.tier_list())):
                     finished.add(badge_id)  # every earning it has is in; skip the rest
@@ -198,6 +206,7 @@ def _replay_user(
                     user_id=user_id,
                     requirement_id=requirement.pk,
                     state=states[requirement.pk],
+                    met_by=met_by.get(requirement.pk, ""),
                     value=progress.measure(
                         requirement.spec, states[requirement.pk], now, time_zone
                     ).value,
@@ -233,6 +242,10 @@ def _replay_user(
                     badge,
                     [(period, tier)],
                     event_id=earned_by[(badge_id, period, tier)],
+                    event_ids=[
+                        *(met_by[r.pk] for r in by_badge[badge_id] if r.pk in met_by),
+                        producer_ids[earned_by[(badge_id, period, tier)]],
+                    ],
                     now=now,
                     silent=True,
                 )

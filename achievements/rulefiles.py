@@ -84,13 +84,16 @@ def _requirement_data(requirement: BadgeRequirement) -> dict[str, Any]:
     return data
 
 
-def import_badges(document: Any) -> tuple[int, int]:
+def import_badges(document: Any, *, by: Any = None, source: str = "import") -> tuple[int, int]:
     """Validate the whole document, then write it; nothing is written if anything is wrong.
 
     Badges are matched by key and updated in place; a badge's requirements
     are replaced only when they differ, so unchanged rules keep users'
-    progress. Returns (badges created, badges updated).
+    progress. Each badge whose rule changed gets a new version, made `by`
+    that user from `source`. Returns (badges created, badges updated).
     """
+    from achievements.versions import record_version
+
     planned = validate(document)
     created = updated = 0
     pending: list[BadgeRequirement] = []
@@ -113,6 +116,8 @@ def import_badges(document: Any) -> tuple[int, int]:
         for requirement in pending:
             keys = getattr(requirement, "_part_keys", [])
             requirement.composite_badges.set(Badge.objects.filter(key__in=keys))
+        for badge, _ in planned:
+            record_version(badge, by=by, source=source)
     return created, updated
 
 

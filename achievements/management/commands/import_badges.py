@@ -26,7 +26,7 @@ class Command(BaseCommand):
         except (ValueError, RecursionError) as exc:
             raise CommandError(f"FILE: not valid JSON: {exc}.") from None
         try:
-            created, updated = import_badges(document)
+            created, updated = import_badges(document, source="import_badges")
         except RuleFileError as exc:
             raise CommandError(
                 f"{len(exc.problems)} problem(s), nothing imported: " + "; ".join(exc.problems)

@@ -122,7 +122,7 @@ class Command(BaseCommand):
 
         # Through the rule-file import, which keeps requirements that did not
         # change, so re-seeding does not throw away users' progress.
-        import_badges(document(DEMO_BADGES))
+        import_badges(document(DEMO_BADGES), source="seed_demo")
 
         logins = [("alice", False), ("bob", False), ("admin", True)]
         for username, is_staff in logins:

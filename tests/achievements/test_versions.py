@@ -1,0 +1,139 @@
+"""Rule versions and unlock provenance (issue 6: who changed what, and what an unlock rests on)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from achievements.actions import evaluate_event
+from achievements.events import record_event
+from achievements.models import Badge, BadgeRequirement, BadgeVersion, Unlock
+from achievements.rulefiles import document, export_badges, import_badges
+from achievements.versions import diff, record_version
+from tests.achievements.test_admin import _inline_post
+from tests.factories import make_badge
+
+
+@pytest.fixture
+def admin_client(client, db):
+    from django.contrib.auth import get_user_model
+
+    client.force_login(get_user_model().objects.create_superuser("boss", "b@example.com", "pw"))
+    return client
+
+
+def test_every_saved_change_in_the_admin_is_a_version_with_who_and_what(admin_client):
+    admin_client.post("/admin/achievements/badge/add/", _inline_post())
+    badge = Badge.objects.get(key="photo_fan")
+    [first] = badge.versions.all()
+    assert (first.number, first.source, first.changes) == (1, "admin", ["first version"])
+    assert first.created_by and first.created_by.username == "boss"
+    assert first.rule["requirements"][0]["threshold"] == "3"
+
+    requirement = badge.requirements.get()
+    data = _inline_post(threshold="5", id=str(requirement.pk), badge=str(badge.pk))
+    data["requirements-INITIAL_FORMS"] = "1"
+    url = f"/admin/achievements/badge/{badge.pk}/change/"
+    assert admin_client.post(url, data).status_code == 302
+    second = badge.versions.get(number=2)
+    assert second.changes == ['requirements[0].threshold: "3" → "5"']
+    # Saving without a change adds no version.
+    assert admin_client.post(url, data).status_code == 302
+    assert badge.versions.count() == 2
+
+    page = admin_client.get(f"/admin/achievements/badge/{badge.pk}/history/").content.decode()
+    assert "Rule versions" in page and "v2" in page
+    assert "requirements[0].threshold: &quot;3&quot; → &quot;5&quot;" in page
+    change_page = admin_client.get(url).content.decode()
+    assert "Version 2</a> (2 of them" in change_page
+
+
+def test_imports_record_versions_and_unchanged_files_do_not(db):
+    make_badge(key="visitor", requirements=[{"event_type": "visit.created", "threshold": 1}])
+    exported = export_badges()
+    import_badges(exported)
+    badge = Badge.objects.get(key="visitor")
+    assert list(badge.versions.values_list("number", "source")) == [(1, "import")]
+    import_badges(exported)
+    assert badge.versions.count() == 1
+    exported["badges"][0]["requirements"].append({"event_type": "image.posted", "threshold": "2"})
+    exported["badges"][0]["tiers"] = []
+    import_badges(exported, source="import_badges")
+    latest = badge.versions.get(number=2)
+    assert latest.source == "import_badges"
+    assert latest.changes[0].startswith('requirements[1]: added {"aggregation": "count"')
+
+
+def test_diff_names_each_changed_field():
+    old = {"name": "A", "tiers": [], "requirements": [{"threshold": "1"}, {"threshold": "2"}]}
+    new = {"name": "B", "repeat": "week", "requirements": [{"threshold": "1"}]}
+    assert diff(old, new) == [
+        'name: "A" → "B"',
+        "tiers: [] → (none)",
+        'requirements[1]: removed {"threshold": "2"}',
+        'repeat: (none) → "week"',
+    ]
+
+
+def test_versions_are_immutable(db):
+    badge = make_badge(
+        key="visitor", requirements=[{"event_type": "visit.created", "threshold": 1}]
+    )
+    version = record_version(badge, source="test")
+    with pytest.raises(ValueError, match="immutable"):
+        version.save()
+
+
+def test_an_unlock_records_its_rule_version_and_the_events_that_completed_it(owner):
+    badge = make_badge(
+        key="both",
+        requirements=[
+            {"event_type": "visit.created", "threshold": 2},
+            {"event_type": "image.posted", "threshold": 1},
+        ],
+    )
+    version = record_version(badge, source="test")
+    for event_id, event_type in [
+        ("v-1", "visit.created"),
+        ("v-2", "visit.created"),  # meets the visits requirement
+        ("v-3", "visit.created"),
+        ("i-1", "image.posted"),  # meets the last one: unlocks
+    ]:
+        evaluate_event(record_event(owner, event_type, event_id=event_id).event.pk)
+    unlock = Unlock.objects.get(badge=badge)
+    assert (unlock.version, unlock.event_ids) == (version, ["v-2", "i-1"])
+
+    # A composite rests on the events its parts rested on.
+    whole = make_badge(key="whole", requirements=[])
+    BadgeRequirement.objects.create(
+        badge=whole, kind="composite", threshold=0
+    ).composite_badges.set([badge])
+    other = make_badge(key="later", requirements=[{"event_type": "visit.created", "threshold": 1}])
+    evaluate_event(record_event(owner, "visit.created", event_id="v-4").event.pk)
+    assert Unlock.objects.get(badge=other).event_ids == ["v-4"]
+    # The composite was added after its part unlocked: a replay awards it.
+    from achievements.replay import replay_events
+
+    replay_events()
+    composite_unlock = Unlock.objects.get(badge=whole)
+    assert composite_unlock.event_ids == ["v-2", "i-1"]
+    # First unlock of a badge nobody saved through the admin or a file: v1 is recorded.
+    assert composite_unlock.version == BadgeVersion.objects.get(badge=whole, number=1)
+    assert composite_unlock.version.source == "first unlock"
+
+
+def test_the_preview_apply_is_a_version_by_the_staff_member(admin_client):
+    badge = make_badge(
+        key="visitor", requirements=[{"event_type": "visit.created", "threshold": 1}]
+    )
+    rule = {"requirements": [{"event_type": "visit.created", "threshold": "4"}]}
+    response = admin_client.post(
+        f"/admin/achievements/badge/{badge.pk}/preview/",
+        {"rule": json.dumps(rule), "_apply": "Apply"},
+    )
+    assert response.status_code == 302
+    [version] = badge.versions.all()
+    assert version.created_by is not None
+    assert (version.source, version.created_by.username) == ("admin preview", "boss")
+    assert import_badges(document([version.rule])) == (0, 1)  # a version re-imports as is
