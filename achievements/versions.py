@@ -76,9 +76,9 @@ def _walk(path: str, old: Any, new: Any, lines: list[str]) -> None:
                 lines,
             )
         return
-    if path == "requirements" and isinstance(old, list) and isinstance(new, list):
+    if isinstance(old, list) and isinstance(new, list):
         for index in range(max(len(old), len(new))):
-            where = f"requirements[{index}]"
+            where = f"{path}[{index}]"
             if index >= len(old):
                 lines.append(f"{where}: added {_show(new[index])}")
             elif index >= len(new):

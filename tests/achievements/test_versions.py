@@ -66,11 +66,21 @@ def test_imports_record_versions_and_unchanged_files_do_not(db):
 
 
 def test_diff_names_each_changed_field():
-    old = {"name": "A", "tiers": [], "requirements": [{"threshold": "1"}, {"threshold": "2"}]}
-    new = {"name": "B", "repeat": "week", "requirements": [{"threshold": "1"}]}
+    old = {
+        "name": "A",
+        "tiers": [{"name": "Bronze", "threshold": 5}, {"name": "Gold", "threshold": 12}],
+        "requirements": [{"threshold": "1", "steps": ["a.b", "c.d"]}, {"threshold": "2"}],
+    }
+    new = {
+        "name": "B",
+        "tiers": [{"name": "Bronze", "threshold": 5}, {"name": "Gold", "threshold": 11}],
+        "repeat": "week",
+        "requirements": [{"threshold": "1", "steps": ["a.b", "e.f"]}],
+    }
     assert diff(old, new) == [
         'name: "A" → "B"',
-        "tiers: [] → (none)",
+        "tiers[1].threshold: 12 → 11",
+        'requirements[0].steps[1]: "c.d" → "e.f"',
         'requirements[1]: removed {"threshold": "2"}',
         'repeat: (none) → "week"',
     ]
