@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -16,7 +17,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import time_zone_for
-from achievements import context, progress, realtime
+from achievements import context, metrics, progress, realtime
 from achievements.index import requirement_ids_watching
 from achievements.models import (
     Badge,
@@ -53,6 +54,7 @@ def evaluate_event(event_pk: int) -> Evaluation | None:
     2. Apply it to the user's progress (apply_event), in the user's time zone.
     3. After commit, push the new progress and any unlock to the user's pages.
     """
+    started = time.perf_counter()
     with transaction.atomic():
         now = timezone.now()
         claimed = Event.objects.filter(
@@ -80,6 +82,8 @@ def evaluate_event(event_pk: int) -> Evaluation | None:
                 ),
                 robust=True,
             )
+    metrics.incr("accolade_events_processed_total")
+    metrics.observe("accolade_evaluation_seconds", [time.perf_counter() - started])
     if result.unlocked_badge_ids:
         logger.info(
             "User %s unlocked badges %s with event %s",
@@ -271,6 +275,10 @@ def award(
         user_badge.tier = max(user_badge.tier, tier)
         if created:
             created_unlocks.append(unlock)
+    if created_unlocks:
+        transaction.on_commit(
+            partial(metrics.incr, "accolade_unlocks_total", len(created_unlocks)), robust=True
+        )
     return created_unlocks
 
 
@@ -443,6 +451,7 @@ def record_evaluation_crash(event_pk: int, starts: int) -> bool:
             ),
         )
     if updated:
+        metrics.incr("accolade_events_dead_lettered_total")
         logger.error("Event %s dead-lettered: evaluating it killed the worker", event_pk)
     return True
 
@@ -474,6 +483,9 @@ def record_evaluation_failure(event_pk: int, error: str) -> Failure:
                 attempts=attempts, last_error=error, dead_lettered_at=now, retry_at=None
             )
             logger.error("Event %s dead-lettered after %s attempts", event_pk, attempts)
+            transaction.on_commit(
+                partial(metrics.incr, "accolade_events_dead_lettered_total"), robust=True
+            )
             return Failure(attempts=attempts, dead_lettered=True, retry_in=None)
         delay = retry_delay(attempts)
         Event.objects.filter(pk=event_pk).update(

@@ -21,7 +21,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.utils import timezone
 
-from achievements import rules
+from achievements import metrics, rules
 from achievements.models import DedupRule, Event, ExternalIdentity
 
 logger = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ def _record(
                 subject.fingerprint_key, event_type, payload, occurred_at
             )
             if earlier is not None:
+                metrics.incr("accolade_events_deduplicated_total")
                 return RecordedEvent(earlier, created=False)
             event = Event.objects.create(
                 event_id=event_id,
@@ -178,13 +179,23 @@ def _record(
                 "event_id",
                 f"{event_id!r} was already used for a different user or event type",
             ) from None
+        metrics.incr("accolade_events_deduplicated_total")
         return RecordedEvent(existing, created=False)
 
-    if subject.user_id is not None:
-        # robust: a failing hand-off must not turn the producer's committed
-        # request into an error; the event row stays unprocessed in the outbox.
-        transaction.on_commit(partial(enqueue_evaluation, event.pk), robust=True)
+    # robust: a failing hand-off must not turn the producer's committed
+    # request into an error; the event row stays unprocessed in the outbox.
+    # Events for a producer id nobody is linked to yet wait for the link.
+    transaction.on_commit(
+        partial(_committed, event.pk if subject.user_id is not None else None), robust=True
+    )
     return RecordedEvent(event, created=True)
+
+
+def _committed(event_pk: int | None) -> None:
+    """Once the producer's transaction commits: count the event and hand it to the evaluator."""
+    metrics.incr("accolade_events_received_total")
+    if event_pk is not None:
+        enqueue_evaluation(event_pk)
 
 
 def _near_duplicate(

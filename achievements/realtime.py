@@ -25,6 +25,7 @@ from typing import Any
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
+from achievements import metrics
 from achievements.cards import cards_for_user, toasts_for
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,22 @@ def notify_badge_changes(
         from achievements.actions import mark_unlocks_delivered
 
         mark_unlocks_delivered([pk for pk, _, _, _ in unlocks])
+        _observe_latency([pk for pk, _, _, _ in unlocks])
+
+
+def _observe_latency(unlock_ids: list[int]) -> None:
+    """Event received → unlock pushed, for the unlocks an event caused (not composites)."""
+    from django.utils import timezone
+
+    from achievements.models import Unlock
+
+    now = timezone.now()
+    received = Unlock.objects.filter(pk__in=unlock_ids, event__isnull=False).values_list(
+        "event__received_at", flat=True
+    )
+    metrics.observe(
+        "accolade_unlock_latency_seconds", [(now - at).total_seconds() for at in received]
+    )
 
 
 def send_to_group(group: str, messages: list[dict[str, Any]]) -> bool:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import traceback
+from typing import Any
 
 from celery import shared_task
-from celery.signals import task_postrun
+from celery.signals import task_postrun, worker_ready, worker_shutting_down
 from django.core.cache import cache
 
-from achievements import actions, context
+from achievements import actions, context, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -80,3 +83,26 @@ def sweep_stranded_events_task() -> int:
 def reset_task_context(**kwargs: object) -> None:
     """Forget task-scoped context after every task, whether it succeeded or failed."""
     context.reset()
+
+
+_heartbeat_stop = threading.Event()
+
+
+@worker_ready.connect
+def start_heartbeat(sender: Any = None, **kwargs: object) -> None:
+    """Tell /healthz and /metrics this worker is alive, every few seconds (main process)."""
+    hostname = str(getattr(sender, "hostname", "") or socket.gethostname())
+
+    def beat() -> None:
+        while not _heartbeat_stop.is_set():
+            metrics.heartbeat(hostname)
+            _heartbeat_stop.wait(metrics.WORKER_HEARTBEAT_SECONDS)
+        metrics.forget_worker(hostname)
+
+    _heartbeat_stop.clear()
+    threading.Thread(target=beat, name="accolade-heartbeat", daemon=True).start()
+
+
+@worker_shutting_down.connect
+def stop_heartbeat(**kwargs: object) -> None:
+    _heartbeat_stop.set()

@@ -51,6 +51,8 @@ SECURE_PROXY_SSL_HEADER = (
     ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("TRUST_X_FORWARDED_PROTO", not DEBUG) else None
 )
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+# Load balancers probe over plain HTTP inside the network; a redirect is not an answer.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_HTTPONLY = True  # pages send the token from the template, never from the cookie
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
@@ -135,6 +137,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 _redis = redis_urls("REDIS_URL")
 ACCOLADE_EMBEDDED = _redis is None
+# One URL per role (broker, cache, channels); None in the embedded mode.
+ACCOLADE_REDIS = _redis
 # How recorded events reach the evaluator: "celery" (a worker, through the
 # broker), "thread" (a background thread of this process; the embedded mode)
 # or "sync" (inline after commit; tests).

@@ -10,6 +10,7 @@ import json
 import threading
 import time
 
+import httpx
 import pytest
 
 from tests.integration.stack import SignedInClient, Topology
@@ -207,6 +208,9 @@ def test_events_recorded_while_redis_is_down_are_processed_once_when_it_returns(
         topology.wait_until(UNPROCESSED, 0, timeout=30)
 
         topology.stop_redis()
+        health = httpx.get(f"{topology.base_url}/healthz", timeout=10)
+        assert health.status_code == 503
+        assert health.json()["checks"]["redis"] == "failing"
         for place in places[1:7]:
             response = client.log_visit(place)  # asserts 200: recording still succeeds
             assert "logged" in response.text

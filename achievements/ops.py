@@ -1,0 +1,77 @@
+"""Operations endpoints: /healthz for load balancers and /metrics for Prometheus."""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from achievements import metrics
+
+logger = logging.getLogger(__name__)
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    """200 when the database, Redis and at least one worker answer; 503 naming what fails.
+
+    Public, so it says only which part fails; the reason goes to the log.
+    """
+    checks: dict[str, str] = {}
+    healthy = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = "ok"
+    except Exception:
+        logger.exception("Health check: the database does not answer")
+        checks["database"] = "failing"
+        healthy = False
+    if getattr(settings, "ACCOLADE_EMBEDDED", True):
+        checks["redis"] = "not used (embedded mode)"
+        checks["workers"] = "in-process (embedded mode)"
+    else:
+        try:
+            metrics.redis_client().ping()
+            checks["redis"] = "ok"
+        except Exception:
+            logger.exception("Health check: Redis does not answer")
+            checks["redis"] = "failing"
+            healthy = False
+        try:
+            alive = metrics.live_workers()
+        except Exception:
+            alive = []
+        checks["workers"] = f"{len(alive)} alive" if alive else "none alive"
+        healthy = healthy and bool(alive)
+    return JsonResponse(
+        {"status": "ok" if healthy else "failing", "checks": checks},
+        status=200 if healthy else 503,
+    )
+
+
+@never_cache
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus text format, for staff or an API key (`Authorization: Bearer KEY`)."""
+    from api.auth import authenticate
+
+    user = getattr(request, "user", None)
+    allowed = (user is not None and user.is_active and user.is_staff) or (
+        authenticate(request) is not None
+    )
+    if not allowed:
+        response = HttpResponse(
+            "Metrics are not public: sign in as staff, or send an API key as "
+            "'Authorization: Bearer KEY'.\n",
+            status=401,
+            content_type="text/plain; charset=utf-8",
+        )
+        response["WWW-Authenticate"] = 'Bearer realm="accolade"'
+        return response
+    return HttpResponse(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
