@@ -14,7 +14,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from achievements import rulefiles
+from achievements import reevaluation, rulefiles
 from achievements.actions import LinkConflict, link_external_identity, redrive_events
 from achievements.models import (
     Badge,
@@ -23,6 +23,7 @@ from achievements.models import (
     Event,
     EventType,
     ExternalIdentity,
+    Reevaluation,
     Unlock,
     UserBadge,
     format_number,
@@ -33,6 +34,30 @@ from achievements.versions import record_version
 
 # What the preview page lets staff edit: the badge's rule, in rule-file form.
 PREVIEW_FIELDS = ("tiers", "repeat", "requirements")
+
+
+class ReevaluationForm(forms.Form):
+    since = forms.DateTimeField(
+        required=False,
+        help_text="Only users with events on or after this (YYYY-MM-DD or YYYY-MM-DD HH:MM). "
+        "Empty: from the first event.",
+    )
+    until = forms.DateTimeField(
+        required=False, help_text="Only users with events before this. Empty: up to now."
+    )
+    notify = forms.ChoiceField(
+        label="Users who newly qualify",
+        choices=[("silent", "Unlock silently"), ("notify", "Unlock and notify them (a toast)")],
+        initial="silent",
+        widget=forms.RadioSelect,
+    )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        since, until = cleaned.get("since"), cleaned.get("until")
+        if since and until and since >= until:
+            self.add_error("until", "Give a time after the start of the range.")
+        return cleaned
 
 
 class BadgeRequirementForm(forms.ModelForm):
@@ -118,6 +143,7 @@ class BadgeAdmin(admin.ModelAdmin):
     prepopulated_fields = {"key": ["name"]}
     readonly_fields = ["preview_link", "version_link"]
     inlines = [BadgeRequirementInline]
+    actions = ["reevaluate"]
     object_history_template = "admin/achievements/badge/object_history.html"
 
     def get_queryset(self, request: HttpRequest):
@@ -172,7 +198,52 @@ class BadgeAdmin(admin.ModelAdmin):
             self.admin_site.admin_view(self.preview_view),
             name="achievements_badge_preview",
         )
-        return [preview, *super().get_urls()]
+        reevaluate = path(
+            "reevaluate/",
+            self.admin_site.admin_view(self.reevaluate_view),
+            name="achievements_badge_reevaluate",
+        )
+        return [preview, reevaluate, *super().get_urls()]
+
+    @admin.action(description="Re-evaluate history of selected badges", permissions=["change"])
+    def reevaluate(self, request: HttpRequest, queryset: QuerySet[Badge]) -> HttpResponse:
+        ids = ",".join(str(pk) for pk in queryset.values_list("pk", flat=True))
+        return redirect(f"{reverse('admin:achievements_badge_reevaluate')}?ids={ids}")
+
+    def reevaluate_view(self, request: HttpRequest) -> HttpResponse:
+        """Choose the date range and whether to notify, then start the job."""
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        raw = (
+            request.POST.getlist("badge")
+            if request.method == "POST"
+            else (request.GET.get("ids", "").split(","))
+        )
+        ids = [int(value) for value in raw if value.strip().isdigit()]
+        badges = list(Badge.objects.active().filter(pk__in=ids))
+        if not badges:
+            self.message_user(
+                request, "Choose one or more active badges to re-evaluate.", messages.WARNING
+            )
+            return redirect("admin:achievements_badge_changelist")
+        form = ReevaluationForm(request.POST if request.method == "POST" else None)
+        if request.method == "POST" and form.is_valid():
+            job = reevaluation.start(
+                badges,
+                since=form.cleaned_data["since"],
+                until=form.cleaned_data["until"],
+                notify=form.cleaned_data["notify"] == "notify",
+                by=request.user,
+            )
+            return redirect("admin:achievements_reevaluation_change", job.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "badges": badges,
+            "form": form,
+            "opts": self.model._meta,
+            "title": "Re-evaluate history",
+        }
+        return TemplateResponse(request, "admin/achievements/reevaluation/start.html", context)
 
     def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Edit a badge's requirements as JSON, see what the change would do, then apply it."""
@@ -468,3 +539,61 @@ class ExternalIdentityAdmin(admin.ModelAdmin):
             f"Linked {obj.external_id} to {user}; {count} waiting event(s) queued.",
             messages.SUCCESS,
         )
+
+
+@admin.register(Reevaluation)
+class ReevaluationAdmin(admin.ModelAdmin):
+    """Re-evaluation jobs: started from the Badge list (action), watched and cancelled here."""
+
+    list_display = ["__str__", "state", "progress_text", "created_at", "created_by"]
+    list_filter = ["state"]
+    list_select_related = ["created_by"]
+
+    @admin.display(description="Progress")
+    def progress_text(self, job: Reevaluation) -> str:
+        return f"{job.percent}% ({job.events_done} of {job.events_total} events)"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Reevaluation | None = None) -> bool:
+        return False
+
+    def get_urls(self) -> list[Any]:
+        cancel = path(
+            "<path:object_id>/cancel/",
+            self.admin_site.admin_view(self.cancel_view),
+            name="achievements_reevaluation_cancel",
+        )
+        return [cancel, *super().get_urls()]
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        """The job's page: live progress over the socket, then its reconciliation report."""
+        job = self.get_object(request, object_id)
+        if job is None:
+            raise Http404("No such re-evaluation.")
+        if not self.has_view_permission(request, job):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "job": job,
+            "opts": self.model._meta,
+            "title": str(job),
+        }
+        return TemplateResponse(request, "admin/achievements/reevaluation/job.html", context)
+
+    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if request.method != "POST":
+            return redirect("admin:achievements_reevaluation_change", object_id)
+        job = self.get_object(request, object_id)
+        if job is None:
+            raise Http404("No such re-evaluation.")
+        if not self.has_change_permission(request, job):
+            raise PermissionDenied
+        if reevaluation.cancel(job.pk):
+            self.message_user(request, "Cancelling: the job stops before its next user.")
+        else:
+            self.message_user(request, "The job had already ended.", messages.WARNING)
+        return redirect("admin:achievements_reevaluation_change", job.pk)

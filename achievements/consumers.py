@@ -148,3 +148,62 @@ def _catch_up_data(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     cards = cards_for_user(user_id, changed_since=since) if since else []
     return cards, unseen_unlocks(user_id, limit=CATCH_UP_LIMIT)
+
+
+CLOSE_FORBIDDEN = 4403
+
+
+class ReevaluationConsumer(AsyncWebsocketConsumer):
+    """A staff page watching one re-evaluation job: its progress panel, as it changes.
+
+    On connect the page gets the job's stored state, so a reload (or a
+    reconnect) shows where the job is even if no push comes for a while.
+    """
+
+    group_name: str | None = None
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.accept()
+            await self.close(code=CLOSE_NOT_AUTHENTICATED)
+            return
+        if not await database_sync_to_async(_may_watch_jobs)(user):
+            await self.accept()
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        from achievements import reevaluation
+
+        realtime.register_server_loop(asyncio.get_running_loop())
+        job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
+        self.group_name = reevaluation.group(job_id)
+        await self.channel_layer.group_add(self.group_name, self.channel_name)
+        await self.accept()
+        panel = await database_sync_to_async(_panel)(job_id)
+        if panel:
+            await self.send(text_data=panel)
+
+    async def disconnect(self, code: int) -> None:
+        if self.group_name:
+            await self.channel_layer.group_discard(self.group_name, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        return  # nothing is accepted from the page
+
+    async def reevaluation_progress(self, message: dict[str, Any]) -> None:
+        await self.send(text_data=message["html"])
+
+
+def _may_watch_jobs(user: Any) -> bool:
+    return bool(
+        user.is_active and user.is_staff and user.has_perm("achievements.view_reevaluation")
+    )
+
+
+def _panel(job_id: int) -> str:
+    from achievements.models import Reevaluation
+
+    job = Reevaluation.objects.filter(pk=job_id).first()
+    if job is None:
+        return ""
+    return render_to_string("admin/achievements/reevaluation/progress.html", {"job": job})

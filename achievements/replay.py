@@ -6,12 +6,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import time_zone_for
-from achievements import progress
+from achievements import progress, realtime
 from achievements.actions import (
     USER_BADGE_FIELDS,
     award,
@@ -38,35 +39,38 @@ class ReplayReport:
     users: int = 0
     events: int = 0
     newly_unlocked: list[tuple[int, int]] = field(default_factory=list)
+    # Each new earning: (user, badge, tier, period); a badge may earn several.
+    newly_earned: list[tuple[int, int, int, str]] = field(default_factory=list)
     no_longer_qualifying: list[tuple[int, int]] = field(default_factory=list)
 
 
-def replay_events(
+@dataclass
+class ReplayPlan:
+    """What a replay covers: the requirements, the event types they watch, the users."""
+
+    requirements: list[BadgeRequirement]
+    event_types: list[str]
+    user_ids: list[int]
+
+    def events(self) -> int:
+        """How many stored events the replay will fold (for progress reports)."""
+        if not self.user_ids:
+            return 0
+        return Event.objects.filter(
+            user_id__in=self.user_ids,
+            event_type__in=self.event_types,
+            processed_at__isnull=False,
+        ).count()
+
+
+def plan_replay(
     *,
     since: datetime | None = None,
+    until: datetime | None = None,
     badge_keys: list[str] | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> ReplayReport:
-    """Recompute progress from processed events, for every user or those active since `since`.
-
-    1. Pick the badges (all active ones, or those named) and the event types
-       their requirements watch.
-    2. Pick the users: everyone with a processed event of those types, or
-       only those with one on or after `since`. Each chosen user's progress is
-       rebuilt from their whole history, since an all-time count cannot be
-       rebuilt from part of it.
-    3. Per user, in one transaction holding the same row locks as live
-       evaluation: fold their events in `occurred_at` order through the pure
-       rules, then replace the stored progress and distinct values.
-    4. A badge the rebuilt progress completes, and that is not yet unlocked,
-       is unlocked silently: no toast, and marked seen. A badge already
-       unlocked stays unlocked even if the rebuilt progress falls short; it
-       is reported, never revoked.
-
-    Only processed events are replayed: a pending one will be counted by its
-    own evaluation, and counting it here as well would count it twice. Live
-    evaluation can run alongside: the row locks serialise the two per user.
-    """
+) -> ReplayPlan:
+    """The badges (all active ones, or those named), their event types, and the users
+    with a processed event of those types (occurring within [since, until] if given)."""
     badges = Badge.objects.active()
     if badge_keys:
         # Inactive badges are not evaluated live, so they are not replayed either.
@@ -81,22 +85,65 @@ def replay_events(
         .order_by("pk")
     )
     event_types = sorted({t for requirement in requirements for t in requirement.watched_types()})
-    report = ReplayReport()
     if not requirements:
-        return report
-
-    users = Event.objects.filter(event_type__in=event_types, processed_at__isnull=False)
+        return ReplayPlan(requirements, event_types, [])
+    users = Event.objects.filter(
+        event_type__in=event_types, processed_at__isnull=False, user__isnull=False
+    )
     if since is not None:
         users = users.filter(occurred_at__gte=since)
+    if until is not None:
+        users = users.filter(occurred_at__lt=until)
     user_ids = sorted(set(users.values_list("user_id", flat=True)))
-    for done, user_id in enumerate(user_ids, start=1):
-        _replay_user(user_id, requirements, event_types, report)
+    return ReplayPlan(requirements, event_types, user_ids)
+
+
+def replay_events(
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    badge_keys: list[str] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    silent: bool = True,
+    plan: ReplayPlan | None = None,
+    report: ReplayReport | None = None,
+) -> ReplayReport:
+    """Recompute progress from processed events, for every user or those active in a range.
+
+    1. Pick the badges (all active ones, or those named) and the event types
+       their requirements watch (plan_replay).
+    2. Pick the users: everyone with a processed event of those types, or
+       only those with one on or after `since` (and before `until`). Each
+       chosen user's progress is rebuilt from their whole history, since an
+       all-time count cannot be rebuilt from part of it.
+    3. Per user, in one transaction holding the same row locks as live
+       evaluation: fold their events in `occurred_at` order through the pure
+       rules, then replace the stored progress and distinct values.
+    4. A badge the rebuilt progress completes, and that is not yet unlocked,
+       is unlocked: silently by default (no toast, marked seen); with
+       `silent=False` the user's pages are told, as for a live unlock. A badge
+       already unlocked stays unlocked even if the rebuilt progress falls
+       short; it is reported, never revoked.
+
+    `on_progress(users done, users in all)` runs after each user; raising
+    from it stops the replay there (users done so far stay done). Only
+    processed events are replayed: a pending one will be counted by its own
+    evaluation, and counting it here as well would count it twice. Live
+    evaluation can run alongside: the row locks serialise the two per user.
+    """
+    plan = plan or plan_replay(since=since, until=until, badge_keys=badge_keys)
+    report = report if report is not None else ReplayReport()
+    if not plan.requirements:
+        return report
+    for done, user_id in enumerate(plan.user_ids, start=1):
+        _replay_user(user_id, plan.requirements, plan.event_types, report, silent=silent)
         held = sorted(Unlock.objects.badge_ids_of(user_id))
-        for badge_id in evaluate_composites(user_id, held, silent=True):
+        for badge_id in evaluate_composites(user_id, held, silent=silent):
             report.newly_unlocked.append((user_id, badge_id))
+            report.newly_earned.append((user_id, badge_id, 0, ""))
         report.users += 1
         if on_progress:
-            on_progress(done, len(user_ids))
+            on_progress(done, len(plan.user_ids))
     return report
 
 
@@ -105,6 +152,8 @@ def _replay_user(
     requirements: list[BadgeRequirement],
     event_types: list[str],
     report: ReplayReport,
+    *,
+    silent: bool = True,
 ) -> None:
     time_zone = time_zone_for(user_id)
     now = timezone.now()
@@ -222,6 +271,7 @@ def _replay_user(
         ]
         UserBadge.objects.filter(user_id=user_id, badge_id__in=untouched).delete()
 
+        announced: list[int] = []
         held = set(
             Unlock.objects.filter(user_id=user_id, badge_id__in=badge_ids).values_list(
                 "badge_id", "period", "tier"
@@ -247,10 +297,14 @@ def _replay_user(
                         producer_ids[earned_by[(badge_id, period, tier)]],
                     ],
                     now=now,
-                    silent=True,
+                    silent=silent,
                 )
                 if created:
                     report.newly_unlocked.append((user_id, badge_id))
+                    announced += [unlock.pk for unlock in created]
+                    report.newly_earned += [
+                        (user_id, badge_id, unlock.tier, unlock.period) for unlock in created
+                    ]
             # Earnings the rebuilt progress no longer justifies are reported, never revoked.
             # An unlock from before the badge had tiers or repeated stands
             # while the badge is earned in any way.
@@ -265,3 +319,13 @@ def _replay_user(
             [user_badges[badge_id] for badge_id in badge_ids if badge_id not in untouched],
             USER_BADGE_FIELDS,
         )
+        if announced and not silent:
+            transaction.on_commit(
+                partial(
+                    realtime.notify_badge_changes,
+                    user_id=user_id,
+                    badge_ids=badge_ids,
+                    unlock_ids=announced,
+                ),
+                robust=True,
+            )

@@ -74,6 +74,22 @@ def _count_start(event_pk: int) -> int:
         return 0
 
 
+@shared_task(
+    name="achievements.run_reevaluation",
+    ignore_result=True,
+    acks_late=True,
+    # A long job: no time limit. If its worker dies, the message comes back
+    # and the job is taken again once its heartbeat is stale (the replay is
+    # idempotent per user).
+    soft_time_limit=None,
+    time_limit=None,
+)
+def run_reevaluation_task(job_id: int) -> None:
+    from achievements import reevaluation
+
+    reevaluation.run(job_id)
+
+
 @shared_task(name="achievements.sweep_stranded_events", ignore_result=True)
 def sweep_stranded_events_task() -> int:
     return actions.sweep_stranded_events()
