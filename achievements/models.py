@@ -1006,6 +1006,7 @@ class Reevaluation(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        verbose_name = "re-evaluation"
 
     def __str__(self) -> str:
         return f"Re-evaluation #{self.pk}"

@@ -223,6 +223,11 @@ ACCOLADE_RETRY_BASE_SECONDS = env_int("ACCOLADE_RETRY_BASE_SECONDS", 2, minimum=
 ACCOLADE_RETRY_MAX_SECONDS = env_int("ACCOLADE_RETRY_MAX_SECONDS", 300, minimum=0)
 # Unprocessed events older than this, with no retry pending, count as stranded.
 ACCOLADE_SWEEP_AGE_SECONDS = env_int("ACCOLADE_SWEEP_AGE_SECONDS", 300, minimum=1)
+# Re-evaluation jobs replay at most this many events a second (0: no cap), so
+# live evaluation keeps the worker while they run.
+ACCOLADE_REEVALUATION_MAX_EVENTS_PER_SECOND = env_int(
+    "ACCOLADE_REEVALUATION_MAX_EVENTS_PER_SECOND", 2000, minimum=0
+)
 CELERY_RESULT_EXTENDED = True
 CELERY_TIMEZONE = "UTC"
 
