@@ -597,3 +597,7 @@ class ReevaluationAdmin(admin.ModelAdmin):
         else:
             self.message_user(request, "The job had already ended.", messages.WARNING)
         return redirect("admin:achievements_reevaluation_change", job.pk)
+
+
+# The admin's front page links to the product reports for those allowed to see them.
+admin.site.index_template = "admin/accolade_index.html"

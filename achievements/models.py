@@ -728,6 +728,7 @@ class Unlock(models.Model):
 
     class Meta:
         ordering = ["-unlocked_at", "-id"]
+        permissions = [("view_reports", "Can view achievement reports")]
         constraints = [
             models.UniqueConstraint(
                 fields=["user", "badge", "period", "tier"], name="unique_unlock"

@@ -6,10 +6,12 @@ from django.contrib import admin
 from django.urls import URLPattern, URLResolver, include, path
 
 from achievements import ops
+from achievements.report_views import reports_view
 
 urlpatterns: list[URLPattern | URLResolver] = [
     path("healthz", ops.healthz, name="healthz"),
     path("metrics", ops.metrics_view, name="metrics"),
+    path("admin/reports/", admin.site.admin_view(reports_view), name="reports"),
     path("admin/", admin.site.urls),
     path("accounts/", include("accounts.urls")),
     path("places/", include("examples.places.urls")),

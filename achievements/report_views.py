@@ -1,0 +1,85 @@
+"""The reports page (staff with the "view reports" permission) and its CSV exports."""
+
+from __future__ import annotations
+
+import csv
+from typing import Any
+
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.views.decorators.http import require_GET
+
+from achievements import reports
+from achievements.models import Badge
+
+EXPORTS = {
+    "unlocks": ("period", "unlocks", "cumulative"),
+    "rarity": ("badge", "key", "tier", "holders", "active_users", "percent"),
+    "near_misses": ("user", "badge", "percent", "current", "target"),
+}
+SORTS = ("percent", "-percent", "badge", "-badge", "holders", "-holders")
+
+
+@require_GET
+def reports_view(request: HttpRequest) -> HttpResponse:
+    if not request.user.has_perm("achievements.view_reports"):
+        raise PermissionDenied
+    filters, errors = reports.parse_filters(request.GET)
+    sort = request.GET.get("sort", "-percent")
+    if sort not in SORTS:
+        errors["sort"] = f"Sort by one of {', '.join(SORTS)}."
+        sort = "-percent"
+    export = request.GET.get("export", "")
+    if export and export not in EXPORTS:
+        errors["export"] = f"Export one of {', '.join(EXPORTS)}."
+        export = ""
+    tables: dict[str, list[dict[str, Any]]] = {
+        "unlocks": reports.unlocks_over_time(filters),
+        "rarity": reports.rarity(filters, sort=sort),
+        "near_misses": reports.near_misses(filters),
+    }
+    if export and not errors:
+        return _csv(export, tables[export], filters)
+    context = {
+        **admin.site.each_context(request),
+        "title": "Achievement reports",
+        "filters": filters,
+        "errors": errors,
+        "sort": sort,
+        "badges": Badge.objects.order_by("name"),
+        "chart": reports.chart(tables["unlocks"], unit=filters.unit),
+        "active_users": reports.active_users(filters),
+        **tables,
+    }
+    response = TemplateResponse(request, "admin/achievements/reports.html", context)
+    if errors:
+        response.status_code = 400
+    return response
+
+
+def _csv(name: str, rows: list[dict[str, Any]], filters: reports.Filters) -> HttpResponse:
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    filename = f"accolade-{name}-{filters.start}-{filters.end}.csv"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    writer = csv.writer(response)
+    columns = EXPORTS[name]
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row[column]) for column in columns])
+    return response
+
+
+def _cell(value: Any) -> str:
+    text = str(value)
+    # A spreadsheet would run a cell starting with these as a formula.
+    return "'" + text if text[:1] in ("=", "+", "-", "@") and not _is_number(text) else text
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

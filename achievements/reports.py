@@ -1,0 +1,264 @@
+"""Reports for product people: unlocks over time, rarity, near misses.
+
+Plain functions from filters to rows, so the page, its CSV exports and the
+tests read the same numbers. Charts are server-rendered SVG (no script).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+from django.db.models import Count, F, Q
+from django.db.models.functions import TruncDay, TruncWeek
+from django.utils import timezone
+from django.utils.dateparse import parse_date
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from achievements.models import Badge, Event, Unlock, UserBadge
+
+MAX_RANGE_DAYS = 366
+NEAR_MISS_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class Filters:
+    start: date
+    end: date  # inclusive
+    badge: Badge | None
+    unit: str  # "day" or "week"
+
+    @property
+    def since(self) -> datetime:
+        return timezone.make_aware(datetime.combine(self.start, time.min))
+
+    @property
+    def before(self) -> datetime:
+        return timezone.make_aware(datetime.combine(self.end + timedelta(days=1), time.min))
+
+    def query(self, **extra: str) -> str:
+        from urllib.parse import urlencode
+
+        params = {"start": self.start.isoformat(), "end": self.end.isoformat(), "unit": self.unit}
+        if self.badge:
+            params["badge"] = self.badge.key
+        params.update(extra)
+        return urlencode(params)
+
+
+def parse_filters(params: Any, *, today: date | None = None) -> tuple[Filters, dict[str, str]]:
+    """Filters from the query string, with a message per bad field (defaults stand in)."""
+    today = today or timezone.localdate()
+    errors: dict[str, str] = {}
+
+    def day(name: str, default: date) -> date:
+        raw = params.get(name, "")
+        if not raw:
+            return default
+        try:
+            parsed = parse_date(raw)
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            errors[name] = f"{raw!r} is not a date; use YYYY-MM-DD."
+            return default
+        return parsed
+
+    end = day("end", today)
+    start = day("start", end - timedelta(days=29))
+    if start > end:
+        errors["start"] = "The start must be on or before the end."
+        start = end - timedelta(days=29)
+    if (end - start).days >= MAX_RANGE_DAYS:
+        errors["start"] = f"Choose at most {MAX_RANGE_DAYS} days."
+        start = end - timedelta(days=MAX_RANGE_DAYS - 1)
+    unit = params.get("unit", "day")
+    if unit not in ("day", "week"):
+        errors["unit"] = "Choose day or week."
+        unit = "day"
+    badge = None
+    key = params.get("badge", "")
+    if key:
+        badge = Badge.objects.filter(key=key).first()
+        if badge is None:
+            errors["badge"] = f"No badge with key {key!r}."
+    return Filters(start, end, badge, unit), errors
+
+
+def unlocks_over_time(filters: Filters) -> list[dict[str, Any]]:
+    """Unlocks per day or week in the range (every earning counts), and the running total."""
+    unlocks = Unlock.objects.filter(unlocked_at__gte=filters.since, unlocked_at__lt=filters.before)
+    if filters.badge:
+        unlocks = unlocks.filter(badge=filters.badge)
+    trunc = TruncDay if filters.unit == "day" else TruncWeek
+    counts = (
+        unlocks.annotate(bucket=trunc("unlocked_at"))
+        .values("bucket")
+        .annotate(n=Count("pk"))
+        .values_list("bucket", "n")
+    )
+    by_day: dict[date, int] = {
+        timezone.localdate(bucket) if isinstance(bucket, datetime) else bucket: n
+        for bucket, n in counts
+    }
+    rows, running = [], 0
+    current = filters.start
+    if filters.unit == "week":
+        current -= timedelta(days=current.weekday())
+    step = timedelta(days=1 if filters.unit == "day" else 7)
+    while current <= filters.end:
+        n = by_day.get(current, 0)
+        running += n
+        rows.append({"period": current, "unlocks": n, "cumulative": running})
+        current += step
+    return rows
+
+
+def active_users(filters: Filters) -> int:
+    """Users with at least one event received in the range."""
+    return (
+        Event.objects.filter(received_at__gte=filters.since, received_at__lt=filters.before)
+        .exclude(user__isnull=True)
+        .values("user_id")
+        .distinct()
+        .count()
+    )
+
+
+def rarity(filters: Filters, *, sort: str = "percent") -> list[dict[str, Any]]:
+    """Holders of each badge (and each tier) at the end of the range, as % of active users."""
+    active = active_users(filters)
+    badges = Badge.objects.active()
+    if filters.badge:
+        badges = badges.filter(pk=filters.badge.pk)
+    held = UserBadge.objects.filter(
+        badge__in=badges, completed_at__isnull=False, completed_at__lt=filters.before
+    )
+    plain = dict(held.values("badge_id").annotate(n=Count("pk")).values_list("badge_id", "n"))
+    tiers: dict[int, Counter[int]] = defaultdict(Counter)
+    for badge_id, tier, n in (
+        held.filter(tier__gt=0)
+        .values("badge_id", "tier")
+        .annotate(n=Count("pk"))
+        .values_list("badge_id", "tier", "n")
+    ):
+        tiers[badge_id][tier] = n
+    rows = []
+    for badge in badges:
+        levels = badge.tier_list()
+        if levels:
+            for level, (name, _) in enumerate(levels, start=1):
+                # Holding Silver means holding Bronze too.
+                n = sum(count for tier, count in tiers[badge.pk].items() if tier >= level)
+                rows.append(_rarity_row(badge, name, n, active))
+        else:
+            rows.append(_rarity_row(badge, "", plain.get(badge.pk, 0), active))
+    key = {
+        "percent": lambda row: (row["percent"], row["badge"]),
+        "badge": lambda row: (row["badge"], row["tier"]),
+        "holders": lambda row: (row["holders"], row["badge"]),
+    }.get(sort.lstrip("-"), lambda row: (row["percent"], row["badge"]))
+    return sorted(rows, key=key, reverse=sort.startswith("-"))
+
+
+def _rarity_row(badge: Badge, tier: str, holders: int, active: int) -> dict[str, Any]:
+    percent = round(100 * holders / active, 1) if active else 0.0
+    return {
+        "badge": badge.name,
+        "key": badge.key,
+        "tier": tier,
+        "holders": holders,
+        "active_users": active,
+        "percent": percent,
+    }
+
+
+def near_misses(filters: Filters) -> list[dict[str, Any]]:
+    """Users at 80-99 % of a badge they do not hold, closest first."""
+    rows = (
+        UserBadge.objects.filter(
+            completed_at__isnull=True,
+            target_value__gt=0,
+            current_value__gte=F("target_value") * 0.8,
+            current_value__lt=F("target_value"),
+            badge__is_active=True,
+        )
+        .filter(Q(last_evaluated_at__isnull=True) | Q(last_evaluated_at__lt=filters.before))
+        .select_related("user", "badge")
+        .order_by("-current_value", "badge__name")
+    )
+    if filters.badge:
+        rows = rows.filter(badge=filters.badge)
+    result = []
+    for user_badge in rows[:NEAR_MISS_LIMIT]:
+        percent = int(user_badge.current_value * 100 / user_badge.target_value)
+        result.append(
+            {
+                "user": user_badge.user.get_username(),
+                "badge": user_badge.badge.name,
+                "percent": percent,
+                "current": user_badge.current_value.normalize(),
+                "target": user_badge.target_value.normalize(),
+            }
+        )
+    return sorted(result, key=lambda row: (-row["percent"], row["badge"], row["user"]))
+
+
+def chart(rows: list[dict[str, Any]], *, unit: str) -> SafeString:
+    """Bars for unlocks per period and a line for the running total, as inline SVG."""
+    width, height, pad = 720, 220, 30
+    if not rows:
+        return format_html("<p>No periods in range.</p>")
+    peak = max(max(row["unlocks"] for row in rows), 1)
+    total = max(rows[-1]["cumulative"], 1)
+    step = (width - 2 * pad) / len(rows)
+    # format_html escapes its arguments first, so numbers go in already formatted.
+    bars = format_html_join(
+        "",
+        '<rect x="{}" y="{}" width="{}" height="{}" class="bar">'
+        "<title>{}: {} unlock(s)</title></rect>",
+        (
+            (
+                f"{pad + i * step + step * 0.1:.1f}",
+                f"{height - pad - (height - 2 * pad) * row['unlocks'] / peak:.1f}",
+                f"{step * 0.8:.1f}",
+                f"{(height - 2 * pad) * row['unlocks'] / peak:.1f}",
+                row["period"].isoformat(),
+                row["unlocks"],
+            )
+            for i, row in enumerate(rows)
+        ),
+    )
+    plot = height - 2 * pad
+    points = " ".join(
+        f"{pad + (i + 0.5) * step:.1f},{height - pad - plot * row['cumulative'] / total:.1f}"
+        for i, row in enumerate(rows)
+    )
+    label = (
+        f"Unlocks per {unit} from {rows[0]['period']} to {rows[-1]['period']}: "
+        f"{rows[-1]['cumulative']} in all, at most {peak} in one {unit}."
+    )
+    return format_html(
+        '<svg class="report-chart" viewBox="0 0 {} {}" role="img" aria-label="{}">'
+        '<line x1="{}" y1="{}" x2="{}" y2="{}" class="axis"/>{}'
+        '<polyline points="{}" class="cumulative"/>'
+        '<text x="{}" y="{}" class="label">{} per {} (bars) · running total (line, to {})</text>'
+        "</svg>",
+        width,
+        height,
+        label,
+        pad,
+        height - pad,
+        width - pad,
+        height - pad,
+        bars,
+        points,
+        pad,
+        pad - 10,
+        "Unlocks",
+        unit,
+        rows[-1]["cumulative"],
+    )

@@ -1,0 +1,111 @@
+"""Product reports: permission, filters, numbers, CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.utils import timezone
+
+from achievements import reports
+from achievements.events import record_event
+from achievements.models import Badge, BadgeRequirement
+from tests.factories import make_badge, make_places_badge, make_user
+
+
+@pytest.fixture
+def analyst(client, db):
+    user = make_user(username="analyst", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_reports"))
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def history(db, django_capture_on_commit_callbacks):
+    """Three users: one holds 5 Places Visited, one is at 4 of 5, one at 1."""
+    badge = make_places_badge(threshold=5)
+    tiered = make_badge(key="regular", name="=Regular", requirements=[])
+    tiered.tiers = [{"name": "Bronze", "threshold": 1}, {"name": "Silver", "threshold": 3}]
+    tiered.save()
+    BadgeRequirement.objects.create(badge=tiered, event_type="image.posted", threshold=1)
+    users = [make_user(username=name) for name in ("ana", "ben", "cy")]
+    with django_capture_on_commit_callbacks(execute=True):
+        for user, places in zip(users, (5, 4, 1), strict=True):
+            for place in range(places):
+                record_event(user, "visit.created", payload={"place_id": place})
+        for n in range(3):
+            record_event(users[0], "image.posted", payload={"image_id": n})
+        record_event(users[1], "image.posted", payload={"image_id": 9})
+    return badge, tiered
+
+
+def test_reports_need_the_view_reports_permission(client, db):
+    client.force_login(make_user(username="staffer", is_staff=True))
+    assert client.get("/admin/reports/").status_code == 403
+    client.logout()
+    assert client.get("/admin/reports/").status_code == 302  # to the admin log-in
+
+
+def test_the_page_shows_unlocks_rarity_and_near_misses(analyst, history):
+    page = analyst.get("/admin/reports/")
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert '<svg class="report-chart"' in body and 'role="img"' in body
+    rarity = {(row["badge"], row["tier"]): row for row in page.context["rarity"]}
+    assert rarity[("5 Places Visited", "")]["holders"] == 1
+    assert rarity[("5 Places Visited", "")]["percent"] == pytest.approx(33.3)
+    assert rarity[("=Regular", "Bronze")]["holders"] == 2  # Silver holders hold Bronze too
+    assert rarity[("=Regular", "Silver")]["holders"] == 1
+    assert [(row["user"], row["percent"]) for row in page.context["near_misses"]] == [("ben", 80)]
+    today = timezone.localdate()
+    [row] = [r for r in page.context["unlocks"] if r["period"] == today]
+    assert row["unlocks"] == 4 and page.context["unlocks"][-1]["cumulative"] == 4
+
+
+def test_every_table_downloads_as_csv_with_formulas_defused(analyst, history):
+    response = analyst.get("/admin/reports/?export=rarity&sort=badge")
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert "attachment" in response["Content-Disposition"]
+    rows = list(csv.reader(io.StringIO(response.content.decode())))
+    assert rows[0] == ["badge", "key", "tier", "holders", "active_users", "percent"]
+    # A spreadsheet would run "=Regular" as a formula.
+    assert [row[0] for row in rows[1:]] == ["5 Places Visited", "'=Regular", "'=Regular"]
+    for name in ("unlocks", "near_misses"):
+        assert analyst.get(f"/admin/reports/?export={name}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("start=2026-13-01", "start: &#x27;2026-13-01&#x27; is not a date; use YYYY-MM-DD."),
+        ("start=2026-11-10&end=2026-11-01", "start: The start must be on or before the end."),
+        ("badge=ghost", "badge: No badge with key &#x27;ghost&#x27;."),
+        ("unit=hour", "unit: Choose day or week."),
+        ("sort=size", "sort: Sort by one of"),
+        ("export=pdf", "export: Export one of"),
+    ],
+)
+def test_bad_filters_are_named_with_a_400(analyst, db, query, message):
+    response = analyst.get(f"/admin/reports/?{query}")
+    assert response.status_code == 400
+    assert message in response.content.decode()
+
+
+def test_weekly_buckets_start_on_monday(db):
+    filters, errors = reports.parse_filters(
+        {"start": "2026-11-04", "end": "2026-11-20", "unit": "week"}
+    )
+    assert not errors
+    periods = [row["period"].isoformat() for row in reports.unlocks_over_time(filters)]
+    assert periods == ["2026-11-02", "2026-11-09", "2026-11-16"]
+    assert Badge.objects.count() == 0 and timedelta(days=1)
+
+
+def test_the_admin_front_page_links_to_reports_for_analysts_only(analyst, client, db):
+    assert "Achievement reports" in analyst.get("/admin/").content.decode()
+    analyst.force_login(make_user(username="plainstaff", is_staff=True))
+    assert "Achievement reports" not in analyst.get("/admin/").content.decode()
