@@ -17,7 +17,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import time_zone_for
-from achievements import context, metrics, progress, realtime
+from achievements import context, metrics, periods, progress, realtime, rules
 from achievements.index import requirement_ids_watching
 from achievements.models import (
     Badge,
@@ -253,10 +253,15 @@ def award(
             tier <= user_badge.tier if tier else user_badge.completed_at is not None
         ):
             continue
+        if period and _earned_before_it_repeated(user_badge, badge, period):
+            continue
+        # A later tier or another period was completed by the event at hand;
+        # the events that first met each requirement belong to the first earning.
+        ids = provenance if not period and tier <= 1 else provenance[-1:]
         defaults: dict[str, Any] = {
             "unlocked_at": now,
             "event_id": event_id,
-            "event_ids": provenance,
+            "event_ids": ids,
             # Only looked up when the unlock is new (get_or_create calls it).
             "version": partial(current_version, badge.pk),
             "silent": silent,
@@ -280,6 +285,26 @@ def award(
             partial(metrics.incr, "accolade_unlocks_total", len(created_unlocks)), robust=True
         )
     return created_unlocks
+
+
+def _earned_before_it_repeated(user_badge: UserBadge, badge: Badge, period: str) -> bool:
+    """Whether a once-only unlock from before the badge was repeatable covers `period`.
+
+    Making a badge repeatable keeps its old unlock (period ""); the earning
+    for the period that unlock fell in is that unlock, not a second one.
+    """
+    if user_badge.completed_at is None:
+        return False
+    legacy = (
+        Unlock.objects.filter(user_id=user_badge.user_id, badge_id=badge.pk, period="", tier=0)
+        .select_related("event")
+        .first()
+    )
+    if legacy is None:
+        return False
+    moment = legacy.event.occurred_at if legacy.event else legacy.unlocked_at
+    scope = rules.Scope(badge.repeat)
+    return periods.period_key(scope, moment, time_zone_for(user_badge.user_id)) == period
 
 
 def _unlocked_badges(user_id: int, requirements: list[BadgeRequirement]) -> set[int]:

@@ -212,14 +212,23 @@ class BadgeAdmin(admin.ModelAdmin):
 
     def reevaluate_view(self, request: HttpRequest) -> HttpResponse:
         """Choose the date range and whether to notify, then start the job."""
-        if not self.has_change_permission(request):
+        # Starting a job can toast users: it takes the right to change badges
+        # and the right to start re-evaluations.
+        if not (
+            self.has_change_permission(request)
+            and request.user.has_perm("achievements.add_reevaluation")
+        ):
             raise PermissionDenied
         raw = (
             request.POST.getlist("badge")
             if request.method == "POST"
             else (request.GET.get("ids", "").split(","))
         )
-        ids = [int(value) for value in raw if value.strip().isdigit()]
+        ids = [
+            int(value)
+            for value in (v.strip() for v in raw)
+            if value.isascii() and value.isdecimal() and len(value) <= 18
+        ]
         badges = list(Badge.objects.active().filter(pk__in=ids))
         if not badges:
             self.message_user(

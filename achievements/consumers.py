@@ -119,6 +119,19 @@ class LiveConsumer(AsyncWebsocketConsumer):
         if ids:
             await database_sync_to_async(mark_unlocks_seen)(self.user_id, ids)
 
+    # Message types of the previous release, so sockets stay open while
+    # workers of both releases run side by side during a deploy.
+    async def progress_updated(self, message: dict[str, Any]) -> None:
+        await self.badges_changed({"cards": [message["card"]], "toasts": []})
+
+    async def achievement_unlocked(self, message: dict[str, Any]) -> None:
+        toast = {
+            "card": message["card"],
+            "unlock_id": message.get("unlock_id"),
+            "headline": message.get("headline"),
+        }
+        await self.badges_changed({"cards": [message["card"]], "toasts": [toast]})
+
     async def badges_changed(self, message: dict[str, Any]) -> None:
         """Fresh cards for what one evaluation changed, then a toast per unlock, in one frame."""
         frame = "".join(

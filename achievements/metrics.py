@@ -187,7 +187,12 @@ def render() -> str:
     """Every metric in the Prometheus text exposition format (version 0.0.4)."""
     from achievements.models import Event
 
-    values = _read()
+    try:
+        values = _read()
+    except Exception:
+        # Redis is down: the counters are unknown, the database gauges still help.
+        logger.warning("Could not read the metrics from Redis", exc_info=True)
+        values = {}
     lines: list[str] = []
     for name, help_text in COUNTERS.items():
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]

@@ -702,7 +702,7 @@ class Unlock(models.Model):
     )
     version = models.ForeignKey(
         "BadgeVersion",
-        on_delete=models.PROTECT,
+        on_delete=models.SET_NULL,
         null=True,
         blank=True,
         related_name="unlocks",

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_http_methods
 
 from achievements import metrics
 
@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 @never_cache
-@require_GET
+@require_http_methods(["GET", "HEAD"])  # load balancers often probe with HEAD
 def healthz(request: HttpRequest) -> JsonResponse:
     """200 when the database, Redis and at least one worker answer; 503 naming what fails.
 

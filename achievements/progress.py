@@ -465,6 +465,14 @@ def peak(spec: Spec, state: State | None) -> Decimal:
     values = [Decimal(v) for v in state.get("b", {}).values()]
     if "p" in state:
         values.append(Decimal(state["p"]))
+    elif spec.scope is Scope.ROLLING and spec.aggregation is not Aggregation.SINGLE:
+        # Kept before "p" existed: work the best window out from the day buckets.
+        # For values that only grow, a best window ends on a day with events.
+        size = _window_days(spec)
+        for day in state.get("b", {}):
+            window = _rolling_value(spec, state, date.fromisoformat(day), size)
+            if window is not None:
+                values.append(window)
     return max(values, default=Decimal(0))
 
 

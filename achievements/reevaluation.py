@@ -99,17 +99,26 @@ def _run_in_thread(job_id: int) -> None:
 
 
 def cancel(job_id: int) -> bool:
-    """Ask a queued or running job to stop; it stops before its next user."""
+    """Ask a queued or running job to stop; it stops before its next user.
+
+    A job whose worker is gone (no heartbeat for STALE_AFTER) cannot stop
+    itself, so it is marked cancelled at once.
+    """
     now = timezone.now()
-    queued = Reevaluation.objects.filter(pk=job_id, state=Reevaluation.State.QUEUED).update(
-        state=Reevaluation.State.CANCELLED, finished_at=now
-    )
+    at_once = Reevaluation.objects.filter(
+        Q(state=Reevaluation.State.QUEUED)
+        | Q(
+            state__in=[Reevaluation.State.RUNNING, Reevaluation.State.CANCELLING],
+            heartbeat_at__lt=now - STALE_AFTER,
+        ),
+        pk=job_id,
+    ).update(state=Reevaluation.State.CANCELLED, finished_at=now)
     running = Reevaluation.objects.filter(pk=job_id, state=Reevaluation.State.RUNNING).update(
         state=Reevaluation.State.CANCELLING
     )
-    if queued:
+    if at_once:
         push(Reevaluation.objects.get(pk=job_id))
-    return bool(queued or running)
+    return bool(at_once or running)
 
 
 def run(job_id: int) -> None:
@@ -123,8 +132,13 @@ def run(job_id: int) -> None:
     if not claimed:
         return
     job = Reevaluation.objects.get(pk=job_id)
-    keys = list(job.badges.values_list("key", flat=True))
+    keys = list(job.badges.filter(is_active=True).values_list("key", flat=True))
     report = ReplayReport()
+    if not keys:
+        # Its badges were deleted or deactivated since: never fall back to "every badge".
+        job.error = "None of the job's badges is active any more; nothing was re-evaluated."
+        _finish(job, report, Reevaluation.State.FAILED)
+        return
     try:
         plan = plan_replay(since=job.since, until=job.until, badge_keys=keys)
         job.users_total, job.events_total = len(plan.user_ids), plan.events()

@@ -72,7 +72,7 @@ def plan_replay(
     """The badges (all active ones, or those named), their event types, and the users
     with a processed event of those types (occurring within [since, until] if given)."""
     badges = Badge.objects.active()
-    if badge_keys:
+    if badge_keys is not None:
         # Inactive badges are not evaluated live, so they are not replayed either.
         badges = badges.filter(key__in=badge_keys)
         missing = sorted(set(badge_keys) - set(badges.values_list("key", flat=True)))

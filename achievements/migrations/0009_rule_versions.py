@@ -43,7 +43,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='unlock',
             name='version',
-            field=models.ForeignKey(blank=True, help_text="The version of the badge's rule it was evaluated under.", null=True, on_delete=django.db.models.deletion.PROTECT, related_name='unlocks', to='achievements.badgeversion'),
+            field=models.ForeignKey(blank=True, help_text="The version of the badge's rule it was evaluated under.", null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='unlocks', to='achievements.badgeversion'),
         ),
         migrations.AddConstraint(
             model_name='badgeversion',

@@ -94,3 +94,7 @@ def test_a_histogram_observation_lands_in_the_first_bucket_it_fits():
     assert values["accolade_unlock_latency_seconds_bucket:10"] == 1
     assert values["accolade_unlock_latency_seconds_bucket:+Inf"] == 1
     assert values["accolade_unlock_latency_seconds_sum"] == pytest.approx(106.04)
+
+
+def test_healthz_answers_head_probes(client, db):
+    assert client.head("/healthz").status_code == 200

@@ -122,3 +122,53 @@ def test_progress_is_pushed_to_the_jobs_group(db, monkeypatch):
     job.badges.set([badge])
     reevaluation.run(job.pk)
     assert sent and set(sent) == {f"reevaluation.{job.pk}"}
+
+
+def test_a_job_whose_badges_are_gone_fails_instead_of_replaying_everything(db, owner):
+    from tests.factories import make_badge
+
+    badge = make_places_badge(threshold=1)
+
+    bystander = make_badge(key="any_visit", requirements=[])
+    BadgeRequirement.objects.create(badge=bystander, event_type="visit.created", threshold=1)
+    job = Reevaluation.objects.create(notify=True)
+    job.badges.set([badge])
+    type(badge).objects.filter(pk=badge.pk).update(is_active=False)
+    record_event(owner, "visit.created", payload={"place_id": 1})  # evaluated inline
+    before = Unlock.objects.count()
+    reevaluation.run(job.pk)
+    job.refresh_from_db()
+    assert job.state == "failed" and "None of the job's badges is active" in job.error
+    assert Unlock.objects.count() == before
+
+
+def test_a_job_whose_worker_died_can_still_be_cancelled(db):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    job = Reevaluation.objects.create(
+        state="running", heartbeat_at=timezone.now() - timedelta(minutes=10)
+    )
+    assert reevaluation.cancel(job.pk)
+    job.refresh_from_db()
+    assert job.state == "cancelled" and job.finished_at is not None
+
+
+def test_starting_a_job_takes_the_reevaluation_permission(client, db):
+    from django.contrib.auth.models import Permission
+
+    editor = make_user(username="editor", is_staff=True)
+    editor.user_permissions.add(
+        *Permission.objects.filter(codename__in=["change_badge", "view_badge"])
+    )
+    client.force_login(editor)
+    badge = make_places_badge(threshold=1)
+    assert client.get(f"/admin/achievements/badge/reevaluate/?ids={badge.pk}").status_code == 403
+
+
+@pytest.mark.parametrize("ids", ["²", "99999999999999999999999", "x,,", ""])
+def test_odd_badge_ids_are_refused_without_a_500(staff_client, ids):
+    response = staff_client.get(f"/admin/achievements/badge/reevaluate/?ids={ids}")
+    assert response.status_code == 302
+    assert not Reevaluation.objects.exists()

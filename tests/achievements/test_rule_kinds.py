@@ -451,3 +451,48 @@ def test_event_type_field_declarations_are_validated(db):
         EventType(name="a.b", fields={"n": "integer"}).full_clean()
     with pytest.raises(ValidationError, match="use a payload key"):
         EventType(name="a.b", fields={"bad key": "number"}).full_clean()
+
+
+def test_making_a_badge_repeatable_keeps_its_old_unlock_as_that_periods_earning(owner):
+    from achievements.replay import replay_events
+
+    badge = make_badge(key="daily_two_later", requirements=[])
+    BadgeRequirement.objects.create(badge=badge, event_type="quiz.done", threshold=2, scope="day")
+    record(owner, "quiz.done", 0)
+    record(owner, "quiz.done", 0.1)
+    assert Unlock.objects.filter(badge=badge).count() == 1
+    badge.repeat = "day"
+    badge.save()
+    replay_events()
+    assert Unlock.objects.filter(badge=badge).count() == 1  # day 0 was already earned
+    record(owner, "quiz.done", 1)
+    late = record(owner, "quiz.done", 1.1)
+    second = Unlock.objects.get(badge=badge, period="2026-03-03")
+    # Its provenance is the event that completed this day, not the first day's events.
+    assert second.event is not None and second.event_ids == [second.event.event_id]
+    assert late.unlock_ids == [second.pk]
+    [card] = [c for c in cards_for_user(owner.pk) if c["key"] == badge.key]
+    assert card["times_earned"] == 2
+
+
+def test_a_badge_with_unlocks_can_still_be_deleted(owner):
+    from achievements.versions import record_version
+
+    badge = make_badge(key="gone", requirements=[{"event_type": "visit.created", "threshold": 1}])
+    record_version(badge, source="test")
+    record(owner, "visit.created")
+    assert Unlock.objects.get(badge=badge).version is not None
+    badge.delete()
+    assert not Unlock.objects.exists()
+
+
+def test_tiers_on_rolling_progress_kept_before_peaks_were_tracked(db):
+    from achievements.progress import Spec, peak
+    from achievements.rules import Scope
+
+    spec = Spec(
+        1, __import__("decimal").Decimal(2), event_type="v.x", scope=Scope.ROLLING, window_days=7
+    )
+    # Six events in one week, then one two months later, without the "p" key.
+    state = {"b": {"2026-01-01": "3", "2026-01-05": "3", "2026-03-05": "1"}, "met": True}
+    assert peak(spec, state) == 6
