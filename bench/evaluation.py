@@ -31,7 +31,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def main() -> None:
@@ -42,34 +41,10 @@ def main() -> None:
     if args.events < 10 or args.repeats < 1:
         parser.error("--events must be at least 10 and --repeats at least 1")
 
-    import psycopg
+    from bench.scratch import scratch_database
 
-    database = f"accolade_bench_{os.getpid()}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{database}"')
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="project.settings",
-        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{database}",
-        SECRET_KEY="bench-only-secret-key",
-        SECURE_SSL_REDIRECT="0",
-        SECURE_COOKIES="0",
-        ACCOLADE_LOG_LEVEL="WARNING",
-    )
-    os.environ.pop("REDIS_URL", None)
-    try:
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
+    with scratch_database():
         results = run(args.events, args.repeats)
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     report(results, args)
 
 

@@ -33,7 +33,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 LIVE_RATE = 25.0
 
 
@@ -45,34 +44,10 @@ def main() -> None:
     parser.add_argument("--cap", type=int, default=500)
     args = parser.parse_args()
 
-    import psycopg
+    from bench.scratch import scratch_database
 
-    database = f"accolade_bench_{os.getpid()}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{database}"')
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="project.settings",
-        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{database}",
-        SECRET_KEY="bench-only-secret-key",
-        SECURE_SSL_REDIRECT="0",
-        SECURE_COOKIES="0",
-        ACCOLADE_LOG_LEVEL="WARNING",
-    )
-    os.environ.pop("REDIS_URL", None)
-    try:
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
+    with scratch_database():
         results = run(args)
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     report(results, args)
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts, not tests (see the README's Performance section)."""
