@@ -18,6 +18,8 @@ EXPORTS = {
     "unlocks": ("period", "unlocks", "cumulative"),
     "rarity": ("badge", "key", "tier", "holders", "active_users", "percent"),
     "near_misses": ("user", "badge", "percent", "current", "target"),
+    "pipeline": ("measure", "value"),
+    "rule_health": ("badge", "problem"),
 }
 SORTS = ("percent", "-percent", "badge", "-badge", "holders", "-holders")
 
@@ -39,6 +41,8 @@ def reports_view(request: HttpRequest) -> HttpResponse:
         "unlocks": reports.unlocks_over_time(filters),
         "rarity": reports.rarity(filters, sort=sort),
         "near_misses": reports.near_misses(filters),
+        "pipeline": reports.pipeline_health(filters),
+        "rule_health": reports.rule_health(filters),
     }
     if export and not errors:
         return _csv(export, tables[export], filters)

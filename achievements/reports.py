@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, Max, Q
 from django.db.models.functions import TruncDay, TruncWeek
 from django.utils import timezone
 from django.utils.dateparse import parse_date
@@ -261,4 +261,126 @@ def chart(rows: list[dict[str, Any]], *, unit: str) -> SafeString:
         "Unlocks",
         unit,
         rows[-1]["cumulative"],
+    )
+
+
+SAMPLE_LIMIT = 10_000
+
+
+def _percentile(values: list[float], share: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def pipeline_health(filters: Filters) -> list[dict[str, Any]]:
+    """How the pipeline behaves in the range: volume, lag, latency, duplicates, failures."""
+    from achievements import metrics
+
+    events = Event.objects.filter(received_at__gte=filters.since, received_at__lt=filters.before)
+    received = events.count()
+    minutes = max(1.0, (min(filters.before, timezone.now()) - filters.since).total_seconds() / 60)
+    lags = [
+        (processed - arrived).total_seconds()
+        for arrived, processed in events.filter(processed_at__isnull=False)
+        .order_by("-received_at")
+        .values_list("received_at", "processed_at")[:SAMPLE_LIMIT]
+        if processed is not None
+    ]
+    latencies = [
+        (delivered - arrived).total_seconds()
+        for delivered, arrived in Unlock.objects.filter(
+            unlocked_at__gte=filters.since,
+            unlocked_at__lt=filters.before,
+            delivered_at__isnull=False,
+            event__isnull=False,
+        )
+        .order_by("-unlocked_at")
+        .values_list("delivered_at", "event__received_at")[:SAMPLE_LIMIT]
+        if delivered is not None
+    ]
+    try:
+        counters = metrics._read()
+    except Exception:
+        counters = {}
+    accepted = counters.get("accolade_events_received_total", 0)
+    duplicates = counters.get("accolade_events_deduplicated_total", 0)
+    try:
+        depth = metrics.queue_depth()
+    except Exception:
+        depth = None
+
+    def seconds(value: float | None) -> str:
+        return "—" if value is None else f"{value:.3f} s"
+
+    rows = [
+        ("Events received in the range", f"{received}"),
+        ("Events per minute (average over the range)", f"{received / minutes:.3g}"),
+        ("Processing lag p50 (received → evaluated)", seconds(_percentile(lags, 0.5))),
+        ("Processing lag p95", seconds(_percentile(lags, 0.95))),
+        ("Unlock latency p50 (event received → pushed)", seconds(_percentile(latencies, 0.5))),
+        ("Unlock latency p95", seconds(_percentile(latencies, 0.95))),
+        (
+            "Duplicate rate (since the counters started)",
+            f"{100 * duplicates / (accepted + duplicates):.1f} %"
+            if accepted + duplicates
+            else "—",
+        ),
+        ("Events waiting for evaluation now", f"{Event.objects.unprocessed().count()}"),
+        ("Dead-lettered events now", f"{Event.objects.dead_lettered().count()}"),
+        ("Task messages queued now", "— (embedded mode)" if depth is None else f"{depth}"),
+    ]
+    return [{"measure": name, "value": value} for name, value in rows]
+
+
+def rule_health(filters: Filters, *, silent_days: int = 7) -> list[dict[str, Any]]:
+    """Badges that look broken: never awarded, watching silent event types, or swinging."""
+    badges = list(Badge.objects.active().prefetch_related("requirements"))
+    if filters.badge:
+        badges = [badge for badge in badges if badge.pk == filters.badge.pk]
+    awarded = set(Unlock.objects.values_list("badge_id", flat=True).distinct())
+    watched = {t for badge in badges for r in badge.requirements.all() for t in r.watched_types()}
+    last_seen = dict(
+        Event.objects.filter(event_type__in=watched)
+        .values("event_type")
+        .annotate(last=Max("occurred_at"))
+        .values_list("event_type", "last")
+    )
+    quiet_since = filters.before - timedelta(days=silent_days)
+    week = timedelta(days=7)
+    recent = _unlock_counts(filters.before - week, filters.before)
+    earlier = _unlock_counts(filters.before - 2 * week, filters.before - week)
+    rows = []
+    for badge in badges:
+        if badge.pk not in awarded:
+            rows.append({"badge": badge.name, "problem": "never awarded"})
+        for event_type in sorted({t for r in badge.requirements.all() for t in r.watched_types()}):
+            last = last_seen.get(event_type)
+            if last is None or last < quiet_since:
+                when = "never" if last is None else f"not since {timezone.localdate(last)}"
+                rows.append(
+                    {
+                        "badge": badge.name,
+                        "problem": f"watches {event_type}, which has arrived {when}",
+                    }
+                )
+        now, before = recent.get(badge.pk, 0), earlier.get(badge.pk, 0)
+        if max(now, before) >= 5 and (now >= 2 * before or before >= 2 * now):
+            change = "spike" if now > before else "drop"
+            rows.append(
+                {
+                    "badge": badge.name,
+                    "problem": f"unlock {change}: {now} in the last 7 days, {before} the 7 before",
+                }
+            )
+    return rows
+
+
+def _unlock_counts(since: datetime, before: datetime) -> dict[int, int]:
+    return dict(
+        Unlock.objects.filter(unlocked_at__gte=since, unlocked_at__lt=before)
+        .values("badge_id")
+        .annotate(n=Count("pk"))
+        .values_list("badge_id", "n")
     )

@@ -109,3 +109,36 @@ def test_the_admin_front_page_links_to_reports_for_analysts_only(analyst, client
     assert "Achievement reports" in analyst.get("/admin/").content.decode()
     analyst.force_login(make_user(username="plainstaff", is_staff=True))
     assert "Achievement reports" not in analyst.get("/admin/").content.decode()
+
+
+def test_rule_health_flags_unawarded_badges_and_silent_event_types(analyst, history):
+    make_badge(key="quiet", requirements=[{"event_type": "lesson.finished", "threshold": 1}])
+    page = analyst.get("/admin/reports/")
+    problems = {(row["badge"], row["problem"]) for row in page.context["rule_health"]}
+    assert ("Quiet", "never awarded") in problems
+    assert ("Quiet", "watches lesson.finished, which has arrived never") in problems
+    assert not any(badge == "5 Places Visited" for badge, _ in problems)
+
+
+def test_rule_health_sees_an_unlock_spike(db, history):
+    from achievements.models import Unlock
+
+    badge, _ = history
+    users = [make_user(username=f"new{n}") for n in range(6)]
+    Unlock.objects.bulk_create([Unlock(user=user, badge=badge) for user in users])
+    filters, _ = reports.parse_filters({})
+    problems = [
+        row["problem"] for row in reports.rule_health(filters) if row["badge"] == badge.name
+    ]
+    assert problems == ["unlock spike: 7 in the last 7 days, 0 the 7 before"]
+
+
+def test_pipeline_health_reports_volume_lag_and_failures(analyst, history):
+    page = analyst.get("/admin/reports/")
+    rows = {row["measure"]: row["value"] for row in page.context["pipeline"]}
+    assert rows["Events received in the range"] == "14"
+    assert rows["Processing lag p50 (received → evaluated)"].endswith(" s")
+    assert rows["Dead-lettered events now"] == "0"
+    assert rows["Task messages queued now"] == "— (embedded mode)"
+    response = analyst.get("/admin/reports/?export=pipeline")
+    assert response.content.decode().splitlines()[0] == "measure,value"
