@@ -18,6 +18,8 @@ EXPORTS = {
     "unlocks": ("period", "unlocks", "cumulative"),
     "rarity": ("badge", "key", "tier", "holders", "active_users", "percent"),
     "near_misses": ("user", "badge", "percent", "current", "target"),
+    "funnel": ("badge", "step", "users", "of_previous"),
+    "time_to_unlock": ("badge", "unlocks", "median", "p90"),
     "pipeline": ("measure", "value"),
     "rule_health": ("badge", "problem"),
 }
@@ -41,6 +43,8 @@ def reports_view(request: HttpRequest) -> HttpResponse:
         "unlocks": reports.unlocks_over_time(filters),
         "rarity": reports.rarity(filters, sort=sort),
         "near_misses": reports.near_misses(filters),
+        "funnel": reports.tier_funnel(filters),
+        "time_to_unlock": reports.time_to_unlock(filters),
         "pipeline": reports.pipeline_health(filters),
         "rule_health": reports.rule_health(filters),
     }

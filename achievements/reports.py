@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from django.db.models import Count, F, Max, Q
+from django.db.models import Count, F, Max, Min, Q
 from django.db.models.functions import TruncDay, TruncWeek
 from django.utils import timezone
 from django.utils.dateparse import parse_date
@@ -384,3 +384,85 @@ def _unlock_counts(since: datetime, before: datetime) -> dict[int, int]:
         .annotate(n=Count("pk"))
         .values_list("badge_id", "n")
     )
+
+
+def tier_funnel(filters: Filters) -> list[dict[str, Any]]:
+    """For each tiered badge: users who started, then who reached each tier, step by step."""
+    badges = [badge for badge in Badge.objects.active() if badge.tier_list()]
+    if filters.badge:
+        badges = [badge for badge in badges if badge.pk == filters.badge.pk]
+    rows = []
+    for badge in badges:
+        standing = UserBadge.objects.filter(badge=badge, last_evaluated_at__lt=filters.before)
+        started = standing.filter(current_value__gt=0).count()
+        levels = Counter(
+            standing.filter(tier__gt=0, completed_at__lt=filters.before).values_list(
+                "tier", flat=True
+            )
+        )
+        previous = started
+        rows.append({"badge": badge.name, "step": "Started", "users": started, "of_previous": ""})
+        for level, (name, _) in enumerate(badge.tier_list(), start=1):
+            reached = sum(n for tier, n in levels.items() if tier >= level)
+            share = f"{100 * reached / previous:.0f} %" if previous else "—"
+            rows.append(
+                {"badge": badge.name, "step": name, "users": reached, "of_previous": share}
+            )
+            previous = reached
+    return rows
+
+
+def time_to_unlock(filters: Filters) -> list[dict[str, Any]]:
+    """Per badge, for first unlocks in the range: time from the user's first qualifying
+    event (of a type the badge watches) to the event that unlocked it; median and p90."""
+    badges = list(Badge.objects.active().prefetch_related("requirements"))
+    if filters.badge:
+        badges = [badge for badge in badges if badge.pk == filters.badge.pk]
+    rows = []
+    for badge in badges:
+        types = {t for r in badge.requirements.all() for t in r.watched_types()}
+        unlocks = list(
+            Unlock.objects.filter(
+                badge=badge,
+                unlocked_at__gte=filters.since,
+                unlocked_at__lt=filters.before,
+                tier__lte=1,
+                event__isnull=False,
+            )
+            .order_by("user_id", "unlocked_at")
+            .values_list("user_id", "event__occurred_at")[:SAMPLE_LIMIT]
+        )
+        firsts = dict(
+            Event.objects.filter(user_id__in={user for user, _ in unlocks}, event_type__in=types)
+            .values("user_id")
+            .annotate(first=Min("occurred_at"))
+            .values_list("user_id", "first")
+        )
+        seen: set[int] = set()
+        spans = []
+        for user_id, at in unlocks:
+            if user_id in seen or user_id not in firsts:
+                continue  # a repeatable badge's later earnings do not restart the clock
+            seen.add(user_id)
+            spans.append(max(0.0, (at - firsts[user_id]).total_seconds()))
+        rows.append(
+            {
+                "badge": badge.name,
+                "unlocks": len(spans),
+                "median": _duration(_percentile(spans, 0.5)),
+                "p90": _duration(_percentile(spans, 0.9)),
+            }
+        )
+    return rows
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

@@ -142,3 +142,25 @@ def test_pipeline_health_reports_volume_lag_and_failures(analyst, history):
     assert rows["Task messages queued now"] == "— (embedded mode)"
     response = analyst.get("/admin/reports/?export=pipeline")
     assert response.content.decode().splitlines()[0] == "measure,value"
+
+
+def test_tier_funnel_and_time_to_unlock(analyst, history, django_capture_on_commit_callbacks):
+    from datetime import timedelta
+
+    badge, tiered = history
+    page = analyst.get("/admin/reports/")
+    funnel = [(row["step"], row["users"], row["of_previous"]) for row in page.context["funnel"]]
+    # ana posted 3 images (Silver), ben 1 (Bronze), cy none.
+    assert funnel == [("Started", 2, ""), ("Bronze", 2, "100 %"), ("Silver", 1, "50 %")]
+
+    # A user whose first visit was 3 days before the fifth place.
+    late = make_user(username="dee")
+    start = timezone.now() - timedelta(days=3)
+    with django_capture_on_commit_callbacks(execute=True):
+        record_event(late, "visit.created", payload={"place_id": 0}, occurred_at=start)
+        for place in range(1, 5):
+            record_event(late, "visit.created", payload={"place_id": place})
+    rows = {row["badge"]: row for row in reports.time_to_unlock(reports.parse_filters({})[0])}
+    assert rows[badge.name]["unlocks"] == 2  # ana (minutes) and dee (3 days)
+    assert rows[badge.name]["p90"] == "3.0 days"
+    assert analyst.get("/admin/reports/?export=funnel").status_code == 200
