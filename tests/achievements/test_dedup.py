@@ -101,10 +101,11 @@ def _race(count: int, record) -> list:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_same_event_id_recorded_100_times_at_once_counts_once(postgresql_only, owner):
-    results = _race(100, lambda n: record_event(owner, "image.posted", event_id="same-id"))
+def test_the_same_event_id_recorded_60_times_at_once_counts_once(postgresql_only, owner):
+    # 60 connections at once: PostgreSQL's default limit is 100, shared with the rest of the run.
+    results = _race(60, lambda n: record_event(owner, "image.posted", event_id="same-id"))
     assert sum(r.created for r in results) == 1
-    assert sum(r.duplicate for r in results) == 99
+    assert sum(r.duplicate for r in results) == 59
     assert Event.objects.count() == 1
 
 
