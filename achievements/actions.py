@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, prefetch_related_objects
 from django.utils import timezone
 
 from accounts.models import time_zone_for
@@ -82,7 +82,6 @@ def evaluate_event(event_pk: int) -> Evaluation | None:
                 ),
                 robust=True,
             )
-    metrics.incr("accolade_events_processed_total")
     metrics.observe("accolade_evaluation_seconds", [time.perf_counter() - started])
     if result.unlocked_badge_ids:
         logger.info(
@@ -118,13 +117,16 @@ def apply_event(
     if not watching_ids:
         return result
     fact = progress.Fact(event.event_type, event.payload, event.occurred_at)
-    touched = [
-        requirement
-        for requirement in BadgeRequirement.objects.filter(
-            pk__in=watching_ids, badge__is_active=True
+    watching = set(watching_ids)
+    # Every requirement of every active badge that has one watching this type,
+    # in one query: the others are needed to measure those badges.
+    candidates = list(
+        BadgeRequirement.objects.filter(
+            badge__is_active=True,
+            badge_id__in=BadgeRequirement.objects.filter(pk__in=watching).values("badge_id"),
         ).select_related("badge")
-        if progress.relevant(requirement.spec, fact)
-    ]
+    )
+    touched = [r for r in candidates if r.pk in watching and progress.relevant(r.spec, fact)]
     if any(r.badge.segment_group_id or r.badge.segment_attribute for r in touched):
         # Badges limited to a segment are neither shown to nor evaluated for others.
         allowed = set(
@@ -137,12 +139,11 @@ def apply_event(
         return result
 
     badge_ids = sorted({requirement.badge_id for requirement in touched})
+    all_requirements = [r for r in candidates if r.badge_id in set(badge_ids)]
+    composites = [r for r in all_requirements if r.kind == "composite"]
+    if composites:
+        prefetch_related_objects(composites, "composite_badges")
     user_badges = lock_user_badges(user_id, badge_ids)
-    all_requirements = list(
-        BadgeRequirement.objects.filter(badge_id__in=badge_ids)
-        .select_related("badge")
-        .prefetch_related("composite_badges")
-    )
     rows = _progress_rows(user_id, all_requirements)
 
     changed_rows = []
@@ -253,8 +254,13 @@ def award(
             tier <= user_badge.tier if tier else user_badge.completed_at is not None
         ):
             continue
-        if period and _earned_before_it_repeated(user_badge, badge, period):
-            continue
+        if period and (
+            Unlock.objects.filter(
+                user_id=user_badge.user_id, badge_id=badge.pk, period=period, tier=tier
+            ).exists()
+            or _earned_before_it_repeated(user_badge, badge, period)
+        ):
+            continue  # this period is earned already: one query in the usual case
         # A later tier or another period was completed by the event at hand;
         # the events that first met each requirement belong to the first earning.
         ids = provenance if not period and tier <= 1 else provenance[-1:]

@@ -23,10 +23,12 @@ from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
+# Counters that are another metric's count, rendered from it rather than kept twice.
+DERIVED_COUNTERS = {"accolade_events_processed_total": "accolade_evaluation_seconds_count"}
 COUNTERS = {
     "accolade_events_received_total": "Events recorded (new, not duplicates).",
     "accolade_events_deduplicated_total": "Events recognised as duplicates, not recorded again.",
-    "accolade_events_processed_total": "Events evaluated.",
+    "accolade_events_processed_total": "Events evaluated (the evaluation histogram's count).",
     "accolade_events_dead_lettered_total": "Events given up on after repeated failures.",
     "accolade_unlocks_total": "Unlocks written (every tier and period, silent ones included).",
 }
@@ -48,28 +50,23 @@ def _namespace() -> str:
     return str(getattr(settings, "ACCOLADE_NAMESPACE", "accolade"))
 
 
-_client: Any = None
+_clients: dict[str, Any] = {}
 _client_lock = threading.Lock()
 
 
 def redis_client(role: str = "cache") -> Any:
-    """A client for one of REDIS_URL's databases, or None in the embedded mode."""
+    """This process's client for one of REDIS_URL's databases, or None when embedded."""
     urls = getattr(settings, "ACCOLADE_REDIS", None)
     if not urls:
         return None
-    global _client
-    if role != "cache":
-        import redis
-
-        return redis.Redis.from_url(urls[role], socket_timeout=2, socket_connect_timeout=2)
     with _client_lock:
-        if _client is None:
+        if role not in _clients:
             import redis
 
-            _client = redis.Redis.from_url(
-                urls["cache"], socket_timeout=2, socket_connect_timeout=2
+            _clients[role] = redis.Redis.from_url(
+                urls[role], socket_timeout=2, socket_connect_timeout=2
             )
-        return _client
+        return _clients[role]
 
 
 class _Memory:
@@ -177,10 +174,7 @@ def queue_depth() -> int | None:
     client = redis_client("broker")
     if client is None:
         return None
-    try:
-        return int(client.llen(settings.CELERY_TASK_DEFAULT_QUEUE))
-    finally:
-        client.close()
+    return int(client.llen(settings.CELERY_TASK_DEFAULT_QUEUE))
 
 
 def render() -> str:
@@ -196,7 +190,7 @@ def render() -> str:
     lines: list[str] = []
     for name, help_text in COUNTERS.items():
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
-        lines.append(f"{name} {_fmt(values.get(name, 0))}")
+        lines.append(f"{name} {_fmt(values.get(DERIVED_COUNTERS.get(name, name), 0))}")
     for name, (help_text, buckets) in HISTOGRAMS.items():
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
         running = 0.0

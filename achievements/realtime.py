@@ -51,11 +51,12 @@ def notify_badge_changes(
 
     if _nobody_listens(get_channel_layer()):
         return  # skip rendering cards nobody would get
-    unlocks = list(
+    rows = list(
         Unlock.objects.filter(pk__in=list(unlock_ids))
         .order_by("pk")
-        .values_list("pk", "badge_id", "tier", "period")
+        .values_list("pk", "badge_id", "tier", "period", "event__received_at")
     )
+    unlocks = [(pk, badge_id, tier, period) for pk, badge_id, tier, period, _ in rows]
     cards = cards_for_user(user_id, badge_ids={*badge_ids, *(b for _, b, _, _ in unlocks)})
     # One message, so the page gets every change of one event in one frame;
     # a toast per unlock, as an event can reach two tiers of a badge at once.
@@ -65,25 +66,17 @@ def notify_badge_changes(
         "toasts": toasts_for(user_id, unlocks, cards),
     }
     if send_to_group(user_group(user_id), [message]) and unlocks:
+        from django.utils import timezone
+
         from achievements.actions import mark_unlocks_delivered
 
         mark_unlocks_delivered([pk for pk, _, _, _ in unlocks])
-        _observe_latency([pk for pk, _, _, _ in unlocks])
-
-
-def _observe_latency(unlock_ids: list[int]) -> None:
-    """Event received → unlock pushed, for the unlocks an event caused (not composites)."""
-    from django.utils import timezone
-
-    from achievements.models import Unlock
-
-    now = timezone.now()
-    received = Unlock.objects.filter(pk__in=unlock_ids, event__isnull=False).values_list(
-        "event__received_at", flat=True
-    )
-    metrics.observe(
-        "accolade_unlock_latency_seconds", [(now - at).total_seconds() for at in received]
-    )
+        # Event received → unlock pushed (composites have no event of their own).
+        now = timezone.now()
+        metrics.observe(
+            "accolade_unlock_latency_seconds",
+            [(now - received).total_seconds() for *_, received in rows if received],
+        )
 
 
 def send_to_group(group: str, messages: list[dict[str, Any]]) -> bool:

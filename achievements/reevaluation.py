@@ -174,11 +174,11 @@ class _Pacer:
         job = self.job
         job.users_done, job.events_done = users_done, events_done
         job.heartbeat_at = timezone.now()
-        Reevaluation.objects.filter(pk=job.pk).update(
-            users_done=users_done, events_done=events_done, heartbeat_at=job.heartbeat_at
-        )
-        state = Reevaluation.objects.values_list("state", flat=True).get(pk=job.pk)
-        if state == Reevaluation.State.CANCELLING:
+        # One query stores progress and, by matching nothing, tells of a cancel.
+        still_running = Reevaluation.objects.filter(
+            pk=job.pk, state=Reevaluation.State.RUNNING
+        ).update(users_done=users_done, events_done=events_done, heartbeat_at=job.heartbeat_at)
+        if not still_running:
             raise Cancelled
         if time.monotonic() - self.last_push >= PUSH_INTERVAL_SECONDS:
             self.last_push = time.monotonic()

@@ -391,19 +391,27 @@ def tier_funnel(filters: Filters) -> list[dict[str, Any]]:
     badges = [badge for badge in Badge.objects.active() if badge.tier_list()]
     if filters.badge:
         badges = [badge for badge in badges if badge.pk == filters.badge.pk]
+    standing = UserBadge.objects.filter(badge__in=badges, last_evaluated_at__lt=filters.before)
+    started = dict(
+        standing.filter(current_value__gt=0)
+        .values("badge_id")
+        .annotate(n=Count("pk"))
+        .values_list("badge_id", "n")
+    )
+    levels: dict[int, Counter[int]] = defaultdict(Counter)
+    for badge_id, tier, n in (
+        standing.filter(tier__gt=0, completed_at__lt=filters.before)
+        .values("badge_id", "tier")
+        .annotate(n=Count("pk"))
+        .values_list("badge_id", "tier", "n")
+    ):
+        levels[badge_id][tier] = n
     rows = []
     for badge in badges:
-        standing = UserBadge.objects.filter(badge=badge, last_evaluated_at__lt=filters.before)
-        started = standing.filter(current_value__gt=0).count()
-        levels = Counter(
-            standing.filter(tier__gt=0, completed_at__lt=filters.before).values_list(
-                "tier", flat=True
-            )
-        )
-        previous = started
-        rows.append({"badge": badge.name, "step": "Started", "users": started, "of_previous": ""})
+        previous = started.get(badge.pk, 0)
+        rows.append({"badge": badge.name, "step": "Started", "users": previous, "of_previous": ""})
         for level, (name, _) in enumerate(badge.tier_list(), start=1):
-            reached = sum(n for tier, n in levels.items() if tier >= level)
+            reached = sum(n for tier, n in levels[badge.pk].items() if tier >= level)
             share = f"{100 * reached / previous:.0f} %" if previous else "—"
             rows.append(
                 {"badge": badge.name, "step": name, "users": reached, "of_previous": share}
@@ -418,42 +426,49 @@ def time_to_unlock(filters: Filters) -> list[dict[str, Any]]:
     badges = list(Badge.objects.active().prefetch_related("requirements"))
     if filters.badge:
         badges = [badge for badge in badges if badge.pk == filters.badge.pk]
-    rows = []
-    for badge in badges:
-        types = {t for r in badge.requirements.all() for t in r.watched_types()}
-        unlocks = list(
-            Unlock.objects.filter(
-                badge=badge,
-                unlocked_at__gte=filters.since,
-                unlocked_at__lt=filters.before,
-                tier__lte=1,
-                event__isnull=False,
-            )
-            .order_by("user_id", "unlocked_at")
-            .values_list("user_id", "event__occurred_at")[:SAMPLE_LIMIT]
+    types = {
+        badge.pk: {t for r in badge.requirements.all() for t in r.watched_types()}
+        for badge in badges
+    }
+    unlocks = list(
+        Unlock.objects.filter(
+            badge__in=badges,
+            unlocked_at__gte=filters.since,
+            unlocked_at__lt=filters.before,
+            tier__lte=1,
+            event__isnull=False,
         )
-        firsts = dict(
-            Event.objects.filter(user_id__in={user for user, _ in unlocks}, event_type__in=types)
-            .values("user_id")
-            .annotate(first=Min("occurred_at"))
-            .values_list("user_id", "first")
+        .order_by("badge_id", "user_id", "unlocked_at")
+        .values_list("badge_id", "user_id", "event__occurred_at")[:SAMPLE_LIMIT]
+    )
+    # The first event of each type for each unlocking user, in one query.
+    firsts: dict[tuple[int, str], datetime] = {
+        (user_id, event_type): first
+        for user_id, event_type, first in Event.objects.filter(
+            user_id__in={user for _, user, _ in unlocks},
+            event_type__in=set().union(*types.values()),
         )
-        seen: set[int] = set()
-        spans = []
-        for user_id, at in unlocks:
-            if user_id in seen or user_id not in firsts:
-                continue  # a repeatable badge's later earnings do not restart the clock
-            seen.add(user_id)
-            spans.append(max(0.0, (at - firsts[user_id]).total_seconds()))
-        rows.append(
-            {
-                "badge": badge.name,
-                "unlocks": len(spans),
-                "median": _duration(_percentile(spans, 0.5)),
-                "p90": _duration(_percentile(spans, 0.9)),
-            }
-        )
-    return rows
+        .values("user_id", "event_type")
+        .annotate(first=Min("occurred_at"))
+        .values_list("user_id", "event_type", "first")
+    }
+    spans: dict[int, list[float]] = defaultdict(list)
+    seen: set[tuple[int, int]] = set()
+    for badge_id, user_id, at in unlocks:
+        starts = [firsts[(user_id, t)] for t in types[badge_id] if (user_id, t) in firsts]
+        if (badge_id, user_id) in seen or not starts:
+            continue  # a repeatable badge's later earnings do not restart the clock
+        seen.add((badge_id, user_id))
+        spans[badge_id].append(max(0.0, (at - min(starts)).total_seconds()))
+    return [
+        {
+            "badge": badge.name,
+            "unlocks": len(spans[badge.pk]),
+            "median": _duration(_percentile(spans[badge.pk], 0.5)),
+            "p90": _duration(_percentile(spans[badge.pk], 0.9)),
+        }
+        for badge in badges
+    ]
 
 
 def _duration(seconds: float | None) -> str:

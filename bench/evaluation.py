@@ -54,21 +54,10 @@ def run(events: int, repeats: int) -> dict[str, float]:
 
     from achievements.actions import evaluate_event
     from achievements.models import Badge, BadgeRequirement, Event
-    from tests.factories import make_badge
+    from bench.scratch import make_visit_badges
 
     User = get_user_model()
-    make_badge(
-        key="places",
-        requirements=[
-            {
-                "event_type": "visit.created",
-                "threshold": 10**9,
-                "aggregation": "distinct",
-                "field": "place_id",
-            }
-        ],
-    )
-    make_badge(key="visits", requirements=[{"event_type": "visit.created", "threshold": 10**9}])
+    make_visit_badges()
 
     def set_unrelated_badges(count: int) -> None:
         existing = Badge.objects.filter(key__startswith="unrelated_").count()

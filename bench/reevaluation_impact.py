@@ -56,20 +56,9 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     from django.utils import timezone
 
     from achievements.models import Event, Reevaluation
-    from tests.factories import make_badge
+    from bench.scratch import make_visit_badges
 
-    places = make_badge(
-        key="places",
-        requirements=[
-            {
-                "event_type": "visit.created",
-                "threshold": 10**9,
-                "aggregation": "distinct",
-                "field": "place_id",
-            }
-        ],
-    )
-    make_badge(key="visits", requirements=[{"event_type": "visit.created", "threshold": 10**9}])
+    places = make_visit_badges()
     User = get_user_model()
     now = timezone.now()
     users = User.objects.bulk_create([User(username=f"u{n}") for n in range(args.users)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -40,3 +41,24 @@ def scratch_database() -> Iterator[str]:
         connections.close_all()
         with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def make_visit_badges() -> Any:
+    """The two badges every benchmark evaluates visits against, never unlocked
+    (thresholds out of reach), so each event does the full work: a distinct
+    count and a plain count. Returns the distinct-places badge."""
+    from tests.factories import make_badge
+
+    places = make_badge(
+        key="places",
+        requirements=[
+            {
+                "event_type": "visit.created",
+                "threshold": 10**9,
+                "aggregation": "distinct",
+                "field": "place_id",
+            }
+        ],
+    )
+    make_badge(key="visits", requirements=[{"event_type": "visit.created", "threshold": 10**9}])
+    return places

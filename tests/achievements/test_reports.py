@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from achievements import reports
 from achievements.events import record_event
-from achievements.models import Badge, BadgeRequirement
+from achievements.models import BadgeRequirement
 from tests.factories import make_badge, make_places_badge, make_user
 
 
@@ -102,7 +102,6 @@ def test_weekly_buckets_start_on_monday(db):
     assert not errors
     periods = [row["period"].isoformat() for row in reports.unlocks_over_time(filters)]
     assert periods == ["2026-11-02", "2026-11-09", "2026-11-16"]
-    assert Badge.objects.count() == 0 and timedelta(days=1)
 
 
 def test_the_admin_front_page_links_to_reports_for_analysts_only(analyst, client, db):
@@ -145,7 +144,6 @@ def test_pipeline_health_reports_volume_lag_and_failures(analyst, history):
 
 
 def test_tier_funnel_and_time_to_unlock(analyst, history, django_capture_on_commit_callbacks):
-    from datetime import timedelta
 
     badge, tiered = history
     page = analyst.get("/admin/reports/")

@@ -11,6 +11,7 @@ from achievements.actions import evaluate_event
 from achievements.cards import cards_for_user
 from achievements.events import record_event
 from achievements.models import BadgeRequirement, RequirementProgress, Unlock
+from tests.achievements.test_admin import _inline_post
 from tests.factories import make_badge
 
 START = datetime(2026, 3, 2, 12, tzinfo=UTC)
@@ -220,32 +221,14 @@ def test_the_admin_refuses_composites_that_require_themselves(client, owner):
     ).composite_badges.set([first])
 
     def post(badge, parts):
-        return client.post(
-            f"/admin/achievements/badge/{badge.pk}/change/",
-            {
-                "key": badge.key,
-                "name": badge.name,
-                "description": "",
-                "icon": "",
-                "is_active": "on",
-                "sort_order": "0",
-                "requirements-TOTAL_FORMS": "1",
-                "requirements-INITIAL_FORMS": "0",
-                "requirements-MIN_NUM_FORMS": "1",
-                "requirements-MAX_NUM_FORMS": "1000",
-                "requirements-0-kind": "composite",
-                "requirements-0-composite_mode": "all",
-                "requirements-0-composite_badges": [p.pk for p in parts],
-                "requirements-0-threshold": "0",
-                "requirements-0-aggregation": "count",
-                "requirements-0-operator": ">=",
-                "requirements-0-scope": "all_time",
-                "requirements-0-window_days": "0",
-                "requirements-0-streak_unit": "day",
-                "requirements-0-steps": "[]",
-                "requirements-0-filters": "{}",
-            },
-        ).content.decode()
+        data = _inline_post(
+            kind="composite",
+            composite_badges=[p.pk for p in parts],
+            threshold="0",
+            event_type="",
+        )
+        data.update(key=badge.key, name=badge.name)
+        return client.post(f"/admin/achievements/badge/{badge.pk}/change/", data).content.decode()
 
     assert "A badge cannot require itself." in post(first, [first])
     page = post(first, [second])
