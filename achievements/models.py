@@ -12,6 +12,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from achievements import periods, rules
@@ -558,6 +559,9 @@ class Event(models.Model):
         indexes = [
             models.Index(fields=["user", "occurred_at"], name="event_user_occurred"),
             models.Index(fields=["event_type", "occurred_at"], name="event_type_occurred"),
+            # Reports: today's events (closed days are rolled up in ActivityDay)
+            # and the latest events' processing lag.
+            models.Index(fields=["received_at"], name="event_received"),
             models.Index(
                 fields=["received_at"],
                 name="event_unprocessed",
@@ -591,6 +595,12 @@ class Event(models.Model):
         return "pending"
 
 
+def progress_share() -> models.expressions.CombinedExpression:
+    """A user's progress on a badge as a share of its target (a float, on every
+    database), for the near-miss report and the index it reads."""
+    return Cast("current_value", models.FloatField()) / Cast("target_value", models.FloatField())
+
+
 class UserBadge(models.Model):
     """A user's standing on one badge: progress, and the unlock once it happens."""
 
@@ -619,6 +629,20 @@ class UserBadge(models.Model):
             # One row per user and badge, so there is exactly one place an
             # unlock can be written, whatever races.
             models.UniqueConstraint(fields=["user", "badge"], name="unique_user_badge"),
+        ]
+        indexes = [
+            # Reports: holders per badge and tier, and the nearest misses first.
+            models.Index(
+                fields=["badge", "tier"],
+                include=["completed_at"],
+                name="userbadge_holders",
+                condition=models.Q(completed_at__isnull=False),
+            ),
+            models.Index(
+                progress_share(),
+                name="userbadge_share",
+                condition=models.Q(completed_at__isnull=True, target_value__gt=0),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -723,6 +747,12 @@ class Unlock(models.Model):
     seen_at = models.DateTimeField(
         null=True, blank=True, help_text="When a page of the user first showed the toast."
     )
+    took = models.DurationField(
+        null=True,
+        blank=True,
+        help_text="First earnings of a badge (each tier): from the user's first qualifying "
+        "event to the event that earned it. The time-to-unlock report reads it.",
+    )
 
     objects = UnlockQuerySet.as_manager()
 
@@ -739,6 +769,11 @@ class Unlock(models.Model):
                 fields=["user", "unlocked_at"],
                 name="unlock_unseen",
                 condition=models.Q(seen_at__isnull=True, silent=False),
+            ),
+            # The reports: unlocks over time, per badge, and their latency.
+            models.Index(fields=["unlocked_at"], name="unlock_at"),
+            models.Index(
+                fields=["badge", "unlocked_at"], include=["tier", "took"], name="unlock_badge_at"
             ),
         ]
 
@@ -925,6 +960,12 @@ class RequirementProgress(models.Model):
         blank=True,
         help_text="The producer's id of the event that first met the requirement.",
     )
+    started_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the earliest event that counted toward it occurred (passed its "
+        "type and filters).",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -1039,3 +1080,30 @@ class Reevaluation(models.Model):
         if self.finished or not rate:
             return None
         return int((self.events_total - self.events_done) / rate)
+
+
+class ActivityDay(models.Model):
+    """A closed day's events, rolled up once for the reports (achievements/rollups.py).
+
+    Events are stamped `received_at` when they arrive, so a day that has ended
+    (in the site's time zone) never gains events: its roll-up is final. The
+    active users are a bitmap by user id, so the users active over any range
+    of days is the union of its days' bitmaps, counted exactly. Unlocks are
+    stamped when written, so the day's unlock counts are final too.
+    """
+
+    day = models.DateField(unique=True)
+    events = models.PositiveIntegerField()
+    users = models.BinaryField(help_text="A zlib-compressed bitmap, bit n for user n.")
+    user_count = models.PositiveIntegerField()
+    by_type = models.JSONField(default=dict, help_text="Events received per event type.")
+    unlocks = models.JSONField(
+        default=dict, help_text="Unlocks written that day per badge id (every earning)."
+    )
+    built_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["day"]
+
+    def __str__(self) -> str:
+        return f"{self.day}: {self.events} events, {self.user_count} users"

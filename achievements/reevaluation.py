@@ -20,7 +20,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connections, transaction
 from django.db.models import Q
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -34,11 +34,18 @@ logger = logging.getLogger(__name__)
 PUSH_INTERVAL_SECONDS = 0.5
 # A job whose heartbeat is older than this was lost with its worker and may be taken again.
 STALE_AFTER = timedelta(minutes=2)
+# A running job beats this often from a thread of its own, so a user whose
+# replay takes minutes never makes a live job look lost.
+HEARTBEAT_SECONDS = 20.0
 REPORT_LIMIT = 1000  # users listed per section of the stored report
 
 
 class Cancelled(Exception):
     pass
+
+
+class TakenOver(Exception):
+    """Another run claimed the job (this one was thought lost); stop without writing."""
 
 
 def group(job_id: int) -> str:
@@ -131,7 +138,20 @@ def run(job_id: int) -> None:
     ).update(state=Reevaluation.State.RUNNING, started_at=now, heartbeat_at=now)
     if not claimed:
         return
+    # The claim time marks this run: every later write matches it, so a run
+    # that was presumed lost and then wakes up can never overwrite another's.
     job = Reevaluation.objects.get(pk=job_id)
+    heartbeat = _Heartbeat(job_id, now)
+    heartbeat.start()
+    try:
+        _run_claimed(job)
+    except TakenOver:
+        logger.warning("Re-evaluation %s was taken over by another run; this one stops", job_id)
+    finally:
+        heartbeat.stop()
+
+
+def _run_claimed(job: Reevaluation) -> None:
     keys = list(job.badges.filter(is_active=True).values_list("key", flat=True))
     report = ReplayReport()
     if not keys:
@@ -153,8 +173,10 @@ def run(job_id: int) -> None:
         )
     except Cancelled:
         _finish(job, report, Reevaluation.State.CANCELLED)
+    except TakenOver:
+        raise
     except Exception as exc:
-        logger.exception("Re-evaluation %s failed", job_id)
+        logger.exception("Re-evaluation %s failed", job.pk)
         job.error = "".join(traceback.format_exception(exc))[-5000:]
         _finish(job, report, Reevaluation.State.FAILED)
     else:
@@ -176,10 +198,12 @@ class _Pacer:
         job.heartbeat_at = timezone.now()
         # One query stores progress and, by matching nothing, tells of a cancel.
         still_running = Reevaluation.objects.filter(
-            pk=job.pk, state=Reevaluation.State.RUNNING
+            pk=job.pk, state=Reevaluation.State.RUNNING, started_at=job.started_at
         ).update(users_done=users_done, events_done=events_done, heartbeat_at=job.heartbeat_at)
         if not still_running:
-            raise Cancelled
+            if Reevaluation.objects.filter(pk=job.pk, started_at=job.started_at).exists():
+                raise Cancelled
+            raise TakenOver
         if time.monotonic() - self.last_push >= PUSH_INTERVAL_SECONDS:
             self.last_push = time.monotonic()
             push(job)
@@ -208,10 +232,51 @@ def _finish(job: Reevaluation, report: ReplayReport, state: str) -> None:
     job.finished_at = timezone.now()
     job.users_done, job.events_done = report.users, report.events
     job.report = build_report(job, report)
-    job.save(
-        update_fields=["state", "finished_at", "users_done", "events_done", "report", "error"]
+    written = Reevaluation.objects.filter(pk=job.pk, started_at=job.started_at).update(
+        state=job.state,
+        finished_at=job.finished_at,
+        users_done=job.users_done,
+        events_done=job.events_done,
+        report=job.report,
+        error=job.error,
     )
+    if not written:
+        raise TakenOver
     push(job)
+
+
+class _Heartbeat:
+    """Keeps a claimed job's heartbeat fresh from a thread while the run works."""
+
+    def __init__(self, job_id: int, claimed_at: datetime) -> None:
+        self.job_id, self.claimed_at = job_id, claimed_at
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat, name=f"reevaluation-{job_id}-heartbeat", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        try:
+            while not self._stop.wait(HEARTBEAT_SECONDS):
+                try:
+                    Reevaluation.objects.filter(
+                        pk=self.job_id,
+                        started_at=self.claimed_at,
+                        state__in=[Reevaluation.State.RUNNING, Reevaluation.State.CANCELLING],
+                    ).update(heartbeat_at=timezone.now())
+                except Exception as exc:
+                    # SQLite is locked while the replay writes; the next beat retries.
+                    logger.warning("Re-evaluation %s: heartbeat missed (%s)", self.job_id, exc)
+                    connections.close_all()
+        finally:
+            connections.close_all()  # this thread's own connections
 
 
 def build_report(job: Reevaluation, report: ReplayReport) -> dict[str, Any]:

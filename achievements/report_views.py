@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET
 
-from achievements import reports
+from achievements import reports, rollups
 from achievements.models import Badge
 
 EXPORTS = {
@@ -39,13 +39,14 @@ def reports_view(request: HttpRequest) -> HttpResponse:
     if export and export not in EXPORTS:
         errors["export"] = f"Export one of {', '.join(EXPORTS)}."
         export = ""
+    activity = rollups.activity(filters.start, filters.end)
     tables: dict[str, list[dict[str, Any]]] = {
         "unlocks": reports.unlocks_over_time(filters),
-        "rarity": reports.rarity(filters, sort=sort),
+        "rarity": reports.rarity(filters, sort=sort, active=activity.active_users),
         "near_misses": reports.near_misses(filters),
         "funnel": reports.tier_funnel(filters),
         "time_to_unlock": reports.time_to_unlock(filters),
-        "pipeline": reports.pipeline_health(filters),
+        "pipeline": reports.pipeline_health(filters, activity=activity),
         "rule_health": reports.rule_health(filters),
     }
     if export and not errors:
@@ -58,7 +59,7 @@ def reports_view(request: HttpRequest) -> HttpResponse:
         "sort": sort,
         "badges": Badge.objects.order_by("name"),
         "chart": reports.chart(tables["unlocks"], unit=filters.unit),
-        "active_users": reports.active_users(filters),
+        "active_users": activity.active_users,
         **tables,
     }
     response = TemplateResponse(request, "admin/achievements/reports.html", context)

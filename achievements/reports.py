@@ -6,19 +6,31 @@ tests read the same numbers. Charts are server-rendered SVG (no script).
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from django.db.models import Count, F, Max, Min, Q
-from django.db.models.functions import TruncDay, TruncWeek
+from django.db import connection
+from django.db.models import (
+    Aggregate,
+    Count,
+    DurationField,
+    Exists,
+    ExpressionWrapper,
+    F,
+    OuterRef,
+    Q,
+    QuerySet,
+)
 from django.utils import timezone
 from django.utils.dateparse import parse_date
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from achievements.models import Badge, Event, Unlock, UserBadge
+from achievements import rollups
+from achievements.models import Badge, Event, Unlock, UserBadge, progress_share
 
 MAX_RANGE_DAYS = 366
 NEAR_MISS_LIMIT = 200
@@ -30,6 +42,7 @@ class Filters:
     end: date  # inclusive
     badge: Badge | None
     unit: str  # "day" or "week"
+    quiet_days: int = 7  # rule health: an event type silent this long is flagged
 
     @property
     def since(self) -> datetime:
@@ -42,7 +55,12 @@ class Filters:
     def query(self, **extra: str) -> str:
         from urllib.parse import urlencode
 
-        params = {"start": self.start.isoformat(), "end": self.end.isoformat(), "unit": self.unit}
+        params = {
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "unit": self.unit,
+            "quiet": str(self.quiet_days),
+        }
         if self.badge:
             params["badge"] = self.badge.key
         params.update(extra)
@@ -79,38 +97,34 @@ def parse_filters(params: Any, *, today: date | None = None) -> tuple[Filters, d
     if unit not in ("day", "week"):
         errors["unit"] = "Choose day or week."
         unit = "day"
+    quiet = params.get("quiet", "") or "7"
+    if not (quiet.isascii() and quiet.isdigit()) or not 1 <= int(quiet) <= MAX_RANGE_DAYS:
+        errors["quiet"] = f"Quiet days must be a whole number from 1 to {MAX_RANGE_DAYS}."
+        quiet = "7"
     badge = None
     key = params.get("badge", "")
     if key:
         badge = Badge.objects.filter(key=key).first()
         if badge is None:
             errors["badge"] = f"No badge with key {key!r}."
-    return Filters(start, end, badge, unit), errors
+    return Filters(start, end, badge, unit, int(quiet)), errors
 
 
 def unlocks_over_time(filters: Filters) -> list[dict[str, Any]]:
     """Unlocks per day or week in the range (every earning counts), and the running total."""
-    unlocks = Unlock.objects.filter(unlocked_at__gte=filters.since, unlocked_at__lt=filters.before)
-    if filters.badge:
-        unlocks = unlocks.filter(badge=filters.badge)
-    trunc = TruncDay if filters.unit == "day" else TruncWeek
-    counts = (
-        unlocks.annotate(bucket=trunc("unlocked_at"))
-        .values("bucket")
-        .annotate(n=Count("pk"))
-        .values_list("bucket", "n")
+    per_day = rollups.unlocks_per_day(
+        filters.start, filters.end, filters.badge.pk if filters.badge else None
     )
-    by_day: dict[date, int] = {
-        timezone.localdate(bucket) if isinstance(bucket, datetime) else bucket: n
-        for bucket, n in counts
-    }
+    step = timedelta(days=1 if filters.unit == "day" else 7)
+    buckets: Counter[date] = Counter()
+    for day, n in per_day.items():
+        buckets[day - timedelta(days=day.weekday()) if filters.unit == "week" else day] += n
     rows, running = [], 0
     current = filters.start
     if filters.unit == "week":
         current -= timedelta(days=current.weekday())
-    step = timedelta(days=1 if filters.unit == "day" else 7)
     while current <= filters.end:
-        n = by_day.get(current, 0)
+        n = buckets.get(current, 0)
         running += n
         rows.append({"period": current, "unlocks": n, "cumulative": running})
         current += step
@@ -118,33 +132,29 @@ def unlocks_over_time(filters: Filters) -> list[dict[str, Any]]:
 
 
 def active_users(filters: Filters) -> int:
-    """Users with at least one event received in the range."""
-    return (
-        Event.objects.filter(received_at__gte=filters.since, received_at__lt=filters.before)
-        .exclude(user__isnull=True)
-        .values("user_id")
-        .distinct()
-        .count()
-    )
+    """Users with at least one event received in the range (from the daily roll-ups)."""
+    return rollups.activity(filters.start, filters.end).active_users
 
 
-def rarity(filters: Filters, *, sort: str = "percent") -> list[dict[str, Any]]:
+def rarity(
+    filters: Filters, *, sort: str = "percent", active: int | None = None
+) -> list[dict[str, Any]]:
     """Holders of each badge (and each tier) at the end of the range, as % of active users."""
-    active = active_users(filters)
+    if active is None:
+        active = active_users(filters)
     badges = Badge.objects.active()
     if filters.badge:
         badges = badges.filter(pk=filters.badge.pk)
     held = UserBadge.objects.filter(
         badge__in=badges, completed_at__isnull=False, completed_at__lt=filters.before
     )
-    plain = dict(held.values("badge_id").annotate(n=Count("pk")).values_list("badge_id", "n"))
+    # One pass over the userbadge_holders index: holders per badge and tier.
+    plain: Counter[int] = Counter()
     tiers: dict[int, Counter[int]] = defaultdict(Counter)
     for badge_id, tier, n in (
-        held.filter(tier__gt=0)
-        .values("badge_id", "tier")
-        .annotate(n=Count("pk"))
-        .values_list("badge_id", "tier", "n")
+        held.values("badge_id", "tier").annotate(n=Count("*")).values_list("badge_id", "tier", "n")
     ):
+        plain[badge_id] += n
         tiers[badge_id][tier] = n
     rows = []
     for badge in badges:
@@ -178,22 +188,20 @@ def _rarity_row(badge: Badge, tier: str, holders: int, active: int) -> dict[str,
 
 def near_misses(filters: Filters) -> list[dict[str, Any]]:
     """Users at 80-99 % of a badge they do not hold, closest first."""
-    rows = (
-        UserBadge.objects.filter(
-            completed_at__isnull=True,
-            target_value__gt=0,
-            current_value__gte=F("target_value") * 0.8,
-            current_value__lt=F("target_value"),
-            badge__is_active=True,
-        )
+    # The share matches the userbadge_share index, which hands over the nearest
+    # misses first; the closest are picked before joining users and badges.
+    closest = (
+        UserBadge.objects.filter(completed_at__isnull=True, target_value__gt=0)
+        .annotate(share=progress_share())
+        .filter(share__gte=0.8, share__lt=1, badge__is_active=True)
         .filter(Q(last_evaluated_at__isnull=True) | Q(last_evaluated_at__lt=filters.before))
-        .select_related("user", "badge")
-        .order_by("-current_value", "badge__name")
+        .order_by("-share", "pk")
     )
     if filters.badge:
-        rows = rows.filter(badge=filters.badge)
+        closest = closest.filter(badge=filters.badge)
+    picked = list(closest.values_list("pk", flat=True)[:NEAR_MISS_LIMIT])
     result = []
-    for user_badge in rows[:NEAR_MISS_LIMIT]:
+    for user_badge in UserBadge.objects.filter(pk__in=picked).select_related("user", "badge"):
         percent = int(user_badge.current_value * 100 / user_badge.target_value)
         result.append(
             {
@@ -268,38 +276,60 @@ SAMPLE_LIMIT = 10_000
 
 
 def _percentile(values: list[float], share: float) -> float | None:
+    """The nearest-rank percentile (PostgreSQL's percentile_disc)."""
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
-def pipeline_health(filters: Filters) -> list[dict[str, Any]]:
+def _span(end: str, start: str) -> ExpressionWrapper:
+    return ExpressionWrapper(F(end) - F(start), output_field=DurationField())
+
+
+def _percentiles(
+    sample: QuerySet[Any], shares: tuple[float, ...] = (0.5, 0.95)
+) -> list[float | None]:
+    """Nearest-rank percentiles, in seconds, of the `span` each row of `sample` is
+    annotated with; computed by the database on PostgreSQL."""
+    if connection.vendor == "postgresql":
+        result = sample.aggregate(
+            **{f"p{n}": _PercentileDisc("span", share=share) for n, share in enumerate(shares)}
+        )
+        return [
+            None if value is None else value.total_seconds()
+            for value in (result[f"p{n}"] for n in range(len(shares)))
+        ]
+    spans = [span.total_seconds() for span in sample.values_list("span", flat=True) if span]
+    return [_percentile(spans, share) for share in shares]
+
+
+def pipeline_health(
+    filters: Filters, *, activity: rollups.Activity | None = None
+) -> list[dict[str, Any]]:
     """How the pipeline behaves in the range: volume, lag, latency, duplicates, failures."""
     from achievements import metrics
 
     events = Event.objects.filter(received_at__gte=filters.since, received_at__lt=filters.before)
-    received = events.count()
+    if activity is None:
+        activity = rollups.activity(filters.start, filters.end)
+    received = activity.events
     minutes = max(1.0, (min(filters.before, timezone.now()) - filters.since).total_seconds() / 60)
-    lags = [
-        (processed - arrived).total_seconds()
-        for arrived, processed in events.filter(processed_at__isnull=False)
-        .order_by("-received_at")
-        .values_list("received_at", "processed_at")[:SAMPLE_LIMIT]
-        if processed is not None
-    ]
-    latencies = [
-        (delivered - arrived).total_seconds()
-        for delivered, arrived in Unlock.objects.filter(
+    lag_p50, lag_p95 = _percentiles(
+        events.filter(processed_at__isnull=False)
+        .annotate(span=_span("processed_at", "received_at"))
+        .order_by("-received_at")[:SAMPLE_LIMIT]
+    )
+    latency_p50, latency_p95 = _percentiles(
+        Unlock.objects.filter(
             unlocked_at__gte=filters.since,
             unlocked_at__lt=filters.before,
             delivered_at__isnull=False,
             event__isnull=False,
         )
-        .order_by("-unlocked_at")
-        .values_list("delivered_at", "event__received_at")[:SAMPLE_LIMIT]
-        if delivered is not None
-    ]
+        .annotate(span=_span("delivered_at", "event__received_at"))
+        .order_by("-unlocked_at")[:SAMPLE_LIMIT]
+    )
     try:
         counters = metrics._read()
     except Exception:
@@ -317,10 +347,10 @@ def pipeline_health(filters: Filters) -> list[dict[str, Any]]:
     rows = [
         ("Events received in the range", f"{received}"),
         ("Events per minute (average over the range)", f"{received / minutes:.3g}"),
-        ("Processing lag p50 (received → evaluated)", seconds(_percentile(lags, 0.5))),
-        ("Processing lag p95", seconds(_percentile(lags, 0.95))),
-        ("Unlock latency p50 (event received → pushed)", seconds(_percentile(latencies, 0.5))),
-        ("Unlock latency p95", seconds(_percentile(latencies, 0.95))),
+        ("Processing lag p50 (received → evaluated)", seconds(lag_p50)),
+        ("Processing lag p95", seconds(lag_p95)),
+        ("Unlock latency p50 (event received → pushed)", seconds(latency_p50)),
+        ("Unlock latency p95", seconds(latency_p95)),
         (
             "Duplicate rate (since the counters started)",
             f"{100 * duplicates / (accepted + duplicates):.1f} %"
@@ -334,20 +364,29 @@ def pipeline_health(filters: Filters) -> list[dict[str, Any]]:
     return [{"measure": name, "value": value} for name, value in rows]
 
 
-def rule_health(filters: Filters, *, silent_days: int = 7) -> list[dict[str, Any]]:
+def rule_health(filters: Filters) -> list[dict[str, Any]]:
     """Badges that look broken: never awarded, watching silent event types, or swinging."""
-    badges = list(Badge.objects.active().prefetch_related("requirements"))
+    badges = list(
+        Badge.objects.active()
+        .annotate(awarded=Exists(Unlock.objects.filter(badge=OuterRef("pk"))))
+        .prefetch_related("requirements")
+    )
     if filters.badge:
         badges = [badge for badge in badges if badge.pk == filters.badge.pk]
-    awarded = set(Unlock.objects.values_list("badge_id", flat=True).distinct())
+    awarded = {badge.pk for badge in badges if badge.awarded}
     watched = {t for badge in badges for r in badge.requirements.all() for t in r.watched_types()}
-    last_seen = dict(
-        Event.objects.filter(event_type__in=watched)
-        .values("event_type")
-        .annotate(last=Max("occurred_at"))
-        .values_list("event_type", "last")
-    )
-    quiet_since = filters.before - timedelta(days=silent_days)
+    # The latest event of each type: one index lookup per type, not a scan.
+    last_seen = {
+        event_type: last
+        for event_type in watched
+        if (
+            last := Event.objects.filter(event_type=event_type)
+            .order_by("-occurred_at")
+            .values_list("occurred_at", flat=True)
+            .first()
+        )
+    }
+    quiet_since = filters.before - timedelta(days=filters.quiet_days)
     week = timedelta(days=7)
     recent = _unlock_counts(filters.before - week, filters.before)
     earlier = _unlock_counts(filters.before - 2 * week, filters.before - week)
@@ -381,7 +420,7 @@ def _unlock_counts(since: datetime, before: datetime) -> dict[int, int]:
     return dict(
         Unlock.objects.filter(unlocked_at__gte=since, unlocked_at__lt=before)
         .values("badge_id")
-        .annotate(n=Count("pk"))
+        .annotate(n=Count("*"))
         .values_list("badge_id", "n")
     )
 
@@ -391,21 +430,21 @@ def tier_funnel(filters: Filters) -> list[dict[str, Any]]:
     badges = [badge for badge in Badge.objects.active() if badge.tier_list()]
     if filters.badge:
         badges = [badge for badge in badges if badge.pk == filters.badge.pk]
-    standing = UserBadge.objects.filter(badge__in=badges, last_evaluated_at__lt=filters.before)
-    started = dict(
-        standing.filter(current_value__gt=0)
-        .values("badge_id")
-        .annotate(n=Count("pk"))
-        .values_list("badge_id", "n")
-    )
+    # One pass: per badge and tier, who has any progress and who holds it.
+    started: Counter[int] = Counter()
     levels: dict[int, Counter[int]] = defaultdict(Counter)
-    for badge_id, tier, n in (
-        standing.filter(tier__gt=0, completed_at__lt=filters.before)
+    for badge_id, tier, begun, held in (
+        UserBadge.objects.filter(badge__in=badges, last_evaluated_at__lt=filters.before)
         .values("badge_id", "tier")
-        .annotate(n=Count("pk"))
-        .values_list("badge_id", "tier", "n")
+        .annotate(
+            begun=Count("pk", filter=Q(current_value__gt=0)),
+            held=Count("pk", filter=Q(tier__gt=0, completed_at__lt=filters.before)),
+        )
+        .values_list("badge_id", "tier", "begun", "held")
     ):
-        levels[badge_id][tier] = n
+        started[badge_id] += begun
+        if held:
+            levels[badge_id][tier] = held
     rows = []
     for badge in badges:
         previous = started.get(badge.pk, 0)
@@ -421,54 +460,56 @@ def tier_funnel(filters: Filters) -> list[dict[str, Any]]:
 
 
 def time_to_unlock(filters: Filters) -> list[dict[str, Any]]:
-    """Per badge, for first unlocks in the range: time from the user's first qualifying
-    event (of a type the badge watches) to the event that unlocked it; median and p90."""
-    badges = list(Badge.objects.active().prefetch_related("requirements"))
+    """Per badge, for first unlocks in the range: the time from the user's first
+    qualifying event (one that passed a requirement's type and filters) to the
+    event that unlocked it, as recorded on the unlock (`Unlock.took`); median and p90."""
+    badges = list(Badge.objects.active())
     if filters.badge:
         badges = [badge for badge in badges if badge.pk == filters.badge.pk]
-    types = {
-        badge.pk: {t for r in badge.requirements.all() for t in r.watched_types()}
-        for badge in badges
-    }
-    unlocks = list(
-        Unlock.objects.filter(
-            badge__in=badges,
-            unlocked_at__gte=filters.since,
-            unlocked_at__lt=filters.before,
-            tier__lte=1,
-            event__isnull=False,
-        )
-        .order_by("badge_id", "user_id", "unlocked_at")
-        .values_list("badge_id", "user_id", "event__occurred_at")[:SAMPLE_LIMIT]
+    firsts = Unlock.objects.filter(
+        badge__in=badges,
+        unlocked_at__gte=filters.since,
+        unlocked_at__lt=filters.before,
+        tier__lte=1,  # a tiered badge's first tier; repeatable badges record only the first
+        took__isnull=False,
     )
-    # The first event of each type for each unlocking user, in one query.
-    firsts: dict[tuple[int, str], datetime] = {
-        (user_id, event_type): first
-        for user_id, event_type, first in Event.objects.filter(
-            user_id__in={user for _, user, _ in unlocks},
-            event_type__in=set().union(*types.values()),
+    stats: dict[int, tuple[int, float | None, float | None]] = {}
+    if connection.vendor == "postgresql":
+        for badge_id, n, middle, high in (
+            firsts.values("badge_id")
+            .annotate(
+                n=Count("*"),
+                median=_PercentileDisc("took", share=0.5),
+                p90=_PercentileDisc("took", share=0.9),
+            )
+            .values_list("badge_id", "n", "median", "p90")
+        ):
+            stats[badge_id] = (n, middle.total_seconds(), high.total_seconds())
+    else:
+        spans: dict[int, list[float]] = defaultdict(list)
+        for badge_id, took in firsts.values_list("badge_id", "took"):
+            if took is not None:
+                spans[badge_id].append(took.total_seconds())
+        for badge_id, values in spans.items():
+            stats[badge_id] = (len(values), _percentile(values, 0.5), _percentile(values, 0.9))
+    rows = []
+    for badge in badges:
+        n, median, p90 = stats.get(badge.pk, (0, None, None))
+        rows.append(
+            {"badge": badge.name, "unlocks": n, "median": _duration(median), "p90": _duration(p90)}
         )
-        .values("user_id", "event_type")
-        .annotate(first=Min("occurred_at"))
-        .values_list("user_id", "event_type", "first")
-    }
-    spans: dict[int, list[float]] = defaultdict(list)
-    seen: set[tuple[int, int]] = set()
-    for badge_id, user_id, at in unlocks:
-        starts = [firsts[(user_id, t)] for t in types[badge_id] if (user_id, t) in firsts]
-        if (badge_id, user_id) in seen or not starts:
-            continue  # a repeatable badge's later earnings do not restart the clock
-        seen.add((badge_id, user_id))
-        spans[badge_id].append(max(0.0, (at - min(starts)).total_seconds()))
-    return [
-        {
-            "badge": badge.name,
-            "unlocks": len(spans[badge.pk]),
-            "median": _duration(_percentile(spans[badge.pk], 0.5)),
-            "p90": _duration(_percentile(spans[badge.pk], 0.9)),
-        }
-        for badge in badges
-    ]
+    return rows
+
+
+class _PercentileDisc(Aggregate):
+    """PostgreSQL's nearest-rank percentile of an ordered set (here, of durations)."""
+
+    function = "PERCENTILE_DISC"
+    template = "%(function)s(%(share)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = DurationField()
+
+    def __init__(self, expression: str, *, share: float) -> None:
+        super().__init__(expression, share=float(share))
 
 
 def _duration(seconds: float | None) -> str:

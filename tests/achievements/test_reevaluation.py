@@ -172,3 +172,58 @@ def test_odd_badge_ids_are_refused_without_a_500(staff_client, ids):
     response = staff_client.get(f"/admin/achievements/badge/reevaluate/?ids={ids}")
     assert response.status_code == 302
     assert not Reevaluation.objects.exists()
+
+
+def test_a_run_presumed_lost_stops_without_overwriting_the_run_that_took_over(db, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    badge = make_places_badge(threshold=1)
+    for n in range(3):
+        visits(make_user(username=f"u{n}"), [1])
+    job = Reevaluation.objects.create()
+    job.badges.set([badge])
+    original = reevaluation._Pacer.after_user
+    takeover = timezone.now() + timedelta(minutes=5)
+
+    def taken_over_after_first(self, users_done, events_done):
+        if users_done == 1:
+            # A second run claimed the job while this one was stuck on a user.
+            Reevaluation.objects.filter(pk=job.pk).update(started_at=takeover, users_done=0)
+        original(self, users_done, events_done)
+
+    monkeypatch.setattr(reevaluation._Pacer, "after_user", taken_over_after_first)
+    reevaluation.run(job.pk)  # returns quietly
+    job.refresh_from_db()
+    assert (job.state, job.started_at, job.users_done, job.report) == (
+        "running",
+        takeover,
+        0,
+        {},  # no report written over the other run's
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_long_user_keeps_the_job_heartbeat_fresh(monkeypatch):
+    import time
+
+    badge = make_places_badge(threshold=1)
+    visits(make_user(username="slow"), [1])
+    job = Reevaluation.objects.create()
+    job.badges.set([badge])
+    monkeypatch.setattr(reevaluation, "HEARTBEAT_SECONDS", 0.05)
+    beats = []
+    original = reevaluation.replay_events
+
+    def slow_replay(**kwargs):
+        # One user whose replay takes a while: the heartbeat must move meanwhile.
+        for _ in range(3):
+            time.sleep(0.2)
+            beats.append(Reevaluation.objects.get(pk=job.pk).heartbeat_at)
+        return original(**kwargs)
+
+    monkeypatch.setattr(reevaluation, "replay_events", slow_replay)
+    reevaluation.run(job.pk)
+    assert len(set(beats)) == 3, beats
+    assert Reevaluation.objects.get(pk=job.pk).state == "done"

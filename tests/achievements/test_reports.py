@@ -85,6 +85,8 @@ def test_every_table_downloads_as_csv_with_formulas_defused(analyst, history):
         ("start=2026-11-10&end=2026-11-01", "start: The start must be on or before the end."),
         ("badge=ghost", "badge: No badge with key &#x27;ghost&#x27;."),
         ("unit=hour", "unit: Choose day or week."),
+        ("quiet=0", "quiet: Quiet days must be a whole number from 1 to 366."),
+        ("quiet=%C2%B2", "quiet: Quiet days must be a whole number from 1 to 366."),
         ("sort=size", "sort: Sort by one of"),
         ("export=pdf", "export: Export one of"),
     ],
@@ -162,3 +164,100 @@ def test_tier_funnel_and_time_to_unlock(analyst, history, django_capture_on_comm
     assert rows[badge.name]["unlocks"] == 2  # ana (minutes) and dee (3 days)
     assert rows[badge.name]["p90"] == "3.0 days"
     assert analyst.get("/admin/reports/?export=funnel").status_code == 200
+
+
+def test_the_quiet_days_filter_sets_when_an_event_type_counts_as_silent(analyst, history):
+    make_badge(key="lessons", requirements=[{"event_type": "lesson.finished", "threshold": 9}])
+    user = make_user(username="student")
+    record_event(user, "lesson.finished", occurred_at=timezone.now() - timedelta(days=10))
+
+    def problems(query: str) -> set[str]:
+        page = analyst.get(f"/admin/reports/?{query}")
+        assert page.status_code == 200
+        return {row["problem"] for row in page.context["rule_health"] if row["badge"] == "Lessons"}
+
+    ten_days_ago = timezone.localdate() - timedelta(days=10)
+    assert f"watches lesson.finished, which has arrived not since {ten_days_ago}" in problems("")
+    assert problems("quiet=30") == {"never awarded"}
+    assert 'name="quiet"' in analyst.get("/admin/reports/").content.decode()
+
+
+def test_time_to_unlock_starts_at_the_first_event_that_passes_the_filters(
+    db, django_capture_on_commit_callbacks
+):
+    badge = make_badge(key="big_spender", requirements=[])
+    BadgeRequirement.objects.create(
+        badge=badge,
+        event_type="order.paid",
+        threshold=2,
+        filters={"all": [{"field": "total", "op": ">=", "value": 100}]},
+    )
+    user = make_user(username="shopper")
+    now = timezone.now()
+    with django_capture_on_commit_callbacks(execute=True):
+        # A small order 9 days ago does not count; the first big one, 2 days ago, does.
+        record_event(user, "order.paid", payload={"total": 5}, occurred_at=now - timedelta(9))
+        record_event(user, "order.paid", payload={"total": 150}, occurred_at=now - timedelta(2))
+        record_event(user, "order.paid", payload={"total": 120}, occurred_at=now)
+    [row] = [r for r in reports.time_to_unlock(reports.parse_filters({})[0]) if r["unlocks"]]
+    assert (row["badge"], row["median"]) == ("Big Spender", "2.0 days")
+
+
+def test_replay_records_the_time_to_unlock_too(db, django_capture_on_commit_callbacks):
+    from achievements.models import RequirementProgress, Unlock, UserBadge
+    from achievements.replay import replay_events
+
+    badge = make_places_badge(threshold=2)
+    user = make_user(username="replayed")
+    now = timezone.now()
+    with django_capture_on_commit_callbacks(execute=True):
+        record_event(
+            user, "visit.created", payload={"place_id": 1}, occurred_at=now - timedelta(3)
+        )
+        record_event(user, "visit.created", payload={"place_id": 2}, occurred_at=now)
+    # As if the unlock had never been evaluated: the replay must write it whole.
+    Unlock.objects.all().delete()
+    UserBadge.objects.all().delete()
+    RequirementProgress.objects.update(started_at=None)
+    replay_events()
+    unlock = Unlock.objects.get(badge=badge)
+    assert unlock.took == timedelta(days=3)
+    assert RequirementProgress.objects.get().started_at == now - timedelta(3)
+
+
+def test_a_composite_records_the_time_from_its_parts_first_event(
+    db, django_capture_on_commit_callbacks
+):
+    from achievements.models import Unlock
+
+    visitor = make_places_badge(threshold=1)
+    poster = make_badge(
+        key="poster", requirements=[{"event_type": "image.posted", "threshold": 1}]
+    )
+    both = make_badge(key="both", requirements=[])
+    composite = BadgeRequirement.objects.create(
+        badge=both, kind="composite", threshold=0, composite_mode="all"
+    )
+    composite.composite_badges.set([visitor, poster])
+    user = make_user(username="allrounder")
+    now = timezone.now()
+    with django_capture_on_commit_callbacks(execute=True):
+        record_event(
+            user, "visit.created", payload={"place_id": 1}, occurred_at=now - timedelta(4)
+        )
+        record_event(user, "image.posted", payload={"image_id": 1}, occurred_at=now)
+    assert Unlock.objects.get(badge=both).took == timedelta(days=4)
+
+
+def test_near_misses_keep_the_closest_when_there_are_too_many(db, monkeypatch):
+    from achievements.models import UserBadge
+
+    badge = make_places_badge(threshold=5)
+    other = make_badge(key="marathon", requirements=[])
+    far, close = make_user(username="far"), make_user(username="close")
+    # 40 of 50 is a bigger number but a smaller share than 9 of 10.
+    UserBadge.objects.create(user=far, badge=other, current_value=40, target_value=50)
+    UserBadge.objects.create(user=close, badge=badge, current_value=9, target_value=10)
+    monkeypatch.setattr(reports, "NEAR_MISS_LIMIT", 1)
+    [row] = reports.near_misses(reports.parse_filters({})[0])
+    assert (row["user"], row["percent"]) == ("close", 90)
