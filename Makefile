@@ -6,7 +6,7 @@ PY := $(BIN)/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint typecheck migrate worker web clean
+.PHONY: install run test lint typecheck migrate worker web clean bench
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,19 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy .
+
+# The performance suite (not part of `make test`): each script starts what it
+# needs on PostgreSQL and Redis, prints a table and writes bench/results-*.json;
+# bench/collect.py gathers them into bench/results.json with the machine.
+bench: install
+	$(PY) bench/throughput.py
+	$(PY) bench/ingestion.py
+	$(PY) bench/connections.py
+	$(PY) bench/latency.py
+	$(PY) bench/evaluation.py
+	$(PY) bench/reports.py
+	$(PY) bench/reevaluation_impact.py
+	$(PY) bench/collect.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, prefetch_related_objects
+from django.db.models import F, Max, Min, prefetch_related_objects
 from django.utils import timezone
 
 from accounts.models import time_zone_for
@@ -157,17 +157,22 @@ def apply_event(
                 user_id=user_id, requirement=requirement, value_key=key
             )
         state = progress.apply_fact(spec, row.state, fact, time_zone, is_new_key=is_new_key)
-        if state != row.state:
+        started = row.started_at is None or event.occurred_at < row.started_at
+        if started:
+            row.started_at = event.occurred_at  # the first qualifying event, for reports
+        moved = state != row.state
+        if moved:
             if state.get("met") and not (row.state or {}).get("met"):
                 row.met_by = event.event_id  # provenance: the event that met it
             row.state = state
             row.value = progress.measure(spec, state, now, time_zone).value
+            moved_badges.add(requirement.badge_id)
+        if moved or started:
             row.updated_at = now
             changed_rows.append(row)
-            moved_badges.add(requirement.badge_id)
     if changed_rows:
         RequirementProgress.objects.bulk_update(
-            changed_rows, ["state", "value", "met_by", "updated_at"]
+            changed_rows, ["state", "value", "met_by", "started_at", "updated_at"]
         )
 
     requirements_by_badge: dict[int, list[BadgeRequirement]] = defaultdict(list)
@@ -193,6 +198,7 @@ def apply_event(
         user_badge.last_evaluated_at = evaluated_at
         earned = badge.earnings(requirements, states, standing, event.occurred_at, time_zone)
         completing = [rows[r.pk].met_by for r in requirements if rows[r.pk].met_by]
+        starts = [t for r in requirements if (t := rows[r.pk].started_at) is not None]
         for unlock in award(
             user_badge,
             badge,
@@ -200,6 +206,7 @@ def apply_event(
             event_id=event.pk,
             event_ids=[*completing, event.event_id],
             now=now,
+            took=event.occurred_at - min(starts) if starts else None,
         ):
             result.unlock_ids.append(unlock.pk)
             if badge_id not in result.unlocked_badge_ids:
@@ -230,6 +237,7 @@ def award(
     event_ids: list[str],
     now: datetime,
     silent: bool = False,
+    took: timedelta | None = None,
 ) -> list[Unlock]:
     """Write the unlocks `earned` (from Badge.earnings) that the user does not hold yet.
 
@@ -238,7 +246,9 @@ def award(
     repeatable badge's period is checked against its Unlock row, whose
     unique constraint backs every check. Each unlock records the rule version
     it was evaluated under and `event_ids`, the producer's ids of the events
-    that completed it. Returns the unlocks created, lowest tier first.
+    that completed it, and a badge's first earning (each tier of it) records
+    `took`, the time from the first qualifying event to the earning one.
+    Returns the unlocks created, lowest tier first.
     `user_badge` is updated; the caller saves it.
     """
     from achievements.versions import current_version
@@ -272,6 +282,9 @@ def award(
             "version": partial(current_version, badge.pk),
             "silent": silent,
             "seen_at": now if silent else None,
+            "took": max(took, timedelta(0))
+            if took is not None and (not period or user_badge.completed_at is None)
+            else None,
         }
         unlock, created = Unlock.objects.get_or_create(
             user_id=user_badge.user_id,
@@ -378,6 +391,7 @@ def evaluate_composites(
                     badge,
                     earned,
                     event_id=None,
+                    took=_composite_took(user_id, parts) if earned else None,
                     event_ids=[
                         event_id
                         for ids in Unlock.objects.filter(
@@ -406,6 +420,18 @@ def evaluate_composites(
                 )
         unlocked_here += changed
     return unlocked_here
+
+
+def _composite_took(user_id: int, parts: set[int]) -> timedelta | None:
+    """From the first event that counted toward any part to the event that completed
+    the last part to unlock."""
+    start = RequirementProgress.objects.filter(
+        user_id=user_id, requirement__badge_id__in=parts
+    ).aggregate(start=Min("started_at"))["start"]
+    end = Unlock.objects.filter(user_id=user_id, badge_id__in=parts).aggregate(
+        end=Max("event__occurred_at")
+    )["end"]
+    return end - start if start and end else None
 
 
 def lock_user_badges(user_id: int, badge_ids: list[int]) -> dict[int, UserBadge]:
@@ -527,7 +553,7 @@ def record_evaluation_failure(event_pk: int, error: str) -> Failure:
 
 def redrive_events(event_pks: list[int]) -> int:
     """Give dead-lettered events another full set of attempts, after a rule fix."""
-    from achievements.events import enqueue_evaluation
+    from achievements.events import enqueue_single
 
     with transaction.atomic():
         pks = list(
@@ -539,7 +565,7 @@ def redrive_events(event_pks: list[int]) -> int:
             dead_lettered_at=None, attempts=0, retry_at=None, swept_at=None
         )
         for pk in pks:
-            transaction.on_commit(partial(enqueue_evaluation, pk), robust=True)
+            transaction.on_commit(partial(enqueue_single, pk), robust=True)
     return len(pks)
 
 
@@ -550,8 +576,10 @@ def sweep_stranded_events(*, older_than_seconds: float | None = None, limit: int
     broker (it was down at commit) or was lost with a worker is still here.
     Each swept event is stamped so the next sweep leaves it alone for another
     period; the claim in evaluate_event makes a second delivery harmless.
+    Swept events go to the per-event task, not a batch: an event this old
+    may be one that keeps failing.
     """
-    from achievements.events import enqueue_evaluation
+    from achievements.events import enqueue_single
 
     age = (
         float(getattr(settings, "ACCOLADE_SWEEP_AGE_SECONDS", 300))
@@ -571,7 +599,7 @@ def sweep_stranded_events(*, older_than_seconds: float | None = None, limit: int
         )
         Event.objects.filter(pk__in=pks).stranded(older_than=cutoff).update(swept_at=now)
     for pk in pks:
-        enqueue_evaluation(pk)
+        enqueue_single(pk)
     if pks:
         logger.warning("Swept %s stranded event(s) back onto the queue", len(pks))
     return len(pks)

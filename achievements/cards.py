@@ -8,6 +8,7 @@ channel layer.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -17,7 +18,7 @@ from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.timezone import localtime
 
-from accounts.models import time_zone_for
+from accounts.models import Profile, time_zone_for
 from achievements.models import Badge, RequirementProgress, Unlock, UserBadge, format_number
 
 Card = dict[str, Any]
@@ -78,6 +79,72 @@ def cards_for_user(
         )
         for badge in badges_list
     ]
+
+
+def cards_for_users(wanted: dict[int, set[int]]) -> dict[int, list[Card]]:
+    """cards_for_user(user, badge_ids=...) for many users at once (user → badge ids), in
+    a fixed number of queries: what a worker pushes after a batch."""
+    all_ids = {badge_id for ids in wanted.values() for badge_id in ids}
+    if not wanted or not all_ids:
+        return {user_id: [] for user_id in wanted}
+    badges = list(
+        Badge.objects.active()
+        .filter(pk__in=all_ids)
+        .prefetch_related("requirements", "requirements__composite_badges")
+    )
+    segmented = {b.pk for b in badges if b.segment_group_id or b.segment_attribute}
+    allowed: dict[int, set[int]] = {}
+    for user_id, ids in wanted.items():
+        if ids & segmented:
+            allowed[user_id] = set(
+                Badge.objects.for_user(user_id)
+                .filter(pk__in=ids & segmented)
+                .values_list("pk", flat=True)
+            )
+    users = list(wanted)
+    user_badges = {
+        (ub.user_id, ub.badge_id): ub
+        for ub in UserBadge.objects.filter(user_id__in=users, badge_id__in=all_ids)
+    }
+    states: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for user_id, requirement_id, state in RequirementProgress.objects.filter(
+        user_id__in=users, requirement__badge_id__in=all_ids
+    ).values_list("user_id", "requirement_id", "state"):
+        states[user_id][requirement_id] = state
+    zones = dict(Profile.objects.filter(user_id__in=users).values_list("user_id", "time_zone"))
+    unlocked: dict[int, set[int]] = defaultdict(set)
+    if any(r.kind == "composite" for b in badges for r in b.requirements.all()):
+        for user_id, badge_id in (
+            Unlock.objects.filter(user_id__in=users).values_list("user_id", "badge_id").distinct()
+        ):
+            unlocked[user_id].add(badge_id)
+    repeatable = [b.pk for b in badges if b.repeat]
+    earnings: dict[tuple[int, int], int] = {}
+    if repeatable:
+        for user_id, badge_id, n in (
+            Unlock.objects.filter(user_id__in=users, badge_id__in=repeatable)
+            .values("user_id", "badge_id")
+            .annotate(n=Count("pk"))
+            .values_list("user_id", "badge_id", "n")
+        ):
+            earnings[(user_id, badge_id)] = n
+    now = timezone.now()
+    cards: dict[int, list[Card]] = {}
+    for user_id, ids in wanted.items():
+        cards[user_id] = [
+            _card(
+                badge,
+                user_badges.get((user_id, badge.pk)),
+                states[user_id],
+                now,
+                zones.get(user_id) or "UTC",
+                unlocked[user_id],
+                times_earned=earnings.get((user_id, badge.pk), 0),
+            )
+            for badge in badges  # display order, as cards_for_user
+            if badge.pk in ids and (badge.pk not in segmented or badge.pk in allowed[user_id])
+        ]
+    return cards
 
 
 def _card(

@@ -57,12 +57,17 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self.user_id = user.pk
         self.group_name = realtime.user_group(user.pk)
         await self.channel_layer.group_add(self.group_name, self.channel_name)
+        # Present before the catch-up is read: a change committed after that
+        # read is pushed, one committed before it is in the catch-up.
+        await realtime.presence_join(user.pk, self.channel_name)
         await self.accept()
         await self.catch_up()
 
     async def disconnect(self, code: int) -> None:
         if self.group_name:
             await self.channel_layer.group_discard(self.group_name, self.channel_name)
+        if self.user_id is not None:
+            await realtime.presence_leave(self.user_id, self.channel_name)
 
     async def catch_up(self) -> None:
         """Send what this page may have missed while it was not connected.
@@ -133,17 +138,27 @@ class LiveConsumer(AsyncWebsocketConsumer):
         await self.badges_changed({"cards": [message["card"]], "toasts": [toast]})
 
     async def badges_changed(self, message: dict[str, Any]) -> None:
-        """Fresh cards for what one evaluation changed, then a toast per unlock, in one frame."""
-        frame = "".join(
-            render_to_string("achievements/badges.html#progress", {"card": card})
-            for card in message["cards"]
-        )
-        frame += "".join(
-            render_to_string("achievements/badges.html#toast_frame", toast)
-            for toast in message["toasts"]
-        )
+        """Fresh cards for what one evaluation changed, then a toast per unlock, in one frame.
+
+        The sender renders the frame once per user (`html`), so a user's open
+        tabs, and every socket a broadcast reaches, cost this process a send,
+        not a render; a message without it (an older worker) is rendered here.
+        """
+        frame = message.get("html")
+        if frame is None:
+            frame = render_frame(message["cards"], message["toasts"])
         if frame:
             await self.send(text_data=frame)
+
+
+def render_frame(cards: list[dict[str, Any]], toasts: list[dict[str, Any]]) -> str:
+    """The HTML a page swaps in: the cards, then a toast per unlock."""
+    frame = "".join(
+        render_to_string("achievements/badges.html#progress", {"card": card}) for card in cards
+    )
+    return frame + "".join(
+        render_to_string("achievements/badges.html#toast_frame", toast) for toast in toasts
+    )
 
 
 def _parse_since(query_string: bytes) -> datetime | None:

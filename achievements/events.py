@@ -288,6 +288,22 @@ _executor_lock = threading.Lock()
 def enqueue_evaluation(event_pk: int) -> None:
     """Hand a committed event to the evaluator, according to ACCOLADE_TASK_MODE.
 
+    With Celery, events are evaluated in batches: the event asks for a drain
+    (achievements.dispatch), and asks coalesce. With a batch size of 1, and
+    in the thread and sync modes, each event is evaluated on its own.
+    """
+    mode = getattr(settings, "ACCOLADE_TASK_MODE", "celery")
+    if mode == "celery" and getattr(settings, "ACCOLADE_EVALUATION_BATCH_SIZE", 2000) > 1:
+        from achievements.dispatch import request_drain
+
+        request_drain()
+    else:
+        enqueue_single(event_pk)
+
+
+def enqueue_single(event_pk: int) -> None:
+    """Hand one event to the per-event evaluator, which retries and dead-letters it alone.
+
     Only the primary key travels: the worker loads the row itself, so it sees
     exactly what was committed.
     """
@@ -338,7 +354,7 @@ def _evaluate_in_thread(event_pk: int) -> None:
             return
         logger.warning("Evaluating event %s failed (attempt %s)", event_pk, failure.attempts)
         if failure.retry_in is not None:
-            timer = threading.Timer(failure.retry_in, enqueue_evaluation, args=[event_pk])
+            timer = threading.Timer(failure.retry_in, enqueue_single, args=[event_pk])
             timer.daemon = True
             timer.start()
     finally:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -129,12 +129,19 @@ def observe(name: str, values: Sequence[float]) -> None:
     if not values:
         return
     _, buckets = HISTOGRAMS[name]
-    items: list[tuple[str, float]] = [(f"{name}_count", len(values)), (f"{name}_sum", sum(values))]
+    per_bucket: Counter[str] = Counter()
     for value in values:
         # Stored per bucket (the first bound the value fits under); render adds them up.
         bound = next((b for b in buckets if value <= b), None)
-        items.append((f"{name}_bucket:{'+Inf' if bound is None else _fmt(bound)}", 1))
-    _add(items)
+        per_bucket[f"{name}_bucket:{'+Inf' if bound is None else _fmt(bound)}"] += 1
+    # One increment per bucket, however many values: a batch observes thousands.
+    _add(
+        [
+            (f"{name}_count", len(values)),
+            (f"{name}_sum", sum(values)),
+            *per_bucket.items(),
+        ]
+    )
 
 
 def heartbeat(hostname: str) -> None:

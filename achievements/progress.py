@@ -24,7 +24,6 @@ some point", which is what a badge that is never revoked means anyway.
 from __future__ import annotations
 
 import bisect
-import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
@@ -110,7 +109,7 @@ def apply_fact(
 
     `is_new_key` is only read for all-time distinct counts (see key_for).
     """
-    state = copy.deepcopy(state) if state else {}
+    state = _copy(state) if state else {}
     if not spec.watches(fact.event_type) or not spec.filter.matches(fact.payload):
         return state
     if spec.kind is Kind.AGGREGATE:
@@ -122,6 +121,16 @@ def apply_fact(
     else:
         raise ValueError(f"{spec.kind} requirements are evaluated from other badges, not events")
     return state
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of a JSON-shaped state (dicts, lists, scalars); several times
+    faster than copy.deepcopy, which the engine calls once per requirement per event."""
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy(item) for item in value]
+    return value
 
 
 def fold_in_memory(

@@ -20,13 +20,14 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from achievements import metrics
-from achievements.cards import cards_for_user, toasts_for
+from achievements.cards import toasts_for
 
 logger = logging.getLogger(__name__)
 
@@ -47,36 +48,180 @@ def notify_badge_changes(
     layer is at-most-once, so delivery is not the end of it: pages that were
     not connected pick up unseen unlocks when their socket (re)connects.
     """
+    notify_many({user_id: (list(badge_ids), list(unlock_ids))})
+
+
+def notify_many(changes: dict[int, tuple[list[int], list[int]]]) -> None:
+    """notify_badge_changes for many users (user → (badge ids, unlock ids)).
+
+    Asks once which users have a page open and skips the others; builds every
+    card in a fixed number of queries (cards_for_users); renders each user's
+    frame once; sends all of them concurrently. Best effort: failures are
+    logged, never raised.
+    """
+    from django.utils import timezone
+
+    from achievements.actions import mark_unlocks_delivered
+    from achievements.cards import cards_for_users
+    from achievements.consumers import render_frame
     from achievements.models import Unlock
 
-    if _nobody_listens(get_channel_layer()):
-        return  # skip rendering cards nobody would get
-    rows = list(
-        Unlock.objects.filter(pk__in=list(unlock_ids))
-        .order_by("pk")
-        .values_list("pk", "badge_id", "tier", "period", "event__received_at")
-    )
-    unlocks = [(pk, badge_id, tier, period) for pk, badge_id, tier, period, _ in rows]
-    cards = cards_for_user(user_id, badge_ids={*badge_ids, *(b for _, b, _, _ in unlocks)})
-    # One message, so the page gets every change of one event in one frame;
-    # a toast per unlock, as an event can reach two tiers of a badge at once.
-    message = {
-        "type": "badges.changed",
-        "cards": cards,
-        "toasts": toasts_for(user_id, unlocks, cards),
-    }
-    if send_to_group(user_group(user_id), [message]) and unlocks:
-        from django.utils import timezone
-
-        from achievements.actions import mark_unlocks_delivered
-
-        mark_unlocks_delivered([pk for pk, _, _, _ in unlocks])
-        # Event received → unlock pushed (composites have no event of their own).
-        now = timezone.now()
-        metrics.observe(
-            "accolade_unlock_latency_seconds",
-            [(now - received).total_seconds() for *_, received in rows if received],
+    try:
+        if _nobody_listens(get_channel_layer()):
+            return  # skip rendering cards nobody would get
+        present = present_users(list(changes))
+        targets = {u: c for u, c in changes.items() if present is None or u in present}
+        if not targets:
+            return  # no page open: the next one catches up from the database
+        unlock_ids = [pk for _, unlocks in targets.values() for pk in unlocks]
+        rows = (
+            list(
+                Unlock.objects.filter(pk__in=unlock_ids)
+                .order_by("pk")
+                .values_list("pk", "user_id", "badge_id", "tier", "period", "event__received_at")
+            )
+            if unlock_ids
+            else []
         )
+        unlocks: dict[int, list[tuple[int, int, int, str]]] = {u: [] for u in targets}
+        for pk, user_id, badge_id, tier, period, _ in rows:
+            unlocks[user_id].append((pk, badge_id, tier, period))
+        cards = cards_for_users(
+            {
+                user_id: {*badge_ids, *(b for _, b, _, _ in unlocks[user_id])}
+                for user_id, (badge_ids, _) in targets.items()
+            }
+        )
+        messages = {}
+        for user_id in targets:
+            # One message, so the page gets every change of one event in one frame;
+            # a toast per unlock, as an event can reach two tiers of a badge at once.
+            toasts = toasts_for(user_id, unlocks[user_id], cards[user_id])
+            messages[user_group(user_id)] = {
+                "type": "badges.changed",
+                "cards": cards[user_id],
+                "toasts": toasts,
+                # Rendered once here, not once per open tab in the web process.
+                "html": render_frame(cards[user_id], toasts),
+            }
+        sent = send_to_groups(messages)
+        delivered = [
+            (pk, received) for pk, user_id, *_, received in rows if user_group(user_id) in sent
+        ]
+        if delivered:
+            mark_unlocks_delivered([pk for pk, _ in delivered])
+            # Event received → unlock pushed (composites have no event of their own).
+            now = timezone.now()
+            metrics.observe(
+                "accolade_unlock_latency_seconds",
+                [(now - received).total_seconds() for _, received in delivered if received],
+            )
+    except Exception:
+        logger.exception("Pushing changes to %d user(s) failed", len(changes))
+
+
+# --- presence: which users have a page connected -----------------------------
+#
+# Rendering cards for a user with no page open is wasted work, and most users
+# are not looking when their events are evaluated. Each server process keeps
+# the sockets it holds in Redis, one sorted set per user (member: the socket's
+# channel, score: when the entry expires), refreshed while the socket lives.
+# A crashed server's entries expire on their own. Without Redis (the embedded
+# mode) presence is unknown and every change is pushed.
+
+PRESENCE_TTL_SECONDS = 90.0
+PRESENCE_REFRESH_SECONDS = 30.0
+_held: dict[str, int] = {}  # this process's sockets: channel name → user id
+_refresher: asyncio.Task[None] | None = None
+
+
+def _presence_key(user_id: int) -> str:
+    return f"{metrics._namespace()}:presence:{int(user_id)}"
+
+
+def present_users(user_ids: list[int]) -> set[int] | None:
+    """The users among these with a page connected now; None when it cannot be told."""
+    client = metrics.redis_client("channels")
+    if client is None or not user_ids:
+        return None
+    now = time.time()
+    try:
+        pipeline = client.pipeline(transaction=False)
+        for user_id in user_ids:
+            pipeline.zcount(_presence_key(user_id), now, "+inf")
+        counts = pipeline.execute()
+    except Exception:
+        logger.warning("Could not read presence; pushing to everyone", exc_info=True)
+        return None
+    return {user_id for user_id, count in zip(user_ids, counts, strict=True) if count}
+
+
+async def presence_join(user_id: int, channel: str) -> None:
+    """A socket of this user opened here (called before its catch-up is read)."""
+    global _refresher
+    _held[channel] = user_id
+    await asyncio.to_thread(_write_presence, {channel: user_id})
+    if _refresher is None or _refresher.done():
+        _refresher = asyncio.get_running_loop().create_task(_refresh_presence())
+
+
+async def presence_leave(user_id: int, channel: str) -> None:
+    _held.pop(channel, None)
+    client = metrics.redis_client("channels")
+    if client is not None:
+        try:
+            await asyncio.to_thread(client.zrem, _presence_key(user_id), channel)
+        except Exception:
+            logger.warning("Could not clear presence of %s", channel, exc_info=True)
+
+
+def _write_presence(sockets: dict[str, int]) -> None:
+    client = metrics.redis_client("channels")
+    if client is None or not sockets:
+        return
+    expires = time.time() + PRESENCE_TTL_SECONDS
+    try:
+        pipeline = client.pipeline(transaction=False)
+        for channel, user_id in sockets.items():
+            pipeline.zadd(_presence_key(user_id), {channel: expires})
+            pipeline.zremrangebyscore(_presence_key(user_id), "-inf", time.time())
+            pipeline.expire(_presence_key(user_id), int(PRESENCE_TTL_SECONDS) + 5)
+        pipeline.execute()
+    except Exception:
+        logger.warning("Could not write presence for %d socket(s)", len(sockets), exc_info=True)
+
+
+async def _refresh_presence() -> None:
+    while _held:
+        await asyncio.sleep(PRESENCE_REFRESH_SECONDS)
+        await asyncio.to_thread(_write_presence, dict(_held))
+
+
+def send_to_groups(messages: dict[str, dict[str, Any]]) -> set[str]:
+    """Send one message to each group, all at once; the groups the layer took it for."""
+    layer = get_channel_layer()
+    if layer is None or not messages or _nobody_listens(layer):
+        return set()
+
+    async def send_all() -> list[bool]:
+        async def one(group: str, message: dict[str, Any]) -> bool:
+            try:
+                await layer.group_send(group, message)
+            except Exception:
+                logger.exception("Pushing to %s failed", group)
+                return False
+            return True
+
+        return await asyncio.gather(*(one(g, m) for g, m in messages.items()))
+
+    future = asyncio.run_coroutine_threadsafe(send_all(), _send_loop(layer))
+    try:
+        results = future.result(timeout=SEND_TIMEOUT_SECONDS)
+    except Exception:
+        future.cancel()  # so a send that is merely slow is not reported twice
+        logger.exception("Pushing to %d group(s) failed", len(messages))
+        return set()
+    return {group for group, ok in zip(messages, results, strict=True) if ok}
 
 
 def send_to_group(group: str, messages: list[dict[str, Any]]) -> bool:

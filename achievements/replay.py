@@ -207,6 +207,8 @@ def _replay_user(
         )
         producer_ids: dict[int, str] = {}
         met_by: dict[int, str] = {}
+        started: dict[int, datetime] = {}  # requirement → first qualifying event's time
+        earned_when: dict[tuple[int, str, int], datetime] = {}
         for event_pk, producer_id, event_type, payload, occurred_at in events.iterator(
             chunk_size=2000
         ):
@@ -222,6 +224,7 @@ def _replay_user(
                 )
                 if states[requirement.pk].get("met") and requirement.pk not in met_by:
                     met_by[requirement.pk] = producer_id
+                started.setdefault(requirement.pk, occurred_at)  # events come in time order
                 touched.add(requirement.badge_id)
             touched_badges |= touched
             for badge_id in touched - finished:
@@ -229,6 +232,7 @@ def _replay_user(
                 for period, tier in earned:
                     if (badge_id, period, tier) not in earned_by:
                         earned_by[(badge_id, period, tier)] = event_pk
+                        earned_when[(badge_id, period, tier)] = occurred_at
                         producer_ids[event_pk] = producer_id
                 badge = badges[badge_id]
                 if not badge.repeat and len(earned) == max(1, len(badge.tier_list())):
@@ -256,6 +260,7 @@ def _replay_user(
                     requirement_id=requirement.pk,
                     state=states[requirement.pk],
                     met_by=met_by.get(requirement.pk, ""),
+                    started_at=started.get(requirement.pk),
                     value=progress.measure(
                         requirement.spec, states[requirement.pk], now, time_zone
                     ).value,
@@ -286,6 +291,7 @@ def _replay_user(
             user_badge.current_value = standing.status.current
             user_badge.target_value = standing.status.target
             due = sorted((key for key in earned_by if key[0] == badge_id), key=lambda key: key[1:])
+            starts = [started[r.pk] for r in by_badge[badge_id] if r.pk in started]
             for _, period, tier in due:
                 created = award(
                     user_badge,
@@ -298,6 +304,7 @@ def _replay_user(
                     ],
                     now=now,
                     silent=silent,
+                    took=earned_when[(badge_id, period, tier)] - min(starts) if starts else None,
                 )
                 if created:
                     report.newly_unlocked.append((user_id, badge_id))

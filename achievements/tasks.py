@@ -75,6 +75,22 @@ def _count_start(event_pk: int) -> int:
 
 
 @shared_task(
+    name="achievements.evaluate_pending",
+    acks_late=True,
+    ignore_result=True,
+    # A drain yields after dispatch.DRAIN_BUDGET_SECONDS; a batch that runs
+    # for a minute is stuck. dispatch.LOST_AFTER_SECONDS must exceed the hard limit.
+    soft_time_limit=60,
+    time_limit=120,
+)
+def evaluate_pending_task() -> int:
+    """Evaluate the waiting events in batches (achievements.dispatch)."""
+    from achievements import dispatch
+
+    return dispatch.drain()
+
+
+@shared_task(
     name="achievements.run_reevaluation",
     ignore_result=True,
     acks_late=True,
@@ -93,6 +109,14 @@ def run_reevaluation_task(job_id: int) -> None:
 @shared_task(name="achievements.sweep_stranded_events", ignore_result=True)
 def sweep_stranded_events_task() -> int:
     return actions.sweep_stranded_events()
+
+
+@shared_task(name="achievements.rollup_activity", ignore_result=True)
+def rollup_activity_task() -> int:
+    """Roll up the days that closed since the last run (see achievements.rollups)."""
+    from achievements import rollups
+
+    return rollups.catch_up()
 
 
 @task_postrun.connect

@@ -37,6 +37,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=500,
+        help="events per batch (achievements.batch); 1 evaluates one at a time",
+    )
     args = parser.parse_args()
     if args.events < 10 or args.repeats < 1:
         parser.error("--events must be at least 10 and --repeats at least 1")
@@ -44,15 +50,16 @@ def main() -> None:
     from bench.scratch import scratch_database
 
     with scratch_database():
-        results = run(args.events, args.repeats)
+        results = run(args.events, args.repeats, args.batch)
     report(results, args)
 
 
-def run(events: int, repeats: int) -> dict[str, float]:
+def run(events: int, repeats: int, batch: int = 1) -> dict[str, float]:
     from django.contrib.auth import get_user_model
     from django.utils import timezone
 
     from achievements.actions import evaluate_event
+    from achievements.batch import evaluate_events
     from achievements.models import Badge, BadgeRequirement, Event
     from bench.scratch import make_visit_badges
 
@@ -101,8 +108,13 @@ def run(events: int, repeats: int) -> dict[str, float]:
             batch_size=5000,
         )
         started = time.perf_counter()
-        for event in pending:
-            evaluate_event(event.pk)
+        if batch == 1:
+            for event in pending:
+                evaluate_event(event.pk)
+        else:
+            pks = [event.pk for event in pending]
+            for start in range(0, len(pks), batch):
+                evaluate_events(pks[start : start + batch])
         return events / (time.perf_counter() - started)
 
     users = [User.objects.create_user(f"bench-{n}") for n in range(50)]

@@ -132,6 +132,20 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+else:
+    # A pool of connections per process. Under ASGI every request and socket
+    # connect runs in a thread of its own, and without a pool each opened its
+    # own connection: 200 concurrent API requests ran PostgreSQL out of
+    # connections (half of them failed), and opening one was most of a socket
+    # connect's cost. Requests now wait briefly for a pooled connection.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them; Django requires 0
+    DATABASES["default"]["OPTIONS"] = {
+        "pool": {
+            "min_size": 1,
+            "max_size": env_int("DATABASE_POOL_SIZE", 20, minimum=1),
+            "timeout": 10,
+        }
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -143,6 +157,10 @@ ACCOLADE_REDIS = _redis
 # broker), "thread" (a background thread of this process; the embedded mode)
 # or "sync" (inline after commit; tests).
 ACCOLADE_TASK_MODE = "thread" if ACCOLADE_EMBEDDED else "celery"
+# Events evaluated per transaction by a Celery worker under a backlog
+# (achievements.batch; bench/throughput.py measures the choice);
+# 1 evaluates each event in a task of its own.
+ACCOLADE_EVALUATION_BATCH_SIZE = env_int("ACCOLADE_EVALUATION_BATCH_SIZE", 2000, minimum=1)
 
 CACHES: dict[str, dict[str, Any]]
 CHANNEL_LAYERS: dict[str, dict[str, Any]]
@@ -189,6 +207,20 @@ else:
             },
         }
     }
+    if env_str("CHANNEL_LAYER", "pubsub") == "pubsub":
+        # The default. Redis pub/sub: a group send is one PUBLISH, and each web
+        # process fans it out to its own sockets, where the list-based layer
+        # above queues and pops one message per socket (bench/connections.py
+        # compares the two). Both are at-most-once; pages catch up on connect.
+        CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+                "CONFIG": {
+                    "hosts": [{"address": _redis["channels"], "socket_timeout": None}],
+                    "prefix": f"{ACCOLADE_NAMESPACE}:asgi",
+                },
+            }
+        }
     CELERY_BROKER_URL = _redis["broker"]
     # The stock Redis transport with a fix for a worker crash on broker loss;
     # see achievements/broker.py.
@@ -213,6 +245,11 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-stranded-events": {
         "task": "achievements.sweep_stranded_events",
         "schedule": float(ACCOLADE_SWEEP_INTERVAL_SECONDS),
+    },
+    # Reports read closed days from roll-ups; a day closes an hour after midnight.
+    "rollup-activity": {
+        "task": "achievements.rollup_activity",
+        "schedule": 3600.0,
     },
 }
 

@@ -65,3 +65,22 @@ def topology_site(tmp_path_factory):
 
     with stack.topology_stack(tmp_path_factory.mktemp("topology")) as site:
         yield site
+
+
+@pytest.fixture
+def real_redis(monkeypatch):
+    """The machine's Redis (DB 14) as every role's client; the test clears what it writes."""
+    import redis
+
+    from achievements import metrics
+
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/14", socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError:
+        message = "needs Redis on 127.0.0.1:6379 (CI=true make test starts it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    monkeypatch.setattr(metrics, "redis_client", lambda role="cache": client)
+    return client

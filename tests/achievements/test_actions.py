@@ -22,9 +22,12 @@ def pushes(monkeypatch):
     sent: list[tuple[str, list[dict]]] = []
     # As if a page were connected to this process, so the push is built.
     monkeypatch.setattr(realtime, "_server_loop_running", lambda: True)
-    monkeypatch.setattr(
-        realtime, "send_to_group", lambda group, messages: sent.append((group, messages))
-    )
+
+    def send_to_groups(messages: dict[str, dict]) -> set[str]:
+        sent.extend((group, [message]) for group, message in messages.items())
+        return set(messages)
+
+    monkeypatch.setattr(realtime, "send_to_groups", send_to_groups)
     return sent
 
 

@@ -81,17 +81,23 @@ def test_a_rolled_back_producer_leaves_no_event_and_no_evaluation(
     assert callbacks == []
 
 
-def test_the_task_receives_the_events_key_not_the_instance(
+def test_a_committed_event_asks_for_a_drain_or_with_batches_of_one_sends_its_key(
     owner, settings, monkeypatch, django_capture_on_commit_callbacks
 ):
     from achievements import tasks
 
-    sent = []
-    monkeypatch.setattr(tasks.evaluate_event_task, "delay", lambda *args: sent.append(args))
+    drains, singles = [], []
+    monkeypatch.setattr(tasks.evaluate_pending_task, "delay", lambda *args: drains.append(args))
+    monkeypatch.setattr(tasks.evaluate_event_task, "delay", lambda *args: singles.append(args))
     settings.ACCOLADE_TASK_MODE = "celery"
     with django_capture_on_commit_callbacks(execute=True):
-        recorded = record_event(owner, "image.posted", event_id="photo-1")
-    assert sent == [(recorded.event.pk,)]
+        record_event(owner, "image.posted", event_id="photo-1")
+    assert (drains, singles) == ([()], [])  # the drain loads waiting events itself
+
+    settings.ACCOLADE_EVALUATION_BATCH_SIZE = 1
+    with django_capture_on_commit_callbacks(execute=True):
+        recorded = record_event(owner, "image.posted", event_id="photo-2")
+    assert singles == [(recorded.event.pk,)]  # the key, never the instance
 
 
 @pytest.mark.parametrize(
@@ -159,10 +165,15 @@ def test_a_broker_outage_does_not_fail_the_producer_and_leaves_the_event_pending
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
     monkeypatch.setattr(tasks.evaluate_event_task, "delay", broker_down)
+    monkeypatch.setattr(tasks.evaluate_pending_task, "delay", broker_down)
     settings.ACCOLADE_TASK_MODE = "celery"
     with django_capture_on_commit_callbacks(execute=True):
         recorded = record_event(owner, "image.posted")
     assert Event.objects.unprocessed().get() == recorded.event
+    # The failed ask left no flag behind: the next event asks again at once.
+    with django_capture_on_commit_callbacks(execute=True):
+        record_event(owner, "image.posted")
+    assert Event.objects.unprocessed().count() == 2
 
 
 def test_an_unsaved_user_is_refused(db):

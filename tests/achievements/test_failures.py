@@ -113,7 +113,7 @@ def test_the_sweeper_re_enqueues_only_events_nobody_is_working_on(owner, monkeyp
     actions.evaluate_event(done.pk)
 
     enqueued: list[int] = []
-    monkeypatch.setattr(events, "enqueue_evaluation", enqueued.append)
+    monkeypatch.setattr(events, "enqueue_single", enqueued.append)
     assert actions.sweep_stranded_events(older_than_seconds=300) == 1
     assert enqueued == [stranded.pk]
     # The message is lost again: the stamp keeps the next sweep from repeating

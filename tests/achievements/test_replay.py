@@ -129,6 +129,7 @@ def test_replay_sends_no_toasts(history, monkeypatch, django_capture_on_commit_c
     sent = []
     monkeypatch.setattr(realtime, "_server_loop_running", lambda: True)
     monkeypatch.setattr(realtime, "send_to_group", lambda *args: sent.append(args))
+    monkeypatch.setattr(realtime, "send_to_groups", lambda messages: sent.append(messages))
     from tests.factories import make_badge
 
     make_badge(key="visitor", requirements=[{"event_type": "visit.created", "threshold": 1}])

@@ -168,12 +168,13 @@ class Stack:
 
 
 @contextmanager
-def embedded_stack(tmp_dir: Path) -> Iterator[Stack]:
+def embedded_stack(tmp_dir: Path, **overrides: str) -> Iterator[Stack]:
     """`manage.py runserver` alone: SQLite, in-memory layer, evaluation in a thread."""
     environment = base_environment(
         DEBUG="1",
         DATABASE_URL=f"sqlite:///{tmp_dir / 'embedded.sqlite3'}",
         MEDIA_ROOT=str(tmp_dir / "media"),
+        **overrides,
     )
     manage(environment, "migrate", "--noinput", "-v0")
     manage(environment, "seed_demo", "--quiet-logins")

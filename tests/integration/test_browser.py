@@ -13,30 +13,6 @@ STACKS = [
     pytest.param("topology_site", id="topology", marks=pytest.mark.topology),
 ]
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    stack.require(
-        stack.chromium_available(),
-        f"Chromium at {stack.CHROMIUM}",
-        "Install it with `apt-get install -y chromium` (CI does this itself).",
-    )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=stack.CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
 
 @pytest.mark.parametrize("site_name", STACKS)
 def test_visits_move_the_bar_and_unlock_a_toast_without_a_reload(request, browser, site_name):

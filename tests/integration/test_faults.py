@@ -73,7 +73,7 @@ def one(n):
         connection.close()
 
 with ThreadPoolExecutor({threads}) as pool:
-    list(pool.map(one, range({count})))
+    list(pool.map(one, range({start}, {count})))
 print("recorded")
 """
 
@@ -86,9 +86,18 @@ def load(
     prefix: str,
     threshold: int,
     threads: int = 16,
+    start: int = 0,
 ) -> None:
+    """Record events ``prefix-start`` .. ``prefix-(count - 1)``, alternating users."""
     topology.python(
-        LOAD.format(count=count, users=users, prefix=prefix, threshold=threshold, threads=threads)
+        LOAD.format(
+            start=start,
+            count=count,
+            users=users,
+            prefix=prefix,
+            threshold=threshold,
+            threads=threads,
+        )
     )
 
 
@@ -139,7 +148,7 @@ def test_a_worker_killed_mid_work_loses_and_doubles_nothing(tmp_path):
             target=load,
             kwargs={
                 "topology": topology,
-                "count": 900,
+                "count": 600,
                 "users": ["alice", "bob"],
                 "prefix": "crash",
                 "threshold": 400,
@@ -151,12 +160,25 @@ def test_a_worker_killed_mid_work_loses_and_doubles_nothing(tmp_path):
         processed = "SELECT count(*) FROM achievements_event WHERE processed_at IS NOT NULL"
         _wait_for_at_least(topology, processed, 100)
         child = topology.pool_children(worker)[0]
-        topology.kill_pid(child)  # one pool process dies: its task is handed back
+        topology.kill_pid(child)  # one pool process dies, busy or between batches
+        # The pool notices the death on its next supervision pass, which can come after
+        # the other child has processed many more events: wait for it, do not race it.
+        worker.wait_for_output(r"WorkerLostError|signal 9", timeout=30)
         _wait_for_at_least(topology, processed, 300)
-        # The pool noticed its child's death and handed the task back.
-        assert "WorkerLostError" in worker.output() or "signal 9" in worker.output()
         topology.kill(worker)  # the whole worker dies with prefetched, unacked messages
         loader.join(timeout=300)
+        # More events arrive while no worker runs: their drain requests wait in the
+        # broker, and one may be suppressed by a request the dead worker had taken.
+        load(
+            topology,
+            start=600,
+            count=900,
+            users=["alice", "bob"],
+            prefix="crash",
+            threshold=400,
+            threads=8,
+        )
+        assert topology.query(UNPROCESSED)[0][0] >= 300
         topology.start_worker(concurrency=2)
 
         topology.wait_until(UNPROCESSED, 0, timeout=180)
@@ -169,12 +191,13 @@ def test_a_worker_killed_mid_work_loses_and_doubles_nothing(tmp_path):
             )
         )
         assert counts == {"alice": 450, "bob": 450}
-        # Messages the dead worker had taken were recovered by the sweeper.
+        # Events the dead worker left are claimed by the next drain (a drain request
+        # waiting in the broker, or one the sweeper makes): how many the sweeper handled
+        # depends on timing, so it is reported, not asserted.
         swept = topology.query(
             "SELECT count(*) FROM achievements_event WHERE swept_at IS NOT NULL"
         )[0][0]
         print(f"events swept back onto the queue after the crash: {swept}")
-        assert swept >= 1
         assert (
             topology.query(
                 "SELECT count(*) FROM achievements_unlock "

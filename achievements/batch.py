@@ -1,0 +1,718 @@
+"""Evaluating many events in one transaction: the engine's throughput path.
+
+The rules are those of `actions.apply_event`, applied in the same order
+(event by event, by primary key) and giving the same result; what changes is
+the cost. One event at a time costs a transaction and about fifteen queries.
+A batch costs a fixed number of queries, however many events and users it
+holds:
+
+1. claim the events (skipping rows another transaction holds);
+2. load the requirements that watch their types, with their badges;
+3. create and lock every (user, badge) row the batch touches, in (user,
+   badge) order, the one order every evaluator locks in, so two batches,
+   or a batch and a single evaluation, never wait on each other in a cycle;
+4. read the progress rows, the all-time distinct values the events
+   mention, and the unlocks that repeatable badges check against;
+5. fold every event into the states in memory, measuring and awarding
+   after each, so an unlock records the event that earned it;
+6. write it all back: upserts for progress and standings, inserts for
+   distinct values and unlocks.
+
+If anything fails, the transaction rolls back whole and the caller hands
+the events to the one-at-a-time path, which retries and dead-letters them
+one by one (`tasks.evaluate_batch_task`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from functools import partial
+from typing import Any, NamedTuple
+
+from django.db import connection, transaction
+from django.db.models import Q, prefetch_related_objects
+from django.utils import timezone
+
+from accounts.models import Profile
+from achievements import metrics, periods, progress, realtime, rules
+from achievements.models import (
+    Badge,
+    BadgeRequirement,
+    DistinctValue,
+    Event,
+    RequirementProgress,
+    Unlock,
+    UserBadge,
+)
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_FIELDS = ["state", "value", "met_by", "started_at", "updated_at"]
+
+
+@dataclass
+class BatchResult:
+    """What a batch did: the events it evaluated, and per user what changed."""
+
+    claimed: list[int] = field(default_factory=list)
+    changed: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
+    unlocks: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
+    unlocked_badges: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
+
+
+def evaluate_events(
+    event_pks: Sequence[int] | None = None,
+    *,
+    limit: int = 2000,
+    on_claim: Callable[[list[int]], None] | None = None,
+) -> BatchResult:
+    """Evaluate, in one transaction, the events not evaluated yet among `event_pks`,
+    or else the next `limit` waiting events (oldest first, none with a retry due later).
+
+    Events already processed, dead-lettered, without a user, or held by
+    another transaction are left alone. `on_claim` hears the claimed keys
+    before any evaluation work. Pages are told after the commit, one message
+    per user; composites follow, per user, in transactions of their own.
+    """
+    from achievements.actions import evaluate_composites
+
+    started = time.perf_counter()
+    with transaction.atomic():
+        now = timezone.now()
+        if event_pks is not None:
+            events = _claim(sorted(set(event_pks)), now)
+        else:
+            events = _claim_next(limit, now)
+        if on_claim is not None:
+            on_claim([event.pk for event in events])
+        result = _evaluate(events, now)
+        if result.changed:
+            changes = {
+                user_id: (sorted(badge_ids), result.unlocks.get(user_id, []))
+                for user_id, badge_ids in result.changed.items()
+            }
+            transaction.on_commit(partial(realtime.notify_many, changes), robust=True)
+    if result.claimed:
+        share = (time.perf_counter() - started) / len(result.claimed)
+        metrics.observe("accolade_evaluation_seconds", [share] * len(result.claimed))
+    for user_id, unlocked in result.unlocked_badges.items():
+        logger.info("User %s unlocked badges %s", user_id, unlocked)
+        unlocked += evaluate_composites(user_id, list(unlocked))
+    return result
+
+
+class _Event(NamedTuple):
+    pk: int
+    event_id: str
+    event_type: str
+    user_id: int
+    payload: dict[str, Any]
+    occurred_at: datetime
+
+
+_EVENT_FIELDS = ("pk", "event_id", "event_type", "user_id", "payload", "occurred_at")
+
+
+@dataclass(slots=True)
+class _Standing:
+    """A locked UserBadge row, as plain attributes (building models costs more
+    than evaluating); the same names, so the award code reads it as a UserBadge."""
+
+    pk: int
+    user_id: int
+    badge_id: int
+    current_value: Decimal
+    target_value: Decimal
+    completed_at: datetime | None
+    completed_by_event_id: int | None
+    last_evaluated_at: datetime | None
+    tier: int
+
+
+_STANDING_FIELDS = (
+    "pk",
+    "user_id",
+    "badge_id",
+    "current_value",
+    "target_value",
+    "completed_at",
+    "completed_by_event_id",
+    "last_evaluated_at",
+    "tier",
+)
+
+
+@dataclass(slots=True)
+class _Progress:
+    """A RequirementProgress row, as plain attributes."""
+
+    user_id: int
+    requirement_id: int
+    state: dict[str, Any]
+    met_by: str
+    started_at: datetime | None
+    value: Decimal = Decimal(0)
+    updated_at: datetime | None = None
+
+
+def _claim(event_pks: list[int], now: datetime) -> list[_Event]:
+    pending = Event.objects.filter(
+        pk__in=event_pks,
+        processed_at__isnull=True,
+        dead_lettered_at__isnull=True,
+        user__isnull=False,
+    )
+    if connection.features.has_select_for_update_skip_locked:
+        # Rows another transaction holds are its to evaluate (or to give back).
+        events = [
+            _Event(*row)
+            for row in pending.select_for_update(skip_locked=True)
+            .order_by("pk")
+            .values_list(*_EVENT_FIELDS)
+        ]
+        Event.objects.filter(pk__in=[e.pk for e in events]).update(processed_at=now, retry_at=None)
+        return events
+    # SQLite writes one transaction at a time: the conditional update is the claim.
+    pending.update(processed_at=now, retry_at=None)
+    return [
+        _Event(*row)
+        for row in Event.objects.filter(pk__in=event_pks, processed_at=now)
+        .order_by("pk")
+        .values_list(*_EVENT_FIELDS)
+    ]
+
+
+def _claim_next(limit: int, now: datetime) -> list[_Event]:
+    """The next waiting events, skipping those another batch holds."""
+    waiting = (
+        Event.objects.unprocessed()
+        .filter(user__isnull=False)
+        .filter(Q(retry_at__isnull=True) | Q(retry_at__lte=now))
+        .order_by("pk")
+    )
+    if connection.vendor == "postgresql":
+        # Pick, lock (skipping rows another batch holds) and stamp in one round trip.
+        table = Event._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                UPDATE {table} SET processed_at = %s, retry_at = NULL
+                WHERE id IN (
+                    SELECT id FROM {table}
+                    WHERE processed_at IS NULL AND dead_lettered_at IS NULL
+                      AND user_id IS NOT NULL AND (retry_at IS NULL OR retry_at <= %s)
+                    ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
+                )
+                RETURNING id, event_id, event_type, user_id, payload, occurred_at
+                """,
+                [now, now, limit],
+            )
+            rows = cursor.fetchall()
+        return sorted(
+            (
+                _Event(pk, event_id, event_type, user_id, _json(payload), occurred_at)
+                for pk, event_id, event_type, user_id, payload, occurred_at in rows
+            ),
+            key=lambda event: event.pk,
+        )
+    return _claim(list(waiting.values_list("pk", flat=True)[:limit]), now)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
+    result = BatchResult()
+    result.claimed = [event.pk for event in events]
+    if not events:
+        return result
+
+    # Requirements: every requirement of every active badge with one watching
+    # a type in the batch (the others are needed to measure those badges).
+    types = {event.event_type for event in events}
+    watching_badges = BadgeRequirement.objects.filter(
+        Q(event_type__in=types) | Q(kind="sequence"), badge__is_active=True
+    ).values("badge_id")
+    requirements = list(
+        BadgeRequirement.objects.filter(badge__is_active=True, badge_id__in=watching_badges)
+        .select_related("badge")
+        .order_by("pk")
+    )
+    by_type: dict[str, list[BadgeRequirement]] = defaultdict(list)
+    by_badge: dict[int, list[BadgeRequirement]] = defaultdict(list)
+    for requirement in requirements:
+        by_badge[requirement.badge_id].append(requirement)
+        for event_type in requirement.watched_types():
+            if event_type in types:
+                by_type[event_type].append(requirement)
+    composites = [r for r in requirements if r.kind == "composite"]
+    if composites:
+        prefetch_related_objects(composites, "composite_badges")
+
+    users: set[int] = {event.user_id for event in events if event.user_id is not None}
+    zones = dict.fromkeys(users, "UTC")
+    zones.update(
+        (user_id, zone or "UTC")
+        for user_id, zone in Profile.objects.filter(user_id__in=users).values_list(
+            "user_id", "time_zone"
+        )
+    )
+
+    # Which requirements each event moves (type, filters, field present).
+    facts: list[tuple[_Event, progress.Fact, list[BadgeRequirement]]] = []
+    for event in events:
+        fact = progress.Fact(event.event_type, event.payload, event.occurred_at)
+        touched = [r for r in by_type.get(event.event_type, ()) if progress.relevant(r.spec, fact)]
+        facts.append((event, fact, touched))
+    segmented = {
+        (event.user_id, r.badge_id)
+        for event, _, touched in facts
+        for r in touched
+        if r.badge.segment_group_id or r.badge.segment_attribute
+    }
+    if segmented:
+        # Badges limited to a segment are neither shown to nor evaluated for others.
+        allowed = set()
+        for user_id in {user_id for user_id, _ in segmented}:
+            allowed |= {
+                (user_id, pk)
+                for pk in Badge.objects.for_user(user_id)
+                .filter(pk__in={badge_id for u, badge_id in segmented if u == user_id})
+                .values_list("pk", flat=True)
+            }
+        facts = [
+            (
+                event,
+                fact,
+                [
+                    r
+                    for r in touched
+                    if (event.user_id, r.badge_id) not in segmented
+                    or (event.user_id, r.badge_id) in allowed
+                ],
+            )
+            for event, fact, touched in facts
+        ]
+    pairs: list[tuple[int, int]] = sorted(
+        {(event.user_id, r.badge_id) for event, _, touched in facts for r in touched}  # type: ignore[misc]
+    )
+    if not pairs:
+        return result
+
+    user_badges = _lock_user_badges(pairs)
+    before = {pair: _row_of(standing) for pair, standing in user_badges.items()}
+    fresh = {pair for pair, standing in user_badges.items() if standing.last_evaluated_at is None}
+    touched_users = {user_id for user_id, _ in pairs}
+    touched_badges = {badge_id for _, badge_id in pairs}
+    all_requirements = [r for badge_id in touched_badges for r in by_badge[badge_id]]
+    # Value and updated_at are rewritten for the rows that move; not read.
+    rows = {
+        (user_id, requirement_id): _Progress(
+            user_id, requirement_id, _json(state) or {}, met_by, started
+        )
+        for user_id, requirement_id, state, met_by, started in _select(
+            RequirementProgress.objects.filter(
+                user_id__in=touched_users, requirement_id__in=[r.pk for r in all_requirements]
+            ),
+            ("user_id", "requirement_id", "state", "met_by", "started_at"),
+            f"SELECT user_id, requirement_id, state, met_by, started_at "
+            f"FROM {RequirementProgress._meta.db_table} "
+            f"WHERE user_id = ANY(%s) AND requirement_id = ANY(%s)",
+            [sorted(touched_users), [r.pk for r in all_requirements]],
+        )
+    }
+    created_rows: set[tuple[int, int]] = set()
+    for user_id, badge_id in pairs:
+        for requirement in by_badge[badge_id]:
+            if (user_id, requirement.pk) not in rows:
+                # As in live evaluation, a touched badge gets a row per requirement.
+                rows[(user_id, requirement.pk)] = _Progress(user_id, requirement.pk, {}, "", None)
+                created_rows.add((user_id, requirement.pk))
+
+    # The all-time distinct values the batch mentions, in one query.
+    mentioned: set[tuple[int, int, str]] = set()
+    keys: dict[tuple[int, int], str | None] = {}  # (event, requirement) → its distinct key
+    for event, fact, touched in facts:
+        for requirement in touched:
+            key = keys[(event.pk, requirement.pk)] = progress.key_for(requirement.spec, fact)
+            if key is not None and event.user_id is not None:
+                mentioned.add((event.user_id, requirement.pk, key))
+    seen: set[tuple[int, int, str]] = set()
+    if mentioned:
+        users_, requirements_, keys_ = (
+            sorted({u for u, _, _ in mentioned}),
+            sorted({r for _, r, _ in mentioned}),
+            sorted({k for _, _, k in mentioned}),
+        )
+        seen = {
+            (user_id, requirement_id, key)
+            for user_id, requirement_id, key in _select(
+                DistinctValue.objects.filter(
+                    user_id__in=users_, requirement_id__in=requirements_, value_key__in=keys_
+                ),
+                ("user_id", "requirement_id", "value_key"),
+                f"SELECT user_id, requirement_id, value_key FROM {DistinctValue._meta.db_table} "
+                f"WHERE user_id = ANY(%s) AND requirement_id = ANY(%s) AND value_key = ANY(%s)",
+                [users_, requirements_, keys_],
+            )
+            if (user_id, requirement_id, key) in mentioned
+        }
+
+    # Unlocks the awards check against: composites' parts, repeatable periods.
+    repeating = {b for b in touched_badges if by_badge[b][0].badge.repeat}
+    needs_unlocks = repeating or any(r.kind == "composite" for r in all_requirements)
+    held: dict[int, set[tuple[int, str, int]]] = defaultdict(set)
+    legacy: dict[tuple[int, int], datetime] = {}
+    if needs_unlocks:
+        for user_id, badge_id, period, tier, at, occurred in Unlock.objects.filter(
+            user_id__in=touched_users
+        ).values_list(
+            "user_id", "badge_id", "period", "tier", "unlocked_at", "event__occurred_at"
+        ):
+            held[user_id].add((badge_id, period, tier))
+            if badge_id in repeating and period == "" and tier == 0:
+                legacy[(user_id, badge_id)] = occurred or at
+
+    # Fold the events in, in order, measuring after each.
+    new_keys: list[tuple[int, int, str]] = []
+    new_unlocks: list[Unlock] = []
+    moved_rows: set[tuple[int, int]] = set(created_rows)
+    versions: dict[int, Any] = {}
+    measured: set[tuple[int, int]] = set()
+    moved_pairs: set[tuple[int, int]] = set()
+    for event, fact, touched in facts:
+        user_id = event.user_id
+        assert user_id is not None
+        time_zone = zones[user_id]
+        moved_badges: set[int] = set()
+        for requirement in touched:
+            spec, row = requirement.spec, rows[(user_id, requirement.pk)]
+            key = keys[(event.pk, requirement.pk)]
+            is_new_key = True
+            if key is not None:
+                is_new_key = (user_id, requirement.pk, key) not in seen
+                if is_new_key:
+                    seen.add((user_id, requirement.pk, key))
+                    new_keys.append((user_id, requirement.pk, key))
+            state = progress.apply_fact(spec, row.state, fact, time_zone, is_new_key=is_new_key)
+            started = row.started_at is None or event.occurred_at < row.started_at
+            if started:
+                row.started_at = event.occurred_at
+            if state != row.state:
+                if state.get("met") and not (row.state or {}).get("met"):
+                    row.met_by = event.event_id
+                row.state = state
+                moved_badges.add(requirement.badge_id)
+            if started or requirement.badge_id in moved_badges:
+                moved_rows.add((user_id, requirement.pk))
+        moved_pairs.update((user_id, badge_id) for badge_id in moved_badges)
+        # The rules take the time zone as an argument; no context to switch per event.
+        # Badges unlocked before this event, as apply_event sees them (only
+        # composites read it, and only when the batch loaded unlocks).
+        unlocked = {badge_id for badge_id, _, _ in held[user_id]} if needs_unlocks else set()
+        for badge_id in sorted({r.badge_id for r in touched}):
+            if (user_id, badge_id) in measured and badge_id not in moved_badges:
+                # Same states, same clock: the same standing and earnings as last time.
+                continue
+            measured.add((user_id, badge_id))
+            created = _measure_and_award(
+                event,
+                user_badges[(user_id, badge_id)],
+                by_badge[badge_id],
+                rows,
+                held[user_id],
+                unlocked,
+                legacy,
+                versions,
+                now,
+                time_zone,
+            )
+            new_unlocks += created
+            if created:
+                result.unlocked_badges[user_id].append(badge_id)
+                moved_pairs.add((user_id, badge_id))
+
+    requirement_by_pk = {r.pk: r for r in all_requirements}
+    for user_id, requirement_id in moved_rows:
+        row = rows[(user_id, requirement_id)]
+        requirement = requirement_by_pk[requirement_id]
+        row.value = progress.measure(requirement.spec, row.state, now, zones[user_id]).value
+        row.updated_at = now
+    _insert_distinct(new_keys)
+    _upsert_progress([rows[pair] for pair in sorted(moved_rows)])
+    Unlock.objects.bulk_create(new_unlocks, batch_size=1000)
+    for unlock in new_unlocks:
+        result.unlocks[unlock.user_id].append(unlock.pk)
+    # Rows whose standing did not move are left alone (nothing for a page to
+    # catch up on); new rows and moved ones are written, and pushed.
+    changed = {
+        pair
+        for pair, standing in user_badges.items()
+        if pair in fresh or pair in moved_pairs or _row_of(standing) != before[pair]
+    }
+    _save_user_badges([user_badges[pair] for pair in sorted(changed)])
+    for user_id, badge_id in changed:
+        result.changed[user_id].add(badge_id)
+    if new_unlocks:
+        transaction.on_commit(
+            partial(metrics.incr, "accolade_unlocks_total", len(new_unlocks)), robust=True
+        )
+    return result
+
+
+def _lock_user_badges(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], _Standing]:
+    """Every (user, badge) row of the batch, created if missing, locked in (user, badge) order."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                INSERT INTO {UserBadge._meta.db_table}
+                    (user_id, badge_id, current_value, target_value, tier)
+                SELECT u, b, 0, 0, 0 FROM unnest(%s::bigint[], %s::bigint[]) AS p(u, b)
+                ON CONFLICT (user_id, badge_id) DO NOTHING
+                """,
+                [[u for u, _ in pairs], [b for _, b in pairs]],
+            )
+    else:
+        UserBadge.objects.bulk_create(
+            [UserBadge(user_id=user_id, badge_id=badge_id) for user_id, badge_id in pairs],
+            ignore_conflicts=True,
+            batch_size=1000,
+        )
+    wanted = set(pairs)
+    users, badges = sorted({u for u, _ in pairs}), sorted({b for _, b in pairs})
+    locked = _select(
+        UserBadge.objects.select_for_update()
+        .filter(user_id__in=users, badge_id__in=badges)
+        .order_by("user_id", "badge_id"),
+        _STANDING_FIELDS,
+        f"SELECT id, user_id, badge_id, current_value, target_value, completed_at, "
+        f"completed_by_event_id, last_evaluated_at, tier FROM {UserBadge._meta.db_table} "
+        f"WHERE user_id = ANY(%s) AND badge_id = ANY(%s) ORDER BY user_id, badge_id FOR UPDATE",
+        [users, badges],
+    )
+    return {(row[1], row[2]): _Standing(*row) for row in locked if (row[1], row[2]) in wanted}
+
+
+def _select(
+    queryset: Any, fields: Sequence[str], sql: str, params: list[Any]
+) -> list[tuple[Any, ...]]:
+    """Rows of `fields`: on PostgreSQL by `sql` with array parameters (a long IN
+    list costs Django a lookup per value), elsewhere by the queryset."""
+    if connection.vendor != "postgresql":
+        return list(queryset.values_list(*fields))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _row_of(standing: _Standing) -> tuple[Any, ...]:
+    return (
+        standing.current_value,
+        standing.target_value,
+        standing.completed_at,
+        standing.completed_by_event_id,
+        standing.tier,
+    )
+
+
+def _insert_distinct(keys: list[tuple[int, int, str]]) -> None:
+    if not keys:
+        return
+    if connection.vendor != "postgresql":
+        DistinctValue.objects.bulk_create(
+            [DistinctValue(user_id=u, requirement_id=r, value_key=k) for u, r, k in keys],
+            batch_size=1000,
+        )
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {DistinctValue._meta.db_table} (user_id, requirement_id, value_key)
+            SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[])
+            """,
+            [[u for u, _, _ in keys], [r for _, r, _ in keys], [k for _, _, k in keys]],
+        )
+
+
+def _save_user_badges(user_badges: list[_Standing]) -> None:
+    """Write the standings back: on PostgreSQL one UPDATE fed by an array per column
+    (Django's bulk_update builds a CASE per row and field, which costs more
+    than the evaluation itself)."""
+    from achievements.actions import USER_BADGE_FIELDS
+
+    if not user_badges:
+        return
+    evaluated_at = timezone.now()  # as late as possible: pages re-sync on it
+    for user_badge in user_badges:
+        user_badge.last_evaluated_at = evaluated_at
+    if connection.vendor != "postgresql":
+        models = [
+            UserBadge(
+                **{
+                    ("id" if name == "pk" else name): getattr(ub, name)
+                    for name in _STANDING_FIELDS
+                }
+            )
+            for ub in user_badges
+        ]
+        UserBadge.objects.bulk_update(models, USER_BADGE_FIELDS, batch_size=500)
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {UserBadge._meta.db_table} AS ub SET
+                current_value = v.current_value,
+                target_value = v.target_value,
+                last_evaluated_at = v.last_evaluated_at,
+                completed_at = v.completed_at,
+                completed_by_event_id = v.completed_by_event_id,
+                tier = v.tier
+            FROM unnest(
+                %s::bigint[], %s::numeric[], %s::numeric[], %s::timestamptz[],
+                %s::timestamptz[], %s::bigint[], %s::smallint[]
+            ) AS v(id, current_value, target_value, last_evaluated_at, completed_at,
+                   completed_by_event_id, tier)
+            WHERE ub.id = v.id
+            """,
+            [
+                [ub.pk for ub in user_badges],
+                [ub.current_value for ub in user_badges],
+                [ub.target_value for ub in user_badges],
+                [ub.last_evaluated_at for ub in user_badges],
+                [ub.completed_at for ub in user_badges],
+                [ub.completed_by_event_id for ub in user_badges],
+                [ub.tier for ub in user_badges],
+            ],
+        )
+
+
+def _upsert_progress(rows: list[_Progress]) -> None:
+    """Insert new progress rows and update changed ones, in one statement per 1,000."""
+    if not rows:
+        return
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                INSERT INTO {RequirementProgress._meta.db_table}
+                    (user_id, requirement_id, value, state, met_by, started_at, updated_at)
+                SELECT * FROM unnest(
+                    %s::bigint[], %s::bigint[], %s::numeric[], %s::jsonb[], %s::text[],
+                    %s::timestamptz[], %s::timestamptz[]
+                )
+                ON CONFLICT (user_id, requirement_id) DO UPDATE SET
+                    value = EXCLUDED.value,
+                    state = EXCLUDED.state,
+                    met_by = EXCLUDED.met_by,
+                    started_at = EXCLUDED.started_at,
+                    updated_at = EXCLUDED.updated_at
+                """,
+                [
+                    [row.user_id for row in rows],
+                    [row.requirement_id for row in rows],
+                    [row.value for row in rows],
+                    [json.dumps(row.state) for row in rows],
+                    [row.met_by for row in rows],
+                    [row.started_at for row in rows],
+                    [row.updated_at for row in rows],
+                ],
+            )
+        return
+    RequirementProgress.objects.bulk_create(
+        [
+            RequirementProgress(
+                user_id=row.user_id,
+                requirement_id=row.requirement_id,
+                value=row.value,
+                state=row.state,
+                met_by=row.met_by,
+                started_at=row.started_at,
+            )
+            for row in rows
+        ],
+        update_conflicts=True,
+        unique_fields=["user", "requirement"],
+        update_fields=PROGRESS_FIELDS,
+        batch_size=1000,
+    )
+
+
+def _measure_and_award(
+    event: _Event,
+    user_badge: _Standing,
+    requirements: list[BadgeRequirement],
+    rows: dict[tuple[int, int], _Progress],
+    held: set[tuple[int, str, int]],
+    unlocked: set[int],
+    legacy: dict[tuple[int, int], datetime],
+    versions: dict[int, Any],
+    now: datetime,
+    time_zone: str,
+) -> list[Unlock]:
+    """apply_event's measure-and-award step for one badge, with the writes left to the caller."""
+    from achievements.versions import current_version
+
+    user_id = user_badge.user_id
+    badge = requirements[0].badge
+    states = {r.pk: rows[(user_id, r.pk)].state for r in requirements}
+    standing = badge.standing(requirements, states, now, time_zone, unlocked)
+    user_badge.current_value = standing.status.current
+    user_badge.target_value = standing.status.target
+    user_badge.last_evaluated_at = now
+    earned = badge.earnings(requirements, states, standing, event.occurred_at, time_zone)
+    if not earned:
+        return []
+    completing = [rows[(user_id, r.pk)].met_by for r in requirements]
+    provenance = list(dict.fromkeys([*(m for m in completing if m), event.event_id]))
+    starts = [t for r in requirements if (t := rows[(user_id, r.pk)].started_at) is not None]
+    took = max(event.occurred_at - min(starts), timedelta(0)) if starts else None
+    created = []
+    for period, tier in earned:
+        if tier == 1 and user_badge.tier == 0 and user_badge.completed_at is not None:
+            user_badge.tier = 1  # unlocked before the badge had tiers: that was its first
+            continue
+        if not period and (
+            tier <= user_badge.tier if tier else user_badge.completed_at is not None
+        ):
+            continue
+        if period and (
+            (badge.pk, period, tier) in held
+            or (
+                user_badge.completed_at is not None
+                and (user_id, badge.pk) in legacy
+                and periods.period_key(
+                    rules.Scope(badge.repeat), legacy[(user_id, badge.pk)], time_zone
+                )
+                == period
+            )
+        ):
+            continue
+        if badge.pk not in versions:
+            versions[badge.pk] = current_version(badge.pk)
+        unlock = Unlock(
+            user_id=user_id,
+            badge_id=badge.pk,
+            period=period,
+            tier=tier,
+            unlocked_at=now,
+            event_id=event.pk,
+            event_ids=provenance if not period and tier <= 1 else provenance[-1:],
+            version=versions[badge.pk],
+            took=took if not period or user_badge.completed_at is None else None,
+        )
+        held.add((badge.pk, period, tier))
+        if user_badge.completed_at is None:
+            user_badge.completed_at = now
+            user_badge.completed_by_event_id = event.pk
+        user_badge.tier = max(user_badge.tier, tier)
+        created.append(unlock)
+    return created

@@ -1,0 +1,198 @@
+"""From committed events to the batch engine: coalesced drains, and what happens when one fails.
+
+One task message per event caps a worker near a thousand events a second,
+and an event's evaluation is cheap next to its message. So a committed event
+only asks for a *drain*, and asks coalesce: while one drain request waits in
+the broker, later events send nothing (a short-lived flag in the cache). A
+drain clears the flag first, then claims the waiting events a batch at a time
+(`batch.evaluate_events`, oldest first, skipping rows another drain holds)
+until none are left. An event committed after the flag was cleared asks
+again, so none is left behind; the sweeper is the backstop for a message
+lost on the way.
+
+A drain that finds a full batch asks for one more drain before working, so
+a backlog spreads over every worker process; drains that find nothing cost
+one indexed query.
+
+When a batch fails, its transaction rolls back whole. Its events are then
+held back from drains for a while and handed one by one to the per-event
+task, which retries each with backoff and dead-letters the one that keeps
+failing, while the rest go through. When a batch kills its worker process
+(no exception to catch), the batch is found in the in-flight registry (a
+Redis hash written before the work starts, cleared after) by a later drain
+once it is older than the task's time limit, and handled the same way; the
+per-event task counts starts, so an event that kills workers is
+dead-lettered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.cache import cache
+from django.utils import timezone
+
+from achievements import metrics
+from achievements.batch import evaluate_events
+from achievements.models import Event
+
+logger = logging.getLogger(__name__)
+
+DRAIN_FLAG = "evaluation:drain-requested"
+# While set, events send no drain request; one drain clears it. Short, so a
+# request lost on the way delays events by seconds, not until the sweeper.
+FLAG_SECONDS = 2
+# Longer than the drain task's hard time limit: an in-flight batch older than
+# this died with its worker.
+LOST_AFTER_SECONDS = 150
+# A failed batch's events are kept from drains this long while the per-event
+# task deals with them one by one.
+HOLD = timedelta(minutes=10)
+# A drain yields its worker after this long, leaving the rest to a new drain.
+DRAIN_BUDGET_SECONDS = 10.0
+
+
+def batch_size() -> int:
+    return int(getattr(settings, "ACCOLADE_EVALUATION_BATCH_SIZE", 2000))
+
+
+def request_drain() -> None:
+    """Ask for a drain unless one is already asked for (called after an event commits)."""
+    from achievements.tasks import evaluate_pending_task
+
+    try:
+        asked = cache.add(DRAIN_FLAG, 1, timeout=FLAG_SECONDS)
+    except Exception:
+        asked = True  # no cache to coalesce with: ask anyway
+    if not asked:
+        return
+    try:
+        evaluate_pending_task.delay()
+    except Exception:
+        # The broker is unreachable: the event is committed and waits; let
+        # the next event ask again instead of waiting out the flag.
+        logger.exception("Could not ask for an evaluation drain")
+        with contextlib.suppress(Exception):
+            cache.delete(DRAIN_FLAG)
+
+
+def drain() -> int:
+    """Evaluate waiting events a batch at a time until none are left; returns how many."""
+    from achievements.tasks import evaluate_pending_task
+
+    try:
+        cache.delete(DRAIN_FLAG)  # before looking: an event committed from now on asks again
+    except Exception:
+        logger.warning("Could not clear the drain flag", exc_info=True)
+    recover_lost_batches()
+    size = batch_size()
+    done = 0
+    deadline = time.monotonic() + DRAIN_BUDGET_SECONDS
+    first = True
+    while True:
+        batch_id = uuid.uuid4().hex
+        claimed: list[int] = []
+
+        def register(
+            pks: list[int], batch_id: str = batch_id, claimed: list[int] = claimed
+        ) -> None:
+            claimed.extend(pks)
+            _in_flight(batch_id, pks)
+
+        try:
+            result = evaluate_events(limit=size, on_claim=register)
+        except Exception:
+            logger.exception(
+                "A batch of %s event(s) failed; evaluating them one by one", len(claimed)
+            )
+            hand_to_single(claimed)
+            return done
+        finally:
+            _landed(batch_id)
+        done += len(result.claimed)
+        if len(result.claimed) < size:
+            return done
+        if first or time.monotonic() > deadline:
+            # A backlog: let another worker process take the next batch; and
+            # past the budget, leave the rest to that drain.
+            evaluate_pending_task.delay()
+            if time.monotonic() > deadline:
+                return done
+        first = False
+
+
+def hand_to_single(event_pks: list[int]) -> None:
+    """Keep these events from drains for a while and evaluate each on its own."""
+    from achievements.events import enqueue_single
+
+    if not event_pks:
+        return
+    Event.objects.filter(pk__in=event_pks).unprocessed().update(retry_at=timezone.now() + HOLD)
+    for pk in event_pks:
+        enqueue_single(pk)
+
+
+def recover_lost_batches() -> int:
+    """Hand the events of batches that died with their worker to the per-event task."""
+    client = metrics.redis_client()
+    if client is None:
+        return 0
+    key = _registry_key()
+    try:
+        entries = client.hgetall(key)
+    except Exception:
+        logger.warning("Could not read the in-flight batches", exc_info=True)
+        return 0
+    now = time.time()
+    lost: list[int] = []
+    for batch_id, value in entries.items():
+        started, _, pks = value.decode().partition("|")
+        if now - float(started) > LOST_AFTER_SECONDS and client.hdel(key, batch_id):
+            lost += [int(pk) for pk in pks.split(",") if pk]
+    if lost:
+        still_waiting = list(
+            Event.objects.filter(pk__in=lost)
+            .unprocessed()
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        logger.warning(
+            "%s event(s) of a batch lost with its worker; %s still waiting, evaluated one by one",
+            len(lost),
+            len(still_waiting),
+        )
+        hand_to_single(still_waiting)
+    return len(lost)
+
+
+def _registry_key() -> str:
+    return f"{metrics._namespace()}:evaluation-batches"
+
+
+def _in_flight(batch_id: str, pks: list[int]) -> None:
+    client = metrics.redis_client()
+    if client is None or not pks:
+        return
+    try:
+        client.hset(_registry_key(), batch_id, f"{time.time():.3f}|{','.join(map(str, pks))}")
+    except Exception:
+        # Go on: the events are safe in the database either way; only a
+        # crash in this batch would now wait for the sweeper.
+        logger.warning("Could not register in-flight batch %s", batch_id, exc_info=True)
+
+
+def _landed(batch_id: str) -> None:
+    client = metrics.redis_client()
+    if client is None:
+        return
+    try:
+        client.hdel(_registry_key(), batch_id)
+    except Exception:
+        # Left behind, the entry is recovered later; its events are processed
+        # by then, so recovery finds nothing to do.
+        logger.warning("Could not clear in-flight batch %s", batch_id, exc_info=True)

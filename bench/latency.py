@@ -1,0 +1,274 @@
+"""End-to-end latency: from the producer's HTTP response to the frame on a real socket.
+
+Run from the project root (needs PostgreSQL and Redis on 127.0.0.1):
+
+    .venv/bin/python bench/latency.py [--users 1000] [--tabs 5] [--seconds 20]
+
+It starts the production topology (a scratch PostgreSQL database, Redis, one
+Celery worker with 2 processes, one Daphne), signs in --users users with
+--tabs live sockets each, and posts single events through `POST
+/api/v1/events` at a steady 50, then 500 events/s, round-robin over the
+users. Each event moves a counter badge, so the worker pushes a frame with
+the new card to every socket of that user (a toast rides in the same frame
+when an event unlocks something).
+
+For every event and every socket of its user: the time from the
+producer's response to the first frame showing that count or more (two
+events of one user evaluated in one batch share a frame). p50, p95, p99 and
+max over all of them, and the frames that never came: events whose count no
+socket of the user ever showed. The clients run in a process of their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SETUP = """
+import json
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.sessions.backends.db import SessionStore
+from django.utils import timezone
+from achievements.models import Badge, BadgeRequirement, ExternalIdentity
+from api.models import ApiKey
+badge = Badge.objects.create(key="bench_ping", name="Bench ping")
+BadgeRequirement.objects.create(badge=badge, event_type="bench.ping", threshold=10**9)
+User = get_user_model()
+User.objects.bulk_create([User(username=f"lat-{{n}}", password="!") for n in range({users})])
+rows = []
+for user in User.objects.filter(username__startswith="lat-").order_by("pk"):
+    ExternalIdentity.objects.create(external_id=user.username, user=user, linked_at=timezone.now())
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.create()
+    rows.append([user.username, session.session_key])
+print(json.dumps({{"key": ApiKey.issue("latency-bench")[1], "users": rows}}))
+"""
+
+COUNT = re.compile(r'id="badge-bench_ping".*?aria-valuetext="[^"]*?: (\d+) of', re.S)
+
+
+def clients(base: str, tabs: list[tuple[str, str]], ready: Any, stop: Any, out: Any) -> None:
+    """Open every socket; record when each first shows each count of its user's badge."""
+    import websockets
+    from websockets.typing import Origin
+
+    async def main() -> None:
+        seen: dict[tuple[int, int], float] = {}  # (socket, count) → arrival
+        sockets: list[tuple[int, str, Any]] = []
+        limit = asyncio.Semaphore(200)
+        host = base.removeprefix("http://")
+
+        async def open_one(index: int, user: str, session: str) -> None:
+            async with limit:
+                for attempt in range(5):  # a busy server may drop a handshake
+                    try:
+                        socket = await websockets.connect(
+                            f"ws://{host}/ws/live/",
+                            additional_headers={"Cookie": f"sessionid={session}"},
+                            origin=Origin(base),
+                            open_timeout=60,
+                            ping_interval=None,
+                            max_queue=None,
+                        )
+                    except Exception:
+                        if attempt == 4:
+                            raise
+                        await asyncio.sleep(0.5)
+                    else:
+                        sockets.append((index, user, socket))
+                        return
+
+        async def listen(index: int, socket: Any) -> None:
+            best = 0
+            async for frame in socket:
+                now = time.time()
+                for match in COUNT.finditer(frame):
+                    count = int(match.group(1))
+                    for n in range(best + 1, count + 1):
+                        seen[(index, n)] = now
+                    best = max(best, count)
+
+        await asyncio.gather(*(open_one(i, u, s) for i, (u, s) in enumerate(tabs)))
+        tasks = [asyncio.create_task(listen(i, s)) for i, _, s in sockets]
+        ready.put(len(sockets))
+        await asyncio.get_running_loop().run_in_executor(None, stop.get)
+        await asyncio.sleep(3)  # the last frames
+        users = {index: user for index, user, _ in sockets}
+        out.put([(users[i], n, t) for (i, n), t in seen.items()])
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*(s.close() for _, _, s in sockets), return_exceptions=True)
+
+    asyncio.run(main())
+
+
+async def produce(
+    base: str, key: str, users: list[str], rate: float, seconds: float, offset: dict[str, int]
+) -> list[tuple[str, int, float]]:
+    """Post single events at a steady rate; (user, count after it, response time)."""
+    import httpx
+
+    total = int(rate * seconds)
+    done: list[tuple[str, int, float]] = []
+    failures: list[str] = []
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+        started = time.monotonic()
+
+        async def post(number: int) -> None:
+            user = users[number % len(users)]
+            offset[user] += 1
+            count = offset[user]
+            response = await client.post(
+                "/api/v1/events",
+                headers={"Authorization": f"Bearer {key}"},
+                json={
+                    "event_id": f"ping-{user}-{count}",
+                    "user_id": user,
+                    "event_type": "bench.ping",
+                    "occurred_at": datetime.now(UTC).isoformat(),
+                    "payload": {},
+                },
+            )
+            answered = time.time()
+            if response.status_code != 202:
+                failures.append(f"{response.status_code}: {response.text[:200]}")
+                return
+            done.append((user, count, answered))
+
+        tasks = []
+        for number in range(total):
+            delay = started + number / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(post(number)))
+        await asyncio.gather(*tasks)
+    if failures:
+        print(f"  {len(failures)} request(s) failed, e.g. {failures[0]}", flush=True)
+    return done
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(share * len(ordered))) - 1))]
+
+
+def run(users: int, tabs: int, seconds: float, rates: list[float]) -> dict[str, Any]:
+    from tests.integration.stack import Topology
+
+    with tempfile.TemporaryDirectory() as tmp:
+        topology = Topology(
+            Path(tmp),
+            extra_env={
+                "ACCOLADE_LOG_LEVEL": "WARNING",
+                "CHANNEL_LAYER_CAPACITY": str(max(1500, 4 * users * tabs)),
+            },
+        )
+        try:
+            topology.start(workers=1, concurrency=2)
+            setup = json.loads(topology.python(SETUP.format(users=users)).strip().splitlines()[-1])
+            names = [name for name, _ in setup["users"]]
+            sockets = [tuple(setup["users"][n % users]) for n in range(users * tabs)]
+            context = multiprocessing.get_context("spawn")
+            results: dict[str, Any] = {}
+            offset = dict.fromkeys(names, 0)
+            for rate in rates:
+                ready, stop, out = context.Queue(), context.Queue(), context.Queue()
+                client = context.Process(
+                    target=clients, args=(topology.base_url, sockets, ready, stop, out)
+                )
+                client.start()
+                opened = ready.get(timeout=900)
+                time.sleep(2)
+                sent = asyncio.run(
+                    produce(topology.base_url, setup["key"], names, rate, seconds, offset)
+                )
+                stop.put(True)
+                if len(sent) < int(rate * seconds):
+                    print(topology.logs()[-6000:])
+                seen = out.get(timeout=300)
+                client.join(timeout=60)
+                arrivals: dict[tuple[str, int], list[float]] = {}
+                for user, count, at in seen:
+                    arrivals.setdefault((user, count), []).append(at)
+                latencies, lost = [], 0
+                for user, count, answered in sent:
+                    got = arrivals.get((user, count), [])
+                    if not got:
+                        lost += 1
+                    latencies += [max(0.0, at - answered) * 1000 for at in got]
+                waits = [
+                    float(row[0]) * 1000
+                    for row in topology.query(
+                        "SELECT EXTRACT(EPOCH FROM processed_at - received_at) "
+                        "FROM achievements_event WHERE event_type = 'bench.ping' "
+                        "AND processed_at IS NOT NULL "
+                        "AND received_at > now() - make_interval(secs => %s)",
+                        (seconds + 10,),
+                    )
+                ]
+                results[f"{rate:g}/s"] = {
+                    # Received → claimed by a worker: the queue's share of the total.
+                    "queue_wait_p50_ms": round(statistics.median(waits), 1) if waits else None,
+                    "events": len(sent),
+                    "sockets": opened,
+                    "frames": len(latencies),
+                    "events_without_frame": lost,
+                    "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
+                    "p95_ms": round(percentile(latencies, 0.95), 1) if latencies else None,
+                    "p99_ms": round(percentile(latencies, 0.99), 1) if latencies else None,
+                    "max_ms": round(max(latencies), 1) if latencies else None,
+                }
+                print(f"  {rate:g} events/s: {results[f'{rate:g}/s']}", flush=True)
+            return results
+        except Exception:
+            print(topology.logs())
+            raise
+        finally:
+            topology.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--tabs", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--rates", default="50,500")
+    args = parser.parse_args()
+    rates = [float(rate) for rate in args.rates.split(",")]
+    results = run(args.users, args.tabs, args.seconds, rates)
+    print(
+        f"end-to-end latency, {args.users:,} users x {args.tabs} sockets, {args.seconds:g} s each"
+    )
+    for name, row in results.items():
+        print(
+            f"  {name:>7}  p50 {row['p50_ms']} ms  p95 {row['p95_ms']} ms  p99 {row['p99_ms']} ms"
+            f"  max {row['max_ms']} ms  events without a frame {row['events_without_frame']}"
+        )
+    out = ROOT / "bench" / "results-latency.json"
+    out.write_text(
+        json.dumps({"users": args.users, "tabs": args.tabs, **results}, indent=2) + "\n"
+    )
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    main()

@@ -1,0 +1,254 @@
+"""Evaluation throughput of real Celery worker processes, batched and one event per task.
+
+Run from the project root (needs PostgreSQL and Redis on 127.0.0.1):
+
+    .venv/bin/python bench/throughput.py [--events 20000] [--repeats 3]
+
+It starts the production topology without a web server (a scratch
+PostgreSQL database, Redis, `celery worker` processes), records waiting
+events straight into the database (1,000 users, `visit.created` with a
+place id each user has not visited yet, up to 40, so every event moves two
+distinct-place counts, against the demo's badges), asks for one drain, and
+times until
+every event is processed, as the worker's own `processed_at` stamps tell.
+Set-ups:
+
+- one worker process vs two (`--concurrency 1` and `2`);
+- 10 vs 1,000 more badges watching other event types;
+- users with histories of 100 vs 100,000 earlier events (one user per
+  history size, events spread over 1,000 users in the other set-ups);
+- and, for scale, one event per task (`ACCOLADE_EVALUATION_BATCH_SIZE=1`).
+
+Each figure is the median of --repeats runs, in events per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LOAD = """
+import json
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.utils import timezone
+User = get_user_model()
+spec = {spec}
+names = [f"{{spec['who']}}-{{n}}" for n in range(spec["users"])]
+User.objects.bulk_create(
+    [User(username=name, password="!") for name in names], ignore_conflicts=True
+)
+users = list(User.objects.filter(username__in=names).order_by("pk").values_list("pk", flat=True))
+now = timezone.now()
+with connection.cursor() as cursor, cursor.copy(
+    "COPY achievements_event (event_id, event_type, user_id, external_user_id, occurred_at,"
+    " source, payload, received_at, processed_at, fingerprint, attempts, last_error)"
+    " FROM STDIN"
+) as copy:
+    for n in range(spec["count"]):
+        copy.write_row((
+            f"{{spec['prefix']}}-{{n}}", "visit.created", users[n % len(users)], "", now,
+            "bench", json.dumps({{"place_id": (n // len(users)) % 40}}), now,
+            now if spec["processed"] else None, "", 0, "",
+        ))
+"""
+
+BADGES = """
+from achievements import index
+from achievements.models import Badge, BadgeRequirement
+have = Badge.objects.filter(key__startswith="unrelated_").count()
+for n in range(have, {count}):
+    badge = Badge.objects.create(key=f"unrelated_{{n}}", name=f"Unrelated {{n}}")
+    BadgeRequirement.objects.create(badge=badge, event_type=f"other.type{{n % 50}}", threshold=5)
+Badge.objects.filter(key__startswith="unrelated_").update(is_active=False)
+Badge.objects.filter(key__in=[f"unrelated_{{n}}" for n in range({count})]).update(is_active=True)
+index.invalidate()
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="skip the one-event-per-task run")
+    parser.add_argument(
+        "--batch", type=int, default=0, help="ACCOLADE_EVALUATION_BATCH_SIZE (default: settings)"
+    )
+    args = parser.parse_args()
+    if args.events < 1000 or args.repeats < 1:
+        parser.error("--events must be at least 1000 and --repeats at least 1")
+    results = run(args.events, args.repeats, quick=args.quick, batch=args.batch)
+    report(results, args)
+
+
+class Bench:
+    def __init__(self, topology, events: int) -> None:
+        self.topology = topology
+        self.events = events
+        self.runs = 0
+
+    def load(self, *, count: int, users: int, who: str = "bench", processed: bool = False) -> str:
+        self.runs += 1
+        prefix = f"run{self.runs}"
+        spec = {
+            "count": count,
+            "users": users,
+            "who": who,
+            "prefix": prefix,
+            "processed": processed,
+        }
+        self.topology.python(LOAD.format(spec=repr(spec)))
+        return prefix
+
+    def rate(self, *, users: int = 1000, who: str = "bench") -> float:
+        """Record --events waiting events, ask for a drain, time them through."""
+        prefix = self.load(count=self.events, users=users, who=who)
+        started = time.monotonic()
+        self.topology.python("from achievements.dispatch import request_drain; request_drain()")
+        self._wait(prefix)
+        first, last = self.topology.query(
+            "SELECT min(processed_at), max(processed_at) FROM achievements_event "
+            "WHERE event_id LIKE %s",
+            (f"{prefix}-%",),
+        )[0]
+        elapsed = (last - first).total_seconds() if first and last else 0.0
+        wall = time.monotonic() - started
+        # From the first event a worker took to the last one it committed.
+        return self.events / max(elapsed, 1e-6) if elapsed > 0 else self.events / wall
+
+    def single_rate(self) -> float:
+        """One task message per event (the design before batching)."""
+        prefix = self.load(count=self.events, users=1000)
+        self.topology.python(
+            "from achievements.models import Event\n"
+            "from achievements.tasks import evaluate_event_task\n"
+            f"for pk in Event.objects.filter(event_id__startswith={prefix + '-'!r})"
+            ".order_by('pk').values_list('pk', flat=True):\n"
+            "    evaluate_event_task.delay(pk)"
+        )
+        self._wait(prefix)
+        first, last = self.topology.query(
+            "SELECT min(processed_at), max(processed_at) FROM achievements_event "
+            "WHERE event_id LIKE %s",
+            (f"{prefix}-%",),
+        )[0]
+        return self.events / max((last - first).total_seconds(), 1e-6)
+
+    def _wait(self, prefix: str, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            [(waiting,)] = self.topology.query(
+                "SELECT count(*) FROM achievements_event "
+                "WHERE event_id LIKE %s AND processed_at IS NULL",
+                (f"{prefix}-%",),
+            )
+            if waiting == 0:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"{waiting} events of {prefix} still waiting")
+
+    def restart_workers(self, concurrency: int) -> None:
+        for worker in self.topology.workers:
+            self.topology.kill(worker)
+            self.topology.processes.remove(worker)
+        self.topology.workers.clear()
+        self.topology.start_worker(concurrency=concurrency)
+
+
+def run(events: int, repeats: int, *, quick: bool, batch: int = 0) -> dict[str, float]:
+    from tests.integration.stack import Topology
+
+    results: dict[str, list[float]] = {}
+
+    def measure(name: str, fn) -> None:
+        results.setdefault(name, []).append(fn())
+        print(f"  {name:28} {results[name][-1]:8.0f} events/s", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"ACCOLADE_LOG_LEVEL": "WARNING"}
+        if batch:
+            env["ACCOLADE_EVALUATION_BATCH_SIZE"] = str(batch)
+        topology = Topology(Path(tmp), extra_env=env)
+        try:
+            topology.start(workers=1, concurrency=1)
+            bench = Bench(topology, events)
+            bench.rate()  # warm-up: the workers' first batches, the database's caches
+            for _ in range(repeats):
+                bench.restart_workers(1)
+                topology.python(BADGES.format(count=10))
+                measure("1 process, 10 badges", bench.rate)
+                topology.python(BADGES.format(count=1000))
+                measure("1 process, 1,000 badges", bench.rate)
+                topology.python(BADGES.format(count=10))
+                bench.restart_workers(2)
+                measure("2 processes", bench.rate)
+            bench.restart_workers(1)
+            for size in (100, 100_000):
+                for repeat in range(repeats):
+                    # A user of its own with exactly this many earlier, evaluated events.
+                    who = f"history{size}-{repeat}"
+                    bench.load(count=size, users=1, who=who, processed=True)
+                    measure(
+                        f"history of {size:,} events",
+                        lambda who=who: bench.rate(users=1, who=who),
+                    )
+            if not quick:
+                bench.restart_workers(1)
+                measure("1 process, one event per task", bench.single_rate)
+        except Exception:
+            print(topology.logs())
+            raise
+        finally:
+            topology.stop()
+    return {name: statistics.median(values) for name, values in results.items()}
+
+
+def report(results: dict[str, float], args: argparse.Namespace) -> None:
+    one = results["1 process, 10 badges"]
+    badge_ratio = results["1 process, 1,000 badges"] / one
+    scale = results["2 processes"] / one
+    history_ratio = results["history of 100,000 events"] / results["history of 100 events"]
+    print(f"evaluation throughput, {args.events:,} events per run, median of {args.repeats}")
+    for name, value in results.items():
+        print(f"  {name:32} {value:8.0f} events/s")
+    print(f"  1,000 vs 10 badges       ratio {badge_ratio:.2f}")
+    print(f"  100,000 vs 100 history   ratio {history_ratio:.2f}")
+    print(f"  2 vs 1 process           x{scale:.2f}")
+    out = ROOT / "bench" / "results-throughput.json"
+    out.write_text(
+        json.dumps(
+            {
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                },
+                "events_per_run": args.events,
+                "repeats": args.repeats,
+                "events_per_second": {k: round(v, 1) for k, v in results.items()},
+                "ratios": {
+                    "badges_1000_vs_10": round(badge_ratio, 3),
+                    "history_100000_vs_100": round(history_ratio, 3),
+                    "processes_2_vs_1": round(scale, 3),
+                },
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    main()

@@ -1,0 +1,132 @@
+"""The batch engine gives what evaluating the events one at a time gives."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group
+
+from accounts.models import Profile
+from achievements.actions import evaluate_event
+from achievements.batch import evaluate_events
+from achievements.events import record_event
+from achievements.models import (
+    DistinctValue,
+    Event,
+    RequirementProgress,
+    Unlock,
+    UserBadge,
+)
+from achievements.rulefiles import document, import_badges
+from tests.factories import make_user
+from tests.rule_kinds import BADGES, EVENTS, EXPECTED, MONDAY
+
+
+@pytest.fixture
+def kinds(db):
+    group = Group.objects.create(name="rule-kinds")
+    import_badges(document(BADGES))
+    users = [make_user(username=f"k{n}") for n in range(3)]
+    for user in users:
+        user.groups.add(group)
+    # One user in New York and on the "pro" plan: other periods, and the segment badge.
+    Profile.objects.filter(user=users[2]).update(
+        time_zone="America/New_York", attributes={"plan": "pro"}
+    )
+    return users
+
+
+def _record(users, seed: int) -> list[int]:
+    """EVENTS for every user, plus extra noise, in a shuffled order of arrival."""
+    rng = random.Random(seed)
+    stream: list[tuple[Any, ...]] = [(user, *event) for user in users for event in EVENTS]
+    stream += [
+        (
+            rng.choice(users),
+            rng.choice([e[0] for e in EVENTS]),
+            rng.random() * 20,
+            {"km": rng.randrange(8), "seconds": rng.randrange(60), "place": rng.randrange(4)},
+        )
+        for _ in range(60)
+    ]
+    rng.shuffle(stream)
+    return [
+        record_event(
+            user, event_type, payload=payload, occurred_at=MONDAY + timedelta(days=day)
+        ).event.pk
+        for user, event_type, day, payload in stream
+    ]
+
+
+def _snapshot() -> dict:
+    return {
+        "unlocks": sorted(
+            Unlock.objects.values_list(
+                "user_id", "badge__key", "period", "tier", "event_id", "event_ids", "took"
+            ),
+            key=repr,
+        ),
+        "standings": sorted(
+            UserBadge.objects.exclude(last_evaluated_at=None).values_list(
+                "user_id",
+                "badge__key",
+                "current_value",
+                "target_value",
+                "tier",
+                "completed_by_event_id",
+            )
+        ),
+        "progress": sorted(
+            RequirementProgress.objects.exclude(state={}).values_list(
+                "user_id", "requirement_id", "state", "met_by", "started_at"
+            ),
+            key=repr,
+        ),
+        "distinct": sorted(
+            DistinctValue.objects.values_list("user_id", "requirement_id", "value_key")
+        ),
+        "unprocessed": Event.objects.filter(processed_at=None).count(),
+    }
+
+
+def _forget_evaluations() -> None:
+    for model in (Unlock, UserBadge, RequirementProgress, DistinctValue):
+        model.objects.all().delete()
+    Event.objects.update(processed_at=None)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_batches_of_any_size_match_one_event_at_a_time(kinds, seed):
+    pks = _record(kinds, seed)  # on_commit never runs here: nothing is evaluated yet
+    for pk in pks:
+        evaluate_event(pk)
+    one_at_a_time = _snapshot()
+    assert one_at_a_time["unprocessed"] == 0
+    # Every user earned at least what EVENTS earns on its own.
+    for user in kinds[:2]:
+        earned = {(key, period, tier) for u, key, period, tier, *_ in one_at_a_time["unlocks"]}
+        assert set(EXPECTED) <= earned, user
+
+    _forget_evaluations()
+    rng = random.Random(seed)
+    remaining = list(pks)
+    while remaining:
+        size = rng.choice([1, 2, 7, 50, 500])
+        evaluate_events(remaining[:size])
+        remaining = remaining[size:]
+    assert _snapshot() == one_at_a_time
+
+
+def test_a_batch_skips_events_already_evaluated_and_evaluates_nothing_twice(kinds):
+    pks = _record(kinds[:1], seed=4)
+    first = evaluate_events(pks[:10])
+    assert first.claimed == sorted(pks[:10])
+    again = evaluate_events(pks)
+    assert again.claimed == sorted(pks[10:])
+    assert evaluate_events(pks).claimed == []
+    before = _snapshot()
+    evaluate_events(pks)
+    assert _snapshot() == before

@@ -1,0 +1,122 @@
+"""Drains: coalesced requests, batches, a backlog spread over workers, failures handed over."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.utils import timezone
+
+from achievements import dispatch, events, progress
+from achievements.events import record_event
+from achievements.models import Event, Unlock
+from achievements.tasks import evaluate_pending_task
+from tests.factories import make_images_badge
+
+
+@pytest.fixture
+def asked(monkeypatch):
+    """Drain requests sent to the broker, recorded instead of sent."""
+    sent: list[int] = []
+    monkeypatch.setattr(evaluate_pending_task, "delay", lambda: sent.append(1))
+    return sent
+
+
+@pytest.fixture
+def singled(monkeypatch):
+    handed: list[int] = []
+    monkeypatch.setattr(events, "enqueue_single", handed.append)
+    return handed
+
+
+@pytest.fixture
+def registry(real_redis):
+    """The in-flight batch registry, empty before and after."""
+    real_redis.delete(dispatch._registry_key())
+    yield real_redis
+    real_redis.delete(dispatch._registry_key())
+
+
+def _waiting(owner, count: int) -> list[int]:
+    # Recorded outside any on_commit execution: nothing evaluates them yet.
+    return [
+        record_event(owner, "image.posted", payload={"image_id": n}).event.pk for n in range(count)
+    ]
+
+
+def test_events_ask_for_one_drain_while_one_is_pending(owner, settings, asked, db):
+    settings.ACCOLADE_TASK_MODE = "celery"
+    for pk in _waiting(owner, 5):
+        events.enqueue_evaluation(pk)
+    assert asked == [1]
+    dispatch.drain()  # clears the request first
+    events.enqueue_evaluation(_waiting(owner, 1)[0])
+    assert asked == [1, 1]
+
+
+def test_a_drain_evaluates_every_waiting_event_a_batch_at_a_time(owner, settings, asked):
+    make_images_badge(threshold=10)
+    settings.ACCOLADE_EVALUATION_BATCH_SIZE = 3
+    pks = _waiting(owner, 10)
+    assert dispatch.drain() == 10
+    assert not Event.objects.filter(pk__in=pks, processed_at=None).exists()
+    assert Unlock.objects.filter(user=owner).count() == 1
+    # The first full batch asked for another drain, so a second worker can help.
+    assert asked == [1]
+    assert dispatch.drain() == 0
+
+
+def test_a_failing_batch_hands_its_events_to_the_per_event_task(
+    owner, settings, asked, singled, monkeypatch
+):
+    make_images_badge(threshold=10)
+    pks = _waiting(owner, 4)
+    poison = Event.objects.get(pk=pks[2]).event_id
+    original = progress.apply_fact
+
+    def apply_fact(spec, state, fact, *args, **kwargs):
+        if fact.payload.get("image_id") == 2:
+            raise ValueError(f"cannot fold {poison}")
+        return original(spec, state, fact, *args, **kwargs)
+
+    monkeypatch.setattr(progress, "apply_fact", apply_fact)
+    assert dispatch.drain() == 0
+    assert singled == pks  # each alone, where the poison is retried and dead-lettered
+    held = Event.objects.filter(pk__in=pks, processed_at=None, retry_at__gt=timezone.now())
+    assert held.count() == 4
+    assert dispatch.drain() == 0  # drains leave held events to the per-event task
+
+
+def test_a_batch_lost_with_its_worker_is_handed_over_by_a_later_drain(
+    owner, asked, singled, registry
+):
+    pks = _waiting(owner, 3)
+    Event.objects.filter(pk=pks[0]).update(processed_at=timezone.now())  # done before it died
+    died = time.time() - dispatch.LOST_AFTER_SECONDS - 1
+    registry.hset(dispatch._registry_key(), "gone", f"{died}|{','.join(map(str, pks))}")
+    registry.hset(dispatch._registry_key(), "busy", f"{time.time()}|{pks[0]}")
+    # The lost batch's waiting events go one by one; the recent batch is left alone.
+    assert dispatch.recover_lost_batches() == 3
+    assert singled == pks[1:]
+    assert set(registry.hkeys(dispatch._registry_key())) == {b"busy"}
+
+
+def test_a_landed_batch_leaves_nothing_in_flight(owner, asked, registry, monkeypatch):
+    make_images_badge(threshold=10)
+    seen: list[dict] = []
+    original = dispatch.evaluate_events
+
+    def watching(**kwargs):
+        def on_claim(pks):
+            kwargs["on_claim"](pks)
+            seen.append(registry.hgetall(dispatch._registry_key()))
+
+        return original(limit=kwargs["limit"], on_claim=on_claim)
+
+    monkeypatch.setattr(dispatch, "evaluate_events", watching)
+    pks = _waiting(owner, 2)
+    assert dispatch.drain() == 2
+    [registered] = seen
+    [entry] = registered.values()
+    assert entry.decode().endswith("|" + ",".join(map(str, pks)))
+    assert registry.hlen(dispatch._registry_key()) == 0
