@@ -51,6 +51,7 @@ typecheck: install
 # needs on PostgreSQL and Redis, prints a table and writes bench/results-*.json;
 # bench/collect.py gathers them into bench/results.json with the machine.
 bench: install
+	bash .ci/services.sh --bench
 	$(PY) bench/throughput.py
 	$(PY) bench/ingestion.py
 	$(PY) bench/connections.py

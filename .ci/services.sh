@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure what the full test suite needs is present and running:
 # Debian's Chromium for the browser tests, PostgreSQL and Redis for the
-# topology tests. Safe to run again; it only acts on what is missing.
+# topology tests; with --bench, wrk for the benchmarks. Safe to run again;
+# it only acts on what is missing.
 set -euo pipefail
 
 log() { echo "[services] $*"; }
@@ -16,6 +17,11 @@ apt_install() {
   fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
+
+if [ "${1:-}" = "--bench" ] && ! command -v wrk >/dev/null 2>&1; then
+  log "installing wrk (Debian), the HTTP load generator of bench/ingestion.py"
+  apt_install wrk
+fi
 
 if ! command -v chromium >/dev/null 2>&1; then
   log "installing chromium (Debian) for the browser tests"

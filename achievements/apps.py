@@ -10,9 +10,10 @@ class AchievementsConfig(AppConfig):
 
     def ready(self) -> None:
         from achievements import index
-        from achievements.models import Badge, BadgeRequirement
+        from achievements.models import Badge, BadgeRequirement, DedupRule, EventType
 
-        for model in (Badge, BadgeRequirement):
+        # Everything the index holds: rules, the event type catalogue, dedup rules.
+        for model in (Badge, BadgeRequirement, EventType, DedupRule):
             post_save.connect(
                 index.invalidate, sender=model, dispatch_uid=f"index-{model.__name__}"
             )

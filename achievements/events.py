@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -10,6 +11,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,8 +23,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.utils import timezone
 
-from achievements import metrics, rules
-from achievements.models import DedupRule, Event, ExternalIdentity
+from achievements import index, metrics, rules
+from achievements.models import Event, ExternalIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -95,25 +97,275 @@ def record_external_event(
     id (link_external_identity) hands it, and everything else waiting for that
     id, to the evaluator.
     """
-    if not isinstance(external_user_id, str) or not EVENT_ID_PATTERN.match(external_user_id):
-        raise InvalidEvent(
-            "user_id", "must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"
+    [result] = record_external_events(
+        [
+            ExternalEvent(
+                user_id=external_user_id,
+                event_type=event_type,
+                payload=payload,
+                event_id=event_id,
+                occurred_at=occurred_at,
+                source=source,
+            )
+        ]
+    )
+    if isinstance(result, InvalidEvent):
+        raise result
+    return result
+
+
+@dataclass(frozen=True)
+class ExternalEvent:
+    """One event of a batch for record_external_events (see record_external_event)."""
+
+    user_id: str
+    event_type: str
+    payload: dict[str, Any] | None = None
+    event_id: str | None = None
+    occurred_at: datetime | None = None
+    source: str = "api"
+
+
+def record_external_events(
+    events: Sequence[ExternalEvent],
+) -> list[RecordedEvent | InvalidEvent]:
+    """Record a batch of producer events in one transaction: a result per event, in order.
+
+    Each result is the recorded (or duplicate) event, or the InvalidEvent
+    that refused it; a refused event writes nothing and does not stop the
+    others. The batch costs a fixed number of statements, whatever its size:
+    lock the producer ids, read the event ids already taken, insert the rest
+    in one statement. Event types with a de-duplication rule, and a batch
+    that races another for the same new id, take the one-at-a-time path,
+    which serialises near-duplicates and sorts out the race.
+    """
+    results: list[RecordedEvent | InvalidEvent | None] = [None] * len(events)
+    now = timezone.now()
+    prepared: list[tuple[int, ExternalEvent, str]] = []  # index, event with defaults, id
+    for position, item in enumerate(events):
+        item = dataclasses.replace(
+            item,
+            payload={} if item.payload is None else item.payload,
+            occurred_at=now if item.occurred_at is None else item.occurred_at,
         )
+        event_id = uuid.uuid4().hex if item.event_id is None else item.event_id
+        try:
+            if not isinstance(item.user_id, str) or not EVENT_ID_PATTERN.match(item.user_id):
+                raise InvalidEvent(
+                    "user_id", "must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"
+                )
+            _validate(item.event_type, item.payload, event_id, item.occurred_at, item.source)
+        except InvalidEvent as exc:
+            results[position] = exc
+        else:
+            prepared.append((position, item, event_id))
+    if not prepared:
+        return _all_set(results)
+
     with transaction.atomic():
         # Locked, so a link being made at the same moment either happens
-        # first (this event gets the user) or waits for this event (and then
-        # hands it over with the others); an event cannot fall between them.
-        # Rolled back with the event if the event is refused.
-        ExternalIdentity.objects.get_or_create(external_id=external_user_id)
-        identity = ExternalIdentity.objects.select_for_update().get(external_id=external_user_id)
-        return _record(
-            subject=Subject(user_id=identity.user_id, external_id=external_user_id),
-            event_type=event_type,
-            payload=payload,
-            event_id=event_id,
-            occurred_at=occurred_at,
-            source=source,
+        # first (these events get the user) or waits for them (and then
+        # hands them over with the others); an event cannot fall between.
+        owners = _lock_identities({item.user_id for _, item, _ in prepared})
+        dedup = index.dedup_windows()
+        # PostgreSQL inserts first and reads back only the ids it did not
+        # insert (ON CONFLICT DO NOTHING); SQLite, one writer at a time,
+        # reads the taken ids first.
+        pg = connection.vendor == "postgresql"
+        taken = {} if pg else _events_by_id([event_id for _, _, event_id in prepared])
+        firsts: set[str] = set()
+        bulk: list[tuple[int, ExternalEvent, str]] = []
+        single: list[tuple[int, ExternalEvent, str]] = []
+        repeats: list[tuple[int, ExternalEvent, str]] = []
+        for position, item, event_id in prepared:
+            if item.event_type in dedup:
+                single.append((position, item, event_id))
+            elif event_id in taken or event_id in firsts:
+                repeats.append((position, item, event_id))
+            else:
+                firsts.add(event_id)
+                bulk.append((position, item, event_id))
+
+        created = _insert_events(bulk, owners, now)
+        if created is None:  # SQLite: an id was taken meanwhile; sort it out one by one
+            single = sorted(single + bulk + repeats, key=lambda entry: entry[0])
+            bulk, repeats = [], []
+            created = {}
+        lost = [event_id for _, _, event_id in bulk if event_id not in created]
+        if lost:  # PostgreSQL: a concurrent request committed these ids first
+            taken.update(_events_by_id(lost))
+        waiting: list[int] = []
+        for position, item, event_id in bulk:
+            if event_id in created:
+                event = created[event_id]
+                results[position] = RecordedEvent(event, created=True)
+                if event.user_id is not None:
+                    waiting.append(event.pk)
+            else:
+                results[position] = _repeat_of(taken[event_id], item)
+        if created:
+            transaction.on_commit(partial(_committed_many, len(created), waiting), robust=True)
+        for position, item, event_id in repeats:
+            earlier = created.get(event_id) or taken[event_id]
+            results[position] = _repeat_of(earlier, item)
+        for position, item, event_id in single:
+            try:
+                results[position] = _record(
+                    subject=Subject(user_id=owners[item.user_id], external_id=item.user_id),
+                    event_type=item.event_type,
+                    payload=item.payload,
+                    event_id=event_id,
+                    occurred_at=item.occurred_at,
+                    source=item.source,
+                )
+            except InvalidEvent as exc:
+                results[position] = exc
+    return _all_set(results)
+
+
+def _all_set(
+    results: list[RecordedEvent | InvalidEvent | None],
+) -> list[RecordedEvent | InvalidEvent]:
+    assert all(result is not None for result in results)
+    return results  # type: ignore[return-value]
+
+
+def _lock_identities(external_ids: set[str]) -> dict[str, int | None]:
+    """Each producer id's site user (None until linked), the ids locked against a link.
+
+    The lock is shared (FOR SHARE on PostgreSQL): recorders do not wait for
+    each other, only for a link (FOR UPDATE) of one of their ids. Ids are
+    locked in one order, and created first when new.
+    """
+    ordered = sorted(external_ids)
+
+    def locked() -> dict[str, int | None]:
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT external_id, user_id FROM {ExternalIdentity._meta.db_table} "
+                    "WHERE external_id = ANY(%s) ORDER BY external_id FOR SHARE",
+                    [ordered],
+                )
+                return dict(cursor.fetchall())
+        # SQLite has one writer at a time: the transaction is the lock.
+        return dict(
+            ExternalIdentity.objects.filter(external_id__in=ordered).values_list(
+                "external_id", "user_id"
+            )
         )
+
+    owners = locked()
+    if len(owners) < len(ordered):
+        ExternalIdentity.objects.bulk_create(
+            [ExternalIdentity(external_id=x) for x in ordered if x not in owners],
+            ignore_conflicts=True,
+        )
+        owners = locked()
+    return owners
+
+
+def _events_by_id(event_ids: list[str]) -> dict[str, Event]:
+    found: dict[str, Event] = {}
+    for start in range(0, len(event_ids), 1000):
+        for event in Event.objects.filter(event_id__in=event_ids[start : start + 1000]).only(
+            "pk", "event_id", "event_type", "user_id", "external_user_id"
+        ):
+            found[event.event_id] = event
+    return found
+
+
+def _insert_events(
+    rows: list[tuple[int, ExternalEvent, str]], owners: dict[str, int | None], now: datetime
+) -> dict[str, Event] | None:
+    """Insert new events in one statement: the inserted events by id.
+
+    On PostgreSQL an id another transaction committed meanwhile is skipped
+    (left out of the answer). Elsewhere such a race gives None, and the
+    caller records the rows one by one.
+    """
+    if not rows:
+        return {}
+    if connection.vendor == "postgresql":
+        columns = {
+            "event_id": ("varchar", [event_id for _, _, event_id in rows]),
+            "event_type": ("varchar", [item.event_type for _, item, _ in rows]),
+            "user_id": ("integer", [owners[item.user_id] for _, item, _ in rows]),
+            "external_user_id": ("varchar", [item.user_id for _, item, _ in rows]),
+            "occurred_at": ("timestamptz", [item.occurred_at or now for _, item, _ in rows]),
+            "source": ("varchar", [item.source for _, item, _ in rows]),
+            "payload": ("jsonb", [json.dumps(item.payload) for _, item, _ in rows]),
+        }
+        sql = (
+            f"INSERT INTO {Event._meta.db_table} ({', '.join(columns)}, received_at, "
+            "attempts, fingerprint, last_error) "
+            "SELECT *, %s::timestamptz, 0, '', '' FROM unnest("
+            + ", ".join(f"%s::{kind}[]" for kind, _ in columns.values())
+            + ") ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id"
+        )
+        connection.ensure_connection()
+        # psycopg's own cursor binds on the server: the arrays travel as they
+        # are, where Django's client-side binding quotes every element in Python.
+        with connection.connection.cursor() as cursor:
+            cursor.execute(sql, [now, *(values for _, values in columns.values())])
+            pks = {event_id: pk for pk, event_id in cursor.fetchall()}
+        # Built as loaded rows (positional, in field order): the fast constructor.
+        names = [field.attname for field in Event._meta.concrete_fields]
+        created = {}
+        for _, item, event_id in rows:
+            pk = pks.get(event_id)
+            if pk is None:
+                continue
+            fields = {
+                "id": pk,
+                "event_id": event_id,
+                "event_type": item.event_type,
+                "occurred_at": item.occurred_at or now,
+                "source": item.source,
+                "payload": item.payload,
+                "received_at": now,
+                "user_id": owners[item.user_id],
+                "external_user_id": item.user_id,
+                "attempts": 0,
+                "fingerprint": "",
+                "last_error": "",
+            }
+            created[event_id] = Event.from_db(
+                connection.alias, names, [fields.get(name) for name in names]
+            )
+        return created
+    events = [
+        Event(
+            event_id=event_id,
+            event_type=item.event_type,
+            user_id=owners[item.user_id],
+            external_user_id=item.user_id,
+            occurred_at=item.occurred_at or now,
+            source=item.source,
+            payload=item.payload,
+            received_at=now,
+        )
+        for _, item, event_id in rows
+    ]
+    if not connection.features.can_return_rows_from_bulk_insert:
+        return None
+    try:
+        with transaction.atomic():
+            Event.objects.bulk_create(events, batch_size=500)
+    except IntegrityError:
+        return None
+    return {event.event_id: event for event in events}
+
+
+def _repeat_of(existing: Event, item: ExternalEvent) -> RecordedEvent | InvalidEvent:
+    """An event whose id is taken: a retry of the same fact, or a producer's mistake."""
+    if existing.external_user_id != item.user_id or existing.event_type != item.event_type:
+        return InvalidEvent(
+            "event_id",
+            f"{existing.event_id!r} was already used for a different user or event type",
+        )
+    metrics.incr("accolade_events_deduplicated_total")
+    return RecordedEvent(existing, created=False)
 
 
 @dataclass(frozen=True)
@@ -193,9 +445,13 @@ def _record(
 
 def _committed(event_pk: int | None) -> None:
     """Once the producer's transaction commits: count the event and hand it to the evaluator."""
-    metrics.incr("accolade_events_received_total")
-    if event_pk is not None:
-        enqueue_evaluation(event_pk)
+    _committed_many(1, [] if event_pk is None else [event_pk])
+
+
+def _committed_many(count: int, event_pks: list[int]) -> None:
+    """Once a batch commits: count its events and hand those with a user to the evaluator."""
+    metrics.incr("accolade_events_received_total", count)
+    enqueue_evaluations(event_pks)
 
 
 def _near_duplicate(
@@ -208,7 +464,7 @@ def _near_duplicate(
     the check and the insert are serialised per fingerprint: on PostgreSQL by
     a transaction-scoped advisory lock, on SQLite by its single writer.
     """
-    rule = DedupRule.objects.filter(event_type=event_type).first()
+    rule = index.dedup_windows().get(event_type)
     if rule is None or payload.get(rule.payload_key) is None:
         return "", None
     key = rules.distinct_key(payload[rule.payload_key])
@@ -299,6 +555,20 @@ def enqueue_evaluation(event_pk: int) -> None:
         request_drain()
     else:
         enqueue_single(event_pk)
+
+
+def enqueue_evaluations(event_pks: Sequence[int]) -> None:
+    """Hand committed events to the evaluator: one drain request for all of them in batches."""
+    if not event_pks:
+        return
+    mode = getattr(settings, "ACCOLADE_TASK_MODE", "celery")
+    if mode == "celery" and getattr(settings, "ACCOLADE_EVALUATION_BATCH_SIZE", 2000) > 1:
+        from achievements.dispatch import request_drain
+
+        request_drain()
+    else:
+        for pk in event_pks:
+            enqueue_single(pk)
 
 
 def enqueue_single(event_pk: int) -> None:

@@ -10,6 +10,7 @@ from django.core.cache import cache
 from django.http import HttpRequest
 from django.utils import timezone
 
+from achievements import metrics
 from api.models import ApiKey, hash_key
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -38,16 +39,25 @@ def authenticate(request: HttpRequest) -> ApiKey | None:
 def rate_limit(api_key: ApiKey) -> int | None:
     """Seconds to wait if `api_key` has used up its requests for this window, else None.
 
-    A fixed window per key in the cache (Redis in production, so every web
-    process shares the count). If the cache is down, requests are let through.
+    A fixed window per key in Redis, so every web process shares the count:
+    one round trip (INCR, and EXPIRE on the window's first request). The
+    embedded site counts in its cache. If Redis is down, requests are let
+    through.
     """
     limit, period = settings.ACCOLADE_API_RATE_LIMIT
     now = time.time()
     window = int(now // period)
     key = f"api-rate:{api_key.pk}:{window}"
+    client = metrics.redis_client()
     try:
-        cache.add(key, 0, timeout=period * 2)
-        count = int(cache.incr(key))
+        if client is not None:
+            pipe = client.pipeline(transaction=False)
+            pipe.incr(f"{settings.ACCOLADE_NAMESPACE}:{key}")
+            pipe.expire(f"{settings.ACCOLADE_NAMESPACE}:{key}", period * 2, nx=True)
+            count = int(pipe.execute()[0])
+        else:
+            cache.add(key, 0, timeout=period * 2)
+            count = int(cache.incr(key))
     except Exception:
         return None
     if count > limit:

@@ -6,26 +6,28 @@ Every error names the field and the problem, as {"errors": [{"field", "problem"}
 from __future__ import annotations
 
 import json
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from achievements import index
 from achievements.cards import cards_for_user
 from achievements.events import (
     EVENT_ID_PATTERN,
     SOURCE_PATTERN,
+    ExternalEvent,
     InvalidEvent,
-    record_external_event,
+    record_external_events,
 )
-from achievements.models import Event, ExternalIdentity, Unlock, accepted_event_types
+from achievements.models import Event, ExternalIdentity, Unlock
 from achievements.rules import event_type_problem
 from api.auth import authenticate, rate_limit
 from api.schema import openapi_schema
@@ -120,38 +122,50 @@ def events(request: HttpRequest) -> JsonResponse:
         items = [document]
         prefix = ""
 
-    known_types = accepted_event_types()
-    results = []
-    with transaction.atomic():
-        for index, item in enumerate(items):
-            results.append(_record_one(item, prefix.format(index), known_types))
+    known_types = index.accepted_event_types()
+    results: list[dict[str, Any]] = []
+    valid: list[tuple[int, ExternalEvent]] = []
+    for position, item in enumerate(items):
+        event_id = item.get("event_id") if isinstance(item, dict) else None
+        shown_id = event_id if isinstance(event_id, str) and len(event_id) <= 128 else None
+        results.append({"event_id": shown_id})
+        problems = _problems(item, prefix.format(position), known_types)
+        if problems:
+            results[-1].update(status="rejected", errors=problems)
+            continue
+        valid.append(
+            (
+                position,
+                ExternalEvent(
+                    user_id=item["user_id"],
+                    event_type=item["event_type"],
+                    payload=item.get("payload", {}),
+                    event_id=item["event_id"],
+                    occurred_at=_parse_time(item["occurred_at"]),
+                    source=item.get("source", "api"),
+                ),
+            )
+        )
+    if valid:
+        recorded = record_external_events([event for _, event in valid])
+        for (position, _), outcome in zip(valid, recorded, strict=True):
+            if isinstance(outcome, InvalidEvent):
+                results[position].update(
+                    status="rejected",
+                    errors=[
+                        {
+                            "field": prefix.format(position) + outcome.field,
+                            "problem": outcome.problem,
+                        }
+                    ],
+                )
+            else:
+                results[position]["status"] = "accepted" if outcome.created else "duplicate"
     stored = any(result["status"] != "rejected" for result in results)
     return JsonResponse({"results": results}, status=202 if stored else 422)
 
 
-def _record_one(item: Any, prefix: str, known_types: set[str]) -> dict[str, Any]:
-    event_id = item.get("event_id") if isinstance(item, dict) else None
-    shown_id = event_id if isinstance(event_id, str) and len(event_id) <= 128 else None
-    errors = _problems(item, prefix, known_types)
-    if not errors:
-        try:
-            recorded = record_external_event(
-                item["user_id"],
-                item["event_type"],
-                payload=item.get("payload", {}),
-                event_id=item["event_id"],
-                occurred_at=_parse_time(item["occurred_at"]),
-                source=item.get("source", "api"),
-            )
-        except InvalidEvent as exc:
-            errors = [{"field": prefix + exc.field, "problem": exc.problem}]
-        else:
-            status = "accepted" if recorded.created else "duplicate"
-            return {"event_id": shown_id, "status": status}
-    return {"event_id": shown_id, "status": "rejected", "errors": errors}
-
-
-def _problems(item: Any, prefix: str, known_types: set[str]) -> list[dict[str, str]]:
+def _problems(item: Any, prefix: str, known_types: AbstractSet[str]) -> list[dict[str, str]]:
     if not isinstance(item, dict):
         return [
             {

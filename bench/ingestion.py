@@ -1,27 +1,37 @@
 """Ingestion: events accepted durably through `POST /api/v1/events`, single and in batches.
 
-Run from the project root (needs PostgreSQL and Redis on 127.0.0.1):
+Run from the project root (needs PostgreSQL and Redis on 127.0.0.1, and wrk:
+`bash .ci/services.sh --bench` installs it):
 
-    .venv/bin/python bench/ingestion.py [--clients 32] [--requests 3000]
+    .venv/bin/python bench/ingestion.py [--connections 32] [--seconds 6] [--repeats 3]
 
 It starts the production topology (a scratch PostgreSQL database, Redis, one
-Daphne process; no worker, so nothing competes with ingestion) and posts
-from --clients concurrent HTTP clients: --requests single-event requests,
-then --requests / 10 requests of 100 events each. An event counts once its
-request has answered 202 (the rows are committed by then). Prints requests/s
-and events/s for both.
+Daphne process; no worker, so nothing competes with ingestion) and drives it
+with wrk, a load generator in C, so the client takes little of the CPU the
+server needs. Every request carries new event ids (a Lua script numbers
+them). Three runs of --seconds each:
+
+- single: one event per request;
+- batches: 100 events per request;
+- floor: the same single-event request without an API key, answered 401
+  by the view before any work. It is what Daphne and Django's middleware
+  cost alone, so the ceiling for any request on this stack.
+
+Events/s counts the rows stored (an answered 202 means they are committed).
+Figures are medians of --repeats runs; p50 and p99 are wrk's latencies.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import re
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,92 +51,164 @@ for user in User.objects.filter(username__startswith="in-"):
 print(ApiKey.issue("ingestion-bench")[1])
 """
 
+# wrk runs this in each of its threads: every request gets fresh event ids,
+# spread over the 100 linked users.
+SCRIPT = """
+local run, size, key = "%(run)s", %(size)d, "%(key)s"
+local counter, threads = 0, 0
+thread_no = 0  -- a global: setup() sets each thread's own
+function setup(thread)
+  threads = threads + 1
+  thread:set("thread_no", threads)
+end
+function request()
+  local events = {}
+  for i = 1, size do
+    counter = counter + 1
+    events[i] = string.format(
+      '{"event_id":"%%s-%%d-%%d","user_id":"in-%%d","event_type":"bench.ingest",'
+      .. '"occurred_at":"%(now)s","payload":{"n":%%d}}',
+      run, thread_no, counter, counter %% 100, counter)
+  end
+  local body = events[1]
+  if size > 1 then body = '{"events":[' .. table.concat(events, ",") .. ']}' end
+  local headers = {["Content-Type"] = "application/json"}
+  if key ~= "" then headers["Authorization"] = "Bearer " .. key end
+  return wrk.format("POST", "/api/v1/events", headers, body)
+end
+"""
 
-async def post_all(base: str, key: str, clients: int, bodies: list[dict]) -> tuple[float, int]:
-    import httpx
 
-    queue: asyncio.Queue[dict] = asyncio.Queue()
-    for body in bodies:
-        queue.put_nowait(body)
-    accepted = 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+def wrk(
+    base: str, key: str, run: str, size: int, connections: int, seconds: int, tmp: Path
+) -> dict:
+    from datetime import UTC, datetime
 
-        async def worker() -> None:
-            nonlocal accepted
-            while not queue.empty():
-                body = queue.get_nowait()
-                response = await client.post(
-                    "/api/v1/events", headers={"Authorization": f"Bearer {key}"}, json=body
-                )
-                if response.status_code == 202:
-                    results = response.json().get("results", [{}])
-                    accepted += sum(r.get("status") == "accepted" for r in results) or 1
+    script = tmp / f"{run}.lua"
+    script.write_text(
+        SCRIPT % {"run": run, "size": size, "key": key, "now": datetime.now(UTC).isoformat()}
+    )
+    result = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "--timeout",
+            "30s",
+            "-s",
+            str(script),
+            base,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return parse_wrk(result.stdout)
 
-        started = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        return time.monotonic() - started, accepted
 
-
-def event(n: int, prefix: str) -> dict:
+def parse_wrk(out: str) -> dict:
+    """Requests, seconds, requests/s, non-2xx answers and p50/p99 from `wrk --latency`."""
+    requests, elapsed = re.search(r"(\d+) requests in ([\d.]+)s", out).groups()  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
-        "event_id": f"{prefix}-{n}",
-        "user_id": f"in-{n % 100}",
-        "event_type": "bench.ingest",
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "payload": {"n": n},
+        "requests": int(requests),
+        "seconds": float(elapsed),
+        "requests_per_s": int(requests) / float(elapsed),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "p50_ms": _latency(out, "50%"),
+        "p99_ms": _latency(out, "99%"),
     }
+
+
+def _latency(out: str, label: str) -> float:
+    value, unit = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--seconds", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: run `bash .ci/services.sh --bench` (or make bench)")
     from tests.integration.stack import Topology
 
+    runs: dict[str, list[dict]] = {"single": [], "batches_of_100": [], "floor": []}
     with tempfile.TemporaryDirectory() as tmp:
         topology = Topology(Path(tmp), extra_env={"ACCOLADE_LOG_LEVEL": "WARNING"})
         try:
             topology.start(workers=0)
             key = topology.python(SETUP).strip().splitlines()[-1]
-            base = topology.base_url
-            singles = [event(n, "single") for n in range(args.requests)]
-            seconds, accepted = asyncio.run(post_all(base, key, args.clients, singles))
-            single = {
-                "requests_per_s": args.requests / seconds,
-                "events_per_s": accepted / seconds,
-            }
-            batches = [
-                {"events": [event(b * 100 + n, "batch") for n in range(100)]}
-                for b in range(args.requests // 10)
-            ]
-            seconds, accepted = asyncio.run(post_all(base, key, args.clients, batches))
-            batch = {"requests_per_s": len(batches) / seconds, "events_per_s": accepted / seconds}
-            [(stored,)] = topology.query("SELECT count(*) FROM achievements_event")
+            count = "SELECT count(*) FROM achievements_event"
+            for repeat in range(args.repeats):
+                for name, size, with_key in (
+                    ("single", 1, True),
+                    ("batches_of_100", 100, True),
+                    ("floor", 1, False),
+                ):
+                    [(before,)] = topology.query(count)
+                    result = wrk(
+                        topology.base_url,
+                        key if with_key else "",
+                        f"{name}{repeat}",
+                        size,
+                        args.connections,
+                        args.seconds,
+                        Path(tmp),
+                    )
+                    [(after,)] = topology.query(count)
+                    result["events_per_s"] = (after - before) / result["seconds"]
+                    runs[name].append(result)
+                    print(
+                        f"  run {repeat + 1} {name:15} {result['requests_per_s']:7.0f} req/s "
+                        f"{result['events_per_s']:8.0f} events/s  p50 {result['p50_ms']:.1f} ms "
+                        f"p99 {result['p99_ms']:.1f} ms  non-2xx {result['non_2xx']}"
+                    )
         except Exception:
             print(topology.logs())
             raise
         finally:
             topology.stop()
-    print(f"ingestion through POST /api/v1/events, {args.clients} concurrent clients")
+
+    summary = {
+        name: {
+            field: round(statistics.median(r[field] for r in results), 1)
+            for field in ("requests_per_s", "events_per_s", "p50_ms", "p99_ms")
+        }
+        for name, results in runs.items()
+    }
+    failures = sum(r["non_2xx"] for name in ("single", "batches_of_100") for r in runs[name])
     print(
-        f"  single events     {single['requests_per_s']:8.0f} requests/s "
-        f"{single['events_per_s']:8.0f} events/s"
+        "\ningestion through POST /api/v1/events, one Daphne process, "
+        f"{args.connections} connections"
     )
-    print(
-        f"  batches of 100    {batch['requests_per_s']:8.0f} requests/s "
-        f"{batch['events_per_s']:8.0f} events/s"
-    )
-    print(f"  events stored     {stored:8d}")
+    print(f"  {'':16} {'requests/s':>11} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, label in (
+        ("single", "single events"),
+        ("batches_of_100", "batches of 100"),
+        ("floor", "floor (401)"),
+    ):
+        row = summary[name]
+        events = "" if name == "floor" else f"{row['events_per_s']:10.0f}"
+        print(
+            f"  {label:16} {row['requests_per_s']:11.0f} {events:>10} "
+            f"{row['p50_ms']:8.1f} {row['p99_ms']:8.1f}"
+        )
+    print(f"  refused or failed requests (not 202): {failures}")
     out = ROOT / "bench" / "results-ingestion.json"
     out.write_text(
         json.dumps(
             {
-                "clients": args.clients,
-                "single": {k: round(v, 1) for k, v in single.items()},
-                "batches_of_100": {k: round(v, 1) for k, v in batch.items()},
-                "events_stored": stored,
+                "connections": args.connections,
+                "seconds": args.seconds,
+                "repeats": args.repeats,
+                **summary,
+                "failed_requests": failures,
+                "runs": runs,
             },
             indent=2,
         )

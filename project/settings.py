@@ -174,7 +174,7 @@ if _redis is None:
 else:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "project.cache.SharedRedisCache",
             "LOCATION": _redis["cache"],
             "KEY_PREFIX": ACCOLADE_NAMESPACE,
         }

@@ -9,8 +9,13 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from achievements.events import record_event
-from achievements.models import DedupRule, Event
+from achievements.events import (
+    ExternalEvent,
+    RecordedEvent,
+    record_event,
+    record_external_events,
+)
+from achievements.models import DedupRule, Event, ExternalIdentity
 
 
 @pytest.fixture
@@ -117,3 +122,23 @@ def test_near_duplicates_racing_with_different_ids_count_once(postgresql_only, o
     )
     assert sum(r.created for r in results) == 1
     assert Event.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batches_racing_over_the_same_new_ids_store_each_once(postgresql_only):
+    """Twenty producers post overlapping batches at once: no id is lost or stored twice."""
+    shared = [
+        ExternalEvent(user_id=f"p-{n % 4}", event_type="image.posted", event_id=f"shared-{n}")
+        for n in range(30)
+    ]
+
+    def post(n: int) -> list:
+        own = ExternalEvent(user_id=f"p-{n}", event_type="image.posted", event_id=f"own-{n}")
+        return record_external_events([own, *shared])
+
+    outcomes = [r for results in _race(20, post) for r in results]
+    assert all(isinstance(r, RecordedEvent) for r in outcomes)
+    assert sum(r.created for r in outcomes) == 30 + 20
+    assert sum(r.duplicate for r in outcomes) == 30 * 19
+    assert Event.objects.count() == 50
+    assert ExternalIdentity.objects.count() == 20  # p-0 .. p-19, each created once

@@ -7,7 +7,13 @@ import pytest
 from django.utils import timezone
 
 from achievements.actions import link_external_identity
-from achievements.models import Event, ExternalIdentity, RequirementProgress, UserBadge
+from achievements.models import (
+    DedupRule,
+    Event,
+    ExternalIdentity,
+    RequirementProgress,
+    UserBadge,
+)
 from api.models import ApiKey
 from tests.factories import make_places_badge
 
@@ -196,6 +202,21 @@ def test_the_rate_limit_answers_429_with_retry_after(api, settings):
     assert response.json()["errors"][0]["field"] == "Authorization"
 
 
+def test_the_rate_limit_counts_in_redis_when_there_is_one(api, settings, real_redis):
+    """Production counts in Redis, shared by every web process, with the window's expiry."""
+    settings.ACCOLADE_API_RATE_LIMIT = (2, 60)
+    settings.ACCOLADE_NAMESPACE = "rate-test"
+    try:
+        codes = [api.get("/api/v1/events/none").status_code for _ in range(3)]
+        assert codes == [404, 404, 429]
+        [key] = real_redis.keys("rate-test:api-rate:*")
+        assert int(real_redis.get(key)) == 3
+        assert 60 < real_redis.ttl(key) <= 120
+    finally:
+        for key in real_redis.keys("rate-test:*"):
+            real_redis.delete(key)
+
+
 def test_event_status_shows_pending_processed_and_the_unlocks_caused(
     api, owner, django_capture_on_commit_callbacks
 ):
@@ -237,6 +258,87 @@ def test_events_for_an_unlinked_user_wait_and_count_for_them_once_linked(
     assert linked["badges"][0]["earned"] is True
     assert RequirementProgress.objects.get(user=owner).value == 2
     assert UserBadge.objects.get(user=owner).completed_at is not None
+
+
+def test_a_mixed_batch_gets_a_result_per_event_in_order(
+    api, owner, django_capture_on_commit_callbacks
+):
+    """New, stored, repeated and near-duplicate events, linked and unlinked users, at once."""
+    make_places_badge(threshold=3)
+    link_external_identity("u-42", owner.pk)
+    DedupRule.objects.create(event_type="image.posted", payload_key="image", window_seconds=60)
+    with django_capture_on_commit_callbacks(execute=True):
+        api.post(event(event_id="old", payload={"place_id": 1}))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post(
+            {
+                "events": [
+                    event(event_id="old", payload={"place_id": 1}),  # a retry of a stored event
+                    event(event_id="old", event_type="image.posted"),  # its id, another fact
+                    event(event_id="n1", payload={"place_id": 2}),
+                    event(event_id="n1", user_id="u-7"),  # same id in the batch, another user
+                    event(event_id="n1", payload={"place_id": 2}),  # a retry within the batch
+                    event(event_id="w1", user_id="u-7"),  # an id nobody is linked to yet
+                    event(event_id="i1", event_type="image.posted", payload={"image": 5}),
+                    event(event_id="i2", event_type="image.posted", payload={"image": 5}),
+                    event(event_id="n2", payload={"place_id": 3}),
+                ]
+            }
+        )
+    assert response.status_code == 202
+    taken = "was already used for a different user or event type"
+    assert [
+        (r["status"], r.get("errors", [{}])[0].get("field")) for r in response.json()["results"]
+    ] == [
+        ("duplicate", None),
+        ("rejected", "events[1].event_id"),
+        ("accepted", None),
+        ("rejected", "events[3].event_id"),
+        ("duplicate", None),
+        ("accepted", None),
+        ("accepted", None),
+        ("duplicate", None),  # the dedup rule: the same image within the window
+        ("accepted", None),
+    ]
+    assert taken in response.json()["results"][1]["errors"][0]["problem"]
+    assert sorted(Event.objects.values_list("event_id", flat=True)) == [
+        "i1",
+        "n1",
+        "n2",
+        "old",
+        "w1",
+    ]
+    assert ExternalIdentity.objects.get(external_id="u-7").user_id is None
+    assert Event.objects.get(event_id="w1").user_id is None
+    # The linked user's three places count, each once, and earn the badge.
+    assert RequirementProgress.objects.get(user=owner).value == 3
+    assert UserBadge.objects.get(user=owner).completed_at is not None
+
+
+def test_a_batch_costs_the_same_statements_as_one_event(api_key, db):
+    """Recording is one lock, one read and one insert for the whole batch."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from achievements.events import ExternalEvent, RecordedEvent, record_external_events
+
+    def batch(prefix: str, size: int) -> int:
+        items = [
+            ExternalEvent(
+                user_id=f"u-{n % 10}",
+                event_type="visit.created",
+                payload={"place_id": n},
+                event_id=f"{prefix}-{n}",
+            )
+            for n in range(size)
+        ]
+        record_external_events(items[:10])  # the index and the identities exist
+        with CaptureQueriesContext(connection) as queries:
+            results = record_external_events(items[10:])
+        assert all(isinstance(r, RecordedEvent) and r.created for r in results)
+        return len(queries)
+
+    assert batch("small", 11) == batch("large", 60)
 
 
 def test_unknown_users_get_404(api):

@@ -1,0 +1,86 @@
+"""Replay: events/s that `replay_events` folds when rebuilding progress from the log.
+
+Run from the project root (needs PostgreSQL on 127.0.0.1):
+
+    .venv/bin/python bench/replay.py [--events 1000000] [--users 100000] [--repeats 3]
+
+It loads a scratch database as bench/reports.py does (a year of events over
+--users users, a few busy and most not; 20 badges, three tiered, two with
+filters; progress and unlocks as live evaluation left them) and times
+`replay_events()` over every user: events/s is the processed events folded
+divided by the wall time. The first run rebuilds what the loader wrote by
+hand; the later runs rebuild their own result, so each must change nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if args.users < 10 or args.events < args.users or args.repeats < 1:
+        parser.error("need --users >= 10, --events >= --users and --repeats >= 1")
+
+    from bench.reports import load
+    from bench.scratch import scratch_database
+
+    with scratch_database():
+        started = time.perf_counter()
+        load(args.events, args.users)
+        print(
+            f"loaded {args.events:,} events, {args.users:,} users "
+            f"in {time.perf_counter() - started:.0f} s"
+        )
+        from achievements.replay import replay_events
+
+        runs = []
+        for repeat in range(args.repeats):
+            started = time.perf_counter()
+            report = replay_events()
+            seconds = time.perf_counter() - started
+            runs.append(
+                {
+                    "seconds": round(seconds, 1),
+                    "events": report.events,
+                    "users": report.users,
+                    "events_per_s": round(report.events / seconds),
+                    "newly_unlocked": len(report.newly_unlocked),
+                }
+            )
+            print(
+                f"  run {repeat + 1}: {report.events:,} events of {report.users:,} users in "
+                f"{seconds:.1f} s: {report.events / seconds:,.0f} events/s "
+                f"({len(report.newly_unlocked):,} newly unlocked)"
+            )
+    rate = statistics.median(r["events_per_s"] for r in runs)
+    print(
+        f"\nreplay_events over {args.events:,} events, {args.users:,} users: "
+        f"{rate:,.0f} events/s (median)"
+    )
+    (ROOT / "bench" / "results-replay.json").write_text(
+        json.dumps(
+            {"events": args.events, "users": args.users, "events_per_s": rate, "runs": runs},
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    main()
