@@ -56,7 +56,7 @@ print(import_badges(document(badges)))
 
 def badge_definitions(count: int) -> list[dict]:
     """`count` badges, all watching visit.created, cycling through five rule kinds."""
-    kinds = [
+    kinds: list[dict[str, object]] = [
         {"threshold": "100000"},
         {"threshold": "500", "aggregation": "distinct", "field": "place_id"},
         {
@@ -87,7 +87,7 @@ def badge_definitions(count: int) -> list[dict]:
                 {
                     "key": key,
                     "name": f"Cost {n}",
-                    "requirements": [{"event_type": "visit.created", **kinds[n % 5]}],
+                    "requirements": [{"event_type": "visit.created", **kinds[n % 4]}],
                 }
             )
     return badges

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 
@@ -22,9 +23,15 @@ class SharedRedisCache(RedisCache):
 
     @property
     def _cache(self) -> RedisCacheClient:  # type: ignore[override]
-        key = (*self._servers, repr(sorted(self._options.items())))
+        # Django's RedisCache sets these in __init__ (django-stubs does not declare them).
+        servers: list[str] = self._servers  # type: ignore[attr-defined]
+        options: dict[str, Any] = self._options  # type: ignore[attr-defined]
+        key = (*servers, repr(sorted(options.items())))
         client = _clients.get(key)
         if client is None:
             with _lock:
-                client = _clients.setdefault(key, self._class(self._servers, **self._options))
+                client = _clients.setdefault(
+                    key,
+                    self._class(servers, **options),  # type: ignore[attr-defined]
+                )
         return client
