@@ -170,6 +170,10 @@ def _run_claimed(job: Reevaluation) -> None:
             report=report,
             silent=not job.notify,
             on_progress=lambda done, total: pacer.after_user(done, report.events),
+            # One user per transaction: the pacer throttles, stores progress
+            # and honours a cancel between users, and a job running beside
+            # live evaluation holds each user's rows only briefly.
+            chunk_users=1,
         )
     except Cancelled:
         _finish(job, report, Reevaluation.State.CANCELLED)

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
+from itertools import groupby
+from operator import itemgetter
+from typing import Any, cast
 
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from accounts.models import time_zone_for
+from accounts.models import Profile
 from achievements import progress, realtime
-from achievements.actions import (
-    USER_BADGE_FIELDS,
-    award,
-    evaluate_composites,
-    lock_user_badges,
+from achievements.actions import award, evaluate_composites
+from achievements.batch import (
+    _insert_distinct,
+    _lock_user_badges,
+    _pg_cursor,
+    _Progress,
+    _save_user_badges,
+    _Standing,
+    _upsert_progress,
 )
 from achievements.models import (
     Badge,
@@ -28,6 +36,11 @@ from achievements.models import (
     Unlock,
     UserBadge,
 )
+
+# Users per transaction. Larger chunks amortise the reads and writes (the
+# replay benchmark: 345 events/s one user at a time); the chunk's badge rows
+# stay locked while it folds, so live evaluation of its users waits that long.
+CHUNK_USERS = 250
 
 
 class UnknownBadge(ValueError):
@@ -107,6 +120,7 @@ def replay_events(
     silent: bool = True,
     plan: ReplayPlan | None = None,
     report: ReplayReport | None = None,
+    chunk_users: int = CHUNK_USERS,
 ) -> ReplayReport:
     """Recompute progress from processed events, for every user or those active in a range.
 
@@ -116,17 +130,19 @@ def replay_events(
        only those with one on or after `since` (and before `until`). Each
        chosen user's progress is rebuilt from their whole history, since an
        all-time count cannot be rebuilt from part of it.
-    3. Per user, in one transaction holding the same row locks as live
-       evaluation: fold their events in `occurred_at` order through the pure
-       rules, then replace the stored progress and distinct values.
+    3. A chunk of `chunk_users` users at a time, in one transaction holding
+       the same row locks as live evaluation (taken in the same order), read
+       with a fixed number of queries; per user, fold their events in
+       `occurred_at` order through the pure rules; then replace the chunk's
+       stored progress and distinct values with a fixed number of statements.
     4. A badge the rebuilt progress completes, and that is not yet unlocked,
        is unlocked: silently by default (no toast, marked seen); with
        `silent=False` the user's pages are told, as for a live unlock. A badge
        already unlocked stays unlocked even if the rebuilt progress falls
        short; it is reported, never revoked.
 
-    `on_progress(users done, users in all)` runs after each user; raising
-    from it stops the replay there (users done so far stay done). Only
+    `on_progress(users done, users in all)` runs after each chunk commits;
+    raising from it stops the replay there (users done so far stay done). Only
     processed events are replayed: a pending one will be counted by its own
     evaluation, and counting it here as well would count it twice. Live
     evaluation can run alongside: the row locks serialise the two per user.
@@ -135,204 +151,290 @@ def replay_events(
     report = report if report is not None else ReplayReport()
     if not plan.requirements:
         return report
-    for done, user_id in enumerate(plan.user_ids, start=1):
-        _replay_user(user_id, plan.requirements, plan.event_types, report, silent=silent)
-        held = sorted(Unlock.objects.badge_ids_of(user_id))
-        for badge_id in evaluate_composites(user_id, held, silent=silent):
-            report.newly_unlocked.append((user_id, badge_id))
-            report.newly_earned.append((user_id, badge_id, 0, ""))
-        report.users += 1
+    composites = BadgeRequirement.objects.filter(kind="composite", badge__is_active=True).exists()
+    done = 0
+    for start in range(0, len(plan.user_ids), max(1, chunk_users)):
+        chunk = plan.user_ids[start : start + max(1, chunk_users)]
+        _replay_chunk(chunk, plan.requirements, plan.event_types, report, silent=silent)
+        if composites:
+            held_by_user: dict[int, set[int]] = defaultdict(set)
+            for user_id, badge_id in Unlock.objects.filter(user_id__in=chunk).values_list(
+                "user_id", "badge_id"
+            ):
+                held_by_user[user_id].add(badge_id)
+            for user_id in chunk:
+                held = sorted(held_by_user[user_id])
+                for badge_id in evaluate_composites(user_id, held, silent=silent):
+                    report.newly_unlocked.append((user_id, badge_id))
+                    report.newly_earned.append((user_id, badge_id, 0, ""))
+        report.users += len(chunk)
+        done += len(chunk)
         if on_progress:
             on_progress(done, len(plan.user_ids))
     return report
 
 
-def _replay_user(
-    user_id: int,
+def _replay_chunk(
+    user_ids: list[int],
     requirements: list[BadgeRequirement],
     event_types: list[str],
     report: ReplayReport,
     *,
     silent: bool = True,
 ) -> None:
-    time_zone = time_zone_for(user_id)
+    """Rebuild the progress of a chunk of users: chunk-wide reads, a fold per user,
+    chunk-wide writes."""
     now = timezone.now()
-    allowed = set(
-        Badge.objects.for_user(user_id)
-        .filter(pk__in={r.badge_id for r in requirements})
+    zones = dict(Profile.objects.filter(user_id__in=user_ids).values_list("user_id", "time_zone"))
+    plan_badges = {r.badge_id for r in requirements}
+    segmented = set(
+        Badge.objects.filter(pk__in=plan_badges)
+        .filter(Q(segment_group__isnull=False) | ~Q(segment_attribute=""))
         .values_list("pk", flat=True)
     )
-    requirements = [r for r in requirements if r.badge_id in allowed]
+    processed = Event.objects.filter(
+        user_id__in=user_ids, event_type__in=event_types, processed_at__isnull=False
+    )
+    user_types: dict[int, set[str]] = defaultdict(set)
+    for user_id, event_type in processed.values_list("user_id", "event_type").distinct():
+        user_types[user_id].add(event_type)
+
+    # Per user, as in live evaluation: only badges in the user's segment, and of
+    # those only badges they have events for, get rows.
+    chosen: dict[int, list[BadgeRequirement]] = {}
+    for user_id in user_ids:
+        allowed = plan_badges - segmented
+        if segmented:
+            allowed |= set(
+                Badge.objects.for_user(user_id)
+                .filter(pk__in=segmented)
+                .values_list("pk", flat=True)
+            )
+        mine = [r for r in requirements if r.badge_id in allowed]
+        watched = {r.badge_id for r in mine if set(r.watched_types()) & user_types[user_id]}
+        chosen[user_id] = [r for r in mine if r.badge_id in watched]
+
+    held: dict[int, set[tuple[int, str, int]]] = defaultdict(set)
+    for user_id, badge_id, period, tier in Unlock.objects.filter(user_id__in=user_ids).values_list(
+        "user_id", "badge_id", "period", "tier"
+    ):
+        held[user_id].add((badge_id, period, tier))
+
     with transaction.atomic():
-        # Only badges this user has events for get rows, as in live
-        # evaluation; they are locked the same way, in the same order.
-        user_types = set(
-            Event.objects.filter(
-                user_id=user_id, event_type__in=event_types, processed_at__isnull=False
+        pairs = sorted({(u, r.badge_id) for u, reqs in chosen.items() for r in reqs})
+        user_badges = _lock_user_badges(pairs) if pairs else {}
+        by_user: dict[int, dict[tuple[int, int], _Standing]] = defaultdict(dict)
+        for key, standing in user_badges.items():
+            by_user[key[0]][key] = standing
+        events = processed.order_by("user_id", "occurred_at", "pk").values_list(
+            "user_id", "pk", "event_id", "event_type", "payload", "occurred_at"
+        )
+        writes = _ChunkWrites()
+        for user_id, rows in groupby(events.iterator(chunk_size=2000), key=itemgetter(0)):
+            _replay_user(
+                user_id,
+                chosen[user_id],
+                rows,
+                zones.get(user_id) or "UTC",
+                by_user[user_id],
+                held[user_id],
+                now,
+                report,
+                writes,
+                silent=silent,
             )
-            .values_list("event_type", flat=True)
-            .distinct()
-        )
-        watched_badges = {r.badge_id for r in requirements if set(r.watched_types()) & user_types}
-        requirements = [r for r in requirements if r.badge_id in watched_badges]
-        by_type: dict[str, list[BadgeRequirement]] = defaultdict(list)
-        by_badge: dict[int, list[BadgeRequirement]] = defaultdict(list)
-        for requirement in requirements:
-            for event_type in requirement.watched_types():
-                by_type[event_type].append(requirement)
-            by_badge[requirement.badge_id].append(requirement)
-        badge_ids = sorted(by_badge)
-        user_badges = lock_user_badges(user_id, badge_ids)
-        states: dict[int, dict] = {requirement.pk: {} for requirement in requirements}
-        seen: dict[int, set[str]] = defaultdict(set)
-        # The first event that justified each earning, by (badge, period, tier).
-        earned_by: dict[tuple[int, str, int], int] = {}
-        touched_badges: set[int] = set()
-        finished: set[int] = set()
-        badges = {r.badge_id: r.badge for r in requirements}
+        writes.save()
 
-        unlocked = Unlock.objects.badge_ids_of(user_id)
 
-        def earnings(badge_id: int, moment: datetime) -> list[tuple[str, int]]:
-            badge, badge_requirements = badges[badge_id], by_badge[badge_id]
-            standing = badge.standing(badge_requirements, states, now, time_zone, unlocked)
-            return badge.earnings(badge_requirements, states, standing, moment, time_zone)
+@dataclass
+class _ChunkWrites:
+    """What a chunk's users' folds write, saved together once they are all done."""
 
-        events = (
-            Event.objects.filter(
-                user_id=user_id, event_type__in=event_types, processed_at__isnull=False
+    cleared: list[tuple[int, int]] = field(default_factory=list)  # (user, requirement)
+    distinct: list[tuple[int, int, str]] = field(default_factory=list)
+    progress: list[_Progress] = field(default_factory=list)
+    untouched: list[int] = field(default_factory=list)  # UserBadge ids
+    standings: list[_Standing] = field(default_factory=list)
+
+    def save(self) -> None:
+        _delete_pairs(DistinctValue, self.cleared)
+        _insert_distinct(self.distinct)
+        _delete_pairs(RequirementProgress, self.cleared)
+        _upsert_progress(self.progress)
+        UserBadge.objects.filter(pk__in=self.untouched).delete()
+        _save_user_badges(self.standings)
+
+
+def _delete_pairs(model: Any, pairs: list[tuple[int, int]]) -> None:
+    """Delete the rows of these (user, requirement) pairs."""
+    if not pairs:
+        return
+    if connection.vendor == "postgresql":
+        with _pg_cursor() as cursor:
+            cursor.execute(
+                f"DELETE FROM {model._meta.db_table} WHERE (user_id, requirement_id) IN "
+                "(SELECT * FROM unnest(%s::integer[], %s::bigint[]))",
+                [[u for u, _ in pairs], [r for _, r in pairs]],
             )
-            .order_by("occurred_at", "pk")
-            .values_list("pk", "event_id", "event_type", "payload", "occurred_at")
-        )
-        producer_ids: dict[int, str] = {}
-        met_by: dict[int, str] = {}
-        started: dict[int, datetime] = {}  # requirement → first qualifying event's time
-        earned_when: dict[tuple[int, str, int], datetime] = {}
-        for event_pk, producer_id, event_type, payload, occurred_at in events.iterator(
-            chunk_size=2000
-        ):
-            report.events += 1
-            fact = progress.Fact(event_type, payload, occurred_at)
-            touched = set()
-            for requirement in by_type[event_type]:
-                spec = requirement.spec
-                if not progress.relevant(spec, fact):
-                    continue
-                states[requirement.pk] = progress.fold_in_memory(
-                    spec, states[requirement.pk], fact, time_zone, seen[requirement.pk]
-                )
-                if states[requirement.pk].get("met") and requirement.pk not in met_by:
-                    met_by[requirement.pk] = producer_id
-                started.setdefault(requirement.pk, occurred_at)  # events come in time order
-                touched.add(requirement.badge_id)
-            touched_badges |= touched
-            for badge_id in touched - finished:
-                earned = earnings(badge_id, occurred_at)
-                for period, tier in earned:
-                    if (badge_id, period, tier) not in earned_by:
-                        earned_by[(badge_id, period, tier)] = event_pk
-                        earned_when[(badge_id, period, tier)] = occurred_at
-                        producer_ids[event_pk] = producer_id
-                badge = badges[badge_id]
-                if not badge.repeat and len(earned) == max(1, len(badge.tier_list())):
-                    finished.add(badge_id)  # every earning it has is in; skip the rest
+        return
+    by_user: dict[int, list[int]] = defaultdict(list)
+    for user_id, requirement_id in pairs:
+        by_user[user_id].append(requirement_id)
+    for user_id, requirement_ids in by_user.items():
+        model.objects.filter(user_id=user_id, requirement_id__in=requirement_ids).delete()
 
-        requirement_ids = [requirement.pk for requirement in requirements]
-        DistinctValue.objects.filter(user_id=user_id, requirement_id__in=requirement_ids).delete()
-        DistinctValue.objects.bulk_create(
-            [
-                DistinctValue(user_id=user_id, requirement_id=requirement_id, value_key=key)
-                for requirement_id, keys in seen.items()
-                for key in sorted(keys)
-            ],
-            batch_size=2000,
-        )
-        RequirementProgress.objects.filter(
-            user_id=user_id, requirement_id__in=requirement_ids
-        ).delete()
-        # Live evaluation writes rows only for badges an event actually moved
-        # (an event without a distinct rule's field moves nothing); so does this.
-        RequirementProgress.objects.bulk_create(
-            [
-                RequirementProgress(
-                    user_id=user_id,
-                    requirement_id=requirement.pk,
-                    state=states[requirement.pk],
-                    met_by=met_by.get(requirement.pk, ""),
-                    started_at=started.get(requirement.pk),
-                    value=progress.measure(
-                        requirement.spec, states[requirement.pk], now, time_zone
-                    ).value,
-                )
-                for requirement in requirements
-                if requirement.badge_id in touched_badges
-            ]
-        )
-        untouched = [
-            badge_id
-            for badge_id in badge_ids
-            if badge_id not in touched_badges and user_badges[badge_id].completed_at is None
-        ]
-        UserBadge.objects.filter(user_id=user_id, badge_id__in=untouched).delete()
 
-        announced: list[int] = []
-        held = set(
-            Unlock.objects.filter(user_id=user_id, badge_id__in=badge_ids).values_list(
-                "badge_id", "period", "tier"
-            )
-        )
-        for badge_id in badge_ids:
-            if badge_id in untouched:
+def _replay_user(
+    user_id: int,
+    requirements: list[BadgeRequirement],
+    rows: Iterable[tuple[Any, ...]],
+    time_zone: str,
+    locked: dict[tuple[int, int], _Standing],
+    held_unlocks: set[tuple[int, str, int]],
+    now: datetime,
+    report: ReplayReport,
+    writes: _ChunkWrites,
+    *,
+    silent: bool = True,
+) -> None:
+    by_type: dict[str, list[BadgeRequirement]] = defaultdict(list)
+    by_badge: dict[int, list[BadgeRequirement]] = defaultdict(list)
+    for requirement in requirements:
+        for event_type in requirement.watched_types():
+            by_type[event_type].append(requirement)
+        by_badge[requirement.badge_id].append(requirement)
+    badge_ids = sorted(by_badge)
+    user_badges = {badge_id: locked[(user_id, badge_id)] for badge_id in badge_ids}
+    states: dict[int, dict] = {requirement.pk: {} for requirement in requirements}
+    seen: dict[int, set[str]] = defaultdict(set)
+    # The first event that justified each earning, by (badge, period, tier).
+    earned_by: dict[tuple[int, str, int], int] = {}
+    touched_badges: set[int] = set()
+    finished: set[int] = set()
+    badges = {r.badge_id: r.badge for r in requirements}
+
+    unlocked = {badge_id for badge_id, _, _ in held_unlocks}
+
+    def earnings(badge_id: int, moment: datetime) -> list[tuple[str, int]]:
+        badge, badge_requirements = badges[badge_id], by_badge[badge_id]
+        standing = badge.standing(badge_requirements, states, now, time_zone, unlocked)
+        return badge.earnings(badge_requirements, states, standing, moment, time_zone)
+
+    producer_ids: dict[int, str] = {}
+    met_by: dict[int, str] = {}
+    started: dict[int, datetime] = {}  # requirement → first qualifying event's time
+    earned_when: dict[tuple[int, str, int], datetime] = {}
+    for _, event_pk, producer_id, event_type, payload, occurred_at in rows:
+        report.events += 1
+        fact = progress.Fact(event_type, payload, occurred_at)
+        touched = set()
+        for requirement in by_type[event_type]:
+            spec = requirement.spec
+            if not progress.relevant(spec, fact):
                 continue
-            badge, user_badge = badges[badge_id], user_badges[badge_id]
-            standing = badge.standing(by_badge[badge_id], states, now, time_zone, unlocked)
-            user_badge.last_evaluated_at = now
-            user_badge.current_value = standing.status.current
-            user_badge.target_value = standing.status.target
-            due = sorted((key for key in earned_by if key[0] == badge_id), key=lambda key: key[1:])
-            starts = [started[r.pk] for r in by_badge[badge_id] if r.pk in started]
-            for _, period, tier in due:
-                created = award(
-                    user_badge,
-                    badge,
-                    [(period, tier)],
-                    event_id=earned_by[(badge_id, period, tier)],
-                    event_ids=[
-                        *(met_by[r.pk] for r in by_badge[badge_id] if r.pk in met_by),
-                        producer_ids[earned_by[(badge_id, period, tier)]],
-                    ],
-                    now=now,
-                    silent=silent,
-                    took=earned_when[(badge_id, period, tier)] - min(starts) if starts else None,
-                )
-                if created:
-                    report.newly_unlocked.append((user_id, badge_id))
-                    announced += [unlock.pk for unlock in created]
-                    report.newly_earned += [
-                        (user_id, badge_id, unlock.tier, unlock.period) for unlock in created
-                    ]
-            # Earnings the rebuilt progress no longer justifies are reported, never revoked.
-            # An unlock from before the badge had tiers or repeated stands
-            # while the badge is earned in any way.
-            if any(
-                (badge_id, period, tier) not in earned_by
-                and ((period, tier) != ("", 0) or not due)
-                for held_badge, period, tier in held
-                if held_badge == badge_id
-            ):
-                report.no_longer_qualifying.append((user_id, badge_id))
-        UserBadge.objects.bulk_update(
-            [user_badges[badge_id] for badge_id in badge_ids if badge_id not in untouched],
-            USER_BADGE_FIELDS,
-        )
-        if announced and not silent:
-            transaction.on_commit(
-                partial(
-                    realtime.notify_badge_changes,
-                    user_id=user_id,
-                    badge_ids=badge_ids,
-                    unlock_ids=announced,
-                ),
-                robust=True,
+            states[requirement.pk] = progress.fold_in_memory(
+                spec, states[requirement.pk], fact, time_zone, seen[requirement.pk]
             )
+            if states[requirement.pk].get("met") and requirement.pk not in met_by:
+                met_by[requirement.pk] = producer_id
+            started.setdefault(requirement.pk, occurred_at)  # events come in time order
+            touched.add(requirement.badge_id)
+        touched_badges |= touched
+        for badge_id in touched - finished:
+            earned = earnings(badge_id, occurred_at)
+            for period, tier in earned:
+                if (badge_id, period, tier) not in earned_by:
+                    earned_by[(badge_id, period, tier)] = event_pk
+                    earned_when[(badge_id, period, tier)] = occurred_at
+                    producer_ids[event_pk] = producer_id
+            badge = badges[badge_id]
+            if not badge.repeat and len(earned) == max(1, len(badge.tier_list())):
+                finished.add(badge_id)  # every earning it has is in; skip the rest
+
+    requirement_ids = [requirement.pk for requirement in requirements]
+    writes.cleared += [(user_id, requirement_id) for requirement_id in requirement_ids]
+    writes.distinct += [
+        (user_id, requirement_id, key)
+        for requirement_id, keys in seen.items()
+        for key in sorted(keys)
+    ]
+    # Live evaluation writes rows only for badges an event actually moved
+    # (an event without a distinct rule's field moves nothing); so does this.
+    writes.progress.extend(
+        [
+            _Progress(
+                user_id=user_id,
+                requirement_id=requirement.pk,
+                state=states[requirement.pk],
+                met_by=met_by.get(requirement.pk, ""),
+                started_at=started.get(requirement.pk),
+                value=progress.measure(
+                    requirement.spec, states[requirement.pk], now, time_zone
+                ).value,
+                updated_at=now,
+            )
+            for requirement in requirements
+            if requirement.badge_id in touched_badges
+        ]
+    )
+    untouched = [
+        badge_id
+        for badge_id in badge_ids
+        if badge_id not in touched_badges and user_badges[badge_id].completed_at is None
+    ]
+    writes.untouched += [user_badges[badge_id].pk for badge_id in untouched]
+
+    announced: list[int] = []
+    held = {unlock for unlock in held_unlocks if unlock[0] in user_badges}
+    for badge_id in badge_ids:
+        if badge_id in untouched:
+            continue
+        badge, user_badge = badges[badge_id], user_badges[badge_id]
+        standing = badge.standing(by_badge[badge_id], states, now, time_zone, unlocked)
+        user_badge.last_evaluated_at = now
+        user_badge.current_value = standing.status.current
+        user_badge.target_value = standing.status.target
+        due = sorted((key for key in earned_by if key[0] == badge_id), key=lambda key: key[1:])
+        starts = [started[r.pk] for r in by_badge[badge_id] if r.pk in started]
+        for _, period, tier in due:
+            created = award(
+                cast(UserBadge, user_badge),  # the row's fields, as award reads them
+                badge,
+                [(period, tier)],
+                event_id=earned_by[(badge_id, period, tier)],
+                event_ids=[
+                    *(met_by[r.pk] for r in by_badge[badge_id] if r.pk in met_by),
+                    producer_ids[earned_by[(badge_id, period, tier)]],
+                ],
+                now=now,
+                silent=silent,
+                took=earned_when[(badge_id, period, tier)] - min(starts) if starts else None,
+            )
+            if created:
+                report.newly_unlocked.append((user_id, badge_id))
+                announced += [unlock.pk for unlock in created]
+                report.newly_earned += [
+                    (user_id, badge_id, unlock.tier, unlock.period) for unlock in created
+                ]
+        # Earnings the rebuilt progress no longer justifies are reported, never revoked.
+        # An unlock from before the badge had tiers or repeated stands
+        # while the badge is earned in any way.
+        if any(
+            (badge_id, period, tier) not in earned_by and ((period, tier) != ("", 0) or not due)
+            for held_badge, period, tier in held
+            if held_badge == badge_id
+        ):
+            report.no_longer_qualifying.append((user_id, badge_id))
+    writes.standings += [
+        user_badges[badge_id] for badge_id in badge_ids if badge_id not in untouched
+    ]
+    if announced and not silent:
+        transaction.on_commit(
+            partial(
+                realtime.notify_badge_changes,
+                user_id=user_id,
+                badge_ids=badge_ids,
+                unlock_ids=announced,
+            ),
+            robust=True,
+        )

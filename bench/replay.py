@@ -8,8 +8,12 @@ It loads a scratch database as bench/reports.py does (a year of events over
 --users users, a few busy and most not; 20 badges, three tiered, two with
 filters; progress and unlocks as live evaluation left them) and times
 `replay_events()` over every user: events/s is the processed events folded
-divided by the wall time. The first run rebuilds what the loader wrote by
-hand; the later runs rebuild their own result, so each must change nothing.
+divided by the wall time.
+
+The first run rebuilds what the loader wrote by hand, which does not match
+the rules exactly, so it also writes many unlocks (reported apart). The
+--repeats runs after it rebuild a state that matches, as a replay after a
+lost table or a rule change mostly does; their median is the headline.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=100_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     if args.users < 10 or args.events < args.users or args.repeats < 1:
         parser.error("need --users >= 10, --events >= --users and --repeats >= 1")
@@ -48,7 +52,7 @@ def main() -> None:
         from achievements.replay import replay_events
 
         runs = []
-        for repeat in range(args.repeats):
+        for repeat in range(1 + args.repeats):
             started = time.perf_counter()
             report = replay_events()
             seconds = time.perf_counter() - started
@@ -62,18 +66,25 @@ def main() -> None:
                 }
             )
             print(
-                f"  run {repeat + 1}: {report.events:,} events of {report.users:,} users in "
+                f"  {'first run' if repeat == 0 else f'run {repeat + 1}'}: "
+                f"{report.events:,} events of {report.users:,} users in "
                 f"{seconds:.1f} s: {report.events / seconds:,.0f} events/s "
                 f"({len(report.newly_unlocked):,} newly unlocked)"
             )
-    rate = statistics.median(r["events_per_s"] for r in runs)
+    rate = statistics.median(r["events_per_s"] for r in runs[1:])
     print(
         f"\nreplay_events over {args.events:,} events, {args.users:,} users: "
         f"{rate:,.0f} events/s (median)"
     )
     (ROOT / "bench" / "results-replay.json").write_text(
         json.dumps(
-            {"events": args.events, "users": args.users, "events_per_s": rate, "runs": runs},
+            {
+                "events": args.events,
+                "users": args.users,
+                "events_per_s": rate,
+                "first_run_events_per_s": runs[0]["events_per_s"],
+                "runs": runs,
+            },
             indent=2,
         )
         + "\n"

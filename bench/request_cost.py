@@ -129,13 +129,14 @@ def measure(badges: int, mode: str, seconds: int, tmp: Path) -> dict:
     topology = Topology(tmp, extra_env=env)
     try:
         topology.start(workers=1 if mode == "offloaded" else 0, concurrency=1)
-        topology.python(
+        imported = topology.python(
             SETUP.format(
                 users=USERS,
                 password=DEMO_PASSWORD,
                 badges=json.dumps(badge_definitions(badges)),
             )
         )
+        assert imported.strip().endswith(f"({badges}, 0)"), imported
         clients = [SignedInClient(topology.base_url, f"cost-{n}") for n in range(USERS)]
         places = clients[0].place_ids()
         script = tmp / f"{mode}-{badges}.lua"
@@ -170,8 +171,10 @@ def measure(badges: int, mode: str, seconds: int, tmp: Path) -> dict:
             result[label] = parse_wrk(out)
         [(visits,)] = topology.query("SELECT count(*) FROM places_visit")
         [(events,)] = topology.query("SELECT count(*) FROM achievements_event")
+        [(rows,)] = topology.query("SELECT count(*) FROM achievements_requirementprogress")
         result["visits_saved"] = visits
         result["events_recorded"] = events
+        result["progress_rows"] = rows
         return result
     except Exception:
         print(topology.logs())

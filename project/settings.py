@@ -155,8 +155,11 @@ ACCOLADE_EMBEDDED = _redis is None
 ACCOLADE_REDIS = _redis
 # How recorded events reach the evaluator: "celery" (a worker, through the
 # broker), "thread" (a background thread of this process; the embedded mode)
-# or "sync" (inline after commit; tests).
-ACCOLADE_TASK_MODE = "thread" if ACCOLADE_EMBEDDED else "celery"
+# or "sync" (inline after commit, before the request answers: tests, and
+# bench/request_cost.py's naive design).
+ACCOLADE_TASK_MODE = env_choice(
+    "ACCOLADE_TASK_MODE", "thread" if ACCOLADE_EMBEDDED else "celery", ["CELERY", "THREAD", "SYNC"]
+).lower()
 # Events evaluated per transaction by a Celery worker under a backlog
 # (achievements.batch; bench/throughput.py measures the choice);
 # 1 evaluates each event in a task of its own.
