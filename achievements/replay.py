@@ -16,7 +16,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Profile
-from achievements import progress, realtime
+from achievements import progress, realtime, rules
 from achievements.actions import award, evaluate_composites
 from achievements.batch import (
     _insert_distinct,
@@ -312,6 +312,16 @@ def _replay_user(
     touched_badges: set[int] = set()
     finished: set[int] = set()
     badges = {r.badge_id: r.badge for r in requirements}
+    # Badges with no tiers, no repeat and no composite part: their earning is
+    # exactly "every requirement's latched met flag is set", so the fold can
+    # skip measuring them until then (most events, for most badges).
+    plain = {
+        badge_id
+        for badge_id, badge in badges.items()
+        if not badge.tier_list()
+        and not badge.repeat
+        and all(r.kind != rules.Kind.COMPOSITE for r in by_badge[badge_id])
+    }
 
     unlocked = {badge_id for badge_id, _, _ in held_unlocks}
 
@@ -341,6 +351,8 @@ def _replay_user(
             touched.add(requirement.badge_id)
         touched_badges |= touched
         for badge_id in touched - finished:
+            if badge_id in plain and not all(states[r.pk].get("met") for r in by_badge[badge_id]):
+                continue  # a plain badge is earned only once all its requirements are met
             earned = earnings(badge_id, occurred_at)
             for period, tier in earned:
                 if (badge_id, period, tier) not in earned_by:
