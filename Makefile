@@ -52,12 +52,14 @@ typecheck: install
 # bench/collect.py gathers them into bench/results.json with the machine.
 bench: install
 	bash .ci/services.sh --bench
-	$(PY) bench/throughput.py
+	$(PY) bench/request_cost.py
 	$(PY) bench/ingestion.py
+	$(PY) bench/throughput.py
 	$(PY) bench/connections.py
 	$(PY) bench/latency.py
 	$(PY) bench/evaluation.py
 	$(PY) bench/reports.py
+	$(PY) bench/replay.py
 	$(PY) bench/reevaluation_impact.py
 	$(PY) bench/collect.py
 
