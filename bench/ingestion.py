@@ -81,32 +81,56 @@ end
 
 
 def wrk(
-    base: str, key: str, run: str, size: int, connections: int, seconds: int, tmp: Path
+    bases: list[str], key: str, run: str, size: int, connections: int, seconds: int, tmp: Path
 ) -> dict:
+    """Drive every web process at once (the connections split between them);
+    requests add up, latencies are the worst process's."""
     from datetime import UTC, datetime
 
-    script = tmp / f"{run}.lua"
-    script.write_text(
-        SCRIPT % {"run": run, "size": size, "key": key, "now": datetime.now(UTC).isoformat()}
-    )
-    result = subprocess.run(
-        [
-            "wrk",
-            "-t2",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--latency",
-            "--timeout",
-            "30s",
-            "-s",
-            str(script),
-            base,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return parse_wrk(result.stdout)
+    now = datetime.now(UTC).isoformat()
+    scripts = []
+    for number in range(len(bases)):  # a script per wrk process: ids of its own
+        script = tmp / f"{run}-{number}.lua"
+        script.write_text(
+            SCRIPT % {"run": f"{run}-{number}", "size": size, "key": key, "now": now}
+        )
+        scripts.append(script)
+    share = max(2, connections // len(bases))
+    processes = [
+        subprocess.Popen(
+            [
+                "wrk",
+                "-t2",
+                f"-c{share}",
+                f"-d{seconds}s",
+                "--latency",
+                "--timeout",
+                "30s",
+                "-s",
+                str(script),
+                base,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for base, script in zip(bases, scripts, strict=True)
+    ]
+    results = []
+    for process in processes:
+        out, _ = process.communicate()
+        if process.returncode:
+            raise RuntimeError(f"wrk failed:\n{out}")
+        results.append(parse_wrk(out))
+    requests = sum(r["requests"] for r in results)
+    elapsed = max(r["seconds"] for r in results)
+    return {
+        "requests": requests,
+        "seconds": elapsed,
+        "requests_per_s": sum(r["requests_per_s"] for r in results),
+        "non_2xx": sum(r["non_2xx"] for r in results),
+        "p50_ms": max(r["p50_ms"] for r in results),
+        "p99_ms": max(r["p99_ms"] for r in results),
+    }
 
 
 def parse_wrk(out: str) -> dict:
@@ -144,16 +168,35 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--web-processes", type=int, default=1, help="Daphne processes, each on its own port"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: run `bash .ci/services.sh --bench` (or make bench)")
-    from tests.integration.stack import Topology
+    from tests.integration.stack import BIN, Topology, free_port, wait_for_http
 
     runs: dict[str, list[dict]] = {"single": [], "batches_of_100": [], "floor": []}
     with tempfile.TemporaryDirectory() as tmp:
         topology = Topology(Path(tmp), extra_env={"ACCOLADE_LOG_LEVEL": "WARNING"})
         try:
             topology.start(workers=0)
+            bases = [topology.base_url]
+            for number in range(2, args.web_processes + 1):
+                port = free_port()
+                daphne = topology._spawn(
+                    f"daphne-{number}",
+                    [
+                        str(BIN / "daphne"),
+                        "-b",
+                        "127.0.0.1",
+                        "-p",
+                        str(port),
+                        "project.asgi:application",
+                    ],
+                )
+                wait_for_http(f"http://127.0.0.1:{port}/", daphne)
+                bases.append(f"http://127.0.0.1:{port}")
             key = topology.python(SETUP).strip().splitlines()[-1]
             count = "SELECT count(*) FROM achievements_event"
             for repeat in range(args.repeats):
@@ -165,7 +208,7 @@ def main() -> None:
                     settle(topology, count)  # requests wrk left in flight finish first
                     [(before,)] = topology.query(count)
                     result = wrk(
-                        topology.base_url,
+                        bases,
                         key if with_key else "",
                         f"{name}{repeat}",
                         size,
@@ -196,8 +239,8 @@ def main() -> None:
     }
     failures = sum(r["non_2xx"] for name in ("single", "batches_of_100") for r in runs[name])
     print(
-        "\ningestion through POST /api/v1/events, one Daphne process, "
-        f"{args.connections} connections"
+        f"\ningestion through POST /api/v1/events, {args.web_processes} Daphne "
+        f"process(es), {args.connections} connections"
     )
     print(f"  {'':16} {'requests/s':>11} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
     for name, label in (
@@ -212,11 +255,13 @@ def main() -> None:
             f"{row['p50_ms']:8.1f} {row['p99_ms']:8.1f}"
         )
     print(f"  refused or failed requests (not 202): {failures}")
-    out = ROOT / "bench" / "results-ingestion.json"
+    suffix = "" if args.web_processes == 1 else f"-{args.web_processes}-processes"
+    out = ROOT / "bench" / f"results-ingestion{suffix}.json"
     out.write_text(
         json.dumps(
             {
                 "connections": args.connections,
+                "web_processes": args.web_processes,
                 "seconds": args.seconds,
                 "repeats": args.repeats,
                 **summary,
