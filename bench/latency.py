@@ -129,7 +129,10 @@ async def produce(
     done: list[tuple[str, int, float]] = []
     failures: list[str] = []
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+    # No limit on waiting for a pooled connection: when the server falls behind,
+    # the producer waits (and its later responses show it) instead of failing.
+    timeout = httpx.Timeout(30, pool=None)
+    async with httpx.AsyncClient(base_url=base, timeout=timeout, limits=limits) as client:
         started = time.monotonic()
 
         async def post(number: int) -> None:
