@@ -616,7 +616,7 @@ def link_external_identity(external_id: str, user_id: int) -> int:
     id to the user it is already linked to is a no-op; to another user, or a
     user who already has a different id, is refused.
     """
-    from achievements.events import enqueue_evaluation
+    from achievements.events import enqueue_evaluations
     from achievements.models import ExternalIdentity
 
     with transaction.atomic():
@@ -638,8 +638,8 @@ def link_external_identity(external_id: str, user_id: int) -> int:
             .values_list("pk", flat=True)
         )
         Event.objects.filter(pk__in=waiting).update(user_id=user_id)
-        for pk in waiting:
-            transaction.on_commit(partial(enqueue_evaluation, pk), robust=True)
+        if waiting:
+            transaction.on_commit(partial(enqueue_evaluations, waiting), robust=True)
     return len(waiting)
 
 

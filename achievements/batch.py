@@ -29,8 +29,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -43,6 +42,7 @@ from django.utils import timezone
 
 from accounts.models import Profile
 from achievements import metrics, periods, progress, realtime, rules
+from achievements.db import server_cursor
 from achievements.models import (
     Badge,
     BadgeRequirement,
@@ -472,7 +472,7 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
 def _lock_user_badges(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], _Standing]:
     """Every (user, badge) row of the batch, created if missing, locked in (user, badge) order."""
     if connection.vendor == "postgresql":
-        with _pg_cursor() as cursor:
+        with server_cursor() as cursor:
             cursor.execute(
                 f"""
                 INSERT INTO {UserBadge._meta.db_table}
@@ -503,17 +503,6 @@ def _lock_user_badges(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], _St
     return {(row[1], row[2]): _Standing(*row) for row in locked if (row[1], row[2]) in wanted}
 
 
-@contextmanager
-def _pg_cursor() -> Iterator[Any]:
-    """psycopg's own cursor, inside Django's transaction: it binds parameters on
-    the server, so the arrays these statements take travel as they are, where
-    Django's client-side binding quotes every element in Python (a second or
-    more per chunk in the replay benchmark's profile)."""
-    connection.ensure_connection()
-    with connection.connection.cursor() as cursor:
-        yield cursor
-
-
 def _select(
     queryset: Any, fields: Sequence[str], sql: str, params: list[Any]
 ) -> list[tuple[Any, ...]]:
@@ -521,7 +510,7 @@ def _select(
     list costs Django a lookup per value), elsewhere by the queryset."""
     if connection.vendor != "postgresql":
         return list(queryset.values_list(*fields))
-    with _pg_cursor() as cursor:
+    with server_cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
 
@@ -545,7 +534,7 @@ def _insert_distinct(keys: list[tuple[int, int, str]]) -> None:
             batch_size=1000,
         )
         return
-    with _pg_cursor() as cursor:
+    with server_cursor() as cursor:
         cursor.execute(
             f"""
             INSERT INTO {DistinctValue._meta.db_table} (user_id, requirement_id, value_key)
@@ -578,7 +567,7 @@ def _save_user_badges(user_badges: list[_Standing]) -> None:
         ]
         UserBadge.objects.bulk_update(models, USER_BADGE_FIELDS, batch_size=500)
         return
-    with _pg_cursor() as cursor:
+    with server_cursor() as cursor:
         cursor.execute(
             f"""
             UPDATE {UserBadge._meta.db_table} AS ub SET
@@ -612,7 +601,7 @@ def _upsert_progress(rows: list[_Progress]) -> None:
     if not rows:
         return
     if connection.vendor == "postgresql":
-        with _pg_cursor() as cursor:
+        with server_cursor() as cursor:
             cursor.execute(
                 f"""
                 INSERT INTO {RequirementProgress._meta.db_table}

@@ -24,6 +24,7 @@ from django.db import IntegrityError, close_old_connections, connection, transac
 from django.utils import timezone
 
 from achievements import index, metrics, rules
+from achievements.db import server_cursor
 from achievements.models import Event, ExternalIdentity
 
 logger = logging.getLogger(__name__)
@@ -303,10 +304,7 @@ def _insert_events(
             + ", ".join(f"%s::{kind}[]" for kind, _ in columns.values())
             + ") ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id"
         )
-        connection.ensure_connection()
-        # psycopg's own cursor binds on the server: the arrays travel as they
-        # are, where Django's client-side binding quotes every element in Python.
-        with connection.connection.cursor() as cursor:
+        with server_cursor() as cursor:  # the arrays bound on the server
             cursor.execute(sql, [now, *(values for _, values in columns.values())])
             pks = {event_id: pk for pk, event_id in cursor.fetchall()}
         # Built as loaded rows (positional, in field order): the fast constructor.
@@ -542,23 +540,17 @@ _executor_lock = threading.Lock()
 
 
 def enqueue_evaluation(event_pk: int) -> None:
-    """Hand a committed event to the evaluator, according to ACCOLADE_TASK_MODE.
-
-    With Celery, events are evaluated in batches: the event asks for a drain
-    (achievements.dispatch), and asks coalesce. With a batch size of 1, and
-    in the thread and sync modes, each event is evaluated on its own.
-    """
-    mode = getattr(settings, "ACCOLADE_TASK_MODE", "celery")
-    if mode == "celery" and getattr(settings, "ACCOLADE_EVALUATION_BATCH_SIZE", 2000) > 1:
-        from achievements.dispatch import request_drain
-
-        request_drain()
-    else:
-        enqueue_single(event_pk)
+    """Hand a committed event to the evaluator (see enqueue_evaluations)."""
+    enqueue_evaluations([event_pk])
 
 
 def enqueue_evaluations(event_pks: Sequence[int]) -> None:
-    """Hand committed events to the evaluator: one drain request for all of them in batches."""
+    """Hand committed events to the evaluator, according to ACCOLADE_TASK_MODE.
+
+    With Celery, events are evaluated in batches: one drain request for all of
+    them (achievements.dispatch), and requests coalesce. With a batch size of
+    1, and in the thread and sync modes, each event is evaluated on its own.
+    """
     if not event_pks:
         return
     mode = getattr(settings, "ACCOLADE_TASK_MODE", "celery")

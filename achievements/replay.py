@@ -21,12 +21,12 @@ from achievements.actions import award, evaluate_composites
 from achievements.batch import (
     _insert_distinct,
     _lock_user_badges,
-    _pg_cursor,
     _Progress,
     _save_user_badges,
     _Standing,
     _upsert_progress,
 )
+from achievements.db import server_cursor
 from achievements.models import (
     Badge,
     BadgeRequirement,
@@ -270,7 +270,7 @@ def _delete_pairs(model: Any, pairs: list[tuple[int, int]]) -> None:
     if not pairs:
         return
     if connection.vendor == "postgresql":
-        with _pg_cursor() as cursor:
+        with server_cursor() as cursor:
             cursor.execute(
                 f"DELETE FROM {model._meta.db_table} WHERE (user_id, requirement_id) IN "
                 "(SELECT * FROM unnest(%s::integer[], %s::bigint[]))",

@@ -33,6 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import open_live_socket, run_script, write_results  # noqa: E402
+
 SESSIONS = """
 import json
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
@@ -62,33 +64,15 @@ def clients(
     base: str, tabs: list[tuple[int, str]], ready: Any, go: Any, results: Any, marker: str
 ) -> None:
     """The browser side, in its own process: open every socket, then time the broadcast."""
-    import websockets
-    from websockets.typing import Origin
 
     async def main() -> None:
         arrived: dict[int, float] = {}
         sockets = []
         limit = asyncio.Semaphore(200)
-        host = base.removeprefix("http://")
 
         async def open_one(index: int, session: str) -> None:
             async with limit:
-                for attempt in range(5):
-                    try:
-                        socket = await websockets.connect(
-                            f"ws://{host}/ws/live/",
-                            additional_headers={"Cookie": f"sessionid={session}"},
-                            origin=Origin(base),
-                            open_timeout=60,
-                            ping_interval=None,
-                            max_queue=None,
-                        )
-                        sockets.append((index, socket))
-                        return
-                    except Exception:
-                        if attempt == 4:
-                            raise
-                        await asyncio.sleep(0.5)
+                sockets.append((index, await open_live_socket(base, session)))
 
         async def listen(index: int, socket: Any) -> None:
             async for frame in socket:
@@ -234,12 +218,9 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
         f"{result['broadcast_send_seconds']:.2f} s)"
     )
     print(f"  frames lost                   {result['frames_lost']:8d}")
-    out = ROOT / "bench" / "results-connections.json"
     summary = {"sockets_requested": args.sockets, "layer": args.layer, **result}
-    out.write_text(json.dumps(summary, indent=2) + "\n")
+    write_results("connections", summary)
 
 
 if __name__ == "__main__":
-    os.chdir(ROOT)
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    main()
+    run_script(main)

@@ -20,7 +20,6 @@ that watch its type, and never re-reads history).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -31,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import run_script, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -169,30 +170,24 @@ def report(results: dict[str, float], args: argparse.Namespace) -> None:
     )
     ok = abs(badge_ratio - 1) <= 0.15 and abs(history_ratio - 1) <= 0.15
     print("RESULT " + ("within 15 %" if ok else "OUTSIDE 15 %"))
-    out = ROOT / "bench" / "results-evaluation.json"
-    out.write_text(
-        json.dumps(
-            {
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "platform": platform.platform(),
-                },
-                "events_per_run": args.events,
-                "repeats": args.repeats,
-                "events_per_second": {k: round(v, 1) for k, v in results.items()},
-                "ratios": {
-                    "badges_1000_vs_10": round(badge_ratio, 3),
-                    "history_100000_vs_100": round(history_ratio, 3),
-                },
+    write_results(
+        "evaluation",
+        {
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
             },
-            indent=2,
-        )
-        + "\n"
+            "events_per_run": args.events,
+            "repeats": args.repeats,
+            "events_per_second": {k: round(v, 1) for k, v in results.items()},
+            "ratios": {
+                "badges_1000_vs_10": round(badge_ratio, 3),
+                "history_100000_vs_100": round(history_ratio, 3),
+            },
+        },
     )
 
 
 if __name__ == "__main__":
-    os.chdir(ROOT)
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    main()
+    run_script(main)

@@ -24,19 +24,18 @@ Figures are medians of --repeats runs; p50 and p99 are wrk's latencies.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import run_script, settle, write_results  # noqa: E402
 
 SETUP = """
 from django.contrib.auth import get_user_model
@@ -147,17 +146,6 @@ def parse_wrk(out: str) -> dict:
     }
 
 
-def settle(topology, sql: str) -> None:
-    """Wait until the count stops moving: the previous run's last requests are done."""
-    last = None
-    for _ in range(100):
-        [(now,)] = topology.query(sql)
-        if now == last:
-            return
-        last = now
-        time.sleep(0.5)
-
-
 def _latency(out: str, label: str) -> float:
     value, unit = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -256,25 +244,19 @@ def main() -> None:
         )
     print(f"  refused or failed requests (not 202): {failures}")
     suffix = "" if args.web_processes == 1 else f"-{args.web_processes}-processes"
-    out = ROOT / "bench" / f"results-ingestion{suffix}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "connections": args.connections,
-                "web_processes": args.web_processes,
-                "seconds": args.seconds,
-                "repeats": args.repeats,
-                **summary,
-                "failed_requests": failures,
-                "runs": runs,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        f"ingestion{suffix}",
+        {
+            "connections": args.connections,
+            "web_processes": args.web_processes,
+            "seconds": args.seconds,
+            "repeats": args.repeats,
+            **summary,
+            "failed_requests": failures,
+            "runs": runs,
+        },
     )
 
 
 if __name__ == "__main__":
-    os.chdir(ROOT)
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    main()
+    run_script(main)

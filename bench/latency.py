@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import re
 import statistics
 import sys
@@ -37,6 +36,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import open_live_socket, run_script, write_results  # noqa: E402
 
 SETUP = """
 import json
@@ -66,34 +67,15 @@ COUNT = re.compile(r'id="badge-bench_ping".*?aria-valuetext="[^"]*?: (\d+) of', 
 
 def clients(base: str, tabs: list[tuple[str, str]], ready: Any, stop: Any, out: Any) -> None:
     """Open every socket; record when each first shows each count of its user's badge."""
-    import websockets
-    from websockets.typing import Origin
 
     async def main() -> None:
         seen: dict[tuple[int, int], float] = {}  # (socket, count) → arrival
         sockets: list[tuple[int, str, Any]] = []
         limit = asyncio.Semaphore(200)
-        host = base.removeprefix("http://")
 
         async def open_one(index: int, user: str, session: str) -> None:
             async with limit:
-                for attempt in range(5):  # a busy server may drop a handshake
-                    try:
-                        socket = await websockets.connect(
-                            f"ws://{host}/ws/live/",
-                            additional_headers={"Cookie": f"sessionid={session}"},
-                            origin=Origin(base),
-                            open_timeout=60,
-                            ping_interval=None,
-                            max_queue=None,
-                        )
-                    except Exception:
-                        if attempt == 4:
-                            raise
-                        await asyncio.sleep(0.5)
-                    else:
-                        sockets.append((index, user, socket))
-                        return
+                sockets.append((index, user, await open_live_socket(base, session)))
 
         async def listen(index: int, socket: Any) -> None:
             best = 0
@@ -265,13 +247,8 @@ def main() -> None:
             f"  {name:>7}  p50 {row['p50_ms']} ms  p95 {row['p95_ms']} ms  p99 {row['p99_ms']} ms"
             f"  max {row['max_ms']} ms  events without a frame {row['events_without_frame']}"
         )
-    out = ROOT / "bench" / "results-latency.json"
-    out.write_text(
-        json.dumps({"users": args.users, "tabs": args.tabs, **results}, indent=2) + "\n"
-    )
+    write_results("latency", {"users": args.users, "tabs": args.tabs, **results})
 
 
 if __name__ == "__main__":
-    os.chdir(ROOT)
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    main()
+    run_script(main)

@@ -20,7 +20,6 @@ rate, and writes bench/results-reevaluation.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,6 +32,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import run_script, write_results  # noqa: E402
+
 LIVE_RATE = 25.0
 
 
@@ -151,24 +153,20 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> No
             f"  {phase:<22} p50 {row['p50_ms']:6.1f} ms  p95 {row['p95_ms']:6.1f} ms  "
             f"p50 x{row['p50_ms'] / baseline:4.2f}  {job}"
         )
-    out = ROOT / "bench" / "results-reevaluation.json"
-    out.write_text(
-        json.dumps(
-            {
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "platform": platform.platform(),
-                },
-                "arguments": vars(args),
-                "results": results,
+    out = write_results(
+        "reevaluation",
+        {
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
             },
-            indent=2,
-        )
-        + "\n"
+            "arguments": vars(args),
+            "results": results,
+        },
     )
     print(f"written to {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

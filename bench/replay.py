@@ -19,8 +19,6 @@ lost table or a rule change mostly does; their median is the headline.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -28,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import run_script, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -76,22 +76,17 @@ def main() -> None:
         f"\nreplay_events over {args.events:,} events, {args.users:,} users: "
         f"{rate:,.0f} events/s (median)"
     )
-    (ROOT / "bench" / "results-replay.json").write_text(
-        json.dumps(
-            {
-                "events": args.events,
-                "users": args.users,
-                "events_per_s": rate,
-                "first_run_events_per_s": runs[0]["events_per_s"],
-                "runs": runs,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        "replay",
+        {
+            "events": args.events,
+            "users": args.users,
+            "events_per_s": rate,
+            "first_run_events_per_s": runs[0]["events_per_s"],
+            "runs": runs,
+        },
     )
 
 
 if __name__ == "__main__":
-    os.chdir(ROOT)
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    main()
+    run_script(main)

@@ -34,6 +34,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import run_script, write_results  # noqa: E402
+
 TYPES = [f"type.{n}" for n in range(8)]
 TARGET_MS = 500.0
 FILTER = {"all": [{"field": "place_id", "op": "<", "value": 900}]}
@@ -268,34 +270,28 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"    {label:27} {ms:8.1f}")
     worst = max(results["pages_ms"].values())
     print("RESULT " + ("under" if worst < TARGET_MS else "OVER") + f" {TARGET_MS:.0f} ms")
-    out = ROOT / "bench" / "results-reports.json"
-    out.write_text(
-        json.dumps(
-            {
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "platform": platform.platform(),
-                },
-                "events": args.events,
-                "users": args.users,
-                "repeats": args.repeats,
-                **{
-                    key: (
-                        {k: round(v, 1) for k, v in value.items()}
-                        if isinstance(value, dict)
-                        else round(value, 1)
-                    )
-                    for key, value in results.items()
-                },
+    write_results(
+        "reports",
+        {
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
             },
-            indent=2,
-        )
-        + "\n"
+            "events": args.events,
+            "users": args.users,
+            "repeats": args.repeats,
+            **{
+                key: (
+                    {k: round(v, 1) for k, v in value.items()}
+                    if isinstance(value, dict)
+                    else round(value, 1)
+                )
+                for key, value in results.items()
+            },
+        },
     )
 
 
 if __name__ == "__main__":
-    os.chdir(ROOT)
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    main()
+    run_script(main)

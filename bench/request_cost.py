@@ -29,31 +29,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import run_script, settle, write_results  # noqa: E402
 from bench.ingestion import parse_wrk  # noqa: E402
-
-
-def settle(topology, sql: str) -> list:
-    """The query's rows once they stop changing (the run's last requests are done)."""
-    rows = topology.query(sql)
-    while True:
-        time.sleep(0.5)
-        now = topology.query(sql)
-        if now == rows:
-            return rows
-        rows = now
-
 
 USERS = 20
 
@@ -266,23 +253,18 @@ def main() -> None:
         for part in ("one_connection", "sixteen_connections")
     )
     print(f"  requests that did not answer 200: {failures}")
-    (ROOT / "bench" / "results-request-cost.json").write_text(
-        json.dumps(
-            {
-                "seconds": args.seconds,
-                "repeats": args.repeats,
-                "users": USERS,
-                **summary,
-                "failed_requests": failures,
-                "runs": runs,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        "request-cost",
+        {
+            "seconds": args.seconds,
+            "repeats": args.repeats,
+            "users": USERS,
+            **summary,
+            "failed_requests": failures,
+            "runs": runs,
+        },
     )
 
 
 if __name__ == "__main__":
-    os.chdir(ROOT)
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    main()
+    run_script(main)

@@ -26,7 +26,6 @@ Each figure is the median of --repeats runs, in events per second.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -37,6 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import run_script, write_results  # noqa: E402
 
 SINGLE_EVENTS = 2000
 
@@ -119,15 +120,9 @@ class Bench:
         started = time.monotonic()
         self.topology.python("from achievements.dispatch import request_drain; request_drain()")
         self._wait(prefix)
-        first, last = self.topology.query(
-            "SELECT min(processed_at), max(processed_at) FROM achievements_event "
-            "WHERE event_id LIKE %s",
-            (f"{prefix}-%",),
-        )[0]
-        elapsed = (last - first).total_seconds() if first and last else 0.0
+        elapsed = self._span(prefix)
         wall = time.monotonic() - started
-        # From the first event a worker took to the last one it committed.
-        return self.events / max(elapsed, 1e-6) if elapsed > 0 else self.events / wall
+        return self.events / elapsed if elapsed > 0 else self.events / wall
 
     def single_rate(self) -> float:
         """One task message per event (the design before batching), over at most
@@ -142,12 +137,16 @@ class Bench:
             "    evaluate_event_task.delay(pk)"
         )
         self._wait(prefix)
+        return count / max(self._span(prefix), 1e-6)
+
+    def _span(self, prefix: str) -> float:
+        """Seconds from the first of these events a worker took to the last it committed."""
         first, last = self.topology.query(
             "SELECT min(processed_at), max(processed_at) FROM achievements_event "
             "WHERE event_id LIKE %s",
             (f"{prefix}-%",),
         )[0]
-        return count / max((last - first).total_seconds(), 1e-6)
+        return (last - first).total_seconds() if first and last else 0.0
 
     def _wait(self, prefix: str, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
@@ -229,31 +228,25 @@ def report(results: dict[str, float], args: argparse.Namespace) -> None:
     print(f"  1,000 vs 10 badges       ratio {badge_ratio:.2f}")
     print(f"  100,000 vs 100 history   ratio {history_ratio:.2f}")
     print(f"  2 vs 1 process           x{scale:.2f}")
-    out = ROOT / "bench" / "results-throughput.json"
-    out.write_text(
-        json.dumps(
-            {
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "platform": platform.platform(),
-                },
-                "events_per_run": args.events,
-                "repeats": args.repeats,
-                "events_per_second": {k: round(v, 1) for k, v in results.items()},
-                "ratios": {
-                    "badges_1000_vs_10": round(badge_ratio, 3),
-                    "history_100000_vs_100": round(history_ratio, 3),
-                    "processes_2_vs_1": round(scale, 3),
-                },
+    write_results(
+        "throughput",
+        {
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
             },
-            indent=2,
-        )
-        + "\n"
+            "events_per_run": args.events,
+            "repeats": args.repeats,
+            "events_per_second": {k: round(v, 1) for k, v in results.items()},
+            "ratios": {
+                "badges_1000_vs_10": round(badge_ratio, 3),
+                "history_100000_vs_100": round(history_ratio, 3),
+                "processes_2_vs_1": round(scale, 3),
+            },
+        },
     )
 
 
 if __name__ == "__main__":
-    os.chdir(ROOT)
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    main()
+    run_script(main)
