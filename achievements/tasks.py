@@ -9,8 +9,9 @@ import traceback
 from typing import Any
 
 from celery import shared_task
-from celery.signals import task_postrun, worker_ready, worker_shutting_down
+from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutting_down
 from django.core.cache import cache
+from django.db import close_old_connections
 
 from achievements import actions, context, metrics
 
@@ -123,6 +124,21 @@ def rollup_activity_task() -> int:
 def reset_task_context(**kwargs: object) -> None:
     """Forget task-scoped context after every task, whether it succeeded or failed."""
     context.reset()
+
+
+@task_prerun.connect
+@task_postrun.connect
+def release_database_connections(sender: Any = None, **kwargs: object) -> None:
+    """Hand the task's connection back to the pool, or drop it if it broke.
+
+    What Django does around a request. Celery's own fix-up would close the
+    whole pool instead (settings.CELERY_DB_REUSE_MAX keeps it from doing so
+    on every task), so the next task takes a warm connection, not a new one.
+    Eager tasks run inside their caller's transaction and are left alone.
+    """
+    if getattr(getattr(sender, "request", None), "is_eager", False):
+        return
+    close_old_connections()
 
 
 _heartbeat_stop = threading.Event()

@@ -241,6 +241,13 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = "django-db"
+# Celery's Django fix-up closes every database connection before and after
+# each task, and with a pool in a prefork child it closes the whole pool: each
+# task then opened a new PostgreSQL connection to a backend with cold caches,
+# 20-30 ms of a one-event evaluation. Past this many tasks it still does; in
+# between, achievements.tasks hands the connection back to the pool after each
+# task (and drops one that broke), as Django does after a request.
+CELERY_DB_REUSE_MAX = 10_000
 ACCOLADE_SWEEP_INTERVAL_SECONDS = env_int("ACCOLADE_SWEEP_INTERVAL_SECONDS", 60, minimum=1)
 # The sweeper re-enqueues events whose task message was lost (see
 # achievements.actions.sweep_stranded_events); celery beat runs it.
