@@ -30,3 +30,15 @@ def leak_context_and_fail(path: str) -> None:
 def report_context(path: str) -> None:
     with open(path, "w") as file:
         json.dump(_snapshot(), file)
+
+
+@shared_task(name="probe.report_backend")
+def report_backend(path: str) -> None:
+    """Append the PostgreSQL backend this task's connection talks to."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    with open(path, "a") as file:
+        file.write(f"{pid}\n")

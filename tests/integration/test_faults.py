@@ -292,6 +292,46 @@ def test_one_tasks_context_never_leaks_into_the_next_in_a_real_worker(tmp_path):
         topology.stop()
 
 
+def test_a_worker_keeps_its_connection_between_tasks_and_replaces_a_dead_one(tmp_path):
+    """One warm PostgreSQL connection per pool process, not a new one per task;
+    after its backend dies, the next task gets a working one."""
+    topology = Topology(tmp_path)
+    pids = tmp_path / "pids.txt"
+
+    def run_tasks(count: int) -> list[int]:
+        before = len(pids.read_text().split()) if pids.exists() else 0
+        topology.python(
+            "from project.celery import app\n"
+            f"for _ in range({count}):\n"
+            f"    app.send_task('probe.report_backend', args=[{str(pids)!r}])\n"
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            seen = [int(pid) for pid in pids.read_text().split()] if pids.exists() else []
+            if len(seen) >= before + count:
+                return seen[before:]
+            time.sleep(0.1)
+        raise AssertionError(f"{count} probe task(s) did not all run")
+
+    try:
+        topology.start(workers=0)
+        topology.start_worker(concurrency=1, include="tests.integration.probe_tasks")
+        # The pool may hold a second connection, and hands them out in turn.
+        first = run_tasks(6)
+        assert len(set(first)) <= 2, first
+        for pid in set(first):
+            topology.query("SELECT pg_terminate_backend(%s)", (pid,))
+        after = run_tasks(4)
+        assert not set(after) & set(first), (first, after)
+        assert len(set(after)) <= 2, after
+        assert "Traceback" not in topology.workers[0].output()
+    except Exception:
+        print(topology.logs())
+        raise
+    finally:
+        topology.stop()
+
+
 def _wait_for_at_least(topology: Topology, sql: str, minimum: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
