@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import m2m_changed, post_delete, post_save
 
 
 class AchievementsConfig(AppConfig):
@@ -20,3 +20,9 @@ class AchievementsConfig(AppConfig):
             post_delete.connect(
                 index.invalidate, sender=model, dispatch_uid=f"index-del-{model.__name__}"
             )
+        # A composite's parts are saved after the requirement itself.
+        m2m_changed.connect(
+            index.invalidate,
+            sender=BadgeRequirement.composite_badges.through,
+            dispatch_uid="index-composite-parts",
+        )

@@ -37,11 +37,11 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from django.db import connection, transaction
-from django.db.models import Q, prefetch_related_objects
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Profile
-from achievements import metrics, periods, progress, realtime, rules
+from achievements import index, metrics, periods, progress, realtime, rules
 from achievements.db import server_cursor
 from achievements.models import (
     Badge,
@@ -239,14 +239,9 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
     # Requirements: every requirement of every active badge with one watching
     # a type in the batch (the others are needed to measure those badges).
     types = {event.event_type for event in events}
-    watching_badges = BadgeRequirement.objects.filter(
-        Q(event_type__in=types) | Q(kind="sequence"), badge__is_active=True
-    ).values("badge_id")
-    requirements = list(
-        BadgeRequirement.objects.filter(badge__is_active=True, badge_id__in=watching_badges)
-        .select_related("badge")
-        .order_by("pk")
-    )
+    active = index.active_requirements()
+    watching_badges = {r.badge_id for r in active if r.event_type in types or r.kind == "sequence"}
+    requirements = [r for r in active if r.badge_id in watching_badges]
     by_type: dict[str, list[BadgeRequirement]] = defaultdict(list)
     by_badge: dict[int, list[BadgeRequirement]] = defaultdict(list)
     for requirement in requirements:
@@ -254,9 +249,6 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
         for event_type in requirement.watched_types():
             if event_type in types:
                 by_type[event_type].append(requirement)
-    composites = [r for r in requirements if r.kind == "composite"]
-    if composites:
-        prefetch_related_objects(composites, "composite_badges")
 
     users: set[int] = {event.user_id for event in events if event.user_id is not None}
     zones = dict.fromkeys(users, "UTC")

@@ -19,6 +19,7 @@ from django.utils.formats import date_format
 from django.utils.timezone import localtime
 
 from accounts.models import Profile, time_zone_for
+from achievements import index
 from achievements.models import Badge, RequirementProgress, Unlock, UserBadge, format_number
 
 Card = dict[str, Any]
@@ -87,11 +88,7 @@ def cards_for_users(wanted: dict[int, set[int]]) -> dict[int, list[Card]]:
     all_ids = {badge_id for ids in wanted.values() for badge_id in ids}
     if not wanted or not all_ids:
         return {user_id: [] for user_id in wanted}
-    badges = list(
-        Badge.objects.active()
-        .filter(pk__in=all_ids)
-        .prefetch_related("requirements", "requirements__composite_badges")
-    )
+    badges = [badge for badge in index.active_badges() if badge.pk in all_ids]
     segmented = {b.pk for b in badges if b.segment_group_id or b.segment_attribute}
     allowed: dict[int, set[int]] = {}
     for user_id, ids in wanted.items():
@@ -108,7 +105,7 @@ def cards_for_users(wanted: dict[int, set[int]]) -> dict[int, list[Card]]:
     }
     states: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
     for user_id, requirement_id, state in RequirementProgress.objects.filter(
-        user_id__in=users, requirement__badge_id__in=all_ids
+        user_id__in=users, requirement_id__in=[r.pk for b in badges for r in b.requirements.all()]
     ).values_list("user_id", "requirement_id", "state"):
         states[user_id][requirement_id] = state
     zones = dict(Profile.objects.filter(user_id__in=users).values_list("user_id", "time_zone"))

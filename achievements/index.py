@@ -1,12 +1,22 @@
-"""What the rules say about event types: built once, cached, rebuilt when rules change.
+"""What the rules say: built once, cached, rebuilt when rules change.
 
 An event only ever touches the requirements that watch its type, so the
 evaluator asks this index instead of scanning badges; the API asks it which
 types it accepts and which are de-duplicated, instead of three queries per
-request. Each process keeps the index in memory, tagged with a version token
-kept in the shared cache; saving or deleting a badge, requirement, event type
-or de-duplication rule replaces the token, and every process rebuilds on its
-next lookup.
+request. The active badges themselves, with their requirements and
+composite parts, are here too: a batch evaluation and the cards pushed after
+it read them from memory instead of three queries and their ORM work each,
+most of the cost of evaluating one event.
+
+Each process keeps the index in memory, tagged with a version token kept in
+the shared cache; saving or deleting a badge, requirement, event type or
+de-duplication rule (or changing a composite's parts) replaces the token,
+and every process rebuilds on its next lookup. The token is replaced again
+when the change commits, so a process that rebuilt in between, from the rows
+as they were, rebuilds once more.
+
+The model instances are shared by every thread of a process: read them,
+never change them.
 """
 
 from __future__ import annotations
@@ -15,9 +25,13 @@ import threading
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.cache import cache
+from django.db import transaction
+
+if TYPE_CHECKING:
+    from achievements.models import Badge, BadgeRequirement
 
 VERSION_KEY = "rules-index-version"
 
@@ -35,6 +49,10 @@ class _Index:
     watching: dict[str, list[int]] = field(default_factory=dict)
     accepted: frozenset[str] = frozenset()
     dedup: dict[str, DedupWindow] = field(default_factory=dict)
+    # Active badges in display order, requirements and composite parts prefetched.
+    badges: tuple[Badge, ...] = ()
+    # Their requirements in key order, each with its badge attached.
+    requirements: tuple[BadgeRequirement, ...] = ()
 
 
 _lock = threading.Lock()
@@ -66,8 +84,28 @@ def dedup_windows() -> dict[str, DedupWindow]:
     return _current().dedup
 
 
+def active_badges() -> tuple[Badge, ...]:
+    """The active badges, in display order, with `requirements` and their
+    `composite_badges` prefetched (segments are not applied: that is per user)."""
+    return _current().badges
+
+
+def active_requirements() -> tuple[BadgeRequirement, ...]:
+    """Every requirement of an active badge, by key, with its badge attached."""
+    return _current().requirements
+
+
 def invalidate(**kwargs: Any) -> None:
-    """Signal receiver: the rules changed, every process must rebuild its index."""
+    """Signal receiver: the rules changed, every process must rebuild its index.
+
+    Now, so this transaction's own reads see the change, and again on commit:
+    another process may have rebuilt from the rows as they were before it.
+    """
+    _new_version()
+    transaction.on_commit(_new_version)
+
+
+def _new_version() -> None:
     cache.set(VERSION_KEY, uuid.uuid4().hex, timeout=None)
 
 
@@ -85,10 +123,16 @@ def _current_version() -> str:
 
 
 def _build() -> _Index:
-    from achievements.models import BadgeRequirement, DedupRule, accepted_event_types
+    from achievements.models import Badge, DedupRule, accepted_event_types
 
+    badges = tuple(
+        Badge.objects.active().prefetch_related("requirements", "requirements__composite_badges")
+    )
+    requirements = tuple(
+        sorted((r for badge in badges for r in badge.requirements.all()), key=lambda r: r.pk)
+    )
     watching: dict[str, list[int]] = defaultdict(list)
-    for requirement in BadgeRequirement.objects.filter(badge__is_active=True).order_by("pk"):
+    for requirement in requirements:
         for event_type in requirement.watched_types():
             watching[event_type].append(requirement.pk)
     dedup = {
@@ -97,4 +141,4 @@ def _build() -> _Index:
             "event_type", "payload_key", "window_seconds"
         )
     }
-    return _Index(dict(watching), frozenset(accepted_event_types()), dedup)
+    return _Index(dict(watching), frozenset(accepted_event_types()), dedup, badges, requirements)

@@ -5,10 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.core.cache import cache
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from accounts.models import Profile
+from achievements import index
 from achievements.actions import evaluate_event
-from achievements.cards import cards_for_user
+from achievements.batch import evaluate_events
+from achievements.cards import cards_for_user, cards_for_users
 from achievements.events import record_event
 from achievements.models import BadgeRequirement, RequirementProgress, Unlock
 from tests.achievements.test_admin import _inline_post
@@ -129,6 +134,61 @@ def test_the_event_type_index_is_rebuilt_when_rules_change(owner):
     badge.save()
     record(owner, "quiz.passed")
     assert RequirementProgress.objects.get(user=owner).value == 1
+
+
+VISITS_5 = {"event_type": "visit.created", "threshold": 5}
+
+
+def test_a_batch_and_the_cards_pushed_after_it_read_no_rule_rows(owner):
+    """Badges, requirements and composite parts come from the rules index."""
+    badge = make_badge(
+        key="visits", requirements=[{"event_type": "visit.created", "threshold": 5}]
+    )
+    record(owner, "visit.created")  # builds the index
+    event = record_event(owner, "visit.created").event
+    with CaptureQueriesContext(connection) as queries:
+        evaluate_events([event.pk])
+        cards = cards_for_users({owner.pk: {badge.pk}})
+    rule_tables = ('"achievements_badge"', '"achievements_badgerequirement"', "composite_badges")
+    assert [q["sql"] for q in queries if any(t in q["sql"] for t in rule_tables)] == []
+    assert [(c["key"], c["current"], c["target"]) for c in cards[owner.pk]] == [
+        ("visits", "2", "5")
+    ]
+
+
+def test_changing_a_composites_parts_reaches_the_rules_index(owner):
+    first = make_badge(key="first", requirements=[{"event_type": "visit.created", "threshold": 1}])
+    second = make_badge(key="second", requirements=[{"event_type": "post.done", "threshold": 1}])
+    combo = make_badge(key="combo", requirements=[])
+    part = BadgeRequirement.objects.create(badge=combo, kind="composite", threshold=0)
+    part.composite_badges.set([first])
+
+    def parts() -> list[str]:
+        [cached] = [r for r in index.active_requirements() if r.pk == part.pk]
+        return sorted(b.key for b in cached.composite_badges.all())
+
+    assert parts() == ["first"]
+    part.composite_badges.add(second)  # no save of the requirement itself
+    assert parts() == ["first", "second"]
+    record(owner, "visit.created")
+    assert not Unlock.objects.filter(badge=combo).exists()  # "all" now needs both
+    record(owner, "post.done")
+    assert Unlock.objects.filter(badge=combo).exists()
+
+
+def test_the_rules_index_is_replaced_again_when_a_change_commits(
+    owner, django_capture_on_commit_callbacks
+):
+    """Another process may rebuild from the old rows between the save and the commit."""
+    badge = make_badge(
+        key="visits", requirements=[{"event_type": "visit.created", "threshold": 5}]
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        badge.name = "Visitor"
+        badge.save()
+        at_save = cache.get(index.VERSION_KEY)
+    assert cache.get(index.VERSION_KEY) != at_save
+    assert [b.name for b in index.active_badges()] == ["Visitor"]
 
 
 def test_a_hidden_badge_is_a_mystery_until_unlocked(owner):
