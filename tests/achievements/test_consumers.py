@@ -140,6 +140,29 @@ async def test_a_user_with_two_tabs_gets_the_frame_in_both():
     await second.disconnect()
 
 
+async def test_a_pushed_frame_costs_the_server_no_trip_to_the_sync_thread(monkeypatch):
+    """Channels' dispatch would close stale database connections on the shared
+    sync thread before every handler; a push handler touches no database."""
+    trips = []
+    original = sync_to_async
+
+    def counting(function, *args, **kwargs):
+        trips.append(getattr(function, "__name__", repr(function)))
+        return original(function, *args, **kwargs)
+
+    user, cookie = await _signed_in_cookie("owner")
+    communicator, _, _ = await _connect(cookie)
+    monkeypatch.setattr("channels.db.sync_to_async", counting)
+    frame = '<div id="pushed">hello</div>'
+    await get_channel_layer().group_send(
+        realtime.user_group(user.pk),
+        {"type": "badges.changed", "cards": [], "toasts": [], "html": frame},
+    )
+    assert await communicator.receive_from(timeout=3) == frame
+    assert trips == []
+    await communicator.disconnect()
+
+
 async def test_a_closed_socket_leaves_the_users_group():
     user, cookie = await _signed_in_cookie("owner")
     communicator, _, _ = await _connect(cookie)
