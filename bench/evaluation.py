@@ -20,8 +20,6 @@ that watch its type, and never re-reads history).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.collect import machine  # noqa: E402
 from bench.common import run_script, write_results  # noqa: E402
 
 
@@ -173,11 +172,7 @@ def report(results: dict[str, float], args: argparse.Namespace) -> None:
     write_results(
         "evaluation",
         {
-            "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-            },
+            "machine": machine(),
             "events_per_run": args.events,
             "repeats": args.repeats,
             "events_per_second": {k: round(v, 1) for k, v in results.items()},

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.collect import machine  # noqa: E402
 from bench.common import run_script, write_results  # noqa: E402
 
 LIVE_RATE = 25.0
@@ -156,11 +156,7 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> No
     out = write_results(
         "reevaluation",
         {
-            "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-            },
+            "machine": machine(),
             "arguments": vars(args),
             "results": results,
         },

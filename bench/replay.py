@@ -18,7 +18,6 @@ lost table or a rule change mostly does; their median is the headline.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -31,24 +30,10 @@ from bench.common import run_script, write_results  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--users", type=int, default=100_000)
-    parser.add_argument("--repeats", type=int, default=1)
-    args = parser.parse_args()
-    if args.users < 10 or args.events < args.users or args.repeats < 1:
-        parser.error("need --users >= 10, --events >= --users and --repeats >= 1")
+    from bench.reports import dataset_arguments, loaded_dataset
 
-    from bench.reports import load
-    from bench.scratch import scratch_database
-
-    with scratch_database():
-        started = time.perf_counter()
-        load(args.events, args.users)
-        print(
-            f"loaded {args.events:,} events, {args.users:,} users "
-            f"in {time.perf_counter() - started:.0f} s"
-        )
+    args = dataset_arguments(__doc__.splitlines()[0], repeats=1)
+    with loaded_dataset(args.events, args.users):
         from achievements.replay import replay_events
 
         runs = []

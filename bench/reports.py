@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.collect import machine  # noqa: E402
 from bench.common import run_script, write_results  # noqa: E402
 
 TYPES = [f"type.{n}" for n in range(8)]
@@ -41,24 +42,35 @@ TARGET_MS = 500.0
 FILTER = {"all": [{"field": "place_id", "op": "<", "value": 900}]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def dataset_arguments(description: str, repeats: int) -> argparse.Namespace:
+    """--events, --users and --repeats, checked: the data set load() builds."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=100_000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=repeats)
     args = parser.parse_args()
     if args.users < 10 or args.events < args.users or args.repeats < 1:
         parser.error("need --users >= 10, --events >= --users and --repeats >= 1")
+    return args
 
+
+@contextmanager
+def loaded_dataset(events: int, users: int) -> Iterator[None]:
+    """A scratch database holding load(events, users), dropped afterwards."""
     from bench.scratch import scratch_database
 
     with scratch_database():
         started = time.perf_counter()
-        load(args.events, args.users)
+        load(events, users)
         print(
-            f"loaded {args.events:,} events, {args.users:,} users "
-            f"in {time.perf_counter() - started:.0f} s"
+            f"loaded {events:,} events, {users:,} users in {time.perf_counter() - started:.0f} s"
         )
+        yield
+
+
+def main() -> None:
+    args = dataset_arguments(__doc__.splitlines()[0], repeats=5)
+    with loaded_dataset(args.events, args.users):
         results = measure(args.repeats)
     report(results, args)
 
@@ -273,11 +285,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     write_results(
         "reports",
         {
-            "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-            },
+            "machine": machine(),
             "events": args.events,
             "users": args.users,
             "repeats": args.repeats,
