@@ -318,7 +318,7 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
             ("user_id", "requirement_id", "state", "met_by", "started_at"),
             f"SELECT user_id, requirement_id, state, met_by, started_at "
             f"FROM {RequirementProgress._meta.db_table} "
-            f"WHERE user_id = ANY(%s) AND requirement_id = ANY(%s)",
+            f"WHERE user_id = ANY(%b::bigint[]) AND requirement_id = ANY(%b::bigint[])",
             [sorted(touched_users), [r.pk for r in all_requirements]],
         )
     }
@@ -353,7 +353,8 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
                 ),
                 ("user_id", "requirement_id", "value_key"),
                 f"SELECT user_id, requirement_id, value_key FROM {DistinctValue._meta.db_table} "
-                f"WHERE user_id = ANY(%s) AND requirement_id = ANY(%s) AND value_key = ANY(%s)",
+                f"WHERE user_id = ANY(%b::bigint[]) AND requirement_id = ANY(%b::bigint[]) "
+                f"AND value_key = ANY(%b::text[])",
                 [users_, requirements_, keys_],
             )
             if (user_id, requirement_id, key) in mentioned
@@ -469,7 +470,7 @@ def _lock_user_badges(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], _St
                 f"""
                 INSERT INTO {UserBadge._meta.db_table}
                     (user_id, badge_id, current_value, target_value, tier)
-                SELECT u, b, 0, 0, 0 FROM unnest(%s::bigint[], %s::bigint[]) AS p(u, b)
+                SELECT u, b, 0, 0, 0 FROM unnest(%b::bigint[], %b::bigint[]) AS p(u, b)
                 ON CONFLICT (user_id, badge_id) DO NOTHING
                 """,
                 [[u for u, _ in pairs], [b for _, b in pairs]],
@@ -489,7 +490,8 @@ def _lock_user_badges(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], _St
         _STANDING_FIELDS,
         f"SELECT id, user_id, badge_id, current_value, target_value, completed_at, "
         f"completed_by_event_id, last_evaluated_at, tier FROM {UserBadge._meta.db_table} "
-        f"WHERE user_id = ANY(%s) AND badge_id = ANY(%s) ORDER BY user_id, badge_id FOR UPDATE",
+        f"WHERE user_id = ANY(%b::bigint[]) AND badge_id = ANY(%b::bigint[]) "
+        f"ORDER BY user_id, badge_id FOR UPDATE",
         [users, badges],
     )
     return {(row[1], row[2]): _Standing(*row) for row in locked if (row[1], row[2]) in wanted}
@@ -502,7 +504,7 @@ def _select(
     list costs Django a lookup per value), elsewhere by the queryset."""
     if connection.vendor != "postgresql":
         return list(queryset.values_list(*fields))
-    with server_cursor() as cursor:
+    with server_cursor(binary=True) as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
 
@@ -530,7 +532,7 @@ def _insert_distinct(keys: list[tuple[int, int, str]]) -> None:
         cursor.execute(
             f"""
             INSERT INTO {DistinctValue._meta.db_table} (user_id, requirement_id, value_key)
-            SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[])
+            SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[])
             """,
             [[u for u, _, _ in keys], [r for _, r, _ in keys], [k for _, _, k in keys]],
         )
@@ -570,8 +572,8 @@ def _save_user_badges(user_badges: list[_Standing]) -> None:
                 completed_by_event_id = v.completed_by_event_id,
                 tier = v.tier
             FROM unnest(
-                %s::bigint[], %s::numeric[], %s::numeric[], %s::timestamptz[],
-                %s::timestamptz[], %s::bigint[], %s::smallint[]
+                %b::bigint[], %t::numeric[], %t::numeric[], %b::timestamptz[],
+                %b::timestamptz[], %b::bigint[], %b::smallint[]
             ) AS v(id, current_value, target_value, last_evaluated_at, completed_at,
                    completed_by_event_id, tier)
             WHERE ub.id = v.id
@@ -589,18 +591,18 @@ def _save_user_badges(user_badges: list[_Standing]) -> None:
 
 
 def _upsert_progress(rows: list[_Progress]) -> None:
-    """Insert new progress rows and update changed ones, in one statement per 1,000."""
+    """Insert new progress rows and update changed ones, in one statement."""
     if not rows:
         return
     if connection.vendor == "postgresql":
         with server_cursor() as cursor:
             cursor.execute(
                 f"""
-                INSERT INTO {RequirementProgress._meta.db_table}
+                INSERT INTO {RequirementProgress._meta.db_table} AS p
                     (user_id, requirement_id, value, state, met_by, started_at, updated_at)
                 SELECT * FROM unnest(
-                    %s::bigint[], %s::bigint[], %s::numeric[], %s::jsonb[], %s::text[],
-                    %s::timestamptz[], %s::timestamptz[]
+                    %b::bigint[], %b::bigint[], %t::numeric[], %b::jsonb[], %b::text[],
+                    %b::timestamptz[], %b::timestamptz[]
                 )
                 ON CONFLICT (user_id, requirement_id) DO UPDATE SET
                     value = EXCLUDED.value,
@@ -608,6 +610,9 @@ def _upsert_progress(rows: list[_Progress]) -> None:
                     met_by = EXCLUDED.met_by,
                     started_at = EXCLUDED.started_at,
                     updated_at = EXCLUDED.updated_at
+                -- A row that would not change is left as it is (a replay finds most so).
+                WHERE (p.value, p.state, p.met_by, p.started_at) IS DISTINCT FROM
+                    (EXCLUDED.value, EXCLUDED.state, EXCLUDED.met_by, EXCLUDED.started_at)
                 """,
                 [
                     [row.user_id for row in rows],

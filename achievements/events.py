@@ -301,7 +301,7 @@ def _insert_events(
             f"INSERT INTO {Event._meta.db_table} ({', '.join(columns)}, received_at, "
             "attempts, fingerprint, last_error) "
             "SELECT *, %s::timestamptz, 0, '', '' FROM unnest("
-            + ", ".join(f"%s::{kind}[]" for kind, _ in columns.values())
+            + ", ".join(f"%b::{kind}[]" for kind, _ in columns.values())
             + ") ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id"
         )
         with server_cursor() as cursor:  # the arrays bound on the server

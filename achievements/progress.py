@@ -88,12 +88,20 @@ class Measure:
     longest_streak: int = 0
 
 
-def key_for(spec: Spec, fact: Fact) -> str | None:
-    """For an all-time distinct count: the key the engine must check for newness."""
-    if (
+def keeps_keys(spec: Spec) -> bool:
+    """Whether the engine keeps this requirement's distinct values in their own table
+    (all-time distinct counts: their state holds only the count)."""
+    return (
         spec.kind is Kind.AGGREGATE
         and spec.aggregation is Aggregation.DISTINCT
         and spec.scope is Scope.ALL_TIME
+    )
+
+
+def key_for(spec: Spec, fact: Fact) -> str | None:
+    """For an all-time distinct count: the key the engine must check for newness."""
+    if (
+        keeps_keys(spec)
         and spec.watches(fact.event_type)
         and spec.filter.matches(fact.payload)
         and fact.payload.get(spec.field) is not None

@@ -217,3 +217,50 @@ def test_replay_awards_tiers_and_periods_a_rule_change_reaches(owner):
     before = dump()
     replay_events()
     assert dump() == before  # a second replay changes nothing
+
+
+def test_replay_repairs_each_kind_of_wrong_row(history, owner, second_user):
+    places, images = history
+    expected = dump()
+    visits = places.requirements.get()
+    RequirementProgress.objects.filter(user=owner, requirement=visits).update(
+        value=1, state={"b": {"all": "1"}}
+    )
+    DistinctValue.objects.filter(user=owner, requirement=visits).order_by("pk")[:1].get().delete()
+    DistinctValue.objects.create(user=owner, requirement=visits, value_key="bogus")
+    UserBadge.objects.filter(user=second_user, badge=images).update(current_value=0)
+    assert dump() != expected
+    call_command("replay_events")
+    assert dump() == expected
+
+
+def _row_versions() -> dict[str, list[tuple]]:
+    from django.db import connection
+
+    versions = {}
+    with connection.cursor() as cursor:
+        for model in (RequirementProgress, DistinctValue, UserBadge):
+            table = model._meta.db_table
+            cursor.execute(f"SELECT id, xmin::text FROM {table} ORDER BY id")
+            versions[table] = cursor.fetchall()
+    return versions
+
+
+def test_replay_over_unchanged_rules_rewrites_no_row(postgresql_only, history, owner):
+    places, _ = history
+    call_command("replay_events")  # the rows as a replay leaves them
+    before = _row_versions()
+    call_command("replay_events")
+    assert _row_versions() == before
+    # Only the rows that differ are written.
+    visits = places.requirements.get()
+    RequirementProgress.objects.filter(user=owner, requirement=visits).update(value=1)
+    changed = _row_versions()
+    call_command("replay_events")
+    after = _row_versions()
+    table = RequirementProgress._meta.db_table
+    moved = [row for row in after[table] if row not in changed[table]]
+    assert len(moved) == 1
+    assert {k: v for k, v in after.items() if k != table} == {
+        k: v for k, v in changed.items() if k != table
+    }
