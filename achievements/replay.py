@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from functools import partial
 from itertools import groupby
 from operator import itemgetter
 from typing import Any, cast
 
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -56,6 +58,14 @@ class ReplayReport:
     # Each new earning: (user, badge, tier, period); a badge may earn several.
     newly_earned: list[tuple[int, int, int, str]] = field(default_factory=list)
     no_longer_qualifying: list[tuple[int, int]] = field(default_factory=list)
+
+    def add(self, other: ReplayReport) -> None:
+        """Count another part of the replay (a chunk's) in this report."""
+        self.users += other.users
+        self.events += other.events
+        self.newly_unlocked += other.newly_unlocked
+        self.newly_earned += other.newly_earned
+        self.no_longer_qualifying += other.no_longer_qualifying
 
 
 @dataclass
@@ -122,6 +132,7 @@ def replay_events(
     plan: ReplayPlan | None = None,
     report: ReplayReport | None = None,
     chunk_users: int = CHUNK_USERS,
+    processes: int = 1,
 ) -> ReplayReport:
     """Recompute progress from processed events, for every user or those active in a range.
 
@@ -147,17 +158,73 @@ def replay_events(
     processed events are replayed: a pending one will be counted by its own
     evaluation, and counting it here as well would count it twice. Live
     evaluation can run alongside: the row locks serialise the two per user.
+
+    `processes` above 1 shares the chunks out to that many forked processes
+    (PostgreSQL only, outside any transaction): the fold is Python, so one
+    process keeps one core busy. Chunks then finish in any order.
     """
     plan = plan or plan_replay(since=since, until=until, badge_keys=badge_keys)
     report = report if report is not None else ReplayReport()
     if not plan.requirements:
         return report
+    if processes < 1:
+        raise ValueError("processes must be at least 1")
     composites = BadgeRequirement.objects.filter(kind="composite", badge__is_active=True).exists()
+    size = max(1, chunk_users)
+    chunks = [plan.user_ids[start : start + size] for start in range(0, len(plan.user_ids), size)]
+    work = _Work(plan, chunks, composites, silent)
     done = 0
-    for start in range(0, len(plan.user_ids), max(1, chunk_users)):
-        chunk = plan.user_ids[start : start + max(1, chunk_users)]
-        _replay_chunk(chunk, plan.requirements, plan.event_types, report, silent=silent)
-        if composites:
+    parts = work.in_processes(processes) if processes > 1 and len(chunks) > 1 else work.here()
+    for users, part in parts:
+        report.add(part)
+        done += users
+        if on_progress:
+            on_progress(done, len(plan.user_ids))
+    return report
+
+
+@dataclass
+class _Work:
+    """A replay's chunks of users, run here or shared out to processes."""
+
+    plan: ReplayPlan
+    chunks: list[list[int]]
+    composites: bool
+    silent: bool
+
+    def here(self) -> Iterator[tuple[int, ReplayReport]]:
+        for index in range(len(self.chunks)):
+            yield self.run(index)
+
+    def in_processes(self, processes: int) -> Iterator[tuple[int, ReplayReport]]:
+        """The chunks' results, in the order they finish, from `processes` forked
+        processes. Each chunk is a transaction of its own, as here; a process
+        that fails fails the replay, and stopping early (on_progress raising)
+        ends the processes, rolling back the chunks they were in."""
+        if connection.vendor != "postgresql":
+            raise ValueError("replaying in several processes needs PostgreSQL")
+        if connection.in_atomic_block:
+            raise ValueError("replaying in several processes cannot run inside a transaction")
+        global _shared
+        # A forked process must not share the parent's database sockets: close
+        # them (and the pool's), and each process opens its own.
+        for wrapper in connections.all(initialized_only=True):
+            wrapper.close()
+            if wrapper.alias in getattr(wrapper, "_connection_pools", {}):
+                wrapper.close_pool()  # type: ignore[attr-defined]  # PostgreSQL's pool
+        _shared = self
+        pool = multiprocessing.get_context("fork").Pool(processes)
+        try:
+            yield from pool.imap_unordered(_run_shared, range(len(self.chunks)))
+        finally:
+            _shared = None
+            pool.terminate()
+            pool.join()
+
+    def run(self, index: int) -> tuple[int, ReplayReport]:
+        chunk, plan, part = self.chunks[index], self.plan, ReplayReport()
+        _replay_chunk(chunk, plan.requirements, plan.event_types, part, silent=self.silent)
+        if self.composites:
             held_by_user: dict[int, set[int]] = defaultdict(set)
             for user_id, badge_id in Unlock.objects.filter(user_id__in=chunk).values_list(
                 "user_id", "badge_id"
@@ -165,14 +232,22 @@ def replay_events(
                 held_by_user[user_id].add(badge_id)
             for user_id in chunk:
                 held = sorted(held_by_user[user_id])
-                for badge_id in evaluate_composites(user_id, held, silent=silent):
-                    report.newly_unlocked.append((user_id, badge_id))
-                    report.newly_earned.append((user_id, badge_id, 0, ""))
-        report.users += len(chunk)
-        done += len(chunk)
-        if on_progress:
-            on_progress(done, len(plan.user_ids))
-    return report
+                for badge_id in evaluate_composites(user_id, held, silent=self.silent):
+                    part.newly_unlocked.append((user_id, badge_id))
+                    part.newly_earned.append((user_id, badge_id, 0, ""))
+        part.users = len(chunk)
+        return len(chunk), part
+
+
+_shared: _Work | None = None  # what forked processes run (they inherit it)
+
+
+def _run_shared(index: int) -> tuple[int, ReplayReport]:
+    assert _shared is not None
+    try:
+        return _shared.run(index)
+    finally:
+        connection.close()  # between tasks: the next chunk may come much later
 
 
 def _replay_chunk(
@@ -228,6 +303,7 @@ def _replay_chunk(
         for key, standing in user_badges.items():
             by_user[key[0]][key] = standing
         writes = _ChunkWrites()
+        arranged: dict[tuple[int, ...], _UserRules] = {}
         for user_id, rows in groupby(_chunk_events(processed), key=itemgetter(0)):
             _replay_user(
                 user_id,
@@ -239,6 +315,7 @@ def _replay_chunk(
                 now,
                 report,
                 writes,
+                arranged,
                 silent=silent,
             )
         writes.save()
@@ -335,6 +412,69 @@ def _delete_pairs(model: Any, pairs: list[tuple[int, int]]) -> None:
         model.objects.filter(user_id=user_id, requirement_id__in=requirement_ids).delete()
 
 
+@dataclass
+class _UserRules:
+    """A user's requirements arranged for the fold; users with the same
+    requirements (most of them) share one."""
+
+    by_type: dict[str, list[BadgeRequirement]]
+    by_badge: dict[int, list[BadgeRequirement]]
+    badges: dict[int, Badge]
+    badge_ids: list[int]
+    # Badges with no tiers, no repeat and no composite part: their earning is
+    # exactly "every requirement's latched met flag is set", so the fold can
+    # skip measuring them until then (most events, for most badges).
+    plain: set[int]
+    # Tiered badges (one requirement, as rule checks demand): it and the tiers.
+    graded: dict[int, tuple[BadgeRequirement, tuple[tuple[str, Decimal], ...]]]
+    # How many earnings a badge that is not repeatable has: 1, or its tiers.
+    earnings_in_all: dict[int, int]
+
+    @classmethod
+    def of(
+        cls, requirements: list[BadgeRequirement], known: dict[tuple[int, ...], _UserRules]
+    ) -> _UserRules:
+        """The arrangement of `requirements`, from `known` (one chunk's) if it is there."""
+        key = tuple(requirement.pk for requirement in requirements)
+        if key not in known:
+            known[key] = cls._arrange(requirements)
+        return known[key]
+
+    @classmethod
+    def _arrange(cls, requirements: list[BadgeRequirement]) -> _UserRules:
+        by_type: dict[str, list[BadgeRequirement]] = defaultdict(list)
+        by_badge: dict[int, list[BadgeRequirement]] = defaultdict(list)
+        for requirement in requirements:
+            for event_type in requirement.watched_types():
+                by_type[event_type].append(requirement)
+            by_badge[requirement.badge_id].append(requirement)
+        badges = {r.badge_id: r.badge for r in requirements}
+        tiers = {badge_id: badge.tier_list() for badge_id, badge in badges.items()}
+        return cls(
+            by_type=by_type,
+            by_badge=by_badge,
+            badges=badges,
+            badge_ids=sorted(by_badge),
+            plain={
+                badge_id
+                for badge_id, badge in badges.items()
+                if not tiers[badge_id]
+                and not badge.repeat
+                and all(r.kind != rules.Kind.COMPOSITE for r in by_badge[badge_id])
+            },
+            graded={
+                badge_id: (by_badge[badge_id][0], tiers[badge_id])
+                for badge_id in badges
+                if tiers[badge_id] and len(by_badge[badge_id]) == 1
+            },
+            earnings_in_all={
+                badge_id: max(1, len(tiers[badge_id]))
+                for badge_id, badge in badges.items()
+                if not badge.repeat
+            },
+        )
+
+
 def _replay_user(
     user_id: int,
     requirements: list[BadgeRequirement],
@@ -345,16 +485,17 @@ def _replay_user(
     now: datetime,
     report: ReplayReport,
     writes: _ChunkWrites,
+    arranged: dict[tuple[int, ...], _UserRules],
     *,
     silent: bool = True,
 ) -> None:
-    by_type: dict[str, list[BadgeRequirement]] = defaultdict(list)
-    by_badge: dict[int, list[BadgeRequirement]] = defaultdict(list)
-    for requirement in requirements:
-        for event_type in requirement.watched_types():
-            by_type[event_type].append(requirement)
-        by_badge[requirement.badge_id].append(requirement)
-    badge_ids = sorted(by_badge)
+    rules_ = _UserRules.of(requirements, arranged)
+    by_type, by_badge, badges, badge_ids = (
+        rules_.by_type,
+        rules_.by_badge,
+        rules_.badges,
+        rules_.badge_ids,
+    )
     user_badges = {badge_id: locked[(user_id, badge_id)] for badge_id in badge_ids}
     # As stored; None for a row the lock just created, which is always written.
     stored = {
@@ -367,17 +508,6 @@ def _replay_user(
     earned_by: dict[tuple[int, str, int], int] = {}
     touched_badges: set[int] = set()
     finished: set[int] = set()
-    badges = {r.badge_id: r.badge for r in requirements}
-    # Badges with no tiers, no repeat and no composite part: their earning is
-    # exactly "every requirement's latched met flag is set", so the fold can
-    # skip measuring them until then (most events, for most badges).
-    plain = {
-        badge_id
-        for badge_id, badge in badges.items()
-        if not badge.tier_list()
-        and not badge.repeat
-        and all(r.kind != rules.Kind.COMPOSITE for r in by_badge[badge_id])
-    }
 
     unlocked = {badge_id for badge_id, _, _ in held_unlocks}
 
@@ -407,16 +537,27 @@ def _replay_user(
             touched.add(requirement.badge_id)
         touched_badges |= touched
         for badge_id in touched - finished:
-            if badge_id in plain and not all(states[r.pk].get("met") for r in by_badge[badge_id]):
-                continue  # a plain badge is earned only once all its requirements are met
-            earned = earnings(badge_id, occurred_at)
+            if badge_id in rules_.plain:
+                if not all(states[r.pk].get("met") for r in by_badge[badge_id]):
+                    continue  # a plain badge is earned only once all its requirements are met
+                earned = [("", 0)]
+            elif badge_id in rules_.graded:
+                # A tiered badge earns every tier its requirement's peak reaches
+                # (Badge.standing's level), without measuring the rest.
+                requirement, tiers = rules_.graded[badge_id]
+                spec = requirement.spec
+                level = progress.tier_reached(
+                    progress.peak(spec, states[requirement.pk]), spec.operator, tiers
+                )
+                earned = [("", n) for n in range(1, level + 1)]
+            else:
+                earned = earnings(badge_id, occurred_at)
             for period, tier in earned:
                 if (badge_id, period, tier) not in earned_by:
                     earned_by[(badge_id, period, tier)] = event_pk
                     earned_when[(badge_id, period, tier)] = occurred_at
                     producer_ids[event_pk] = producer_id
-            badge = badges[badge_id]
-            if not badge.repeat and len(earned) == max(1, len(badge.tier_list())):
+            if len(earned) == rules_.earnings_in_all.get(badge_id):
                 finished.add(badge_id)  # every earning it has is in; skip the rest
 
     writes.replayed += [

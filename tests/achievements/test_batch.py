@@ -160,3 +160,68 @@ def test_replay_in_chunks_of_any_size_gives_one_result(kinds):
     assert without_met_by(one_user_at_a_time) == without_met_by(live)
     assert one_user_at_a_time["standings"] == live["standings"]
     assert one_user_at_a_time["distinct"] == live["distinct"]
+
+
+def _forget_progress_and_unlocks() -> None:
+    Unlock.objects.all().delete()
+    RequirementProgress.objects.all().delete()
+    DistinctValue.objects.all().delete()
+    UserBadge.objects.update(
+        current_value=0, target_value=0, completed_at=None, completed_by_event=None, tier=0
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_replay_in_two_processes_gives_the_one_process_result(postgresql_only, kinds):
+    """Forked processes, each chunk its own transaction, committed for the others to see."""
+    for pk in _record(kinds, seed=5):
+        evaluate_event(pk)
+
+    def replayed(processes: int) -> tuple[dict, list, list]:
+        _forget_progress_and_unlocks()
+        progress: list[tuple[int, int]] = []
+        report = replay_events(
+            chunk_users=1,
+            processes=processes,
+            on_progress=lambda done, total: progress.append((done, total)),
+        )
+        assert report.users == 3
+        assert report.events == Event.objects.filter(user__in=kinds).count()
+        assert progress == [(1, 3), (2, 3), (3, 3)]
+        return _snapshot(), sorted(report.newly_unlocked), sorted(report.newly_earned)
+
+    one = replayed(1)
+    assert one[1], "the replay must award unlocks for the comparison to mean much"
+    assert replayed(2) == one
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_replay_in_processes_stopped_early_keeps_what_finished(postgresql_only, kinds):
+    for pk in _record(kinds, seed=6):
+        evaluate_event(pk)
+    _forget_progress_and_unlocks()
+    replay_events(chunk_users=1)
+    expected = _snapshot()
+    _forget_progress_and_unlocks()
+
+    class Stop(Exception):
+        pass
+
+    def stop(done: int, total: int) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        replay_events(chunk_users=1, processes=2, on_progress=stop)
+    # At least the first user's chunk committed; a full replay then completes the rest.
+    assert Unlock.objects.exists()
+    replay_events(chunk_users=1, processes=2)
+    assert _snapshot() == expected
+
+
+def test_replay_in_processes_is_refused_inside_a_transaction(postgresql_only, kinds):
+    for pk in _record(kinds, seed=7):
+        evaluate_event(pk)
+    before = _snapshot()
+    with pytest.raises(ValueError, match="cannot run inside a transaction"):
+        replay_events(chunk_users=1, processes=2)
+    assert _snapshot() == before

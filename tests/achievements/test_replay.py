@@ -158,6 +158,8 @@ def test_pending_events_are_left_to_their_own_evaluation(history, owner):
         ({"since": "last tuesday"}, "--since 'last tuesday' is not a date"),
         ({"since": "2026-02-30"}, "--since '2026-02-30' is not a date"),
         ({"badges": ["nope"]}, "--badge: no active badge with key 'nope'."),
+        ({"processes": 0}, "--processes must be between 1 and 64, not 0."),
+        ({"processes": 65}, "--processes must be between 1 and 64, not 65."),
     ],
 )
 def test_bad_options_are_refused_and_change_nothing(history, options, message):
@@ -165,6 +167,17 @@ def test_bad_options_are_refused_and_change_nothing(history, options, message):
     with pytest.raises(CommandError) as raised:
         call_command("replay_events", **options)
     assert str(raised.value).startswith(message)
+    assert dump() == before
+
+
+def test_several_processes_are_refused_on_sqlite(history):
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("the embedded database only")
+    before = dump()
+    with pytest.raises(CommandError, match=r"--processes 2 needs PostgreSQL; sqlite takes one"):
+        call_command("replay_events", processes=2)
     assert dump() == before
 
 
