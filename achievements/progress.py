@@ -111,13 +111,23 @@ def key_for(spec: Spec, fact: Fact) -> str | None:
 
 
 def apply_fact(
-    spec: Spec, state: State | None, fact: Fact, time_zone: str, *, is_new_key: bool = True
+    spec: Spec,
+    state: State | None,
+    fact: Fact,
+    time_zone: str,
+    *,
+    is_new_key: bool = True,
+    in_place: bool = False,
 ) -> State:
-    """The state after one more event. Returns a new dict; `state` is not changed.
+    """The state after one more event. Returns a new dict and leaves `state` as it
+    was, unless `in_place`: then `state` itself is changed (and returned).
 
     `is_new_key` is only read for all-time distinct counts (see key_for).
     """
-    state = _copy(state) if state else {}
+    if state is None:
+        state = {}
+    elif not in_place:
+        state = _copy(state)
     if not spec.watches(fact.event_type) or not spec.filter.matches(fact.payload):
         return state
     if spec.kind is Kind.AGGREGATE:
@@ -145,12 +155,16 @@ def fold_in_memory(
     spec: Spec, state: State | None, fact: Fact, time_zone: str, seen: set[str]
 ) -> State:
     """apply_fact for whole-history folds (replay, preview), where `seen` holds
-    the all-time distinct keys in memory instead of the engine's table."""
+    the all-time distinct keys in memory instead of the engine's table.
+
+    The fold owns its states, so `state` is changed in place: copying it for
+    every event made a long history quadratic (a day-scoped count keeps a
+    bucket per day)."""
     key = key_for(spec, fact)
     is_new = key is not None and key not in seen
     if key is not None:
         seen.add(key)
-    return apply_fact(spec, state, fact, time_zone, is_new_key=is_new)
+    return apply_fact(spec, state, fact, time_zone, is_new_key=is_new, in_place=True)
 
 
 def measure(

@@ -577,23 +577,30 @@ def _replay_user(
     ]
     # Live evaluation writes rows only for badges an event actually moved
     # (an event without a distinct rule's field moves nothing); so does this.
-    writes.progress.extend(
-        [
-            _Progress(
-                user_id=user_id,
-                requirement_id=requirement.pk,
-                state=states[requirement.pk],
-                met_by=met_by.get(requirement.pk, ""),
-                started_at=started.get(requirement.pk),
-                value=progress.measure(
-                    requirement.spec, states[requirement.pk], now, time_zone
-                ).value,
-                updated_at=now,
+    standings = {
+        badge_id: badges[badge_id].standing(by_badge[badge_id], states, now, time_zone, unlocked)
+        for badge_id in badge_ids
+        if badge_id in touched_badges or user_badges[badge_id].completed_at is not None
+    }
+    for badge_id in badge_ids:
+        if badge_id not in touched_badges:
+            continue
+        standing = standings[badge_id]
+        # A measure's value does not depend on its threshold, so the standing's
+        # measures (one per requirement, in order; a tiered badge's against its
+        # next tier) give each requirement's value.
+        for requirement, measured in zip(by_badge[badge_id], standing.measures, strict=True):
+            writes.progress.append(
+                _Progress(
+                    user_id=user_id,
+                    requirement_id=requirement.pk,
+                    state=states[requirement.pk],
+                    met_by=met_by.get(requirement.pk, ""),
+                    started_at=started.get(requirement.pk),
+                    value=measured.value,
+                    updated_at=now,
+                )
             )
-            for requirement in requirements
-            if requirement.badge_id in touched_badges
-        ]
-    )
     untouched = [
         badge_id
         for badge_id in badge_ids
@@ -607,7 +614,7 @@ def _replay_user(
         if badge_id in untouched:
             continue
         badge, user_badge = badges[badge_id], user_badges[badge_id]
-        standing = badge.standing(by_badge[badge_id], states, now, time_zone, unlocked)
+        standing = standings[badge_id]
         user_badge.last_evaluated_at = now
         user_badge.current_value = standing.status.current
         user_badge.target_value = standing.status.target

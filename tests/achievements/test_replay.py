@@ -123,6 +123,20 @@ def test_replay_never_revokes_an_unlock(history, owner, capsys):
     assert "1 unlock(s) no longer qualify" in capsys.readouterr().out
 
 
+def test_an_unlock_no_event_moves_any_more_is_kept_and_reported(history, owner, capsys):
+    places, _ = history
+    from achievements.models import Event
+
+    # The owner's visits stay, but none names a place any more: no event moves the badge.
+    Event.objects.filter(user=owner, event_type="visit.created").update(payload={})
+    call_command("replay_events")
+    user_badge = UserBadge.objects.get(user=owner, badge=places)
+    assert user_badge.completed_at is not None
+    assert Unlock.objects.filter(user=owner, badge=places).exists()
+    out = capsys.readouterr().out
+    assert "1 unlock(s) no longer qualify" in out and f"  {owner.pk}, {places.pk}" in out
+
+
 def test_replay_sends_no_toasts(history, monkeypatch, django_capture_on_commit_callbacks):
     from achievements import realtime
 
