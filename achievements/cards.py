@@ -112,7 +112,10 @@ def cards_for_users(wanted: dict[int, set[int]]) -> dict[int, list[Card]]:
     unlocked: dict[int, set[int]] = defaultdict(set)
     if any(r.kind == "composite" for b in badges for r in b.requirements.all()):
         for user_id, badge_id in (
-            Unlock.objects.filter(user_id__in=users).values_list("user_id", "badge_id").distinct()
+            Unlock.objects.filter(user_id__in=users)
+            .order_by()  # the default ordering's columns would join the DISTINCT
+            .values_list("user_id", "badge_id")
+            .distinct()
         ):
             unlocked[user_id].add(badge_id)
     repeatable = [b.pk for b in badges if b.repeat]

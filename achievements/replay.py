@@ -272,12 +272,19 @@ def _replay_chunk(
         user_id__in=user_ids, event_type__in=event_types, processed_at__isnull=False
     )
     user_types: dict[int, set[str]] = defaultdict(set)
-    for user_id, event_type in processed.values_list("user_id", "event_type").distinct():
+    # order_by(): with Event's default ordering in the query, DISTINCT would be
+    # over (user, type, received_at, id), a row per event.
+    for user_id, event_type in (
+        processed.order_by().values_list("user_id", "event_type").distinct()
+    ):
         user_types[user_id].add(event_type)
 
     # Per user, as in live evaluation: only badges in the user's segment, and of
     # those only badges they have events for, get rows.
+    # Users with the same allowed badges and event types share one list.
+    watches = [(r, frozenset(r.watched_types())) for r in requirements]
     chosen: dict[int, list[BadgeRequirement]] = {}
+    same: dict[tuple[frozenset[int], frozenset[str]], list[BadgeRequirement]] = {}
     for user_id in user_ids:
         allowed = plan_badges - segmented
         if segmented:
@@ -286,9 +293,12 @@ def _replay_chunk(
                 .filter(pk__in=segmented)
                 .values_list("pk", flat=True)
             )
-        mine = [r for r in requirements if r.badge_id in allowed]
-        watched = {r.badge_id for r in mine if set(r.watched_types()) & user_types[user_id]}
-        chosen[user_id] = [r for r in mine if r.badge_id in watched]
+        key = (frozenset(allowed), frozenset(user_types[user_id]))
+        if key not in same:
+            types = key[1]
+            watched = {r.badge_id for r, its in watches if r.badge_id in allowed and its & types}
+            same[key] = [r for r in requirements if r.badge_id in watched]
+        chosen[user_id] = same[key]
 
     held: dict[int, set[tuple[int, str, int]]] = defaultdict(set)
     for user_id, badge_id, period, tier in Unlock.objects.filter(user_id__in=user_ids).values_list(
@@ -300,8 +310,8 @@ def _replay_chunk(
         pairs = sorted({(u, r.badge_id) for u, reqs in chosen.items() for r in reqs})
         user_badges = _lock_user_badges(pairs) if pairs else {}
         by_user: dict[int, dict[tuple[int, int], _Standing]] = defaultdict(dict)
-        for key, standing in user_badges.items():
-            by_user[key[0]][key] = standing
+        for pair, standing in user_badges.items():
+            by_user[pair[0]][pair] = standing
         writes = _ChunkWrites()
         arranged: dict[tuple[int, ...], _UserRules] = {}
         for user_id, rows in groupby(_chunk_events(processed), key=itemgetter(0)):
