@@ -83,8 +83,10 @@ def evaluate_events(
     per user; composites follow, per user, in transactions of their own.
     """
     from achievements.actions import evaluate_composites
+    from achievements.versions import ensure_versions
 
     started = time.perf_counter()
+    ensure_versions(badge.pk for badge in index.active_badges())
     with transaction.atomic():
         now = timezone.now()
         if event_pks is not None:

@@ -39,6 +39,7 @@ from achievements.models import (
     Unlock,
     UserBadge,
 )
+from achievements.versions import ensure_versions
 
 # Users per transaction. Larger chunks amortise the reads and writes (the
 # replay benchmark: 345 events/s one user at a time); the chunk's badge rows
@@ -170,6 +171,7 @@ def replay_events(
     if processes < 1:
         raise ValueError("processes must be at least 1")
     composites = BadgeRequirement.objects.filter(kind="composite", badge__is_active=True).exists()
+    ensure_versions(requirement.badge_id for requirement in plan.requirements)
     size = max(1, chunk_users)
     chunks = [plan.user_ids[start : start + size] for start in range(0, len(plan.user_ids), size)]
     work = _Work(plan, chunks, composites, silent)

@@ -9,6 +9,7 @@ adds a version only when the rule differs from the latest one.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from django.db import transaction
@@ -32,7 +33,12 @@ def record_version(badge: Badge, *, by: Any = None, source: str) -> BadgeVersion
     version number.
     """
     with transaction.atomic():
-        Badge.objects.select_for_update().filter(pk=badge.pk).first()
+        # FOR NO KEY UPDATE serialises version writers without blocking the
+        # evaluations that commit rows pointing at the badge (a deferred foreign
+        # key takes KEY SHARE at commit). FOR UPDATE blocked them: two workers
+        # each recording one badge's first version and committing rows of the
+        # other deadlocked.
+        Badge.objects.select_for_update(no_key=True).filter(pk=badge.pk).first()
         latest = badge.versions.order_by("-number").first()
         rule = snapshot(badge)
         if latest is not None and latest.rule == rule:
@@ -45,6 +51,34 @@ def record_version(badge: Badge, *, by: Any = None, source: str) -> BadgeVersion
             created_by=by if getattr(by, "is_authenticated", False) else None,
             source=source,
         )
+
+
+# Badges known to have a version in this process: versions are never deleted
+# (only with their badge), so each badge is looked up once.
+_versioned: set[int] = set()
+
+
+def ensure_versions(badge_ids: Iterable[int]) -> None:
+    """Record a first version for each of these badges that has none, each in a
+    transaction of its own.
+
+    Evaluations call this before their transaction. Recording a version locks
+    the badge until the transaction that does it commits; inside a long
+    evaluation transaction, two of them recording first versions of two badges
+    in opposite orders deadlocked (a replay in two processes did, at once).
+    """
+    wanted = set(badge_ids) - _versioned
+    if not wanted:
+        return
+    have = set(
+        BadgeVersion.objects.filter(badge_id__in=wanted)
+        .order_by()
+        .values_list("badge_id", flat=True)
+        .distinct()
+    )
+    for badge in Badge.objects.filter(pk__in=wanted - have).order_by("pk"):
+        record_version(badge, source="first unlock")
+    _versioned.update(wanted)
 
 
 def current_version(badge_id: int) -> BadgeVersion:

@@ -25,7 +25,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,12 +42,19 @@ TARGET_MS = 500.0
 FILTER = {"all": [{"field": "place_id", "op": "<", "value": 900}]}
 
 
-def dataset_arguments(description: str, repeats: int) -> argparse.Namespace:
-    """--events, --users and --repeats, checked: the data set load() builds."""
+def dataset_arguments(
+    description: str,
+    repeats: int,
+    more: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
+    """--events, --users and --repeats, checked: the data set load() builds;
+    `more` adds a script's own arguments."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=repeats)
+    if more:
+        more(parser)
     args = parser.parse_args()
     if args.users < 10 or args.events < args.users or args.repeats < 1:
         parser.error("need --users >= 10, --events >= --users and --repeats >= 1")

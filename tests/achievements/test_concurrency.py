@@ -77,3 +77,47 @@ def test_workers_racing_over_one_users_events_count_each_once_and_unlock_once(ow
     images_row = unlocked.get(badge=images)
     assert images_row.completed_by_event is not None
     assert images_row.completed_by_event.event_type == "image.posted"
+
+
+def test_an_evaluation_commits_while_another_records_the_badges_first_version(owner):
+    """Rows pointing at a badge check their foreign key at commit (KEY SHARE on the
+    badge); the first unlock of a badge with no version records one under a lock
+    on the badge. With FOR UPDATE there, two workers each recording a version of
+    one badge and committing rows of the other deadlocked (seen in a replay in
+    two processes); the version lock now lets such commits through."""
+    from django.db import transaction
+
+    from achievements.versions import current_version
+
+    badge = make_places_badge(threshold=3)
+    holding, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def recorder() -> None:
+        try:
+            with transaction.atomic():
+                current_version(badge.pk)  # locks the badge until this commits
+                holding.set()
+                release.wait(10)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=recorder)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '2s'")
+        try:
+            with transaction.atomic():  # commits, or times out waiting for the recorder
+                UserBadge.objects.create(user=owner, badge=badge)
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("SET lock_timeout = 0")
+    finally:
+        release.set()
+        thread.join()
+    assert errors == []
+    assert UserBadge.objects.filter(user=owner, badge=badge).exists()

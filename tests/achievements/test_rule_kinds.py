@@ -144,7 +144,8 @@ def test_a_batch_and_the_cards_pushed_after_it_read_no_rule_rows(owner):
     badge = make_badge(
         key="visits", requirements=[{"event_type": "visit.created", "threshold": 5}]
     )
-    record(owner, "visit.created")  # builds the index
+    # A first batch builds the index and records the badge's first version.
+    evaluate_events([record_event(owner, "visit.created").event.pk])
     event = record_event(owner, "visit.created").event
     with CaptureQueriesContext(connection) as queries:
         evaluate_events([event.pk])

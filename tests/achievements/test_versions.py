@@ -147,3 +147,26 @@ def test_the_preview_apply_is_a_version_by_the_staff_member(admin_client):
     assert version.created_by is not None
     assert (version.source, version.created_by.username) == ("admin preview", "boss")
     assert import_badges(document([version.rule])) == (0, 1)  # a version re-imports as is
+
+
+def test_evaluations_record_missing_first_versions_before_their_transaction(db, owner):
+    """Badges made without the admin or an import have no version; a batch records
+    one for each before it opens its transaction, and after that asks no more."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from achievements.batch import evaluate_events
+    from achievements.versions import ensure_versions
+
+    badges = [Badge.objects.create(key=f"bare{n}", name=f"Bare {n}") for n in range(2)]
+    for badge in badges:
+        BadgeRequirement.objects.create(badge=badge, event_type="visit.created", threshold=1)
+    assert not BadgeVersion.objects.filter(badge__in=badges).exists()
+    evaluate_events([record_event(owner, "visit.created").event.pk])
+    for badge in badges:
+        [version] = BadgeVersion.objects.filter(badge=badge)
+        assert (version.number, version.source) == (1, "first unlock")
+        assert Unlock.objects.get(badge=badge, user=owner).version == version
+    with CaptureQueriesContext(connection) as queries:
+        ensure_versions(badge.pk for badge in badges)
+    assert len(queries) == 0
