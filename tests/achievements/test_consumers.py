@@ -80,6 +80,52 @@ async def test_a_socket_from_a_foreign_origin_is_refused():
     assert not connected
 
 
+@pytest.mark.parametrize("cookie", [b"sessionid=forged", b"sessionid=", b"other=1; \xff=\xfe"])
+async def test_a_socket_without_a_valid_session_is_anonymous(cookie):
+    communicator, connected, _ = await _connect(cookie)
+    assert connected
+    assert await communicator.receive_output(timeout=1) == {
+        "type": "websocket.close",
+        "code": 4401,
+    }
+
+
+async def test_a_session_from_before_a_password_change_no_longer_signs_a_socket_in():
+    user, cookie = await _signed_in_cookie("owner")
+
+    @database_sync_to_async
+    def change_password() -> None:
+        user.set_password("a new one")
+        user.save()
+
+    await change_password()
+    communicator, connected, _ = await _connect(cookie)
+    assert connected
+    assert await communicator.receive_output(timeout=1) == {
+        "type": "websocket.close",
+        "code": 4401,
+    }
+
+
+async def test_a_socket_keeps_its_user_and_not_the_session_it_came_with():
+    """Memory per socket (bench/connections.py): the handshake's session store and
+    cookies are not kept in the scope a consumer holds for the socket's life."""
+    from achievements.socket_auth import SessionUserMiddleware
+
+    user, cookie = await _signed_in_cookie("owner")
+    scopes: list[dict] = []
+
+    async def inner(scope, receive, send):
+        scopes.append(scope)
+
+    await SessionUserMiddleware(inner)(
+        {"type": "websocket", "path": "/ws/live/", "headers": [(b"cookie", cookie)]}, None, None
+    )
+    [scope] = scopes
+    assert scope["user"].pk == user.pk and scope["user"].is_authenticated
+    assert "session" not in scope and "cookies" not in scope
+
+
 async def test_a_signed_in_user_receives_progress_and_the_unlock_toast_as_html():
     user, cookie = await _signed_in_cookie("owner")
     await database_sync_to_async(make_places_badge)(threshold=2)
