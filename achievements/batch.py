@@ -592,10 +592,11 @@ def _save_user_badges(user_badges: list[_Standing]) -> None:
         )
 
 
-def _upsert_progress(rows: list[_Progress]) -> None:
-    """Insert new progress rows and update changed ones, in one statement."""
+def _upsert_progress(rows: list[_Progress]) -> list[tuple[int, int]]:
+    """Insert new progress rows and update changed ones, in one statement; the
+    (user, requirement) pairs written (on PostgreSQL, not those already so)."""
     if not rows:
-        return
+        return []
     if connection.vendor == "postgresql":
         with server_cursor() as cursor:
             cursor.execute(
@@ -615,6 +616,7 @@ def _upsert_progress(rows: list[_Progress]) -> None:
                 -- A row that would not change is left as it is (a replay finds most so).
                 WHERE (p.value, p.state, p.met_by, p.started_at) IS DISTINCT FROM
                     (EXCLUDED.value, EXCLUDED.state, EXCLUDED.met_by, EXCLUDED.started_at)
+                RETURNING user_id, requirement_id
                 """,
                 [
                     [row.user_id for row in rows],
@@ -626,7 +628,7 @@ def _upsert_progress(rows: list[_Progress]) -> None:
                     [row.updated_at for row in rows],
                 ],
             )
-        return
+            return cursor.fetchall()
     RequirementProgress.objects.bulk_create(
         [
             RequirementProgress(
@@ -644,6 +646,7 @@ def _upsert_progress(rows: list[_Progress]) -> None:
         update_fields=PROGRESS_FIELDS,
         batch_size=1000,
     )
+    return [(row.user_id, row.requirement_id) for row in rows]
 
 
 def _measure_and_award(

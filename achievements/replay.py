@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -177,11 +178,14 @@ def replay_events(
     work = _Work(plan, chunks, composites, silent)
     done = 0
     parts = work.in_processes(processes) if processes > 1 and len(chunks) > 1 else work.here()
-    for users, part in parts:
-        report.add(part)
-        done += users
-        if on_progress:
-            on_progress(done, len(plan.user_ids))
+    try:
+        for users, part in parts:
+            report.add(part)
+            done += users
+            if on_progress:
+                on_progress(done, len(plan.user_ids))
+    finally:
+        parts.close()  # now, not when a caller lets go of the traceback: ends the processes
     return report
 
 
@@ -194,11 +198,11 @@ class _Work:
     composites: bool
     silent: bool
 
-    def here(self) -> Iterator[tuple[int, ReplayReport]]:
+    def here(self) -> Generator[tuple[int, ReplayReport]]:
         for index in range(len(self.chunks)):
             yield self.run(index)
 
-    def in_processes(self, processes: int) -> Iterator[tuple[int, ReplayReport]]:
+    def in_processes(self, processes: int) -> Generator[tuple[int, ReplayReport]]:
         """The chunks' results, in the order they finish, from `processes` forked
         processes. Each chunk is a transaction of its own, as here; a process
         that fails fails the replay, and stopping early (on_progress raising)
@@ -316,24 +320,26 @@ def _replay_chunk(
             by_user[pair[0]][pair] = standing
         writes = _ChunkWrites()
         arranged: dict[tuple[int, ...], _UserRules] = {}
-        for user_id, rows in groupby(_chunk_events(processed), key=itemgetter(0)):
-            _replay_user(
-                user_id,
-                chosen[user_id],
-                rows,
-                zones.get(user_id) or "UTC",
-                by_user[user_id],
-                held[user_id],
-                now,
-                report,
-                writes,
-                arranged,
-                silent=silent,
-            )
+        # Closed inside the transaction: a named cursor dies with it.
+        with closing(_chunk_events(processed)) as events:
+            for user_id, rows in groupby(events, key=itemgetter(0)):
+                _replay_user(
+                    user_id,
+                    chosen[user_id],
+                    rows,
+                    zones.get(user_id) or "UTC",
+                    by_user[user_id],
+                    held[user_id],
+                    now,
+                    report,
+                    writes,
+                    arranged,
+                    silent=silent,
+                )
         writes.save()
 
 
-def _chunk_events(processed: Any) -> Iterator[tuple[Any, ...]]:
+def _chunk_events(processed: Any) -> Generator[tuple[Any, ...]]:
     """The chunk's events in replay order: (user, pk, producer id, type, payload, time)."""
     fields = ("user_id", "pk", "event_id", "event_type", "payload", "occurred_at")
     events = processed.order_by("user_id", "occurred_at", "pk").values_list(*fields)
@@ -358,28 +364,52 @@ class _ChunkWrites:
     them cost more than the fold (new row versions, index entries, WAL).
     """
 
-    # (user, requirement) pairs whose distinct values the chunk's folds rebuilt.
+    # (user, requirement) pairs the chunk's folds rebuilt, and the requirements
+    # among them that keep distinct values (all-time distinct counts).
     replayed: list[tuple[int, int]] = field(default_factory=list)
+    keyed: set[int] = field(default_factory=set)
     stale: list[tuple[int, int]] = field(default_factory=list)  # progress rows to drop
     distinct: list[tuple[int, int, str]] = field(default_factory=list)
     progress: list[_Progress] = field(default_factory=list)
+    badge_of: dict[int, int] = field(default_factory=dict)  # requirement → badge
     untouched: list[int] = field(default_factory=list)  # UserBadge ids
-    standings: list[_Standing] = field(default_factory=list)  # the ones that moved
+    # Standings to write if they moved: the row, as stored (None: just created),
+    # and whether the replay unlocked something on it.
+    standings: list[tuple[_Standing, tuple[Any, ...] | None, bool]] = field(default_factory=list)
 
     def save(self) -> None:
-        _replace_distinct(self.replayed, self.distinct)
+        _replace_distinct(self.replayed, self.distinct, self.keyed)
         _delete_pairs(RequirementProgress, self.stale)
-        _upsert_progress(self.progress)
+        moved = {
+            (user_id, self.badge_of[requirement_id])
+            for user_id, requirement_id in _upsert_progress(self.progress)
+        }
         UserBadge.objects.filter(pk__in=self.untouched).delete()
-        _save_user_badges(self.standings)
+        # As live evaluation does: a standing whose row, progress or unlocks
+        # moved is written (and stamped, so a page's catch-up sends its card).
+        _save_user_badges(
+            [
+                standing
+                for standing, stored, unlocked in self.standings
+                if unlocked
+                or _row_of(standing) != stored
+                or (standing.user_id, standing.badge_id) in moved
+            ]
+        )
 
 
-def _replace_distinct(pairs: list[tuple[int, int]], keys: list[tuple[int, int, str]]) -> None:
-    """Make the distinct values of these (user, requirement) pairs exactly `keys`."""
+def _replace_distinct(
+    pairs: list[tuple[int, int]], keys: list[tuple[int, int, str]], keyed: set[int]
+) -> None:
+    """Make the distinct values of these (user, requirement) pairs exactly `keys`:
+    those of requirements in `keyed` reconciled, any others' (left by an earlier
+    form of the rule) deleted."""
     if connection.vendor != "postgresql":
         _delete_pairs(DistinctValue, pairs)
         _insert_distinct(keys)
         return
+    _delete_pairs(DistinctValue, [pair for pair in pairs if pair[1] not in keyed])
+    pairs = [pair for pair in pairs if pair[1] in keyed]
     table = DistinctValue._meta.db_table
     with server_cursor() as cursor:
         if pairs:
@@ -572,11 +602,11 @@ def _replay_user(
             if len(earned) == rules_.earnings_in_all.get(badge_id):
                 finished.add(badge_id)  # every earning it has is in; skip the rest
 
-    writes.replayed += [
-        (user_id, requirement.pk)
-        for requirement in requirements
-        if progress.keeps_keys(requirement.spec)
-    ]
+    writes.replayed += [(user_id, requirement.pk) for requirement in requirements]
+    for requirement in requirements:
+        writes.badge_of[requirement.pk] = requirement.badge_id
+        if progress.keeps_keys(requirement.spec):
+            writes.keyed.add(requirement.pk)
     writes.stale += [
         (user_id, requirement.pk)
         for requirement in requirements
@@ -621,6 +651,7 @@ def _replay_user(
     writes.untouched += [user_badges[badge_id].pk for badge_id in untouched]
 
     announced: list[int] = []
+    unlocked_now: set[int] = set()
     held = {unlock for unlock in held_unlocks if unlock[0] in user_badges}
     for badge_id in badge_ids:
         if badge_id in untouched:
@@ -647,6 +678,7 @@ def _replay_user(
                 took=earned_when[(badge_id, period, tier)] - min(starts) if starts else None,
             )
             if created:
+                unlocked_now.add(badge_id)
                 report.newly_unlocked.append((user_id, badge_id))
                 announced += [unlock.pk for unlock in created]
                 report.newly_earned += [
@@ -662,9 +694,9 @@ def _replay_user(
         ):
             report.no_longer_qualifying.append((user_id, badge_id))
     writes.standings += [
-        user_badges[badge_id]
+        (user_badges[badge_id], stored[badge_id], badge_id in unlocked_now)
         for badge_id in badge_ids
-        if badge_id not in untouched and _row_of(user_badges[badge_id]) != stored[badge_id]
+        if badge_id not in untouched
     ]
     if announced and not silent:
         transaction.on_commit(

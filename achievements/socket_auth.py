@@ -17,7 +17,8 @@ class SessionUserMiddleware:
 
     It gives consumers what channels' AuthMiddlewareStack gives them, read
     by Django's own `auth.get_user` (backend check, session hash, secret key
-    fallbacks), but keeps only the user for the socket's lifetime. The stack
+    fallbacks; the session is not written, see _SessionView), but keeps only
+    the user for the socket's lifetime. The stack
     kept, per open socket, a cookie dict, a session store with its data, a
     lazy wrapper for each, a wrapper around `send` and three more copies of
     the scope, none of which a socket needs after its handshake. The
@@ -41,4 +42,33 @@ class SessionUserMiddleware:
 def _user_of(session_key: str | None) -> Any:
     store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
     # auth.get_user reads only `request.session`.
-    return auth.get_user(SimpleNamespace(session=store))  # type: ignore[arg-type]
+    return auth.get_user(SimpleNamespace(session=_SessionView(store)))  # type: ignore[arg-type]
+
+
+class _SessionView:
+    """The session as auth.get_user uses it, minus its writes.
+
+    A socket cannot send a cookie back. Where get_user would cycle the key
+    (a session hash that only a fallback secret key verifies) the browser
+    would keep the old, deleted key and be signed out; where it would flush
+    (a hash nothing verifies) the socket is anonymous anyway. Either way the
+    next page load does it, with a response to carry the cookie.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def __getitem__(self, key: str) -> Any:
+        return self._store[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._store.get(key, default)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        pass
+
+    def cycle_key(self) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass

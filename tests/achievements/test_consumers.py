@@ -107,6 +107,23 @@ async def test_a_session_from_before_a_password_change_no_longer_signs_a_socket_
     }
 
 
+async def test_a_session_from_before_a_secret_key_rotation_signs_a_socket_in_unchanged(settings):
+    """Django re-keys such a session on the next page load; a socket cannot send the
+    new cookie, so it must leave the session as it is (re-keying signed pages out)."""
+    from django.contrib.sessions.models import Session
+
+    settings.SECRET_KEY = "before-the-rotation-" + "x" * 40
+    _, cookie = await _signed_in_cookie("owner")
+    settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
+    settings.SECRET_KEY = "after-the-rotation-" + "y" * 40
+    communicator, connected, _ = await _connect(cookie)
+    assert connected
+    assert await communicator.receive_nothing(timeout=0.5)  # signed in: not closed with 4401
+    await communicator.disconnect()
+    key = cookie.decode().split("=", 1)[1]
+    assert await database_sync_to_async(Session.objects.filter(session_key=key).exists)()
+
+
 async def test_a_socket_keeps_its_user_and_not_the_session_it_came_with():
     """Memory per socket (bench/connections.py): the handshake's session store and
     cookies are not kept in the scope a consumer holds for the socket's life."""

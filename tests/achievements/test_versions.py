@@ -151,22 +151,26 @@ def test_the_preview_apply_is_a_version_by_the_staff_member(admin_client):
 
 def test_evaluations_record_missing_first_versions_before_their_transaction(db, owner):
     """Badges made without the admin or an import have no version; a batch records
-    one for each before it opens its transaction, and after that asks no more."""
+    one for every active badge before it opens its transaction, not only for the
+    badges it unlocks inside it, and after that asks no more."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     from achievements.batch import evaluate_events
     from achievements.versions import ensure_versions
 
-    badges = [Badge.objects.create(key=f"bare{n}", name=f"Bare {n}") for n in range(2)]
-    for badge in badges:
-        BadgeRequirement.objects.create(badge=badge, event_type="visit.created", threshold=1)
-    assert not BadgeVersion.objects.filter(badge__in=badges).exists()
+    quick, far = [Badge.objects.create(key=key, name=key) for key in ("quick", "far")]
+    BadgeRequirement.objects.create(badge=quick, event_type="visit.created", threshold=1)
+    BadgeRequirement.objects.create(badge=far, event_type="visit.created", threshold=100)
+    assert not BadgeVersion.objects.filter(badge__in=[quick, far]).exists()
     evaluate_events([record_event(owner, "visit.created").event.pk])
-    for badge in badges:
+    assert not Unlock.objects.filter(badge=far).exists()
+    for badge in (quick, far):
         [version] = BadgeVersion.objects.filter(badge=badge)
         assert (version.number, version.source) == (1, "first unlock")
-        assert Unlock.objects.get(badge=badge, user=owner).version == version
+    assert Unlock.objects.get(badge=quick, user=owner).version == BadgeVersion.objects.get(
+        badge=quick
+    )
     with CaptureQueriesContext(connection) as queries:
-        ensure_versions(badge.pk for badge in badges)
+        ensure_versions([quick.pk, far.pk])
     assert len(queries) == 0
