@@ -175,7 +175,12 @@ def replay_events(
     ensure_versions(requirement.badge_id for requirement in plan.requirements)
     size = max(1, chunk_users)
     chunks = [plan.user_ids[start : start + size] for start in range(0, len(plan.user_ids), size)]
-    work = _Work(plan, chunks, composites, silent)
+    # Distinct values of requirements that keep none, left by an earlier form
+    # of a rule: looked for once, so chunks delete them only when there are any.
+    leftovers = DistinctValue.objects.filter(
+        requirement_id__in=[r.pk for r in plan.requirements if not progress.keeps_keys(r.spec)]
+    ).exists()
+    work = _Work(plan, chunks, composites, silent, leftovers)
     done = 0
     parts = work.in_processes(processes) if processes > 1 and len(chunks) > 1 else work.here()
     try:
@@ -197,6 +202,7 @@ class _Work:
     chunks: list[list[int]]
     composites: bool
     silent: bool
+    leftovers: bool
 
     def here(self) -> Generator[tuple[int, ReplayReport]]:
         for index in range(len(self.chunks)):
@@ -229,7 +235,14 @@ class _Work:
 
     def run(self, index: int) -> tuple[int, ReplayReport]:
         chunk, plan, part = self.chunks[index], self.plan, ReplayReport()
-        _replay_chunk(chunk, plan.requirements, plan.event_types, part, silent=self.silent)
+        _replay_chunk(
+            chunk,
+            plan.requirements,
+            plan.event_types,
+            part,
+            silent=self.silent,
+            leftovers=self.leftovers,
+        )
         if self.composites:
             held_by_user: dict[int, set[int]] = defaultdict(set)
             for user_id, badge_id in Unlock.objects.filter(user_id__in=chunk).values_list(
@@ -263,9 +276,11 @@ def _replay_chunk(
     report: ReplayReport,
     *,
     silent: bool = True,
+    leftovers: bool = True,
 ) -> None:
     """Rebuild the progress of a chunk of users: chunk-wide reads, a fold per user,
-    chunk-wide writes."""
+    chunk-wide writes. `leftovers=False` says no requirement that keeps no
+    distinct values has any, which spares a delete."""
     now = timezone.now()
     zones = dict(Profile.objects.filter(user_id__in=user_ids).values_list("user_id", "time_zone"))
     plan_badges = {r.badge_id for r in requirements}
@@ -318,7 +333,7 @@ def _replay_chunk(
         by_user: dict[int, dict[tuple[int, int], _Standing]] = defaultdict(dict)
         for pair, standing in user_badges.items():
             by_user[pair[0]][pair] = standing
-        writes = _ChunkWrites()
+        writes = _ChunkWrites(leftovers=leftovers)
         arranged: dict[tuple[int, ...], _UserRules] = {}
         # Closed inside the transaction: a named cursor dies with it.
         with closing(_chunk_events(processed)) as events:
@@ -368,6 +383,7 @@ class _ChunkWrites:
     # among them that keep distinct values (all-time distinct counts).
     replayed: list[tuple[int, int]] = field(default_factory=list)
     keyed: set[int] = field(default_factory=set)
+    leftovers: bool = True  # whether other requirements may have distinct values to drop
     stale: list[tuple[int, int]] = field(default_factory=list)  # progress rows to drop
     distinct: list[tuple[int, int, str]] = field(default_factory=list)
     progress: list[_Progress] = field(default_factory=list)
@@ -378,7 +394,7 @@ class _ChunkWrites:
     standings: list[tuple[_Standing, tuple[Any, ...] | None, bool]] = field(default_factory=list)
 
     def save(self) -> None:
-        _replace_distinct(self.replayed, self.distinct, self.keyed)
+        _replace_distinct(self.replayed, self.distinct, self.keyed, self.leftovers)
         _delete_pairs(RequirementProgress, self.stale)
         moved = {
             (user_id, self.badge_of[requirement_id])
@@ -399,7 +415,10 @@ class _ChunkWrites:
 
 
 def _replace_distinct(
-    pairs: list[tuple[int, int]], keys: list[tuple[int, int, str]], keyed: set[int]
+    pairs: list[tuple[int, int]],
+    keys: list[tuple[int, int, str]],
+    keyed: set[int],
+    leftovers: bool = True,
 ) -> None:
     """Make the distinct values of these (user, requirement) pairs exactly `keys`:
     those of requirements in `keyed` reconciled, any others' (left by an earlier
@@ -408,7 +427,8 @@ def _replace_distinct(
         _delete_pairs(DistinctValue, pairs)
         _insert_distinct(keys)
         return
-    _delete_pairs(DistinctValue, [pair for pair in pairs if pair[1] not in keyed])
+    if leftovers:
+        _delete_pairs(DistinctValue, [pair for pair in pairs if pair[1] not in keyed])
     pairs = [pair for pair in pairs if pair[1] in keyed]
     table = DistinctValue._meta.db_table
     with server_cursor() as cursor:
