@@ -178,7 +178,7 @@ def replay_events(
     # Distinct values of requirements that keep none, left by an earlier form
     # of a rule: looked for once, so chunks delete them only when there are any.
     leftovers = DistinctValue.objects.filter(
-        requirement_id__in=[r.pk for r in plan.requirements if not progress.keeps_keys(r.spec)]
+        requirement_id__in=[r.id for r in plan.requirements if not progress.keeps_keys(r.spec)]
     ).exists()
     work = _Work(plan, chunks, composites, silent, leftovers)
     done = 0
@@ -497,7 +497,7 @@ class _UserRules:
         cls, requirements: list[BadgeRequirement], known: dict[tuple[int, ...], _UserRules]
     ) -> _UserRules:
         """The arrangement of `requirements`, from `known` (one chunk's) if it is there."""
-        key = tuple(requirement.pk for requirement in requirements)
+        key = tuple(requirement.id for requirement in requirements)
         if key not in known:
             known[key] = cls._arrange(requirements)
         return known[key]
@@ -564,7 +564,7 @@ def _replay_user(
         badge_id: _row_of(standing) if standing.last_evaluated_at is not None else None
         for badge_id, standing in user_badges.items()
     }
-    states: dict[int, dict] = {requirement.pk: {} for requirement in requirements}
+    states: dict[int, dict] = {requirement.id: {} for requirement in requirements}
     seen: dict[int, set[str]] = defaultdict(set)
     # The first event that justified each earning, by (badge, period, tier).
     earned_by: dict[tuple[int, str, int], int] = {}
@@ -590,17 +590,19 @@ def _replay_user(
             spec = requirement.spec
             if not progress.relevant(spec, fact):
                 continue
-            states[requirement.pk] = progress.fold_in_memory(
-                spec, states[requirement.pk], fact, time_zone, seen[requirement.pk]
+            pk = requirement.id  # .pk is a property lookup, in the hottest loop
+            state = states[pk] = progress.fold_in_memory(
+                spec, states[pk], fact, time_zone, seen[pk]
             )
-            if states[requirement.pk].get("met") and requirement.pk not in met_by:
-                met_by[requirement.pk] = producer_id
-            started.setdefault(requirement.pk, occurred_at)  # events come in time order
+            if pk not in met_by and state.get("met"):
+                met_by[pk] = producer_id
+            if pk not in started:
+                started[pk] = occurred_at  # events come in time order
             touched.add(requirement.badge_id)
         touched_badges |= touched
         for badge_id in touched - finished:
             if badge_id in rules_.plain:
-                if not all(states[r.pk].get("met") for r in by_badge[badge_id]):
+                if not all(states[r.id].get("met") for r in by_badge[badge_id]):
                     continue  # a plain badge is earned only once all its requirements are met
                 earned = [("", 0)]
             elif badge_id in rules_.graded:
@@ -609,7 +611,7 @@ def _replay_user(
                 requirement, tiers = rules_.graded[badge_id]
                 spec = requirement.spec
                 level = progress.tier_reached(
-                    progress.peak(spec, states[requirement.pk]), spec.operator, tiers
+                    progress.peak(spec, states[requirement.id]), spec.operator, tiers
                 )
                 earned = [("", n) for n in range(1, level + 1)]
             else:
@@ -622,13 +624,13 @@ def _replay_user(
             if len(earned) == rules_.earnings_in_all.get(badge_id):
                 finished.add(badge_id)  # every earning it has is in; skip the rest
 
-    writes.replayed += [(user_id, requirement.pk) for requirement in requirements]
+    writes.replayed += [(user_id, requirement.id) for requirement in requirements]
     for requirement in requirements:
-        writes.badge_of[requirement.pk] = requirement.badge_id
+        writes.badge_of[requirement.id] = requirement.badge_id
         if progress.keeps_keys(requirement.spec):
-            writes.keyed.add(requirement.pk)
+            writes.keyed.add(requirement.id)
     writes.stale += [
-        (user_id, requirement.pk)
+        (user_id, requirement.id)
         for requirement in requirements
         if requirement.badge_id not in touched_badges
     ]
@@ -655,10 +657,10 @@ def _replay_user(
             writes.progress.append(
                 _Progress(
                     user_id=user_id,
-                    requirement_id=requirement.pk,
-                    state=states[requirement.pk],
-                    met_by=met_by.get(requirement.pk, ""),
-                    started_at=started.get(requirement.pk),
+                    requirement_id=requirement.id,
+                    state=states[requirement.id],
+                    met_by=met_by.get(requirement.id, ""),
+                    started_at=started.get(requirement.id),
                     value=measured.value,
                     updated_at=now,
                 )
@@ -682,7 +684,7 @@ def _replay_user(
         user_badge.current_value = standing.status.current
         user_badge.target_value = standing.status.target
         due = sorted((key for key in earned_by if key[0] == badge_id), key=lambda key: key[1:])
-        starts = [started[r.pk] for r in by_badge[badge_id] if r.pk in started]
+        starts = [started[r.id] for r in by_badge[badge_id] if r.id in started]
         for _, period, tier in due:
             created = award(
                 cast(UserBadge, user_badge),  # the row's fields, as award reads them
@@ -690,7 +692,7 @@ def _replay_user(
                 [(period, tier)],
                 event_id=earned_by[(badge_id, period, tier)],
                 event_ids=[
-                    *(met_by[r.pk] for r in by_badge[badge_id] if r.pk in met_by),
+                    *(met_by[r.id] for r in by_badge[badge_id] if r.id in met_by),
                     producer_ids[earned_by[(badge_id, period, tier)]],
                 ],
                 now=now,
