@@ -127,7 +127,7 @@ def apply_event(
         ).select_related("badge")
     )
     touched = [r for r in candidates if r.pk in watching and progress.relevant(r.spec, fact)]
-    if any(r.badge.segment_group_id or r.badge.segment_attribute for r in touched):
+    if any(r.badge.is_segmented for r in touched):
         # Badges limited to a segment are neither shown to nor evaluated for others.
         allowed = set(
             Badge.objects.for_user(user_id)

@@ -271,7 +271,7 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
         (event.user_id, r.badge_id)
         for event, _, touched in facts
         for r in touched
-        if r.badge.segment_group_id or r.badge.segment_attribute
+        if r.badge.is_segmented
     }
     if segmented:
         # Badges limited to a segment are neither shown to nor evaluated for others.

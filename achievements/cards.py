@@ -89,7 +89,7 @@ def cards_for_users(wanted: dict[int, set[int]]) -> dict[int, list[Card]]:
     if not wanted or not all_ids:
         return {user_id: [] for user_id in wanted}
     badges = [badge for badge in index.active_badges() if badge.pk in all_ids]
-    segmented = {b.pk for b in badges if b.segment_group_id or b.segment_attribute}
+    segmented = {b.pk for b in badges if b.is_segmented}
     allowed: dict[int, set[int]] = {}
     for user_id, ids in wanted.items():
         if ids & segmented:

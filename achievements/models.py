@@ -171,6 +171,11 @@ class Badge(models.Model):
         if self.tiers and self.repeat:
             raise ValidationError({"repeat": "A badge can have tiers or be repeatable, not both."})
 
+    @property
+    def is_segmented(self) -> bool:
+        """Whether only some users (a group, or a profile attribute) get this badge."""
+        return bool(self.segment_group_id or self.segment_attribute)
+
     def tier_list(self) -> tuple[tuple[str, Decimal], ...]:
         """The tiers as (name, threshold) pairs, lowest first; empty for a plain badge."""
         return tuple((tier["name"], Decimal(str(tier["threshold"]))) for tier in self.tiers or ())

@@ -570,10 +570,6 @@ def badge_status(measures: Sequence[Measure]) -> BadgeStatus:
     """
     if not measures:
         return BadgeStatus(Decimal(0), Decimal(0), met=False)
-    if len(measures) == 1:  # most badges: the same sums, without the generators
-        [m] = measures
-        current = m.target if m.met else max(Decimal(0), min(m.value, m.target))
-        return BadgeStatus(current=current + 0, target=m.target + 0, met=bool(m.met))
     current = sum(
         (m.target if m.met else max(Decimal(0), min(m.value, m.target)) for m in measures),
         Decimal(0),

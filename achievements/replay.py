@@ -15,7 +15,6 @@ from operator import itemgetter
 from typing import Any, cast
 
 from django.db import connection, connections, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Profile
@@ -284,11 +283,7 @@ def _replay_chunk(
     now = timezone.now()
     zones = dict(Profile.objects.filter(user_id__in=user_ids).values_list("user_id", "time_zone"))
     plan_badges = {r.badge_id for r in requirements}
-    segmented = set(
-        Badge.objects.filter(pk__in=plan_badges)
-        .filter(Q(segment_group__isnull=False) | ~Q(segment_attribute=""))
-        .values_list("pk", flat=True)
-    )
+    segmented = {r.badge_id for r in requirements if r.badge.is_segmented}
     processed = Event.objects.filter(
         user_id__in=user_ids, event_type__in=event_types, processed_at__isnull=False
     )

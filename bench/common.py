@@ -10,13 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.collect import machine
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_results(name: str, data: Any) -> Path:
-    """bench/results-<name>.json, which bench/collect.py gathers."""
+def write_results(name: str, data: dict[str, Any]) -> Path:
+    """bench/results-<name>.json, which bench/collect.py gathers, with the machine
+    it ran on (scripts run at different times, on different machines)."""
     out = ROOT / "bench" / f"results-{name}.json"
-    out.write_text(json.dumps(data, indent=2) + "\n")
+    out.write_text(json.dumps({"machine": machine(), **data}, indent=2) + "\n")
     return out
 
 

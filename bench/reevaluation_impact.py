@@ -32,7 +32,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.collect import machine  # noqa: E402
 from bench.common import run_script, write_results  # noqa: E402
 
 LIVE_RATE = 25.0
@@ -156,7 +155,6 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> No
     out = write_results(
         "reevaluation",
         {
-            "machine": machine(),
             "arguments": vars(args),
             "results": results,
         },

@@ -34,7 +34,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.collect import machine  # noqa: E402
 from bench.common import run_script, write_results  # noqa: E402
 
 TYPES = [f"type.{n}" for n in range(8)]
@@ -292,7 +291,6 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     write_results(
         "reports",
         {
-            "machine": machine(),
             "events": args.events,
             "users": args.users,
             "repeats": args.repeats,

@@ -35,7 +35,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.collect import machine  # noqa: E402
 from bench.common import run_script, write_results  # noqa: E402
 
 SINGLE_EVENTS = 2000
@@ -230,7 +229,6 @@ def report(results: dict[str, float], args: argparse.Namespace) -> None:
     write_results(
         "throughput",
         {
-            "machine": machine(),
             "events_per_run": args.events,
             "repeats": args.repeats,
             "events_per_second": {k: round(v, 1) for k, v in results.items()},

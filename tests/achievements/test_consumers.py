@@ -56,6 +56,15 @@ async def _connect(
     return communicator, connected, code
 
 
+async def _closed_as_not_signed_in(communicator) -> None:
+    """Accepted, then closed at once with 4401: a browser sees the code and stops
+    retrying, where a refused handshake would look like a network error."""
+    assert await communicator.receive_output(timeout=1) == {
+        "type": "websocket.close",
+        "code": 4401,
+    }
+
+
 @database_sync_to_async
 def _visit(user, place_id: int) -> None:
     evaluate_event(record_event(user, "visit.created", payload={"place_id": place_id}).event.pk)
@@ -63,13 +72,8 @@ def _visit(user, place_id: int) -> None:
 
 async def test_an_anonymous_socket_is_closed_with_a_code_that_says_why():
     communicator, connected, _ = await _connect()
-    # Accepted, then closed at once with 4401: a browser sees the code and
-    # stops retrying, where a refused handshake would look like a network error.
     assert connected
-    assert await communicator.receive_output(timeout=1) == {
-        "type": "websocket.close",
-        "code": 4401,
-    }
+    await _closed_as_not_signed_in(communicator)
 
 
 async def test_a_socket_from_a_foreign_origin_is_refused():
@@ -84,10 +88,7 @@ async def test_a_socket_from_a_foreign_origin_is_refused():
 async def test_a_socket_without_a_valid_session_is_anonymous(cookie):
     communicator, connected, _ = await _connect(cookie)
     assert connected
-    assert await communicator.receive_output(timeout=1) == {
-        "type": "websocket.close",
-        "code": 4401,
-    }
+    await _closed_as_not_signed_in(communicator)
 
 
 async def test_a_session_from_before_a_password_change_no_longer_signs_a_socket_in():
@@ -101,10 +102,7 @@ async def test_a_session_from_before_a_password_change_no_longer_signs_a_socket_
     await change_password()
     communicator, connected, _ = await _connect(cookie)
     assert connected
-    assert await communicator.receive_output(timeout=1) == {
-        "type": "websocket.close",
-        "code": 4401,
-    }
+    await _closed_as_not_signed_in(communicator)
 
 
 async def test_a_session_from_before_a_secret_key_rotation_signs_a_socket_in_unchanged(settings):
