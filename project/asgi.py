@@ -6,6 +6,7 @@ import os
 
 import django
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpRequest, HttpResponseBase
 
@@ -46,6 +47,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from achievements.routing import websocket_urlpatterns  # noqa: E402
 from achievements.socket_auth import SessionUserMiddleware  # noqa: E402
+from project.gc_tuning import tune_for_server  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -55,3 +57,6 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# Last, so everything loading the application built is frozen.
+tune_for_server(settings.WEB_GC_THRESHOLDS)

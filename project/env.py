@@ -60,6 +60,28 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return items
 
 
+def env_ints(name: str, default: tuple[int, ...], *, minimum: int = 0) -> tuple[int, ...]:
+    """As many comma-separated whole numbers as the default has, e.g. 5000,10,1000."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    parts = [part.strip() for part in raw.split(",")]
+    example = ",".join(map(str, default))
+    try:
+        values = tuple(int(part) for part in parts)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} must be {len(default)} whole numbers, like {example}."
+        ) from None
+    if len(values) != len(default):
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} must be {len(default)} whole numbers, like {example}."
+        )
+    if min(values) < minimum:
+        raise ImproperlyConfigured(f"{name}={raw!r}: every number must be at least {minimum}.")
+    return values
+
+
 def env_choice(name: str, default: str, choices: list[str]) -> str:
     """One of a fixed set of values, matched case-insensitively."""
     value = (env_str(name, default) or default).upper()

@@ -20,6 +20,7 @@ from project.env import (
     env_choice,
     env_identifier,
     env_int,
+    env_ints,
     env_list,
     env_rate,
     env_str,
@@ -102,6 +103,10 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "project.urls"
 ASGI_APPLICATION = "project.asgi.application"
+# The web process's garbage-collector thresholds (Python's own are 700,10,10);
+# see project/gc_tuning.py for why a process holding thousands of sockets
+# collects less often.
+WEB_GC_THRESHOLDS = env_ints("WEB_GC_THRESHOLDS", (5_000, 10, 1_000), minimum=1)
 WSGI_APPLICATION = None
 
 TEMPLATES = [

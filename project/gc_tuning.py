@@ -1,0 +1,44 @@
+"""Garbage collection in a web process that holds thousands of sockets.
+
+CPython frees most objects by reference counting; its cyclic collector is
+for the rest, and a collection of the oldest generation walks every tracked
+object the process holds. A web process holds a lot of them: about 200,000
+from start-up (modules, URL patterns, templates) and about 130 for each open
+socket (Twisted's and autobahn's protocol objects, the consumer, its tasks
+and queues). With 5,000 sockets that is some 900,000 objects, and a full
+collection stops the event loop for 0.5 to 1 s on this project's 2-core
+benchmark machine.
+
+With Python's default thresholds (700, 10, 10), and 500 events/s pushed to
+5,000 sockets, such a full collection ran every 2.5 to 5 s: about a third of
+the process's time, and every pushed frame waiting behind it. Full
+collections are triggered by objects surviving the younger ones, and with a
+collection every 700 allocations, everything in flight at that moment (a
+request, a frame on its way) survives.
+
+So the web process, once its application is loaded:
+
+- freezes what start-up built (`gc.freeze()`): it lives as long as the
+  process, and no collection looks at it again;
+- collects the youngest generation every 5,000 allocations instead of 700,
+  so fewer objects that are merely in flight get promoted;
+- runs a full collection at most once per 1,000 middle-generation ones,
+  minutes apart under load, instead of seconds. Garbage that reached the
+  oldest generation waits for it that long; Python also still requires the
+  objects promoted since the last full collection to reach a quarter of the
+  oldest generation.
+
+bench/latency.py measured the effect (README, Performance). The thresholds
+are the WEB_GC_THRESHOLDS setting; "700,10,10" restores Python's.
+"""
+
+from __future__ import annotations
+
+import gc
+
+
+def tune_for_server(thresholds: tuple[int, ...]) -> None:
+    """Freeze the objects start-up built and set the collector's thresholds."""
+    gc.collect()  # so garbage from start-up is not frozen with the rest
+    gc.freeze()
+    gc.set_threshold(*thresholds)
