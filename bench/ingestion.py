@@ -162,7 +162,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: run `bash .ci/services.sh --bench` (or make bench)")
-    from tests.integration.stack import BIN, Topology, free_port, wait_for_http
+    from tests.integration.stack import Topology
 
     runs: dict[str, list[dict]] = {"single": [], "batches_of_100": [], "floor": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,21 +170,7 @@ def main() -> None:
         try:
             topology.start(workers=0)
             bases = [topology.base_url]
-            for number in range(2, args.web_processes + 1):
-                port = free_port()
-                daphne = topology._spawn(
-                    f"daphne-{number}",
-                    [
-                        str(BIN / "daphne"),
-                        "-b",
-                        "127.0.0.1",
-                        "-p",
-                        str(port),
-                        "project.asgi:application",
-                    ],
-                )
-                wait_for_http(f"http://127.0.0.1:{port}/", daphne)
-                bases.append(f"http://127.0.0.1:{port}")
+            bases += [topology.start_web() for _ in range(args.web_processes - 1)]
             key = topology.python(SETUP).strip().splitlines()[-1]
             count = "SELECT count(*) FROM achievements_event"
             for repeat in range(args.repeats):

@@ -3,10 +3,10 @@
 Run from the project root (needs PostgreSQL and Redis on 127.0.0.1):
 
     .venv/bin/python bench/latency.py [--users 1000] [--tabs 5] [--seconds 20]
-        [--rates 50,500] [--batches 1,10]
+        [--rates 50,500] [--batches 1,10] [--web-processes 1]
 
 It starts the production topology (a scratch PostgreSQL database, Redis, one
-Celery worker with 2 processes, one Daphne), signs in --users users with
+Celery worker with 2 processes, --web-processes Daphne processes), signs in --users users with
 --tabs live sockets each, and posts events through `POST /api/v1/events` at
 a steady 50, then 500 events/s, round-robin over the users: single events
 at 50/s, and at 500/s batches of 10 (50 requests/s). One Daphne process on
@@ -69,7 +69,9 @@ print(json.dumps({{"key": ApiKey.issue("latency-bench")[1], "users": rows}}))
 COUNT = re.compile(r'id="badge-bench_ping".*?aria-valuetext="[^"]*?: (\d+) of', re.S)
 
 
-def clients(base: str, tabs: list[tuple[str, str]], ready: Any, stop: Any, out: Any) -> None:
+def clients(
+    bases: list[str], tabs: list[tuple[str, str]], ready: Any, stop: Any, out: Any
+) -> None:
     """Open every socket; record when each first shows each count of its user's badge."""
 
     async def main() -> None:
@@ -79,6 +81,7 @@ def clients(base: str, tabs: list[tuple[str, str]], ready: Any, stop: Any, out: 
 
         async def open_one(index: int, user: str, session: str) -> None:
             async with limit:
+                base = bases[index % len(bases)]
                 sockets.append((index, user, await open_live_socket(base, session)))
 
         async def listen(index: int, socket: Any) -> None:
@@ -106,7 +109,7 @@ def clients(base: str, tabs: list[tuple[str, str]], ready: Any, stop: Any, out: 
 
 
 async def produce(
-    base: str,
+    bases: list[str],
     key: str,
     users: list[str],
     rate: float,
@@ -114,7 +117,8 @@ async def produce(
     offset: dict[str, int],
     batch: int = 1,
 ) -> list[tuple[str, int, float]]:
-    """Post events at a steady rate, `batch` per request; (user, count after it, response time)."""
+    """Post events at a steady rate, `batch` per request, round-robin over the web
+    processes; (user, count after it, response time)."""
     import httpx
 
     total = int(rate * seconds) // batch
@@ -124,7 +128,7 @@ async def produce(
     # No limit on waiting for a pooled connection: when the server falls behind,
     # the producer waits (and its later responses show it) instead of failing.
     timeout = httpx.Timeout(30, pool=None)
-    async with httpx.AsyncClient(base_url=base, timeout=timeout, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
         started = time.monotonic()
 
         async def post(number: int) -> None:
@@ -144,7 +148,7 @@ async def produce(
                 for user, count in sent
             ]
             response = await client.post(
-                "/api/v1/events",
+                f"{bases[number % len(bases)]}/api/v1/events",
                 headers={"Authorization": f"Bearer {key}"},
                 json=events[0] if batch == 1 else {"events": events},
             )
@@ -172,7 +176,7 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def run(
-    users: int, tabs: int, seconds: float, rates: list[float], batches: list[int]
+    users: int, tabs: int, seconds: float, rates: list[float], batches: list[int], webs: int = 1
 ) -> dict[str, Any]:
     from tests.integration.stack import Topology
 
@@ -186,6 +190,7 @@ def run(
         )
         try:
             topology.start(workers=1, concurrency=2)
+            bases = [topology.base_url] + [topology.start_web() for _ in range(webs - 1)]
             setup = json.loads(topology.python(SETUP.format(users=users)).strip().splitlines()[-1])
             names = [name for name, _ in setup["users"]]
             sockets = [tuple(setup["users"][n % users]) for n in range(users * tabs)]
@@ -194,15 +199,13 @@ def run(
             offset = dict.fromkeys(names, 0)
             for rate, batch in zip(rates, batches, strict=True):
                 ready, stop, out = context.Queue(), context.Queue(), context.Queue()
-                client = context.Process(
-                    target=clients, args=(topology.base_url, sockets, ready, stop, out)
-                )
+                client = context.Process(target=clients, args=(bases, sockets, ready, stop, out))
                 client.start()
                 opened = ready.get(timeout=900)
                 time.sleep(2)
                 print(f"  {rate:g} events/s: {opened} sockets open, sending", flush=True)
                 sent = asyncio.run(
-                    produce(topology.base_url, setup["key"], names, rate, seconds, offset, batch)
+                    produce(bases, setup["key"], names, rate, seconds, offset, batch)
                 )
                 stop.put(True)
                 if len(sent) < int(rate * seconds):
@@ -262,21 +265,38 @@ def main() -> None:
         help="events per request at each rate (one Daphne serves ~160 single-event "
         "requests/s on two cores, so 500 events/s go as 50 requests of 10)",
     )
+    parser.add_argument(
+        "--web-processes",
+        type=int,
+        default=1,
+        help="Daphne processes; sockets and requests are spread over them round-robin",
+    )
     args = parser.parse_args()
+    if args.web_processes < 1:
+        parser.error("--web-processes must be at least 1")
     rates = [float(rate) for rate in args.rates.split(",")]
     batches = [int(batch) for batch in args.batches.split(",")]
     if len(batches) != len(rates) or min(batches) < 1:
         parser.error("--batches needs one whole number >= 1 per rate")
-    results = run(args.users, args.tabs, args.seconds, rates, batches)
+    results = run(args.users, args.tabs, args.seconds, rates, batches, args.web_processes)
     print(
-        f"end-to-end latency, {args.users:,} users x {args.tabs} sockets, {args.seconds:g} s each"
+        f"end-to-end latency, {args.users:,} users x {args.tabs} sockets, {args.seconds:g} s each,"
+        f" {args.web_processes} web process(es)"
     )
     for name, row in results.items():
         print(
             f"  {name:>7}  p50 {row['p50_ms']} ms  p95 {row['p95_ms']} ms  p99 {row['p99_ms']} ms"
             f"  max {row['max_ms']} ms  events without a frame {row['events_without_frame']}"
         )
-    write_results("latency", {"users": args.users, "tabs": args.tabs, **results})
+    write_results(
+        "latency",
+        {
+            "users": args.users,
+            "tabs": args.tabs,
+            "web_processes": args.web_processes,
+            **results,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -66,3 +66,50 @@ def test_without_redis_everyone_is_pushed_to(monkeypatch, sent, db):
     assert realtime.present_users([1, 2]) is None
     realtime.notify_many({1: ([5], []), 2: ([5], [])})
     assert sent == ["user.1", "user.2"]
+
+
+def test_a_batch_of_pushes_reaches_pubsub_subscribers_in_one_pipeline(real_redis, settings):
+    """The worker publishes a batch's messages itself; the layer's subscribers get them
+    as if each had gone through its group_send (same channels, same serializer)."""
+    import uuid
+
+    from channels.layers import get_channel_layer
+
+    # Redis pub/sub channels are server-wide, not per database: a prefix of our own.
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {
+                "hosts": ["redis://127.0.0.1:6379/14"],
+                "prefix": f"test-{uuid.uuid4().hex}",
+            },
+        }
+    }
+
+    async def scenario() -> None:
+        layer = get_channel_layer()
+
+        async def not_used(*args: object) -> None:
+            raise AssertionError("group_send: one round trip per group")
+
+        layer.group_send = not_used
+        one, two, other = [await layer.new_channel() for _ in range(3)]
+        await layer.group_add("user.1", one)
+        await layer.group_add("user.2", two)
+        await layer.group_add("user.3", other)
+        sent = await asyncio.to_thread(
+            realtime.send_to_groups,
+            {
+                "user.1": {"type": "badges.changed", "html": "<p>one</p>", "cards": [{"id": 1}]},
+                "user.2": {"type": "badges.changed", "html": "<p>two</p>", "cards": []},
+            },
+        )
+        assert sent == {"user.1", "user.2"}
+        first = await asyncio.wait_for(layer.receive(one), 5)
+        assert first == {"type": "badges.changed", "html": "<p>one</p>", "cards": [{"id": 1}]}
+        assert (await asyncio.wait_for(layer.receive(two), 5))["html"] == "<p>two</p>"
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(layer.receive(other), 0.3)
+        await layer.flush()
+
+    asyncio.run(scenario())

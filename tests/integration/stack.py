@@ -262,14 +262,19 @@ class Topology:
             self.start_worker(concurrency=concurrency)
         if beat:
             self.start_beat()
+        self.base_url = self.start_web()
+        return self
+
+    def start_web(self) -> str:
+        """One more Daphne process on a port of its own; its base URL."""
         port = free_port()
+        webs = sum(1 for process in self.processes if process.name.startswith("daphne"))
         daphne = self._spawn(
-            "daphne",
+            f"daphne-{webs + 1}" if webs else "daphne",
             [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "project.asgi:application"],
         )
         wait_for_http(f"http://127.0.0.1:{port}/", daphne)
-        self.base_url = f"http://127.0.0.1:{port}"
-        return self
+        return f"http://127.0.0.1:{port}"
 
     def stop(self) -> None:
         import psycopg
