@@ -55,6 +55,10 @@ LOST_AFTER_SECONDS = 150
 HOLD = timedelta(minutes=10)
 # A drain yields its worker after this long, leaving the rest to a new drain.
 DRAIN_BUDGET_SECONDS = 10.0
+# How often one process's drains look for batches lost with their worker
+# (those are LOST_AFTER_SECONDS old by then, so a few seconds more is nothing).
+RECOVERY_INTERVAL_SECONDS = 10.0
+_recovered_at = float("-inf")
 
 
 def batch_size() -> int:
@@ -89,7 +93,10 @@ def drain() -> int:
         cache.delete(DRAIN_FLAG)  # before looking: an event committed from now on asks again
     except Exception:
         logger.warning("Could not clear the drain flag", exc_info=True)
-    recover_lost_batches()
+    global _recovered_at
+    if time.monotonic() - _recovered_at > RECOVERY_INTERVAL_SECONDS:
+        _recovered_at = time.monotonic()
+        recover_lost_batches()
     size = batch_size()
     done = 0
     deadline = time.monotonic() + DRAIN_BUDGET_SECONDS
@@ -115,13 +122,16 @@ def drain() -> int:
         finally:
             _landed(batch_id)
         done += len(result.claimed)
-        if len(result.claimed) < size:
+        if not result.claimed:
             return done
-        if first or time.monotonic() > deadline:
+        # Events that arrived during the batch are claimed by the next one
+        # right away, not after a message round trip to a new drain.
+        overdue = time.monotonic() > deadline
+        if (first and len(result.claimed) == size) or overdue:
             # A backlog: let another worker process take the next batch; and
             # past the budget, leave the rest to that drain.
             evaluate_pending_task.delay()
-            if time.monotonic() > deadline:
+            if overdue:
                 return done
         first = False
 

@@ -27,6 +27,15 @@ def forget_versioned_badges():
     versions._versioned.clear()
 
 
+@pytest.fixture(autouse=True)
+def recover_lost_batches_on_the_first_drain(monkeypatch):
+    """Drains look for lost batches at most every few seconds per process; each
+    test starts as a fresh process would."""
+    from achievements import dispatch
+
+    monkeypatch.setattr(dispatch, "_recovered_at", float("-inf"))
+
+
 @pytest.fixture
 def owner(db):
     """The user whose actions a test is about."""

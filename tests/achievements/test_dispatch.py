@@ -109,7 +109,8 @@ def test_a_landed_batch_leaves_nothing_in_flight(owner, asked, registry, monkeyp
     def watching(**kwargs):
         def on_claim(pks):
             kwargs["on_claim"](pks)
-            seen.append(registry.hgetall(dispatch._registry_key()))
+            if pks:  # the drain's last claim finds nothing
+                seen.append(registry.hgetall(dispatch._registry_key()))
 
         return original(limit=kwargs["limit"], on_claim=on_claim)
 
@@ -120,3 +121,36 @@ def test_a_landed_batch_leaves_nothing_in_flight(owner, asked, registry, monkeyp
     [entry] = registered.values()
     assert entry.decode().endswith("|" + ",".join(map(str, pks)))
     assert registry.hlen(dispatch._registry_key()) == 0
+
+
+def test_a_drain_takes_events_that_arrive_while_it_works(owner, settings, asked, monkeypatch):
+    """No new drain message per batch under steady load: the next batch is claimed at once."""
+    make_images_badge(threshold=10)
+    settings.ACCOLADE_EVALUATION_BATCH_SIZE = 5
+    first = _waiting(owner, 2)
+    later: list[int] = []
+    original = dispatch.evaluate_events
+
+    def arriving(**kwargs):
+        result = original(**kwargs)
+        if not later:  # two more events commit while the first batch works
+            later.extend(_waiting(owner, 2))
+        return result
+
+    monkeypatch.setattr(dispatch, "evaluate_events", arriving)
+    assert dispatch.drain() == 4
+    assert not Event.objects.filter(pk__in=first + later, processed_at=None).exists()
+    assert asked == []  # neither batch was full: nothing to spread
+
+
+def test_drains_look_for_lost_batches_every_few_seconds(owner, asked, monkeypatch):
+    looked: list[int] = []
+    monkeypatch.setattr(dispatch, "recover_lost_batches", lambda: looked.append(1) or 0)
+    dispatch.drain()
+    dispatch.drain()
+    assert looked == [1]
+    monkeypatch.setattr(
+        dispatch, "_recovered_at", time.monotonic() - dispatch.RECOVERY_INTERVAL_SECONDS - 1
+    )
+    dispatch.drain()
+    assert looked == [1, 1]
