@@ -145,7 +145,12 @@ def test_a_drain_takes_events_that_arrive_while_it_works(owner, settings, asked,
 
 def test_drains_look_for_lost_batches_every_few_seconds(owner, asked, monkeypatch):
     looked: list[int] = []
-    monkeypatch.setattr(dispatch, "recover_lost_batches", lambda: looked.append(1) or 0)
+
+    def recover() -> int:
+        looked.append(1)
+        return 0
+
+    monkeypatch.setattr(dispatch, "recover_lost_batches", recover)
     dispatch.drain()
     dispatch.drain()
     assert looked == [1]
