@@ -106,7 +106,7 @@ ASGI_APPLICATION = "project.asgi.application"
 # The web process's garbage-collector thresholds (Python's own are 700,10,10);
 # see project/gc_tuning.py for why a process holding thousands of sockets
 # collects less often.
-WEB_GC_THRESHOLDS = env_ints("WEB_GC_THRESHOLDS", (5_000, 10, 1_000), minimum=1)
+WEB_GC_THRESHOLDS = env_ints("WEB_GC_THRESHOLDS", (5_000, 10, 100), minimum=1)
 WSGI_APPLICATION = None
 
 TEMPLATES = [
