@@ -2,13 +2,17 @@
 
 One task message per event caps a worker near a thousand events a second,
 and an event's evaluation is cheap next to its message. So a committed event
-only asks for a *drain*, and asks coalesce: while one drain request waits in
-the broker, later events send nothing (a short-lived flag in the cache). A
-drain clears the flag first, then claims the waiting events a batch at a time
-(`batch.evaluate_events`, oldest first, skipping rows another drain holds)
-until none are left. An event committed after the flag was cleared asks
-again, so none is left behind; the sweeper is the backstop for a message
-lost on the way.
+only asks for a *drain*, and asks coalesce: while a drain is asked for or
+working, later events send nothing (a short-lived flag in the cache). A
+drain claims the waiting events a batch at a time (`batch.evaluate_events`,
+oldest first, skipping rows another drain holds) until a claim finds none;
+then it clears the flag and looks once more, for events committed while the
+flag was still set, which asked nobody. An event committed after that asks
+again, so none is left behind; the flag expires after a few seconds in case
+its drain died, and the sweeper is the backstop for a message lost on the
+way. Under steady load one drain keeps working and requests send nothing:
+Celery's send cost the web process about 1 ms of Python per request
+(6 % of Daphne's time at 50 requests/s, py-spy).
 
 A drain that finds a full batch asks for one more drain before working, so
 a backlog spreads over every worker process; drains that find nothing cost
@@ -44,8 +48,9 @@ from achievements.models import Event
 logger = logging.getLogger(__name__)
 
 DRAIN_FLAG = "evaluation:drain-requested"
-# While set, events send no drain request; one drain clears it. Short, so a
-# request lost on the way delays events by seconds, not until the sweeper.
+# While set, events send no drain request: one is asked for or working, and
+# it clears the flag when it runs out of events. Short, so a request lost on
+# the way, or a drain that died, delays events by seconds, not until the sweeper.
 FLAG_SECONDS = 2
 # Longer than the drain task's hard time limit: an in-flight batch older than
 # this died with its worker.
@@ -89,10 +94,6 @@ def drain() -> int:
     """Evaluate waiting events a batch at a time until none are left; returns how many."""
     from achievements.tasks import evaluate_pending_task
 
-    try:
-        cache.delete(DRAIN_FLAG)  # before looking: an event committed from now on asks again
-    except Exception:
-        logger.warning("Could not clear the drain flag", exc_info=True)
     global _recovered_at
     if time.monotonic() - _recovered_at > RECOVERY_INTERVAL_SECONDS:
         _recovered_at = time.monotonic()
@@ -101,6 +102,7 @@ def drain() -> int:
     done = 0
     deadline = time.monotonic() + DRAIN_BUDGET_SECONDS
     first = True
+    cleared = False
     while True:
         batch_id = uuid.uuid4().hex
         claimed: list[int] = []
@@ -118,12 +120,20 @@ def drain() -> int:
                 "A batch of %s event(s) failed; evaluating them one by one", len(claimed)
             )
             hand_to_single(claimed)
+            _clear_flag()
             return done
         finally:
             _landed(batch_id)
         done += len(result.claimed)
         if not result.claimed:
-            return done
+            if cleared:
+                return done
+            # From now on a committed event asks for a drain of its own; one
+            # committed before this line saw the flag set, so look once more.
+            _clear_flag()
+            cleared = True
+            continue
+        cleared = False
         # Events that arrived during the batch are claimed by the next one
         # right away, not after a message round trip to a new drain.
         overdue = time.monotonic() > deadline
@@ -134,6 +144,15 @@ def drain() -> int:
             if overdue:
                 return done
         first = False
+
+
+def _clear_flag() -> None:
+    try:
+        cache.delete(DRAIN_FLAG)
+    except Exception:
+        # It expires within FLAG_SECONDS; events committed until then wait for
+        # a later drain (or, if none comes, the sweeper).
+        logger.warning("Could not clear the drain flag", exc_info=True)
 
 
 def hand_to_single(event_pks: list[int]) -> None:

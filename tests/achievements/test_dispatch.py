@@ -49,9 +49,36 @@ def test_events_ask_for_one_drain_while_one_is_pending(owner, settings, asked, d
     for pk in _waiting(owner, 5):
         events.enqueue_evaluation(pk)
     assert asked == [1]
-    dispatch.drain()  # clears the request first
+    dispatch.drain()  # clears the request once nothing is left
     events.enqueue_evaluation(_waiting(owner, 1)[0])
     assert asked == [1, 1]
+
+
+def test_an_event_committed_as_a_drain_runs_out_is_not_left_behind(
+    owner, settings, asked, monkeypatch
+):
+    """Its request was swallowed by the flag the drain still held: the drain's
+    last look, after clearing the flag, takes it."""
+    settings.ACCOLADE_TASK_MODE = "celery"
+    make_images_badge(threshold=10)
+    events.enqueue_evaluation(_waiting(owner, 1)[0])
+    assert asked == [1]  # the drain below is this request's
+    late: list[int] = []
+    original = dispatch.evaluate_events
+
+    def committing_after_the_empty_claim(**kwargs):
+        result = original(**kwargs)
+        if not result.claimed and not late:
+            late.extend(_waiting(owner, 1))
+            events.enqueue_evaluation(late[0])  # the flag is still set: asks nobody
+        return result
+
+    monkeypatch.setattr(dispatch, "evaluate_events", committing_after_the_empty_claim)
+    assert dispatch.drain() == 2
+    assert asked == [1]
+    assert not Event.objects.filter(pk__in=late, processed_at=None).exists()
+    events.enqueue_evaluation(_waiting(owner, 1)[0])
+    assert asked == [1, 1]  # the drain left the flag clear
 
 
 def test_a_drain_evaluates_every_waiting_event_a_batch_at_a_time(owner, settings, asked):
