@@ -102,7 +102,9 @@ def load(
 
 
 def test_1000_events_for_one_user_on_two_workers_give_the_serial_result(tmp_path):
-    topology = Topology(tmp_path)
+    # Small batches: a drain whose first batch is full asks for another, so
+    # the backlog spreads over both workers (one drain alone would keep up).
+    topology = Topology(tmp_path, extra_env={"ACCOLADE_EVALUATION_BATCH_SIZE": "10"})
     try:
         topology.start(workers=2, concurrency=2)
         load(topology, count=1000, users=["alice"], prefix="race", threshold=500)
