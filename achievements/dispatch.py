@@ -9,14 +9,16 @@ oldest first, skipping rows another drain holds) until a claim finds none;
 then it clears the flag and looks once more, for events committed while the
 flag was still set, which asked nobody. An event committed after that asks
 again, so none is left behind; the flag expires after a few seconds in case
-its drain died, and the sweeper is the backstop for a message lost on the
-way. Under steady load one drain keeps working and requests send nothing:
-Celery's send cost the web process about 1 ms of Python per request
-(6 % of Daphne's time at 50 requests/s, py-spy).
+its request was lost, and the sweeper is the backstop for a message lost on
+the way. Under steady load one drain keeps working and most requests send
+nothing (one whenever the flag expires under a long drain, or after a drain
+ran dry): Celery's send cost the web process about 1 ms of Python per
+request (6 % of Daphne's time at 50 requests/s, py-spy).
 
-A drain that finds a full batch asks for one more drain before working, so
-a backlog spreads over every worker process; drains that find nothing cost
-one indexed query.
+A drain whose first batch is full asks for one more drain, so a backlog
+spreads over every worker process; drains that find nothing cost one
+indexed query. A drain that fails clears the flag and asks for another a
+second later, for the events that committed while it held the flag.
 
 When a batch fails, its transaction rolls back whole. Its events are then
 held back from drains for a while and handed one by one to the per-event
@@ -49,8 +51,9 @@ logger = logging.getLogger(__name__)
 
 DRAIN_FLAG = "evaluation:drain-requested"
 # While set, events send no drain request: one is asked for or working, and
-# it clears the flag when it runs out of events. Short, so a request lost on
-# the way, or a drain that died, delays events by seconds, not until the sweeper.
+# it clears the flag when it runs out of events (or fails). Short, so that
+# under a long drain a second one is soon asked for, and a request lost on
+# the way stops holding back the requests of later events.
 FLAG_SECONDS = 2
 # Longer than the drain task's hard time limit: an in-flight batch older than
 # this died with its worker.
@@ -60,6 +63,8 @@ LOST_AFTER_SECONDS = 150
 HOLD = timedelta(minutes=10)
 # A drain yields its worker after this long, leaving the rest to a new drain.
 DRAIN_BUDGET_SECONDS = 10.0
+# After a failure, the next drain is asked for this much later.
+RETRY_SECONDS = 1.0
 # How often one process's drains look for batches lost with their worker
 # (those are LOST_AFTER_SECONDS old by then, so a few seconds more is nothing).
 RECOVERY_INTERVAL_SECONDS = 10.0
@@ -91,7 +96,24 @@ def request_drain() -> None:
 
 
 def drain() -> int:
-    """Evaluate waiting events a batch at a time until none are left; returns how many."""
+    """Evaluate waiting events a batch at a time until none are left; returns how many.
+
+    Events that commit while a drain holds the flag ask nobody, so every way
+    out of a drain other than "a claim after clearing the flag found
+    nothing" clears the flag and asks for another drain: a failed batch, and
+    an error anywhere else in the drain. (A worker process that dies
+    mid-drain hands the message back, and the drain runs again.)
+    """
+    try:
+        return _drain()
+    except Exception:
+        logger.exception("A drain failed; asking for another")
+        _clear_flag()
+        _ask_again(RETRY_SECONDS)
+        raise
+
+
+def _drain() -> int:
     from achievements.tasks import evaluate_pending_task
 
     global _recovered_at
@@ -120,10 +142,14 @@ def drain() -> int:
                 "A batch of %s event(s) failed; evaluating them one by one", len(claimed)
             )
             hand_to_single(claimed)
+            # Its events are held back now; the rest, and any that committed
+            # while this batch ran, go to a new drain, a little later.
             _clear_flag()
+            _ask_again(RETRY_SECONDS)
             return done
         finally:
-            _landed(batch_id)
+            if claimed:
+                _landed(batch_id)
         done += len(result.claimed)
         if not result.claimed:
             if cleared:
@@ -144,6 +170,16 @@ def drain() -> int:
             if overdue:
                 return done
         first = False
+
+
+def _ask_again(countdown: float) -> None:
+    from achievements.tasks import evaluate_pending_task
+
+    try:
+        evaluate_pending_task.apply_async(countdown=countdown)
+    except Exception:
+        # No broker: the sweeper is the backstop.
+        logger.exception("Could not ask for another drain")
 
 
 def _clear_flag() -> None:

@@ -204,7 +204,7 @@ def send_to_groups(messages: dict[str, dict[str, Any]]) -> set[str]:
     layer = get_channel_layer()
     if layer is None or not messages or _nobody_listens(layer):
         return set()
-    if isinstance(layer, RedisPubSubChannelLayer):
+    if isinstance(layer, RedisPubSubChannelLayer) and _single_host():
         return _publish_all(layer, messages)
 
     async def send_all() -> list[bool]:
@@ -238,23 +238,40 @@ def _publish_all(layer: RedisPubSubChannelLayer, messages: dict[str, dict[str, A
     here in one pipeline from the calling thread.
     """
     client = metrics.redis_client("channels")
-    if client is None:
+    if client is None:  # REDIS_URL unset but a Redis layer configured by hand
+        logger.error("No Redis client for the channel layer; %d push(es) dropped", len(messages))
         return set()
     try:
         pipeline = client.pipeline(transaction=False)
         for group, message in messages.items():
             pipeline.publish(pubsub_group_channel(group), layer.serialize(message))
-        pipeline.execute()
+        # One failed command fails only its group (its unlocks stay undelivered
+        # and are caught up on the next connect), not the whole batch.
+        results = pipeline.execute(raise_on_error=False)
     except Exception:
         logger.exception("Pushing to %d group(s) failed", len(messages))
         return set()
-    return set(messages)
+    failed = [g for g, r in zip(messages, results, strict=True) if isinstance(r, Exception)]
+    if failed:
+        logger.error("Pushing to %d of %d group(s) failed", len(failed), len(messages))
+    return set(messages) - set(failed)
+
+
+def _config() -> dict[str, Any]:
+    config: dict[str, Any] = settings.CHANNEL_LAYERS["default"].get("CONFIG", {})
+    return config
+
+
+def _single_host() -> bool:
+    """One Redis behind the layer: the one `redis_client("channels")` talks to.
+    With more, the layer shards channels over them; its own group_send is used."""
+    return len(_config().get("hosts") or [None]) == 1
 
 
 def pubsub_group_channel(group: str) -> str:
     """The Redis channel the pub/sub layer publishes a group's messages on
     (channels_redis's RedisPubSubLoopLayer._get_group_channel_name)."""
-    prefix = settings.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("prefix", "asgi")
+    prefix = _config().get("prefix", "asgi")
     return f"{prefix}__group__{group}"
 
 

@@ -78,10 +78,13 @@ def clients(
         seen: dict[tuple[int, int], float] = {}  # (socket, count) → arrival
         sockets: list[tuple[int, str, Any]] = []
         limit = asyncio.Semaphore(200)
+        users_of = {user for user, _ in tabs}
 
         async def open_one(index: int, user: str, session: str) -> None:
             async with limit:
-                base = bases[index % len(bases)]
+                # Socket n is tab n // users of user n % users: a user's tabs are
+                # spread over the web processes, so a push reaches each of them.
+                base = bases[(index // len(users_of)) % len(bases)]
                 sockets.append((index, user, await open_live_socket(base, session)))
 
         async def listen(index: int, socket: Any) -> None:

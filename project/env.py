@@ -61,7 +61,7 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 
 def env_ints(name: str, default: tuple[int, ...], *, minimum: int = 0) -> tuple[int, ...]:
-    """As many comma-separated whole numbers as the default has, e.g. 5000,10,1000."""
+    """As many comma-separated whole numbers as the default has, e.g. 5000,10,100."""
     raw = os.environ.get(name)
     if raw is None or not raw.strip():
         return default

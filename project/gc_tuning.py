@@ -24,13 +24,13 @@ So the web process, once its application is loaded:
   so fewer objects that are merely in flight get promoted. In 20 s at
   500 events/s this left no full collection at all; 2,000 promoted more and
   spent more time collecting than 5,000;
-- runs a full collection at most once per 100 middle-generation ones, not
-  10, so a reconnect storm (every socket's objects promoted at once) does
-  not bring one every few seconds. Python still also waits until the
-  objects promoted since the last one reach a quarter of the oldest
-  generation. 100 rather than more: garbage that reached the oldest
-  generation (the cycles of a socket that closed) waits for a full
-  collection, so this bounds how long.
+- waits for 100 middle-generation collections between full ones, not 10,
+  so a reconnect storm (every socket's objects promoted at once) does not
+  bring one every few seconds. Python also waits until the objects
+  promoted since the last one reach a quarter of the oldest generation,
+  so this is a minimum gap, not a schedule. Not more than 100: garbage
+  that reached the oldest generation (the cycles of a socket that closed)
+  waits for a full collection.
 
 The middle generation's collections remain: about one every 5 s at
 500 events/s, 100 to 150 ms each on the 2-core machine. The cyclic garbage
@@ -39,7 +39,9 @@ they find is mostly what Django's ASGI handler leaves per request, about
 database wrapper for the request's thread).
 
 bench/latency.py measured the effect (README, Performance). The thresholds
-are the WEB_GC_THRESHOLDS setting; "700,10,10" restores Python's.
+are the WEB_GC_THRESHOLDS setting; "700,10,10" restores Python's. They
+mean this on CPython 3.11 to 3.13; 3.14's incremental collector reads
+them differently, so measure again before moving to it.
 """
 
 from __future__ import annotations

@@ -16,9 +16,15 @@ from tests.factories import make_images_badge
 
 @pytest.fixture
 def asked(monkeypatch):
-    """Drain requests sent to the broker, recorded instead of sent."""
-    sent: list[int] = []
+    """Drain requests sent to the broker, recorded instead of sent: 1 for one
+    sent at once, ("later", seconds) for one sent with a countdown."""
+    sent: list[object] = []
     monkeypatch.setattr(evaluate_pending_task, "delay", lambda: sent.append(1))
+    monkeypatch.setattr(
+        evaluate_pending_task,
+        "apply_async",
+        lambda countdown=None, **kwargs: sent.append(("later", countdown)),
+    )
     return sent
 
 
@@ -57,28 +63,62 @@ def test_events_ask_for_one_drain_while_one_is_pending(owner, settings, asked, d
 def test_an_event_committed_as_a_drain_runs_out_is_not_left_behind(
     owner, settings, asked, monkeypatch
 ):
-    """Its request was swallowed by the flag the drain still held: the drain's
-    last look, after clearing the flag, takes it."""
+    """It commits just before the drain clears the flag, so its request is
+    swallowed: the drain's look after clearing the flag takes it."""
     settings.ACCOLADE_TASK_MODE = "celery"
     make_images_badge(threshold=10)
     events.enqueue_evaluation(_waiting(owner, 1)[0])
     assert asked == [1]  # the drain below is this request's
     late: list[int] = []
-    original = dispatch.evaluate_events
+    clear = dispatch._clear_flag
 
-    def committing_after_the_empty_claim(**kwargs):
-        result = original(**kwargs)
-        if not result.claimed and not late:
+    def committing_just_before(*args: object) -> None:
+        if not late:
             late.extend(_waiting(owner, 1))
             events.enqueue_evaluation(late[0])  # the flag is still set: asks nobody
-        return result
+        clear()
 
-    monkeypatch.setattr(dispatch, "evaluate_events", committing_after_the_empty_claim)
+    monkeypatch.setattr(dispatch, "_clear_flag", committing_just_before)
     assert dispatch.drain() == 2
     assert asked == [1]
     assert not Event.objects.filter(pk__in=late, processed_at=None).exists()
     events.enqueue_evaluation(_waiting(owner, 1)[0])
     assert asked == [1, 1]  # the drain left the flag clear
+
+
+def test_a_failing_drain_clears_the_flag_and_asks_for_another(
+    owner, settings, asked, singled, monkeypatch
+):
+    """Events that committed while it held the flag asked nobody: a new drain takes them."""
+    settings.ACCOLADE_TASK_MODE = "celery"
+    events.enqueue_evaluation(_waiting(owner, 1)[0])
+    assert asked == [1]
+
+    def failing(**kwargs):
+        kwargs["on_claim"]([])
+        events.enqueue_evaluation(_waiting(owner, 1)[0])  # swallowed by the flag
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(dispatch, "evaluate_events", failing)
+    assert dispatch.drain() == 0
+    assert asked == [1, ("later", dispatch.RETRY_SECONDS)]
+    events.enqueue_evaluation(_waiting(owner, 1)[0])
+    assert asked[-1] == 1  # the flag is clear again
+
+    # A failure outside any batch (here, looking for lost batches) does the same.
+    asked.clear()
+    events.enqueue_evaluation(_waiting(owner, 1)[0])
+    monkeypatch.setattr(dispatch, "_recovered_at", float("-inf"))
+
+    def broken() -> int:
+        raise RuntimeError("Redis went away")
+
+    monkeypatch.setattr(dispatch, "recover_lost_batches", broken)
+    with pytest.raises(RuntimeError):
+        dispatch.drain()
+    assert asked == [("later", dispatch.RETRY_SECONDS)]
+    events.enqueue_evaluation(_waiting(owner, 1)[0])
+    assert asked[-1] == 1
 
 
 def test_a_drain_evaluates_every_waiting_event_a_batch_at_a_time(owner, settings, asked):

@@ -113,3 +113,21 @@ def test_a_batch_of_pushes_reaches_pubsub_subscribers_in_one_pipeline(real_redis
         await layer.flush()
 
     asyncio.run(scenario())
+
+
+def test_pushes_to_an_unreachable_redis_fail_quietly(settings, monkeypatch, caplog):
+    """A push is best effort: nothing is reported sent (so unlocks stay undelivered and
+    are caught up on the next connect), and the error is logged, not raised."""
+    import redis
+
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"], "prefix": "unreachable"},
+        }
+    }
+    client = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    monkeypatch.setattr(metrics, "redis_client", lambda role="cache": client)
+    sent = realtime.send_to_groups({"user.1": {"type": "badges.changed", "html": "x"}})
+    assert sent == set()
+    assert "Pushing to 1 group(s) failed" in caplog.text
