@@ -108,8 +108,7 @@ def drain() -> int:
         return _drain()
     except Exception:
         logger.exception("A drain failed; asking for another")
-        _clear_flag()
-        _ask_again(RETRY_SECONDS)
+        _hand_over_later()
         raise
 
 
@@ -144,8 +143,7 @@ def _drain() -> int:
             hand_to_single(claimed)
             # Its events are held back now; the rest, and any that committed
             # while this batch ran, go to a new drain, a little later.
-            _clear_flag()
-            _ask_again(RETRY_SECONDS)
+            _hand_over_later()
             return done
         finally:
             if claimed:
@@ -172,11 +170,14 @@ def _drain() -> int:
         first = False
 
 
-def _ask_again(countdown: float) -> None:
+def _hand_over_later() -> None:
+    """Clear the flag and ask for a drain RETRY_SECONDS from now: events that
+    committed while a failing drain held the flag asked nobody."""
     from achievements.tasks import evaluate_pending_task
 
+    _clear_flag()
     try:
-        evaluate_pending_task.apply_async(countdown=countdown)
+        evaluate_pending_task.apply_async(countdown=RETRY_SECONDS)
     except Exception:
         # No broker: the sweeper is the backstop.
         logger.exception("Could not ask for another drain")

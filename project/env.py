@@ -65,15 +65,12 @@ def env_ints(name: str, default: tuple[int, ...], *, minimum: int = 0) -> tuple[
     raw = os.environ.get(name)
     if raw is None or not raw.strip():
         return default
-    parts = [part.strip() for part in raw.split(",")]
-    example = ",".join(map(str, default))
     try:
-        values = tuple(int(part) for part in parts)
+        values = tuple(int(part) for part in raw.split(","))  # int() ignores spaces
     except ValueError:
-        raise ImproperlyConfigured(
-            f"{name}={raw!r} must be {len(default)} whole numbers, like {example}."
-        ) from None
+        values = ()
     if len(values) != len(default):
+        example = ",".join(map(str, default))
         raise ImproperlyConfigured(
             f"{name}={raw!r} must be {len(default)} whole numbers, like {example}."
         )
