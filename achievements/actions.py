@@ -17,7 +17,7 @@ from django.db.models import F, Max, Min, prefetch_related_objects
 from django.utils import timezone
 
 from accounts.models import time_zone_for
-from achievements import context, metrics, periods, progress, realtime, rules
+from achievements import context, index, metrics, periods, progress, realtime, rules
 from achievements.index import requirement_ids_watching
 from achievements.models import (
     Badge,
@@ -54,7 +54,11 @@ def evaluate_event(event_pk: int) -> Evaluation | None:
     2. Apply it to the user's progress (apply_event), in the user's time zone.
     3. After commit, push the new progress and any unlock to the user's pages.
     """
+    from achievements.versions import ensure_versions
+
     started = time.perf_counter()
+    # Before the transaction, as batches do (see ensure_versions).
+    ensure_versions(badge.pk for badge in index.active_badges())
     with transaction.atomic():
         now = timezone.now()
         claimed = Event.objects.filter(

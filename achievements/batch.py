@@ -521,7 +521,9 @@ def _row_of(standing: _Standing) -> tuple[Any, ...]:
     )
 
 
-def _insert_distinct(keys: list[tuple[int, int, str]]) -> None:
+def _insert_distinct(keys: list[tuple[int, int, str]], *, skip_existing: bool = False) -> None:
+    """Insert these (user, requirement, value key) rows; `skip_existing` leaves
+    alone those already there (PostgreSQL; elsewhere callers delete first)."""
     if not keys:
         return
     if connection.vendor != "postgresql":
@@ -530,11 +532,13 @@ def _insert_distinct(keys: list[tuple[int, int, str]]) -> None:
             batch_size=1000,
         )
         return
+    conflict = "ON CONFLICT (user_id, requirement_id, value_key) DO NOTHING"
     with server_cursor() as cursor:
         cursor.execute(
             f"""
             INSERT INTO {DistinctValue._meta.db_table} (user_id, requirement_id, value_key)
             SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[])
+            {conflict if skip_existing else ""}
             """,
             [[u for u, _, _ in keys], [r for _, r, _ in keys], [k for _, _, k in keys]],
         )

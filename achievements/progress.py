@@ -480,6 +480,11 @@ def tier_reached(value: Decimal, operator: Operator, tiers: Sequence[tuple[str, 
     return level
 
 
+def tier_level(spec: Spec, state: State | None, tiers: Sequence[tuple[str, Decimal]]) -> int:
+    """How many of a tiered requirement's tiers its progress has reached (its peak's)."""
+    return tier_reached(peak(spec, state), spec.operator, tiers)
+
+
 def peak(spec: Spec, state: State | None) -> Decimal:
     """The best value any window of this requirement ever reached: what tiers are judged on.
 
@@ -515,7 +520,7 @@ def measure_tiered(
     tiers: Sequence[tuple[str, Decimal]],
 ) -> tuple[int, Measure]:
     """The tier reached, and the standing towards the next one ("12 of 25 ... for Silver")."""
-    level = tier_reached(peak(spec, state), spec.operator, tiers)
+    level = tier_level(spec, state, tiers)
     if level == len(tiers):
         top = measure(replace(spec, threshold=tiers[-1][1]), state, now, time_zone)
         return level, replace(top, met=True)

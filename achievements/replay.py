@@ -170,6 +170,10 @@ def replay_events(
         return report
     if processes < 1:
         raise ValueError("processes must be at least 1")
+    if processes > 1 and connection.vendor != "postgresql":
+        raise ValueError("replaying in several processes needs PostgreSQL")
+    if processes > 1 and connection.in_atomic_block:
+        raise ValueError("replaying in several processes cannot run inside a transaction")
     composites = BadgeRequirement.objects.filter(kind="composite", badge__is_active=True).exists()
     ensure_versions(requirement.badge_id for requirement in plan.requirements)
     size = max(1, chunk_users)
@@ -183,9 +187,9 @@ def replay_events(
     done = 0
     parts = work.in_processes(processes) if processes > 1 and len(chunks) > 1 else work.here()
     try:
-        for users, part in parts:
+        for part in parts:
             report.add(part)
-            done += users
+            done += part.users
             if on_progress:
                 on_progress(done, len(plan.user_ids))
     finally:
@@ -203,19 +207,15 @@ class _Work:
     silent: bool
     leftovers: bool
 
-    def here(self) -> Generator[tuple[int, ReplayReport]]:
+    def here(self) -> Generator[ReplayReport]:
         for index in range(len(self.chunks)):
             yield self.run(index)
 
-    def in_processes(self, processes: int) -> Generator[tuple[int, ReplayReport]]:
+    def in_processes(self, processes: int) -> Generator[ReplayReport]:
         """The chunks' results, in the order they finish, from `processes` forked
         processes. Each chunk is a transaction of its own, as here; a process
         that fails fails the replay, and stopping early (on_progress raising)
         ends the processes, rolling back the chunks they were in."""
-        if connection.vendor != "postgresql":
-            raise ValueError("replaying in several processes needs PostgreSQL")
-        if connection.in_atomic_block:
-            raise ValueError("replaying in several processes cannot run inside a transaction")
         global _shared
         # A forked process must not share the parent's database sockets: close
         # them (and the pool's), and each process opens its own.
@@ -232,7 +232,7 @@ class _Work:
             pool.terminate()
             pool.join()
 
-    def run(self, index: int) -> tuple[int, ReplayReport]:
+    def run(self, index: int) -> ReplayReport:
         chunk, plan, part = self.chunks[index], self.plan, ReplayReport()
         _replay_chunk(
             chunk,
@@ -254,13 +254,13 @@ class _Work:
                     part.newly_unlocked.append((user_id, badge_id))
                     part.newly_earned.append((user_id, badge_id, 0, ""))
         part.users = len(chunk)
-        return len(chunk), part
+        return part
 
 
 _shared: _Work | None = None  # what forked processes run (they inherit it)
 
 
-def _run_shared(index: int) -> tuple[int, ReplayReport]:
+def _run_shared(index: int) -> ReplayReport:
     assert _shared is not None
     try:
         return _shared.run(index)
@@ -299,8 +299,8 @@ def _replay_chunk(
     # those only badges they have events for, get rows.
     # Users with the same allowed badges and event types share one list.
     watches = [(r, frozenset(r.watched_types())) for r in requirements]
-    chosen: dict[int, list[BadgeRequirement]] = {}
-    same: dict[tuple[frozenset[int], frozenset[str]], list[BadgeRequirement]] = {}
+    chosen: dict[int, _UserRules] = {}
+    same: dict[tuple[frozenset[int], frozenset[str]], _UserRules] = {}
     for user_id in user_ids:
         allowed = plan_badges - segmented
         if segmented:
@@ -313,7 +313,7 @@ def _replay_chunk(
         if key not in same:
             types = key[1]
             watched = {r.badge_id for r, its in watches if r.badge_id in allowed and its & types}
-            same[key] = [r for r in requirements if r.badge_id in watched]
+            same[key] = _UserRules.arrange([r for r in requirements if r.badge_id in watched])
         chosen[user_id] = same[key]
 
     held: dict[int, set[tuple[int, str, int]]] = defaultdict(set)
@@ -323,13 +323,16 @@ def _replay_chunk(
         held[user_id].add((badge_id, period, tier))
 
     with transaction.atomic():
-        pairs = sorted({(u, r.badge_id) for u, reqs in chosen.items() for r in reqs})
+        pairs = sorted({(u, b) for u, rules_ in chosen.items() for b in rules_.badge_ids})
         user_badges = _lock_user_badges(pairs) if pairs else {}
         by_user: dict[int, dict[tuple[int, int], _Standing]] = defaultdict(dict)
         for pair, standing in user_badges.items():
             by_user[pair[0]][pair] = standing
-        writes = _ChunkWrites(leftovers=leftovers)
-        arranged: dict[tuple[int, ...], _UserRules] = {}
+        writes = _ChunkWrites(
+            leftovers=leftovers,
+            badge_of={r.id: r.badge_id for r in requirements},
+            keyed={r.id for r in requirements if progress.keeps_keys(r.spec)},
+        )
         # Closed inside the transaction: a named cursor dies with it.
         with closing(_chunk_events(processed)) as events:
             for user_id, rows in groupby(events, key=itemgetter(0)):
@@ -343,7 +346,6 @@ def _replay_chunk(
                     now,
                     report,
                     writes,
-                    arranged,
                     silent=silent,
                 )
         writes.save()
@@ -374,8 +376,8 @@ class _ChunkWrites:
     them cost more than the fold (new row versions, index entries, WAL).
     """
 
-    # (user, requirement) pairs the chunk's folds rebuilt, and the requirements
-    # among them that keep distinct values (all-time distinct counts).
+    # (user, requirement) pairs the chunk's folds rebuilt, and the chunk's
+    # requirements that keep distinct values (all-time distinct counts).
     replayed: list[tuple[int, int]] = field(default_factory=list)
     keyed: set[int] = field(default_factory=set)
     leftovers: bool = True  # whether other requirements may have distinct values to drop
@@ -441,13 +443,7 @@ def _replace_distinct(
                     [k for _, _, k in keys],
                 ],
             )
-        if keys:
-            cursor.execute(
-                f"INSERT INTO {table} (user_id, requirement_id, value_key) "
-                "SELECT * FROM unnest(%b::integer[], %b::bigint[], %b::text[]) "
-                "ON CONFLICT (user_id, requirement_id, value_key) DO NOTHING",
-                [[u for u, _, _ in keys], [r for _, r, _ in keys], [k for _, _, k in keys]],
-            )
+    _insert_distinct(keys, skip_existing=True)
 
 
 def _delete_pairs(model: Any, pairs: list[tuple[int, int]]) -> None:
@@ -486,19 +482,10 @@ class _UserRules:
     graded: dict[int, tuple[BadgeRequirement, tuple[tuple[str, Decimal], ...]]]
     # How many earnings a badge that is not repeatable has: 1, or its tiers.
     earnings_in_all: dict[int, int]
+    requirements: list[BadgeRequirement]
 
     @classmethod
-    def of(
-        cls, requirements: list[BadgeRequirement], known: dict[tuple[int, ...], _UserRules]
-    ) -> _UserRules:
-        """The arrangement of `requirements`, from `known` (one chunk's) if it is there."""
-        key = tuple(requirement.id for requirement in requirements)
-        if key not in known:
-            known[key] = cls._arrange(requirements)
-        return known[key]
-
-    @classmethod
-    def _arrange(cls, requirements: list[BadgeRequirement]) -> _UserRules:
+    def arrange(cls, requirements: list[BadgeRequirement]) -> _UserRules:
         by_type: dict[str, list[BadgeRequirement]] = defaultdict(list)
         by_badge: dict[int, list[BadgeRequirement]] = defaultdict(list)
         for requirement in requirements:
@@ -529,12 +516,13 @@ class _UserRules:
                 for badge_id, badge in badges.items()
                 if not badge.repeat
             },
+            requirements=requirements,
         )
 
 
 def _replay_user(
     user_id: int,
-    requirements: list[BadgeRequirement],
+    rules_: _UserRules,
     rows: Iterable[tuple[Any, ...]],
     time_zone: str,
     locked: dict[tuple[int, int], _Standing],
@@ -542,11 +530,10 @@ def _replay_user(
     now: datetime,
     report: ReplayReport,
     writes: _ChunkWrites,
-    arranged: dict[tuple[int, ...], _UserRules],
     *,
     silent: bool = True,
 ) -> None:
-    rules_ = _UserRules.of(requirements, arranged)
+    requirements = rules_.requirements
     by_type, by_badge, badges, badge_ids = (
         rules_.by_type,
         rules_.by_badge,
@@ -554,11 +541,6 @@ def _replay_user(
         rules_.badge_ids,
     )
     user_badges = {badge_id: locked[(user_id, badge_id)] for badge_id in badge_ids}
-    # As stored; None for a row the lock just created, which is always written.
-    stored = {
-        badge_id: _row_of(standing) if standing.last_evaluated_at is not None else None
-        for badge_id, standing in user_badges.items()
-    }
     states: dict[int, dict] = {requirement.id: {} for requirement in requirements}
     seen: dict[int, set[str]] = defaultdict(set)
     # The first event that justified each earning, by (badge, period, tier).
@@ -604,10 +586,7 @@ def _replay_user(
                 # A tiered badge earns every tier its requirement's peak reaches
                 # (Badge.standing's level), without measuring the rest.
                 requirement, tiers = rules_.graded[badge_id]
-                spec = requirement.spec
-                level = progress.tier_reached(
-                    progress.peak(spec, states[requirement.id]), spec.operator, tiers
-                )
+                level = progress.tier_level(requirement.spec, states[requirement.id], tiers)
                 earned = [("", n) for n in range(1, level + 1)]
             else:
                 earned = earnings(badge_id, occurred_at)
@@ -620,10 +599,6 @@ def _replay_user(
                 finished.add(badge_id)  # every earning it has is in; skip the rest
 
     writes.replayed += [(user_id, requirement.id) for requirement in requirements]
-    for requirement in requirements:
-        writes.badge_of[requirement.id] = requirement.badge_id
-        if progress.keeps_keys(requirement.spec):
-            writes.keyed.add(requirement.id)
     writes.stale += [
         (user_id, requirement.id)
         for requirement in requirements
@@ -635,11 +610,25 @@ def _replay_user(
         for key in sorted(keys)
     ]
     # Live evaluation writes rows only for badges an event actually moved
-    # (an event without a distinct rule's field moves nothing); so does this.
+    # (an event without a distinct rule's field moves nothing); so does this,
+    # and a badge with neither events nor a completion loses its row.
+    untouched = {
+        badge_id
+        for badge_id in badge_ids
+        if badge_id not in touched_badges and user_badges[badge_id].completed_at is None
+    }
+    kept = [badge_id for badge_id in badge_ids if badge_id not in untouched]
     standings = {
         badge_id: badges[badge_id].standing(by_badge[badge_id], states, now, time_zone, unlocked)
-        for badge_id in badge_ids
-        if badge_id in touched_badges or user_badges[badge_id].completed_at is not None
+        for badge_id in kept
+    }
+    # As stored, before the awards below; None for a row the lock just
+    # created, which is always written.
+    stored = {
+        badge_id: _row_of(user_badges[badge_id])
+        if user_badges[badge_id].last_evaluated_at is not None
+        else None
+        for badge_id in kept
     }
     for badge_id in badge_ids:
         if badge_id not in touched_badges:
@@ -660,19 +649,12 @@ def _replay_user(
                     updated_at=now,
                 )
             )
-    untouched = [
-        badge_id
-        for badge_id in badge_ids
-        if badge_id not in touched_badges and user_badges[badge_id].completed_at is None
-    ]
     writes.untouched += [user_badges[badge_id].pk for badge_id in untouched]
 
     announced: list[int] = []
     unlocked_now: set[int] = set()
     held = {unlock for unlock in held_unlocks if unlock[0] in user_badges}
-    for badge_id in badge_ids:
-        if badge_id in untouched:
-            continue
+    for badge_id in kept:
         badge, user_badge = badges[badge_id], user_badges[badge_id]
         standing = standings[badge_id]
         user_badge.last_evaluated_at = now
@@ -711,9 +693,7 @@ def _replay_user(
         ):
             report.no_longer_qualifying.append((user_id, badge_id))
     writes.standings += [
-        (user_badges[badge_id], stored[badge_id], badge_id in unlocked_now)
-        for badge_id in badge_ids
-        if badge_id not in untouched
+        (user_badges[badge_id], stored[badge_id], badge_id in unlocked_now) for badge_id in kept
     ]
     if announced and not silent:
         transaction.on_commit(
