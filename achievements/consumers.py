@@ -4,6 +4,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -61,8 +62,14 @@ class LiveConsumer(PushConsumer):
     sends can change which user's messages it receives.
     """
 
+    # No channel of its own: pushes come through the process's hub
+    # (realtime.SocketHub), so the socket waits on nothing but its connection.
+    channel_layer_alias = "accolade.no-layer-per-socket"
+
     group_name: str | None = None
     user_id: int | None = None
+    socket_id: str = ""
+    hub: realtime.SocketHub
     _window_started: float = 0.0
     _messages_in_window: int = 0
 
@@ -75,19 +82,25 @@ class LiveConsumer(PushConsumer):
         realtime.register_server_loop(asyncio.get_running_loop())
         ensure_embedded_sweeper()
         self.user_id = user.pk
+        self.socket_id = uuid.uuid4().hex
         self.group_name = realtime.user_group(user.pk)
-        await self.channel_layer.group_add(self.group_name, self.channel_name)
+        self.hub = realtime.socket_hub()
+        await self.hub.join(self.group_name, self)
         # Present before the catch-up is read: a change committed after that
         # read is pushed, one committed before it is in the catch-up.
-        await realtime.presence_join(user.pk, self.channel_name)
+        await realtime.presence_join(user.pk, self.socket_id)
         await self.accept()
         await self.catch_up()
 
     async def disconnect(self, code: int) -> None:
         if self.group_name:
-            await self.channel_layer.group_discard(self.group_name, self.channel_name)
+            await self.hub.leave(self.group_name, self)
         if self.user_id is not None:
-            await realtime.presence_leave(self.user_id, self.channel_name)
+            await realtime.presence_leave(self.user_id, self.socket_id)
+
+    async def deliver(self, message: dict[str, Any]) -> None:
+        """A message of this user's group, from the hub."""
+        await self.dispatch(message)
 
     async def catch_up(self) -> None:
         """Send what this page may have missed while it was not connected.
@@ -143,19 +156,6 @@ class LiveConsumer(PushConsumer):
         ]
         if ids:
             await database_sync_to_async(mark_unlocks_seen)(self.user_id, ids)
-
-    # Message types of the previous release, so sockets stay open while
-    # workers of both releases run side by side during a deploy.
-    async def progress_updated(self, message: dict[str, Any]) -> None:
-        await self.badges_changed({"cards": [message["card"]], "toasts": []})
-
-    async def achievement_unlocked(self, message: dict[str, Any]) -> None:
-        toast = {
-            "card": message["card"],
-            "unlock_id": message.get("unlock_id"),
-            "headline": message.get("headline"),
-        }
-        await self.badges_changed({"cards": [message["card"]], "toasts": [toast]})
 
     async def badges_changed(self, message: dict[str, Any]) -> None:
         """Fresh cards for what one evaluation changed, then a toast per unlock, in one frame.

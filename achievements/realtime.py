@@ -122,6 +122,119 @@ def notify_many(changes: dict[int, tuple[list[int], list[int]]]) -> None:
         logger.exception("Pushing changes to %d user(s) failed", len(changes))
 
 
+# --- this process's sockets: one subscription per user, shared by its tabs ------
+#
+# A consumer with a channel of its own waits on the layer for every message:
+# channels' dispatch loop keeps a task, a coroutine and the futures of an
+# asyncio.wait pending per socket, and replaces them after each message. With
+# 5,000 sockets those half-million short-lived objects outlived the young
+# garbage-collector generation and made every collection walk them: at 500
+# events/s Daphne stopped for 50 ms (young) and 140 ms (middle) collections
+# every few seconds (bench/latency.py with a gc callback). Instead each web
+# process holds one channel and puts it in a user's group while any socket
+# of that user is open here; one task receives every message and hands it to
+# that user's sockets. A socket then waits only on its own connection.
+
+
+class SocketHub:
+    """The sockets of this process by group, and the one channel that feeds them.
+
+    Messages must name their group (`"group"`); every sender in this module
+    adds it. Joining and leaving are serialised by one lock, so the layer's
+    group membership follows the first join and the last leave of a group in
+    order; only those two touch the layer.
+    """
+
+    # The core and in-memory layers drop a group membership this long after it
+    # was added (group_expiry); the hub adds its groups again well before that.
+    REFRESH_SECONDS = 3600.0
+
+    def __init__(self, layer: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.layer = layer
+        self.loop = loop
+        self.channel: str | None = None
+        self.groups: dict[str, set[Any]] = {}
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def join(self, group: str, socket: Any) -> None:
+        """Deliver `group`'s messages to `socket` (which has `async deliver(message)`)."""
+        async with self._lock:
+            if self.channel is None:
+                self.channel = await self.layer.new_channel("hub.")
+                self._tasks = [
+                    self.loop.create_task(self._pump()),
+                    self.loop.create_task(self._refresh()),
+                ]
+            members = self.groups.get(group)
+            if members is None:
+                await self.layer.group_add(group, self.channel)
+                members = self.groups[group] = set()
+            members.add(socket)
+
+    async def leave(self, group: str, socket: Any) -> None:
+        async with self._lock:
+            members = self.groups.get(group)
+            if members is None or socket not in members:
+                return
+            members.discard(socket)
+            if not members:
+                del self.groups[group]
+                await self.layer.group_discard(group, self.channel)
+
+    async def _pump(self) -> None:
+        assert self.channel is not None
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("Receiving pushes for this process's sockets failed")
+                await asyncio.sleep(1)
+                continue
+            group = message.get("group")
+            members = self.groups.get(group) if isinstance(group, str) else None
+            if not members:
+                continue  # its last socket closed as the message was on its way
+            for socket in tuple(members):
+                try:
+                    await socket.deliver(message)
+                except Exception:
+                    # One socket's failure must not cost the others their frame.
+                    logger.exception("Delivering a push to a socket of %s failed", group)
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self.REFRESH_SECONDS)
+            async with self._lock:
+                for group in list(self.groups):
+                    try:
+                        await self.layer.group_add(group, self.channel)
+                    except Exception:
+                        logger.exception("Renewing this process's membership of %s failed", group)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+
+_hub: SocketHub | None = None
+
+
+def socket_hub() -> SocketHub:
+    """The hub of the running event loop and the configured layer (made on first use;
+    a test's new loop, or a layer replaced by a settings change, gets a new one)."""
+    global _hub
+    loop = asyncio.get_running_loop()
+    layer = get_channel_layer()
+    if _hub is None or _hub.loop is not loop or _hub.layer is not layer:
+        if _hub is not None and _hub.loop is loop:
+            _hub.close()
+        _hub = SocketHub(layer, loop)
+    return _hub
+
+
 # --- presence: which users have a page connected -----------------------------
 #
 # Rendering cards for a user with no page open is wasted work, and most users
@@ -204,6 +317,8 @@ def send_to_groups(messages: dict[str, dict[str, Any]]) -> set[str]:
     layer = get_channel_layer()
     if layer is None or not messages or _nobody_listens(layer):
         return set()
+    # The web process's hub hands a message to the sockets of the group it names.
+    messages = {group: {**message, "group": group} for group, message in messages.items()}
     if isinstance(layer, RedisPubSubChannelLayer) and _single_host():
         return _publish_all(layer, messages)
 
@@ -287,7 +402,7 @@ def send_to_group(group: str, messages: list[dict[str, Any]]) -> bool:
 
     async def send_all() -> None:
         for message in messages:
-            await layer.group_send(group, message)
+            await layer.group_send(group, {**message, "group": group})
 
     future = asyncio.run_coroutine_threadsafe(send_all(), _send_loop(layer))
     try:

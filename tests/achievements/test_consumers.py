@@ -217,7 +217,13 @@ async def test_a_pushed_frame_costs_the_server_no_trip_to_the_sync_thread(monkey
     frame = '<div id="pushed">hello</div>'
     await get_channel_layer().group_send(
         realtime.user_group(user.pk),
-        {"type": "badges.changed", "cards": [], "toasts": [], "html": frame},
+        {
+            "type": "badges.changed",
+            "group": realtime.user_group(user.pk),
+            "cards": [],
+            "toasts": [],
+            "html": frame,
+        },
     )
     assert await communicator.receive_from(timeout=3) == frame
     assert trips == []

@@ -106,7 +106,12 @@ def test_a_batch_of_pushes_reaches_pubsub_subscribers_in_one_pipeline(real_redis
         )
         assert sent == {"user.1", "user.2"}
         first = await asyncio.wait_for(layer.receive(one), 5)
-        assert first == {"type": "badges.changed", "html": "<p>one</p>", "cards": [{"id": 1}]}
+        assert first == {
+            "type": "badges.changed",
+            "group": "user.1",  # what the web process's hub routes by
+            "html": "<p>one</p>",
+            "cards": [{"id": 1}],
+        }
         assert (await asyncio.wait_for(layer.receive(two), 5))["html"] == "<p>two</p>"
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(layer.receive(other), 0.3)

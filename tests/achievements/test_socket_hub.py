@@ -1,0 +1,149 @@
+"""The web process's hub: one layer membership per user, shared by that user's sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+from channels.layers import InMemoryChannelLayer
+
+from achievements.realtime import SocketHub
+
+
+class Socket:
+    def __init__(self, *, fails: bool = False) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.fails = fails
+
+    async def deliver(self, message: dict[str, Any]) -> None:
+        if self.fails:
+            raise ConnectionError("this socket went away")
+        self.received.append(message)
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def _members(layer: InMemoryChannelLayer, group: str) -> set[str]:
+    return set(layer.groups.get(group, {}))
+
+
+async def test_a_users_tabs_share_one_membership_until_the_last_one_leaves():
+    layer = InMemoryChannelLayer()
+    hub = SocketHub(layer, asyncio.get_running_loop())
+    first, second = Socket(), Socket()
+    await hub.join("user.1", first)
+    await hub.join("user.1", second)
+    assert _members(layer, "user.1") == {hub.channel}
+
+    await hub.leave("user.1", first)
+    assert _members(layer, "user.1") == {hub.channel}
+    await layer.group_send("user.1", {"type": "badges.changed", "group": "user.1", "html": "x"})
+    await _settle()
+    assert first.received == []
+    assert [m["html"] for m in second.received] == ["x"]
+
+    await hub.leave("user.1", second)
+    assert _members(layer, "user.1") == set()
+    assert hub.groups == {}
+    hub.close()
+
+
+async def test_a_message_reaches_only_the_sockets_of_the_group_it_names():
+    layer = InMemoryChannelLayer()
+    hub = SocketHub(layer, asyncio.get_running_loop())
+    mine, theirs = Socket(), Socket()
+    await hub.join("user.1", mine)
+    await hub.join("user.2", theirs)
+    await layer.group_send("user.1", {"type": "badges.changed", "group": "user.1", "html": "a"})
+    # A message naming no group, or a group not held here, reaches nobody.
+    await layer.group_send("user.2", {"type": "badges.changed", "html": "b"})
+    await layer.group_send("user.2", {"type": "badges.changed", "group": "user.9", "html": "c"})
+    await _settle()
+    assert [m["html"] for m in mine.received] == ["a"]
+    assert theirs.received == []
+    hub.close()
+
+
+async def test_a_failing_socket_costs_the_others_nothing(caplog):
+    layer = InMemoryChannelLayer()
+    hub = SocketHub(layer, asyncio.get_running_loop())
+    sockets = [Socket(), Socket(fails=True), Socket()]
+    for socket in sockets:
+        await hub.join("user.1", socket)
+    for html in ("a", "b"):
+        await layer.group_send(
+            "user.1", {"type": "badges.changed", "group": "user.1", "html": html}
+        )
+    await _settle()
+    assert [m["html"] for m in sockets[0].received] == ["a", "b"]
+    assert [m["html"] for m in sockets[2].received] == ["a", "b"]
+    assert "Delivering a push to a socket of user.1 failed" in caplog.text
+    hub.close()
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_joins_and_leaves_in_any_interleaving_leave_the_layer_matching_the_sockets(seed):
+    """The layer is told of a group's first join and last leave only, in order, however
+    the coroutines interleave; a layer that answers after random delays makes
+    many interleavings happen."""
+    delays = random.Random(seed)
+
+    class SlowLayer(InMemoryChannelLayer):
+        async def group_add(self, group: str, channel: str) -> None:
+            await asyncio.sleep(delays.random() / 500)
+            await super().group_add(group, channel)
+
+        async def group_discard(self, group: str, channel: str) -> None:
+            await asyncio.sleep(delays.random() / 500)
+            await super().group_discard(group, channel)
+
+    layer = SlowLayer()
+    hub = SocketHub(layer, asyncio.get_running_loop())
+    kept = [("user.1", Socket()), ("user.2", Socket())]
+    passing = [(group, Socket()) for group in ("user.1", "user.2", "user.3") for _ in range(5)]
+
+    async def come_and_go(group: str, socket: Socket) -> None:
+        await hub.join(group, socket)
+        await asyncio.sleep(delays.random() / 500)
+        await hub.leave(group, socket)
+
+    async def stay(group: str, socket: Socket) -> None:
+        await asyncio.sleep(delays.random() / 500)
+        await hub.join(group, socket)
+
+    moves = [come_and_go(g, s) for g, s in passing] + [stay(g, s) for g, s in kept]
+    delays.shuffle(moves)
+    await asyncio.gather(*moves)
+    assert hub.groups == {g: {s} for g, s in kept}
+    assert _members(layer, "user.1") == _members(layer, "user.2") == {hub.channel}
+    assert _members(layer, "user.3") == set()
+    hub.close()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_two_tabs_of_a_signed_in_user_hold_one_membership_of_the_users_group():
+    """Through the real consumer: tabs join the process's hub, not the layer each."""
+    from channels.layers import get_channel_layer
+
+    from achievements import realtime
+    from tests.achievements.test_consumers import _connect, _signed_in_cookie
+
+    user, cookie = await _signed_in_cookie("owner")
+    first, _, _ = await _connect(cookie)
+    second, _, _ = await _connect(cookie)
+    group = realtime.user_group(user.pk)
+    layer = get_channel_layer()
+    assert _members(layer, group) == {realtime.socket_hub().channel}
+    await first.disconnect()
+    assert _members(layer, group) == {realtime.socket_hub().channel}
+    await second.disconnect()
+    assert _members(layer, group) == set()
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    await sync_to_async(connections.close_all)()
