@@ -193,7 +193,14 @@ def broadcast(topology: Any, user_ids: list[int], marker: str) -> tuple[float, f
 
     async def send_all() -> float:
         started = time.monotonic()
-        await asyncio.gather(*(layer.group_send(user_group(u), message) for u in user_ids))
+        # Each message names its group, as realtime's senders stamp it: the web
+        # process's hub hands it to that group's sockets.
+        await asyncio.gather(
+            *(
+                layer.group_send(user_group(u), {**message, "group": user_group(u)})
+                for u in user_ids
+            )
+        )
         return time.monotonic() - started
 
     sent_at = time.time()

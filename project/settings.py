@@ -178,7 +178,15 @@ CACHES: dict[str, dict[str, Any]]
 CHANNEL_LAYERS: dict[str, dict[str, Any]]
 if _redis is None:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            # Every push of the process goes through one channel (the sockets'
+            # hub, achievements.realtime.SocketHub), and the layer silently drops
+            # what is over capacity (100 by default): room for a batch's users.
+            "CONFIG": {"capacity": 10_000},
+        }
+    }
     # No broker: tasks run in a background thread of the process that
     # recorded the event (see achievements.events.enqueue_evaluation).
     CELERY_BROKER_URL = "memory://"

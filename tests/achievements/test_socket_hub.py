@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from channels.layers import InMemoryChannelLayer
 
+from achievements import realtime
 from achievements.realtime import SocketHub
 
 
@@ -147,3 +148,26 @@ async def test_two_tabs_of_a_signed_in_user_hold_one_membership_of_the_users_gro
     from django.db import connections
 
     await sync_to_async(connections.close_all)()
+
+
+async def test_a_push_to_more_users_than_the_layers_default_capacity_reaches_them_all():
+    """The embedded layer holds every push of the process in the hub's one channel;
+    its capacity (100 by default, overflow dropped silently) is sized for a batch."""
+    from channels.layers import channel_layers, get_channel_layer
+
+    channel_layers.backends.pop("default", None)  # built from the project's settings
+    layer = get_channel_layer()
+    hub = SocketHub(layer, asyncio.get_running_loop())
+    sockets = {f"user.{n}": Socket() for n in range(500)}
+    for group, socket in sockets.items():
+        await hub.join(group, socket)
+    # The real sender, from a worker thread: every group's send at once.
+    realtime.register_server_loop(asyncio.get_running_loop())
+    sent = await asyncio.to_thread(
+        realtime.send_to_groups,
+        {group: {"type": "badges.changed", "html": group} for group in sockets},
+    )
+    assert sent == set(sockets)
+    await _settle()
+    assert all([m["html"] for m in s.received] == [g] for g, s in sockets.items())
+    hub.close()
