@@ -21,6 +21,8 @@ producer's response to the first frame showing that count or more (two
 events of one user evaluated in one batch share a frame). p50, p95, p99 and
 max over all of them, and the frames that never came: events whose count no
 socket of the user ever showed. The clients run in a process of their own.
+Each is split in two at the moment a worker claimed the event: response →
+claimed (waiting for a drain) and claimed → frame (evaluation and the push).
 """
 
 from __future__ import annotations
@@ -224,20 +226,38 @@ def run(
                     if not got:
                         lost += 1
                     latencies += [max(0.0, at - answered) * 1000 for at in got]
-                waits = [
-                    float(row[0]) * 1000
-                    for row in topology.query(
-                        "SELECT EXTRACT(EPOCH FROM processed_at - received_at) "
+                claimed = {
+                    event_id: float(at)
+                    for event_id, at in topology.query(
+                        "SELECT event_id, EXTRACT(EPOCH FROM processed_at) "
                         "FROM achievements_event WHERE event_type = 'bench.ping' "
                         "AND processed_at IS NOT NULL "
                         "AND received_at > now() - make_interval(secs => %s)",
                         (seconds + 10,),
                     )
-                ]
+                }
+                # Where the time goes: the producer's response → a worker's claim
+                # (the drain, the broker hop, the batch in hand), and the claim →
+                # each socket's frame (evaluate, commit, cards, publish, Daphne).
+                waits, pushes = [], []
+                for user, count, answered in sent:
+                    at = claimed.get(f"ping-{user}-{count}")
+                    if at is None:
+                        continue
+                    waits.append(max(0.0, at - answered) * 1000)
+                    frames = arrivals.get((user, count), [])
+                    pushes += [max(0.0, got - at) * 1000 for got in frames]
                 results[f"{rate:g}/s"] = {
                     "events_per_request": batch,
-                    # Received → claimed by a worker: the queue's share of the total.
-                    "queue_wait_p50_ms": round(statistics.median(waits), 1) if waits else None,
+                    # Response → claimed by a worker, and claimed → frame.
+                    "claim_wait_p50_ms": round(statistics.median(waits), 1) if waits else None,
+                    "claim_wait_p99_ms": round(percentile(waits, 0.99), 1) if waits else None,
+                    "claim_to_frame_p50_ms": round(statistics.median(pushes), 1)
+                    if pushes
+                    else None,
+                    "claim_to_frame_p99_ms": round(percentile(pushes, 0.99), 1)
+                    if pushes
+                    else None,
                     "events": len(sent),
                     "sockets": opened,
                     "frames": len(latencies),
@@ -290,6 +310,11 @@ def main() -> None:
         print(
             f"  {name:>7}  p50 {row['p50_ms']} ms  p95 {row['p95_ms']} ms  p99 {row['p99_ms']} ms"
             f"  max {row['max_ms']} ms  events without a frame {row['events_without_frame']}"
+        )
+        print(
+            f"           response → claimed p50 {row['claim_wait_p50_ms']} ms"
+            f" p99 {row['claim_wait_p99_ms']} ms; claimed → frame"
+            f" p50 {row['claim_to_frame_p50_ms']} ms p99 {row['claim_to_frame_p99_ms']} ms"
         )
     write_results(
         "latency",
