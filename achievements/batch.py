@@ -42,6 +42,7 @@ from django.utils import timezone
 
 from accounts.models import Profile
 from achievements import index, metrics, periods, progress, realtime, rules
+from achievements.cards import KnownState
 from achievements.db import server_cursor
 from achievements.models import (
     Badge,
@@ -66,6 +67,8 @@ class BatchResult:
     changed: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
     unlocks: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
     unlocked_badges: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
+    # The changed standings and their progress as written, for the cards pushed after commit.
+    known: KnownState | None = None
 
 
 def evaluate_events(
@@ -101,7 +104,9 @@ def evaluate_events(
                 user_id: (sorted(badge_ids), result.unlocks.get(user_id, []))
                 for user_id, badge_ids in result.changed.items()
             }
-            transaction.on_commit(partial(realtime.notify_many, changes), robust=True)
+            transaction.on_commit(
+                partial(realtime.notify_many, changes, known=result.known), robust=True
+            )
     if result.claimed:
         share = (time.perf_counter() - started) / len(result.claimed)
         metrics.observe("accolade_evaluation_seconds", [share] * len(result.claimed))
@@ -457,6 +462,17 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
     _save_user_badges([user_badges[pair] for pair in sorted(changed)])
     for user_id, badge_id in changed:
         result.changed[user_id].add(badge_id)
+    # Rows of every requirement of a changed badge are in `rows` (read, or made
+    # above) and stay locked with their standing until the commit.
+    states: dict[int, dict[int, dict[str, Any]]] = {user_id: {} for user_id, _ in changed}
+    for (user_id, requirement_id), row in rows.items():
+        if user_id in states:
+            states[user_id][requirement_id] = row.state
+    result.known = KnownState(
+        standings={pair: user_badges[pair] for pair in changed},
+        states=states,
+        zones={user_id: zones[user_id] for user_id in states},
+    )
     if new_unlocks:
         transaction.on_commit(
             partial(metrics.incr, "accolade_unlocks_total", len(new_unlocks)), robust=True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +24,29 @@ from achievements import index
 from achievements.models import Badge, RequirementProgress, Unlock, UserBadge, format_number
 
 Card = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class KnownState:
+    """What a batch evaluation just wrote, so the cards it pushes need not read it back.
+
+    For some (user, badge) pairs: the standing (anything with the UserBadge's
+    `completed_at` and `tier`), the state of every progress row of those
+    badges' requirements for those users (a missing row is no progress yet),
+    and the users' time zones. Segments, unlocks of composites' parts and
+    earnings of repeatable badges are still read.
+    """
+
+    standings: dict[tuple[int, int], Any]
+    states: dict[int, dict[int, dict[str, Any]]]
+    zones: dict[int, str]
+
+    def covers(self, wanted: dict[int, set[int]]) -> bool:
+        return all(
+            (user_id, badge_id) in self.standings
+            for user_id, ids in wanted.items()
+            for badge_id in ids
+        )
 
 
 def cards_for_user(
@@ -82,9 +106,15 @@ def cards_for_user(
     ]
 
 
-def cards_for_users(wanted: dict[int, set[int]]) -> dict[int, list[Card]]:
+def cards_for_users(
+    wanted: dict[int, set[int]], *, known: KnownState | None = None
+) -> dict[int, list[Card]]:
     """cards_for_user(user, badge_ids=...) for many users at once (user → badge ids), in
-    a fixed number of queries: what a worker pushes after a batch."""
+    a fixed number of queries: what a worker pushes after a batch.
+
+    With `known` covering every wanted pair (what the batch wrote), standings,
+    progress and time zones come from it instead of three queries.
+    """
     all_ids = {badge_id for ids in wanted.values() for badge_id in ids}
     if not wanted or not all_ids:
         return {user_id: [] for user_id in wanted}
@@ -99,16 +129,22 @@ def cards_for_users(wanted: dict[int, set[int]]) -> dict[int, list[Card]]:
                 .values_list("pk", flat=True)
             )
     users = list(wanted)
-    user_badges = {
-        (ub.user_id, ub.badge_id): ub
-        for ub in UserBadge.objects.filter(user_id__in=users, badge_id__in=all_ids)
-    }
     states: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
-    for user_id, requirement_id, state in RequirementProgress.objects.filter(
-        user_id__in=users, requirement_id__in=[r.pk for b in badges for r in b.requirements.all()]
-    ).values_list("user_id", "requirement_id", "state"):
-        states[user_id][requirement_id] = state
-    zones = dict(Profile.objects.filter(user_id__in=users).values_list("user_id", "time_zone"))
+    if known is not None and known.covers(wanted):
+        user_badges: dict[tuple[int, int], Any] = known.standings
+        states.update(known.states)
+        zones = known.zones
+    else:
+        user_badges = {
+            (ub.user_id, ub.badge_id): ub
+            for ub in UserBadge.objects.filter(user_id__in=users, badge_id__in=all_ids)
+        }
+        for user_id, requirement_id, state in RequirementProgress.objects.filter(
+            user_id__in=users,
+            requirement_id__in=[r.pk for b in badges for r in b.requirements.all()],
+        ).values_list("user_id", "requirement_id", "state"):
+            states[user_id][requirement_id] = state
+        zones = dict(Profile.objects.filter(user_id__in=users).values_list("user_id", "time_zone"))
     unlocked: dict[int, set[int]] = defaultdict(set)
     if any(r.kind == "composite" for b in badges for r in b.requirements.all()):
         for user_id, badge_id in (

@@ -29,7 +29,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
 from achievements import metrics
-from achievements.cards import toasts_for
+from achievements.cards import KnownState, toasts_for
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +53,15 @@ def notify_badge_changes(
     notify_many({user_id: (list(badge_ids), list(unlock_ids))})
 
 
-def notify_many(changes: dict[int, tuple[list[int], list[int]]]) -> None:
+def notify_many(
+    changes: dict[int, tuple[list[int], list[int]]], *, known: KnownState | None = None
+) -> None:
     """notify_badge_changes for many users (user → (badge ids, unlock ids)).
 
     Asks once which users have a page open and skips the others; builds every
-    card in a fixed number of queries (cards_for_users); renders each user's
-    frame once; sends all of them concurrently. Best effort: failures are
-    logged, never raised.
+    card in a fixed number of queries (cards_for_users; none for what `known`,
+    the batch's own rows, covers); renders each user's frame once; sends all
+    of them concurrently. Best effort: failures are logged, never raised.
     """
     from django.utils import timezone
 
@@ -92,7 +94,8 @@ def notify_many(changes: dict[int, tuple[list[int], list[int]]]) -> None:
             {
                 user_id: {*badge_ids, *(b for _, b, _, _ in unlocks[user_id])}
                 for user_id, (badge_ids, _) in targets.items()
-            }
+            },
+            known=known,
         )
         messages = {}
         for user_id in targets:

@@ -34,9 +34,8 @@ def kinds(db):
     for user in users:
         user.groups.add(group)
     # One user in New York and on the "pro" plan: other periods, and the segment badge.
-    Profile.objects.filter(user=users[2]).update(
-        time_zone="America/New_York", attributes={"plan": "pro"}
-    )
+    # (Users get no profile until they set one, so it is created here.)
+    Profile.objects.create(user=users[2], time_zone="America/New_York", attributes={"plan": "pro"})
     return users
 
 
@@ -225,3 +224,48 @@ def test_replay_in_processes_is_refused_inside_a_transaction(postgresql_only, ki
     with pytest.raises(ValueError, match="cannot run inside a transaction"):
         replay_events(chunk_users=1, processes=2)
     assert _snapshot() == before
+
+
+@pytest.mark.parametrize("size", [1, 7, 500])
+def test_the_cards_a_batch_pushes_from_its_own_rows_are_the_databases(
+    kinds, size, monkeypatch, django_capture_on_commit_callbacks
+):
+    """After its commit a batch builds the cards it pushes from the standings,
+    progress and time zones it wrote, instead of reading them back: the same
+    cards as a read at that moment gives, for every rule kind."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from accounts.models import time_zone_for
+    from achievements import realtime
+    from achievements.cards import cards_for_users
+
+    _record(kinds, seed=4)
+    pushes: list[tuple[dict, dict, list[str]]] = []  # batches' pushes (composites push too)
+    zones: list[tuple[dict, dict]] = []
+
+    def notify_many(changes, *, known=None):
+        # Called on commit, where errors are only logged: record, assert below.
+        if known is None:
+            return  # a composite's unlock, pushed by actions after the batch
+        wanted = {user_id: set(badge_ids) for user_id, (badge_ids, _) in changes.items()}
+        with CaptureQueriesContext(connection) as queries:
+            pushed = cards_for_users(wanted, known=known)
+        pushes.append((pushed, cards_for_users(wanted), [q["sql"] for q in queries]))
+        zones.append((known.zones, {u: time_zone_for(u) for u in known.zones}))
+
+    monkeypatch.setattr(realtime, "notify_many", notify_many)
+    while True:
+        with django_capture_on_commit_callbacks(execute=True):
+            claimed = evaluate_events(limit=size).claimed
+        if not claimed:
+            break
+    read_back = ('"achievements_userbadge"', '"achievements_requirementprogress"', '"time_zone"')
+    for pushed, from_database, queries in pushes:
+        assert pushed == from_database
+        assert not [sql for sql in queries if any(name in sql for name in read_back)]
+    # Period measures at "now" do not depend on the zone here, so compare it directly.
+    assert all(known == stored for known, stored in zones)
+    assert "America/New_York" in {zone for known, _ in zones for zone in known.values()}
+    # Cards of every kind of badge were compared.
+    assert sum(len(cards) for pushed, _, _ in pushes for cards in pushed.values()) >= 20
