@@ -43,6 +43,23 @@ def settle(topology: Any, sql: str) -> list:
     return rows
 
 
+def hold_still() -> None:
+    """Keep this measuring process's own garbage collector out of the figures.
+
+    A client holding thousands of sockets, with Python's default collector,
+    stopped for full collections of up to 330 ms in the middle of a run
+    (a gc callback in bench/latency.py's client), and every frame arriving
+    meanwhile was stamped late. Called once the sockets are open: what exists
+    is frozen, and nothing is collected until the process ends (a run lasts
+    seconds; reference counting frees the rest).
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+
+
 async def open_live_socket(base: str, session: str) -> Any:
     """A signed-in live socket to the site at `base`, retried: a busy server may
     drop a handshake."""

@@ -33,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import open_live_socket, run_script, write_results  # noqa: E402
+from bench.common import hold_still, open_live_socket, run_script, write_results  # noqa: E402
 
 SESSIONS = """
 import json
@@ -83,6 +83,7 @@ def clients(
         await asyncio.gather(*(open_one(i, key) for i, (_, key) in enumerate(tabs)))
         opened = time.monotonic() - started
         listeners = [asyncio.create_task(listen(i, s)) for i, s in sockets]
+        hold_still()
         ready.put({"opened": len(sockets), "seconds": opened})
         sent_at = await asyncio.get_running_loop().run_in_executor(None, go.get)
         deadline = time.time() + 30

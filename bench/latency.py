@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import multiprocessing
 import re
@@ -43,7 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import open_live_socket, run_script, write_results  # noqa: E402
+from bench.common import hold_still, open_live_socket, run_script, write_results  # noqa: E402
 
 SETUP = """
 import json
@@ -101,6 +102,7 @@ def clients(
 
         await asyncio.gather(*(open_one(i, u, s) for i, (u, s) in enumerate(tabs)))
         tasks = [asyncio.create_task(listen(i, s)) for i, _, s in sockets]
+        hold_still()
         ready.put(len(sockets))
         await asyncio.get_running_loop().run_in_executor(None, stop.get)
         await asyncio.sleep(3)  # the last frames
@@ -209,9 +211,15 @@ def run(
                 opened = ready.get(timeout=900)
                 time.sleep(2)
                 print(f"  {rate:g} events/s: {opened} sockets open, sending", flush=True)
-                sent = asyncio.run(
-                    produce(bases, setup["key"], names, rate, seconds, offset, batch)
-                )
+                # The producer stamps each response: no pauses of its own either.
+                gc.collect()
+                gc.disable()
+                try:
+                    sent = asyncio.run(
+                        produce(bases, setup["key"], names, rate, seconds, offset, batch)
+                    )
+                finally:
+                    gc.enable()
                 stop.put(True)
                 if len(sent) < int(rate * seconds):
                     print(topology.logs()[-6000:])
