@@ -2,7 +2,7 @@
 
 Run from the project root (needs PostgreSQL and Redis on 127.0.0.1):
 
-    .venv/bin/python bench/latency.py [--users 1000] [--tabs 5] [--seconds 20]
+    .venv/bin/python bench/latency.py [--users 1000] [--tabs 5] [--seconds 20] [--warm-up 3]
         [--rates 50,500] [--batches 1,10] [--web-processes 1]
 
 It starts the production topology (a scratch PostgreSQL database, Redis, one
@@ -23,6 +23,9 @@ max over all of them, and the frames that never came: events whose count no
 socket of the user ever showed. The clients run in a process of their own.
 Each is split in two at the moment a worker claimed the event: response →
 claimed (waiting for a drain) and claimed → frame (evaluation and the push).
+Each rate first runs --warm-up seconds unmeasured (cold caches and
+connections), and the measuring processes do not collect garbage while
+they measure (bench.common.hold_still).
 """
 
 from __future__ import annotations
@@ -183,7 +186,13 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def run(
-    users: int, tabs: int, seconds: float, rates: list[float], batches: list[int], webs: int = 1
+    users: int,
+    tabs: int,
+    seconds: float,
+    rates: list[float],
+    batches: list[int],
+    webs: int = 1,
+    warm_up: float = 3,
 ) -> dict[str, Any]:
     from tests.integration.stack import Topology
 
@@ -215,6 +224,9 @@ def run(
                 gc.collect()
                 gc.disable()
                 try:
+                    # Not measured: the first batches of a rate meet cold caches
+                    # and connections (a 500/s run's first batch took 73 ms).
+                    asyncio.run(produce(bases, setup["key"], names, rate, warm_up, offset, batch))
                     sent = asyncio.run(
                         produce(bases, setup["key"], names, rate, seconds, offset, batch)
                     )
@@ -289,6 +301,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--tabs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument(
+        "--warm-up", type=float, default=3, help="seconds of each rate sent before measuring"
+    )
     parser.add_argument("--rates", default="50,500")
     parser.add_argument(
         "--batches",
@@ -309,10 +324,12 @@ def main() -> None:
     batches = [int(batch) for batch in args.batches.split(",")]
     if len(batches) != len(rates) or min(batches) < 1:
         parser.error("--batches needs one whole number >= 1 per rate")
-    results = run(args.users, args.tabs, args.seconds, rates, batches, args.web_processes)
+    results = run(
+        args.users, args.tabs, args.seconds, rates, batches, args.web_processes, args.warm_up
+    )
     print(
         f"end-to-end latency, {args.users:,} users x {args.tabs} sockets, {args.seconds:g} s each,"
-        f" {args.web_processes} web process(es)"
+        f" {args.web_processes} web process(es), after {args.warm_up:g} s of warm-up"
     )
     for name, row in results.items():
         print(
@@ -330,6 +347,7 @@ def main() -> None:
             "users": args.users,
             "tabs": args.tabs,
             "web_processes": args.web_processes,
+            "warm_up_seconds": args.warm_up,
             **results,
         },
     )
