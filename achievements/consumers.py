@@ -69,9 +69,20 @@ class LiveConsumer(PushConsumer):
     group_name: str | None = None
     user_id: int | None = None
     socket_id: str = ""
-    hub: realtime.SocketHub
+    hub: realtime.SocketHub | None = None
+    # Pushes that came before the catch-up frame went out; None once it has.
+    _held: list[dict[str, Any]] | None = None
     _window_started: float = 0.0
     _messages_in_window: int = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # A connect that fails or is cancelled after joining (a database error
+        # in the catch-up, or Daphne giving up on a client that left) gets no
+        # disconnect() from Channels; the hub and presence must still let go.
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._leave()
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -83,23 +94,40 @@ class LiveConsumer(PushConsumer):
         ensure_embedded_sweeper()
         self.user_id = user.pk
         self.socket_id = uuid.uuid4().hex
-        self.group_name = realtime.user_group(user.pk)
+        self._held = []
         self.hub = realtime.socket_hub()
-        await self.hub.join(self.group_name, self)
+        await self.hub.join(realtime.user_group(user.pk), self)
+        self.group_name = realtime.user_group(user.pk)
         # Present before the catch-up is read: a change committed after that
         # read is pushed, one committed before it is in the catch-up.
         await realtime.presence_join(user.pk, self.socket_id)
         await self.accept()
         await self.catch_up()
+        # Pushes that arrived meanwhile are newer than the catch-up's rows:
+        # after it, in order (those arriving while these go out join the end).
+        while self._held:
+            await self.dispatch(self._held.pop(0))
+        self._held = None
 
     async def disconnect(self, code: int) -> None:
-        if self.group_name:
-            await self.hub.leave(self.group_name, self)
-        if self.user_id is not None:
-            await realtime.presence_leave(self.user_id, self.socket_id)
+        await self._leave()
+
+    async def _leave(self) -> None:
+        """Leave the hub and presence; safe to call again."""
+        hub, group, self.hub, self.group_name = self.hub, self.group_name, None, None
+        user_id, self.user_id = self.user_id, None
+        try:
+            if hub is not None and group is not None:
+                await hub.leave(group, self)
+        finally:
+            if user_id is not None:
+                await realtime.presence_leave(user_id, self.socket_id)
 
     async def deliver(self, message: dict[str, Any]) -> None:
         """A message of this user's group, from the hub."""
+        if self._held is not None:
+            self._held.append(message)  # not accepted or caught up yet
+            return
         await self.dispatch(message)
 
     async def catch_up(self) -> None:
@@ -162,13 +190,10 @@ class LiveConsumer(PushConsumer):
 
         The sender renders the frame once per user (`html`), so a user's open
         tabs, and every socket a broadcast reaches, cost this process a send,
-        not a render; a message without it (an older worker) is rendered here.
+        not a render.
         """
-        frame = message.get("html")
-        if frame is None:
-            frame = render_frame(message["cards"], message["toasts"])
-        if frame:
-            await self.send(text_data=frame)
+        if message["html"]:
+            await self.send(text_data=message["html"])
 
 
 def render_frame(cards: list[dict[str, Any]], toasts: list[dict[str, Any]]) -> str:

@@ -1,9 +1,10 @@
 """The only module that talks to the channel layer.
 
-Workers call notify_* after their transaction commits; the consumer in
-achievements.consumers turns each message type into rendered HTML for the
-page. Who receives a message is decided here, by the sender, from the user id
-the engine loaded: a socket never chooses its own group.
+Workers call notify_* after their transaction commits, with each user's frame
+rendered once; in a web process the socket hub (SocketHub, below) hands it to
+that user's sockets (achievements.consumers). Who receives a message is
+decided here, by the sender, from the user id the engine loaded: a socket
+never chooses its own group.
 
 Sending from synchronous code needs an event loop. Building one per call (what
 async_to_sync does outside a server) costs milliseconds and, with
@@ -143,13 +144,17 @@ class SocketHub:
     """The sockets of this process by group, and the one channel that feeds them.
 
     Messages must name their group (`"group"`); every sender in this module
-    adds it. Joining and leaving are serialised by one lock, so the layer's
-    group membership follows the first join and the last leave of a group in
-    order; only those two touch the layer.
+    adds it. (In a rolling deploy, update workers before web processes: an
+    older web process ignores the key, an older worker's messages lack it and
+    reach no socket here until their pages reconnect and catch up.) Joining
+    and leaving are serialised by one lock, so the layer's group membership
+    follows the first join and the last leave of a group in order; only
+    those two touch the layer.
     """
 
     # The core and in-memory layers drop a group membership this long after it
     # was added (group_expiry); the hub adds its groups again well before that.
+    # Redis pub/sub subscriptions do not expire.
     REFRESH_SECONDS = 3600.0
 
     def __init__(self, layer: Any, loop: asyncio.AbstractEventLoop) -> None:
@@ -164,11 +169,8 @@ class SocketHub:
         """Deliver `group`'s messages to `socket` (which has `async deliver(message)`)."""
         async with self._lock:
             if self.channel is None:
-                self.channel = await self.layer.new_channel("hub.")
-                self._tasks = [
-                    self.loop.create_task(self._pump()),
-                    self.loop.create_task(self._refresh()),
-                ]
+                self.channel = await self.layer.new_channel("hub")
+            self._ensure_running()
             members = self.groups.get(group)
             if members is None:
                 await self.layer.group_add(group, self.channel)
@@ -183,7 +185,32 @@ class SocketHub:
             members.discard(socket)
             if not members:
                 del self.groups[group]
-                await self.layer.group_discard(group, self.channel)
+                try:
+                    await self.layer.group_discard(group, self.channel)
+                except Exception:
+                    # A leftover membership only brings messages the pump drops.
+                    logger.warning("Could not leave %s", group, exc_info=True)
+
+    def _ensure_running(self) -> None:
+        """Start the pump (and the refresher) or, if one has died, start it again."""
+        if self._tasks and not any(task.done() for task in self._tasks):
+            return
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = [self.loop.create_task(self._pump())]
+        if not isinstance(self.layer, RedisPubSubChannelLayer):
+            self._tasks.append(self.loop.create_task(self._refresh()))
+        for task in self._tasks:
+            task.add_done_callback(self._report_end)
+
+    @staticmethod
+    def _report_end(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "The socket hub's %s stopped; the next connect restarts it",
+                task.get_coro().__name__,  # type: ignore[union-attr]
+                exc_info=task.exception(),
+            )
 
     async def _pump(self) -> None:
         assert self.channel is not None
@@ -197,21 +224,26 @@ class SocketHub:
                 await asyncio.sleep(1)
                 continue
             group = message.get("group")
-            members = self.groups.get(group) if isinstance(group, str) else None
-            if not members:
-                continue  # its last socket closed as the message was on its way
-            for socket in tuple(members):
+            if not isinstance(group, str):
+                logger.warning("A push of type %r names no group; dropped", message.get("type"))
+                continue
+            for socket in tuple(self.groups.get(group, ())):
                 try:
                     await socket.deliver(message)
                 except Exception:
                     # One socket's failure must not cost the others their frame.
                     logger.exception("Delivering a push to a socket of %s failed", group)
+            # A queued message is received, and a frame sent, without yielding
+            # to the loop: let requests and socket reads in between messages.
+            await asyncio.sleep(0)
 
     async def _refresh(self) -> None:
         while True:
             await asyncio.sleep(self.REFRESH_SECONDS)
-            async with self._lock:
-                for group in list(self.groups):
+            for group in list(self.groups):
+                async with self._lock:  # one group at a time: connects wait little
+                    if group not in self.groups:
+                        continue
                     try:
                         await self.layer.group_add(group, self.channel)
                     except Exception:
@@ -243,13 +275,13 @@ def socket_hub() -> SocketHub:
 # Rendering cards for a user with no page open is wasted work, and most users
 # are not looking when their events are evaluated. Each server process keeps
 # the sockets it holds in Redis, one sorted set per user (member: the socket's
-# channel, score: when the entry expires), refreshed while the socket lives.
+# id, score: when the entry expires), refreshed while the socket lives.
 # A crashed server's entries expire on their own. Without Redis (the embedded
 # mode) presence is unknown and every change is pushed.
 
 PRESENCE_TTL_SECONDS = 90.0
 PRESENCE_REFRESH_SECONDS = 30.0
-_held: dict[str, int] = {}  # this process's sockets: channel name → user id
+_held: dict[str, int] = {}  # this process's sockets: socket id → user id
 _refresher: asyncio.Task[None] | None = None
 
 
@@ -274,23 +306,23 @@ def present_users(user_ids: list[int]) -> set[int] | None:
     return {user_id for user_id, count in zip(user_ids, counts, strict=True) if count}
 
 
-async def presence_join(user_id: int, channel: str) -> None:
+async def presence_join(user_id: int, socket_id: str) -> None:
     """A socket of this user opened here (called before its catch-up is read)."""
     global _refresher
-    _held[channel] = user_id
-    await asyncio.to_thread(_write_presence, {channel: user_id})
+    _held[socket_id] = user_id
+    await asyncio.to_thread(_write_presence, {socket_id: user_id})
     if _refresher is None or _refresher.done():
         _refresher = asyncio.get_running_loop().create_task(_refresh_presence())
 
 
-async def presence_leave(user_id: int, channel: str) -> None:
-    _held.pop(channel, None)
+async def presence_leave(user_id: int, socket_id: str) -> None:
+    _held.pop(socket_id, None)
     client = metrics.redis_client("channels")
     if client is not None:
         try:
-            await asyncio.to_thread(client.zrem, _presence_key(user_id), channel)
+            await asyncio.to_thread(client.zrem, _presence_key(user_id), socket_id)
         except Exception:
-            logger.warning("Could not clear presence of %s", channel, exc_info=True)
+            logger.warning("Could not clear presence of socket %s", socket_id, exc_info=True)
 
 
 def _write_presence(sockets: dict[str, int]) -> None:
@@ -300,8 +332,8 @@ def _write_presence(sockets: dict[str, int]) -> None:
     expires = time.time() + PRESENCE_TTL_SECONDS
     try:
         pipeline = client.pipeline(transaction=False)
-        for channel, user_id in sockets.items():
-            pipeline.zadd(_presence_key(user_id), {channel: expires})
+        for socket_id, user_id in sockets.items():
+            pipeline.zadd(_presence_key(user_id), {socket_id: expires})
             pipeline.zremrangebyscore(_presence_key(user_id), "-inf", time.time())
             pipeline.expire(_presence_key(user_id), int(PRESENCE_TTL_SECONDS) + 5)
         pipeline.execute()

@@ -120,8 +120,8 @@ def run(sockets: int, users: int, layer: str = "core") -> dict[str, Any]:
             Path(tmp),
             extra_env={
                 "ACCOLADE_LOG_LEVEL": "WARNING",
-                # One Daphne's sockets share a channel-layer queue; a broadcast
-                # puts one message per socket in it at once.
+                # One Daphne's sockets are fed through one channel (the socket
+                # hub); a broadcast puts one message per user in it at once.
                 "CHANNEL_LAYER_CAPACITY": str(max(1500, 2 * sockets)),
                 "CHANNEL_LAYER": layer,
             },

@@ -4,8 +4,8 @@ CPython frees most objects by reference counting; its cyclic collector is
 for the rest, and a collection of the oldest generation walks every tracked
 object the process holds. A web process holds a lot of them: about 200,000
 from start-up (modules, URL patterns, templates) and about 130 for each open
-socket (Twisted's and autobahn's protocol objects, the consumer, its tasks
-and queues). With 5,000 sockets that is some 900,000 objects, and a full
+socket (Twisted's and autobahn's protocol objects, the consumer and its
+task). With 5,000 sockets that is some 900,000 objects, and a full
 collection stops the event loop for 0.5 to 1 s on this project's 2-core
 benchmark machine.
 
@@ -32,11 +32,16 @@ So the web process, once its application is loaded:
   that reached the oldest generation (the cycles of a socket that closed)
   waits for a full collection.
 
-The middle generation's collections remain: about one every 5 s at
-500 events/s, 100 to 150 ms each on the 2-core machine. The cyclic garbage
-they find is mostly what Django's ASGI handler leaves per request, about
-120 objects (a cancelled disconnect listener with its traceback, a
-database wrapper for the request's thread).
+The middle generation's collections remain, about one every 5 s at
+500 events/s. They took 100 to 150 ms each while every socket had a
+channel of its own, because each socket's pending receive (a task, its
+coroutine, asyncio.wait's futures) was replaced after every message and
+outlived the youngest generation; with the sockets fed by one hub per
+process (achievements.realtime.SocketHub) they take 13 to 30 ms, and the
+young collections at most about 30 ms. The cyclic garbage they find is
+mostly what Django's ASGI handler leaves per request, about 120 objects (a
+cancelled disconnect listener with its traceback, a database wrapper for
+the request's thread).
 
 bench/latency.py measured the effect (README, Performance). The thresholds
 are the WEB_GC_THRESHOLDS setting; "700,10,10" restores Python's. They

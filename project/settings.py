@@ -216,22 +216,24 @@ else:
                     }
                 ],
                 "prefix": f"{ACCOLADE_NAMESPACE}:asgi",
-                # Capacity is shared by every socket of one Daphne process and
+                # A Daphne process's sockets are fed through one channel (the
+                # socket hub: one message per user with a socket there), and
                 # overflow is dropped silently, so it is sized well above the
                 # default of 100.
                 "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1500, minimum=1),
                 "expiry": 60,
-                # A socket leaves its group when this runs out, and a page
-                # open longer stops receiving; a day is the layer's default.
+                # A membership lapses when this runs out (a day is the layer's
+                # default); the socket hub renews its memberships every hour.
                 "group_expiry": 86400,
             },
         }
     }
     if env_str("CHANNEL_LAYER", "pubsub") == "pubsub":
-        # The default. Redis pub/sub: a group send is one PUBLISH, and each web
-        # process fans it out to its own sockets, where the list-based layer
-        # above queues and pops one message per socket (bench/connections.py
-        # compares the two). Both are at-most-once; pages catch up on connect.
+        # The default. Redis pub/sub: a group send is one PUBLISH, received by
+        # each web process holding a socket of that user, where the list-based
+        # layer above queues and pops one message per process and user
+        # (bench/connections.py compares the two). Both are at-most-once;
+        # pages catch up on connect.
         CHANNEL_LAYERS = {
             "default": {
                 "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",

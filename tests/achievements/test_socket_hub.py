@@ -150,12 +150,16 @@ async def test_two_tabs_of_a_signed_in_user_hold_one_membership_of_the_users_gro
     await sync_to_async(connections.close_all)()
 
 
-async def test_a_push_to_more_users_than_the_layers_default_capacity_reaches_them_all():
+async def test_a_push_to_more_users_than_the_layers_default_capacity_reaches_them_all(
+    monkeypatch,
+):
     """The embedded layer holds every push of the process in the hub's one channel;
     its capacity (100 by default, overflow dropped silently) is sized for a batch."""
     from channels.layers import channel_layers, get_channel_layer
 
-    channel_layers.backends.pop("default", None)  # built from the project's settings
+    # A layer built from the project's settings, and the server loop, for this test only.
+    monkeypatch.setattr(channel_layers, "backends", {})
+    monkeypatch.setattr(realtime, "_server_loop", None)
     layer = get_channel_layer()
     hub = SocketHub(layer, asyncio.get_running_loop())
     sockets = {f"user.{n}": Socket() for n in range(500)}
@@ -171,3 +175,88 @@ async def test_a_push_to_more_users_than_the_layers_default_capacity_reaches_the
     await _settle()
     assert all([m["html"] for m in s.received] == [g] for g, s in sockets.items())
     hub.close()
+
+
+async def test_a_hub_whose_pump_died_starts_it_again_on_the_next_join(caplog):
+    class Gone(BaseException):
+        """Not an Exception: ends the pump instead of being retried."""
+
+    class BrokenOnce(InMemoryChannelLayer):
+        broken = True
+
+        async def receive(self, channel: str) -> dict[str, Any]:
+            if self.broken:
+                self.broken = False
+                raise Gone()
+            return await super().receive(channel)
+
+    layer = BrokenOnce()
+    hub = SocketHub(layer, asyncio.get_running_loop())
+    first, second = Socket(), Socket()
+    await hub.join("user.1", first)
+    await _settle()
+    assert "The socket hub's _pump stopped" in caplog.text
+    await hub.join("user.2", second)
+    await layer.group_send("user.2", {"type": "badges.changed", "group": "user.2", "html": "x"})
+    await _settle()
+    assert [m["html"] for m in second.received] == ["x"]
+    hub.close()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_socket_whose_connect_fails_after_joining_leaves_the_hub_and_presence(
+    monkeypatch,
+):
+    """Channels calls no disconnect() for a connect that raised; the socket must not
+    stay in the hub (its user subscribed, and present, for good)."""
+    from channels.layers import get_channel_layer
+
+    from achievements import consumers
+    from tests.achievements.test_consumers import _connect, _signed_in_cookie
+
+    def failing(*args: object) -> None:
+        raise RuntimeError("the database went away during the catch-up")
+
+    user, cookie = await _signed_in_cookie("owner")
+    monkeypatch.setattr(consumers, "_catch_up_data", failing)
+    communicator, connected, _ = await _connect(cookie)  # accepted, then the catch-up
+    with pytest.raises(RuntimeError, match="went away"):
+        await communicator.receive_output(timeout=3)
+    assert realtime.socket_hub().groups == {}
+    assert _members(get_channel_layer(), realtime.user_group(user.pk)) == set()
+    assert user.pk not in realtime._held.values()
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    await sync_to_async(connections.close_all)()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_push_that_arrives_during_the_catch_up_follows_it(monkeypatch):
+    """The catch-up is read from rows as they were; a push that arrives while it is
+    built is newer, so it must not be overtaken by the catch-up frame."""
+    from achievements import consumers
+    from tests.achievements.test_consumers import _connect, _signed_in_cookie
+
+    user, cookie = await _signed_in_cookie("owner")
+    group = realtime.user_group(user.pk)
+
+    async def catch_up(self) -> None:
+        # A worker pushes while the catch-up is read (and before this socket
+        # has sent anything).
+        await asyncio.to_thread(
+            realtime.send_to_groups, {group: {"type": "badges.changed", "html": "<p>newer</p>"}}
+        )
+        await asyncio.sleep(0.05)  # the hub has it by now
+        await self.send(text_data="<p>catch-up</p>")
+
+    monkeypatch.setattr(consumers.LiveConsumer, "catch_up", catch_up)
+    communicator, connected, _ = await _connect(cookie)
+    assert connected
+    assert await communicator.receive_from(timeout=3) == "<p>catch-up</p>"
+    assert await communicator.receive_from(timeout=3) == "<p>newer</p>"
+    await communicator.disconnect()
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    await sync_to_async(connections.close_all)()
