@@ -13,6 +13,17 @@ from achievements import realtime
 from achievements.realtime import SocketHub
 
 
+@pytest.fixture
+async def close_thread_connections():
+    """Close the connection the sync-to-async thread opened (the real consumer's
+    tests), so the test database can be dropped at the end of the run."""
+    yield
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    await sync_to_async(connections.close_all)()
+
+
 class Socket:
     def __init__(self, *, fails: bool = False) -> None:
         self.received: list[dict[str, Any]] = []
@@ -127,6 +138,7 @@ async def test_joins_and_leaves_in_any_interleaving_leave_the_layer_matching_the
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("close_thread_connections")
 async def test_two_tabs_of_a_signed_in_user_hold_one_membership_of_the_users_group():
     """Through the real consumer: tabs join the process's hub, not the layer each."""
     from channels.layers import get_channel_layer
@@ -144,10 +156,6 @@ async def test_two_tabs_of_a_signed_in_user_hold_one_membership_of_the_users_gro
     assert _members(layer, group) == {realtime.socket_hub().channel}
     await second.disconnect()
     assert _members(layer, group) == set()
-    from asgiref.sync import sync_to_async
-    from django.db import connections
-
-    await sync_to_async(connections.close_all)()
 
 
 async def test_a_push_to_more_users_than_the_layers_default_capacity_reaches_them_all(
@@ -204,6 +212,7 @@ async def test_a_hub_whose_pump_died_starts_it_again_on_the_next_join(caplog):
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("close_thread_connections")
 async def test_a_socket_whose_connect_fails_after_joining_leaves_the_hub_and_presence(
     monkeypatch,
 ):
@@ -225,13 +234,10 @@ async def test_a_socket_whose_connect_fails_after_joining_leaves_the_hub_and_pre
     assert realtime.socket_hub().groups == {}
     assert _members(get_channel_layer(), realtime.user_group(user.pk)) == set()
     assert user.pk not in realtime._held.values()
-    from asgiref.sync import sync_to_async
-    from django.db import connections
-
-    await sync_to_async(connections.close_all)()
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("close_thread_connections")
 async def test_a_push_that_arrives_during_the_catch_up_follows_it(monkeypatch):
     """The catch-up is read from rows as they were; a push that arrives while it is
     built is newer, so it must not be overtaken by the catch-up frame."""
@@ -256,7 +262,3 @@ async def test_a_push_that_arrives_during_the_catch_up_follows_it(monkeypatch):
     assert await communicator.receive_from(timeout=3) == "<p>catch-up</p>"
     assert await communicator.receive_from(timeout=3) == "<p>newer</p>"
     await communicator.disconnect()
-    from asgiref.sync import sync_to_async
-    from django.db import connections
-
-    await sync_to_async(connections.close_all)()
