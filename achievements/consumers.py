@@ -95,9 +95,10 @@ class LiveConsumer(PushConsumer):
         self.user_id = user.pk
         self.socket_id = uuid.uuid4().hex
         self._held = []
+        group = realtime.user_group(user.pk)
         self.hub = realtime.socket_hub()
-        await self.hub.join(realtime.user_group(user.pk), self)
-        self.group_name = realtime.user_group(user.pk)
+        await self.hub.join(group, self)
+        self.group_name = group  # set once joined: _leave leaves only what was joined
         # Present before the catch-up is read: a change committed after that
         # read is pushed, one committed before it is in the catch-up.
         await realtime.presence_join(user.pk, self.socket_id)

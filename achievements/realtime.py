@@ -352,8 +352,7 @@ def send_to_groups(messages: dict[str, dict[str, Any]]) -> set[str]:
     layer = get_channel_layer()
     if layer is None or not messages or _nobody_listens(layer):
         return set()
-    # The web process's hub hands a message to the sockets of the group it names.
-    messages = {group: {**message, "group": group} for group, message in messages.items()}
+    messages = {group: _addressed(group, message) for group, message in messages.items()}
     if isinstance(layer, RedisPubSubChannelLayer) and _single_host():
         return _publish_all(layer, messages)
 
@@ -376,6 +375,11 @@ def send_to_groups(messages: dict[str, dict[str, Any]]) -> set[str]:
         logger.exception("Pushing to %d group(s) failed", len(messages))
         return set()
     return {group for group, ok in zip(messages, results, strict=True) if ok}
+
+
+def _addressed(group: str, message: dict[str, Any]) -> dict[str, Any]:
+    """The message naming its group: a web process's hub hands it to that group's sockets."""
+    return {**message, "group": group}
 
 
 def _publish_all(layer: RedisPubSubChannelLayer, messages: dict[str, dict[str, Any]]) -> set[str]:
@@ -437,7 +441,7 @@ def send_to_group(group: str, messages: list[dict[str, Any]]) -> bool:
 
     async def send_all() -> None:
         for message in messages:
-            await layer.group_send(group, {**message, "group": group})
+            await layer.group_send(group, _addressed(group, message))
 
     future = asyncio.run_coroutine_threadsafe(send_all(), _send_loop(layer))
     try:

@@ -102,3 +102,14 @@ def real_redis(monkeypatch):
         pytest.skip(message)
     monkeypatch.setattr(metrics, "redis_client", lambda role="cache": client)
     return client
+
+
+@pytest.fixture
+async def close_thread_connections():
+    """Close the database connection the sync-to-async thread opened (tests that
+    drive the real consumer), so the test database can be dropped at the end."""
+    yield
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    await sync_to_async(connections.close_all)()

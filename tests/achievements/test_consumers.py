@@ -20,19 +20,12 @@ from achievements.events import record_event
 from project.asgi import application
 from tests.factories import make_places_badge, make_user
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("close_thread_connections"),
+]
 
 ORIGIN = (b"origin", b"http://testserver")
-
-
-@pytest.fixture(autouse=True)
-async def close_thread_connections():
-    """Close the database connection the sync-to-async thread opened, so the test
-    database can be dropped at the end of the run."""
-    yield
-    from django.db import connections
-
-    await sync_to_async(connections.close_all)()
 
 
 @database_sync_to_async

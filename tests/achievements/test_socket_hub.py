@@ -7,21 +7,11 @@ import random
 from typing import Any
 
 import pytest
-from channels.layers import InMemoryChannelLayer
+from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
 
-from achievements import realtime
+from achievements import consumers, realtime
 from achievements.realtime import SocketHub
-
-
-@pytest.fixture
-async def close_thread_connections():
-    """Close the connection the sync-to-async thread opened (the real consumer's
-    tests), so the test database can be dropped at the end of the run."""
-    yield
-    from asgiref.sync import sync_to_async
-    from django.db import connections
-
-    await sync_to_async(connections.close_all)()
+from tests.achievements.test_consumers import _connect, _signed_in_cookie
 
 
 class Socket:
@@ -45,9 +35,21 @@ def _members(layer: InMemoryChannelLayer, group: str) -> set[str]:
     return set(layer.groups.get(group, {}))
 
 
-async def test_a_users_tabs_share_one_membership_until_the_last_one_leaves():
+async def _push(layer: InMemoryChannelLayer, group: str, html: str) -> None:
+    """A frame for `group`, addressed as realtime's senders address it."""
+    await layer.group_send(group, {"type": "badges.changed", "group": group, "html": html})
+
+
+@pytest.fixture
+async def layer_and_hub():
     layer = InMemoryChannelLayer()
     hub = SocketHub(layer, asyncio.get_running_loop())
+    yield layer, hub
+    hub.close()
+
+
+async def test_a_users_tabs_share_one_membership_until_the_last_one_leaves(layer_and_hub):
+    layer, hub = layer_and_hub
     first, second = Socket(), Socket()
     await hub.join("user.1", first)
     await hub.join("user.1", second)
@@ -55,7 +57,7 @@ async def test_a_users_tabs_share_one_membership_until_the_last_one_leaves():
 
     await hub.leave("user.1", first)
     assert _members(layer, "user.1") == {hub.channel}
-    await layer.group_send("user.1", {"type": "badges.changed", "group": "user.1", "html": "x"})
+    await _push(layer, "user.1", "x")
     await _settle()
     assert first.received == []
     assert [m["html"] for m in second.received] == ["x"]
@@ -63,40 +65,33 @@ async def test_a_users_tabs_share_one_membership_until_the_last_one_leaves():
     await hub.leave("user.1", second)
     assert _members(layer, "user.1") == set()
     assert hub.groups == {}
-    hub.close()
 
 
-async def test_a_message_reaches_only_the_sockets_of_the_group_it_names():
-    layer = InMemoryChannelLayer()
-    hub = SocketHub(layer, asyncio.get_running_loop())
+async def test_a_message_reaches_only_the_sockets_of_the_group_it_names(layer_and_hub):
+    layer, hub = layer_and_hub
     mine, theirs = Socket(), Socket()
     await hub.join("user.1", mine)
     await hub.join("user.2", theirs)
-    await layer.group_send("user.1", {"type": "badges.changed", "group": "user.1", "html": "a"})
+    await _push(layer, "user.1", "a")
     # A message naming no group, or a group not held here, reaches nobody.
     await layer.group_send("user.2", {"type": "badges.changed", "html": "b"})
     await layer.group_send("user.2", {"type": "badges.changed", "group": "user.9", "html": "c"})
     await _settle()
     assert [m["html"] for m in mine.received] == ["a"]
     assert theirs.received == []
-    hub.close()
 
 
-async def test_a_failing_socket_costs_the_others_nothing(caplog):
-    layer = InMemoryChannelLayer()
-    hub = SocketHub(layer, asyncio.get_running_loop())
+async def test_a_failing_socket_costs_the_others_nothing(layer_and_hub, caplog):
+    layer, hub = layer_and_hub
     sockets = [Socket(), Socket(fails=True), Socket()]
     for socket in sockets:
         await hub.join("user.1", socket)
     for html in ("a", "b"):
-        await layer.group_send(
-            "user.1", {"type": "badges.changed", "group": "user.1", "html": html}
-        )
+        await _push(layer, "user.1", html)
     await _settle()
     assert [m["html"] for m in sockets[0].received] == ["a", "b"]
     assert [m["html"] for m in sockets[2].received] == ["a", "b"]
     assert "Delivering a push to a socket of user.1 failed" in caplog.text
-    hub.close()
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -142,11 +137,6 @@ async def test_joins_and_leaves_in_any_interleaving_leave_the_layer_matching_the
 @pytest.mark.usefixtures("close_thread_connections")
 async def test_two_tabs_of_a_signed_in_user_hold_one_membership_of_the_users_group():
     """Through the real consumer: tabs join the process's hub, not the layer each."""
-    from channels.layers import get_channel_layer
-
-    from achievements import realtime
-    from tests.achievements.test_consumers import _connect, _signed_in_cookie
-
     user, cookie = await _signed_in_cookie("owner")
     first, _, _ = await _connect(cookie)
     second, _, _ = await _connect(cookie)
@@ -164,8 +154,6 @@ async def test_a_push_to_more_users_than_the_layers_default_capacity_reaches_the
 ):
     """The embedded layer holds every push of the process in the hub's one channel;
     its capacity (100 by default, overflow dropped silently) is sized for a batch."""
-    from channels.layers import channel_layers, get_channel_layer
-
     # A layer built from the project's settings, and the server loop, for this test only.
     monkeypatch.setattr(channel_layers, "backends", {})
     monkeypatch.setattr(realtime, "_server_loop", None)
@@ -210,7 +198,7 @@ async def test_a_hub_whose_pump_died_starts_it_again_on_the_next_join(caplog):
     await _settle()
     assert "The socket hub's _pump stopped" in caplog.text
     await hub.join("user.2", second)
-    await layer.group_send("user.2", {"type": "badges.changed", "group": "user.2", "html": "x"})
+    await _push(layer, "user.2", "x")
     await _settle()
     assert [m["html"] for m in second.received] == ["x"]
     hub.close()
@@ -223,10 +211,6 @@ async def test_a_socket_whose_connect_fails_after_joining_leaves_the_hub_and_pre
 ):
     """Channels calls no disconnect() for a connect that raised; the socket must not
     stay in the hub (its user subscribed, and present, for good)."""
-    from channels.layers import get_channel_layer
-
-    from achievements import consumers
-    from tests.achievements.test_consumers import _connect, _signed_in_cookie
 
     def failing(*args: object) -> None:
         raise RuntimeError("the database went away during the catch-up")
@@ -246,9 +230,6 @@ async def test_a_socket_whose_connect_fails_after_joining_leaves_the_hub_and_pre
 async def test_a_push_that_arrives_during_the_catch_up_follows_it(monkeypatch):
     """The catch-up is read from rows as they were; a push that arrives while it is
     built is newer, so it must not be overtaken by the catch-up frame."""
-    from achievements import consumers
-    from tests.achievements.test_consumers import _connect, _signed_in_cookie
-
     user, cookie = await _signed_in_cookie("owner")
     group = realtime.user_group(user.pk)
 
