@@ -1,0 +1,127 @@
+"""The web process's HTTP handler: one thread per request, leased, not started anew."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from asgiref.testing import ApplicationCommunicator
+from django.core.signals import request_finished, request_started
+
+from project.asgi import RequestThreads, django_asgi_app
+
+
+async def _get(path: str) -> int:
+    """Send one GET through the real ASGI handler; its status."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    communicator = ApplicationCommunicator(django_asgi_app, scope)
+    await communicator.send_input({"type": "http.request", "body": b""})
+    start = await communicator.receive_output(timeout=10)
+    while (await communicator.receive_output(timeout=10)).get("more_body"):
+        pass
+    await communicator.wait(timeout=10)
+    return int(start["status"])
+
+
+@pytest.fixture
+def request_threads(monkeypatch):
+    """Where each request's start and finish signals and its view ran."""
+    seen: list[tuple[str, threading.Thread]] = []  # the objects: an ident can be reused
+    loop_thread = threading.current_thread()
+
+    def record(name):
+        def receiver(**_kwargs):
+            seen.append((name, threading.current_thread()))
+
+        return receiver
+
+    started, finished = record("started"), record("finished")
+    request_started.connect(started)
+    request_finished.connect(finished)
+    original = django_asgi_app.get_response
+
+    def view(request):
+        seen.append(("view", threading.current_thread()))
+        return original(request)
+
+    monkeypatch.setattr(django_asgi_app, "get_response", view)
+    yield seen, loop_thread
+    request_started.disconnect(started)
+    request_finished.disconnect(finished)
+
+
+async def test_a_request_runs_its_signals_and_view_on_one_thread_off_the_loop(request_threads):
+    seen, loop_thread = request_threads
+
+    # A POST-only endpoint: the 405 needs neither the database nor Redis.
+    assert await _get("/api/v1/events") == 405
+
+    assert [name for name, _ in seen] == ["started", "view", "finished"]
+    threads = {thread for _, thread in seen}
+    assert len(threads) == 1
+    assert loop_thread not in threads
+
+
+async def test_the_next_request_reuses_the_thread_instead_of_starting_one(request_threads):
+    seen, _ = request_threads
+
+    for _ in range(3):
+        assert await _get("/api/v1/events") == 405
+
+    assert len({thread for _, thread in seen}) == 1
+    assert django_asgi_app.threads.idle >= 1
+
+
+def test_concurrent_leases_get_threads_of_their_own():
+    threads = RequestThreads(keep=4)
+    first, second = threads.lease(), threads.lease()
+    try:
+        assert first is not second
+        idents = {executor.submit(threading.get_ident).result() for executor in (first, second)}
+        assert len(idents) == 2
+    finally:
+        threads.give_back(first)
+        threads.give_back(second)
+    assert threads.idle == 2
+
+
+def test_a_thread_still_running_an_abandoned_request_is_not_leased_again():
+    threads = RequestThreads(keep=4)
+    thread = threads.lease()
+    release = threading.Event()
+    # A view still running after its client went away and the request was cancelled.
+    still_running = thread.submit(release.wait, 10)
+
+    threads.give_back(thread)
+
+    assert threads.idle == 0
+    assert threads.lease() is not thread
+    release.set()
+    assert still_running.result(timeout=10) is True
+
+
+def test_idle_threads_beyond_keep_exit():
+    threads = RequestThreads(keep=2)
+    leased = [threads.lease() for _ in range(3)]
+    for thread in leased:
+        thread.submit(int).result()
+
+    for thread in leased:
+        threads.give_back(thread)
+
+    assert threads.idle == 2
+    with pytest.raises(RuntimeError):  # the third was shut down
+        leased[2].submit(int)
