@@ -335,6 +335,9 @@ ACCOLADE_API_MAX_BODY_BYTES = env_int("ACCOLADE_API_MAX_BODY_BYTES", 1_048_576, 
 ACCOLADE_API_MAX_BATCH = env_int("ACCOLADE_API_MAX_BATCH", 500, minimum=1)
 ACCOLADE_API_MAX_CLOCK_SKEW_SECONDS = env_int("ACCOLADE_API_MAX_CLOCK_SKEW_SECONDS", 300)
 ACCOLADE_API_RATE_LIMIT = env_rate("ACCOLADE_API_RATE_LIMIT", "1200/60")
+# How long a web process trusts an API key it found active before looking it
+# up again: the longest a revoked key keeps working on other processes.
+ACCOLADE_API_KEY_RECHECK_SECONDS = env_int("ACCOLADE_API_KEY_RECHECK_SECONDS", 5, minimum=0)
 
 LOGGING = {
     "version": 1,

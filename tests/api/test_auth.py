@@ -1,0 +1,110 @@
+"""API keys: a key found active is trusted briefly, and revoking it is seen at once here."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from api import auth
+from api.models import ApiKey
+
+URL = "/api/v1/events/none"  # 404 with a valid key, 401 without
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The monotonic clock as the auth module sees it, moved by hand."""
+
+    class Clock:
+        now = 1_000.0
+
+    monkeypatch.setattr(auth, "monotonic", lambda: Clock.now)
+    auth._known.clear()
+    yield Clock
+    auth._known.clear()
+
+
+def _status(client, key: str) -> int:
+    return client.get(URL, HTTP_AUTHORIZATION=f"Bearer {key}").status_code
+
+
+def _key_queries(queries) -> list[str]:
+    return [q["sql"] for q in queries.captured_queries if "api_apikey" in q["sql"]]
+
+
+def test_a_key_found_active_is_not_looked_up_again_within_the_recheck_time(
+    client, api_key, clock, settings
+):
+    from django.db import connection
+
+    settings.ACCOLADE_API_KEY_RECHECK_SECONDS = 5
+    assert _status(client, api_key) == 404
+
+    clock.now += 4.9
+    with CaptureQueriesContext(connection) as queries:
+        assert _status(client, api_key) == 404
+    assert _key_queries(queries) == []
+
+    clock.now += 0.2
+    with CaptureQueriesContext(connection) as queries:
+        assert _status(client, api_key) == 404
+    assert len(_key_queries(queries)) == 1
+
+
+def test_revoking_a_key_refuses_it_at_once_in_this_process(client, api_key, clock):
+    assert _status(client, api_key) == 404
+
+    ApiKey.objects.get().revoke()
+
+    assert _status(client, api_key) == 401
+
+
+def test_deleting_a_key_refuses_it_at_once_in_this_process(client, api_key, clock):
+    assert _status(client, api_key) == 404
+
+    ApiKey.objects.get().delete()
+
+    assert _status(client, api_key) == 401
+
+
+def test_a_key_revoked_by_another_process_is_refused_after_the_recheck_time(
+    client, api_key, clock, settings
+):
+    settings.ACCOLADE_API_KEY_RECHECK_SECONDS = 5
+    assert _status(client, api_key) == 404
+    # Another process's revoke: the row changes, no signal reaches this one.
+    ApiKey.objects.update(revoked_at=timezone.now())
+
+    assert _status(client, api_key) == 404
+    clock.now += 5.1
+    assert _status(client, api_key) == 401
+    clock.now += 60
+    assert _status(client, api_key) == 401
+
+
+def test_an_unknown_key_is_looked_up_every_time(client, db, clock):
+    from django.db import connection
+
+    with CaptureQueriesContext(connection) as queries:
+        for _ in range(3):
+            assert _status(client, "acc_unknown") == 401
+    assert len(_key_queries(queries)) == 3
+
+
+def test_use_is_recorded_at_most_once_a_minute(client, api_key, clock, settings):
+    settings.ACCOLADE_API_KEY_RECHECK_SECONDS = 0  # every request reads the row
+    assert _status(client, api_key) == 404
+    first = ApiKey.objects.get().last_used_at
+    assert first is not None
+
+    ApiKey.objects.update(last_used_at=first - timedelta(seconds=30))
+    assert _status(client, api_key) == 404
+    assert ApiKey.objects.get().last_used_at == first - timedelta(seconds=30)
+
+    ApiKey.objects.update(last_used_at=first - timedelta(minutes=2))
+    assert _status(client, api_key) == 404
+    recorded = ApiKey.objects.get().last_used_at
+    assert recorded is not None and recorded > first - timedelta(seconds=1)
