@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -29,17 +31,18 @@ class OneHopASGIHandler(ASGIHandler):
 
     Requests still overlap while they wait on the database, each on a thread
     of its own, but the threads are leased from `RequestThreads` rather than
-    started and joined for every request as Django's handler does.
+    started and joined for every request as Django's handler does, and at
+    most WEB_REQUEST_THREADS requests run at once.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.threads = RequestThreads(keep=settings.WEB_REQUEST_THREADS)
+        self.threads = RequestThreads(limit=settings.WEB_REQUEST_THREADS)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        executor = self.threads.lease()
+        executor = await self.threads.lease()
         try:
             # Every thread-sensitive call of this request (the request_started
             # and request_finished receivers, the middleware chain and view)
@@ -77,38 +80,71 @@ class _RequestThread(ThreadPoolExecutor):
 
 
 class RequestThreads:
-    """Threads that serve one request at a time each, kept between requests.
+    """Threads that serve one request at a time each, kept between requests,
+    and at most `limit` requests at once.
 
     Starting and joining a thread for every request, as Django's ASGI handler
     does through ThreadSensitiveContext, cost a fifth of a web process's CPU
     on small API requests (py-spy): the start, the join, and a new database
-    wrapper per request. A lease hands out an idle thread, or a new one when
-    all are busy, so concurrency is unbounded as before.
+    wrapper per request. A lease hands out an idle thread, or a new one.
+
+    Unbounded, as in Django's handler, 32 concurrent API clients got fewer
+    requests through than 4: every thread beyond the database pool's size
+    waited for a connection, and all of them contended for the GIL. So a
+    request beyond `limit` waits, on the event loop, for a lease to come
+    back, as in a WSGI server's fixed pool of threads. WebSockets take no
+    lease.
 
     A thread goes back to the idle stack only when nothing of its request is
     left in it. A request abandoned on a client disconnect can leave its view
     still running, and the next request must not queue behind it; such a
-    thread, and any beyond `keep` idle ones, finishes its work and exits.
-    Leases and returns happen on the event loop's thread, so they need no lock.
+    thread finishes its work and exits. Leases and returns happen on the
+    event loop's thread, so they need no lock.
     """
 
-    def __init__(self, keep: int) -> None:
-        self.keep = keep
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
         self._idle: list[_RequestThread] = []
+        self._leased = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
 
-    def lease(self) -> _RequestThread:
+    async def lease(self) -> _RequestThread:
+        if self._leased < self.limit and not self._waiting:
+            self._leased += 1
+        else:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            try:
+                await waiter  # a returning lease's place passes to it
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._pass_on()  # handed a place while being cancelled
+                raise
         # The most recently used first: its caches and stack are warm.
         return self._idle.pop() if self._idle else _RequestThread()
 
     def give_back(self, thread: _RequestThread) -> None:
-        if not thread.busy and len(self._idle) < self.keep:
+        if not thread.busy and len(self._idle) < self.limit:
             self._idle.append(thread)
         else:
             thread.shutdown(wait=False)
+        self._pass_on()
+
+    def _pass_on(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():  # not cancelled while it waited
+                waiter.set_result(None)
+                return
+        self._leased -= 1
 
     @property
     def idle(self) -> int:
         return len(self._idle)
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for waiter in self._waiting if not waiter.done())
 
 
 # Django must be set up before anything imports models, consumers included.

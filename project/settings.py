@@ -107,9 +107,10 @@ ASGI_APPLICATION = "project.asgi.application"
 # see project/gc_tuning.py for why a process holding thousands of sockets
 # collects less often.
 WEB_GC_THRESHOLDS = env_ints("WEB_GC_THRESHOLDS", (5_000, 10, 100), minimum=1)
-# Idle request threads a web process keeps between requests (project/asgi.py's
-# RequestThreads); a burst beyond it gets threads that exit afterwards.
-WEB_REQUEST_THREADS = env_int("WEB_REQUEST_THREADS", 64, minimum=1)
+# HTTP requests a web process runs at once, each on a thread kept between
+# requests (project/asgi.py's RequestThreads); more wait their turn on the
+# event loop. WebSockets are not counted. Keep it below DATABASE_POOL_SIZE.
+WEB_REQUEST_THREADS = env_int("WEB_REQUEST_THREADS", 8, minimum=1)
 WSGI_APPLICATION = None
 
 TEMPLATES = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -85,9 +86,9 @@ async def test_the_next_request_reuses_the_thread_instead_of_starting_one(reques
     assert django_asgi_app.threads.idle >= 1
 
 
-def test_concurrent_leases_get_threads_of_their_own():
-    threads = RequestThreads(keep=4)
-    first, second = threads.lease(), threads.lease()
+async def test_concurrent_leases_get_threads_of_their_own():
+    threads = RequestThreads(limit=4)
+    first, second = await threads.lease(), await threads.lease()
     try:
         assert first is not second
         idents = {executor.submit(threading.get_ident).result() for executor in (first, second)}
@@ -98,9 +99,59 @@ def test_concurrent_leases_get_threads_of_their_own():
     assert threads.idle == 2
 
 
-def test_a_thread_still_running_an_abandoned_request_is_not_leased_again():
-    threads = RequestThreads(keep=4)
-    thread = threads.lease()
+async def test_a_request_beyond_the_limit_waits_for_a_lease_to_come_back():
+    threads = RequestThreads(limit=2)
+    first, second = await threads.lease(), await threads.lease()
+    third = asyncio.create_task(threads.lease())
+    await asyncio.sleep(0.01)
+    assert not third.done() and threads.waiting == 1
+
+    threads.give_back(first)
+
+    assert await asyncio.wait_for(third, 5) is first  # the idle thread, reused
+    fourth = asyncio.create_task(threads.lease())
+    await asyncio.sleep(0.01)
+    assert not fourth.done()  # still two out
+    threads.give_back(second)
+    await asyncio.wait_for(fourth, 5)
+
+
+async def test_a_waiter_cancelled_before_its_turn_takes_no_place():
+    threads = RequestThreads(limit=1)
+    held = await threads.lease()
+    gone = asyncio.create_task(threads.lease())
+    next_in_line = asyncio.create_task(threads.lease())
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    await asyncio.sleep(0.01)
+
+    threads.give_back(held)
+
+    assert await asyncio.wait_for(next_in_line, 5) is held
+    assert gone.cancelled()
+
+
+async def test_a_waiter_cancelled_as_its_place_arrives_passes_the_place_on():
+    threads = RequestThreads(limit=1)
+    held = await threads.lease()
+    unlucky = asyncio.create_task(threads.lease())
+    after = asyncio.create_task(threads.lease())
+    await asyncio.sleep(0.01)
+
+    threads.give_back(held)  # the place goes to `unlucky`...
+    unlucky.cancel()  # ...which is cancelled before it runs
+
+    await asyncio.wait_for(after, 5)
+    assert unlucky.cancelled()
+    threads.give_back(after.result())
+    # One place, and it is free again.
+    again = await asyncio.wait_for(threads.lease(), 5)
+    threads.give_back(again)
+
+
+async def test_a_thread_still_running_an_abandoned_request_is_not_leased_again():
+    threads = RequestThreads(limit=4)
+    thread = await threads.lease()
     release = threading.Event()
     # A view still running after its client went away and the request was cancelled.
     still_running = thread.submit(release.wait, 10)
@@ -108,20 +159,6 @@ def test_a_thread_still_running_an_abandoned_request_is_not_leased_again():
     threads.give_back(thread)
 
     assert threads.idle == 0
-    assert threads.lease() is not thread
+    assert await threads.lease() is not thread
     release.set()
     assert still_running.result(timeout=10) is True
-
-
-def test_idle_threads_beyond_keep_exit():
-    threads = RequestThreads(keep=2)
-    leased = [threads.lease() for _ in range(3)]
-    for thread in leased:
-        thread.submit(int).result()
-
-    for thread in leased:
-        threads.give_back(thread)
-
-    assert threads.idle == 2
-    with pytest.raises(RuntimeError):  # the third was shut down
-        leased[2].submit(int)
