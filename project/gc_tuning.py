@@ -39,9 +39,9 @@ coroutine, asyncio.wait's futures) was replaced after every message and
 outlived the youngest generation; with the sockets fed by one hub per
 process (achievements.realtime.SocketHub) they take 13 to 30 ms, and the
 young collections at most about 30 ms. The cyclic garbage they find is
-mostly what Django's ASGI handler leaves per request, about 120 objects (a
-cancelled disconnect listener with its traceback, a database wrapper for
-the request's thread).
+mostly what Django's ASGI handler leaves per request: a cancelled
+disconnect listener with its traceback. (A database wrapper for each
+request's new thread was another; project/asgi.py now keeps its threads.)
 
 bench/latency.py measured the effect (README, Performance). The thresholds
 are the WEB_GC_THRESHOLDS setting; "700,10,10" restores Python's. They
