@@ -116,12 +116,16 @@ async def test_a_request_beyond_the_limit_waits_for_a_lease_to_come_back():
     await asyncio.wait_for(fourth, 5)
 
 
-async def test_a_waiter_cancelled_before_its_turn_takes_no_place():
+async def _one_place_held_and_two_waiting():
     threads = RequestThreads(limit=1)
     held = await threads.lease()
-    gone = asyncio.create_task(threads.lease())
-    next_in_line = asyncio.create_task(threads.lease())
+    first, second = (asyncio.create_task(threads.lease()) for _ in range(2))
     await asyncio.sleep(0.01)
+    return threads, held, first, second
+
+
+async def test_a_waiter_cancelled_before_its_turn_takes_no_place():
+    threads, held, gone, next_in_line = await _one_place_held_and_two_waiting()
     gone.cancel()
     await asyncio.sleep(0.01)
 
@@ -132,11 +136,7 @@ async def test_a_waiter_cancelled_before_its_turn_takes_no_place():
 
 
 async def test_a_waiter_cancelled_as_its_place_arrives_passes_the_place_on():
-    threads = RequestThreads(limit=1)
-    held = await threads.lease()
-    unlucky = asyncio.create_task(threads.lease())
-    after = asyncio.create_task(threads.lease())
-    await asyncio.sleep(0.01)
+    threads, held, unlucky, after = await _one_place_held_and_two_waiting()
 
     threads.give_back(held)  # the place goes to `unlucky`...
     unlucky.cancel()  # ...which is cancelled before it runs
