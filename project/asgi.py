@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -67,16 +68,26 @@ class _RequestThread(ThreadPoolExecutor):
 
     def __init__(self) -> None:
         super().__init__(max_workers=1, thread_name_prefix="request")
-        self._last: Future[Any] | None = None
+        # Every call not finished yet. Not just the last one: a call cancelled
+        # while queued is done, though the view ahead of it may still run.
+        self._pending: set[Future[Any]] = set()
+        self._lock = threading.Lock()
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        self._last = super().submit(fn, *args, **kwargs)
-        return self._last
+        future = super().submit(fn, *args, **kwargs)
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._finished)  # in the worker, or here if already done
+        return future
+
+    def _finished(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._pending.discard(future)
 
     @property
     def busy(self) -> bool:
-        # One worker runs calls in order, so the last call done means all are.
-        return self._last is not None and not self._last.done()
+        with self._lock:
+            return bool(self._pending)
 
 
 class RequestThreads:

@@ -162,3 +162,19 @@ async def test_a_thread_still_running_an_abandoned_request_is_not_leased_again()
     assert await threads.lease() is not thread
     release.set()
     assert still_running.result(timeout=10) is True
+
+
+async def test_a_thread_whose_later_call_was_cancelled_is_still_busy_with_the_view():
+    # A client left during a slow view: Django's request_finished call queued
+    # behind the view, and Daphne then cancelled the request, cancelling it.
+    threads = RequestThreads(limit=4)
+    thread = await threads.lease()
+    release = threading.Event()
+    view = thread.submit(release.wait, 10)
+    thread.submit(int).cancel()
+
+    threads.give_back(thread)
+
+    assert threads.idle == 0
+    release.set()
+    assert view.result(timeout=10) is True
