@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from time import monotonic
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -30,6 +32,9 @@ class _Known:
 
 
 _known: dict[str, _Known] = {}
+# Bumped by every `forget`: a lookup that began before a key was revoked or
+# deleted must not put what it read back into `_known`.
+_forgotten = 0
 
 
 def authenticate(request: HttpRequest) -> ApiKey | None:
@@ -54,14 +59,16 @@ def authenticate(request: HttpRequest) -> ApiKey | None:
         known is None
         or monotonic() - known.checked_at >= settings.ACCOLADE_API_KEY_RECHECK_SECONDS
     ):
-        checked_at = monotonic()
+        checked_at, forgotten = monotonic(), _forgotten
         api_key = ApiKey.objects.active().filter(key_hash=digest).first()
         if api_key is None:
             _known.pop(digest, None)
             return None
-        if len(_known) >= KNOWN_KEYS_MAX:
-            _known.clear()
-        known = _known[digest] = _Known(api_key, checked_at, api_key.last_used_at)
+        known = _Known(api_key, checked_at, api_key.last_used_at)
+        if forgotten == _forgotten:  # else a key changed meanwhile: trust this read once
+            if len(_known) >= KNOWN_KEYS_MAX:
+                _known.clear()
+            _known[digest] = known
     now = timezone.now()
     # Record use at most once a minute per process: a write per request would
     # cost more than the information is worth.
@@ -72,8 +79,19 @@ def authenticate(request: HttpRequest) -> ApiKey | None:
 
 
 def forget(sender: type[ApiKey], instance: ApiKey, **kwargs: Any) -> None:
-    """Signal receiver: a key was saved (revoked, say) or deleted; look it up afresh."""
-    _known.pop(instance.key_hash, None)
+    """Signal receiver: a key was saved (revoked, say) or deleted; look it up afresh.
+
+    Now, and again when the change commits: until then other requests still
+    read the row as it was, and may have trusted it again.
+    """
+    _forget(instance.key_hash)
+    transaction.on_commit(partial(_forget, instance.key_hash))
+
+
+def _forget(key_hash: str) -> None:
+    global _forgotten
+    _forgotten += 1
+    _known.pop(key_hash, None)
 
 
 def rate_limit(api_key: ApiKey) -> int | None:

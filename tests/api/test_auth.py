@@ -108,3 +108,22 @@ def test_use_is_recorded_at_most_once_a_minute(client, api_key, clock, settings)
     assert _status(client, api_key) == 404
     recorded = ApiKey.objects.get().last_used_at
     assert recorded is not None and recorded > first - timedelta(seconds=1)
+
+
+def test_a_lookup_that_raced_a_revoke_does_not_trust_the_key_again(client, api_key, clock):
+    from django.db import connection
+
+    racing = {"done": False}
+
+    def revoke_while_the_lookup_runs(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)  # reads the key as active
+        if "api_apikey" in sql and sql.lstrip().startswith("SELECT") and not racing["done"]:
+            racing["done"] = True
+            ApiKey.objects.get().revoke()  # another request, between read and store
+        return result
+
+    with connection.execute_wrapper(revoke_while_the_lookup_runs):
+        assert _status(client, api_key) == 404  # what it read before the revoke
+
+    assert racing["done"]
+    assert _status(client, api_key) == 401  # not the stale read, though no time passed
