@@ -135,7 +135,8 @@ class RequestThreads:
         return self._idle.pop() if self._idle else _RequestThread()
 
     def give_back(self, thread: _RequestThread) -> None:
-        if not thread.busy and len(self._idle) < self.limit:
+        # At most `limit` threads are out at once, so the idle stack needs no cap.
+        if not thread.busy:
             self._idle.append(thread)
         else:
             thread.shutdown(wait=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -38,8 +39,6 @@ def _key_queries(queries) -> list[str]:
 def test_a_key_found_active_is_not_looked_up_again_within_the_recheck_time(
     client, api_key, clock, settings
 ):
-    from django.db import connection
-
     settings.ACCOLADE_API_KEY_RECHECK_SECONDS = 5
     assert _status(client, api_key) == 404
 
@@ -86,8 +85,6 @@ def test_a_key_revoked_by_another_process_is_refused_after_the_recheck_time(
 
 
 def test_an_unknown_key_is_looked_up_every_time(client, db, clock):
-    from django.db import connection
-
     with CaptureQueriesContext(connection) as queries:
         for _ in range(3):
             assert _status(client, "acc_unknown") == 401
@@ -111,8 +108,6 @@ def test_use_is_recorded_at_most_once_a_minute(client, api_key, clock, settings)
 
 
 def test_a_lookup_that_raced_a_revoke_does_not_trust_the_key_again(client, api_key, clock):
-    from django.db import connection
-
     racing = {"done": False}
 
     def revoke_while_the_lookup_runs(execute, sql, params, many, context):
