@@ -71,6 +71,7 @@ class BatchResult:
     known: KnownState | None = None
 
 
+@index.pinned()  # the batch, its push and its composites read one version of the rules
 def evaluate_events(
     event_pks: Sequence[int] | None = None,
     *,

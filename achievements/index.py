@@ -15,6 +15,11 @@ and every process rebuilds on its next lookup. The token is replaced again
 when the change commits, so a process that rebuilt in between, from the rows
 as they were, rebuilds once more.
 
+Checking the token is a round trip to the cache. A unit of work that asks
+the index several times (a request records a batch; a batch is evaluated,
+then pushed) runs inside `pinned()`, which checks it once: its lookups then
+share one index, as they should, rather than straddle a rebuild.
+
 The model instances are shared by every thread of a process: read them,
 never change them.
 """
@@ -24,6 +29,8 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,9 +65,40 @@ class _Index:
 _lock = threading.Lock()
 _index = _Index()
 _version: str | None = None
+# This thread's pinned index: absent outside pinned(), None inside until the
+# first lookup (or after a change this thread made).
+_pins = threading.local()
+_OUTSIDE = object()
+
+
+@contextmanager
+def pinned() -> Iterator[None]:
+    """Within the block, this thread's lookups check the version once and share that index.
+
+    A change of the rules made in the block by this thread unpins it, so the
+    block's own later lookups see the change. Nested blocks share the outer pin.
+    """
+    if hasattr(_pins, "index"):
+        yield
+        return
+    _pins.index = None
+    try:
+        yield
+    finally:
+        del _pins.index
 
 
 def _current() -> _Index:
+    pin = getattr(_pins, "index", _OUTSIDE)
+    if isinstance(pin, _Index):
+        return pin
+    built = _checked()
+    if pin is None:
+        _pins.index = built
+    return built
+
+
+def _checked() -> _Index:
     global _index, _version
     current = _current_version()
     if current != _version:
@@ -102,6 +140,8 @@ def invalidate(**kwargs: Any) -> None:
     another process may have rebuilt from the rows as they were before it.
     """
     _new_version()
+    if getattr(_pins, "index", None) is not None:
+        _pins.index = None
     transaction.on_commit(_new_version)
 
 

@@ -73,6 +73,7 @@ def schema(request: HttpRequest) -> JsonResponse:
 
 @csrf_exempt
 @require_POST
+@index.pinned()  # the types accepted and the dedup rules: one look at the rules' version
 def events(request: HttpRequest) -> JsonResponse:
     """Record one event or a batch; 202 with a result per event once they are durable."""
     refused = _guard(request)
