@@ -124,6 +124,8 @@ class _Event(NamedTuple):
     user_id: int
     payload: dict[str, Any]
     occurred_at: datetime
+    # The user's time zone when the claim read it too (saves a query); None if not.
+    time_zone: str | None = None
 
 
 _EVENT_FIELDS = ("pk", "event_id", "event_type", "user_id", "payload", "occurred_at")
@@ -200,37 +202,39 @@ def _claim(event_pks: list[int], now: datetime) -> list[_Event]:
 
 def _claim_next(limit: int, now: datetime) -> list[_Event]:
     """The next waiting events, skipping those another batch holds."""
-    waiting = (
-        Event.objects.unprocessed()
-        .filter(user__isnull=False)
-        .filter(Q(retry_at__isnull=True) | Q(retry_at__lte=now))
-        .order_by("pk")
-    )
     if connection.vendor == "postgresql":
-        # Pick, lock (skipping rows another batch holds) and stamp in one round trip.
+        # Pick, lock (skipping rows another batch holds) and stamp in one round
+        # trip, reading each user's time zone on the way.
         table = Event._meta.db_table
         with connection.cursor() as cursor:
             cursor.execute(
                 f"""
-                UPDATE {table} SET processed_at = %s, retry_at = NULL
+                UPDATE {table} AS e SET processed_at = %s, retry_at = NULL
                 WHERE id IN (
                     SELECT id FROM {table}
                     WHERE processed_at IS NULL AND dead_lettered_at IS NULL
                       AND user_id IS NOT NULL AND (retry_at IS NULL OR retry_at <= %s)
                     ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
                 )
-                RETURNING id, event_id, event_type, user_id, payload, occurred_at
+                RETURNING id, event_id, event_type, user_id, payload, occurred_at,
+                    (SELECT time_zone FROM {Profile._meta.db_table} WHERE user_id = e.user_id)
                 """,
                 [now, now, limit],
             )
             rows = cursor.fetchall()
         return sorted(
             (
-                _Event(pk, event_id, event_type, user_id, _json(payload), occurred_at)
-                for pk, event_id, event_type, user_id, payload, occurred_at in rows
+                _Event(pk, event_id, event_type, user_id, _json(payload), at, zone or "UTC")
+                for pk, event_id, event_type, user_id, payload, at, zone in rows
             ),
             key=lambda event: event.pk,
         )
+    waiting = (
+        Event.objects.unprocessed()
+        .filter(user__isnull=False)
+        .filter(Q(retry_at__isnull=True) | Q(retry_at__lte=now))
+        .order_by("pk")
+    )
     return _claim(list(waiting.values_list("pk", flat=True)[:limit]), now)
 
 
@@ -258,14 +262,16 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
             if event_type in types:
                 by_type[event_type].append(requirement)
 
-    users: set[int] = {event.user_id for event in events if event.user_id is not None}
-    zones = dict.fromkeys(users, "UTC")
-    zones.update(
-        (user_id, zone or "UTC")
-        for user_id, zone in Profile.objects.filter(user_id__in=users).values_list(
-            "user_id", "time_zone"
+    zones = {event.user_id: event.time_zone for event in events if event.time_zone is not None}
+    unknown = {event.user_id for event in events} - set(zones)
+    if unknown:
+        zones.update(dict.fromkeys(unknown, "UTC"))
+        zones.update(
+            (user_id, zone or "UTC")
+            for user_id, zone in Profile.objects.filter(user_id__in=unknown).values_list(
+                "user_id", "time_zone"
+            )
         )
-    )
 
     # Which requirements each event moves (type, filters, field present).
     facts: list[tuple[_Event, progress.Fact, list[BadgeRequirement]]] = []
@@ -481,19 +487,42 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
     return result
 
 
-def _lock_user_badges(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], _Standing]:
-    """Every (user, badge) row of the batch, created if missing, locked in (user, badge) order."""
+def _lock_user_badges(
+    pairs: list[tuple[int, int]], *, rewrite: bool = True
+) -> dict[tuple[int, int], _Standing]:
+    """Every (user, badge) row of the batch, created if missing, locked in (user, badge) order.
+
+    `pairs` must not repeat. With `rewrite` (PostgreSQL) one statement creates
+    the missing rows and locks the others: a conflict with DO UPDATE locks
+    the row as committed by then and returns it, at the price of writing it
+    again unchanged. Without, the rows are created, then locked by a second
+    statement, and a row that exists is left unwritten (replay promises
+    that); a SELECT ... FOR UPDATE in the first statement would miss a row
+    another batch committed while this one waited for it.
+    """
+    columns = (
+        "id, user_id, badge_id, current_value, target_value, completed_at, "
+        "completed_by_event_id, last_evaluated_at, tier"
+    )
+    table = UserBadge._meta.db_table
+    users, badges = [u for u, _ in pairs], [b for _, b in pairs]
     if connection.vendor == "postgresql":
-        with server_cursor() as cursor:
+        with server_cursor(binary=True) as cursor:
             cursor.execute(
                 f"""
-                INSERT INTO {UserBadge._meta.db_table}
-                    (user_id, badge_id, current_value, target_value, tier)
+                INSERT INTO {table} AS ub (user_id, badge_id, current_value, target_value, tier)
                 SELECT u, b, 0, 0, 0 FROM unnest(%b::bigint[], %b::bigint[]) AS p(u, b)
-                ON CONFLICT (user_id, badge_id) DO NOTHING
-                """,
-                [[u for u, _ in pairs], [b for _, b in pairs]],
+                ON CONFLICT (user_id, badge_id)
+                """
+                + (
+                    f"DO UPDATE SET user_id = ub.user_id RETURNING {columns}"
+                    if rewrite
+                    else "DO NOTHING"
+                ),
+                [users, badges],
             )
+            if rewrite:
+                return {(row[1], row[2]): _Standing(*row) for row in cursor.fetchall()}
     else:
         UserBadge.objects.bulk_create(
             [UserBadge(user_id=user_id, badge_id=badge_id) for user_id, badge_id in pairs],
@@ -501,14 +530,13 @@ def _lock_user_badges(pairs: list[tuple[int, int]]) -> dict[tuple[int, int], _St
             batch_size=1000,
         )
     wanted = set(pairs)
-    users, badges = sorted({u for u, _ in pairs}), sorted({b for _, b in pairs})
+    users, badges = sorted(set(users)), sorted(set(badges))
     locked = _select(
         UserBadge.objects.select_for_update()
         .filter(user_id__in=users, badge_id__in=badges)
         .order_by("user_id", "badge_id"),
         _STANDING_FIELDS,
-        f"SELECT id, user_id, badge_id, current_value, target_value, completed_at, "
-        f"completed_by_event_id, last_evaluated_at, tier FROM {UserBadge._meta.db_table} "
+        f"SELECT {columns} FROM {table} "
         f"WHERE user_id = ANY(%b::bigint[]) AND badge_id = ANY(%b::bigint[]) "
         f"ORDER BY user_id, badge_id FOR UPDATE",
         [users, badges],

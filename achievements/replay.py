@@ -324,7 +324,7 @@ def _replay_chunk(
 
     with transaction.atomic():
         pairs = sorted({(u, b) for u, rules_ in chosen.items() for b in rules_.badge_ids})
-        user_badges = _lock_user_badges(pairs) if pairs else {}
+        user_badges = _lock_user_badges(pairs, rewrite=False) if pairs else {}
         by_user: dict[int, dict[tuple[int, int], _Standing]] = defaultdict(dict)
         for pair, standing in user_badges.items():
             by_user[pair[0]][pair] = standing

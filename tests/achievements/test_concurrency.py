@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import pytest
 from django.db import connection
@@ -11,7 +12,7 @@ from django.utils import timezone
 
 from achievements.actions import evaluate_event
 from achievements.models import Event, RequirementProgress, UserBadge
-from tests.factories import make_images_badge, make_places_badge
+from tests.factories import make_badge, make_images_badge, make_places_badge
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("postgresql_only")]
 
@@ -121,3 +122,63 @@ def test_an_evaluation_commits_while_another_records_the_badges_first_version(ow
         thread.join()
     assert errors == []
     assert UserBadge.objects.filter(user=owner, badge=badge).exists()
+
+
+@pytest.mark.parametrize("rewrite", [True, False], ids=["one-statement", "insert-then-lock"])
+def test_two_batches_creating_one_users_standing_both_count(owner, rewrite):
+    """The second batch waits for the first one's new row and then locks it as
+    committed: a lock read from the statement's own snapshot would miss it."""
+    from unittest import mock
+
+    from achievements import batch
+
+    badge = make_badge(
+        key="visits", requirements=[{"event_type": "visit.created", "threshold": 5}]
+    )
+    now = timezone.now()
+    first, second = Event.objects.bulk_create(
+        [
+            Event(event_id=f"visit-{n}", event_type="visit.created", user=owner, occurred_at=now)
+            for n in range(2)
+        ]
+    )
+    locked, waiting = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+    real_lock = batch._lock_user_badges
+
+    def lock(pairs, **_):
+        standings = real_lock(pairs, rewrite=rewrite)
+        if threading.current_thread().name == "first":
+            locked.set()  # holds the new, uncommitted row
+            assert waiting.wait(10), "the second batch never waited for the row"
+        return standings
+
+    def run(event: Event) -> None:
+        try:
+            batch.evaluate_events([event.pk])
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    with mock.patch.object(batch, "_lock_user_badges", lock):
+        threads = [threading.Thread(target=run, args=(first,), name="first")]
+        threads[0].start()
+        assert locked.wait(10)
+        threads.append(threading.Thread(target=run, args=(second,), name="second"))
+        threads[1].start()
+        for _ in range(200):  # until the second batch waits on the first's row
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                if cursor.fetchone()[0]:
+                    waiting.set()
+                    break
+            time.sleep(0.05)
+        for thread in threads:
+            thread.join(30)
+    assert errors == []
+    assert UserBadge.objects.get(user=owner, badge=badge).current_value == 2
+    assert not Event.objects.unprocessed().exists()
