@@ -29,7 +29,8 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -43,7 +44,7 @@ from django.utils import timezone
 from accounts.models import Profile
 from achievements import index, metrics, periods, progress, realtime, rules
 from achievements.cards import KnownState
-from achievements.db import server_cursor
+from achievements.db import Rows, pipeline, server_cursor
 from achievements.models import (
     Badge,
     BadgeRequirement,
@@ -314,18 +315,26 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
     if not pairs:
         return result
 
-    user_badges = _lock_user_badges(pairs)
-    before = {pair: _row_of(standing) for pair, standing in user_badges.items()}
-    fresh = {pair for pair, standing in user_badges.items() if standing.last_evaluated_at is None}
     touched_users = {user_id for user_id, _ in pairs}
     touched_badges = {badge_id for _, badge_id in pairs}
     all_requirements = [r for badge_id in touched_badges for r in by_badge[badge_id]]
-    # Value and updated_at are rewritten for the rows that move; not read.
-    rows = {
-        (user_id, requirement_id): _Progress(
-            user_id, requirement_id, _json(state) or {}, met_by, started
-        )
-        for user_id, requirement_id, state, met_by, started in _select(
+    # The all-time distinct values the batch mentions.
+    mentioned: set[tuple[int, int, str]] = set()
+    keys: dict[tuple[int, int], str | None] = {}  # (event, requirement) → its distinct key
+    for event, fact, touched in facts:
+        for requirement in touched:
+            key = keys[(event.pk, requirement.pk)] = progress.key_for(requirement.spec, fact)
+            if key is not None and event.user_id is not None:
+                mentioned.add((event.user_id, requirement.pk, key))
+    # Unlocks the awards check against: composites' parts, repeatable periods.
+    repeating = {b for b in touched_badges if by_badge[b][0].badge.repeat}
+    needs_unlocks = repeating or any(r.kind == "composite" for r in all_requirements)
+
+    # Lock the standings, then read what they guard: one round trip on PostgreSQL.
+    with _reads() as read:
+        locked = _lock_user_badges(pairs, read)
+        # Value and updated_at are rewritten for the rows that move; not read.
+        progress_rows = read(
             RequirementProgress.objects.filter(
                 user_id__in=touched_users, requirement_id__in=[r.pk for r in all_requirements]
             ),
@@ -335,33 +344,14 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
             f"WHERE user_id = ANY(%b::bigint[]) AND requirement_id = ANY(%b::bigint[])",
             [sorted(touched_users), [r.pk for r in all_requirements]],
         )
-    }
-    created_rows: set[tuple[int, int]] = set()
-    for user_id, badge_id in pairs:
-        for requirement in by_badge[badge_id]:
-            if (user_id, requirement.pk) not in rows:
-                # As in live evaluation, a touched badge gets a row per requirement.
-                rows[(user_id, requirement.pk)] = _Progress(user_id, requirement.pk, {}, "", None)
-                created_rows.add((user_id, requirement.pk))
-
-    # The all-time distinct values the batch mentions, in one query.
-    mentioned: set[tuple[int, int, str]] = set()
-    keys: dict[tuple[int, int], str | None] = {}  # (event, requirement) → its distinct key
-    for event, fact, touched in facts:
-        for requirement in touched:
-            key = keys[(event.pk, requirement.pk)] = progress.key_for(requirement.spec, fact)
-            if key is not None and event.user_id is not None:
-                mentioned.add((event.user_id, requirement.pk, key))
-    seen: set[tuple[int, int, str]] = set()
-    if mentioned:
-        users_, requirements_, keys_ = (
-            sorted({u for u, _, _ in mentioned}),
-            sorted({r for _, r, _ in mentioned}),
-            sorted({k for _, _, k in mentioned}),
-        )
-        seen = {
-            (user_id, requirement_id, key)
-            for user_id, requirement_id, key in _select(
+        seen_rows = None
+        if mentioned:
+            users_, requirements_, keys_ = (
+                sorted({u for u, _, _ in mentioned}),
+                sorted({r for _, r, _ in mentioned}),
+                sorted({k for _, _, k in mentioned}),
+            )
+            seen_rows = read(
                 DistinctValue.objects.filter(
                     user_id__in=users_, requirement_id__in=requirements_, value_key__in=keys_
                 ),
@@ -371,20 +361,45 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
                 f"AND value_key = ANY(%b::text[])",
                 [users_, requirements_, keys_],
             )
+        unlock_rows = None
+        if needs_unlocks:
+            unlock_rows = read(
+                Unlock.objects.filter(user_id__in=touched_users),
+                ("user_id", "badge_id", "period", "tier", "unlocked_at", "event__occurred_at"),
+                f"SELECT u.user_id, u.badge_id, u.period, u.tier, u.unlocked_at, e.occurred_at "
+                f"FROM {Unlock._meta.db_table} u "
+                f"LEFT JOIN {Event._meta.db_table} e ON e.id = u.event_id "
+                f"WHERE u.user_id = ANY(%b::bigint[])",
+                [sorted(touched_users)],
+            )
+
+    user_badges = locked()
+    before = {pair: _row_of(standing) for pair, standing in user_badges.items()}
+    fresh = {pair for pair, standing in user_badges.items() if standing.last_evaluated_at is None}
+    rows = {
+        (user_id, requirement_id): _Progress(
+            user_id, requirement_id, _json(state) or {}, met_by, started
+        )
+        for user_id, requirement_id, state, met_by, started in progress_rows()
+    }
+    created_rows: set[tuple[int, int]] = set()
+    for user_id, badge_id in pairs:
+        for requirement in by_badge[badge_id]:
+            if (user_id, requirement.pk) not in rows:
+                # As in live evaluation, a touched badge gets a row per requirement.
+                rows[(user_id, requirement.pk)] = _Progress(user_id, requirement.pk, {}, "", None)
+                created_rows.add((user_id, requirement.pk))
+    seen: set[tuple[int, int, str]] = set()
+    if seen_rows is not None:
+        seen = {
+            (user_id, requirement_id, key)
+            for user_id, requirement_id, key in seen_rows()
             if (user_id, requirement_id, key) in mentioned
         }
-
-    # Unlocks the awards check against: composites' parts, repeatable periods.
-    repeating = {b for b in touched_badges if by_badge[b][0].badge.repeat}
-    needs_unlocks = repeating or any(r.kind == "composite" for r in all_requirements)
     held: dict[int, set[tuple[int, str, int]]] = defaultdict(set)
     legacy: dict[tuple[int, int], datetime] = {}
-    if needs_unlocks:
-        for user_id, badge_id, period, tier, at, occurred in Unlock.objects.filter(
-            user_id__in=touched_users
-        ).values_list(
-            "user_id", "badge_id", "period", "tier", "unlocked_at", "event__occurred_at"
-        ):
+    if unlock_rows is not None:
+        for user_id, badge_id, period, tier, at, occurred in unlock_rows():
             held[user_id].add((badge_id, period, tier))
             if badge_id in repeating and period == "" and tier == 0:
                 legacy[(user_id, badge_id)] = occurred or at
@@ -454,11 +469,6 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
         requirement = requirement_by_pk[requirement_id]
         row.value = progress.measure(requirement.spec, row.state, now, zones[user_id]).value
         row.updated_at = now
-    _insert_distinct(new_keys)
-    _upsert_progress([rows[pair] for pair in sorted(moved_rows)])
-    Unlock.objects.bulk_create(new_unlocks, batch_size=1000)
-    for unlock in new_unlocks:
-        result.unlocks[unlock.user_id].append(unlock.pk)
     # Rows whose standing did not move are left alone (nothing for a page to
     # catch up on); new rows and moved ones are written, and pushed.
     changed = {
@@ -466,7 +476,23 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
         for pair, standing in user_badges.items()
         if pair in fresh or pair in moved_pairs or _row_of(standing) != before[pair]
     }
-    _save_user_badges([user_badges[pair] for pair in sorted(changed)])
+    moved_progress = [rows[pair] for pair in sorted(moved_rows)]
+    standings = [user_badges[pair] for pair in sorted(changed)]
+    if connection.vendor == "postgresql":  # one round trip for the three
+        with pipeline() as send:
+            if new_keys:
+                send(*_distinct_statement(new_keys))
+            if moved_progress:
+                send(*_progress_statement(moved_progress))
+            if standings:
+                send(*_standings_statement(standings))
+    else:
+        _insert_distinct(new_keys)
+        _upsert_progress(moved_progress)
+        _save_user_badges(standings)
+    Unlock.objects.bulk_create(new_unlocks, batch_size=1000)
+    for unlock in new_unlocks:
+        result.unlocks[unlock.user_id].append(unlock.pk)
     for user_id, badge_id in changed:
         result.changed[user_id].add(badge_id)
     # Rows of every requirement of a changed badge are in `rows` (read, or made
@@ -487,42 +513,53 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
     return result
 
 
-def _lock_user_badges(
-    pairs: list[tuple[int, int]], *, rewrite: bool = True
-) -> dict[tuple[int, int], _Standing]:
-    """Every (user, badge) row of the batch, created if missing, locked in (user, badge) order.
+Read = Callable[[Any, Sequence[str], str, list[Any]], Rows]
 
-    `pairs` must not repeat. With `rewrite` (PostgreSQL) one statement creates
-    the missing rows and locks the others: a conflict with DO UPDATE locks
-    the row as committed by then and returns it, at the price of writing it
-    again unchanged. Without, the rows are created, then locked by a second
-    statement, and a row that exists is left unwritten (replay promises
-    that); a SELECT ... FOR UPDATE in the first statement would miss a row
-    another batch committed while this one waited for it.
+
+@contextmanager
+def _reads() -> Iterator[Read]:
+    """Reads sent together: `read(queryset, fields, sql, params)` sends one and
+    returns the function that gives its rows once the block has ended.
+
+    On PostgreSQL `sql` (array parameters: a long IN list costs Django a
+    lookup per value) with the others in one round trip; elsewhere the
+    queryset's `fields`, at once.
     """
-    columns = (
-        "id, user_id, badge_id, current_value, target_value, completed_at, "
-        "completed_by_event_id, last_evaluated_at, tier"
-    )
+    if connection.vendor != "postgresql":
+
+        def at_once(queryset: Any, fields: Sequence[str], sql: str, params: list[Any]) -> Rows:
+            rows = list(queryset.values_list(*fields))
+            return lambda: rows
+
+        yield at_once
+        return
+    with pipeline() as send:
+        yield lambda queryset, fields, sql, params: send(sql, params, binary=True)
+
+
+def _lock_user_badges(
+    pairs: list[tuple[int, int]], read: Read
+) -> Callable[[], dict[tuple[int, int], _Standing]]:
+    """Every (user, badge) row of the batch, created if missing, locked in (user,
+    badge) order; sent with `read`, so the standings are there once its block ends.
+
+    The rows are created, then locked by a second statement: a lock in the
+    insert's own statement would miss a row another batch committed while
+    this one waited for it (a statement sees what committed before it
+    began). Sent together, the two still cost one round trip.
+    """
     table = UserBadge._meta.db_table
-    users, badges = [u for u, _ in pairs], [b for _, b in pairs]
     if connection.vendor == "postgresql":
-        with server_cursor(binary=True) as cursor:
-            cursor.execute(
-                f"""
-                INSERT INTO {table} AS ub (user_id, badge_id, current_value, target_value, tier)
-                SELECT u, b, 0, 0, 0 FROM unnest(%b::bigint[], %b::bigint[]) AS p(u, b)
-                ON CONFLICT (user_id, badge_id)
-                """
-                + (
-                    f"DO UPDATE SET user_id = ub.user_id RETURNING {columns}"
-                    if rewrite
-                    else "DO NOTHING"
-                ),
-                [users, badges],
-            )
-            if rewrite:
-                return {(row[1], row[2]): _Standing(*row) for row in cursor.fetchall()}
+        read(
+            None,
+            (),
+            f"""
+            INSERT INTO {table} (user_id, badge_id, current_value, target_value, tier)
+            SELECT u, b, 0, 0, 0 FROM unnest(%b::bigint[], %b::bigint[]) AS p(u, b)
+            ON CONFLICT (user_id, badge_id) DO NOTHING
+            """,
+            [[u for u, _ in pairs], [b for _, b in pairs]],
+        )
     else:
         UserBadge.objects.bulk_create(
             [UserBadge(user_id=user_id, badge_id=badge_id) for user_id, badge_id in pairs],
@@ -530,30 +567,21 @@ def _lock_user_badges(
             batch_size=1000,
         )
     wanted = set(pairs)
-    users, badges = sorted(set(users)), sorted(set(badges))
-    locked = _select(
+    users, badges = sorted({u for u, _ in pairs}), sorted({b for _, b in pairs})
+    locked = read(
         UserBadge.objects.select_for_update()
         .filter(user_id__in=users, badge_id__in=badges)
         .order_by("user_id", "badge_id"),
         _STANDING_FIELDS,
-        f"SELECT {columns} FROM {table} "
+        f"SELECT id, user_id, badge_id, current_value, target_value, completed_at, "
+        f"completed_by_event_id, last_evaluated_at, tier FROM {table} "
         f"WHERE user_id = ANY(%b::bigint[]) AND badge_id = ANY(%b::bigint[]) "
         f"ORDER BY user_id, badge_id FOR UPDATE",
         [users, badges],
     )
-    return {(row[1], row[2]): _Standing(*row) for row in locked if (row[1], row[2]) in wanted}
-
-
-def _select(
-    queryset: Any, fields: Sequence[str], sql: str, params: list[Any]
-) -> list[tuple[Any, ...]]:
-    """Rows of `fields`: on PostgreSQL by `sql` with array parameters (a long IN
-    list costs Django a lookup per value), elsewhere by the queryset."""
-    if connection.vendor != "postgresql":
-        return list(queryset.values_list(*fields))
-    with server_cursor(binary=True) as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
+    return lambda: {
+        (row[1], row[2]): _Standing(*row) for row in locked() if (row[1], row[2]) in wanted
+    }
 
 
 def _row_of(standing: _Standing) -> tuple[Any, ...]:
@@ -577,16 +605,22 @@ def _insert_distinct(keys: list[tuple[int, int, str]], *, skip_existing: bool = 
             batch_size=1000,
         )
         return
-    conflict = "ON CONFLICT (user_id, requirement_id, value_key) DO NOTHING"
     with server_cursor() as cursor:
-        cursor.execute(
-            f"""
-            INSERT INTO {DistinctValue._meta.db_table} (user_id, requirement_id, value_key)
-            SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[])
-            {conflict if skip_existing else ""}
-            """,
-            [[u for u, _, _ in keys], [r for _, r, _ in keys], [k for _, _, k in keys]],
-        )
+        cursor.execute(*_distinct_statement(keys, skip_existing=skip_existing))
+
+
+def _distinct_statement(
+    keys: list[tuple[int, int, str]], *, skip_existing: bool = False
+) -> tuple[str, list[Any]]:
+    conflict = "ON CONFLICT (user_id, requirement_id, value_key) DO NOTHING"
+    return (
+        f"""
+        INSERT INTO {DistinctValue._meta.db_table} (user_id, requirement_id, value_key)
+        SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[])
+        {conflict if skip_existing else ""}
+        """,
+        [[u for u, _, _ in keys], [r for _, r, _ in keys], [k for _, _, k in keys]],
+    )
 
 
 def _save_user_badges(user_badges: list[_Standing]) -> None:
@@ -597,48 +631,55 @@ def _save_user_badges(user_badges: list[_Standing]) -> None:
 
     if not user_badges:
         return
+    if connection.vendor == "postgresql":
+        with server_cursor() as cursor:
+            cursor.execute(*_standings_statement(user_badges))
+        return
+    _stamp(user_badges)
+    models = [
+        UserBadge(
+            **{("id" if name == "pk" else name): getattr(ub, name) for name in _STANDING_FIELDS}
+        )
+        for ub in user_badges
+    ]
+    UserBadge.objects.bulk_update(models, USER_BADGE_FIELDS, batch_size=500)
+
+
+def _stamp(user_badges: list[_Standing]) -> None:
     evaluated_at = timezone.now()  # as late as possible: pages re-sync on it
     for user_badge in user_badges:
         user_badge.last_evaluated_at = evaluated_at
-    if connection.vendor != "postgresql":
-        models = [
-            UserBadge(
-                **{
-                    ("id" if name == "pk" else name): getattr(ub, name)
-                    for name in _STANDING_FIELDS
-                }
-            )
-            for ub in user_badges
-        ]
-        UserBadge.objects.bulk_update(models, USER_BADGE_FIELDS, batch_size=500)
-        return
-    with server_cursor() as cursor:
-        cursor.execute(
-            f"""
-            UPDATE {UserBadge._meta.db_table} AS ub SET
-                current_value = v.current_value,
-                target_value = v.target_value,
-                last_evaluated_at = v.last_evaluated_at,
-                completed_at = v.completed_at,
-                completed_by_event_id = v.completed_by_event_id,
-                tier = v.tier
-            FROM unnest(
-                %b::bigint[], %t::numeric[], %t::numeric[], %b::timestamptz[],
-                %b::timestamptz[], %b::bigint[], %b::smallint[]
-            ) AS v(id, current_value, target_value, last_evaluated_at, completed_at,
-                   completed_by_event_id, tier)
-            WHERE ub.id = v.id
-            """,
-            [
-                [ub.pk for ub in user_badges],
-                [ub.current_value for ub in user_badges],
-                [ub.target_value for ub in user_badges],
-                [ub.last_evaluated_at for ub in user_badges],
-                [ub.completed_at for ub in user_badges],
-                [ub.completed_by_event_id for ub in user_badges],
-                [ub.tier for ub in user_badges],
-            ],
-        )
+
+
+def _standings_statement(user_badges: list[_Standing]) -> tuple[str, list[Any]]:
+    """_save_user_badges' UPDATE on PostgreSQL (the standings stamped as evaluated now)."""
+    _stamp(user_badges)
+    return (
+        f"""
+        UPDATE {UserBadge._meta.db_table} AS ub SET
+            current_value = v.current_value,
+            target_value = v.target_value,
+            last_evaluated_at = v.last_evaluated_at,
+            completed_at = v.completed_at,
+            completed_by_event_id = v.completed_by_event_id,
+            tier = v.tier
+        FROM unnest(
+            %b::bigint[], %t::numeric[], %t::numeric[], %b::timestamptz[],
+            %b::timestamptz[], %b::bigint[], %b::smallint[]
+        ) AS v(id, current_value, target_value, last_evaluated_at, completed_at,
+               completed_by_event_id, tier)
+        WHERE ub.id = v.id
+        """,
+        [
+            [ub.pk for ub in user_badges],
+            [ub.current_value for ub in user_badges],
+            [ub.target_value for ub in user_badges],
+            [ub.last_evaluated_at for ub in user_badges],
+            [ub.completed_at for ub in user_badges],
+            [ub.completed_by_event_id for ub in user_badges],
+            [ub.tier for ub in user_badges],
+        ],
+    )
 
 
 def _upsert_progress(rows: list[_Progress]) -> list[tuple[int, int]]:
@@ -648,35 +689,7 @@ def _upsert_progress(rows: list[_Progress]) -> list[tuple[int, int]]:
         return []
     if connection.vendor == "postgresql":
         with server_cursor() as cursor:
-            cursor.execute(
-                f"""
-                INSERT INTO {RequirementProgress._meta.db_table} AS p
-                    (user_id, requirement_id, value, state, met_by, started_at, updated_at)
-                SELECT * FROM unnest(
-                    %b::bigint[], %b::bigint[], %t::numeric[], %b::jsonb[], %b::text[],
-                    %b::timestamptz[], %b::timestamptz[]
-                )
-                ON CONFLICT (user_id, requirement_id) DO UPDATE SET
-                    value = EXCLUDED.value,
-                    state = EXCLUDED.state,
-                    met_by = EXCLUDED.met_by,
-                    started_at = EXCLUDED.started_at,
-                    updated_at = EXCLUDED.updated_at
-                -- A row that would not change is left as it is (a replay finds most so).
-                WHERE (p.value, p.state, p.met_by, p.started_at) IS DISTINCT FROM
-                    (EXCLUDED.value, EXCLUDED.state, EXCLUDED.met_by, EXCLUDED.started_at)
-                RETURNING user_id, requirement_id
-                """,
-                [
-                    [row.user_id for row in rows],
-                    [row.requirement_id for row in rows],
-                    [row.value for row in rows],
-                    [json.dumps(row.state) for row in rows],
-                    [row.met_by for row in rows],
-                    [row.started_at for row in rows],
-                    [row.updated_at for row in rows],
-                ],
-            )
+            cursor.execute(*_progress_statement(rows))
             return cursor.fetchall()
     RequirementProgress.objects.bulk_create(
         [
@@ -696,6 +709,39 @@ def _upsert_progress(rows: list[_Progress]) -> list[tuple[int, int]]:
         batch_size=1000,
     )
     return [(row.user_id, row.requirement_id) for row in rows]
+
+
+def _progress_statement(rows: list[_Progress]) -> tuple[str, list[Any]]:
+    """_upsert_progress's statement on PostgreSQL."""
+    return (
+        f"""
+        INSERT INTO {RequirementProgress._meta.db_table} AS p
+            (user_id, requirement_id, value, state, met_by, started_at, updated_at)
+        SELECT * FROM unnest(
+            %b::bigint[], %b::bigint[], %t::numeric[], %b::jsonb[], %b::text[],
+            %b::timestamptz[], %b::timestamptz[]
+        )
+        ON CONFLICT (user_id, requirement_id) DO UPDATE SET
+            value = EXCLUDED.value,
+            state = EXCLUDED.state,
+            met_by = EXCLUDED.met_by,
+            started_at = EXCLUDED.started_at,
+            updated_at = EXCLUDED.updated_at
+        -- A row that would not change is left as it is (a replay finds most so).
+        WHERE (p.value, p.state, p.met_by, p.started_at) IS DISTINCT FROM
+            (EXCLUDED.value, EXCLUDED.state, EXCLUDED.met_by, EXCLUDED.started_at)
+        RETURNING user_id, requirement_id
+        """,
+        [
+            [row.user_id for row in rows],
+            [row.requirement_id for row in rows],
+            [row.value for row in rows],
+            [json.dumps(row.state) for row in rows],
+            [row.met_by for row in rows],
+            [row.started_at for row in rows],
+            [row.updated_at for row in rows],
+        ],
+    )
 
 
 def _measure_and_award(

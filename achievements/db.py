@@ -1,8 +1,8 @@
-"""A cursor for the engine's array-fed statements on PostgreSQL."""
+"""Cursors for the engine's array-fed statements on PostgreSQL, one by one or sent together."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -45,3 +45,43 @@ def server_cursor(*, binary: bool = False, name: str = "") -> Iterator[Any]:
     wrap = connection.make_debug_cursor if connection.queries_logged else connection.make_cursor
     with wrap(raw) as cursor:
         yield cursor
+
+
+Rows = Callable[[], list[tuple[Any, ...]]]
+
+
+@contextmanager
+def pipeline() -> Iterator[Callable[..., Rows]]:
+    """Statements sent to PostgreSQL together: one round trip for all of them.
+
+    Yields `send(sql, params, binary=False)`, which queues a statement (on a
+    cursor like `server_cursor`'s) and returns the function that gives its
+    rows (none for a statement without) once the block has ended. In
+    psycopg's pipeline mode the client does not wait for each answer; the
+    server still runs the statements one after another, in the order sent,
+    each with a snapshot of its own, as if they had come one by one. A
+    statement that fails fails the block, and those after it do not run.
+    """
+    connection.ensure_connection()
+    wrap = connection.make_debug_cursor if connection.queries_logged else connection.make_cursor
+    sent: list[tuple[Any, list[tuple[Any, ...]]]] = []
+
+    def send(sql: str, params: list[Any], binary: bool = False) -> Rows:
+        raw: Any = psycopg.Cursor(connection.connection)  # Django wraps any DB-API cursor
+        if binary:
+            raw.format = psycopg.pq.Format.BINARY
+        cursor = wrap(raw)
+        rows: list[tuple[Any, ...]] = []
+        sent.append((cursor, rows))
+        cursor.execute(sql, params)
+        return lambda: rows
+
+    try:
+        with connection.connection.pipeline():
+            yield send
+        for cursor, rows in sent:  # every answer has arrived with the block's end
+            if cursor.description is not None:
+                rows.extend(cursor.fetchall())
+    finally:
+        for cursor, _ in sent:
+            cursor.close()

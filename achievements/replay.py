@@ -24,6 +24,7 @@ from achievements.batch import (
     _insert_distinct,
     _lock_user_badges,
     _Progress,
+    _reads,
     _row_of,
     _save_user_badges,
     _Standing,
@@ -324,7 +325,11 @@ def _replay_chunk(
 
     with transaction.atomic():
         pairs = sorted({(u, b) for u, rules_ in chosen.items() for b in rules_.badge_ids})
-        user_badges = _lock_user_badges(pairs, rewrite=False) if pairs else {}
+        user_badges: dict[tuple[int, int], _Standing] = {}
+        if pairs:
+            with _reads() as read:
+                locked = _lock_user_badges(pairs, read)
+            user_badges = locked()
         by_user: dict[int, dict[tuple[int, int], _Standing]] = defaultdict(dict)
         for pair, standing in user_badges.items():
             by_user[pair[0]][pair] = standing
