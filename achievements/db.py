@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import psycopg
 from django.db import connection
 
 STREAM_ROWS = 2000
+_PIPELINES = psycopg.Pipeline.is_supported()
 
 
 @contextmanager
@@ -61,6 +62,8 @@ def pipeline() -> Iterator[Callable[..., Rows]]:
     server still runs the statements one after another, in the order sent,
     each with a snapshot of its own, as if they had come one by one. A
     statement that fails fails the block, and those after it do not run.
+    With a libpq older than 14 (no pipeline mode) each is sent and answered
+    in turn, with the same results.
     """
     connection.ensure_connection()
     wrap = connection.make_debug_cursor if connection.queries_logged else connection.make_cursor
@@ -77,7 +80,10 @@ def pipeline() -> Iterator[Callable[..., Rows]]:
         return lambda: rows
 
     try:
-        with connection.connection.pipeline():
+        # Errors of the statements arrive with the block's end, outside Django's
+        # cursor: wrapped here as Django wraps them there (django.db.DataError...).
+        together = connection.connection.pipeline() if _PIPELINES else nullcontext()
+        with connection.wrap_database_errors, together:
             yield send
         for cursor, rows in sent:  # every answer has arrived with the block's end
             if cursor.description is not None:
