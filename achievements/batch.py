@@ -18,6 +18,10 @@ holds:
 6. write it all back: upserts for progress and standings, inserts for
    distinct values and unlocks.
 
+On PostgreSQL steps 3 and 4 reach the server in one round trip (psycopg's
+pipeline mode, `db.pipeline`), and step 6's writes, but for the unlocks, in
+another.
+
 If anything fails, the transaction rolls back whole and the caller hands
 the events to the one-at-a-time path, which retries and dead-letters them
 one by one (`tasks.evaluate_batch_task`).
@@ -478,6 +482,7 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
     }
     moved_progress = [rows[pair] for pair in sorted(moved_rows)]
     standings = [user_badges[pair] for pair in sorted(changed)]
+    _stamp(standings)
     if connection.vendor == "postgresql":  # one round trip for the three
         with pipeline() as send:
             if new_keys:
@@ -631,11 +636,11 @@ def _save_user_badges(user_badges: list[_Standing]) -> None:
 
     if not user_badges:
         return
+    _stamp(user_badges)
     if connection.vendor == "postgresql":
         with server_cursor() as cursor:
             cursor.execute(*_standings_statement(user_badges))
         return
-    _stamp(user_badges)
     models = [
         UserBadge(
             **{("id" if name == "pk" else name): getattr(ub, name) for name in _STANDING_FIELDS}
@@ -646,14 +651,14 @@ def _save_user_badges(user_badges: list[_Standing]) -> None:
 
 
 def _stamp(user_badges: list[_Standing]) -> None:
-    evaluated_at = timezone.now()  # as late as possible: pages re-sync on it
+    """Mark the standings evaluated now, just before they are written (pages re-sync on it)."""
+    evaluated_at = timezone.now()
     for user_badge in user_badges:
         user_badge.last_evaluated_at = evaluated_at
 
 
 def _standings_statement(user_badges: list[_Standing]) -> tuple[str, list[Any]]:
-    """_save_user_badges' UPDATE on PostgreSQL (the standings stamped as evaluated now)."""
-    _stamp(user_badges)
+    """_save_user_badges' UPDATE on PostgreSQL."""
     return (
         f"""
         UPDATE {UserBadge._meta.db_table} AS ub SET

@@ -63,11 +63,14 @@ def pipeline() -> Iterator[Callable[..., Rows]]:
     each with a snapshot of its own, as if they had come one by one. A
     statement that fails fails the block, and those after it do not run.
     With a libpq older than 14 (no pipeline mode) each is sent and answered
-    in turn, with the same results.
+    in turn, with the same results. Only inside a transaction: in autocommit
+    the two modes would commit differently.
     """
+    assert connection.in_atomic_block, "pipeline() needs a transaction (atomic)"
     connection.ensure_connection()
     wrap = connection.make_debug_cursor if connection.queries_logged else connection.make_cursor
     sent: list[tuple[Any, list[tuple[Any, ...]]]] = []
+    answered = False
 
     def send(sql: str, params: list[Any], binary: bool = False) -> Rows:
         raw: Any = psycopg.Cursor(connection.connection)  # Django wraps any DB-API cursor
@@ -77,7 +80,13 @@ def pipeline() -> Iterator[Callable[..., Rows]]:
         rows: list[tuple[Any, ...]] = []
         sent.append((cursor, rows))
         cursor.execute(sql, params)
-        return lambda: rows
+
+        def answer() -> list[tuple[Any, ...]]:
+            if not answered:
+                raise RuntimeError("a pipelined statement's rows are read after its block")
+            return rows
+
+        return answer
 
     try:
         # Errors of the statements arrive with the block's end, outside Django's
@@ -88,6 +97,7 @@ def pipeline() -> Iterator[Callable[..., Rows]]:
         for cursor, rows in sent:  # every answer has arrived with the block's end
             if cursor.description is not None:
                 rows.extend(cursor.fetchall())
+        answered = True
     finally:
         for cursor, _ in sent:
             cursor.close()

@@ -21,6 +21,7 @@ def mode(request):
 def test_statements_run_in_order_and_each_gives_its_rows(mode):
     with transaction.atomic():
         with db.pipeline() as send:
+            assert bool(connection.connection.pgconn.pipeline_status) == mode
             created = send("CREATE TEMP TABLE t (x int) ON COMMIT DROP", [])
             inserted = send("INSERT INTO t SELECT * FROM unnest(%b::int[]) RETURNING x", [[1, 2]])
             read = send("SELECT x FROM t ORDER BY x", [], binary=True)
@@ -43,3 +44,17 @@ def test_a_failing_statement_fails_the_block_and_stops_those_after_it(mode):
     with connection.cursor() as cursor:
         cursor.execute("SELECT last_value FROM s")
         assert cursor.fetchone() == (1,)
+
+
+def test_rows_are_there_only_once_the_block_has_ended(mode):
+    with transaction.atomic(), db.pipeline() as send:
+        answer = send("SELECT 1", [])
+        with pytest.raises(RuntimeError, match="after its block"):
+            answer()
+    assert answer() == [(1,)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_statements_are_sent_together_only_inside_a_transaction():
+    with pytest.raises(AssertionError, match="needs a transaction"), db.pipeline():
+        pass

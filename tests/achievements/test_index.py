@@ -9,10 +9,9 @@ from unittest import mock
 import pytest
 from django.utils import timezone
 
-from achievements import index
+from achievements import cards, index
 from achievements.batch import evaluate_events
-from achievements.events import record_event
-from achievements.models import EventType
+from achievements.models import Event, EventType
 from api.models import ApiKey
 from tests.factories import make_badge
 
@@ -82,14 +81,30 @@ def test_a_pin_belongs_to_its_thread(version_checks):
     index._new_version()  # leave no stub index behind
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # the push runs on commit
 def test_a_batch_and_its_push_check_the_version_once(owner, version_checks):
     make_badge(key="visits", requirements=[{"event_type": "visit.created", "threshold": 5}])
-    events = [record_event(owner, "visit.created").event.pk for _ in range(3)]
+    now = timezone.now()
+    events = [  # waiting, as committed by a request (record_event would evaluate them here)
+        e.pk
+        for e in Event.objects.bulk_create(
+            [
+                Event(event_id=f"v-{n}", event_type="visit.created", user=owner, occurred_at=now)
+                for n in range(3)
+            ]
+        )
+    ]
     version_checks.reset_mock()
-    with mock.patch("achievements.realtime._nobody_listens", return_value=False):
+    with (
+        mock.patch("achievements.realtime._nobody_listens", return_value=False),
+        mock.patch("achievements.realtime.send_to_groups", return_value=set()),
+        mock.patch(
+            "achievements.cards.cards_for_users", wraps=cards.cards_for_users
+        ) as pushed_cards,
+    ):
         result = evaluate_events(events)
     assert sorted(result.claimed) == sorted(events)
+    pushed_cards.assert_called_once()  # the push built its cards from the index
     assert version_checks.call_count == 1
 
 
