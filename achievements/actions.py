@@ -351,11 +351,17 @@ def evaluate_composites(
     for _ in range(10):  # cycles are refused when rules are saved; this is a backstop
         if not changed:
             break
-        candidates = set(
-            BadgeRequirement.objects.filter(
-                kind="composite", composite_badges__in=changed, badge__is_active=True
-            ).values_list("badge_id", flat=True)
-        )
+        # Active composites with one of these parts, from the rules index: most
+        # unlocked badges are part of none, and then this costs no query.
+        parts = set(changed)
+        candidates = {
+            requirement.badge_id
+            for requirement in index.active_requirements()
+            if requirement.kind == "composite"
+            and any(part.pk in parts for part in requirement.composite_badges.all())
+        }
+        if not candidates:
+            break
         allowed = sorted(
             Badge.objects.for_user(user_id).filter(pk__in=candidates).values_list("pk", flat=True)
         )

@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 
 from accounts.models import Profile
 from achievements import index
-from achievements.actions import evaluate_event
+from achievements.actions import evaluate_composites, evaluate_event
 from achievements.batch import evaluate_events
 from achievements.cards import cards_for_user, cards_for_users
 from achievements.events import record_event
@@ -174,6 +174,21 @@ def test_changing_a_composites_parts_reaches_the_rules_index(owner):
     record(owner, "visit.created")
     assert not Unlock.objects.filter(badge=combo).exists()  # "all" now needs both
     record(owner, "post.done")
+    assert Unlock.objects.filter(badge=combo).exists()
+
+
+def test_an_unlock_no_composite_is_made_of_costs_the_composite_check_no_query(
+    owner, django_assert_num_queries
+):
+    first = make_badge(key="first", requirements=[{"event_type": "visit.created", "threshold": 1}])
+    lone = make_badge(key="lone", requirements=[{"event_type": "post.done", "threshold": 1}])
+    combo = make_badge(key="combo", requirements=[])
+    part = BadgeRequirement.objects.create(badge=combo, kind="composite", threshold=0)
+    part.composite_badges.set([first])
+    index.active_requirements()  # built
+    with django_assert_num_queries(0):
+        assert evaluate_composites(owner.pk, [lone.pk]) == []
+    record(owner, "visit.created")  # a part still brings its composite
     assert Unlock.objects.filter(badge=combo).exists()
 
 
