@@ -3,7 +3,7 @@
 Run from the project root (needs PostgreSQL and Redis on 127.0.0.1):
 
     .venv/bin/python bench/latency.py [--users 1000] [--tabs 5] [--seconds 20] [--warm-up 3]
-        [--rates 50,500] [--batches 1,10] [--web-processes 1]
+        [--rates 50,500] [--batches 1,10] [--web-processes 1] [--unlock-every 0]
 
 It starts the production topology (a scratch PostgreSQL database, Redis, one
 Celery worker with 2 processes, --web-processes Daphne processes), signs in --users users with
@@ -23,6 +23,10 @@ max over all of them, and the frames that never came: events whose count no
 socket of the user ever showed. The clients run in a process of their own.
 Each is split in two at the moment a worker claimed the event: response →
 claimed (waiting for a drain) and claimed → frame (evaluation and the push).
+With --unlock-every n a tiered badge on the same events unlocks a tier at
+every user's n-th, 2n-th ... 10n-th event, so those frames carry a toast:
+their latency is reported apart, with the toast frames counted against
+those expected (users move in step, round-robin, so unlocks come in waves).
 Each rate first runs --warm-up seconds unmeasured (cold caches and
 connections), and the measuring processes do not collect garbage while
 they measure (bench.common.hold_still).
@@ -58,6 +62,15 @@ from achievements.models import Badge, BadgeRequirement, ExternalIdentity
 from api.models import ApiKey
 badge = Badge.objects.create(key="bench_ping", name="Bench ping")
 BadgeRequirement.objects.create(badge=badge, event_type="bench.ping", threshold=10**9)
+if {unlock_every}:  # every user's every n-th event unlocks a tier, with a toast
+    tiered = Badge.objects.create(
+        key="bench_tiers",
+        name="Bench tiers",
+        tiers=[{{"name": f"T{{k}}", "threshold": k * {unlock_every}}} for k in range(1, 11)],
+    )
+    BadgeRequirement.objects.create(
+        badge=tiered, event_type="bench.ping", threshold={unlock_every}
+    )
 User = get_user_model()
 User.objects.bulk_create([User(username=f"lat-{{n}}", password="!") for n in range({users})])
 rows = []
@@ -73,6 +86,8 @@ print(json.dumps({{"key": ApiKey.issue("latency-bench")[1], "users": rows}}))
 """
 
 COUNT = re.compile(r'id="badge-bench_ping".*?aria-valuetext="[^"]*?: (\d+) of', re.S)
+TOAST = "data-toast"
+TIERS = 10
 
 
 def clients(
@@ -82,6 +97,7 @@ def clients(
 
     async def main() -> None:
         seen: dict[tuple[int, int], float] = {}  # (socket, count) → arrival
+        toasts = [0]
         sockets: list[tuple[int, str, Any]] = []
         limit = asyncio.Semaphore(200)
         users_of = {user for user, _ in tabs}
@@ -97,11 +113,15 @@ def clients(
             best = 0
             async for frame in socket:
                 now = time.time()
+                pushed = False
                 for match in COUNT.finditer(frame):
+                    pushed = True
                     count = int(match.group(1))
                     for n in range(best + 1, count + 1):
                         seen[(index, n)] = now
                     best = max(best, count)
+                if pushed:  # not the catch-up of an earlier rate's toasts at connect
+                    toasts[0] += frame.count(TOAST)
 
         await asyncio.gather(*(open_one(i, u, s) for i, (u, s) in enumerate(tabs)))
         tasks = [asyncio.create_task(listen(i, s)) for i, _, s in sockets]
@@ -110,7 +130,7 @@ def clients(
         await asyncio.get_running_loop().run_in_executor(None, stop.get)
         await asyncio.sleep(3)  # the last frames
         users = {index: user for index, user, _ in sockets}
-        out.put([(users[i], n, t) for (i, n), t in seen.items()])
+        out.put(([(users[i], n, t) for (i, n), t in seen.items()], toasts[0]))
         for task in tasks:
             task.cancel()
         await asyncio.gather(*(s.close() for _, _, s in sockets), return_exceptions=True)
@@ -193,6 +213,7 @@ def run(
     batches: list[int],
     webs: int = 1,
     warm_up: float = 3,
+    unlock_every: int = 0,
 ) -> dict[str, Any]:
     from tests.integration.stack import Topology
 
@@ -207,7 +228,11 @@ def run(
         try:
             topology.start(workers=1, concurrency=2)
             bases = [topology.base_url] + [topology.start_web() for _ in range(webs - 1)]
-            setup = json.loads(topology.python(SETUP.format(users=users)).strip().splitlines()[-1])
+            setup = json.loads(
+                topology.python(SETUP.format(users=users, unlock_every=unlock_every))
+                .strip()
+                .splitlines()[-1]
+            )
             names = [name for name, _ in setup["users"]]
             sockets = [tuple(setup["users"][n % users]) for n in range(users * tabs)]
             context = multiprocessing.get_context("spawn")
@@ -226,7 +251,9 @@ def run(
                 try:
                     # Not measured: the first batches of a rate meet cold caches
                     # and connections (a 500/s run's first batch took 73 ms).
-                    asyncio.run(produce(bases, setup["key"], names, rate, warm_up, offset, batch))
+                    warm = asyncio.run(
+                        produce(bases, setup["key"], names, rate, warm_up, offset, batch)
+                    )
                     sent = asyncio.run(
                         produce(bases, setup["key"], names, rate, seconds, offset, batch)
                     )
@@ -235,17 +262,25 @@ def run(
                 stop.put(True)
                 if len(sent) < int(rate * seconds):
                     print(topology.logs()[-6000:])
-                seen = out.get(timeout=300)
+                seen, toasts = out.get(timeout=300)
                 client.join(timeout=60)
                 arrivals: dict[tuple[str, int], list[float]] = {}
                 for user, count, at in seen:
                     arrivals.setdefault((user, count), []).append(at)
-                latencies, lost = [], 0
+                latencies, lost, unlocking, toast_latencies = [], 0, 0, []
                 for user, count, answered in sent:
                     got = arrivals.get((user, count), [])
                     if not got:
                         lost += 1
                     latencies += [max(0.0, at - answered) * 1000 for at in got]
+                    if (
+                        unlock_every
+                        and count % unlock_every == 0
+                        and count <= TIERS * unlock_every
+                    ):
+                        # This event's frame is the one carrying its tier's toast.
+                        unlocking += 1
+                        toast_latencies += [max(0.0, at - answered) * 1000 for at in got]
                 claimed = {
                     event_id: float(at)
                     for event_id, at in topology.query(
@@ -287,6 +322,24 @@ def run(
                     "p99_ms": round(percentile(latencies, 0.99), 1) if latencies else None,
                     "max_ms": round(max(latencies), 1) if latencies else None,
                 }
+                if unlock_every:
+                    results[f"{rate:g}/s"].update(
+                        unlocking_events=unlocking,
+                        # Toast frames counted from the first event sent, warm-up included.
+                        toasts_expected_whole_run=tabs
+                        * sum(
+                            1
+                            for _, count, _ in warm + sent
+                            if count % unlock_every == 0 and count <= TIERS * unlock_every
+                        ),
+                        toasts_received_whole_run=toasts,
+                        toast_p50_ms=round(statistics.median(toast_latencies), 1)
+                        if toast_latencies
+                        else None,
+                        toast_p99_ms=round(percentile(toast_latencies, 0.99), 1)
+                        if toast_latencies
+                        else None,
+                    )
                 print(f"  {rate:g} events/s: {results[f'{rate:g}/s']}", flush=True)
             return results
         except Exception:
@@ -317,7 +370,16 @@ def main() -> None:
         default=1,
         help="Daphne processes; sockets and requests are spread over them round-robin",
     )
+    parser.add_argument(
+        "--unlock-every",
+        type=int,
+        default=0,
+        help="add a tiered badge that every user's n-th, 2n-th ... 10n-th event unlocks, "
+        "and report the latency of those frames (the toasts) apart",
+    )
     args = parser.parse_args()
+    if args.unlock_every < 0:
+        parser.error("--unlock-every must be 0 (off) or a whole number >= 1")
     if args.web_processes < 1:
         parser.error("--web-processes must be at least 1")
     rates = [float(rate) for rate in args.rates.split(",")]
@@ -325,7 +387,14 @@ def main() -> None:
     if len(batches) != len(rates) or min(batches) < 1:
         parser.error("--batches needs one whole number >= 1 per rate")
     results = run(
-        args.users, args.tabs, args.seconds, rates, batches, args.web_processes, args.warm_up
+        args.users,
+        args.tabs,
+        args.seconds,
+        rates,
+        batches,
+        args.web_processes,
+        args.warm_up,
+        args.unlock_every,
     )
     print(
         f"end-to-end latency, {args.users:,} users x {args.tabs} sockets, {args.seconds:g} s each,"
@@ -341,6 +410,13 @@ def main() -> None:
             f" p99 {row['claim_wait_p99_ms']} ms; claimed → frame"
             f" p50 {row['claim_to_frame_p50_ms']} ms p99 {row['claim_to_frame_p99_ms']} ms"
         )
+        if args.unlock_every:
+            print(
+                f"           toasts: {row['unlocking_events']} unlocking events,"
+                f" p50 {row['toast_p50_ms']} ms p99 {row['toast_p99_ms']} ms;"
+                f" toasts received {row['toasts_received_whole_run']}"
+                f" of {row['toasts_expected_whole_run']} (whole run)"
+            )
     write_results(
         "latency",
         {
@@ -348,6 +424,7 @@ def main() -> None:
             "tabs": args.tabs,
             "web_processes": args.web_processes,
             "warm_up_seconds": args.warm_up,
+            "unlock_every": args.unlock_every,
             **results,
         },
     )
