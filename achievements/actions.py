@@ -351,15 +351,9 @@ def evaluate_composites(
     for _ in range(10):  # cycles are refused when rules are saved; this is a backstop
         if not changed:
             break
-        # Active composites with one of these parts, from the rules index: most
-        # unlocked badges are part of none, and then this costs no query.
-        parts = set(changed)
-        candidates = {
-            requirement.badge_id
-            for requirement in index.active_requirements()
-            if requirement.kind == "composite"
-            and any(part.pk in parts for part in requirement.composite_badges.all())
-        }
+        # From the rules index: most unlocked badges are part of no composite,
+        # and then this costs no query.
+        candidates = index.composites_of(changed)
         if not candidates:
             break
         allowed = sorted(

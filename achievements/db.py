@@ -35,6 +35,12 @@ def server_cursor(*, binary: bool = False, name: str = "") -> Iterator[Any]:
     statements are logged when queries are (DEBUG, CaptureQueriesContext).
     """
     connection.ensure_connection()
+    with _wrapped(binary=binary, name=name) as cursor:
+        yield cursor
+
+
+def _wrapped(*, binary: bool, name: str = "") -> Any:
+    """A psycopg cursor on Django's connection, wrapped as Django wraps its own."""
     raw: Any  # Django wraps any DB-API cursor
     if name:
         raw = psycopg.ServerCursor(connection.connection, name)
@@ -44,8 +50,7 @@ def server_cursor(*, binary: bool = False, name: str = "") -> Iterator[Any]:
     if binary:
         raw.format = psycopg.pq.Format.BINARY
     wrap = connection.make_debug_cursor if connection.queries_logged else connection.make_cursor
-    with wrap(raw) as cursor:
-        yield cursor
+    return wrap(raw)
 
 
 Rows = Callable[[], list[tuple[Any, ...]]]
@@ -68,15 +73,11 @@ def pipeline() -> Iterator[Callable[..., Rows]]:
     """
     assert connection.in_atomic_block, "pipeline() needs a transaction (atomic)"
     connection.ensure_connection()
-    wrap = connection.make_debug_cursor if connection.queries_logged else connection.make_cursor
     sent: list[tuple[Any, list[tuple[Any, ...]]]] = []
     answered = False
 
     def send(sql: str, params: list[Any], binary: bool = False) -> Rows:
-        raw: Any = psycopg.Cursor(connection.connection)  # Django wraps any DB-API cursor
-        if binary:
-            raw.format = psycopg.pq.Format.BINARY
-        cursor = wrap(raw)
+        cursor = _wrapped(binary=binary)
         rows: list[tuple[Any, ...]] = []
         sent.append((cursor, rows))
         cursor.execute(sql, params)

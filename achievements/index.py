@@ -29,7 +29,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -60,6 +60,8 @@ class _Index:
     badges: tuple[Badge, ...] = ()
     # Their requirements in key order, each with its badge attached.
     requirements: tuple[BadgeRequirement, ...] = ()
+    # Badge → the active composites with a requirement that has it as a part.
+    composites: dict[int, frozenset[int]] = field(default_factory=dict)
 
 
 _lock = threading.Lock()
@@ -133,6 +135,12 @@ def active_requirements() -> tuple[BadgeRequirement, ...]:
     return _current().requirements
 
 
+def composites_of(badge_ids: Iterable[int]) -> set[int]:
+    """The active composite badges with a requirement that has one of these badges as a part."""
+    composites = _current().composites
+    return {whole for badge_id in badge_ids for whole in composites.get(badge_id, ())}
+
+
 def invalidate(**kwargs: Any) -> None:
     """Signal receiver: the rules changed, every process must rebuild its index.
 
@@ -175,10 +183,22 @@ def _build() -> _Index:
     for requirement in requirements:
         for event_type in requirement.watched_types():
             watching[event_type].append(requirement.pk)
+    composites: dict[int, set[int]] = defaultdict(set)
+    for requirement in requirements:
+        if requirement.kind == "composite":
+            for part in requirement.composite_badges.all():
+                composites[part.pk].add(requirement.badge_id)
     dedup = {
         event_type: DedupWindow(payload_key, window)
         for event_type, payload_key, window in DedupRule.objects.values_list(
             "event_type", "payload_key", "window_seconds"
         )
     }
-    return _Index(dict(watching), frozenset(accepted_event_types()), dedup, badges, requirements)
+    return _Index(
+        dict(watching),
+        frozenset(accepted_event_types()),
+        dedup,
+        badges,
+        requirements,
+        {part: frozenset(wholes) for part, wholes in composites.items()},
+    )

@@ -66,7 +66,9 @@ if {unlock_every}:  # every user's every n-th event unlocks a tier, with a toast
     tiered = Badge.objects.create(
         key="bench_tiers",
         name="Bench tiers",
-        tiers=[{{"name": f"T{{k}}", "threshold": k * {unlock_every}}} for k in range(1, 11)],
+        tiers=[
+            {{"name": f"T{{k}}", "threshold": k * {unlock_every}}} for k in range(1, {tiers} + 1)
+        ],
     )
     BadgeRequirement.objects.create(
         badge=tiered, event_type="bench.ping", threshold={unlock_every}
@@ -88,6 +90,12 @@ print(json.dumps({{"key": ApiKey.issue("latency-bench")[1], "users": rows}}))
 COUNT = re.compile(r'id="badge-bench_ping".*?aria-valuetext="[^"]*?: (\d+) of', re.S)
 TOAST = "data-toast"
 TIERS = 10
+
+
+def unlocks_tier(count: int, every: int) -> bool:
+    """Whether a user's count-th event unlocks a tier of the bench's tiered badge
+    (so that event's frame carries a toast); never with `every` 0 (no such badge)."""
+    return every > 0 and count % every == 0 and 0 < count <= TIERS * every
 
 
 def clients(
@@ -229,7 +237,7 @@ def run(
             topology.start(workers=1, concurrency=2)
             bases = [topology.base_url] + [topology.start_web() for _ in range(webs - 1)]
             setup = json.loads(
-                topology.python(SETUP.format(users=users, unlock_every=unlock_every))
+                topology.python(SETUP.format(users=users, unlock_every=unlock_every, tiers=TIERS))
                 .strip()
                 .splitlines()[-1]
             )
@@ -273,11 +281,7 @@ def run(
                     if not got:
                         lost += 1
                     latencies += [max(0.0, at - answered) * 1000 for at in got]
-                    if (
-                        unlock_every
-                        and count % unlock_every == 0
-                        and count <= TIERS * unlock_every
-                    ):
+                    if unlocks_tier(count, unlock_every):
                         # This event's frame is the one carrying its tier's toast.
                         unlocking += 1
                         toast_latencies += [max(0.0, at - answered) * 1000 for at in got]
@@ -328,9 +332,7 @@ def run(
                         # Toast frames counted from the first event sent, warm-up included.
                         toasts_expected_whole_run=tabs
                         * sum(
-                            1
-                            for _, count, _ in warm + sent
-                            if count % unlock_every == 0 and count <= TIERS * unlock_every
+                            1 for _, count, _ in warm + sent if unlocks_tier(count, unlock_every)
                         ),
                         toasts_received_whole_run=toasts,
                         toast_p50_ms=round(statistics.median(toast_latencies), 1)
