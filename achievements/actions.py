@@ -255,7 +255,7 @@ def award(
     Returns the unlocks created, lowest tier first.
     `user_badge` is updated; the caller saves it.
     """
-    from achievements.versions import current_version
+    from achievements.versions import live_version_id
 
     provenance = list(dict.fromkeys(event_ids))  # in order, once each
     created_unlocks = []
@@ -283,7 +283,7 @@ def award(
             "event_id": event_id,
             "event_ids": ids,
             # Only looked up when the unlock is new (get_or_create calls it).
-            "version": partial(current_version, badge.pk),
+            "version_id": partial(live_version_id, badge.pk),
             "silent": silent,
             "seen_at": now if silent else None,
             "took": max(took, timedelta(0))

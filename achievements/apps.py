@@ -10,7 +10,13 @@ class AchievementsConfig(AppConfig):
 
     def ready(self) -> None:
         from achievements import index
-        from achievements.models import Badge, BadgeRequirement, DedupRule, EventType
+        from achievements.models import (
+            Badge,
+            BadgeRequirement,
+            BadgeVersion,
+            DedupRule,
+            EventType,
+        )
 
         # Everything the index holds: rules, the event type catalogue, dedup rules.
         for model in (Badge, BadgeRequirement, EventType, DedupRule):
@@ -20,6 +26,8 @@ class AchievementsConfig(AppConfig):
             post_delete.connect(
                 index.invalidate, sender=model, dispatch_uid=f"index-del-{model.__name__}"
             )
+        # The index knows each badge's latest version, for the unlocks it records.
+        post_save.connect(index.invalidate, sender=BadgeVersion, dispatch_uid="index-version")
         # A composite's parts are saved after the requirement itself.
         m2m_changed.connect(
             index.invalidate,

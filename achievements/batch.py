@@ -412,7 +412,7 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
     new_keys: list[tuple[int, int, str]] = []
     new_unlocks: list[Unlock] = []
     moved_rows: set[tuple[int, int]] = set(created_rows)
-    versions: dict[int, Any] = {}
+    versions: dict[int, int] = {}
     measured: set[tuple[int, int]] = set()
     moved_pairs: set[tuple[int, int]] = set()
     for event, fact, touched in facts:
@@ -757,12 +757,12 @@ def _measure_and_award(
     held: set[tuple[int, str, int]],
     unlocked: set[int],
     legacy: dict[tuple[int, int], datetime],
-    versions: dict[int, Any],
+    versions: dict[int, int],
     now: datetime,
     time_zone: str,
 ) -> list[Unlock]:
     """apply_event's measure-and-award step for one badge, with the writes left to the caller."""
-    from achievements.versions import current_version
+    from achievements.versions import live_version_id
 
     user_id = user_badge.user_id
     badge = requirements[0].badge
@@ -800,7 +800,7 @@ def _measure_and_award(
         ):
             continue
         if badge.pk not in versions:
-            versions[badge.pk] = current_version(badge.pk)
+            versions[badge.pk] = live_version_id(badge.pk)
         unlock = Unlock(
             user_id=user_id,
             badge_id=badge.pk,
@@ -809,7 +809,7 @@ def _measure_and_award(
             unlocked_at=now,
             event_id=event.pk,
             event_ids=provenance if not period and tier <= 1 else provenance[-1:],
-            version=versions[badge.pk],
+            version_id=versions[badge.pk],
             took=took if not period or user_badge.completed_at is None else None,
         )
         held.add((badge.pk, period, tier))

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.cache import cache
 from django.db import transaction
+from django.db.models import OuterRef, Subquery
 
 if TYPE_CHECKING:
     from achievements.models import Badge, BadgeRequirement
@@ -62,6 +63,8 @@ class _Index:
     requirements: tuple[BadgeRequirement, ...] = ()
     # Badge → the active composites with a requirement that has it as a part.
     composites: dict[int, frozenset[int]] = field(default_factory=dict)
+    # Badge → its latest version (the rules above, as unlocks record them).
+    versions: dict[int, int] = field(default_factory=dict)
 
 
 _lock = threading.Lock()
@@ -141,6 +144,11 @@ def composites_of(badge_ids: Iterable[int]) -> set[int]:
     return {whole for badge_id in badge_ids for whole in composites.get(badge_id, ())}
 
 
+def version_of(badge_id: int) -> int | None:
+    """The latest version of this active badge, as the index was built; None if it had none."""
+    return _current().versions.get(badge_id)
+
+
 def invalidate(**kwargs: Any) -> None:
     """Signal receiver: the rules changed, every process must rebuild its index.
 
@@ -171,10 +179,13 @@ def _current_version() -> str:
 
 
 def _build() -> _Index:
-    from achievements.models import Badge, DedupRule, accepted_event_types
+    from achievements.models import Badge, BadgeVersion, DedupRule, accepted_event_types
 
+    latest = BadgeVersion.objects.filter(badge=OuterRef("pk")).order_by("-number").values("pk")
     badges = tuple(
-        Badge.objects.active().prefetch_related("requirements", "requirements__composite_badges")
+        Badge.objects.active()
+        .annotate(latest_version=Subquery(latest[:1]))
+        .prefetch_related("requirements", "requirements__composite_badges")
     )
     requirements = tuple(
         sorted((r for badge in badges for r in badge.requirements.all()), key=lambda r: r.pk)
@@ -201,4 +212,5 @@ def _build() -> _Index:
         badges,
         requirements,
         {part: frozenset(wholes) for part, wholes in composites.items()},
+        {badge.pk: badge.latest_version for badge in badges if badge.latest_version is not None},
     )

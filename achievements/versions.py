@@ -89,6 +89,15 @@ def current_version(badge_id: int) -> BadgeVersion:
     return record_version(Badge.objects.get(pk=badge_id), source="first unlock")
 
 
+def live_version_id(badge_id: int) -> int:
+    """The version an unlock made now records: the one the rules index was built
+    with (the rules being evaluated), else the latest, recorded if none exists."""
+    from achievements import index
+
+    known = index.version_of(badge_id)
+    return known if known is not None else current_version(badge_id).pk
+
+
 def diff(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     """What changed, a line per field: 'requirements[0].threshold: "5" → "10"'."""
     if old is None:

@@ -174,3 +174,37 @@ def test_evaluations_record_missing_first_versions_before_their_transaction(db, 
     with CaptureQueriesContext(connection) as queries:
         ensure_versions([quick.pk, far.pk])
     assert len(queries) == 0
+
+
+def test_batches_take_the_version_from_the_rules_they_evaluate_and_follow_new_ones(db, owner):
+    """The rules index knows each badge's latest version, so an unlock costs no
+    version query; a version recorded later (an admin save, an import) is what
+    the next unlock records."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from achievements import index
+    from achievements.batch import evaluate_events
+    from achievements.versions import ensure_versions
+
+    badge = Badge.objects.create(
+        key="steps",
+        name="Steps",
+        tiers=[{"name": "One", "threshold": 1}, {"name": "Two", "threshold": 2}],
+    )
+    BadgeRequirement.objects.create(badge=badge, event_type="visit.created", threshold=1)
+    first = record_version(badge, source="test")
+    index.active_badges()  # built, and the first versions checked, before the batch
+    ensure_versions([badge.pk])
+    with CaptureQueriesContext(connection) as queries:
+        evaluate_events([record_event(owner, "visit.created").event.pk])
+    assert Unlock.objects.get(badge=badge, tier=1).version == first
+    assert not [q for q in queries if BadgeVersion._meta.db_table in q["sql"]]
+
+    badge.name = "Steps taken"
+    badge.save()
+    index.active_badges()  # rebuilt from the saved badge before its version is recorded
+    second = record_version(badge, source="test")
+    assert second.number == 2
+    evaluate_events([record_event(owner, "visit.created").event.pk])
+    assert Unlock.objects.get(badge=badge, tier=2).version == second
