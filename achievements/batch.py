@@ -48,7 +48,7 @@ from django.utils import timezone
 from accounts.models import Profile
 from achievements import index, metrics, periods, progress, realtime, rules
 from achievements.cards import KnownState
-from achievements.db import Rows, pipeline, server_cursor
+from achievements.db import Rows, insert_statements, inserted, pipeline, server_cursor
 from achievements.models import (
     Badge,
     BadgeRequirement,
@@ -112,6 +112,11 @@ def evaluate_events(
             }
             transaction.on_commit(
                 partial(realtime.notify_many, changes, known=result.known), robust=True
+            )
+        if result.unlocks:  # counted after the push, not before it
+            count = sum(len(unlocks) for unlocks in result.unlocks.values())
+            transaction.on_commit(
+                partial(metrics.incr, "accolade_unlocks_total", count), robust=True
             )
     if result.claimed:
         share = (time.perf_counter() - started) / len(result.claimed)
@@ -483,7 +488,7 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
     moved_progress = [rows[pair] for pair in sorted(moved_rows)]
     standings = [user_badges[pair] for pair in sorted(changed)]
     _stamp(standings)
-    if connection.vendor == "postgresql":  # one round trip for the three
+    if connection.vendor == "postgresql":  # one round trip for the four
         with pipeline() as send:
             if new_keys:
                 send(*_distinct_statement(new_keys))
@@ -491,11 +496,13 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
                 send(*_progress_statement(moved_progress))
             if standings:
                 send(*_standings_statement(standings))
+            unlock_keys = [send(*statement) for statement in insert_statements(new_unlocks)]
+        inserted(new_unlocks, unlock_keys)
     else:
         _insert_distinct(new_keys)
         _upsert_progress(moved_progress)
         _save_user_badges(standings)
-    Unlock.objects.bulk_create(new_unlocks, batch_size=1000)
+        Unlock.objects.bulk_create(new_unlocks, batch_size=1000)
     for unlock in new_unlocks:
         result.unlocks[unlock.user_id].append(unlock.pk)
     for user_id, badge_id in changed:
@@ -511,10 +518,6 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
         states=states,
         zones={user_id: zones[user_id] for user_id in states},
     )
-    if new_unlocks:
-        transaction.on_commit(
-            partial(metrics.incr, "accolade_unlocks_total", len(new_unlocks)), robust=True
-        )
     return result
 
 

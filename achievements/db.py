@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from django.db import connection
+from django.db.models import Model
 
 STREAM_ROWS = 2000
 _PIPELINES = psycopg.Pipeline.is_supported()
@@ -54,6 +55,49 @@ def _wrapped(*, binary: bool, name: str = "") -> Any:
 
 
 Rows = Callable[[], list[tuple[Any, ...]]]
+
+INSERT_ROWS = 1000
+
+
+def insert_statements(objects: Sequence[Model]) -> list[tuple[str, list[Any]]]:
+    """bulk_create's INSERTs of new instances of one model, as statements for `pipeline()`.
+
+    Every concrete column but the primary key, each value prepared as Django
+    prepares it for a save (defaults, adapters), `INSERT_ROWS` rows per
+    statement; each returns the new primary keys, in the order of the rows.
+    """
+    if not objects:
+        return []
+    meta = objects[0]._meta
+    fields = [f for f in meta.concrete_fields if not f.primary_key and not f.generated]
+    quote = connection.ops.quote_name
+    # A concrete field always has a column (the stubs allow None).
+    columns = ", ".join(quote(cast(str, f.column)) for f in fields)
+    key = quote(cast(str, meta.pk.column))
+    row = f"({', '.join(['%s'] * len(fields))})"
+    statements = []
+    for start in range(0, len(objects), INSERT_ROWS):
+        chunk = objects[start : start + INSERT_ROWS]
+        params = [
+            f.get_db_prep_save(f.pre_save(instance, True), connection)
+            for instance in chunk
+            for f in fields
+        ]
+        sql = (
+            f"INSERT INTO {quote(meta.db_table)} ({columns}) "
+            f"VALUES {', '.join([row] * len(chunk))} RETURNING {key}"
+        )
+        statements.append((sql, params))
+    return statements
+
+
+def inserted(objects: Sequence[Model], answers: Sequence[Rows]) -> None:
+    """Give the instances `insert_statements` inserted their keys, as bulk_create would."""
+    keys = [key for answer in answers for (key,) in answer()]
+    for instance, key in zip(objects, keys, strict=True):
+        instance.pk = key
+        instance._state.adding = False
+        instance._state.db = connection.alias
 
 
 @contextmanager

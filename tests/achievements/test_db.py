@@ -58,3 +58,54 @@ def test_rows_are_there_only_once_the_block_has_ended(mode):
 def test_statements_are_sent_together_only_inside_a_transaction():
     with pytest.raises(AssertionError, match="needs a transaction"), db.pipeline():
         pass
+
+
+def test_instances_inserted_together_read_back_as_bulk_create_writes_them(
+    mode, owner, monkeypatch
+):
+    """Every column, defaults and adapters included (JSON, an interval, NULLs, a
+    boolean), across statements of INSERT_ROWS rows, keys given in order."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from achievements.models import Unlock
+    from tests.factories import make_badge
+
+    monkeypatch.setattr(db, "INSERT_ROWS", 2)
+    badges = [make_badge(key=f"b{n}", requirements=[]) for n in range(5)]
+    now = timezone.now()
+
+    def unlocks(tier: int) -> list[Unlock]:
+        return [
+            Unlock(
+                user=owner,
+                badge=badge,
+                tier=tier,
+                unlocked_at=now,
+                event_ids=["e-1", f"e-{n}"],
+                took=timedelta(minutes=n) if n % 2 else None,
+                silent=n == 3,
+            )
+            for n, badge in enumerate(badges)
+        ]
+
+    mine, theirs = unlocks(1), unlocks(2)
+    with transaction.atomic():
+        statements = db.insert_statements(mine)
+        assert len(statements) == 3  # 2 + 2 + 1 rows
+        with db.pipeline() as send:
+            answers = [send(*statement) for statement in statements]
+        db.inserted(mine, answers)
+    Unlock.objects.bulk_create(theirs)
+    assert [u.pk for u in mine] == sorted(u.pk for u in mine)
+    assert all(not u._state.adding for u in mine)
+    columns = [f.attname for f in Unlock._meta.concrete_fields if f.attname not in ("id", "tier")]
+    stored = {
+        (row.pop("tier"), row.pop("id")): row
+        for row in Unlock.objects.values("id", "tier", *columns)
+    }
+    for unlock in mine:
+        assert stored[(1, unlock.pk)] == stored[(2, theirs[mine.index(unlock)].pk)]
+    assert stored[(1, mine[1].pk)]["took"] == timedelta(minutes=1)
+    assert stored[(1, mine[1].pk)]["event_ids"] == ["e-1", "e-1"]
