@@ -134,11 +134,20 @@ class _Event(NamedTuple):
     user_id: int
     payload: dict[str, Any]
     occurred_at: datetime
+    received_at: datetime | None  # for the unlock latency the push reports
     # The user's time zone when the claim read it too (saves a query); None if not.
     time_zone: str | None = None
 
 
-_EVENT_FIELDS = ("pk", "event_id", "event_type", "user_id", "payload", "occurred_at")
+_EVENT_FIELDS = (
+    "pk",
+    "event_id",
+    "event_type",
+    "user_id",
+    "payload",
+    "occurred_at",
+    "received_at",
+)
 
 
 @dataclass(slots=True)
@@ -226,7 +235,7 @@ def _claim_next(limit: int, now: datetime) -> list[_Event]:
                       AND user_id IS NOT NULL AND (retry_at IS NULL OR retry_at <= %s)
                     ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
                 )
-                RETURNING id, event_id, event_type, user_id, payload, occurred_at,
+                RETURNING id, event_id, event_type, user_id, payload, occurred_at, received_at,
                     (SELECT time_zone FROM {Profile._meta.db_table} WHERE user_id = e.user_id)
                 """,
                 [now, now, limit],
@@ -234,8 +243,8 @@ def _claim_next(limit: int, now: datetime) -> list[_Event]:
             rows = cursor.fetchall()
         return sorted(
             (
-                _Event(pk, event_id, event_type, user_id, _json(payload), at, zone or "UTC")
-                for pk, event_id, event_type, user_id, payload, at, zone in rows
+                _Event(pk, event_id, kind, user_id, _json(payload), at, received, zone or "UTC")
+                for pk, event_id, kind, user_id, payload, at, received, zone in rows
             ),
             key=lambda event: event.pk,
         )
@@ -513,10 +522,21 @@ def _evaluate(events: list[_Event], now: datetime) -> BatchResult:
     for (user_id, requirement_id), row in rows.items():
         if user_id in states:
             states[user_id][requirement_id] = row.state
+    received: dict[int | None, datetime | None] = {e.pk: e.received_at for e in events}
     result.known = KnownState(
         standings={pair: user_badges[pair] for pair in changed},
         states=states,
         zones={user_id: zones[user_id] for user_id in states},
+        unlocks={
+            unlock.pk: (
+                unlock.user_id,
+                unlock.badge_id,
+                unlock.tier,
+                unlock.period,
+                received.get(unlock.event_id),
+            )
+            for unlock in new_unlocks
+        },
     )
     return result
 

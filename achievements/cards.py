@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -33,13 +33,15 @@ class KnownState:
     For some (user, badge) pairs: the standing (anything with the UserBadge's
     `completed_at` and `tier`), the state of every progress row of those
     badges' requirements for those users (a missing row is no progress yet),
-    and the users' time zones. Segments, unlocks of composites' parts and
-    earnings of repeatable badges are still read.
+    the users' time zones, and the unlocks the batch made (id → user, badge,
+    tier, period, and when their event was received). Segments, unlocks of
+    composites' parts and earnings of repeatable badges are still read.
     """
 
     standings: dict[tuple[int, int], Any]
     states: dict[int, dict[int, dict[str, Any]]]
     zones: dict[int, str]
+    unlocks: dict[int, tuple[int, int, int, str, datetime | None]] = field(default_factory=dict)
 
     def covers(self, wanted: dict[int, set[int]]) -> bool:
         return all(

@@ -79,15 +79,13 @@ def notify_many(
         if not targets:
             return  # no page open: the next one catches up from the database
         unlock_ids = [pk for _, unlocks in targets.values() for pk in unlocks]
-        rows = (
-            list(
-                Unlock.objects.filter(pk__in=unlock_ids)
-                .order_by("pk")
-                .values_list("pk", "user_id", "badge_id", "tier", "period", "event__received_at")
+        made = known.unlocks if known is not None else {}
+        rows = [(pk, *made[pk]) for pk in unlock_ids if pk in made]
+        if unread := [pk for pk in unlock_ids if pk not in made]:
+            rows += Unlock.objects.filter(pk__in=unread).values_list(
+                "pk", "user_id", "badge_id", "tier", "period", "event__received_at"
             )
-            if unlock_ids
-            else []
-        )
+        rows.sort()
         unlocks: dict[int, list[tuple[int, int, int, str]]] = {u: [] for u in targets}
         for pk, user_id, badge_id, tier, period, _ in rows:
             unlocks[user_id].append((pk, badge_id, tier, period))

@@ -243,6 +243,7 @@ def test_the_cards_a_batch_pushes_from_its_own_rows_are_the_databases(
     _record(kinds, seed=4)
     pushes: list[tuple[dict, dict, list[str]]] = []  # batches' pushes (composites push too)
     zones: list[tuple[dict, dict]] = []
+    unlocks: list[tuple[dict, dict]] = []
 
     def notify_many(changes, *, known=None):
         # Called on commit, where errors are only logged: record, assert below.
@@ -253,6 +254,11 @@ def test_the_cards_a_batch_pushes_from_its_own_rows_are_the_databases(
             pushed = cards_for_users(wanted, known=known)
         pushes.append((pushed, cards_for_users(wanted), [q["sql"] for q in queries]))
         zones.append((known.zones, {u: time_zone_for(u) for u in known.zones}))
+        made = {pk for _, unlock_ids in changes.values() for pk in unlock_ids}
+        stored = Unlock.objects.filter(pk__in=made).values_list(
+            "pk", "user_id", "badge_id", "tier", "period", "event__received_at"
+        )
+        unlocks.append((known.unlocks, {pk: tuple(rest) for pk, *rest in stored}))
 
     monkeypatch.setattr(realtime, "notify_many", notify_many)
     while True:
@@ -269,3 +275,44 @@ def test_the_cards_a_batch_pushes_from_its_own_rows_are_the_databases(
     assert "America/New_York" in {zone for known, _ in zones for zone in known.values()}
     # Cards of every kind of badge were compared.
     assert sum(len(cards) for pushed, _, _ in pushes for cards in pushed.values()) >= 20
+    # The unlocks the push toasts are the batch's own, as stored.
+    assert all(known == stored for known, stored in unlocks)
+    assert sum(len(known) for known, _ in unlocks) >= 10
+
+
+def test_a_batch_pushes_its_unlocks_without_reading_them_back(
+    db, owner, monkeypatch, django_capture_on_commit_callbacks
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from achievements import realtime
+    from tests.factories import make_badge
+
+    make_badge(key="first_visit", requirements=[{"event_type": "visit.created", "threshold": 1}])
+    event = Event.objects.create(  # waiting, as a request commits it
+        event_id="v-1", event_type="visit.created", user=owner, occurred_at=MONDAY
+    )
+    sent: dict[str, dict] = {}
+
+    def send_to_groups(messages):
+        sent.update(messages)
+        return set(messages)
+
+    monkeypatch.setattr(realtime, "_nobody_listens", lambda layer: False)
+    monkeypatch.setattr(realtime, "send_to_groups", send_to_groups)
+    with (
+        CaptureQueriesContext(connection) as queries,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        evaluate_events([event.pk])
+    [unlock] = Unlock.objects.filter(user=owner)
+    [message] = sent.values()
+    assert [toast["unlock_id"] for toast in message["toasts"]] == [unlock.pk]
+    assert unlock.delivered_at is not None  # the push marked it
+    unlock_reads = [
+        q["sql"]
+        for q in queries
+        if q["sql"].startswith("SELECT") and 'FROM "achievements_unlock"' in q["sql"]
+    ]
+    assert unlock_reads == []
