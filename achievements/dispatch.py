@@ -44,7 +44,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from achievements import metrics
-from achievements.batch import evaluate_events
+from achievements.batch import BatchResult, evaluate_events, events_waiting
 from achievements.models import Event
 
 logger = logging.getLogger(__name__)
@@ -134,20 +134,23 @@ def _drain() -> int:
             claimed.extend(pks)
             _in_flight(batch_id, pks)
 
-        try:
-            result = evaluate_events(limit=size, on_claim=register)
-        except Exception:
-            logger.exception(
-                "A batch of %s event(s) failed; evaluating them one by one", len(claimed)
-            )
-            hand_to_single(claimed)
-            # Its events are held back now; the rest, and any that committed
-            # while this batch ran, go to a new drain, a little later.
-            _hand_over_later()
-            return done
-        finally:
-            if claimed:
-                _landed(batch_id)
+        if not first and not events_waiting():
+            result = BatchResult()  # nothing to claim: no transaction for it
+        else:
+            try:
+                result = evaluate_events(limit=size, on_claim=register)
+            except Exception:
+                logger.exception(
+                    "A batch of %s event(s) failed; evaluating them one by one", len(claimed)
+                )
+                hand_to_single(claimed)
+                # Its events are held back now; the rest, and any that committed
+                # while this batch ran, go to a new drain, a little later.
+                _hand_over_later()
+                return done
+            finally:
+                if claimed:
+                    _landed(batch_id)
         done += len(result.claimed)
         if not result.claimed:
             if cleared:

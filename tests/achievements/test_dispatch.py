@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
-from achievements import dispatch, events, progress
+from achievements import batch, dispatch, events, progress
 from achievements.events import record_event
 from achievements.models import Event, Unlock
 from achievements.tasks import evaluate_pending_task
@@ -208,6 +209,46 @@ def test_a_drain_takes_events_that_arrive_while_it_works(owner, settings, asked,
     assert dispatch.drain() == 4
     assert not Event.objects.filter(pk__in=first + later, processed_at=None).exists()
     assert asked == []  # neither batch was full: nothing to spread
+
+
+def test_a_drain_looks_before_claiming_again_and_opens_no_transaction_for_nothing(
+    owner, asked, monkeypatch
+):
+    """After a batch a drain looks once for more (and once more after clearing
+    its flag): a read outside any transaction, not a claim's three round trips."""
+    make_images_badge(threshold=10)
+    claims: list[int] = []
+    original = dispatch.evaluate_events
+
+    def claiming(**kwargs):
+        result = original(**kwargs)
+        claims.append(len(result.claimed))
+        return result
+
+    monkeypatch.setattr(dispatch, "evaluate_events", claiming)
+    looks: list[bool] = []
+    monkeypatch.setattr(
+        dispatch, "events_waiting", lambda: looks.append(batch.events_waiting()) or looks[-1]
+    )
+    _waiting(owner, 3)
+    assert dispatch.drain() == 3
+    assert (claims, looks) == ([3], [False, False])
+
+
+def test_the_look_for_waiting_events_sees_every_event_a_claim_could_take(owner):
+    assert not batch.events_waiting()
+    [pk] = _waiting(owner, 1)
+    assert batch.events_waiting()
+    Event.objects.filter(pk=pk).update(retry_at=timezone.now() + timedelta(minutes=1))
+    assert not batch.events_waiting()  # held back until its retry is due
+    Event.objects.filter(pk=pk).update(retry_at=timezone.now() - timedelta(seconds=1))
+    assert batch.events_waiting()
+    Event.objects.filter(pk=pk).update(dead_lettered_at=timezone.now())
+    assert not batch.events_waiting()
+    Event.objects.filter(pk=pk).update(dead_lettered_at=None, processed_at=timezone.now())
+    assert not batch.events_waiting()
+    Event.objects.create(event_id="nobody", event_type="image.posted", occurred_at=timezone.now())
+    assert not batch.events_waiting()  # no user linked yet: not for a drain
 
 
 def test_drains_look_for_lost_batches_every_few_seconds(owner, asked, monkeypatch):
