@@ -177,8 +177,18 @@ class Badge(models.Model):
         return bool(self.segment_group_id or self.segment_attribute)
 
     def tier_list(self) -> tuple[tuple[str, Decimal], ...]:
-        """The tiers as (name, threshold) pairs, lowest first; empty for a plain badge."""
-        return tuple((tier["name"], Decimal(str(tier["threshold"]))) for tier in self.tiers or ())
+        """The tiers as (name, threshold) pairs, lowest first; empty for a plain badge.
+
+        Kept with the tiers they were read from, and read again when those
+        change: evaluating and carding a batch asks a badge dozens of times.
+        """
+        source = self.tiers or []
+        cached = self.__dict__.get("_tiers_read")
+        if cached is not None and cached[0] == source:
+            return cached[1]
+        tiers = tuple((tier["name"], Decimal(str(tier["threshold"]))) for tier in source)
+        self._tiers_read = ([dict(tier) for tier in source], tiers)
+        return tiers
 
     def tier_name(self, level: int) -> str:
         tiers = self.tier_list()

@@ -148,3 +148,17 @@ def test_incremental_progress_matches_a_brute_force_count_over_the_history(strea
     assert distinct.value == len(expected_places)
     assert count.met == (len(visits) >= 3)
     assert distinct.met == (len(expected_places) >= 5)
+
+
+def test_a_badges_tiers_are_read_again_when_they_change():
+    from achievements.models import Badge
+
+    badge = Badge(key="steps", name="Steps", tiers=[{"name": "One", "threshold": 1}])
+    assert badge.tier_list() == (("One", Decimal(1)),)
+    assert badge.tier_list() is badge.tier_list()  # kept while the tiers stay
+    badge.tiers[0]["threshold"] = 2  # changed in place
+    assert badge.tier_list() == (("One", Decimal(2)),)
+    badge.tiers = [*badge.tiers, {"name": "Two", "threshold": "4.5"}]
+    assert badge.tier_list() == (("One", Decimal(2)), ("Two", Decimal("4.5")))
+    badge.tiers = None
+    assert badge.tier_list() == ()
