@@ -144,16 +144,7 @@ class LiveConsumer(PushConsumer):
         assert self.user_id is not None
         since = _parse_since(self.scope.get("query_string", b""))
         cards, unlocks = await database_sync_to_async(_catch_up_data)(self.user_id, since)
-        frame = "".join(
-            render_to_string("achievements/badges.html#progress", {"card": card}) for card in cards
-        )
-        frame += "".join(
-            render_to_string(
-                "achievements/badges.html#toast_frame",
-                unlock,
-            )
-            for unlock in unlocks
-        )
+        frame = render_frame(cards, unlocks)
         if frame:
             await self.send(text_data=frame)
 
