@@ -77,6 +77,7 @@ class BatchResult:
 
 
 @index.pinned()  # the batch, its push and its composites read one version of the rules
+@metrics.gathered()  # and record their metrics in one round trip
 def evaluate_events(
     event_pks: Sequence[int] | None = None,
     *,

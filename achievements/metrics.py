@@ -16,7 +16,8 @@ import logging
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from django.conf import settings
@@ -93,7 +94,36 @@ def _key() -> str:
     return f"{_namespace()}:metrics"
 
 
+# Within gathered(): this thread's recordings, sent at the block's end.
+_gathering = threading.local()
+
+
+@contextmanager
+def gathered() -> Iterator[None]:
+    """What the block records goes to Redis at its end, in one round trip.
+
+    A batch records its evaluation time, its unlocks and their latency from
+    three places; each was a round trip of its own before the drain could
+    claim the next batch. Nested blocks send with the outermost; what was
+    recorded is sent even if the block raises.
+    """
+    if getattr(_gathering, "items", None) is not None:
+        yield
+        return
+    _gathering.items = []
+    try:
+        yield
+    finally:
+        items, _gathering.items = _gathering.items, None
+        if items:
+            _add(items)
+
+
 def _add(items: list[tuple[str, float]]) -> None:
+    gathering = getattr(_gathering, "items", None)
+    if gathering is not None:
+        gathering.extend(items)
+        return
     client = redis_client()
     if client is None:
         _memory.add(items)

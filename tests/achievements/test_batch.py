@@ -316,3 +316,50 @@ def test_a_batch_pushes_its_unlocks_without_reading_them_back(
         if q["sql"].startswith("SELECT") and 'FROM "achievements_unlock"' in q["sql"]
     ]
     assert unlock_reads == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_records_its_metrics_in_one_round_trip(owner, real_redis, monkeypatch):
+    """The evaluation time, the unlocks counter and the unlock latency (recorded
+    in the batch, after its commit and after its push) go to Redis together."""
+    from achievements import metrics, realtime
+    from tests.factories import make_badge
+
+    make_badge(key="first_visit", requirements=[{"event_type": "visit.created", "threshold": 1}])
+    event = Event.objects.create(
+        event_id="v-1", event_type="visit.created", user=owner, occurred_at=MONDAY
+    )
+    monkeypatch.setattr(realtime, "_nobody_listens", lambda layer: False)
+    monkeypatch.setattr(realtime, "send_to_groups", lambda messages: set(messages))
+    monkeypatch.setattr(realtime, "present_users", lambda user_ids: set(user_ids))
+    real_redis.delete(metrics._key())
+    sends: list[set[str]] = []
+    pipeline = real_redis.pipeline
+
+    def watched(*args, **kwargs):
+        pipe = pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        def counted(*args, **kwargs):
+            fields = {
+                command[0][2] for command in pipe.command_stack if command[0][1] == metrics._key()
+            }
+            if fields:
+                sends.append(fields)
+            return execute(*args, **kwargs)
+
+        pipe.execute = counted
+        return pipe
+
+    monkeypatch.setattr(real_redis, "pipeline", watched)
+    try:
+        evaluate_events([event.pk])
+        [fields] = sends
+        assert {
+            "accolade_evaluation_seconds_count",
+            "accolade_unlocks_total",
+            "accolade_unlock_latency_seconds_count",
+        } <= fields
+        assert int(real_redis.hget(metrics._key(), "accolade_unlocks_total")) == 1
+    finally:
+        real_redis.delete(metrics._key())

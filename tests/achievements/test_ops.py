@@ -96,5 +96,19 @@ def test_a_histogram_observation_lands_in_the_first_bucket_it_fits():
     assert values["accolade_unlock_latency_seconds_sum"] == pytest.approx(106.04)
 
 
+def test_gathered_metrics_are_recorded_at_the_end_of_the_outermost_block_even_on_error():
+    with pytest.raises(RuntimeError), metrics.gathered():
+        metrics.incr("accolade_unlocks_total", 2)
+        with metrics.gathered():
+            metrics.observe("accolade_unlock_latency_seconds", [0.02])
+        assert metrics._read() == {}  # nothing sent yet
+        raise RuntimeError("the batch failed")
+    values = metrics._read()
+    assert values["accolade_unlocks_total"] == 2
+    assert values["accolade_unlock_latency_seconds_count"] == 1
+    metrics.incr("accolade_unlocks_total")  # outside a block: at once
+    assert metrics._read()["accolade_unlocks_total"] == 3
+
+
 def test_healthz_answers_head_probes(client, db):
     assert client.head("/healthz").status_code == 200
