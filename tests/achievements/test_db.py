@@ -109,3 +109,15 @@ def test_instances_inserted_together_read_back_as_bulk_create_writes_them(
         assert stored[(1, unlock.pk)] == stored[(2, theirs[mine.index(unlock)].pk)]
     assert stored[(1, mine[1].pk)]["took"] == timedelta(minutes=1)
     assert stored[(1, mine[1].pk)]["event_ids"] == ["e-1", "e-1"]
+
+
+def test_models_with_a_database_default_are_left_to_bulk_create(owner, monkeypatch):
+    from django.db.models import Value
+
+    from achievements.models import Unlock
+    from tests.factories import make_badge
+
+    monkeypatch.setattr(Unlock._meta.get_field("period"), "db_default", Value(""))
+    unlock = Unlock(user=owner, badge=make_badge(key="b", requirements=[]))
+    with pytest.raises(NotImplementedError, match="db_default"):
+        db.insert_statements([unlock])
