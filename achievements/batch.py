@@ -132,10 +132,10 @@ def events_waiting() -> bool:
     """Whether a claim could find events: a look outside any transaction.
 
     It sees every event a claim could take, and those another batch holds:
-    it never says no when a claim would find some. A drain asks it before
-    claiming again, as the claim costs three round trips (BEGIN, the claim,
-    COMMIT) and the rules index's version check, and under steady load most
-    of those claims find nothing.
+    it never says no when a claim would find some. A drain asks it for its
+    last look, after clearing its flag, which seldom finds anything: a claim
+    costs three round trips (BEGIN, the claim, COMMIT) and the rules index's
+    version check.
     """
     return (
         Event.objects.unprocessed()

@@ -134,8 +134,11 @@ def _drain() -> int:
             claimed.extend(pks)
             _in_flight(batch_id, pks)
 
-        if not first and not events_waiting():
-            result = BatchResult()  # nothing to claim: no transaction for it
+        if cleared and not events_waiting():
+            # The look once more after clearing the flag rarely finds events:
+            # a read outside a transaction instead of a claim's. (Right after a
+            # batch, under load, the next one is often waiting: claimed at once.)
+            result = BatchResult()
         else:
             try:
                 result = evaluate_events(limit=size, on_claim=register)
