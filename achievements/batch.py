@@ -241,9 +241,10 @@ def _claim_next(limit: int, now: datetime) -> list[_Event]:
     """The next waiting events, skipping those another batch holds."""
     if connection.vendor == "postgresql":
         # Pick, lock (skipping rows another batch holds) and stamp in one round
-        # trip, reading each user's time zone on the way.
+        # trip, reading each user's time zone on the way. Rows in the binary
+        # format: psycopg reads the timestamps and the payloads in C.
         table = Event._meta.db_table
-        with connection.cursor() as cursor:
+        with server_cursor(binary=True) as cursor:
             cursor.execute(
                 f"""
                 UPDATE {table} AS e SET processed_at = %s, retry_at = NULL
