@@ -226,9 +226,12 @@ def test_a_drains_last_look_opens_no_transaction_for_nothing(owner, asked, monke
 
     monkeypatch.setattr(dispatch, "evaluate_events", claiming)
     looks: list[bool] = []
-    monkeypatch.setattr(
-        dispatch, "events_waiting", lambda: looks.append(batch.events_waiting()) or looks[-1]
-    )
+
+    def looking() -> bool:
+        looks.append(batch.events_waiting())
+        return looks[-1]
+
+    monkeypatch.setattr(dispatch, "events_waiting", looking)
     _waiting(owner, 3)
     assert dispatch.drain() == 3
     assert (claims, looks) == ([3, 0], [False])
