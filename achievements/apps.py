@@ -27,7 +27,9 @@ class AchievementsConfig(AppConfig):
                 index.invalidate, sender=model, dispatch_uid=f"index-del-{model.__name__}"
             )
         # The index knows each badge's latest version, for the unlocks it records.
-        post_save.connect(index.invalidate, sender=BadgeVersion, dispatch_uid="index-version")
+        post_save.connect(
+            index.version_recorded, sender=BadgeVersion, dispatch_uid="index-version"
+        )
         # A composite's parts are saved after the requirement itself.
         m2m_changed.connect(
             index.invalidate,

@@ -21,7 +21,8 @@ then pushed) runs inside `pinned()`, which checks it once: its lookups then
 share one index, as they should, rather than straddle a rebuild.
 
 The model instances are shared by every thread of a process: read them,
-never change them.
+never change them (`Badge.tier_list` keeps its parsed tiers on the
+instance, checked against the tiers at every call: a cache, not a change).
 """
 
 from __future__ import annotations
@@ -158,6 +159,19 @@ def invalidate(**kwargs: Any) -> None:
     _new_version()
     if getattr(_pins, "index", None) is not None:
         _pins.index = None
+    transaction.on_commit(_new_version)
+
+
+def version_recorded(**kwargs: Any) -> None:
+    """Signal receiver: a badge has a new rule version; every process rebuilds
+    to learn it, as after a rule change, but this thread keeps its pin.
+
+    The rules themselves did not change, so a batch that records a first
+    version (`ensure_versions` before its transaction, or a fallback inside
+    it) keeps one view of the rules for its push and composites; its
+    lookups of that version fall back to a query.
+    """
+    _new_version()
     transaction.on_commit(_new_version)
 
 

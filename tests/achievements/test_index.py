@@ -12,7 +12,6 @@ from django.utils import timezone
 from achievements import cards, index
 from achievements.batch import evaluate_events
 from achievements.models import Event, EventType
-from achievements.versions import ensure_versions
 from api.models import ApiKey
 from tests.factories import make_badge
 
@@ -82,14 +81,30 @@ def test_a_pin_belongs_to_its_thread(version_checks):
     index._new_version()  # leave no stub index behind
 
 
-@pytest.mark.django_db(transaction=True)  # the push runs on commit
-def test_a_batch_and_its_push_check_the_version_once(owner, version_checks):
+@pytest.mark.django_db
+def test_a_new_rule_version_keeps_a_pinned_block_on_its_rules_and_reaches_the_rest():
+    """A version recorded in a batch (a first version) is no rule change: the
+    batch keeps its view; the next lookup outside it learns the version."""
+    from achievements.models import BadgeVersion
+    from achievements.versions import record_version
+
     badge = make_badge(
         key="visits", requirements=[{"event_type": "visit.created", "threshold": 5}]
     )
-    # Recording a badge's first version changes the rules index (it holds the
-    # latest versions): the first batch to meet the badge does that, once.
-    ensure_versions([badge.pk])
+    assert index.version_of(badge.pk) is None
+    token = index._current_version()
+    with index.pinned():
+        before = index.active_badges()
+        record_version(badge, source="test")
+        assert index.active_badges() is before
+        assert index.version_of(badge.pk) is None  # the caller falls back to a query
+    assert index._current_version() != token  # other processes rebuild
+    assert index.version_of(badge.pk) == BadgeVersion.objects.get(badge=badge).pk
+
+
+@pytest.mark.django_db(transaction=True)  # the push runs on commit
+def test_a_batch_and_its_push_check_the_version_once(owner, version_checks):
+    make_badge(key="visits", requirements=[{"event_type": "visit.created", "threshold": 5}])
     now = timezone.now()
     events = [  # waiting, as committed by a request (record_event would evaluate them here)
         e.pk
