@@ -16,8 +16,10 @@ ran dry): Celery's send cost the web process about 1 ms of Python per
 request (6 % of Daphne's time at 50 requests/s, py-spy).
 
 A drain whose first batch is full asks for one more drain, so a backlog
-spreads over every worker process; drains that find nothing cost one
-indexed query. A drain that fails clears the flag and asks for another a
+spreads over every worker process. A drain's last look, after it clears
+the flag, is one indexed read outside a transaction (a claim is three
+round trips), and a drain asked for when nothing waits costs one claim
+that finds nothing. A drain that fails clears the flag and asks for another a
 second later, for the events that committed while it held the flag.
 
 When a batch fails, its transaction rolls back whole. Its events are then
@@ -99,7 +101,7 @@ def drain() -> int:
     """Evaluate waiting events a batch at a time until none are left; returns how many.
 
     Events that commit while a drain holds the flag ask nobody, so every way
-    out of a drain other than "a claim after clearing the flag found
+    out of a drain other than "a look after clearing the flag found
     nothing" clears the flag and asks for another drain: a failed batch, and
     an error anywhere else in the drain. (A worker process that dies
     mid-drain hands the message back, and the drain runs again.)

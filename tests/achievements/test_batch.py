@@ -280,9 +280,8 @@ def test_the_cards_a_batch_pushes_from_its_own_rows_are_the_databases(
     assert sum(len(known) for known, _ in unlocks) >= 10
 
 
-def test_a_batch_pushes_its_unlocks_without_reading_them_back(
-    db, owner, monkeypatch, django_capture_on_commit_callbacks
-):
+@pytest.mark.django_db(transaction=True)  # the push runs on commit, in the batch
+def test_a_batch_pushes_its_unlocks_without_reading_them_back(owner, monkeypatch):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -301,10 +300,7 @@ def test_a_batch_pushes_its_unlocks_without_reading_them_back(
 
     monkeypatch.setattr(realtime, "_nobody_listens", lambda layer: False)
     monkeypatch.setattr(realtime, "send_to_groups", send_to_groups)
-    with (
-        CaptureQueriesContext(connection) as queries,
-        django_capture_on_commit_callbacks(execute=True),
-    ):
+    with CaptureQueriesContext(connection) as queries:
         evaluate_events([event.pk])
     [unlock] = Unlock.objects.filter(user=owner)
     [message] = sent.values()

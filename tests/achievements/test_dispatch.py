@@ -211,7 +211,7 @@ def test_a_drain_takes_events_that_arrive_while_it_works(owner, settings, asked,
     assert asked == []  # neither batch was full: nothing to spread
 
 
-def test_a_drains_last_look_opens_no_transaction_for_nothing(owner, asked, monkeypatch):
+def test_a_drains_last_look_is_a_read_not_a_claim(owner, asked, monkeypatch):
     """After a batch a drain claims again at once (under load the next batch is
     often waiting); its last look, after clearing its flag, is a read outside
     any transaction, not a claim's three round trips."""
@@ -235,6 +235,33 @@ def test_a_drains_last_look_opens_no_transaction_for_nothing(owner, asked, monke
     _waiting(owner, 3)
     assert dispatch.drain() == 3
     assert (claims, looks) == ([3, 0], [False])
+
+
+def test_an_event_committed_as_the_flag_clears_is_found_by_the_last_look(
+    owner, asked, monkeypatch
+):
+    make_images_badge(threshold=10)
+    claims: list[int] = []
+    original = dispatch.evaluate_events
+
+    def claiming(**kwargs):
+        result = original(**kwargs)
+        claims.append(len(result.claimed))
+        return result
+
+    late: list[int] = []
+
+    def looking() -> bool:
+        if not late:  # committed after the flag was cleared: it asked nobody
+            late.extend(_waiting(owner, 1))
+        return batch.events_waiting()
+
+    monkeypatch.setattr(dispatch, "evaluate_events", claiming)
+    monkeypatch.setattr(dispatch, "events_waiting", looking)
+    _waiting(owner, 2)
+    assert dispatch.drain() == 3
+    assert claims == [2, 0, 1, 0]
+    assert not Event.objects.filter(processed_at=None).exists()
 
 
 def test_the_look_for_waiting_events_sees_every_event_a_claim_could_take(owner):
