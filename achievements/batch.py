@@ -42,7 +42,7 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import Profile
@@ -139,11 +139,16 @@ def events_waiting() -> bool:
     costs three round trips (BEGIN, the claim, COMMIT) and the rules index's
     version check.
     """
+    return _claimable(timezone.now()).exists()
+
+
+def _claimable(now: datetime) -> QuerySet[Event]:
+    """Events a claim may take at `now`: not evaluated, not given up on, with a
+    user, and no retry due later (rows another batch holds included)."""
     return (
         Event.objects.unprocessed()
         .filter(user__isnull=False)
-        .filter(Q(retry_at__isnull=True) | Q(retry_at__lte=timezone.now()))
-        .exists()
+        .filter(Q(retry_at__isnull=True) | Q(retry_at__lte=now))
     )
 
 
@@ -269,13 +274,8 @@ def _claim_next(limit: int, now: datetime) -> list[_Event]:
             ),
             key=lambda event: event.pk,
         )
-    waiting = (
-        Event.objects.unprocessed()
-        .filter(user__isnull=False)
-        .filter(Q(retry_at__isnull=True) | Q(retry_at__lte=now))
-        .order_by("pk")
-    )
-    return _claim(list(waiting.values_list("pk", flat=True)[:limit]), now)
+    waiting = _claimable(now).order_by("pk").values_list("pk", flat=True)
+    return _claim(list(waiting[:limit]), now)
 
 
 def _json(value: Any) -> Any:

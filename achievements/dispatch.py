@@ -46,7 +46,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from achievements import metrics
-from achievements.batch import BatchResult, evaluate_events, events_waiting
+from achievements.batch import evaluate_events, events_waiting
 from achievements.models import Event
 
 logger = logging.getLogger(__name__)
@@ -140,22 +140,21 @@ def _drain() -> int:
             # The look once more after clearing the flag rarely finds events:
             # a read outside a transaction instead of a claim's. (Right after a
             # batch, under load, the next one is often waiting: claimed at once.)
-            result = BatchResult()
-        else:
-            try:
-                result = evaluate_events(limit=size, on_claim=register)
-            except Exception:
-                logger.exception(
-                    "A batch of %s event(s) failed; evaluating them one by one", len(claimed)
-                )
-                hand_to_single(claimed)
-                # Its events are held back now; the rest, and any that committed
-                # while this batch ran, go to a new drain, a little later.
-                _hand_over_later()
-                return done
-            finally:
-                if claimed:
-                    _landed(batch_id)
+            return done
+        try:
+            result = evaluate_events(limit=size, on_claim=register)
+        except Exception:
+            logger.exception(
+                "A batch of %s event(s) failed; evaluating them one by one", len(claimed)
+            )
+            hand_to_single(claimed)
+            # Its events are held back now; the rest, and any that committed
+            # while this batch ran, go to a new drain, a little later.
+            _hand_over_later()
+            return done
+        finally:
+            if claimed:
+                _landed(batch_id)
         done += len(result.claimed)
         if not result.claimed:
             if cleared:

@@ -44,6 +44,21 @@ def registry(real_redis):
     real_redis.delete(dispatch._registry_key())
 
 
+@pytest.fixture
+def claims(monkeypatch):
+    """How many events each of a drain's claims took, in order (the real claims)."""
+    taken: list[int] = []
+    original = dispatch.evaluate_events
+
+    def claiming(**kwargs):
+        result = original(**kwargs)
+        taken.append(len(result.claimed))
+        return result
+
+    monkeypatch.setattr(dispatch, "evaluate_events", claiming)
+    return taken
+
+
 def _waiting(owner, count: int) -> list[int]:
     # Recorded outside any on_commit execution: nothing evaluates them yet.
     return [
@@ -211,20 +226,11 @@ def test_a_drain_takes_events_that_arrive_while_it_works(owner, settings, asked,
     assert asked == []  # neither batch was full: nothing to spread
 
 
-def test_a_drains_last_look_is_a_read_not_a_claim(owner, asked, monkeypatch):
+def test_a_drains_last_look_is_a_read_not_a_claim(owner, asked, claims, monkeypatch):
     """After a batch a drain claims again at once (under load the next batch is
     often waiting); its last look, after clearing its flag, is a read outside
     any transaction, not a claim's three round trips."""
     make_images_badge(threshold=10)
-    claims: list[int] = []
-    original = dispatch.evaluate_events
-
-    def claiming(**kwargs):
-        result = original(**kwargs)
-        claims.append(len(result.claimed))
-        return result
-
-    monkeypatch.setattr(dispatch, "evaluate_events", claiming)
     looks: list[bool] = []
 
     def looking() -> bool:
@@ -238,17 +244,9 @@ def test_a_drains_last_look_is_a_read_not_a_claim(owner, asked, monkeypatch):
 
 
 def test_an_event_committed_as_the_flag_clears_is_found_by_the_last_look(
-    owner, asked, monkeypatch
+    owner, asked, claims, monkeypatch
 ):
     make_images_badge(threshold=10)
-    claims: list[int] = []
-    original = dispatch.evaluate_events
-
-    def claiming(**kwargs):
-        result = original(**kwargs)
-        claims.append(len(result.claimed))
-        return result
-
     late: list[int] = []
 
     def looking() -> bool:
@@ -256,7 +254,6 @@ def test_an_event_committed_as_the_flag_clears_is_found_by_the_last_look(
             late.extend(_waiting(owner, 1))
         return batch.events_waiting()
 
-    monkeypatch.setattr(dispatch, "evaluate_events", claiming)
     monkeypatch.setattr(dispatch, "events_waiting", looking)
     _waiting(owner, 2)
     assert dispatch.drain() == 3
