@@ -1,0 +1,85 @@
+"""The connection pool's check: no round trip for a healthy connection, a dead one refused."""
+
+from __future__ import annotations
+
+import time
+from unittest import mock
+
+import psycopg
+import pytest
+from django.db import connection
+from psycopg_pool import ConnectionPool
+
+from project.pool import check_connection
+
+
+@pytest.fixture
+def conninfo(postgresql_only):
+    # What the pool connects with (the test database), not a pooled connection.
+    return connection.pool.kwargs | {"autocommit": True}  # type: ignore[attr-defined]
+
+
+def _connect(conninfo: dict) -> psycopg.Connection:
+    return psycopg.connect(**conninfo)
+
+
+def _full_check() -> mock._patch:
+    """A spy on psycopg_pool's check, the one that sends a query."""
+    return mock.patch.object(
+        ConnectionPool, "check_connection", wraps=ConnectionPool.check_connection
+    )
+
+
+def test_a_healthy_idle_connection_passes_without_a_query(conninfo):
+    with _connect(conninfo) as conn, _full_check() as full_check:
+        conn.execute("SELECT 1")
+        check_connection(conn)
+        full_check.assert_not_called()
+
+
+def test_a_connection_whose_backend_died_is_refused(conninfo):
+    with _connect(conninfo) as conn, _connect(conninfo) as killer:
+        pid = conn.info.backend_pid
+        killer.execute("SELECT pg_terminate_backend(%s)", [pid])
+        deadline = time.monotonic() + 10
+        while killer.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid]
+        ).fetchone() != (0,):
+            assert time.monotonic() < deadline, "the backend did not exit"
+            time.sleep(0.01)
+        with pytest.raises(psycopg.OperationalError):
+            check_connection(conn)
+
+
+def test_a_connection_left_in_a_transaction_gets_the_full_check(conninfo):
+    """Which refuses it, as psycopg_pool's own check does."""
+    with _connect(conninfo) as conn, _full_check() as full_check:
+        conn.autocommit = False
+        conn.execute("SELECT 1")  # a transaction is open
+        with pytest.raises(psycopg.ProgrammingError):
+            check_connection(conn)
+        full_check.assert_called_once_with(conn)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_pool_hands_out_a_working_connection_after_its_backend_dies(conninfo):
+    """Through Django's pool: the first query after PostgreSQL killed every
+    backend (as a restart does) works."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        [(first,)] = cursor.fetchall()
+    connection.close()  # back to the pool
+    with _connect(conninfo) as killer:
+        killed = {
+            pid
+            for pid, _ in killer.execute(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        }
+        assert first in killed
+        time.sleep(0.2)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        [(second,)] = cursor.fetchall()
+    assert second not in killed
