@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 from django.conf import settings
@@ -130,15 +130,24 @@ class ExternalEvent:
 def record_external_events(
     events: Sequence[ExternalEvent],
 ) -> list[RecordedEvent | InvalidEvent]:
-    """Record a batch of producer events in one transaction: a result per event, in order.
+    """Record a batch of producer events: a result per event, in order.
 
     Each result is the recorded (or duplicate) event, or the InvalidEvent
     that refused it; a refused event writes nothing and does not stop the
-    others. The batch costs a fixed number of statements, whatever its size:
-    lock the producer ids, read the event ids already taken, insert the rest
-    in one statement. Event types with a de-duplication rule, and a batch
-    that races another for the same new id, take the one-at-a-time path,
-    which serialises near-duplicates and sorts out the race.
+    others. The batch costs a fixed number of statements, whatever its size.
+
+    On PostgreSQL the usual batch is one statement, and outside a
+    transaction one round trip: it locks the producer ids that already
+    exist and inserts the events with a new id that belong to them
+    (`_insert_owned`). What that leaves (an id seen before, a producer id
+    seen for the first time, a type with a de-duplication rule) is recorded
+    in one transaction after it: lock the producer ids (creating the new
+    ones), read the event ids already taken, insert the rest in one
+    statement. Event types with a de-duplication rule, and a batch that
+    races another for the same new id, take the one-at-a-time path, which
+    serialises near-duplicates and sorts out the race. Outside a
+    transaction the two parts commit apart: if the second fails, the
+    first is stored, and a retry of the batch reports it as duplicates.
     """
     results: list[RecordedEvent | InvalidEvent | None] = [None] * len(events)
     now = timezone.now()
@@ -160,6 +169,8 @@ def record_external_events(
             results[position] = exc
         else:
             prepared.append((position, item, event_id))
+    if prepared and connection.vendor == "postgresql":
+        prepared = _record_owned(prepared, results, now)
     if not prepared:
         return _all_set(results)
 
@@ -222,6 +233,107 @@ def record_external_events(
             except InvalidEvent as exc:
                 results[position] = exc
     return _all_set(results)
+
+
+def _record_owned(
+    prepared: list[tuple[int, ExternalEvent, str]],
+    results: list[RecordedEvent | InvalidEvent | None],
+    now: datetime,
+) -> list[tuple[int, ExternalEvent, str]]:
+    """PostgreSQL: record in one statement what needs no more than that; the rest, in order.
+
+    Events of a type without a de-duplication rule, with an id that is new
+    to the batch, whose producer id exists. The others, and any the
+    statement did not insert (an id taken before, a producer id it did not
+    find), are left for the caller's transaction.
+    """
+    dedup = index.dedup_windows()
+    seen: set[str] = set()
+    quick: list[tuple[int, ExternalEvent, str]] = []
+    for entry in prepared:
+        _, item, event_id = entry
+        if item.event_type not in dedup and event_id not in seen:
+            seen.add(event_id)
+            quick.append(entry)
+    if not quick:
+        return prepared
+    inserted = _insert_owned(quick, now)
+    if not inserted:
+        return prepared
+    waiting: list[int] = []
+    for position, item, event_id in quick:
+        row = inserted.get(event_id)
+        if row is not None:
+            event = _loaded_event(row[0], event_id, item, row[1], now)
+            results[position] = RecordedEvent(event, created=True)
+            if event.user_id is not None:
+                waiting.append(event.pk)
+    transaction.on_commit(partial(_committed_many, len(inserted), waiting), robust=True)
+    return [entry for entry in prepared if results[entry[0]] is None]
+
+
+def _insert_owned(
+    rows: list[tuple[int, ExternalEvent, str]], now: datetime
+) -> dict[str, tuple[int, int | None]]:
+    """Lock the rows' producer ids and insert their events, in one statement:
+    (primary key, site user) of each event inserted, by event id.
+
+    The lock is `_lock_identities`'s, taken by the same statement (FOR SHARE
+    reads a linked id's user as committed, even if the link committed while
+    it waited). Events whose producer id has no row yet, and ids another
+    event has, are not inserted.
+    """
+    columns = {
+        "event_id": ("varchar", [event_id for _, _, event_id in rows]),
+        "event_type": ("varchar", [item.event_type for _, item, _ in rows]),
+        "external_user_id": ("varchar", [item.user_id for _, item, _ in rows]),
+        "occurred_at": ("timestamptz", [item.occurred_at or now for _, item, _ in rows]),
+        "source": ("varchar", [item.source for _, item, _ in rows]),
+        "payload": ("jsonb", [json.dumps(item.payload) for _, item, _ in rows]),
+    }
+    sql = (
+        "WITH owner AS MATERIALIZED ("
+        f"SELECT external_id, user_id FROM {ExternalIdentity._meta.db_table} "
+        "WHERE external_id = ANY(%b::varchar[]) ORDER BY external_id FOR SHARE) "
+        f"INSERT INTO {Event._meta.db_table} ({', '.join(columns)}, user_id, received_at, "
+        "attempts, fingerprint, last_error) "
+        f"SELECT e.*, owner.user_id, %s::timestamptz, 0, '', '' FROM unnest("
+        + ", ".join(f"%b::{kind}[]" for kind, _ in columns.values())
+        + f") AS e({', '.join(columns)}) "
+        "JOIN owner ON owner.external_id = e.external_user_id "
+        "ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id, user_id"
+    )
+    owners = sorted({item.user_id for _, item, _ in rows})
+    with server_cursor() as cursor:  # the arrays bound on the server
+        cursor.execute(sql, [owners, now, *(values for _, values in columns.values())])
+        return {event_id: (pk, user_id) for pk, event_id, user_id in cursor.fetchall()}
+
+
+def _loaded_event(
+    pk: int, event_id: str, item: ExternalEvent, user_id: int | None, now: datetime
+) -> Event:
+    """The Event a row just inserted holds, built as a loaded row (the fast constructor)."""
+    fields = {
+        "id": pk,
+        "event_id": event_id,
+        "event_type": item.event_type,
+        "occurred_at": item.occurred_at or now,
+        "source": item.source,
+        "payload": item.payload,
+        "received_at": now,
+        "user_id": user_id,
+        "external_user_id": item.user_id,
+        "attempts": 0,
+        "fingerprint": "",
+        "last_error": "",
+    }
+    names = _event_columns()
+    return Event.from_db(connection.alias, names, [fields.get(name) for name in names])
+
+
+@cache
+def _event_columns() -> list[str]:
+    return [field.attname for field in Event._meta.concrete_fields]
 
 
 def _all_set(
@@ -307,31 +419,11 @@ def _insert_events(
         with server_cursor() as cursor:  # the arrays bound on the server
             cursor.execute(sql, [now, *(values for _, values in columns.values())])
             pks = {event_id: pk for pk, event_id in cursor.fetchall()}
-        # Built as loaded rows (positional, in field order): the fast constructor.
-        names = [field.attname for field in Event._meta.concrete_fields]
-        created = {}
-        for _, item, event_id in rows:
-            pk = pks.get(event_id)
-            if pk is None:
-                continue
-            fields = {
-                "id": pk,
-                "event_id": event_id,
-                "event_type": item.event_type,
-                "occurred_at": item.occurred_at or now,
-                "source": item.source,
-                "payload": item.payload,
-                "received_at": now,
-                "user_id": owners[item.user_id],
-                "external_user_id": item.user_id,
-                "attempts": 0,
-                "fingerprint": "",
-                "last_error": "",
-            }
-            created[event_id] = Event.from_db(
-                connection.alias, names, [fields.get(name) for name in names]
-            )
-        return created
+        return {
+            event_id: _loaded_event(pks[event_id], event_id, item, owners[item.user_id], now)
+            for _, item, event_id in rows
+            if event_id in pks
+        }
     events = [
         Event(
             event_id=event_id,

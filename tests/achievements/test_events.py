@@ -189,3 +189,100 @@ def test_events_are_immutable(owner):
     event.payload = {"tampered": True}
     with pytest.raises(ValueError, match="immutable"):
         event.save()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_for_known_producer_ids_is_one_statement(postgresql_only, owner, monkeypatch):
+    """No transaction around it either: the statement commits alone, and its
+    events with a user are handed to the evaluator at once."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from achievements import events, index
+    from achievements.events import ExternalEvent, RecordedEvent, record_external_events
+    from achievements.models import ExternalIdentity
+
+    handed: list[int] = []
+    monkeypatch.setattr(events, "enqueue_evaluations", handed.extend)
+    ExternalIdentity.objects.create(external_id="linked", user=owner)
+    ExternalIdentity.objects.create(external_id="waiting")
+    batch = [
+        ExternalEvent(user_id=user_id, event_type="image.posted", event_id=f"{user_id}-{n}")
+        for n in range(3)
+        for user_id in ("linked", "waiting")
+    ]
+    index.dedup_windows()  # the rules index is built
+    with CaptureQueriesContext(connection) as queries:
+        results = [r for r in record_external_events(batch) if isinstance(r, RecordedEvent)]
+        assert handed == [r.event.pk for r in results if r.event.user_id]  # committed already
+    assert len(queries) == 1, [q["sql"] for q in queries]
+    assert [(r.created, r.event.user_id) for r in results] == [(True, owner.pk), (True, None)] * 3
+    stored = Event.objects.order_by("pk").values_list(
+        "pk", "event_id", "user_id", "external_user_id"
+    )
+    assert list(stored) == [
+        (r.event.pk, e.event_id, r.event.user_id, e.user_id)
+        for e, r in zip(batch, results, strict=True)
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_recorded_while_its_id_is_being_linked_gets_the_user(postgresql_only, owner):
+    """The link holds the producer id's row while the one-statement recorder waits
+    for it; the recorder then reads the linked user, so no event is left waiting
+    for a link that already happened."""
+    import threading
+    import time
+
+    import psycopg
+    from django.db import connection
+
+    from achievements.actions import link_external_identity
+    from achievements.events import ExternalEvent, RecordedEvent, record_external_events
+    from achievements.models import ExternalIdentity
+
+    ExternalIdentity.objects.create(external_id="racing")
+    holding, release, outcome = threading.Event(), threading.Event(), {}
+
+    def link() -> None:
+        try:
+            with transaction.atomic():
+                outcome["handed_over"] = link_external_identity("racing", owner.pk)
+                holding.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    linker = threading.Thread(target=link)
+    linker.start()
+    assert holding.wait(30)
+    with connection.cursor() as cursor:
+        recorder = cursor.connection.info.backend_pid
+
+    def release_once_the_recorder_waits() -> None:
+        deadline = time.monotonic() + 10
+        conninfo = connection.pool.kwargs | {"autocommit": True}  # type: ignore[attr-defined]
+        try:
+            with psycopg.connect(**conninfo) as watcher:
+                while (
+                    watcher.execute(
+                        "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [recorder]
+                    ).fetchone()
+                    != ("Lock",)
+                    and time.monotonic() < deadline
+                ):
+                    time.sleep(0.01)
+        finally:
+            release.set()
+
+    watcher = threading.Thread(target=release_once_the_recorder_waits)
+    watcher.start()
+    [result] = record_external_events(
+        [ExternalEvent(user_id="racing", event_type="image.posted", event_id="during-link")]
+    )
+    watcher.join(30)
+    linker.join(30)
+    assert outcome["handed_over"] == 0
+    assert isinstance(result, RecordedEvent)
+    assert result.created and result.event.user_id == owner.pk
+    assert Event.objects.get(event_id="during-link").user_id == owner.pk
