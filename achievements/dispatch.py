@@ -48,6 +48,7 @@ from django.utils import timezone
 from achievements import metrics
 from achievements.batch import evaluate_events, events_waiting
 from achievements.models import Event
+from project.cache import shared_redis
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +79,15 @@ def batch_size() -> int:
 
 
 def request_drain() -> None:
-    """Ask for a drain unless one is already asked for (called after an event commits)."""
+    """Ask for a drain unless one is already asked for (called after an event commits).
+
+    With Redis, setting the flag also sends the metrics this thread has
+    gathered (the recorder's count of events received): one round trip.
+    """
     from achievements.tasks import evaluate_pending_task
 
     try:
-        asked = cache.add(DRAIN_FLAG, 1, timeout=FLAG_SECONDS)
+        asked = _raise_flag()
     except Exception:
         asked = True  # no cache to coalesce with: ask anyway
     if not asked:
@@ -95,6 +100,17 @@ def request_drain() -> None:
         logger.exception("Could not ask for an evaluation drain")
         with contextlib.suppress(Exception):
             cache.delete(DRAIN_FLAG)
+
+
+def _raise_flag() -> bool:
+    """Set the drain flag unless it is set; whether this call set it."""
+    client = shared_redis()
+    if client is None:
+        return bool(cache.add(DRAIN_FLAG, 1, timeout=FLAG_SECONDS))
+    pipe = client.pipeline(transaction=False)
+    pipe.set(cache.make_and_validate_key(DRAIN_FLAG), 1, nx=True, ex=FLAG_SECONDS)
+    metrics.ride_along(pipe)
+    return bool(pipe.execute()[0])
 
 
 def drain() -> int:

@@ -539,9 +539,13 @@ def _committed(event_pk: int | None) -> None:
 
 
 def _committed_many(count: int, event_pks: list[int]) -> None:
-    """Once a batch commits: count its events and hand those with a user to the evaluator."""
-    metrics.incr("accolade_events_received_total", count)
-    enqueue_evaluations(event_pks)
+    """Once a batch commits: count its events and hand those with a user to the evaluator.
+
+    Gathered: a drain request sends the count in its own round trip to Redis.
+    """
+    with metrics.gathered():
+        metrics.incr("accolade_events_received_total", count)
+        enqueue_evaluations(event_pks)
 
 
 def _near_duplicate(

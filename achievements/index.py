@@ -27,8 +27,8 @@ instance, checked against the tiers at every call: a cache, not a change).
 
 from __future__ import annotations
 
+import secrets
 import threading
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -70,7 +70,7 @@ class _Index:
 
 _lock = threading.Lock()
 _index = _Index()
-_version: str | None = None
+_version: object = None
 # This thread's pinned index: absent outside pinned(), None inside until the
 # first lookup (or after a change this thread made).
 _pins = threading.local()
@@ -104,14 +104,44 @@ def _current() -> _Index:
     return built
 
 
-def _checked() -> _Index:
+def _checked(current: object = None) -> _Index:
+    """The index at version token `current` (by default, the one the cache holds now)."""
     global _index, _version
-    current = _current_version()
+    if current is None:
+        current = _current_version()
     if current != _version:
         with _lock:
             if current != _version:
                 _index, _version = _build(), current
     return _index
+
+
+def version_wanted() -> bool:
+    """Inside `pinned()`, before its first lookup: the block has yet to read the version.
+
+    A caller about to send a pipeline to the cache's Redis anyway can read it
+    in the same round trip: `pipe.get(version_key())`, then `pin_version`.
+    """
+    return getattr(_pins, "index", _OUTSIDE) is None
+
+
+def version_key() -> str:
+    """The cache's own key for the version token, for a read through Redis itself."""
+    return cache.make_and_validate_key(VERSION_KEY)
+
+
+def pin_version(raw: bytes | None) -> None:
+    """Pin this `pinned()` block to the index at the token read from Redis.
+
+    The token is an integer, which Django's Redis cache stores as its
+    digits. Anything else (no token yet, one written as text by an older
+    release) is read through the cache as usual.
+    """
+    try:
+        token = int(raw) if raw is not None else None
+    except ValueError:
+        token = None
+    _pins.index = _checked(token)
 
 
 def requirement_ids_watching(event_type: str) -> list[int]:
@@ -176,20 +206,31 @@ def version_recorded(**kwargs: Any) -> None:
 
 
 def _new_version() -> None:
-    cache.set(VERSION_KEY, uuid.uuid4().hex, timeout=None)
+    cache.set(VERSION_KEY, _new_token(), timeout=None)
 
 
-def _current_version() -> str:
+def _new_token() -> int:
+    # An integer, so that a raw Redis read can parse it (see pin_version).
+    return secrets.randbits(62)
+
+
+def _current_version() -> object:
     try:
         token = cache.get(VERSION_KEY)
         if token is None:
-            token = uuid.uuid4().hex
-            cache.add(VERSION_KEY, token, timeout=None)
-            token = cache.get(VERSION_KEY, token)
-        return str(token)
+            cache.add(VERSION_KEY, _new_token(), timeout=None)
+            token = cache.get(VERSION_KEY)
+        elif not isinstance(token, int):
+            # An older release's token (text): replace it, or every raw read
+            # would fall back to this one. Every process rebuilds once.
+            _new_version()
+            token = cache.get(VERSION_KEY)
+        if token is None:
+            raise LookupError("the cache kept no version token")
+        return token
     except Exception:
         # No shared cache: rebuild every time rather than risk stale rules.
-        return uuid.uuid4().hex
+        return object()
 
 
 def _build() -> _Index:

@@ -130,14 +130,28 @@ def _add(items: list[tuple[str, float]]) -> None:
         return
     try:
         pipe = client.pipeline(transaction=False)
-        for field, amount in items:
-            if float(amount).is_integer():
-                pipe.hincrby(_key(), field, int(amount))
-            else:
-                pipe.hincrbyfloat(_key(), field, amount)
+        _queue(pipe, items)
         pipe.execute()
     except Exception:
         logger.debug("Could not record metrics %s", [f for f, _ in items], exc_info=True)
+
+
+def ride_along(pipe: Any) -> None:
+    """Put what this thread has gathered so far on `pipe`, a pipeline to the
+    cache's Redis about to be sent anyway: it goes in that round trip, not
+    one of its own at the end of `gathered()`."""
+    items = getattr(_gathering, "items", None)
+    if items:
+        _gathering.items = []
+        _queue(pipe, items)
+
+
+def _queue(pipe: Any, items: list[tuple[str, float]]) -> None:
+    for field, amount in items:
+        if float(amount).is_integer():
+            pipe.hincrby(_key(), field, int(amount))
+        else:
+            pipe.hincrbyfloat(_key(), field, amount)
 
 
 def _read() -> dict[str, float]:

@@ -15,8 +15,9 @@ from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
-from achievements import metrics
+from achievements import index
 from api.models import ApiKey, hash_key
+from project.cache import shared_redis
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 # Keys this process has found active recently, by hash. Bounded: a process
@@ -98,26 +99,33 @@ def rate_limit(api_key: ApiKey) -> int | None:
     """Seconds to wait if `api_key` has used up its requests for this window, else None.
 
     A fixed window per key in Redis, so every web process shares the count:
-    one round trip (INCR, and EXPIRE on the window's first request). The
-    embedded site counts in its cache. If Redis is down, requests are let
-    through.
+    one round trip (INCR, and EXPIRE on the window's first request), which
+    also reads the rules index's version for a request that has yet to
+    (`index.version_wanted`). The embedded site counts in its cache. If
+    Redis is down, requests are let through.
     """
     limit, period = settings.ACCOLADE_API_RATE_LIMIT
     now = time.time()
     window = int(now // period)
     key = f"api-rate:{api_key.pk}:{window}"
-    client = metrics.redis_client()
+    client = shared_redis()
+    version = client is not None and index.version_wanted()
     try:
         if client is not None:
             pipe = client.pipeline(transaction=False)
             pipe.incr(f"{settings.ACCOLADE_NAMESPACE}:{key}")
             pipe.expire(f"{settings.ACCOLADE_NAMESPACE}:{key}", period * 2, nx=True)
-            count = int(pipe.execute()[0])
+            if version:
+                pipe.get(index.version_key())
+            replies = pipe.execute()
+            count = int(replies[0])
         else:
             cache.add(key, 0, timeout=period * 2)
             count = int(cache.incr(key))
     except Exception:
         return None
+    if version:
+        index.pin_version(replies[2])
     if count > limit:
         return max(1, int(period - (now % period)) + 1)
     return None

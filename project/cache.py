@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 
 _clients: dict[tuple[str, ...], RedisCacheClient] = {}
@@ -55,3 +56,14 @@ class SharedRedisCache(RedisCache):
             with _lock:
                 client = _clients.setdefault(key, SharedRedisCacheClient(servers, **options))
         return client
+
+    def redis(self) -> Any:
+        """The redis.Redis behind the cache, for a pipeline that mixes the cache's
+        keys (`make_and_validate_key`) with other commands in one round trip."""
+        return self._cache.get_client(write=True)
+
+
+def shared_redis() -> Any | None:
+    """The default cache's redis.Redis when the cache is Redis (not embedded), else None."""
+    backend = caches["default"]
+    return backend.redis() if isinstance(backend, SharedRedisCache) else None

@@ -105,6 +105,26 @@ def real_redis(monkeypatch):
 
 
 @pytest.fixture
+def redis_cache(real_redis, settings):
+    """Production's cache: Django's cache in Redis (DB 14, as the metrics), under
+    a namespace of the test's own; the test's keys are deleted afterwards."""
+    import uuid
+
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    settings.ACCOLADE_NAMESPACE = namespace
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "project.cache.SharedRedisCache",
+            "LOCATION": "redis://127.0.0.1:6379/14",
+            "KEY_PREFIX": namespace,
+        }
+    }
+    yield real_redis
+    for key in real_redis.scan_iter(f"{namespace}:*"):
+        real_redis.delete(key)
+
+
+@pytest.fixture
 async def close_thread_connections():
     """Close the database connection the sync-to-async thread opened (tests that
     drive the real consumer), so the test database can be dropped at the end."""

@@ -154,3 +154,37 @@ def test_an_api_request_checks_the_version_once(client, version_checks):
     )
     assert response.status_code == 202, response.content
     assert version_checks.call_count == 1
+
+
+@pytest.mark.django_db
+def test_a_version_read_through_redis_pins_the_block_without_another_look(
+    redis_cache, version_checks
+):
+    """The token is an integer, stored as its digits; a caller's own Redis
+    round trip can carry its read (`version_wanted`, `pin_version`)."""
+    from django.core.cache import cache
+
+    other_process_adds_type("first.type")
+    raw = redis_cache.get(index.version_key())
+    assert int(raw) == cache.get(index.VERSION_KEY)
+    version_checks.reset_mock()
+    assert not index.version_wanted()  # outside a pin nobody wants it
+    with index.pinned():
+        assert index.version_wanted()
+        index.pin_version(raw)
+        assert not index.version_wanted()
+        assert "first.type" in index.accepted_event_types()
+        other_process_adds_type("second.type")
+        assert "second.type" not in index.accepted_event_types()  # pinned
+    assert version_checks.call_count == 0
+    with index.pinned():
+        index.pin_version(redis_cache.get(index.version_key()))
+        assert "second.type" in index.accepted_event_types()  # the new token, rebuilt
+    with index.pinned():
+        index.pin_version(None)  # no token in Redis: the cache is asked
+    assert version_checks.call_count == 1
+    cache.set(index.VERSION_KEY, "an older release's token")
+    with index.pinned():
+        index.pin_version(redis_cache.get(index.version_key()))  # not digits: asked, replaced
+    assert version_checks.call_count == 2
+    assert isinstance(cache.get(index.VERSION_KEY), int)

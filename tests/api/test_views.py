@@ -202,19 +202,64 @@ def test_the_rate_limit_answers_429_with_retry_after(api, settings):
     assert response.json()["errors"][0]["field"] == "Authorization"
 
 
-def test_the_rate_limit_counts_in_redis_when_there_is_one(api, settings, real_redis):
+def test_the_rate_limit_counts_in_redis_when_there_is_one(api, settings, redis_cache):
     """Production counts in Redis, shared by every web process, with the window's expiry."""
     settings.ACCOLADE_API_RATE_LIMIT = (2, 60)
-    settings.ACCOLADE_NAMESPACE = "rate-test"
-    try:
-        codes = [api.get("/api/v1/events/none").status_code for _ in range(3)]
-        assert codes == [404, 404, 429]
-        [key] = real_redis.keys("rate-test:api-rate:*")
-        assert int(real_redis.get(key)) == 3
-        assert 60 < real_redis.ttl(key) <= 120
-    finally:
-        for key in real_redis.keys("rate-test:*"):
-            real_redis.delete(key)
+    codes = [api.get("/api/v1/events/none").status_code for _ in range(3)]
+    assert codes == [404, 404, 429]
+    [key] = redis_cache.keys(f"{settings.ACCOLADE_NAMESPACE}:api-rate:*")
+    assert int(redis_cache.get(key)) == 3
+    assert 60 < redis_cache.ttl(key) <= 120
+
+
+def test_a_single_event_costs_two_round_trips_to_redis(
+    api, owner, settings, redis_cache, monkeypatch, django_capture_on_commit_callbacks
+):
+    """Before the work, the rate limit and the rules' version; after the commit,
+    the drain request and the count of events received. A rule changed between
+    requests is seen by the next one."""
+    import redis
+
+    from achievements import tasks
+    from achievements.dispatch import DRAIN_FLAG
+    from achievements.models import EventType
+
+    settings.ACCOLADE_TASK_MODE = "celery"
+    drains: list[object] = []
+    monkeypatch.setattr(tasks.evaluate_pending_task, "delay", lambda: drains.append(1))
+    sent = {"pipelines": 0, "commands": 0}
+    pipeline_execute, execute_command = redis.client.Pipeline.execute, redis.Redis.execute_command
+
+    def count_pipeline(pipe, *args, **kwargs):
+        sent["pipelines"] += 1
+        return pipeline_execute(pipe, *args, **kwargs)
+
+    def count_command(client, *args, **kwargs):
+        sent["commands"] += 1
+        return execute_command(client, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", count_pipeline)
+    monkeypatch.setattr(redis.Redis, "execute_command", count_command)
+    namespace = settings.ACCOLADE_NAMESPACE
+    link_external_identity("u-42", owner.pk)
+
+    def post(**fields):
+        with django_capture_on_commit_callbacks(execute=True):  # as if the request committed
+            return api.post(event(**fields))
+
+    assert post(event_id="warm").status_code == 202  # the index is built
+    sent.update(pipelines=0, commands=0)
+    assert post(event_id="one").status_code == 202
+    assert sent == {"pipelines": 2, "commands": 0}
+    assert drains == [1]  # the first request raised the flag; this one found it up
+    assert redis_cache.hget(f"{namespace}:metrics", "accolade_events_received_total") == b"2"
+    assert 0 < redis_cache.ttl(f"{namespace}:1:{DRAIN_FLAG}") <= 2
+
+    EventType.objects.create(name="club.joined")  # a rule change: a new version
+    sent.update(pipelines=0, commands=0)
+    response = post(event_id="two", event_type="club.joined")
+    assert response.json()["results"] == [{"event_id": "two", "status": "accepted"}]
+    assert sent == {"pipelines": 2, "commands": 0}
 
 
 def test_event_status_shows_pending_processed_and_the_unlocks_caused(
