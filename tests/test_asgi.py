@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import pytest
 from asgiref.testing import ApplicationCommunicator
@@ -169,3 +170,39 @@ async def test_a_thread_still_running_an_abandoned_request_is_not_leased_again(
     assert await threads.lease() is not thread
     release.set()
     assert view.result(timeout=10) is True
+
+
+def test_daphne_leaves_post_bodies_to_django(monkeypatch):
+    """Twisted's form parsing (and its Content-Type parse through `email`) is off
+    for Daphne's requests once the application is loaded; the body itself is
+    still read and handed on whole."""
+    from types import SimpleNamespace
+
+    from daphne.http_protocol import WebRequest
+    from twisted.web import http
+    from twisted.web.test.requesthelper import DummyChannel
+
+    from project.twisted_tuning import skip_form_parsing
+
+    patched = WebRequest.__init__
+    assert getattr(patched, "skips_form_parsing", False)  # project.asgi did it
+    assert skip_form_parsing() and WebRequest.__init__ is patched  # once
+    parsed: list[bytes] = []
+
+    def parse(line: bytes) -> bytes:
+        parsed.append(line)
+        return b""
+
+    monkeypatch.setattr(http, "_parseContentType", parse)
+    channel: Any = DummyChannel()
+    channel.factory = SimpleNamespace(server=SimpleNamespace(protocol_connected=lambda r: None))
+    request = WebRequest(channel)
+    monkeypatch.setattr(request, "process", lambda: None)
+    body = b"name=value&other=1"
+    request.requestHeaders.setRawHeaders(b"content-type", [b"application/x-www-form-urlencoded"])
+    request.gotLength(len(body))
+    request.handleContentChunk(body)
+    request.requestReceived(b"POST", b"/form", b"HTTP/1.1")
+    assert parsed == [] and request.args == {}
+    request.content.seek(0)
+    assert request.content.read() == body
