@@ -527,8 +527,10 @@ class Event(models.Model):
     transaction, and evaluation is only enqueued once that commits.
     """
 
+    # Unique by a constraint rather than unique=True, which on PostgreSQL also
+    # builds a LIKE index nothing uses: every insert paid for it.
     event_id = models.CharField(
-        max_length=128, unique=True, help_text="The producer's id; a repeat is a duplicate."
+        max_length=128, help_text="The producer's id; a repeat is a duplicate."
     )
     event_type = models.CharField(max_length=rules.EVENT_TYPE_MAX_LENGTH)
     user = models.ForeignKey(
@@ -537,12 +539,13 @@ class Event(models.Model):
         related_name="achievement_events",
         null=True,
         blank=True,
+        # event_user_occurred starts with the user: a second index would only cost inserts.
+        db_index=False,
         help_text="Empty while the producer's user id is not linked to a site user yet.",
     )
     external_user_id = models.CharField(
         max_length=128,
         blank=True,
-        db_index=True,
         help_text="The producer's id for the user, for events that came through the API.",
     )
     occurred_at = models.DateTimeField()
@@ -553,7 +556,6 @@ class Event(models.Model):
     fingerprint = models.CharField(
         max_length=64,
         blank=True,
-        db_index=True,
         help_text="Hash of user, type and the dedup rule's payload key, when a rule applies.",
     )
 
@@ -587,6 +589,22 @@ class Event(models.Model):
                 name="event_dead_lettered",
                 condition=models.Q(dead_lettered_at__isnull=False),
             ),
+            # A producer id's events still waiting (for a link, or for evaluation).
+            models.Index(
+                fields=["external_user_id"],
+                name="event_waiting_external",
+                condition=models.Q(processed_at__isnull=True),
+            ),
+            # Near-duplicates: only events of a type with a de-duplication rule.
+            models.Index(
+                fields=["fingerprint", "occurred_at"],
+                name="event_fingerprint",
+                condition=~models.Q(fingerprint=""),
+            ),
+        ]
+        constraints = [
+            # The name PostgreSQL gave the unique=True constraint this replaces.
+            models.UniqueConstraint(fields=["event_id"], name="achievements_event_event_id_key"),
         ]
 
     def __str__(self) -> str:

@@ -286,3 +286,28 @@ def test_an_event_recorded_while_its_id_is_being_linked_gets_the_user(postgresql
     assert isinstance(result, RecordedEvent)
     assert result.created and result.event.user_id == owner.pk
     assert Event.objects.get(event_id="during-link").user_id == owner.pk
+
+
+def test_the_events_table_keeps_only_the_indexes_its_queries_use(postgresql_only):
+    """Every recorded event updates each index (and an evaluation, which sets
+    processed_at, most of them again). A new one should be a decision."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, Event._meta.db_table)
+    indexes = [
+        name
+        for name, spec in constraints.items()
+        if spec["index"] or spec["unique"] or spec["primary_key"]
+    ]
+    assert sorted(indexes) == [
+        "achievements_event_event_id_key",  # unique: the producer's id
+        "achievements_event_pkey",
+        "event_dead_lettered",  # partial: dead-lettered events only
+        "event_fingerprint",  # partial: de-duplicated types only
+        "event_received",
+        "event_type_occurred",
+        "event_unprocessed",  # partial: waiting events only
+        "event_user_occurred",
+        "event_waiting_external",  # partial: waiting events only
+    ]
