@@ -77,6 +77,34 @@ async def test_a_request_runs_its_signals_and_view_on_one_thread_off_the_loop(re
     assert loop_thread not in threads
 
 
+async def test_a_request_goes_to_its_thread_once_and_is_finished_before_it_is_sent(
+    request_threads, monkeypatch
+):
+    """Signals, view and close in one call; a streamed response (a static file)
+    is closed after its body is sent, in a call of its own."""
+    from project.asgi import _RequestThread
+
+    seen, _ = request_threads
+    calls = []
+    submit = _RequestThread.submit
+
+    def counted(self, fn, /, *args, **kwargs):
+        calls.append(fn)
+        return submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(_RequestThread, "submit", counted)
+    assert await _get("/api/v1/events") == 405
+    assert len(calls) == 1
+    assert [name for name, _ in seen] == ["started", "view", "finished"]
+
+    calls.clear()
+    seen.clear()
+    assert await _get("/static/css/app.css") == 200
+    assert len(calls) == 3  # the response, the file's body, then its close
+    assert "close" in repr(calls[-1])
+    assert [name for name, _ in seen] == ["started", "view", "finished"]
+
+
 async def test_the_next_request_reuses_the_thread_instead_of_starting_one(request_threads):
     seen, _ = request_threads
 
