@@ -83,3 +83,23 @@ def test_the_pool_hands_out_a_working_connection_after_its_backend_dies(conninfo
         cursor.execute("SELECT pg_backend_pid()")
         [(second,)] = cursor.fetchall()
     assert second not in killed
+
+
+@pytest.mark.django_db(transaction=True)
+def test_django_s_pool_checks_connections_with_this_check(conninfo, monkeypatch):
+    """The backend gives the pool project.pool's check in place of psycopg_pool's."""
+    import project.pool
+
+    looked: list[int] = []
+    readable = project.pool._readable
+
+    def spy(fd: int) -> bool:
+        looked.append(fd)
+        return readable(fd)
+
+    monkeypatch.setattr(project.pool, "_readable", spy)
+    connection.close()  # back to the pool
+    with _full_check() as full_check, connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    assert len(looked) == 1
+    full_check.assert_not_called()
