@@ -275,38 +275,62 @@ def _record_owned(
 def _insert_owned(
     rows: list[tuple[int, ExternalEvent, str]], now: datetime
 ) -> dict[str, tuple[int, int | None]]:
-    """Lock the rows' producer ids and insert their events, in one statement:
+    """Insert the rows' events for producer ids that exist, in one statement:
     (primary key, site user) of each event inserted, by event id.
 
-    The lock is `_lock_identities`'s, taken by the same statement (FOR SHARE
-    reads a linked id's user as committed, even if the link committed while
-    it waited). Events whose producer id has no row yet, and ids another
-    event has, are not inserted.
+    A linked id is read without a lock: its user never changes (linking it
+    to another user is refused). An id not linked yet is locked as
+    `_lock_identities` locks it, against a link being made meanwhile; if a
+    link committed while the statement waited, the row no longer matches
+    and its events are left out, for the caller's transaction, which reads
+    the new user. So are events whose producer id has no row yet, and ids
+    another event has.
     """
-    columns = {
-        "event_id": ("varchar", [event_id for _, _, event_id in rows]),
-        "event_type": ("varchar", [item.event_type for _, item, _ in rows]),
-        "external_user_id": ("varchar", [item.user_id for _, item, _ in rows]),
-        "occurred_at": ("timestamptz", [item.occurred_at or now for _, item, _ in rows]),
-        "source": ("varchar", [item.source for _, item, _ in rows]),
-        "payload": ("jsonb", [json.dumps(item.payload) for _, item, _ in rows]),
-    }
-    sql = (
-        "WITH owner AS MATERIALIZED ("
-        f"SELECT external_id, user_id FROM {ExternalIdentity._meta.db_table} "
-        "WHERE external_id = ANY(%b::varchar[]) ORDER BY external_id FOR SHARE) "
-        f"INSERT INTO {Event._meta.db_table} ({', '.join(columns)}, user_id, received_at, "
-        "attempts, fingerprint, last_error) "
-        f"SELECT e.*, owner.user_id, %s::timestamptz, 0, '', '' FROM unnest("
-        + ", ".join(f"%b::{kind}[]" for kind, _ in columns.values())
-        + f") AS e({', '.join(columns)}) "
-        "JOIN owner ON owner.external_id = e.external_user_id "
-        "ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id, user_id"
-    )
+    columns = [  # in _OWNED_COLUMNS' order
+        [event_id for _, _, event_id in rows],
+        [item.event_type for _, item, _ in rows],
+        [item.user_id for _, item, _ in rows],
+        [item.occurred_at or now for _, item, _ in rows],
+        [item.source for _, item, _ in rows],
+        [json.dumps(item.payload) for _, item, _ in rows],
+    ]
     owners = sorted({item.user_id for _, item, _ in rows})
     with server_cursor() as cursor:  # the arrays bound on the server
-        cursor.execute(sql, [owners, now, *(values for _, values in columns.values())])
+        cursor.execute(_owned_insert_sql(), [owners, owners, now, *columns])
         return {event_id: (pk, user_id) for pk, event_id, user_id in cursor.fetchall()}
+
+
+_OWNED_COLUMNS = (
+    ("event_id", "varchar"),
+    ("event_type", "varchar"),
+    ("external_user_id", "varchar"),
+    ("occurred_at", "timestamptz"),
+    ("source", "varchar"),
+    ("payload", "jsonb"),
+)
+
+
+@cache
+def _owned_insert_sql() -> str:
+    identity, names = ExternalIdentity._meta.db_table, ", ".join(n for n, _ in _OWNED_COLUMNS)
+    return (
+        f"WITH linked AS (SELECT external_id, user_id FROM {identity} "
+        "WHERE external_id = ANY(%b::varchar[]) AND user_id IS NOT NULL), "
+        f"waiting AS MATERIALIZED (SELECT external_id, user_id FROM {identity} "
+        "WHERE external_id = ANY(%b::varchar[]) AND user_id IS NULL "
+        "ORDER BY external_id FOR SHARE), "
+        "owner AS (SELECT * FROM linked UNION ALL SELECT * FROM waiting) "
+        f"INSERT INTO {Event._meta.db_table} ({names}, user_id, received_at, "
+        "attempts, fingerprint, last_error) "
+        f"SELECT {', '.join(f'e.{n}' for n, _ in _OWNED_COLUMNS)}, owner.user_id, "
+        "%s::timestamptz, 0, '', '' FROM unnest("
+        + ", ".join(f"%b::{kind}[]" for _, kind in _OWNED_COLUMNS)
+        + f") WITH ORDINALITY AS e({names}, position) "
+        "JOIN owner ON owner.external_id = e.external_user_id "
+        # Keys in the batch's order, as bulk_create gives them.
+        "ORDER BY e.position "
+        "ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id, user_id"
+    )
 
 
 def _loaded_event(

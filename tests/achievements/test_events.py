@@ -311,3 +311,34 @@ def test_the_events_table_keeps_only_the_indexes_its_queries_use(postgresql_only
         "event_user_occurred",
         "event_waiting_external",  # partial: waiting events only
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_for_a_linked_id_takes_no_lock_on_it(postgresql_only, owner):
+    """Its user cannot change, so recording does not wait for (or write a lock
+    to) the id's row: here another transaction holds the row, and recording
+    still goes through at once."""
+    import psycopg
+    from django.db import connection
+
+    from achievements.events import ExternalEvent, RecordedEvent, record_external_events
+    from achievements.models import ExternalIdentity
+
+    ExternalIdentity.objects.create(external_id="linked", user=owner)
+    conninfo = connection.pool.kwargs | {"autocommit": False}  # type: ignore[attr-defined]
+    with psycopg.connect(**conninfo) as holder:
+        holder.execute(
+            "SELECT 1 FROM achievements_externalidentity WHERE external_id = 'linked' FOR UPDATE"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '2s'")
+        try:
+            [result] = record_external_events(
+                [ExternalEvent(user_id="linked", event_type="image.posted", event_id="free")]
+            )
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
+        holder.rollback()
+    assert isinstance(result, RecordedEvent)
+    assert result.created and result.event.user_id == owner.pk
