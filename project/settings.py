@@ -150,10 +150,10 @@ else:
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them; Django requires 0
     # A connection is checked as it leaves the pool, so one that died with a
     # PostgreSQL restart is replaced, not handed to a request or a task to
-    # fail on. Django's check is an empty query every time; this backend
-    # gives the pool one that costs no round trip on a healthy connection.
+    # fail on. Django's check (CONN_HEALTH_CHECKS) is an empty query every
+    # time; this backend's costs no round trip on a healthy connection.
     DATABASES["default"]["ENGINE"] = "project.postgresql"
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
     DATABASES["default"]["OPTIONS"] = {
         "pool": {
             "min_size": 1,

@@ -62,13 +62,30 @@ def test_a_connection_left_in_a_transaction_gets_the_full_check(conninfo):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_pool_hands_out_a_working_connection_after_its_backend_dies(conninfo):
-    """Through Django's pool: the first query after PostgreSQL killed every
-    backend (as a restart does) works."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        [(first,)] = cursor.fetchall()
-    connection.close()  # back to the pool
+def test_after_every_pooled_backend_dies_the_next_query_works(conninfo):
+    """Through Django's pool, holding 8 connections, all killed (as a restart
+    does). psycopg_pool's own check loop waits 1, 2, 4... seconds between dead
+    connections, and ran out its 10 s timeout here."""
+    import threading
+
+    held = threading.Barrier(8)
+    pids: list[int] = []
+
+    def hold() -> None:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                pids.append(cursor.fetchone()[0])
+            held.wait(10)  # all 8 out of the pool at once
+        finally:
+            connection.close()  # back to the pool
+
+    threads = [threading.Thread(target=hold) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    connection.close()
     with _connect(conninfo) as killer:
         killed = {
             pid
@@ -77,7 +94,7 @@ def test_the_pool_hands_out_a_working_connection_after_its_backend_dies(conninfo
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
         }
-        assert first in killed
+        assert set(pids) <= killed and len(set(pids)) == 8
         time.sleep(0.2)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")

@@ -325,7 +325,8 @@ def test_a_worker_keeps_its_connection_between_tasks_and_replaces_a_dead_one(tmp
             topology.query("SELECT pg_terminate_backend(%s)", (pid,))
         after = run_tasks(4)
         assert not set(after) & set(first), (first, after)
-        assert len(set(after)) <= 2, after
+        # Passing over the dead ones at once, the pool may open one more than it had.
+        assert len(set(after)) <= 3, after
         assert "Traceback" not in topology.workers[0].output()
     except Exception:
         print(topology.logs())
