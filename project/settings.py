@@ -159,7 +159,13 @@ else:
             "min_size": 1,
             "max_size": env_int("DATABASE_POOL_SIZE", 20, minimum=1),
             "timeout": 10,
-        }
+        },
+        # Statements the engine sends with server-side parameters (ingestion's
+        # insert, a batch's claim and writes; not the ORM's, whose cursors
+        # bind on the client) are prepared once a connection has run them five times:
+        # PostgreSQL then skips planning them, which was two thirds of the
+        # backend's CPU for the one-statement insert (420 -> 200 us).
+        "prepare_threshold": 5 if env_bool("DATABASE_PREPARED_STATEMENTS", True) else None,
     }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -342,3 +342,27 @@ def test_an_event_for_a_linked_id_takes_no_lock_on_it(postgresql_only, owner):
         holder.rollback()
     assert isinstance(result, RecordedEvent)
     assert result.created and result.event.user_id == owner.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_one_statement_insert_is_prepared_after_a_few_runs(postgresql_only, owner):
+    """PostgreSQL plans it once per connection instead of every time."""
+    from django.db import connection
+
+    from achievements.events import ExternalEvent, record_external_events
+    from achievements.models import ExternalIdentity
+
+    ExternalIdentity.objects.create(external_id="linked", user=owner)
+
+    def prepared() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE 'WITH linked%%'"
+            )
+            return cursor.fetchone()[0]
+
+    for n in range(6):  # the connection may have run it before, in another test
+        record_external_events(
+            [ExternalEvent(user_id="linked", event_type="image.posted", event_id=f"p-{n}")]
+        )
+    assert prepared() == 1
