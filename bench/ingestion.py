@@ -19,6 +19,7 @@ them). Three runs of --seconds each:
 
 Events/s counts the rows stored (an answered 202 means they are committed).
 Figures are medians of --repeats runs; p50 and p99 are wrk's latencies.
+`--only single` (repeatable) runs only those kinds, and writes no results.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ function request()
   return wrk.format("POST", "/api/v1/events", headers, body)
 end
 """
+
+
+KINDS = ("floor", "single", "batches_of_100")
 
 
 def wrk(
@@ -159,7 +163,14 @@ def main() -> None:
     parser.add_argument(
         "--web-processes", type=int, default=1, help="Daphne processes, each on its own port"
     )
+    parser.add_argument(
+        "--only",
+        choices=KINDS,
+        action="append",
+        help="run only these kinds (repeatable); results are then printed, not written",
+    )
     args = parser.parse_args()
+    kinds = [kind for kind in KINDS if kind in (args.only or KINDS)]
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: run `bash .ci/services.sh --bench` (or make bench)")
     from tests.integration.stack import Topology
@@ -175,9 +186,13 @@ def main() -> None:
             count = "SELECT count(*) FROM achievements_event"
             for repeat in range(args.repeats):
                 for name, size, with_key in (
-                    ("floor", 1, False),
-                    ("single", 1, True),
-                    ("batches_of_100", 100, True),
+                    (name, size, with_key)
+                    for name, size, with_key in (
+                        ("floor", 1, False),
+                        ("single", 1, True),
+                        ("batches_of_100", 100, True),
+                    )
+                    if name in kinds
                 ):
                     settle(topology, count)  # requests wrk left in flight finish first
                     [(before,)] = topology.query(count)
@@ -210,6 +225,7 @@ def main() -> None:
             for field in ("requests_per_s", "events_per_s", "p50_ms", "p99_ms")
         }
         for name, results in runs.items()
+        if results
     }
     failures = sum(r["non_2xx"] for name in ("single", "batches_of_100") for r in runs[name])
     print(
@@ -222,6 +238,8 @@ def main() -> None:
         ("batches_of_100", "batches of 100"),
         ("floor", "floor (401)"),
     ):
+        if name not in summary:
+            continue
         row = summary[name]
         events = "" if name == "floor" else f"{row['events_per_s']:10.0f}"
         print(
@@ -229,6 +247,8 @@ def main() -> None:
             f"{row['p50_ms']:8.1f} {row['p99_ms']:8.1f}"
         )
     print(f"  refused or failed requests (not 202): {failures}")
+    if args.only:
+        return  # a partial run: the results files keep the full runs
     suffix = "" if args.web_processes == 1 else f"-{args.web_processes}-processes"
     write_results(
         f"ingestion{suffix}",
