@@ -175,6 +175,36 @@ def test_debug_is_off_unless_asked_for():
     assert result.stdout.split() == ["False", "True"], result.stderr
 
 
+@pytest.mark.parametrize(("value", "threshold"), [(None, "5"), ("1", "5"), ("0", "None")])
+def test_postgresql_gets_this_backend_and_prepared_statements_unless_turned_off(value, threshold):
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DEBUG", "DJANGO_SETTINGS_MODULE", "DATABASE_PREPARED_STATEMENTS"}
+    }
+    environment.update(
+        DJANGO_SETTINGS_MODULE="project.settings",
+        SECRET_KEY="x" * 50,
+        DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres",
+    )
+    if value is not None:
+        environment["DATABASE_PREPARED_STATEMENTS"] = value
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.conf import settings as s; "
+            "d = s.DATABASES['default']; "
+            "print(d['ENGINE'], d['CONN_HEALTH_CHECKS'], d['OPTIONS']['prepare_threshold'])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+    )
+    assert result.stdout.split() == ["project.postgresql", "False", threshold], result.stderr
+
+
 def test_pages_carry_a_content_security_policy_allowing_only_our_scripts(client, db):
     policy = client.get("/accounts/login/")["Content-Security-Policy"]
     assert "script-src 'self'" in policy
