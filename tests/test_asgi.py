@@ -77,6 +77,8 @@ async def test_a_request_runs_its_signals_and_view_on_one_thread_off_the_loop(re
     assert loop_thread not in threads
 
 
+# WhiteNoise's file responses iterate synchronously; Django warns under ASGI, as in production.
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous iterators")
 async def test_a_request_goes_to_its_thread_once_and_is_finished_before_it_is_sent(
     request_threads, monkeypatch
 ):
