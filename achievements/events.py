@@ -136,18 +136,18 @@ def record_external_events(
     that refused it; a refused event writes nothing and does not stop the
     others. The batch costs a fixed number of statements, whatever its size.
 
-    On PostgreSQL the usual batch is one statement, and outside a
-    transaction one round trip: it locks the producer ids that already
-    exist and inserts the events with a new id that belong to them
-    (`_insert_owned`). What that leaves (an id seen before, a producer id
-    seen for the first time, a type with a de-duplication rule) is recorded
-    in one transaction after it: lock the producer ids (creating the new
-    ones), read the event ids already taken, insert the rest in one
-    statement. Event types with a de-duplication rule, and a batch that
-    races another for the same new id, take the one-at-a-time path, which
-    serialises near-duplicates and sorts out the race. Outside a
-    transaction the two parts commit apart: if the second fails, the
-    first is stored, and a retry of the batch reports it as duplicates.
+    On PostgreSQL, outside a transaction, the usual batch is one statement
+    that commits alone: it inserts the events with a new id whose producer
+    id exists, locking the ids not linked yet (`_insert_owned`). What that
+    leaves (an id seen before, a producer id seen for the first time, a
+    type with a de-duplication rule), and any batch inside the caller's
+    transaction, is recorded in one transaction: lock the producer ids
+    (creating the new ones), read the event ids already taken, insert the
+    rest in one statement. Event types with a de-duplication rule, and a
+    batch that races another for the same new id, take the one-at-a-time
+    path, which serialises near-duplicates and sorts out the race. The two
+    parts commit apart: if the second fails, the first is stored, and a
+    retry of the batch reports it as duplicates.
     """
     results: list[RecordedEvent | InvalidEvent | None] = [None] * len(events)
     now = timezone.now()
@@ -169,7 +169,7 @@ def record_external_events(
             results[position] = exc
         else:
             prepared.append((position, item, event_id))
-    if prepared and connection.vendor == "postgresql":
+    if prepared and connection.vendor == "postgresql" and not connection.in_atomic_block:
         prepared = _record_owned(prepared, results, now)
     if not prepared:
         return _all_set(results)
@@ -240,12 +240,15 @@ def _record_owned(
     results: list[RecordedEvent | InvalidEvent | None],
     now: datetime,
 ) -> list[tuple[int, ExternalEvent, str]]:
-    """PostgreSQL: record in one statement what needs no more than that; the rest, in order.
+    """PostgreSQL, in autocommit: record in one statement what needs no more; the rest, in order.
 
     Events of a type without a de-duplication rule, with an id that is new
     to the batch, whose producer id exists. The others, and any the
     statement did not insert (an id taken before, a producer id it did not
-    find), are left for the caller's transaction.
+    find), are left for the caller's transaction. So is the whole batch if
+    the statement fails its foreign-key check: the linked user was deleted
+    as it ran (the deletion sets the producer id's user to NULL, which the
+    transaction then reads).
     """
     dedup = index.dedup_windows()
     seen: set[str] = set()
@@ -257,7 +260,10 @@ def _record_owned(
             quick.append(entry)
     if not quick:
         return prepared
-    inserted = _insert_owned(quick, now)
+    try:
+        inserted = _insert_owned(quick, now)
+    except IntegrityError:  # in autocommit the statement rolled back alone
+        return prepared
     if not inserted:
         return prepared
     waiting: list[int] = []
@@ -278,8 +284,10 @@ def _insert_owned(
     """Insert the rows' events for producer ids that exist, in one statement:
     (primary key, site user) of each event inserted, by event id.
 
-    A linked id is read without a lock: its user never changes (linking it
-    to another user is refused). An id not linked yet is locked as
+    A linked id is read without a lock: its user changes only if the user
+    is deleted (linking the id to another user is refused), and then the
+    statement fails its foreign-key check as it commits (the caller falls
+    back to the transaction). An id not linked yet is locked as
     `_lock_identities` locks it, against a link being made meanwhile; if a
     link committed while the statement waited, the row no longer matches
     and its events are left out, for the caller's transaction, which reads

@@ -227,10 +227,13 @@ def test_a_batch_for_known_producer_ids_is_one_statement(postgresql_only, owner,
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_event_recorded_while_its_id_is_being_linked_gets_the_user(postgresql_only, owner):
+def test_an_event_recorded_while_its_id_is_being_linked_gets_the_user(
+    postgresql_only, owner, monkeypatch
+):
     """The link holds the producer id's row while the one-statement recorder waits
-    for it; the recorder then reads the linked user, so no event is left waiting
-    for a link that already happened."""
+    for it; the row, linked now, no longer matches, and the transaction that
+    follows reads the linked user: no event is left waiting for a link that
+    already happened."""
     import threading
     import time
 
@@ -275,6 +278,16 @@ def test_an_event_recorded_while_its_id_is_being_linked_gets_the_user(postgresql
         finally:
             release.set()
 
+    from achievements import events
+
+    statements: list[dict] = []
+    insert_owned = events._insert_owned
+
+    def spy(rows, now):
+        statements.append(insert_owned(rows, now))
+        return statements[-1]
+
+    monkeypatch.setattr(events, "_insert_owned", spy)
     watcher = threading.Thread(target=release_once_the_recorder_waits)
     watcher.start()
     [result] = record_external_events(
@@ -282,6 +295,7 @@ def test_an_event_recorded_while_its_id_is_being_linked_gets_the_user(postgresql
     )
     watcher.join(30)
     linker.join(30)
+    assert statements == [{}]  # the one statement waited, then left the event alone
     assert outcome["handed_over"] == 0
     assert isinstance(result, RecordedEvent)
     assert result.created and result.event.user_id == owner.pk
@@ -366,3 +380,57 @@ def test_the_one_statement_insert_is_prepared_after_a_few_runs(postgresql_only, 
             [ExternalEvent(user_id="linked", event_type="image.posted", event_id=f"p-{n}")]
         )
     assert prepared() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_recorded_as_its_linked_user_is_deleted_waits_for_a_link(postgresql_only):
+    """The one statement reads the linked user without a lock; the user's
+    deletion commits while its foreign-key check waits, the check fails, and
+    the batch goes through the transaction, which reads the id as unlinked."""
+    import threading
+    import time
+
+    import psycopg
+    from django.db import connection
+
+    from achievements.events import ExternalEvent, RecordedEvent, record_external_events
+    from achievements.models import ExternalIdentity
+    from tests.factories import make_user
+
+    doomed = make_user(username="doomed")
+    ExternalIdentity.objects.create(external_id="leaving", user=doomed)
+    conninfo = connection.pool.kwargs | {"autocommit": False}  # type: ignore[attr-defined]
+    with connection.cursor() as cursor:
+        recorder = cursor.connection.info.backend_pid
+    deleter = psycopg.connect(**conninfo)
+    # What deleting the user does: the id's user set to NULL, the user's row gone.
+    deleter.execute(
+        "UPDATE achievements_externalidentity SET user_id = NULL WHERE user_id = %s", [doomed.pk]
+    )
+    deleter.execute("DELETE FROM auth_user WHERE id = %s", [doomed.pk])
+
+    def commit_once_the_recorder_waits() -> None:
+        deadline = time.monotonic() + 10
+        with psycopg.connect(**conninfo | {"autocommit": True}) as watcher:
+            while (
+                watcher.execute(
+                    "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [recorder]
+                ).fetchone()
+                != ("Lock",)
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.01)
+        deleter.commit()
+        deleter.close()
+
+    committer = threading.Thread(target=commit_once_the_recorder_waits)
+    committer.start()
+    try:
+        [result] = record_external_events(
+            [ExternalEvent(user_id="leaving", event_type="image.posted", event_id="orphan")]
+        )
+    finally:
+        committer.join(30)
+    assert isinstance(result, RecordedEvent)
+    assert result.created and result.event.user_id is None
+    assert Event.objects.get(event_id="orphan").user_id is None
