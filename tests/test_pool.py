@@ -104,7 +104,7 @@ def test_after_every_pooled_backend_dies_the_next_query_works(conninfo):
 
 @pytest.mark.django_db(transaction=True)
 def test_django_s_pool_checks_connections_with_this_check(conninfo, monkeypatch):
-    """The backend gives the pool project.pool's check in place of psycopg_pool's."""
+    """The backend checks each connection it takes from the pool with project.pool's check."""
     import project.pool
 
     looked: list[int] = []
@@ -120,3 +120,27 @@ def test_django_s_pool_checks_connections_with_this_check(conninfo, monkeypatch)
         cursor.execute("SELECT 1")
     assert len(looked) == 1
     full_check.assert_not_called()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_whose_check_fails_otherwise_goes_back_to_the_pool(conninfo, monkeypatch):
+    """Not kept out of the pool for good (the pool would shrink by one each time)."""
+    from project.postgresql import base as backend
+
+    connection.close()
+    pool = connection.pool  # type: ignore[attr-defined]
+    available = pool.get_stats()["pool_available"]
+
+    def interrupted(conn: psycopg.Connection) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backend, "check_connection", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        connection.ensure_connection()
+    monkeypatch.undo()
+    deadline = time.monotonic() + 5
+    while pool.get_stats()["pool_available"] < available and time.monotonic() < deadline:
+        time.sleep(0.01)  # a returned connection may be reset by the pool's worker
+    assert pool.get_stats()["pool_available"] == available
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")

@@ -29,14 +29,14 @@ class DatabaseWrapper(base.DatabaseWrapper):
         pool = self.pool
         if pool is None:
             return super().get_new_connection(conn_params)
-        for _ in range(pool.max_size):
+        for attempt in range(pool.max_size + 1):
             connection = super().get_new_connection(conn_params)
             try:
                 check_connection(connection)
-            except psycopg.Error:
-                pool.putconn(connection)
-                continue
+            except BaseException as error:
+                pool.putconn(connection)  # a broken one is discarded and replaced
+                if isinstance(error, psycopg.Error) and attempt < pool.max_size:
+                    continue
+                raise
             return connection
-        connection = super().get_new_connection(conn_params)
-        check_connection(connection)  # still broken: PostgreSQL is down, and this says so
-        return connection
+        raise AssertionError("unreachable: the last attempt returns or raises")
