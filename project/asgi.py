@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from collections import deque
@@ -15,10 +16,12 @@ from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
-from django.http import HttpResponseBase
+from django.http import FileResponse, HttpResponseBase
 from django.urls import set_script_prefix
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+
+logger = logging.getLogger(__name__)
 
 
 class OneHopASGIHandler(ASGIHandler):
@@ -70,7 +73,8 @@ class OneHopASGIHandler(ASGIHandler):
         of a web process's CPU on single-event API requests (py-spy). Here
         the three run in one call, in that order. A response held in memory
         is closed (request_finished: the database connection goes back to
-        the pool) before it is sent; a streaming one after, as before.
+        the pool) before it is sent; a streaming one after, as before. The
+        response is prepared as Django's `run_get_response` prepares it.
 
         A client that leaves mid-view is not listened for: a sync view runs
         to its end either way, and Daphne cancels the request once the
@@ -83,9 +87,11 @@ class OneHopASGIHandler(ASGIHandler):
         try:
             set_script_prefix(get_script_prefix(scope))
             response = await sync_to_async(self._respond, thread_sensitive=True)(scope, body_file)
-            await self.send_response(response, send)
-            if response.streaming:
-                await sync_to_async(response.close, thread_sensitive=True)()
+            try:
+                await self.send_response(response, send)
+            finally:
+                if response.streaming:
+                    await sync_to_async(response.close, thread_sensitive=True)()
         finally:
             body_file.close()
 
@@ -95,8 +101,18 @@ class OneHopASGIHandler(ASGIHandler):
         # create_request gives a request, or the response refusing one (a 400, 413).
         response = self.get_response(request) if request is not None else refusal
         assert response is not None
+        # As Django's run_get_response: request_finished names this handler,
+        # and a file goes out in chunks of the server's size, not 4 KB.
+        response._handler_class = self.__class__  # type: ignore[attr-defined]
+        if isinstance(response, FileResponse):
+            response.block_size = self.chunk_size
         if not response.streaming:
-            response.close()
+            try:
+                response.close()
+            except Exception:
+                # Django closes after sending, so a failing request_finished
+                # receiver could not change the answer; nor does it here.
+                logger.exception("Closing the response failed")
         return response
 
 

@@ -15,6 +15,11 @@ from project.asgi import RequestThreads, django_asgi_app
 
 async def _get(path: str) -> int:
     """Send one GET through the real ASGI handler; its status."""
+    return int((await _exchange(path))[0]["status"])
+
+
+async def _exchange(path: str) -> list[dict]:
+    """Send one GET through the real ASGI handler; the messages it sends back."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -31,11 +36,11 @@ async def _get(path: str) -> int:
     }
     communicator = ApplicationCommunicator(django_asgi_app, scope)
     await communicator.send_input({"type": "http.request", "body": b""})
-    start = await communicator.receive_output(timeout=10)
-    while (await communicator.receive_output(timeout=10)).get("more_body"):
-        pass
+    messages = [await communicator.receive_output(timeout=10)]
+    while messages[-1]["type"] == "http.response.start" or messages[-1].get("more_body"):
+        messages.append(await communicator.receive_output(timeout=10))
     await communicator.wait(timeout=10)
-    return int(start["status"])
+    return messages
 
 
 @pytest.fixture
@@ -101,10 +106,27 @@ async def test_a_request_goes_to_its_thread_once_and_is_finished_before_it_is_se
 
     calls.clear()
     seen.clear()
-    assert await _get("/static/css/app.css") == 200
+    start, *body = await _exchange("/static/css/app.css")  # 11.9 KB
+    assert start["status"] == 200
     assert len(calls) == 3  # the response, the file's body, then its close
     assert "close" in repr(calls[-1])
     assert [name for name, _ in seen] == ["started", "view", "finished"]
+    # In one piece, as from Django's handler, not in 4 KB ones.
+    assert [len(part) for message in body if (part := message.get("body"))] == [11893]
+
+
+async def test_request_finished_names_the_handler():
+    senders: list[object] = []
+
+    def receiver(sender, **_kwargs):
+        senders.append(sender)
+
+    request_finished.connect(receiver)
+    try:
+        assert await _get("/api/v1/events") == 405
+    finally:
+        request_finished.disconnect(receiver)
+    assert senders == [type(django_asgi_app)]
 
 
 async def test_the_next_request_reuses_the_thread_instead_of_starting_one(request_threads):
@@ -236,3 +258,18 @@ def test_daphne_leaves_post_bodies_to_django(monkeypatch):
     assert parsed == [] and request.args == {}
     request.content.seek(0)
     assert request.content.read() == body
+
+
+async def test_a_failing_request_finished_receiver_does_not_change_the_answer(caplog):
+    """Django sends request_finished after the response; here it comes first,
+    so a receiver's error is logged instead of turning the answer into a 500."""
+
+    def broken(**_kwargs):
+        raise RuntimeError("a receiver's bug")
+
+    request_finished.connect(broken)
+    try:
+        assert await _get("/api/v1/events") == 405
+    finally:
+        request_finished.disconnect(broken)
+    assert "Closing the response failed" in caplog.text
