@@ -1,5 +1,8 @@
 """Fewer indexes on the events table: every recorded event updated twelve.
 
+The partial indexes that replace some of them were built by 0013, without
+blocking inserts; this drops what they replace.
+
 - event_id: unique by a named constraint instead of unique=True, which on
   PostgreSQL also built a LIKE (varchar_pattern_ops) index nothing uses.
   The unique index itself is kept as it is (the constraint keeps the name
@@ -36,7 +39,7 @@ def create_like_index(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("achievements", "0012_report_rollups"),
+        ("achievements", "0013_event_partial_indexes"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
@@ -103,21 +106,5 @@ class Migration(migrations.Migration):
                     f"CREATE INDEX IF NOT EXISTS {USER_INDEX} ON achievements_event (user_id)",
                 )
             ],
-        ),
-        migrations.AddIndex(
-            model_name="event",
-            index=models.Index(
-                condition=models.Q(("processed_at__isnull", True)),
-                fields=["external_user_id"],
-                name="event_waiting_external",
-            ),
-        ),
-        migrations.AddIndex(
-            model_name="event",
-            index=models.Index(
-                condition=models.Q(("fingerprint", ""), _negated=True),
-                fields=["fingerprint", "occurred_at"],
-                name="event_fingerprint",
-            ),
         ),
     ]
