@@ -14,8 +14,16 @@ STREAM_ROWS = 2000
 _PIPELINES = psycopg.Pipeline.is_supported()
 
 
+class _PreparingCursor(psycopg.Cursor):
+    """A cursor whose statements PostgreSQL plans once per connection."""
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        kwargs.setdefault("prepare", True)
+        return super().execute(query, params, **kwargs)
+
+
 @contextmanager
-def server_cursor(*, binary: bool = False, name: str = "") -> Iterator[Any]:
+def server_cursor(*, binary: bool = False, name: str = "", prepare: bool = False) -> Iterator[Any]:
     """A cursor that binds parameters on the server, inside Django's transaction.
 
     Django opens its connections with a client-binding cursor class, which
@@ -32,20 +40,27 @@ def server_cursor(*, binary: bool = False, name: str = "") -> Iterator[Any]:
     A `name` makes it a cursor on the server that sends rows as they are
     read, `STREAM_ROWS` at a time, for results too large to hold at once.
 
+    `prepare=True` prepares its statements (when DATABASE_PREPARED_STATEMENTS
+    allows): for a statement of fixed text run all the time, whose planning
+    is most of its cost. Not for statements whose text varies with their
+    rows: each variant would be prepared, and evicted again.
+
     It is wrapped as Django wraps its own, so execute wrappers run and the
     statements are logged when queries are (DEBUG, CaptureQueriesContext).
     """
     connection.ensure_connection()
-    with _wrapped(binary=binary, name=name) as cursor:
+    with _wrapped(binary=binary, name=name, prepare=prepare) as cursor:
         yield cursor
 
 
-def _wrapped(*, binary: bool, name: str = "") -> Any:
+def _wrapped(*, binary: bool, name: str = "", prepare: bool = False) -> Any:
     """A psycopg cursor on Django's connection, wrapped as Django wraps its own."""
     raw: Any  # Django wraps any DB-API cursor
     if name:
         raw = psycopg.ServerCursor(connection.connection, name)
         raw.itersize = STREAM_ROWS
+    elif prepare:
+        raw = _PreparingCursor(connection.connection)
     else:
         raw = psycopg.Cursor(connection.connection)
     if binary:

@@ -303,7 +303,8 @@ def _insert_owned(
         [json.dumps(item.payload) for _, item, _ in rows],
     ]
     owners = sorted({item.user_id for _, item, _ in rows})
-    with server_cursor() as cursor:  # the arrays bound on the server
+    # The arrays bound on the server; planned once per connection.
+    with server_cursor(prepare=True) as cursor:
         cursor.execute(_owned_insert_sql(), [owners, owners, now, *columns])
         return {event_id: (pk, user_id) for pk, event_id, user_id in cursor.fetchall()}
 

@@ -28,6 +28,9 @@ from project.env import (
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# psycopg's prepare_threshold: a statement is prepared after this many runs
+# on a connection, or at once when executed with prepare=True.
+PREPARE_ONLY_WHEN_ASKED = 2**31 - 1
 
 DEBUG = env_bool("DEBUG", False)
 
@@ -160,12 +163,17 @@ else:
             "max_size": env_int("DATABASE_POOL_SIZE", 20, minimum=1),
             "timeout": 10,
         },
-        # Statements the engine sends with server-side parameters (ingestion's
-        # insert, a batch's claim and writes; not the ORM's, whose cursors
-        # bind on the client) are prepared once a connection has run them five times:
-        # PostgreSQL then skips planning them, which was two thirds of the
-        # backend's CPU for the one-statement insert (420 -> 200 us).
-        "prepare_threshold": 5 if env_bool("DATABASE_PREPARED_STATEMENTS", True) else None,
+        # Statements the engine marks (achievements.db.server_cursor(prepare=
+        # True): ingestion's one-statement insert) are prepared, so PostgreSQL
+        # plans them once per connection: planning was two thirds of the
+        # backend's CPU for that insert (420 -> 200 us). No other statement is
+        # prepared: with psycopg preparing every statement after five runs, a
+        # replay's first run (its awards) took 174 s against 150 (one run
+        # each). None turns preparing off altogether (a pooler without
+        # prepared statements).
+        "prepare_threshold": (
+            PREPARE_ONLY_WHEN_ASKED if env_bool("DATABASE_PREPARED_STATEMENTS", True) else None
+        ),
     }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -175,7 +175,9 @@ def test_debug_is_off_unless_asked_for():
     assert result.stdout.split() == ["False", "True"], result.stderr
 
 
-@pytest.mark.parametrize(("value", "threshold"), [(None, "5"), ("1", "5"), ("0", "None")])
+@pytest.mark.parametrize(
+    ("value", "threshold"), [(None, "2147483647"), ("1", "2147483647"), ("0", "None")]
+)
 def test_postgresql_gets_this_backend_and_prepared_statements_unless_turned_off(value, threshold):
     environment = {
         k: v

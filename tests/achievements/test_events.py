@@ -359,27 +359,33 @@ def test_an_event_for_a_linked_id_takes_no_lock_on_it(postgresql_only, owner):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_one_statement_insert_is_prepared_after_a_few_runs(postgresql_only, owner):
-    """PostgreSQL plans it once per connection instead of every time."""
+def test_the_one_statement_insert_is_prepared_and_other_statements_are_not(postgresql_only, owner):
+    """PostgreSQL plans the insert once per connection; the engine's other
+    statements, however often they run, are not prepared."""
     from django.db import connection
 
+    from achievements.db import server_cursor
     from achievements.events import ExternalEvent, record_external_events
     from achievements.models import ExternalIdentity
 
     ExternalIdentity.objects.create(external_id="linked", user=owner)
 
-    def prepared() -> int:
+    def prepared(start: str) -> int:
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE 'WITH linked%%'"
+                "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+                [start + "%"],
             )
             return cursor.fetchone()[0]
 
-    for n in range(6):  # the connection may have run it before, in another test
-        record_external_events(
-            [ExternalEvent(user_id="linked", event_type="image.posted", event_id=f"p-{n}")]
-        )
-    assert prepared() == 1
+    record_external_events(
+        [ExternalEvent(user_id="linked", event_type="image.posted", event_id="p-1")]
+    )
+    assert prepared("WITH linked") == 1
+    for _ in range(8):
+        with server_cursor() as cursor:
+            cursor.execute("SELECT 'not prepared', %s::int[]", [[1, 2]])
+    assert prepared("SELECT 'not prepared'") == 0
 
 
 @pytest.mark.django_db(transaction=True)
