@@ -235,9 +235,7 @@ def test_an_event_recorded_while_its_id_is_being_linked_gets_the_user(
     follows reads the linked user: no event is left waiting for a link that
     already happened."""
     import threading
-    import time
 
-    import psycopg
     from django.db import connection
 
     from achievements.actions import link_external_identity
@@ -263,18 +261,8 @@ def test_an_event_recorded_while_its_id_is_being_linked_gets_the_user(
         recorder = cursor.connection.info.backend_pid
 
     def release_once_the_recorder_waits() -> None:
-        deadline = time.monotonic() + 10
-        conninfo = connection.pool.kwargs | {"autocommit": True}  # type: ignore[attr-defined]
         try:
-            with psycopg.connect(**conninfo) as watcher:
-                while (
-                    watcher.execute(
-                        "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [recorder]
-                    ).fetchone()
-                    != ("Lock",)
-                    and time.monotonic() < deadline
-                ):
-                    time.sleep(0.01)
+            _wait_for_a_lock_wait(recorder)
         finally:
             release.set()
 
@@ -394,7 +382,6 @@ def test_an_event_recorded_as_its_linked_user_is_deleted_waits_for_a_link(postgr
     deletion commits while its foreign-key check waits, the check fails, and
     the batch goes through the transaction, which reads the id as unlinked."""
     import threading
-    import time
 
     import psycopg
     from django.db import connection
@@ -416,16 +403,7 @@ def test_an_event_recorded_as_its_linked_user_is_deleted_waits_for_a_link(postgr
     deleter.execute("DELETE FROM auth_user WHERE id = %s", [doomed.pk])
 
     def commit_once_the_recorder_waits() -> None:
-        deadline = time.monotonic() + 10
-        with psycopg.connect(**conninfo | {"autocommit": True}) as watcher:
-            while (
-                watcher.execute(
-                    "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [recorder]
-                ).fetchone()
-                != ("Lock",)
-                and time.monotonic() < deadline
-            ):
-                time.sleep(0.01)
+        _wait_for_a_lock_wait(recorder)
         deleter.commit()
         deleter.close()
 
@@ -440,3 +418,23 @@ def test_an_event_recorded_as_its_linked_user_is_deleted_waits_for_a_link(postgr
     assert isinstance(result, RecordedEvent)
     assert result.created and result.event.user_id is None
     assert Event.objects.get(event_id="orphan").user_id is None
+
+
+def _wait_for_a_lock_wait(backend_pid: int, timeout: float = 10) -> None:
+    """Until that PostgreSQL backend waits for a lock (or `timeout` passes; the
+    test's own assertions then say what went wrong)."""
+    import time
+
+    import psycopg
+    from django.db import connection
+
+    deadline = time.monotonic() + timeout
+    conninfo = connection.pool.kwargs | {"autocommit": True}  # type: ignore[attr-defined]
+    with psycopg.connect(**conninfo) as watcher:
+        while time.monotonic() < deadline:
+            waiting = watcher.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [backend_pid]
+            ).fetchone()
+            if waiting == ("Lock",):
+                return
+            time.sleep(0.01)
