@@ -294,22 +294,15 @@ def _insert_owned(
     the new user. So are events whose producer id has no row yet, and ids
     another event has.
     """
-    columns = [  # in _OWNED_COLUMNS' order
-        [event_id for _, _, event_id in rows],
-        [item.event_type for _, item, _ in rows],
-        [item.user_id for _, item, _ in rows],
-        [item.occurred_at or now for _, item, _ in rows],
-        [item.source for _, item, _ in rows],
-        [json.dumps(item.payload) for _, item, _ in rows],
-    ]
     owners = sorted({item.user_id for _, item, _ in rows})
     # The arrays bound on the server; planned once per connection.
     with server_cursor(prepare=True) as cursor:
-        cursor.execute(_owned_insert_sql(), [owners, owners, now, *columns])
+        cursor.execute(_owned_insert_sql(), [owners, owners, now, *_event_arrays(rows, now)])
         return {event_id: (pk, user_id) for pk, event_id, user_id in cursor.fetchall()}
 
 
-_OWNED_COLUMNS = (
+# The columns a producer's event brings, as the array statements bind them.
+_EVENT_ARRAYS = (
     ("event_id", "varchar"),
     ("event_type", "varchar"),
     ("external_user_id", "varchar"),
@@ -319,9 +312,21 @@ _OWNED_COLUMNS = (
 )
 
 
+def _event_arrays(rows: list[tuple[int, ExternalEvent, str]], now: datetime) -> list[list[Any]]:
+    """The rows' values, an array per column of _EVENT_ARRAYS."""
+    return [
+        [event_id for _, _, event_id in rows],
+        [item.event_type for _, item, _ in rows],
+        [item.user_id for _, item, _ in rows],
+        [item.occurred_at or now for _, item, _ in rows],
+        [item.source for _, item, _ in rows],
+        [json.dumps(item.payload) for _, item, _ in rows],
+    ]
+
+
 @cache
 def _owned_insert_sql() -> str:
-    identity, names = ExternalIdentity._meta.db_table, ", ".join(n for n, _ in _OWNED_COLUMNS)
+    identity, names = ExternalIdentity._meta.db_table, ", ".join(n for n, _ in _EVENT_ARRAYS)
     return (
         f"WITH linked AS (SELECT external_id, user_id FROM {identity} "
         "WHERE external_id = ANY(%b::varchar[]) AND user_id IS NOT NULL), "
@@ -331,9 +336,9 @@ def _owned_insert_sql() -> str:
         "owner AS (SELECT * FROM linked UNION ALL SELECT * FROM waiting) "
         f"INSERT INTO {Event._meta.db_table} ({names}, user_id, received_at, "
         "attempts, fingerprint, last_error) "
-        f"SELECT {', '.join(f'e.{n}' for n, _ in _OWNED_COLUMNS)}, owner.user_id, "
+        f"SELECT {', '.join(f'e.{n}' for n, _ in _EVENT_ARRAYS)}, owner.user_id, "
         "%s::timestamptz, 0, '', '' FROM unnest("
-        + ", ".join(f"%b::{kind}[]" for _, kind in _OWNED_COLUMNS)
+        + ", ".join(f"%b::{kind}[]" for _, kind in _EVENT_ARRAYS)
         + f") WITH ORDINALITY AS e({names}, position) "
         "JOIN owner ON owner.external_id = e.external_user_id "
         # Keys in the batch's order, as bulk_create gives them.
@@ -433,24 +438,16 @@ def _insert_events(
     if not rows:
         return {}
     if connection.vendor == "postgresql":
-        columns = {
-            "event_id": ("varchar", [event_id for _, _, event_id in rows]),
-            "event_type": ("varchar", [item.event_type for _, item, _ in rows]),
-            "user_id": ("integer", [owners[item.user_id] for _, item, _ in rows]),
-            "external_user_id": ("varchar", [item.user_id for _, item, _ in rows]),
-            "occurred_at": ("timestamptz", [item.occurred_at or now for _, item, _ in rows]),
-            "source": ("varchar", [item.source for _, item, _ in rows]),
-            "payload": ("jsonb", [json.dumps(item.payload) for _, item, _ in rows]),
-        }
         sql = (
-            f"INSERT INTO {Event._meta.db_table} ({', '.join(columns)}, received_at, "
-            "attempts, fingerprint, last_error) "
+            f"INSERT INTO {Event._meta.db_table} ({', '.join(n for n, _ in _EVENT_ARRAYS)}, "
+            "user_id, received_at, attempts, fingerprint, last_error) "
             "SELECT *, %s::timestamptz, 0, '', '' FROM unnest("
-            + ", ".join(f"%b::{kind}[]" for kind, _ in columns.values())
-            + ") ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id"
+            + ", ".join(f"%b::{kind}[]" for _, kind in _EVENT_ARRAYS)
+            + ", %b::integer[]) ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id"
         )
+        users = [owners[item.user_id] for _, item, _ in rows]
         with server_cursor() as cursor:  # the arrays bound on the server
-            cursor.execute(sql, [now, *(values for _, values in columns.values())])
+            cursor.execute(sql, [now, *_event_arrays(rows, now), users])
             pks = {event_id: pk for pk, event_id in cursor.fetchall()}
         return {
             event_id: _loaded_event(pks[event_id], event_id, item, owners[item.user_id], now)

@@ -80,7 +80,8 @@ end
 """
 
 
-KINDS = ("floor", "single", "batches_of_100")
+# Each kind of run: events per request, and whether it sends the API key.
+KINDS = {"floor": (1, False), "single": (1, True), "batches_of_100": (100, True)}
 
 
 def wrk(
@@ -185,15 +186,8 @@ def main() -> None:
             key = topology.python(SETUP).strip().splitlines()[-1]
             count = "SELECT count(*) FROM achievements_event"
             for repeat in range(args.repeats):
-                for name, size, with_key in (
-                    (name, size, with_key)
-                    for name, size, with_key in (
-                        ("floor", 1, False),
-                        ("single", 1, True),
-                        ("batches_of_100", 100, True),
-                    )
-                    if name in kinds
-                ):
+                for name in kinds:
+                    size, with_key = KINDS[name]
                     settle(topology, count)  # requests wrk left in flight finish first
                     [(before,)] = topology.query(count)
                     result = wrk(

@@ -29,14 +29,14 @@ class DatabaseWrapper(base.DatabaseWrapper):
         pool = self.pool
         if pool is None:
             return super().get_new_connection(conn_params)
-        for attempt in range(pool.max_size + 1):
+        passes = pool.max_size  # dead connections passed over before giving up
+        while True:
             connection = super().get_new_connection(conn_params)
             try:
                 check_connection(connection)
+                return connection
             except BaseException as error:
                 pool.putconn(connection)  # a broken one is discarded and replaced
-                if isinstance(error, psycopg.Error) and attempt < pool.max_size:
-                    continue
-                raise
-            return connection
-        raise AssertionError("unreachable: the last attempt returns or raises")
+                passes -= 1
+                if not isinstance(error, psycopg.Error) or passes < 0:
+                    raise
