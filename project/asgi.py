@@ -17,6 +17,7 @@ from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.http import FileResponse, HttpResponseBase
+from django.test.utils import override_settings
 from django.urls import set_script_prefix
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
@@ -42,9 +43,11 @@ class OneHopASGIHandler(ASGIHandler):
     most WEB_REQUEST_THREADS requests run at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, threads: RequestThreads, middleware: list[str] | None = None) -> None:
+        # Set before Django's __init__, which loads the middleware.
+        self.middleware = middleware
         super().__init__()
-        self.threads = RequestThreads(limit=settings.WEB_REQUEST_THREADS)
+        self.threads = threads
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -60,7 +63,13 @@ class OneHopASGIHandler(ASGIHandler):
             self.threads.give_back(executor)
 
     def load_middleware(self, is_async: bool = False) -> None:
-        super().load_middleware(is_async=False)
+        if self.middleware is None:
+            super().load_middleware(is_async=False)
+            return
+        # Django builds the chain from settings.MIDDLEWARE; this handler's list
+        # stands in for it while the chain is built (once, at start-up).
+        with override_settings(MIDDLEWARE=self.middleware):
+            super().load_middleware(is_async=False)
 
     async def handle(self, scope: Any, receive: Any, send: Any) -> None:
         """Django's `handle`, with the request's synchronous part in one trip to its thread.
@@ -114,6 +123,30 @@ class OneHopASGIHandler(ASGIHandler):
                 # receiver could not change the answer; nor does it here.
                 logger.exception("Closing the response failed")
         return response
+
+
+class HttpHandlers:
+    """The web process's HTTP application: API requests through a middleware
+    chain of their own, the rest through the site's.
+
+    Requests whose path (below the script prefix) starts with
+    settings.API_PREFIX go to a handler built from settings.API_MIDDLEWARE;
+    the others to one built from settings.MIDDLEWARE. Both lease threads from
+    one `RequestThreads`, so WEB_REQUEST_THREADS bounds them together.
+    """
+
+    def __init__(self) -> None:
+        self.threads = RequestThreads(limit=settings.WEB_REQUEST_THREADS)
+        self.site = OneHopASGIHandler(self.threads)
+        self.api = OneHopASGIHandler(self.threads, middleware=settings.API_MIDDLEWARE)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.handler_for(scope)(scope, receive, send)
+
+    def handler_for(self, scope: Any) -> OneHopASGIHandler:
+        # As Django's ASGIRequest finds path_info.
+        path = scope.get("path", "").removeprefix(get_script_prefix(scope))
+        return self.api if path.startswith(settings.API_PREFIX) else self.site
 
 
 class _RequestThread(ThreadPoolExecutor):
@@ -214,7 +247,7 @@ class RequestThreads:
 
 # Django must be set up before anything imports models, consumers included.
 django.setup(set_prefix=False)
-django_asgi_app = OneHopASGIHandler()
+django_asgi_app = HttpHandlers()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402

@@ -18,9 +18,8 @@ async def _get(path: str) -> int:
     return int((await _exchange(path))[0]["status"])
 
 
-async def _exchange(path: str) -> list[dict]:
-    """Send one GET through the real ASGI handler; the messages it sends back."""
-    scope = {
+def _scope(path: str, root_path: str = "") -> dict[str, Any]:
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -29,12 +28,16 @@ async def _exchange(path: str) -> list[dict]:
         "path": path,
         "raw_path": path.encode(),
         "query_string": b"",
-        "root_path": "",
+        "root_path": root_path,
         "headers": [(b"host", b"testserver")],
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
-    communicator = ApplicationCommunicator(django_asgi_app, scope)
+
+
+async def _exchange(path: str) -> list[dict]:
+    """Send one GET through the real ASGI handler; the messages it sends back."""
+    communicator = ApplicationCommunicator(django_asgi_app, _scope(path))
     await communicator.send_input({"type": "http.request", "body": b""})
     messages = [await communicator.receive_output(timeout=10)]
     while messages[-1]["type"] == "http.response.start" or messages[-1].get("more_body"):
@@ -58,13 +61,13 @@ def request_threads(monkeypatch):
     started, finished = record("started"), record("finished")
     request_started.connect(started)
     request_finished.connect(finished)
-    original = django_asgi_app.get_response
+    for handler in (django_asgi_app.site, django_asgi_app.api):
 
-    def view(request):
-        seen.append(("view", threading.current_thread()))
-        return original(request)
+        def view(request, original=handler.get_response):
+            seen.append(("view", threading.current_thread()))
+            return original(request)
 
-    monkeypatch.setattr(django_asgi_app, "get_response", view)
+        monkeypatch.setattr(handler, "get_response", view)
     yield seen, loop_thread
     request_started.disconnect(started)
     request_finished.disconnect(finished)
@@ -126,7 +129,65 @@ async def test_request_finished_names_the_handler():
         assert await _get("/api/v1/events") == 405
     finally:
         request_finished.disconnect(receiver)
-    assert senders == [type(django_asgi_app)]
+    assert senders == [type(django_asgi_app.api)]
+
+
+async def test_api_requests_go_through_the_api_middleware_only(monkeypatch):
+    """Under API_PREFIX the chain is settings.API_MIDDLEWARE: the security
+    headers, but no session, CSRF, user, messages, frame or htmx middleware."""
+    from django.contrib.messages.middleware import MessageMiddleware
+    from django.contrib.sessions.middleware import SessionMiddleware
+
+    ran: list[str] = []
+    for middleware in (SessionMiddleware, MessageMiddleware):
+        original = middleware.process_request
+
+        def spy(self, request, original=original, name=middleware.__name__):
+            ran.append(name)
+            return original(self, request)
+
+        monkeypatch.setattr(middleware, "process_request", spy)
+
+    api = dict((await _exchange("/api/v1/events"))[0]["headers"])
+    assert ran == []
+    site = dict((await _exchange("/no-such-page"))[0]["headers"])
+    assert ran == ["SessionMiddleware", "MessageMiddleware"]
+
+    for headers in (api, site):
+        assert headers[b"X-Content-Type-Options"] == b"nosniff"
+        assert b"default-src 'self'" in headers[b"Content-Security-Policy"]
+    assert b"X-Frame-Options" not in api  # the policy's frame-ancestors covers a JSON answer
+    assert site[b"X-Frame-Options"] == b"DENY"
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path", "force_script_name", "handler"),
+    [
+        ("/api/v1/events", "", None, "api"),
+        ("/api/", "", None, "api"),
+        ("/apiary/", "", None, "site"),
+        ("/places/", "", None, "site"),
+        ("/accolade/api/v1/events", "/accolade", None, "api"),  # mounted below a prefix
+        ("/accolade/places/", "/accolade", None, "site"),
+        ("/api/v1/events", "/api", None, "site"),  # the path below "/api" is "/v1/events"
+        ("/mount/api/v1/events", "", "/mount", "api"),
+    ],
+)
+def test_the_handler_is_chosen_by_the_path_below_the_script_prefix(
+    settings, path, root_path, force_script_name, handler
+):
+    settings.FORCE_SCRIPT_NAME = force_script_name
+    chosen = django_asgi_app.handler_for(_scope(path, root_path))
+    assert chosen is getattr(django_asgi_app, handler)
+
+
+def test_building_the_api_chain_leaves_the_site_settings_alone():
+    from django.conf import settings
+
+    assert "django.contrib.sessions.middleware.SessionMiddleware" in settings.MIDDLEWARE
+    assert django_asgi_app.api.middleware == settings.API_MIDDLEWARE
+    assert django_asgi_app.site.middleware is None
+    assert django_asgi_app.site.threads is django_asgi_app.api.threads  # one limit for both
 
 
 async def test_the_next_request_reuses_the_thread_instead_of_starting_one(request_threads):
