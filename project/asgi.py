@@ -255,7 +255,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from achievements.routing import websocket_urlpatterns  # noqa: E402
 from achievements.socket_auth import SessionUserMiddleware  # noqa: E402
 from project.gc_tuning import tune_for_server  # noqa: E402
-from project.twisted_tuning import skip_form_parsing  # noqa: E402
+from project.twisted_tuning import skip_discarded_access_log, skip_form_parsing  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -267,5 +267,6 @@ application = ProtocolTypeRouter(
 )
 
 skip_form_parsing()
+skip_discarded_access_log()
 # Last, so everything loading the application built is frozen.
 tune_for_server(settings.WEB_GC_THRESHOLDS)

@@ -321,6 +321,35 @@ def test_daphne_leaves_post_bodies_to_django(monkeypatch):
     assert request.content.read() == body
 
 
+@pytest.mark.parametrize(("verbosity", "kept"), [(0, False), (1, False), (2, True), (3, True)])
+def test_twisted_access_line_is_built_only_where_daphne_keeps_twisted_log(verbosity, kept):
+    """At verbosity 0 and 1 Daphne sends Twisted's log nowhere (and writes its
+    own access log), so Twisted's line for each request is not built."""
+    import io
+    from types import SimpleNamespace
+
+    from daphne.http_protocol import HTTPFactory
+
+    from project.twisted_tuning import skip_discarded_access_log
+
+    patched = HTTPFactory.log
+    assert getattr(patched, "skips_discarded_lines", False)  # project.asgi did it
+    assert skip_discarded_access_log() and HTTPFactory.log is patched  # once
+    factory = HTTPFactory(SimpleNamespace(verbosity=verbosity))
+    formatted: list[object] = []
+
+    def formatter(timestamp: str, request: object) -> str:
+        formatted.append(request)
+        return "a line"
+
+    factory._logFormatter = formatter
+    factory._logFile = log_file = io.StringIO()
+    request = object()
+    factory.log(request)
+    assert formatted == ([request] if kept else [])
+    assert log_file.getvalue() == ("a line\n" if kept else "")
+
+
 async def test_a_failing_request_finished_receiver_does_not_change_the_answer(caplog):
     """Django sends request_finished after the response; here it comes first,
     so a receiver's error is logged instead of turning the answer into a 500."""
