@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from unittest.mock import ANY
 
 import pytest
 from django.db import transaction
@@ -192,9 +193,17 @@ def test_events_are_immutable(owner):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_batch_for_known_producer_ids_is_one_statement(postgresql_only, owner, monkeypatch):
+@pytest.mark.parametrize(
+    ("user_ids", "rounds"),
+    [(("linked", "waiting"), 3), (("linked",), 1), (("waiting",), 1)],
+    ids=["batch", "one linked", "one waiting"],
+)
+def test_a_batch_for_known_producer_ids_is_one_statement(
+    postgresql_only, owner, monkeypatch, user_ids, rounds
+):
     """No transaction around it either: the statement commits alone, and its
-    events with a user are handed to the evaluator at once."""
+    events with a user are handed to the evaluator at once. A single event
+    has a statement of its own (values, not arrays) that does the same."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -204,19 +213,31 @@ def test_a_batch_for_known_producer_ids_is_one_statement(postgresql_only, owner,
 
     handed: list[int] = []
     monkeypatch.setattr(events, "enqueue_evaluations", handed.extend)
+    forms: list[bool] = []
+    statement = events._owned_insert_sql
+
+    def spy(one: bool) -> str:
+        forms.append(one)
+        return statement(one)
+
+    monkeypatch.setattr(events, "_owned_insert_sql", spy)
     ExternalIdentity.objects.create(external_id="linked", user=owner)
     ExternalIdentity.objects.create(external_id="waiting")
     batch = [
         ExternalEvent(user_id=user_id, event_type="image.posted", event_id=f"{user_id}-{n}")
-        for n in range(3)
-        for user_id in ("linked", "waiting")
+        for n in range(rounds)
+        for user_id in user_ids
     ]
     index.dedup_windows()  # the rules index is built
     with CaptureQueriesContext(connection) as queries:
         results = [r for r in record_external_events(batch) if isinstance(r, RecordedEvent)]
         assert handed == [r.event.pk for r in results if r.event.user_id]  # committed already
     assert len(queries) == 1, [q["sql"] for q in queries]
-    assert [(r.created, r.event.user_id) for r in results] == [(True, owner.pk), (True, None)] * 3
+    assert forms == [len(batch) == 1]  # arrays for a batch, values for one event
+    users = {"linked": owner.pk, "waiting": None}
+    assert [(r.created, r.event.user_id) for r in results] == [
+        (True, users[e.user_id]) for e in batch
+    ]
     stored = Event.objects.order_by("pk").values_list(
         "pk", "event_id", "user_id", "external_user_id"
     )
@@ -228,7 +249,7 @@ def test_a_batch_for_known_producer_ids_is_one_statement(postgresql_only, owner,
 
 @pytest.mark.django_db(transaction=True)
 def test_an_event_recorded_while_its_id_is_being_linked_gets_the_user(
-    postgresql_only, owner, monkeypatch
+    postgresql_only, owner, monkeypatch, batch_mates
 ):
     """The link holds the producer id's row while the one-statement recorder waits
     for it; the row, linked now, no longer matches, and the transaction that
@@ -278,12 +299,15 @@ def test_an_event_recorded_while_its_id_is_being_linked_gets_the_user(
     monkeypatch.setattr(events, "_insert_owned", spy)
     watcher = threading.Thread(target=release_once_the_recorder_waits)
     watcher.start()
-    [result] = record_external_events(
+    result, *mates = record_external_events(
         [ExternalEvent(user_id="racing", event_type="image.posted", event_id="during-link")]
+        + batch_mates
     )
     watcher.join(30)
     linker.join(30)
-    assert statements == [{}]  # the one statement waited, then left the event alone
+    # The one statement waited, then left the event alone (and took its batch-mates).
+    assert statements == [{mate.event_id: ANY for mate in batch_mates}]
+    assert all(isinstance(mate, RecordedEvent) and mate.created for mate in mates)
     assert outcome["handed_over"] == 0
     assert isinstance(result, RecordedEvent)
     assert result.created and result.event.user_id == owner.pk
@@ -316,7 +340,7 @@ def test_the_events_table_keeps_only_the_indexes_its_queries_use(postgresql_only
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_event_for_a_linked_id_takes_no_lock_on_it(postgresql_only, owner):
+def test_an_event_for_a_linked_id_takes_no_lock_on_it(postgresql_only, owner, batch_mates):
     """Its user cannot change, so recording does not wait for (or write a lock
     to) the id's row: here another transaction holds the row, and recording
     still goes through at once."""
@@ -335,8 +359,9 @@ def test_an_event_for_a_linked_id_takes_no_lock_on_it(postgresql_only, owner):
         with connection.cursor() as cursor:
             cursor.execute("SET lock_timeout = '2s'")
         try:
-            [result] = record_external_events(
+            result, *_ = record_external_events(
                 [ExternalEvent(user_id="linked", event_type="image.posted", event_id="free")]
+                + batch_mates
             )
         finally:
             with connection.cursor() as cursor:
@@ -377,7 +402,9 @@ def test_the_one_statement_insert_is_prepared_and_other_statements_are_not(postg
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_event_recorded_as_its_linked_user_is_deleted_waits_for_a_link(postgresql_only):
+def test_an_event_recorded_as_its_linked_user_is_deleted_waits_for_a_link(
+    postgresql_only, batch_mates
+):
     """The one statement reads the linked user without a lock; the user's
     deletion commits while its foreign-key check waits, the check fails, and
     the batch goes through the transaction, which reads the id as unlinked."""
@@ -410,14 +437,30 @@ def test_an_event_recorded_as_its_linked_user_is_deleted_waits_for_a_link(postgr
     committer = threading.Thread(target=commit_once_the_recorder_waits)
     committer.start()
     try:
-        [result] = record_external_events(
+        result, *mates = record_external_events(
             [ExternalEvent(user_id="leaving", event_type="image.posted", event_id="orphan")]
+            + batch_mates
         )
     finally:
         committer.join(30)
+    assert all(isinstance(mate, RecordedEvent) and mate.created for mate in mates)
     assert isinstance(result, RecordedEvent)
     assert result.created and result.event.user_id is None
     assert Event.objects.get(event_id="orphan").user_id is None
+
+
+@pytest.fixture(params=["one event", "a batch"])
+def batch_mates(request, db):
+    """Events to record beside the one under test: none (the single-event
+    statement) or one for another user's linked id (the batch's array statement)."""
+    from achievements.events import ExternalEvent
+    from achievements.models import ExternalIdentity
+    from tests.factories import make_user
+
+    if request.param == "one event":
+        return []
+    ExternalIdentity.objects.create(external_id="bystander", user=make_user(username="mate"))
+    return [ExternalEvent(user_id="bystander", event_type="image.posted", event_id="mate")]
 
 
 def _wait_for_a_lock_wait(backend_pid: int, timeout: float = 10) -> None:
