@@ -300,13 +300,13 @@ def _insert_owned(
         params = [owners[0], owners[0], now, *(column[0] for column in columns)]
     else:
         params = [owners, owners, now, *columns]
-    # Bound on the server; planned once per connection.
+    # Bound on the server; each form planned once per connection.
     with server_cursor(prepare=True) as cursor:
         cursor.execute(_owned_insert_sql(len(rows) == 1), params)
         return {event_id: (pk, user_id) for pk, event_id, user_id in cursor.fetchall()}
 
 
-# The columns a producer's event brings, as the array statements bind them.
+# The columns a producer's event brings, as the insert statements bind them.
 _EVENT_ARRAYS = (
     ("event_id", "varchar"),
     ("event_type", "varchar"),

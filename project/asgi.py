@@ -14,7 +14,7 @@ import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
 from django.core import signals
-from django.core.exceptions import RequestAborted
+from django.core.exceptions import ImproperlyConfigured, RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.http import FileResponse, HttpResponseBase
 from django.test.utils import override_settings
@@ -67,7 +67,10 @@ class OneHopASGIHandler(ASGIHandler):
             super().load_middleware(is_async=False)
             return
         # Django builds the chain from settings.MIDDLEWARE; this handler's list
-        # stands in for it while the chain is built (once, at start-up).
+        # stands in for it while the chain is built. The swap is process-wide
+        # (and sends setting_changed, which nothing here reacts to for
+        # MIDDLEWARE), so it happens once, while the module is imported,
+        # before any request or other thread runs.
         with override_settings(MIDDLEWARE=self.middleware):
             super().load_middleware(is_async=False)
 
@@ -136,6 +139,14 @@ class HttpHandlers:
     """
 
     def __init__(self) -> None:
+        prefix = settings.API_PREFIX
+        if not (len(prefix) > 1 and prefix.startswith("/") and prefix.endswith("/")):
+            # "" or "/" would send every page through the API's chain, without
+            # sessions or CSRF; "/api" would match "/apiary".
+            raise ImproperlyConfigured(
+                f"API_PREFIX must be a path below the root that starts and ends with '/', "
+                f"such as '/api/' (got {prefix!r})"
+            )
         self.threads = RequestThreads(limit=settings.WEB_REQUEST_THREADS)
         self.site = OneHopASGIHandler(self.threads)
         self.api = OneHopASGIHandler(self.threads, middleware=settings.API_MIDDLEWARE)

@@ -106,9 +106,11 @@ MIDDLEWARE = [
 
 # Requests under API_PREFIX go through API_MIDDLEWARE instead (project/asgi.py's
 # HttpHandlers). The API answers bearer keys with JSON: it reads no session,
-# user, CSRF token, message or htmx header, and renders no page to frame, so
-# those middleware only cost it time (about a tenth of a web process's CPU on
-# single-event requests). The security headers and Django's common handling stay.
+# user, CSRF token, message or htmx header, and its answers are not pages to
+# frame (the policy's frame-ancestors still forbids it), so those middleware
+# only cost it time (about a tenth of a web process's CPU on single-event
+# requests). The security headers and Django's common handling stay. A
+# path, starting and ending with "/".
 API_PREFIX = "/api/"
 API_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

@@ -10,7 +10,7 @@ import pytest
 from asgiref.testing import ApplicationCommunicator
 from django.core.signals import request_finished, request_started
 
-from project.asgi import RequestThreads, django_asgi_app
+from project.asgi import OneHopASGIHandler, RequestThreads, django_asgi_app
 
 
 async def _get(path: str) -> int:
@@ -129,29 +129,46 @@ async def test_request_finished_names_the_handler():
         assert await _get("/api/v1/events") == 405
     finally:
         request_finished.disconnect(receiver)
-    assert senders == [type(django_asgi_app.api)]
+    assert senders == [OneHopASGIHandler]
 
 
 async def test_api_requests_go_through_the_api_middleware_only(monkeypatch):
     """Under API_PREFIX the chain is settings.API_MIDDLEWARE: the security
     headers, but no session, CSRF, user, messages, frame or htmx middleware."""
+    from django.contrib.auth.middleware import AuthenticationMiddleware
     from django.contrib.messages.middleware import MessageMiddleware
     from django.contrib.sessions.middleware import SessionMiddleware
+    from django.middleware.clickjacking import XFrameOptionsMiddleware
+    from django.middleware.csrf import CsrfViewMiddleware
+    from django_htmx.middleware import HtmxMiddleware
 
     ran: list[str] = []
-    for middleware in (SessionMiddleware, MessageMiddleware):
-        original = middleware.process_request
+    for middleware, method in [
+        (SessionMiddleware, "process_request"),
+        (CsrfViewMiddleware, "process_request"),
+        (AuthenticationMiddleware, "process_request"),
+        (MessageMiddleware, "process_request"),
+        (XFrameOptionsMiddleware, "process_response"),
+        (HtmxMiddleware, "__call__"),
+    ]:
 
-        def spy(self, request, original=original, name=middleware.__name__):
+        def spy(self, *args, original=middleware.__dict__[method], name=middleware.__name__):
             ran.append(name)
-            return original(self, request)
+            return original(self, *args)
 
-        monkeypatch.setattr(middleware, "process_request", spy)
+        monkeypatch.setattr(middleware, method, spy)
 
     api = dict((await _exchange("/api/v1/events"))[0]["headers"])
     assert ran == []
     site = dict((await _exchange("/no-such-page"))[0]["headers"])
-    assert ran == ["SessionMiddleware", "MessageMiddleware"]
+    assert set(ran) == {  # CSRF's twice: the 404 view ensures a token too
+        "AuthenticationMiddleware",
+        "CsrfViewMiddleware",
+        "HtmxMiddleware",
+        "MessageMiddleware",
+        "SessionMiddleware",
+        "XFrameOptionsMiddleware",
+    }
 
     for headers in (api, site):
         assert headers[b"X-Content-Type-Options"] == b"nosniff"
@@ -179,6 +196,17 @@ def test_the_handler_is_chosen_by_the_path_below_the_script_prefix(
     settings.FORCE_SCRIPT_NAME = force_script_name
     chosen = django_asgi_app.handler_for(_scope(path, root_path))
     assert chosen is getattr(django_asgi_app, handler)
+
+
+@pytest.mark.parametrize("prefix", ["", "/", "/api", "api/"])
+def test_an_api_prefix_that_would_catch_other_paths_is_refused(settings, prefix):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from project.asgi import HttpHandlers
+
+    settings.API_PREFIX = prefix
+    with pytest.raises(ImproperlyConfigured, match="API_PREFIX must be"):
+        HttpHandlers()
 
 
 def test_building_the_api_chain_leaves_the_site_settings_alone():

@@ -372,7 +372,9 @@ def test_an_event_for_a_linked_id_takes_no_lock_on_it(postgresql_only, owner, ba
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_one_statement_insert_is_prepared_and_other_statements_are_not(postgresql_only, owner):
+def test_the_one_statement_insert_is_prepared_and_other_statements_are_not(
+    postgresql_only, owner, batch_mates
+):
     """PostgreSQL plans the insert once per connection; the engine's other
     statements, however often they run, are not prepared."""
     from django.db import connection
@@ -391,10 +393,15 @@ def test_the_one_statement_insert_is_prepared_and_other_statements_are_not(postg
             )
             return cursor.fetchone()[0]
 
+    with connection.cursor() as cursor:
+        # A pooled connection keeps what earlier tests prepared; psycopg sees
+        # the DEALLOCATE and forgets its own record of them too.
+        cursor.execute("DEALLOCATE ALL")
     record_external_events(
-        [ExternalEvent(user_id="linked", event_type="image.posted", event_id="p-1")]
+        [ExternalEvent(user_id="linked", event_type="image.posted", event_id="p-1")] + batch_mates
     )
     assert prepared("WITH linked") == 1
+    assert prepared("WITH linked%unnest(") == (1 if batch_mates else 0)  # arrays for a batch
     for _ in range(8):
         with server_cursor() as cursor:
             cursor.execute("SELECT 'not prepared', %s::int[]", [[1, 2]])

@@ -1,9 +1,24 @@
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
+from django.test import Client
+from django.test.utils import override_settings
 
 from achievements.models import EventType
 from api.models import ApiKey
+
+
+@pytest.fixture
+def api_client() -> Client:
+    """A test client with the middleware a web process runs for API paths
+    (settings.API_MIDDLEWARE, project/asgi.py), not the site's that Django's
+    test client runs: a view that needs the site's (a session, the user,
+    messages) fails here as it would in production."""
+    client = Client()
+    with override_settings(MIDDLEWARE=settings.API_MIDDLEWARE):
+        client.handler.load_middleware()
+    return client
 
 
 @pytest.fixture
@@ -15,12 +30,12 @@ def api_key(db) -> str:
 
 
 @pytest.fixture
-def api(client, api_key):
+def api(api_client, api_key):
     """The test client with the API key sent on every request."""
 
     class Api:
         def post(self, body, *, content_type="application/json", **extra):
-            return client.post(
+            return api_client.post(
                 "/api/v1/events",
                 body,
                 content_type=content_type,
@@ -29,6 +44,6 @@ def api(client, api_key):
             )
 
         def get(self, path):
-            return client.get(path, HTTP_AUTHORIZATION=f"Bearer {api_key}")
+            return api_client.get(path, HTTP_AUTHORIZATION=f"Bearer {api_key}")
 
     return Api()

@@ -28,8 +28,8 @@ def clock(monkeypatch):
     auth._known.clear()
 
 
-def _status(client, key: str) -> int:
-    return client.get(URL, HTTP_AUTHORIZATION=f"Bearer {key}").status_code
+def _status(api_client, key: str) -> int:
+    return api_client.get(URL, HTTP_AUTHORIZATION=f"Bearer {key}").status_code
 
 
 def _key_queries(queries) -> list[str]:
@@ -37,77 +37,77 @@ def _key_queries(queries) -> list[str]:
 
 
 def test_a_key_found_active_is_not_looked_up_again_within_the_recheck_time(
-    client, api_key, clock, settings
+    api_client, api_key, clock, settings
 ):
     settings.ACCOLADE_API_KEY_RECHECK_SECONDS = 5
-    assert _status(client, api_key) == 404
+    assert _status(api_client, api_key) == 404
 
     clock.now += 4.9
     with CaptureQueriesContext(connection) as queries:
-        assert _status(client, api_key) == 404
+        assert _status(api_client, api_key) == 404
     assert _key_queries(queries) == []
 
     clock.now += 0.2
     with CaptureQueriesContext(connection) as queries:
-        assert _status(client, api_key) == 404
+        assert _status(api_client, api_key) == 404
     assert len(_key_queries(queries)) == 1
 
 
-def test_revoking_a_key_refuses_it_at_once_in_this_process(client, api_key, clock):
-    assert _status(client, api_key) == 404
+def test_revoking_a_key_refuses_it_at_once_in_this_process(api_client, api_key, clock):
+    assert _status(api_client, api_key) == 404
 
     ApiKey.objects.get().revoke()
 
-    assert _status(client, api_key) == 401
+    assert _status(api_client, api_key) == 401
 
 
-def test_deleting_a_key_refuses_it_at_once_in_this_process(client, api_key, clock):
-    assert _status(client, api_key) == 404
+def test_deleting_a_key_refuses_it_at_once_in_this_process(api_client, api_key, clock):
+    assert _status(api_client, api_key) == 404
 
     ApiKey.objects.get().delete()
 
-    assert _status(client, api_key) == 401
+    assert _status(api_client, api_key) == 401
 
 
 def test_a_key_revoked_by_another_process_is_refused_after_the_recheck_time(
-    client, api_key, clock, settings
+    api_client, api_key, clock, settings
 ):
     settings.ACCOLADE_API_KEY_RECHECK_SECONDS = 5
-    assert _status(client, api_key) == 404
+    assert _status(api_client, api_key) == 404
     # Another process's revoke: the row changes, no signal reaches this one.
     ApiKey.objects.update(revoked_at=timezone.now())
 
-    assert _status(client, api_key) == 404
+    assert _status(api_client, api_key) == 404
     clock.now += 5.1
-    assert _status(client, api_key) == 401
+    assert _status(api_client, api_key) == 401
     clock.now += 60
-    assert _status(client, api_key) == 401
+    assert _status(api_client, api_key) == 401
 
 
-def test_an_unknown_key_is_looked_up_every_time(client, db, clock):
+def test_an_unknown_key_is_looked_up_every_time(api_client, db, clock):
     with CaptureQueriesContext(connection) as queries:
         for _ in range(3):
-            assert _status(client, "acc_unknown") == 401
+            assert _status(api_client, "acc_unknown") == 401
     assert len(_key_queries(queries)) == 3
 
 
-def test_use_is_recorded_at_most_once_a_minute(client, api_key, clock, settings):
+def test_use_is_recorded_at_most_once_a_minute(api_client, api_key, clock, settings):
     settings.ACCOLADE_API_KEY_RECHECK_SECONDS = 0  # every request reads the row
-    assert _status(client, api_key) == 404
+    assert _status(api_client, api_key) == 404
     first = ApiKey.objects.get().last_used_at
     assert first is not None
 
     ApiKey.objects.update(last_used_at=first - timedelta(seconds=30))
-    assert _status(client, api_key) == 404
+    assert _status(api_client, api_key) == 404
     assert ApiKey.objects.get().last_used_at == first - timedelta(seconds=30)
 
     ApiKey.objects.update(last_used_at=first - timedelta(minutes=2))
-    assert _status(client, api_key) == 404
+    assert _status(api_client, api_key) == 404
     recorded = ApiKey.objects.get().last_used_at
     assert recorded is not None and recorded > first - timedelta(seconds=1)
 
 
-def test_a_lookup_that_raced_a_revoke_does_not_trust_the_key_again(client, api_key, clock):
+def test_a_lookup_that_raced_a_revoke_does_not_trust_the_key_again(api_client, api_key, clock):
     racing = {"done": False}
 
     def revoke_while_the_lookup_runs(execute, sql, params, many, context):
@@ -118,7 +118,7 @@ def test_a_lookup_that_raced_a_revoke_does_not_trust_the_key_again(client, api_k
         return result
 
     with connection.execute_wrapper(revoke_while_the_lookup_runs):
-        assert _status(client, api_key) == 404  # what it read before the revoke
+        assert _status(api_client, api_key) == 404  # what it read before the revoke
 
     assert racing["done"]
-    assert _status(client, api_key) == 401  # not the stale read, though no time passed
+    assert _status(api_client, api_key) == 401  # not the stale read, though no time passed

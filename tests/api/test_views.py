@@ -164,12 +164,12 @@ def test_oversized_bodies_get_413_and_too_many_events_422(api, settings):
 @pytest.mark.parametrize(
     "header", [None, "", "Bearer", "Bearer wrong", "Basic dXNlcjpwYXNz", "Bearer acc_" + "x" * 300]
 )
-def test_requests_without_a_valid_key_get_401(client, db, header):
+def test_requests_without_a_valid_key_get_401(api_client, db, header):
     extra = {"HTTP_AUTHORIZATION": header} if header is not None else {}
     for response in (
-        client.post("/api/v1/events", event(), content_type="application/json", **extra),
-        client.get("/api/v1/events/ev-1", **extra),
-        client.get("/api/v1/users/u-42/badges", **extra),
+        api_client.post("/api/v1/events", event(), content_type="application/json", **extra),
+        api_client.get("/api/v1/events/ev-1", **extra),
+        api_client.get("/api/v1/users/u-42/badges", **extra),
     ):
         assert response.status_code == 401
         assert response["WWW-Authenticate"].startswith("Bearer")
@@ -177,18 +177,18 @@ def test_requests_without_a_valid_key_get_401(client, db, header):
     assert not Event.objects.exists()
 
 
-def test_a_revoked_key_gets_401(client, api_key):
+def test_a_revoked_key_gets_401(api_client, api_key):
     ApiKey.objects.get().revoke()
-    response = client.get("/api/v1/events/x", HTTP_AUTHORIZATION=f"Bearer {api_key}")
+    response = api_client.get("/api/v1/events/x", HTTP_AUTHORIZATION=f"Bearer {api_key}")
     assert response.status_code == 401
 
 
-def test_keys_are_stored_hashed_and_never_logged(client, api_key, caplog):
+def test_keys_are_stored_hashed_and_never_logged(api_client, api_key, caplog):
     stored = ApiKey.objects.get()
     assert api_key not in (stored.key_hash, stored.prefix) and stored.prefix == api_key[:12]
     caplog.set_level("DEBUG")
-    client.get("/api/v1/events/missing", HTTP_AUTHORIZATION=f"Bearer {api_key}")
-    client.get("/api/v1/events/missing", HTTP_AUTHORIZATION=f"Bearer {api_key}x")
+    api_client.get("/api/v1/events/missing", HTTP_AUTHORIZATION=f"Bearer {api_key}")
+    api_client.get("/api/v1/events/missing", HTTP_AUTHORIZATION=f"Bearer {api_key}x")
     assert api_key not in caplog.text
     assert ApiKey.objects.get().last_used_at is not None
 
@@ -393,8 +393,8 @@ def test_unknown_users_get_404(api):
     assert response.json()["errors"][0]["field"] == "user_id"
 
 
-def test_the_openapi_schema_is_served(client, db):
-    schema = client.get("/api/v1/openapi.json").json()
+def test_the_openapi_schema_is_served(api_client, db):
+    schema = api_client.get("/api/v1/openapi.json").json()
     assert schema["openapi"].startswith("3.1")
     assert set(schema["paths"]) == {
         "/api/v1/events",
