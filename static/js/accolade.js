@@ -105,7 +105,15 @@
     rememberShown(shown);
   });
 
+  // A pushed card replaces the page's copy, earned or not; the badge page's
+  // count of earned badges follows the cards it shows.
+  function refreshEarnedCount() {
+    var count = document.getElementById("earned-count");
+    if (count) count.textContent = String(document.querySelectorAll(".badge-card.is-earned").length);
+  }
+
   document.addEventListener("htmx:wsAfterMessage", function (event) {
+    refreshEarnedCount();
     if (!pendingAcknowledgements.length || !event.detail || !event.detail.socketWrapper) return;
     event.detail.socketWrapper.send(JSON.stringify({ seen: pendingAcknowledgements }));
     pendingAcknowledgements = [];

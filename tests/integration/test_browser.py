@@ -30,6 +30,12 @@ def test_visits_move_the_bar_and_unlock_a_toast_without_a_reload(request, browse
         page.get_by_role("button", name="Log in").click()
         expect(page.get_by_role("heading", name="My badges")).to_be_visible()
 
+        earned = page.locator("#earned-count")
+        earned_before = int(earned.inner_text())
+        badges = context.new_page()  # a second tab, left on the badge page
+        badges.goto(f"{site.base_url}/badges/")
+        expect(badges.locator("#live-status")).to_have_attribute("data-state", "open")
+
         page.get_by_role("link", name="Visits").click()
         expect(page.locator("#live-status")).to_have_attribute("data-state", "open")
         # Anything set here is lost if the page reloads.
@@ -56,6 +62,8 @@ def test_visits_move_the_bar_and_unlock_a_toast_without_a_reload(request, browse
 
         page.get_by_role("button", name="Dismiss notification: 5 Places Visited").click()
         expect(toast).to_have_count(0)
+        # The other tab's count of earned badges follows its cards, no reload.
+        expect(badges.locator("#earned-count")).to_have_text(str(earned_before + 1))
         assert errors == []
     except Exception:
         page.screenshot(path=str(_artifact(f"failure-{site.name}.png")))
