@@ -445,7 +445,7 @@ def test_toasts_name_the_tier_and_count_each_earning(owner, client):
     in_progress, done = page.split('id="earned-heading"')
     assert f'id="badge-{tiered.key}"' in in_progress and f'id="badge-{weekly.key}"' in in_progress
     assert "2 times, every week" in in_progress and "Silver tier" in in_progress
-    assert "2 of 2 earned" in page
+    assert '<span id="earned-count">2</span> of 2 earned' in page
 
 
 def test_rules_comparing_a_field_with_the_wrong_type_are_refused(owner):
