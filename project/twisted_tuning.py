@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import wraps
 from typing import Any
+
+Method = Callable[..., Any]
 
 
 def skip_form_parsing() -> bool:
@@ -17,22 +20,15 @@ def skip_form_parsing() -> bool:
     itself. Twisted's `parsePOSTFormSubmission` switch turns the parsing
     off; Daphne has no option for it, so its request class gets it here.
     """
-    try:
-        from daphne.http_protocol import WebRequest
-    except ImportError:  # another ASGI server
-        return False
-    if getattr(WebRequest.__init__, "skips_form_parsing", False):
-        return True
-    original = WebRequest.__init__
 
-    @wraps(original)
-    def __init__(self: WebRequest, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("parsePOSTFormSubmission", False)
-        original(self, *args, **kwargs)
+    def build(original: Method) -> Method:
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("parsePOSTFormSubmission", False)
+            original(self, *args, **kwargs)
 
-    __init__.skips_form_parsing = True  # type: ignore[attr-defined]
-    WebRequest.__init__ = __init__  # type: ignore[method-assign]
-    return True
+        return __init__
+
+    return _replace_once("WebRequest", "__init__", "skips_form_parsing", build)
 
 
 def skip_discarded_access_log() -> bool:
@@ -46,20 +42,32 @@ def skip_discarded_access_log() -> bool:
     (py-spy). At verbosity 2 and up Daphne passes Twisted's log to Python's
     logging, and the line is written as before.
     """
+
+    def build(original: Method) -> Method:
+        def log(self: Any, request: Any) -> None:
+            # daphne.server.Server discards Twisted's log at verbosity <= 1.
+            if self.server.verbosity > 1:
+                original(self, request)
+
+        return log
+
+    return _replace_once("HTTPFactory", "log", "skips_discarded_lines", build)
+
+
+def _replace_once(
+    class_name: str, method: str, marker: str, build: Callable[[Method], Method]
+) -> bool:
+    """Put build(original) in place of daphne.http_protocol's `class_name.method`,
+    marked with `marker` so a second call leaves it; whether Daphne is there."""
     try:
-        from daphne.http_protocol import HTTPFactory
+        from daphne import http_protocol
     except ImportError:  # another ASGI server
         return False
-    if getattr(HTTPFactory.log, "skips_discarded_lines", False):
+    owner = getattr(http_protocol, class_name)
+    original = getattr(owner, method)
+    if getattr(original, marker, False):
         return True
-    original = HTTPFactory.log
-
-    @wraps(original)
-    def log(self: HTTPFactory, request: Any) -> None:
-        # daphne.server.Server discards Twisted's log at verbosity <= 1.
-        if self.server.verbosity > 1:
-            original(self, request)
-
-    log.skips_discarded_lines = True  # type: ignore[attr-defined]
-    HTTPFactory.log = log  # type: ignore[method-assign]
+    replacement = wraps(original)(build(original))
+    setattr(replacement, marker, True)
+    setattr(owner, method, replacement)
     return True
