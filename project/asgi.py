@@ -147,6 +147,7 @@ class HttpHandlers:
                 f"API_PREFIX must be a path below the root that starts and ends with '/', "
                 f"such as '/api/' (got {prefix!r})"
             )
+        self.prefix = prefix  # the one checked is the one used
         self.threads = RequestThreads(limit=settings.WEB_REQUEST_THREADS)
         self.site = OneHopASGIHandler(self.threads)
         self.api = OneHopASGIHandler(self.threads, middleware=settings.API_MIDDLEWARE)
@@ -157,7 +158,7 @@ class HttpHandlers:
     def handler_for(self, scope: Any) -> OneHopASGIHandler:
         # As Django's ASGIRequest finds path_info.
         path = scope.get("path", "").removeprefix(get_script_prefix(scope))
-        return self.api if path.startswith(settings.API_PREFIX) else self.site
+        return self.api if path.startswith(self.prefix) else self.site
 
 
 class _RequestThread(ThreadPoolExecutor):

@@ -213,8 +213,12 @@ def test_building_the_api_chain_leaves_the_site_settings_alone():
     from django.conf import settings
 
     assert "django.contrib.sessions.middleware.SessionMiddleware" in settings.MIDDLEWARE
-    assert django_asgi_app.api.middleware == settings.API_MIDDLEWARE
-    assert django_asgi_app.site.middleware is None
+    # Each chain as built: only the site's has CSRF's view check.
+    view_checks = {
+        name: [type(hook.__self__).__name__ for hook in handler._view_middleware]
+        for name, handler in (("site", django_asgi_app.site), ("api", django_asgi_app.api))
+    }
+    assert view_checks == {"site": ["CsrfViewMiddleware"], "api": []}
     assert django_asgi_app.site.threads is django_asgi_app.api.threads  # one limit for both
 
 
