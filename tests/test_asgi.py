@@ -215,7 +215,7 @@ def test_building_the_api_chain_leaves_the_site_settings_alone():
     assert "django.contrib.sessions.middleware.SessionMiddleware" in settings.MIDDLEWARE
     # Each chain as built: only the site's has CSRF's view check.
     view_checks = {
-        name: [type(hook.__self__).__name__ for hook in handler._view_middleware]
+        name: [type(hook.__self__).__name__ for hook in handler._view_middleware]  # type: ignore[attr-defined]
         for name, handler in (("site", django_asgi_app.site), ("api", django_asgi_app.api))
     }
     assert view_checks == {"site": ["CsrfViewMiddleware"], "api": []}
