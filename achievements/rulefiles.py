@@ -49,7 +49,9 @@ class RuleFileError(ValueError):
 
 
 def export_badges() -> dict[str, Any]:
-    badges = Badge.objects.select_related("segment_group").prefetch_related("requirements")
+    badges = Badge.objects.select_related("segment_group").prefetch_related(
+        "requirements__composite_badges"
+    )
     return document(export_badges_data(badges.order_by("key")))
 
 
@@ -70,7 +72,9 @@ def _badge_data(badge: Badge) -> dict[str, Any]:
     elif badge.segment_attribute:
         segment = {"attribute": badge.segment_attribute, "value": badge.segment_value}
     data["segment"] = segment
-    data["requirements"] = [_requirement_data(r) for r in badge.requirements.order_by("pk")]
+    # all(), not order_by(): a prefetch of the requirements (and their parts) serves it.
+    requirements = sorted(badge.requirements.all(), key=lambda r: r.pk)
+    data["requirements"] = [_requirement_data(r) for r in requirements]
     return data
 
 

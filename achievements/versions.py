@@ -13,17 +13,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import transaction
+from django.db.models import OuterRef, Subquery
 
 from achievements.models import Badge, BadgeVersion
 
 _MISSING = object()
-
-
-def snapshot(badge: Badge) -> dict[str, Any]:
-    from achievements.rulefiles import export_badges_data
-
-    [rule] = export_badges_data([badge])
-    return rule
 
 
 def record_version(badge: Badge, *, by: Any = None, source: str) -> BadgeVersion:
@@ -32,25 +26,74 @@ def record_version(badge: Badge, *, by: Any = None, source: str) -> BadgeVersion
     The badge row is locked so two saves of one badge never take the same
     version number.
     """
+    versions = record_versions([badge.pk], by=by, source=source)
+    if badge.pk not in versions:
+        raise Badge.DoesNotExist(f"Badge {badge.pk} does not exist; it has no rule to record.")
+    return versions[badge.pk]
+
+
+def record_versions(
+    badge_ids: Iterable[int], *, by: Any = None, source: str, skip_locked: bool = False
+) -> dict[int, BadgeVersion]:
+    """record_version for many badges, in one transaction and a fixed number of
+    queries: badge id → its version, new or latest.
+
+    The rules are read as stored once their rows are locked, in id order (two
+    writers never deadlock on each other's badges). With `skip_locked`, a
+    badge another transaction holds is left out: that one is a writer of
+    rules, which records the version itself when it is done.
+    """
+    from achievements import index
+    from achievements.rulefiles import export_badges_data
+
     with transaction.atomic():
         # FOR NO KEY UPDATE serialises version writers without blocking the
         # evaluations that commit rows pointing at the badge (a deferred foreign
         # key takes KEY SHARE at commit). FOR UPDATE blocked them: two workers
         # each recording one badge's first version and committing rows of the
         # other deadlocked.
-        Badge.objects.select_for_update(no_key=True).filter(pk=badge.pk).first()
-        latest = badge.versions.order_by("-number").first()
-        rule = snapshot(badge)
-        if latest is not None and latest.rule == rule:
-            return latest
-        return BadgeVersion.objects.create(
-            badge=badge,
-            number=latest.number + 1 if latest else 1,
-            rule=rule,
-            changes=diff(latest.rule if latest else None, rule),
-            created_by=by if getattr(by, "is_authenticated", False) else None,
-            source=source,
+        locked = list(
+            Badge.objects.select_for_update(no_key=True, skip_locked=skip_locked)
+            .filter(pk__in=set(badge_ids))
+            .order_by("pk")
+            .values_list("pk", flat=True)
         )
+        if not locked:
+            return {}
+        newest = BadgeVersion.objects.filter(badge=OuterRef("badge")).order_by("-number")
+        latest = {
+            version.badge_id: version
+            for version in BadgeVersion.objects.filter(
+                badge_id__in=locked, number=Subquery(newest.values("number")[:1])
+            )
+        }
+        badges = (
+            Badge.objects.filter(pk__in=locked)
+            .select_related("segment_group")
+            .prefetch_related("requirements__composite_badges")
+            .order_by("pk")
+        )
+        made = []
+        versions: dict[int, BadgeVersion] = {}
+        for badge, rule in zip(badges, export_badges_data(badges), strict=True):
+            before = latest.get(badge.pk)
+            if before is not None and before.rule == rule:
+                versions[badge.pk] = before
+                continue
+            versions[badge.pk] = version = BadgeVersion(
+                badge=badge,
+                number=before.number + 1 if before else 1,
+                rule=rule,
+                changes=diff(before.rule if before else None, rule),
+                created_by=by if getattr(by, "is_authenticated", False) else None,
+                source=source,
+            )
+            made.append(version)
+        if made:
+            BadgeVersion.objects.bulk_create(made)
+            # bulk_create sends no post_save: tell the rules index once.
+            index.version_recorded()
+    return versions
 
 
 # Badges known to have a version in this process: versions are never deleted
@@ -59,13 +102,16 @@ _versioned: set[int] = set()
 
 
 def ensure_versions(badge_ids: Iterable[int]) -> None:
-    """Record a first version for each of these badges that has none, each in a
-    transaction of its own.
+    """Record a first version for each of these badges that has none, before the
+    caller's transaction.
 
     Evaluations call this before their transaction. Recording a version locks
     the badge until the transaction that does it commits; inside a long
     evaluation transaction, two of them recording first versions of two badges
     in opposite orders deadlocked (a replay in two processes did, at once).
+    All the missing ones are recorded together (a thousand badges made
+    outside the admin took a batch 6.5 s one by one); a badge another
+    transaction holds is skipped, and looked at again by the next caller.
     """
     wanted = set(badge_ids) - _versioned
     if not wanted:
@@ -76,9 +122,9 @@ def ensure_versions(badge_ids: Iterable[int]) -> None:
         .values_list("badge_id", flat=True)
         .distinct()
     )
-    for badge in Badge.objects.filter(pk__in=wanted - have).order_by("pk"):
-        record_version(badge, source="first unlock")
-    _versioned.update(wanted)
+    if missing := wanted - have:
+        have.update(record_versions(missing, source="first unlock", skip_locked=True))
+    _versioned.update(have)
 
 
 def current_version(badge_id: int) -> BadgeVersion:

@@ -208,3 +208,117 @@ def test_batches_take_the_version_from_the_rules_they_evaluate_and_follow_new_on
     assert second.number == 2
     evaluate_events([record_event(owner, "visit.created").event.pk])
     assert Unlock.objects.get(badge=badge, tier=2).version == second
+
+
+def _unversioned(count: int, prefix: str) -> list[Badge]:
+    """Badges made without the admin or an import (a shell, a data migration): no version."""
+    badges = []
+    for n in range(count):
+        part = Badge.objects.create(key=f"{prefix}_part_{n}", name=f"Part {n}")
+        BadgeRequirement.objects.create(badge=part, event_type="visit.created", threshold=n + 1)
+        whole = Badge.objects.create(key=f"{prefix}_whole_{n}", name=f"Whole {n}")
+        requirement = BadgeRequirement.objects.create(
+            badge=whole, kind="composite", event_type="", threshold=1
+        )
+        requirement.composite_badges.set([part])
+        badges += [part, whole]
+    return badges
+
+
+def test_missing_first_versions_are_recorded_together_in_a_fixed_number_of_queries(db):
+    """A thousand badges made outside the admin took the first batch 6.5 s, a
+    version at a time (bench/evaluation.py); now the count of badges does not
+    change the count of queries, and each version is what its badge exports."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from achievements import index
+    from achievements.rulefiles import export_badges_data
+    from achievements.versions import ensure_versions
+
+    few, many = _unversioned(2, "few"), _unversioned(20, "many")
+    queries = []
+    for badges in (few, many):
+        with CaptureQueriesContext(connection) as captured:
+            ensure_versions(badge.pk for badge in badges)
+        queries.append(len(captured))
+    assert queries[0] == queries[1]
+    stored = {v.badge_id: v for v in BadgeVersion.objects.filter(badge__in=few + many)}
+    assert len(stored) == len(few + many)
+    expected = export_badges_data(Badge.objects.filter(pk__in=stored).order_by("pk"))
+    for rule in expected:
+        version = stored[Badge.objects.get(key=rule["key"]).pk]
+        assert (version.number, version.source, version.changes) == (
+            1,
+            "first unlock",
+            ["first version"],
+        )
+        assert version.rule == rule
+    assert [r["composite_badges"] for r in expected[1]["requirements"]] == [["few_part_0"]]
+    # The rules index learns the new versions (bulk_create sends no post_save).
+    assert index.version_of(few[0].pk) == stored[few[0].pk].pk
+
+
+def test_recording_many_versions_adds_only_the_changed_ones(db):
+    from achievements.versions import record_versions
+
+    kept, changed = _unversioned(1, "v")
+    first = record_versions([kept.pk, changed.pk], source="test")
+    assert {v.number for v in first.values()} == {1}
+    changed.name = "Renamed"
+    changed.save()
+    second = record_versions([kept.pk, changed.pk], source="test")
+    assert second[kept.pk] == first[kept.pk]
+    assert second[changed.pk].number == 2
+    assert second[changed.pk].changes == ['name: "Whole 0" → "Renamed"']
+    assert BadgeVersion.objects.count() == 3
+
+
+def test_a_version_of_a_badge_that_is_gone_is_refused(db):
+    badge = Badge.objects.create(key="gone", name="Gone")
+    Badge.objects.filter(pk=badge.pk).delete()
+    with pytest.raises(Badge.DoesNotExist):
+        record_version(badge, source="test")
+    assert not BadgeVersion.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_first_versions_skip_a_badge_a_rule_writer_holds_and_take_it_later(postgresql_only):
+    """A writer of rules (an admin save, an import) holds its badge's row until it
+    commits, and records that badge's version itself; an evaluation recording
+    first versions meanwhile neither waits for it nor deadlocks with it (an
+    import locks its badges in file order), and takes the badge on a later call."""
+    import threading
+
+    from django.db import connection, transaction
+
+    from achievements.versions import _versioned, ensure_versions
+
+    held, free = _unversioned(1, "lock")
+    locked, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def writer() -> None:
+        try:
+            with transaction.atomic():
+                Badge.objects.filter(pk=held.pk).update(name="Being edited")
+                locked.set()
+                release.wait(30)
+        finally:
+            connection.close()
+            done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert locked.wait(30)
+        ensure_versions([held.pk, free.pk])
+        assert list(BadgeVersion.objects.values_list("badge_id", flat=True)) == [free.pk]
+        assert held.pk not in _versioned
+    finally:
+        release.set()
+        thread.join(30)
+    assert done.is_set()
+    ensure_versions([held.pk, free.pk])
+    version = BadgeVersion.objects.get(badge=held)
+    assert version.rule["name"] == "Being edited"
+    assert held.pk in _versioned
