@@ -96,7 +96,7 @@ def import_badges(document: Any, *, by: Any = None, source: str = "import") -> t
     progress. Each badge whose rule changed gets a new version, made `by`
     that user from `source`. Returns (badges created, badges updated).
     """
-    from achievements.versions import record_version
+    from achievements.versions import record_versions
 
     planned = validate(document)
     created = updated = 0
@@ -120,8 +120,7 @@ def import_badges(document: Any, *, by: Any = None, source: str = "import") -> t
         for requirement in pending:
             keys = getattr(requirement, "_part_keys", [])
             requirement.composite_badges.set(Badge.objects.filter(key__in=keys))
-        for badge, _ in planned:
-            record_version(badge, by=by, source=source)
+        record_versions([badge.pk for badge, _ in planned], by=by, source=source)
     return created, updated
 
 
