@@ -226,7 +226,7 @@ def _unversioned(count: int, prefix: str) -> list[Badge]:
 
 
 def test_missing_first_versions_are_recorded_together_in_a_fixed_number_of_queries(db):
-    """A thousand badges made outside the admin took the first batch 6.5 s, a
+    """A thousand badges made outside the admin took the first batch 4.1 s, a
     version at a time (bench/evaluation.py); now the count of badges does not
     change the count of queries, and each version is what its badge exports."""
     from django.db import connection
