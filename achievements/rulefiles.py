@@ -72,7 +72,9 @@ def _badge_data(badge: Badge) -> dict[str, Any]:
     elif badge.segment_attribute:
         segment = {"attribute": badge.segment_attribute, "value": badge.segment_value}
     data["segment"] = segment
-    # all(), not order_by(): a prefetch of the requirements (and their parts) serves it.
+    # all(), not order_by(): a prefetch of the requirements (and their parts)
+    # serves it. A prefetch is as old as its query: pass badges read after the
+    # last change of their requirements (an admin form's instance is not).
     requirements = sorted(badge.requirements.all(), key=lambda r: r.pk)
     data["requirements"] = [_requirement_data(r) for r in requirements]
     return data

@@ -38,10 +38,9 @@ def record_versions(
     """record_version for many badges, in one transaction and a fixed number of
     queries: badge id → its version, new or latest.
 
-    The rules are read as stored once their rows are locked, in id order (two
-    writers never deadlock on each other's badges). With `skip_locked`, a
-    badge another transaction holds is left out: that one is a writer of
-    rules, which records the version itself when it is done.
+    The rules are read as stored (not from any instance in memory) once
+    their rows are locked, in id order. With `skip_locked`, a badge another
+    transaction holds is left out of the result.
     """
     from achievements import index
     from achievements.rulefiles import export_badges_data
@@ -91,8 +90,11 @@ def record_versions(
             made.append(version)
         if made:
             BadgeVersion.objects.bulk_create(made)
-            # bulk_create sends no post_save: tell the rules index once.
+            # The index learns each badge's latest version from here; bulk_create
+            # sends no post_save (the receiver in apps.py serves versions saved
+            # one by one elsewhere, a shell or a migration), so tell it once.
             index.version_recorded()
+            assert all(version.pk for version in made), "bulk_create returned no ids"
     return versions
 
 
@@ -109,10 +111,14 @@ def ensure_versions(badge_ids: Iterable[int]) -> None:
     the badge until the transaction that does it commits; inside a long
     evaluation transaction, two of them recording first versions of two badges
     in opposite orders deadlocked (a replay in two processes did, at once).
-    All the missing ones are recorded together (a thousand badges made
-    outside the admin took a batch 4.1 s one by one, 0.26 s together); a
-    badge another transaction holds is skipped, and looked at again by the
-    next caller.
+    The missing ones are recorded together (a thousand badges made outside
+    the admin took a batch 4.1 s one by one, 0.26 s together), skipping any
+    badge another transaction holds: waiting for one while holding the
+    others could deadlock with an import, which locks its badges in file
+    order. Those are then waited for one at a time, still before the
+    caller's transaction. Recorded inside it instead (an unlock's fallback),
+    the wait would hold the batch's progress rows, which a writer replacing
+    the badge's requirements deletes: a deadlock.
     """
     wanted = set(badge_ids) - _versioned
     if not wanted:
@@ -125,6 +131,8 @@ def ensure_versions(badge_ids: Iterable[int]) -> None:
     )
     if missing := wanted - have:
         have.update(record_versions(missing, source="first unlock", skip_locked=True))
+        for held in sorted(missing - have):
+            have.update(record_versions([held], source="first unlock"))
     _versioned.update(have)
 
 

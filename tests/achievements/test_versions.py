@@ -237,6 +237,7 @@ def test_missing_first_versions_are_recorded_together_in_a_fixed_number_of_queri
     from achievements.versions import ensure_versions
 
     few, many = _unversioned(2, "few"), _unversioned(20, "many")
+    index.active_badges()  # built before: only a new version token rebuilds it
     queries = []
     for badges in (few, many):
         with CaptureQueriesContext(connection) as captured:
@@ -283,42 +284,56 @@ def test_a_version_of_a_badge_that_is_gone_is_refused(db):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_first_versions_skip_a_badge_a_rule_writer_holds_and_take_it_later(postgresql_only):
-    """A writer of rules (an admin save, an import) holds its badge's row until it
-    commits, and records that badge's version itself; an evaluation recording
-    first versions meanwhile neither waits for it nor deadlocks with it (an
-    import locks its badges in file order), and takes the badge on a later call."""
+def test_first_versions_wait_for_a_rule_writer_before_the_evaluation_transaction(
+    postgresql_only, owner
+):
+    """A writer of rules (an admin save, an import) holds its badge's row while it
+    replaces the requirements, which deletes their progress rows. An evaluation
+    recording first versions meanwhile skips that badge in its bulk pass and
+    then waits for it alone, before its own transaction: recorded inside it (the
+    unlock's fallback), it waited holding the progress row the writer deletes,
+    and PostgreSQL found a deadlock (a review's probe, every run)."""
     import threading
+    import time
 
     from django.db import connection, transaction
 
-    from achievements.versions import _versioned, ensure_versions
+    from achievements import index
+    from achievements.models import RequirementProgress
+    from achievements.versions import _versioned
 
-    held, free = _unversioned(1, "lock")
-    locked, release, done = threading.Event(), threading.Event(), threading.Event()
+    held = Badge.objects.create(key="held", name="Held")
+    BadgeRequirement.objects.create(badge=held, event_type="visit.created", threshold=2)
+    [free] = _unversioned(1, "free")[:1]
+    record_event(owner, "visit.created")  # a committed progress row for the writer to delete
+    assert RequirementProgress.objects.filter(requirement__badge=held).exists()
+    BadgeVersion.objects.all().delete()  # as made outside the admin
+    _versioned.clear()
+    index.invalidate()
+    locked, errors = threading.Event(), []
 
     def writer() -> None:
         try:
             with transaction.atomic():
-                Badge.objects.filter(pk=held.pk).update(name="Being edited")
+                Badge.objects.filter(pk=held.pk).update(name="Held, edited")
                 locked.set()
-                release.wait(30)
+                time.sleep(0.5)  # the evaluation reaches the badge meanwhile
+                RequirementProgress.objects.filter(requirement__badge=held).delete()
+                record_version(Badge.objects.get(pk=held.pk), source="admin")
+        except Exception as exc:  # a deadlock victim, surfaced below
+            errors.append(exc)
         finally:
             connection.close()
-            done.set()
 
     thread = threading.Thread(target=writer)
     thread.start()
     try:
         assert locked.wait(30)
-        ensure_versions([held.pk, free.pk])
-        assert list(BadgeVersion.objects.values_list("badge_id", flat=True)) == [free.pk]
-        assert held.pk not in _versioned
+        record_event(owner, "visit.created")  # evaluated at once (sync task mode)
     finally:
-        release.set()
         thread.join(30)
-    assert done.is_set()
-    ensure_versions([held.pk, free.pk])
-    version = BadgeVersion.objects.get(badge=held)
-    assert version.rule["name"] == "Being edited"
+    assert errors == []
+    [version] = BadgeVersion.objects.filter(badge=held)
+    assert (version.source, version.rule["name"]) == ("admin", "Held, edited")
+    assert BadgeVersion.objects.get(badge=free).source == "first unlock"
     assert held.pk in _versioned
