@@ -271,7 +271,9 @@ class Topology:
         webs = sum(1 for process in self.processes if process.name.startswith("daphne"))
         daphne = self._spawn(
             f"daphne-{webs + 1}" if webs else "daphne",
-            [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "project.asgi:application"],
+            # As the Procfile runs it: Daphne through project.web (its event loop).
+            [str(BIN / "python"), "-m", "project.web", "-b", "127.0.0.1", "-p", str(port)]
+            + ["project.asgi:application"],
         )
         wait_for_http(f"http://127.0.0.1:{port}/", daphne)
         return f"http://127.0.0.1:{port}"
