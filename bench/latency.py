@@ -3,7 +3,7 @@
 Run from the project root (needs PostgreSQL and Redis on 127.0.0.1):
 
     .venv/bin/python bench/latency.py [--users 1000] [--tabs 5] [--seconds 20] [--warm-up 3]
-        [--rates 50,500] [--batches 1,10] [--web-processes 1] [--unlock-every 0]
+        [--rates 50,500] [--batches 1,10] [--web-processes 1] [--unlock-every 0] [--stagger]
 
 It starts the production topology (a scratch PostgreSQL database, Redis, one
 Celery worker with 2 processes, --web-processes Daphne processes), signs in --users users with
@@ -26,7 +26,10 @@ claimed (waiting for a drain) and claimed → frame (evaluation and the push).
 With --unlock-every n a tiered badge on the same events unlocks a tier at
 every user's n-th, 2n-th ... 10n-th event, so those frames carry a toast:
 their latency is reported apart, with the toast frames counted against
-those expected (users move in step, round-robin, so unlocks come in waves).
+those expected (users move in step, round-robin, so unlocks come in waves:
+for one round in n every event unlocks). --stagger sends user i (i mod n)
+events first, unmeasured, so that a steady 1 in n events of every round
+unlocks instead.
 Each rate first runs --warm-up seconds unmeasured (cold caches and
 connections), and the measuring processes do not collect garbage while
 they measure (bench.common.hold_still).
@@ -208,6 +211,37 @@ async def produce(
     return done
 
 
+def stagger(base: str, key: str, users: list[str], every: int, offset: dict[str, int]) -> int:
+    """Send user i (i mod `every`) events first, unmeasured: their n-th events then
+    fall in different rounds, so about 1 in `every` events of each round unlocks
+    a tier (steady), instead of every event of one round in `every` (waves).
+    The number of events sent."""
+    import httpx
+
+    events = []
+    for index, user in enumerate(users):
+        for _ in range(index % every):
+            offset[user] += 1
+            events.append(
+                {
+                    "event_id": f"ping-{user}-{offset[user]}",
+                    "user_id": user,
+                    "event_type": "bench.ping",
+                    "occurred_at": datetime.now(UTC).isoformat(),
+                    "payload": {},
+                }
+            )
+    with httpx.Client(timeout=60) as client:
+        for start in range(0, len(events), 100):
+            response = client.post(
+                f"{base}/api/v1/events",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"events": events[start : start + 100]},
+            )
+            response.raise_for_status()
+    return len(events)
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, int(round(share * len(ordered))) - 1))]
@@ -222,6 +256,7 @@ def run(
     webs: int = 1,
     warm_up: float = 3,
     unlock_every: int = 0,
+    staggered: bool = False,
 ) -> dict[str, Any]:
     from tests.integration.stack import Topology
 
@@ -246,6 +281,12 @@ def run(
             context = multiprocessing.get_context("spawn")
             results: dict[str, Any] = {}
             offset = dict.fromkeys(names, 0)
+            if staggered:
+                sent_first = stagger(bases[0], setup["key"], names, unlock_every, offset)
+                topology.wait_until(
+                    "SELECT count(*) FROM achievements_event WHERE processed_at IS NULL", 0
+                )
+                print(f"  staggered: {sent_first} events sent first", flush=True)
             for rate, batch in zip(rates, batches, strict=True):
                 ready, stop, out = context.Queue(), context.Queue(), context.Queue()
                 client = context.Process(target=clients, args=(bases, sockets, ready, stop, out))
@@ -379,7 +420,15 @@ def main() -> None:
         help="add a tiered badge that every user's n-th, 2n-th ... 10n-th event unlocks, "
         "and report the latency of those frames (the toasts) apart",
     )
+    parser.add_argument(
+        "--stagger",
+        action="store_true",
+        help="with --unlock-every n: send user i (i mod n) events first, so that a steady "
+        "1 in n events unlocks instead of waves (users move in step, round-robin)",
+    )
     args = parser.parse_args()
+    if args.stagger and not args.unlock_every:
+        parser.error("--stagger needs --unlock-every")
     if args.unlock_every < 0:
         parser.error("--unlock-every must be 0 (off) or a whole number >= 1")
     if args.web_processes < 1:
@@ -397,10 +446,12 @@ def main() -> None:
         args.web_processes,
         args.warm_up,
         args.unlock_every,
+        args.stagger,
     )
     print(
         f"end-to-end latency, {args.users:,} users x {args.tabs} sockets, {args.seconds:g} s each,"
         f" {args.web_processes} web process(es), after {args.warm_up:g} s of warm-up"
+        + (", unlocks staggered" if args.stagger else "")
     )
     for name, row in results.items():
         print(
@@ -427,6 +478,7 @@ def main() -> None:
             "web_processes": args.web_processes,
             "warm_up_seconds": args.warm_up,
             "unlock_every": args.unlock_every,
+            "staggered": args.stagger,
             **results,
         },
     )
