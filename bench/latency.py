@@ -149,6 +149,17 @@ def clients(
     asyncio.run(main())
 
 
+def ping(user: str, count: int) -> dict[str, Any]:
+    """The API event that takes `user`'s count of the bench's badge to `count`."""
+    return {
+        "event_id": f"ping-{user}-{count}",
+        "user_id": user,
+        "event_type": "bench.ping",
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "payload": {},
+    }
+
+
 async def produce(
     bases: list[str],
     key: str,
@@ -178,16 +189,7 @@ async def produce(
                 user = users[n % len(users)]
                 offset[user] += 1
                 sent.append((user, offset[user]))
-            events = [
-                {
-                    "event_id": f"ping-{user}-{count}",
-                    "user_id": user,
-                    "event_type": "bench.ping",
-                    "occurred_at": datetime.now(UTC).isoformat(),
-                    "payload": {},
-                }
-                for user, count in sent
-            ]
+            events = [ping(user, count) for user, count in sent]
             response = await client.post(
                 f"{bases[number % len(bases)]}/api/v1/events",
                 headers={"Authorization": f"Bearer {key}"},
@@ -222,15 +224,7 @@ def stagger(base: str, key: str, users: list[str], every: int, offset: dict[str,
     for index, user in enumerate(users):
         for _ in range(index % every):
             offset[user] += 1
-            events.append(
-                {
-                    "event_id": f"ping-{user}-{offset[user]}",
-                    "user_id": user,
-                    "event_type": "bench.ping",
-                    "occurred_at": datetime.now(UTC).isoformat(),
-                    "payload": {},
-                }
-            )
+            events.append(ping(user, offset[user]))
     with httpx.Client(timeout=60) as client:
         for start in range(0, len(events), 100):
             response = client.post(
