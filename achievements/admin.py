@@ -15,7 +15,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from achievements import reevaluation, rulefiles
-from achievements.actions import LinkConflict, link_external_identity, redrive_events
+from achievements.actions import LinkConflict, link_external_identity
+from achievements.dispatch import redrive_events
 from achievements.models import (
     Badge,
     BadgeRequirement,

@@ -9,7 +9,9 @@ class AchievementsConfig(AppConfig):
     verbose_name = "Achievements"
 
     def ready(self) -> None:
-        from achievements import index
+        # Registers the Celery tasks in every process, web ones included:
+        # achievements.dispatch sends them by name, as it must not import them.
+        from achievements import index, tasks  # noqa: F401
         from achievements.models import (
             Badge,
             BadgeRequirement,

@@ -22,6 +22,7 @@ from django.utils.timezone import localtime
 from accounts.models import Profile, time_zone_for
 from achievements import index
 from achievements.models import Badge, RequirementProgress, Unlock, UserBadge, format_number
+from achievements.progress import met_text, value_holds
 
 Card = dict[str, Any]
 
@@ -205,6 +206,9 @@ def _card(
     level = max(standing.level, user_badge.tier if user_badge else 0) if tiers else 0
     # Still something to show after the first unlock: the next tier, or this period.
     ongoing = bool(badge.repeat) or (bool(tiers) and level < len(tiers))
+    # Earned for good (a rule change never takes it back): shown complete, every
+    # requirement met, whatever the rule says now (docs/rules.md).
+    done = completed_at is not None and not ongoing
     return {
         "id": badge.pk,
         "key": badge.key,
@@ -212,7 +216,7 @@ def _card(
         "description": "Keep going to find out what unlocks it." if mystery else badge.description,
         "icon": "❓" if mystery else badge.icon,
         "hidden": mystery,
-        "percent": 100 if completed_at and not ongoing else status.percent,
+        "percent": 100 if done else status.percent,
         "tier": badge.tier_name(level),
         "tier_level": level,
         "tier_names": [name for name, _ in tiers],
@@ -220,7 +224,7 @@ def _card(
         "repeat": badge.get_repeat_display().lower() if badge.repeat else "",
         "times_earned": times_earned if badge.repeat else (1 if completed_at else 0),
         "ongoing": ongoing,
-        "current": format_number(status.current),
+        "current": format_number(status.target if done else status.current),
         "target": format_number(status.target),
         "completed": completed_at is not None,
         "completed_at": completed_at.isoformat() if completed_at else None,
@@ -231,11 +235,14 @@ def _card(
             {
                 "label": r.unit_label(),
                 "current": format_number(
-                    measure.target if measure.met else min(measure.value, measure.target)
+                    measure.target if measure.met or done else min(measure.value, measure.target)
                 ),
                 "target": format_number(measure.target),
-                "text": measure.text,
-                "met": measure.met,
+                # Held under a rule that now asks more: shown as met, not "1 of 2".
+                "text": met_text(r.spec, measure.target)
+                if done and not value_holds(r.spec, measure)
+                else measure.text,
+                "met": measure.met or done,
             }
             for r, measure in zip(requirements, measures, strict=True)
         ]

@@ -14,10 +14,10 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
-from achievements import realtime
-from achievements.actions import mark_unlocks_seen
+from achievements import hub, presence, realtime
 from achievements.cards import cards_for_user, unseen_unlocks
-from achievements.events import ensure_embedded_sweeper
+from achievements.frames import render_frame
+from achievements.models import Unlock
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +63,13 @@ class LiveConsumer(PushConsumer):
     """
 
     # No channel of its own: pushes come through the process's hub
-    # (realtime.SocketHub), so the socket waits on nothing but its connection.
+    # (hub.SocketHub), so the socket waits on nothing but its connection.
     channel_layer_alias = "accolade.no-layer-per-socket"
 
     group_name: str | None = None
     user_id: int | None = None
     socket_id: str = ""
-    hub: realtime.SocketHub | None = None
+    hub: hub.SocketHub | None = None
     # Pushes that came before the catch-up frame went out; None once it has.
     _held: list[dict[str, Any]] | None = None
     _window_started: float = 0.0
@@ -91,17 +91,16 @@ class LiveConsumer(PushConsumer):
             await self.close(code=CLOSE_NOT_AUTHENTICATED)
             return
         realtime.register_server_loop(asyncio.get_running_loop())
-        ensure_embedded_sweeper()
         self.user_id = user.pk
         self.socket_id = uuid.uuid4().hex
         self._held = []
         group = realtime.user_group(user.pk)
-        self.hub = realtime.socket_hub()
+        self.hub = hub.socket_hub()
         await self.hub.join(group, self)
         self.group_name = group  # set once joined: _leave leaves only what was joined
         # Present before the catch-up is read: a change committed after that
         # read is pushed, one committed before it is in the catch-up.
-        await realtime.presence_join(user.pk, self.socket_id)
+        await presence.join(user.pk, self.socket_id)
         await self.accept()
         await self.catch_up()
         # Pushes that arrived meanwhile are newer than the catch-up's rows:
@@ -115,14 +114,14 @@ class LiveConsumer(PushConsumer):
 
     async def _leave(self) -> None:
         """Leave the hub and presence; safe to call again."""
-        hub, group, self.hub, self.group_name = self.hub, self.group_name, None, None
+        socket_hub, group, self.hub, self.group_name = self.hub, self.group_name, None, None
         user_id, self.user_id = self.user_id, None
         try:
-            if hub is not None and group is not None:
-                await hub.leave(group, self)
+            if socket_hub is not None and group is not None:
+                await socket_hub.leave(group, self)
         finally:
             if user_id is not None:
-                await realtime.presence_leave(user_id, self.socket_id)
+                await presence.leave(user_id, self.socket_id)
 
     async def deliver(self, message: dict[str, Any]) -> None:
         """A message of this user's group, from the hub."""
@@ -175,7 +174,7 @@ class LiveConsumer(PushConsumer):
             if isinstance(i, int) and not isinstance(i, bool) and 0 < i <= MAX_ID
         ]
         if ids:
-            await database_sync_to_async(mark_unlocks_seen)(self.user_id, ids)
+            await database_sync_to_async(Unlock.objects.mark_seen)(self.user_id, ids)
 
     async def badges_changed(self, message: dict[str, Any]) -> None:
         """Fresh cards for what one evaluation changed, then a toast per unlock, in one frame.
@@ -186,16 +185,6 @@ class LiveConsumer(PushConsumer):
         """
         if message["html"]:
             await self.send(text_data=message["html"])
-
-
-def render_frame(cards: list[dict[str, Any]], toasts: list[dict[str, Any]]) -> str:
-    """The HTML a page swaps in: the cards, then a toast per unlock."""
-    frame = "".join(
-        render_to_string("achievements/badges.html#progress", {"card": card}) for card in cards
-    )
-    return frame + "".join(
-        render_to_string("achievements/badges.html#toast_frame", toast) for toast in toasts
-    )
 
 
 def _parse_since(query_string: bytes) -> datetime | None:

@@ -1,10 +1,11 @@
-"""From committed events to the batch engine: coalesced drains, and what happens when one fails.
+"""From committed events to the engine: enqueueing, coalesced drains, the in-process
+executor, the sweeper, and the retry and dead-letter policy.
 
 One task message per event caps a worker near a thousand events a second,
 and an event's evaluation is cheap next to its message. So a committed event
 only asks for a *drain*, and asks coalesce: while a drain is asked for or
 working, later events send nothing (a short-lived flag in the cache). A
-drain claims the waiting events a batch at a time (`batch.evaluate_events`,
+drain claims the waiting events a batch at a time (`engine.evaluate_events`,
 oldest first, skipping rows another drain holds) until a claim finds none;
 then it clears the flag and looks once more, for events committed while the
 flag was still set, which asked nobody. An event committed after that asks
@@ -37,16 +38,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
+import traceback
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
+from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.core.cache import cache
+from django.db import close_old_connections, transaction
+from django.db.models import F
 from django.utils import timezone
 
-from achievements import metrics
-from achievements.batch import evaluate_events, events_waiting
+from achievements import context, engine, metrics
+from achievements.engine import evaluate_events, events_waiting
 from achievements.models import Event
 from project.cache import shared_redis
 
@@ -75,7 +86,17 @@ _recovered_at = float("-inf")
 
 
 def batch_size() -> int:
-    return int(getattr(settings, "ACCOLADE_EVALUATION_BATCH_SIZE", 2000))
+    return int(settings.ACCOLADE_EVALUATION_BATCH_SIZE)
+
+
+def task(name: str) -> Any:
+    """A Celery task of achievements.tasks, by name: the tasks call this module,
+    so it does not import them."""
+    return current_app.tasks[name]
+
+
+def _drain_task() -> Any:
+    return task("achievements.evaluate_pending")
 
 
 def request_drain() -> None:
@@ -84,8 +105,6 @@ def request_drain() -> None:
     With Redis, setting the flag also sends the metrics this thread has
     gathered (the recorder's count of events received): one round trip.
     """
-    from achievements.tasks import evaluate_pending_task
-
     try:
         asked = _raise_flag()
     except Exception:
@@ -93,7 +112,7 @@ def request_drain() -> None:
     if not asked:
         return
     try:
-        evaluate_pending_task.delay()
+        _drain_task().delay()
     except Exception:
         # The broker is unreachable: the event is committed and waits; let
         # the next event ask again instead of waiting out the flag.
@@ -131,8 +150,6 @@ def drain() -> int:
 
 
 def _drain() -> int:
-    from achievements.tasks import evaluate_pending_task
-
     global _recovered_at
     if time.monotonic() - _recovered_at > RECOVERY_INTERVAL_SECONDS:
         _recovered_at = time.monotonic()
@@ -187,7 +204,7 @@ def _drain() -> int:
         if (first and len(result.claimed) == size) or overdue:
             # A backlog: let another worker process take the next batch; and
             # past the budget, leave the rest to that drain.
-            evaluate_pending_task.delay()
+            _drain_task().delay()
             if overdue:
                 return done
         first = False
@@ -196,11 +213,9 @@ def _drain() -> int:
 def _hand_over_later() -> None:
     """Clear the flag and ask for a drain RETRY_SECONDS from now: events that
     committed while a failing drain held the flag asked nobody."""
-    from achievements.tasks import evaluate_pending_task
-
     _clear_flag()
     try:
-        evaluate_pending_task.apply_async(countdown=RETRY_SECONDS)
+        _drain_task().apply_async(countdown=RETRY_SECONDS)
     except Exception:
         # No broker: the sweeper is the backstop.
         logger.exception("Could not ask for another drain")
@@ -217,8 +232,6 @@ def _clear_flag() -> None:
 
 def hand_to_single(event_pks: list[int]) -> None:
     """Keep these events from drains for a while and evaluate each on its own."""
-    from achievements.events import enqueue_single
-
     if not event_pks:
         return
     Event.objects.filter(pk__in=event_pks).unprocessed().update(retry_at=timezone.now() + HOLD)
@@ -285,3 +298,256 @@ def _landed(batch_id: str) -> None:
         # Left behind, the entry is recovered later; its events are processed
         # by then, so recovery finds nothing to do.
         logger.warning("Could not clear in-flight batch %s", batch_id, exc_info=True)
+
+
+# --- handing events to the evaluator ---------------------------------------------
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def enqueue_evaluation(event_pk: int) -> None:
+    """Hand a committed event to the evaluator (see enqueue_evaluations)."""
+    enqueue_evaluations([event_pk])
+
+
+def enqueue_evaluations(event_pks: Sequence[int]) -> None:
+    """Hand committed events to the evaluator, according to ACCOLADE_TASK_MODE.
+
+    With Celery, events are evaluated in batches: one drain request for all of
+    them (achievements.dispatch), and requests coalesce. With a batch size of
+    1, and in the thread and sync modes, each event is evaluated on its own.
+    """
+    if not event_pks:
+        return
+    mode = settings.ACCOLADE_TASK_MODE
+    if mode == "celery" and batch_size() > 1:
+        request_drain()
+    else:
+        for pk in event_pks:
+            enqueue_single(pk)
+
+
+def enqueue_single(event_pk: int) -> None:
+    """Hand one event to the per-event evaluator, which retries and dead-letters it alone.
+
+    Only the primary key travels: the worker loads the row itself, so it sees
+    exactly what was committed.
+    """
+    mode = settings.ACCOLADE_TASK_MODE
+    if mode == "celery":
+        try:
+            task("achievements.evaluate_event").delay(event_pk)
+        except Exception:
+            # The broker is unreachable. The event is committed and still
+            # marked unprocessed, so it is not lost, only late.
+            logger.exception("Could not enqueue evaluation of event %s", event_pk)
+    elif mode == "thread":
+        _thread_executor().submit(_evaluate_in_thread, event_pk)
+    elif mode == "sync":
+        engine.evaluate_event(event_pk)
+    else:
+        raise ValueError(f"unknown ACCOLADE_TASK_MODE {mode!r}")
+
+
+def _thread_executor() -> ThreadPoolExecutor:
+    # One thread: evaluations in the embedded mode run one at a time, which
+    # keeps SQLite's single writer free for request threads in between.
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="accolade-evaluate")
+    ensure_embedded_sweeper()
+    return _executor
+
+
+def _evaluate_in_thread(event_pk: int) -> None:
+    """The embedded mode's stand-in for the Celery task, with the same failure policy."""
+    try:
+        engine.evaluate_event(event_pk)
+    except Exception as exc:
+        try:
+            failure = record_evaluation_failure(
+                event_pk, "".join(traceback.format_exception(exc))[-10_000:]
+            )
+        except Exception:
+            logger.exception("Recording the failure of event %s failed", event_pk)
+            return
+        logger.warning("Evaluating event %s failed (attempt %s)", event_pk, failure.attempts)
+        if failure.retry_in is not None:
+            timer = threading.Timer(failure.retry_in, enqueue_single, args=[event_pk])
+            timer.daemon = True
+            timer.start()
+    finally:
+        context.reset()
+        close_old_connections()
+
+
+_sweeper_started = False
+
+
+def ensure_embedded_sweeper() -> None:
+    """Celery beat's job in the embedded mode: re-enqueue stranded events now and then.
+
+    Started when the ASGI application is built (project.asgi) and by the
+    first evaluation of a process in the embedded mode, so a restarted
+    runserver picks up what the previous one left behind. Other modes have
+    celery beat.
+    """
+    global _sweeper_started
+    if settings.ACCOLADE_TASK_MODE != "thread":
+        return
+    with _executor_lock:
+        if _sweeper_started:
+            return
+        _sweeper_started = True
+
+    def sweep_forever() -> None:
+        interval = float(settings.ACCOLADE_SWEEP_INTERVAL_SECONDS)
+        while True:
+            time.sleep(interval)
+            try:
+                sweep_stranded_events()
+            except Exception:
+                logger.exception("Sweeping stranded events failed")
+            finally:
+                close_old_connections()
+
+    threading.Thread(target=sweep_forever, name="accolade-sweeper", daemon=True).start()
+
+
+# --- failures, dead letters and the sweeper ---------------------------------
+
+
+def max_attempts() -> int:
+    return int(settings.ACCOLADE_MAX_ATTEMPTS)
+
+
+def retry_delay(attempt: int) -> float:
+    """Exponential backoff: base, 2×base, 4×base ... capped at ACCOLADE_RETRY_MAX_SECONDS."""
+    base = float(settings.ACCOLADE_RETRY_BASE_SECONDS)
+    cap = float(settings.ACCOLADE_RETRY_MAX_SECONDS)
+    return min(cap, base * 2 ** max(0, attempt - 1))
+
+
+@dataclass(frozen=True)
+class Failure:
+    attempts: int
+    dead_lettered: bool
+    retry_in: float | None
+
+
+def record_evaluation_crash(event_pk: int, starts: int) -> bool:
+    """Dead-letter an event whose evaluation keeps killing the worker process.
+
+    Exceptions are counted by record_evaluation_failure. A crash (out of
+    memory, a segfault, the hard time limit) raises nothing, and with
+    reject_on_worker_lost the message comes straight back. The task counts
+    starts outside the database, and past the limit this ends the loop.
+    """
+    if starts <= max_attempts():
+        return False
+    with transaction.atomic():
+        updated = Event.objects.filter(
+            pk=event_pk, processed_at__isnull=True, dead_lettered_at__isnull=True
+        ).update(
+            attempts=F("attempts") + 1,
+            dead_lettered_at=timezone.now(),
+            retry_at=None,
+            last_error=(
+                f"The worker process died {starts - 1} time(s) while evaluating this event "
+                "(killed, out of memory or over the time limit)."
+            ),
+        )
+    if updated:
+        metrics.incr("accolade_events_dead_lettered_total")
+        logger.error("Event %s dead-lettered: evaluating it killed the worker", event_pk)
+    return True
+
+
+def record_evaluation_failure(event_pk: int, error: str) -> Failure:
+    """Count a failed evaluation; dead-letter the event once it has failed too often.
+
+    Runs in its own transaction: the evaluation's transaction has rolled back.
+    A dead-lettered event is skipped by claims and sweeps until staff re-drive it.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        event = (
+            Event.objects.select_for_update()
+            .filter(pk=event_pk, processed_at__isnull=True, dead_lettered_at__isnull=True)
+            .only("pk", "attempts", "retry_at")
+            .first()
+        )
+        if event is None:
+            return Failure(attempts=0, dead_lettered=False, retry_in=None)
+        if event.retry_at is not None and event.retry_at > now:
+            # A second delivery (a sweep, a redelivery) failed while a retry
+            # is already scheduled: that retry will try again, so this one
+            # neither counts nor starts a second chain of retries.
+            return Failure(attempts=event.attempts, dead_lettered=False, retry_in=None)
+        attempts = event.attempts + 1
+        if attempts >= max_attempts():
+            Event.objects.filter(pk=event_pk).update(
+                attempts=attempts, last_error=error, dead_lettered_at=now, retry_at=None
+            )
+            logger.error("Event %s dead-lettered after %s attempts", event_pk, attempts)
+            transaction.on_commit(
+                partial(metrics.incr, "accolade_events_dead_lettered_total"), robust=True
+            )
+            return Failure(attempts=attempts, dead_lettered=True, retry_in=None)
+        delay = retry_delay(attempts)
+        Event.objects.filter(pk=event_pk).update(
+            attempts=attempts, last_error=error, retry_at=now + timedelta(seconds=delay)
+        )
+        return Failure(attempts=attempts, dead_lettered=False, retry_in=delay)
+
+
+def redrive_events(event_pks: list[int]) -> int:
+    """Give dead-lettered events another full set of attempts, after a rule fix."""
+    with transaction.atomic():
+        pks = list(
+            Event.objects.dead_lettered()
+            .filter(pk__in=event_pks, processed_at__isnull=True)
+            .values_list("pk", flat=True)
+        )
+        Event.objects.filter(pk__in=pks).update(
+            dead_lettered_at=None, attempts=0, retry_at=None, swept_at=None
+        )
+        for pk in pks:
+            transaction.on_commit(partial(enqueue_single, pk), robust=True)
+    return len(pks)
+
+
+def sweep_stranded_events(*, older_than_seconds: float | None = None, limit: int = 1000) -> int:
+    """Re-enqueue unprocessed events whose task message appears lost.
+
+    The event row is the outbox, so an event whose message never reached the
+    broker (it was down at commit) or was lost with a worker is still here.
+    Each swept event is stamped so the next sweep leaves it alone for another
+    period; the claim in evaluate_event makes a second delivery harmless.
+    Swept events go to the per-event task, not a batch: an event this old
+    may be one that keeps failing.
+    """
+    age = (
+        float(settings.ACCOLADE_SWEEP_AGE_SECONDS)
+        if older_than_seconds is None
+        else older_than_seconds
+    )
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=age)
+    with transaction.atomic():
+        # skip_locked: rows an evaluation has claimed (or another sweeper
+        # holds) are being dealt with; waiting on them would stall the sweep.
+        pks = list(
+            Event.objects.stranded(older_than=cutoff)
+            .select_for_update(skip_locked=True)
+            .order_by("pk")
+            .values_list("pk", flat=True)[:limit]
+        )
+        Event.objects.filter(pk__in=pks).stranded(older_than=cutoff).update(swept_at=now)
+    for pk in pks:
+        enqueue_single(pk)
+    if pks:
+        logger.warning("Swept %s stranded event(s) back onto the queue", len(pks))
+    return len(pks)

@@ -1,4 +1,8 @@
-"""Recording events (the outbox) and handing them to the evaluator."""
+"""Recording events: validation, de-duplication and the outbox row.
+
+A recorded event is handed to achievements.dispatch once the producer's
+transaction commits; nothing here evaluates or enqueues anything itself.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +11,18 @@ import hashlib
 import json
 import logging
 import re
-import threading
-import time
-import traceback
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache, partial
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from achievements import index, metrics, rules
+from achievements import dispatch, index, metrics, rules
 from achievements.db import server_cursor
 from achievements.models import Event, ExternalIdentity
 
@@ -597,7 +596,7 @@ def _committed_many(count: int, event_pks: list[int]) -> None:
     """
     with metrics.gathered():
         metrics.incr("accolade_events_received_total", count)
-        enqueue_evaluations(event_pks)
+        dispatch.enqueue_evaluations(event_pks)
 
 
 def _near_duplicate(
@@ -681,126 +680,3 @@ def _check_payload_values(value: Any, *, depth: int) -> None:
     elif isinstance(value, str) and "\x00" in value:
         # PostgreSQL's jsonb cannot store NUL characters.
         raise InvalidEvent("payload", "must not contain NUL characters")
-
-
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-
-
-def enqueue_evaluation(event_pk: int) -> None:
-    """Hand a committed event to the evaluator (see enqueue_evaluations)."""
-    enqueue_evaluations([event_pk])
-
-
-def enqueue_evaluations(event_pks: Sequence[int]) -> None:
-    """Hand committed events to the evaluator, according to ACCOLADE_TASK_MODE.
-
-    With Celery, events are evaluated in batches: one drain request for all of
-    them (achievements.dispatch), and requests coalesce. With a batch size of
-    1, and in the thread and sync modes, each event is evaluated on its own.
-    """
-    if not event_pks:
-        return
-    mode = getattr(settings, "ACCOLADE_TASK_MODE", "celery")
-    if mode == "celery" and getattr(settings, "ACCOLADE_EVALUATION_BATCH_SIZE", 2000) > 1:
-        from achievements.dispatch import request_drain
-
-        request_drain()
-    else:
-        for pk in event_pks:
-            enqueue_single(pk)
-
-
-def enqueue_single(event_pk: int) -> None:
-    """Hand one event to the per-event evaluator, which retries and dead-letters it alone.
-
-    Only the primary key travels: the worker loads the row itself, so it sees
-    exactly what was committed.
-    """
-    mode = getattr(settings, "ACCOLADE_TASK_MODE", "celery")
-    if mode == "celery":
-        from achievements.tasks import evaluate_event_task
-
-        try:
-            evaluate_event_task.delay(event_pk)
-        except Exception:
-            # The broker is unreachable. The event is committed and still
-            # marked unprocessed, so it is not lost, only late.
-            logger.exception("Could not enqueue evaluation of event %s", event_pk)
-    elif mode == "thread":
-        _thread_executor().submit(_evaluate_in_thread, event_pk)
-    elif mode == "sync":
-        from achievements.actions import evaluate_event
-
-        evaluate_event(event_pk)
-    else:
-        raise ValueError(f"unknown ACCOLADE_TASK_MODE {mode!r}")
-
-
-def _thread_executor() -> ThreadPoolExecutor:
-    # One thread: evaluations in the embedded mode run one at a time, which
-    # keeps SQLite's single writer free for request threads in between.
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="accolade-evaluate")
-    ensure_embedded_sweeper()
-    return _executor
-
-
-def _evaluate_in_thread(event_pk: int) -> None:
-    """The embedded mode's stand-in for the Celery task, with the same failure policy."""
-    from achievements import actions, context
-
-    try:
-        actions.evaluate_event(event_pk)
-    except Exception as exc:
-        try:
-            failure = actions.record_evaluation_failure(
-                event_pk, "".join(traceback.format_exception(exc))[-10_000:]
-            )
-        except Exception:
-            logger.exception("Recording the failure of event %s failed", event_pk)
-            return
-        logger.warning("Evaluating event %s failed (attempt %s)", event_pk, failure.attempts)
-        if failure.retry_in is not None:
-            timer = threading.Timer(failure.retry_in, enqueue_single, args=[event_pk])
-            timer.daemon = True
-            timer.start()
-    finally:
-        context.reset()
-        close_old_connections()
-
-
-_sweeper_started = False
-
-
-def ensure_embedded_sweeper() -> None:
-    """Celery beat's job in the embedded mode: re-enqueue stranded events now and then.
-
-    Started by the first evaluation or the first socket of a server process in
-    the embedded mode, so a restarted runserver picks up what the previous
-    one left behind. Other modes have celery beat.
-    """
-    global _sweeper_started
-    if getattr(settings, "ACCOLADE_TASK_MODE", "celery") != "thread":
-        return
-    with _executor_lock:
-        if _sweeper_started:
-            return
-        _sweeper_started = True
-
-    def sweep_forever() -> None:
-        from achievements.actions import sweep_stranded_events
-
-        interval = float(getattr(settings, "ACCOLADE_SWEEP_INTERVAL_SECONDS", 60))
-        while True:
-            time.sleep(interval)
-            try:
-                sweep_stranded_events()
-            except Exception:
-                logger.exception("Sweeping stranded events failed")
-            finally:
-                close_old_connections()
-
-    threading.Thread(target=sweep_forever, name="accolade-sweeper", daemon=True).start()

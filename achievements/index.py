@@ -39,6 +39,8 @@ from django.core.cache import cache
 from django.db import transaction
 from django.db.models import OuterRef, Subquery
 
+from achievements import core
+
 if TYPE_CHECKING:
     from achievements.models import Badge, BadgeRequirement
 
@@ -66,6 +68,9 @@ class _Index:
     composites: dict[int, frozenset[int]] = field(default_factory=dict)
     # Badge → its latest version (the rules above, as unlocks record them).
     versions: dict[int, int] = field(default_factory=dict)
+    # The active badges' rules, as the evaluation core reads them.
+    rules: core.RuleSet = field(default_factory=lambda: core.RuleSet({}))
+    by_id: dict[int, Badge] = field(default_factory=dict)
 
 
 _lock = threading.Lock()
@@ -175,6 +180,16 @@ def composites_of(badge_ids: Iterable[int]) -> set[int]:
     return {whole for badge_id in badge_ids for whole in composites.get(badge_id, ())}
 
 
+def rule_set() -> core.RuleSet:
+    """The active badges' rules (segments are not applied: that is per user)."""
+    return _current().rules
+
+
+def badge(badge_id: int) -> Badge | None:
+    """An active badge by id, as the index holds it."""
+    return _current().by_id.get(badge_id)
+
+
 def version_of(badge_id: int) -> int | None:
     """The latest version of this active badge, as the index was built; None if it had none."""
     return _current().versions.get(badge_id)
@@ -260,6 +275,9 @@ def _build() -> _Index:
             "event_type", "payload_key", "window_seconds"
         )
     }
+    versions = {
+        badge.pk: badge.latest_version for badge in badges if badge.latest_version is not None
+    }
     return _Index(
         dict(watching),
         frozenset(accepted_event_types()),
@@ -267,5 +285,9 @@ def _build() -> _Index:
         badges,
         requirements,
         {part: frozenset(wholes) for part, wholes in composites.items()},
-        {badge.pk: badge.latest_version for badge in badges if badge.latest_version is not None},
+        versions,
+        core.RuleSet(
+            {badge.pk: badge.rule(version_id=versions.get(badge.pk)) for badge in badges}
+        ),
+        {badge.pk: badge for badge in badges},
     )

@@ -48,7 +48,7 @@ WORKER_STALE_SECONDS = 3 * WORKER_HEARTBEAT_SECONDS
 
 
 def _namespace() -> str:
-    return str(getattr(settings, "ACCOLADE_NAMESPACE", "accolade"))
+    return str(settings.ACCOLADE_NAMESPACE)
 
 
 _clients: dict[str, Any] = {}
@@ -57,7 +57,7 @@ _client_lock = threading.Lock()
 
 def redis_client(role: str = "cache") -> Any:
     """This process's client for one of REDIS_URL's databases, or None when embedded."""
-    urls = getattr(settings, "ACCOLADE_REDIS", None)
+    urls = settings.ACCOLADE_REDIS
     if not urls:
         return None
     with _client_lock:
@@ -265,7 +265,7 @@ def render() -> str:
         (
             "accolade_workers_alive",
             "Celery workers with a recent heartbeat.",
-            None if getattr(settings, "ACCOLADE_EMBEDDED", True) else _safe(_count_workers),
+            None if settings.ACCOLADE_EMBEDDED else _safe(_count_workers),
         ),
     ]
     for name, help_text, value in gauges:

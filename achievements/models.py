@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
@@ -15,18 +14,9 @@ from django.db.models import Q
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from achievements import periods, rules
-from achievements.progress import (
-    BadgeStatus,
-    Measure,
-    Spec,
-    badge_status,
-    holds_in_period,
-    measure,
-    measure_composite,
-    measure_tiered,
-    unit_name,
-)
+from achievements import core, rules
+from achievements.core import Standing
+from achievements.progress import Spec, unit_name
 
 
 def _member(enum: Any, value: Any) -> Any:
@@ -52,13 +42,7 @@ EVALUATED_SCOPES = list(rules.Scope)
 EVALUATED_KINDS = list(rules.Kind)
 
 
-@dataclass(frozen=True)
-class Standing:
-    """A user's standing on one badge (see Badge.standing)."""
-
-    measures: list[Measure]
-    status: BadgeStatus
-    level: int  # tiers reached; for other badges 1 when met now, else 0
+__all__ = ["Standing"]
 
 
 class BadgeQuerySet(models.QuerySet["Badge"]):
@@ -243,6 +227,30 @@ class Badge(models.Model):
                     break
         return problems
 
+    def rule(
+        self,
+        requirements: Sequence[BadgeRequirement] | None = None,
+        *,
+        version_id: int | None = None,
+    ) -> core.BadgeRule:
+        """The badge's rule as the evaluation core reads it (its own requirements,
+        or edited ones for a preview). Kept on the instance for its own requirements."""
+        if requirements is None:
+            cached = self.__dict__.get("_rule")
+            source = (self.tiers, self.repeat, version_id)
+            if cached is not None and cached[0] == source:
+                return cached[1]
+            built = self.rule(list(self.requirements.all()), version_id=version_id)
+            self._rule = (([dict(t) for t in self.tiers or []], self.repeat, version_id), built)
+            return built
+        return core.BadgeRule(
+            id=self.pk,
+            requirements=tuple(r.spec for r in requirements),
+            tiers=self.tier_list(),
+            repeat=rules.Scope(self.repeat) if self.repeat else None,
+            version_id=version_id,
+        )
+
     def standing(
         self,
         requirements: Sequence[BadgeRequirement],
@@ -252,43 +260,7 @@ class Badge(models.Model):
         unlocked: set[int],
     ) -> Standing:
         """Where a user stands on this badge: each requirement, the whole, and the tier."""
-        tiers = self.tier_list()
-        if tiers and len(requirements) == 1:
-            [requirement] = requirements
-            level, towards = measure_tiered(
-                requirement.spec, states.get(requirement.pk), now, time_zone, tiers
-            )
-            return Standing([towards], badge_status([towards]), level)
-        measures = [
-            r.measure(states.get(r.pk), now, time_zone, unlocked, latched=not self.repeat)
-            for r in requirements
-        ]
-        status = badge_status(measures)
-        return Standing(measures, status, 1 if status.met else 0)
-
-    def earnings(
-        self,
-        requirements: Sequence[BadgeRequirement],
-        states: dict[int, dict[str, Any]],
-        standing: Standing,
-        moment: datetime,
-        time_zone: str,
-    ) -> list[tuple[str, int]]:
-        """The (period, tier) earnings the user's progress justifies, lowest first.
-
-        A plain badge: ("", 0) once it is met. A tiered badge: ("", n) for every
-        tier reached. A repeatable badge: (period, 0) when every requirement is
-        met within the period of `moment`, the event's local day, week or month.
-        """
-        if self.tier_list():
-            return [("", level) for level in range(1, standing.level + 1)]
-        if self.repeat:
-            period = periods.period_key(rules.Scope(self.repeat), moment, time_zone)
-            met = bool(requirements) and all(
-                holds_in_period(r.spec, states.get(r.pk), period) for r in requirements
-            )
-            return [(period, 0)] if met else []
-        return [("", 0)] if standing.status.met else []
+        return core.standing(self.rule(requirements), states, now, time_zone, unlocked)
 
 
 class BadgeRequirementQuerySet(models.QuerySet["BadgeRequirement"]):
@@ -404,6 +376,10 @@ class BadgeRequirement(models.Model):
                 rules.Aggregation.DISTINCT,
             )
         )
+        if kind is not None and (aggregation is not None or kind is not rules.Kind.AGGREGATE):
+            problem = rules.operator_problem(kind, self.aggregation, self.operator)
+            if problem:
+                errors["operator"] = problem
         if self.threshold is not None and counted and self.threshold < 1:
             errors["threshold"] = "A count, streak or sequence needs a threshold of at least 1."
         rolling = self.scope == rules.Scope.ROLLING and kind is rules.Kind.AGGREGATE
@@ -442,8 +418,13 @@ class BadgeRequirement(models.Model):
 
     @cached_property
     def spec(self) -> Spec:
-        """The requirement as plain data for achievements.progress (built once per instance)."""
+        """The requirement as plain data for the core (built once per instance)."""
         kind = rules.Kind(self.kind)
+        parts = (
+            tuple(badge.pk for badge in self.composite_badges.all())
+            if kind is rules.Kind.COMPOSITE and self.pk is not None
+            else ()
+        )
         return Spec(
             id=self.pk,
             threshold=Decimal(self.threshold),
@@ -458,22 +439,9 @@ class BadgeRequirement(models.Model):
             steps=tuple(self.steps) if kind is rules.Kind.SEQUENCE else (),
             filter=rules.Filter.from_data(self.filters),
             label=self.label,
+            composite_mode=self.composite_mode,
+            parts=parts,
         )
-
-    def measure(
-        self,
-        state: dict[str, Any] | None,
-        now: datetime,
-        time_zone: str,
-        unlocked: set[int],
-        *,
-        latched: bool = True,
-    ) -> Measure:
-        """This requirement's standing for one user; composites look at their unlocks."""
-        if self.kind == rules.Kind.COMPOSITE:
-            required = [badge.pk for badge in self.composite_badges.all()]
-            return measure_composite(self.composite_mode, required, unlocked)
-        return measure(self.spec, state or {}, now, time_zone, latched=latched)
 
     def watched_types(self) -> list[str]:
         if self.kind == rules.Kind.SEQUENCE:
@@ -731,6 +699,18 @@ class UnlockQuerySet(models.QuerySet["Unlock"]):
     def badge_ids_of(self, user_id: int) -> set[int]:
         """The badges a user holds (what composites are made of)."""
         return set(self.filter(user_id=user_id).values_list("badge_id", flat=True))
+
+    def mark_seen(self, user_id: int, unlock_ids: list[int]) -> int:
+        """Record that a page of `user_id` showed these unlocks; others' unlocks are ignored."""
+        return self.filter(user_id=user_id, pk__in=unlock_ids, seen_at__isnull=True).update(
+            seen_at=timezone.now()
+        )
+
+    def mark_delivered(self, unlock_ids: list[int]) -> int:
+        """Record that a push carried these unlocks to the channel layer."""
+        return self.filter(pk__in=unlock_ids, delivered_at__isnull=True).update(
+            delivered_at=timezone.now()
+        )
 
 
 class Unlock(models.Model):

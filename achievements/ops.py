@@ -32,7 +32,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
         logger.exception("Health check: the database does not answer")
         checks["database"] = "failing"
         healthy = False
-    if getattr(settings, "ACCOLADE_EMBEDDED", True):
+    if settings.ACCOLADE_EMBEDDED:
         checks["redis"] = "not used (embedded mode)"
         checks["workers"] = "in-process (embedded mode)"
     else:

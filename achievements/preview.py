@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from itertools import groupby
+from operator import itemgetter
 
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from accounts.models import Profile
-from achievements import progress
+from achievements import core
 from achievements.models import Badge, BadgeRequirement, Event, Unlock
 
 SAMPLE_SIZE = 10
@@ -32,15 +33,17 @@ def preview_requirements(badge: Badge, requirements: list[BadgeRequirement]) -> 
     """Fold every user's processed events through the edited badge and requirements.
 
     `badge` may carry edited tiers or repeat setting; neither it nor the
-    requirements are saved. Users who would qualify but have no unlock yet
-    are "newly qualify"; users holding an unlock who would not qualify any
-    more are listed too (they would keep it: nothing is ever revoked).
+    requirements are saved. The fold is the evaluation core's, over each
+    user's whole history, as a replay folds it. Users who would qualify but
+    have no unlock yet are "newly qualify"; users holding an unlock who would
+    not qualify any more are listed too (they would keep it: nothing is ever
+    revoked).
     """
     requirements = _detached(requirements)
-    types = sorted({t for requirement in requirements for t in requirement.watched_types()})
-    parts = {
-        part.pk for requirement in requirements for part in requirement.composite_badges.all()
-    }
+    rule = badge.rule(requirements)
+    rules = core.RuleSet({badge.pk: rule})
+    types = sorted(rule.watched_types)
+    parts = {part for spec in rule.requirements for part in spec.parts}
     unlocked: dict[int, set[int]] = defaultdict(set)
     for user_id, badge_id in Unlock.objects.filter(badge_id__in=parts).values_list(
         "user_id", "badge_id"
@@ -48,52 +51,50 @@ def preview_requirements(badge: Badge, requirements: list[BadgeRequirement]) -> 
         unlocked[user_id].add(badge_id)
     zones = dict(Profile.objects.values_list("user_id", "time_zone"))
     now = timezone.now()
-    states: dict[int, dict[int, dict]] = defaultdict(dict)
-    seen: dict[int, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
-    earned: dict[int, set[tuple[str, int]]] = defaultdict(set)
-
-    def earn(user_id: int, moment: datetime) -> None:
-        zone = zones.get(user_id, "UTC")
-        standing = badge.standing(requirements, states[user_id], now, zone, unlocked[user_id])
-        earned[user_id].update(
-            badge.earnings(requirements, states[user_id], standing, moment, zone)
-        )
-
+    earned: dict[int, list[core.Earning]] = {}
+    users_with_events = 0
     events = (
         Event.objects.filter(event_type__in=types, processed_at__isnull=False)
-        .order_by("user_id", "occurred_at", "pk")
-        .values_list("user_id", "event_type", "payload", "occurred_at")
+        .order_by("user_id", "occurred_at", "event_id")
+        .values_list("pk", "event_id", "event_type", "user_id", "payload", "occurred_at")
     )
-    for user_id, event_type, payload, occurred_at in events.iterator(chunk_size=5000):
-        fact = progress.Fact(event_type, payload, occurred_at)
-        zone = zones.get(user_id, "UTC")
-        moved = False
-        for requirement in requirements:
-            spec = requirement.spec
-            if not progress.relevant(spec, fact):
-                continue
-            states[user_id][spec.id] = progress.fold_in_memory(
-                spec, states[user_id].get(spec.id), fact, zone, seen[user_id][spec.id]
-            )
-            moved = True
-        if moved:
-            earn(user_id, occurred_at)
+    # A user at a time: the states of one history in memory, not everyone's.
+    for user_id, rows in groupby(events.iterator(chunk_size=5000), key=itemgetter(3)):
+        pair = core.Pair(user_id, badge.pk, time_zone=zones.get(user_id) or "UTC")
+        [outcome] = core.evaluate(
+            {(user_id, badge.pk): pair},
+            rules,
+            (core.Occurrence(*row) for row in rows),
+            now=now,
+            unlocked=unlocked,
+            fresh=True,
+        ).values()
+        if outcome.touched:
+            users_with_events += 1
+            earned[user_id] = outcome.earned
     # Composites are moved by other badges' unlocks, not events.
-    if any(r.kind == "composite" for r in requirements):
-        for user_id in unlocked:
-            earn(user_id, now)
+    if rule.has_composite:
+        for user_id in set(unlocked) - set(earned):
+            pair = core.Pair(user_id, badge.pk, time_zone=zones.get(user_id) or "UTC")
+            [outcome] = core.settle(
+                {(user_id, badge.pk): pair},
+                rules,
+                now=now,
+                unlocked=unlocked,
+                parts={},
+                starts={},
+            ).values()
+            earned[user_id] = outcome.earned
 
     holders = set(Unlock.objects.filter(badge=badge).values_list("user_id", flat=True))
     qualifying = {user_id for user_id, earnings in earned.items() if earnings}
-    result = Preview(users_with_events=len(states))
+    result = Preview(users_with_events=users_with_events)
     result.would_qualify = len(qualifying)
     result.newly_qualify = sorted(qualifying - holders)
     result.no_longer_qualify = sorted(holders - qualifying)
     result.earnings = sum(len(earnings) for earnings in earned.values())
-    levels = Counter(max(tier for _, tier in earnings) for earnings in earned.values() if earnings)
-    result.tiers = [
-        (name, levels[level]) for level, (name, _) in enumerate(badge.tier_list(), start=1)
-    ]
+    levels = Counter(max(e.tier for e in earnings) for earnings in earned.values() if earnings)
+    result.tiers = [(name, levels[level]) for level, (name, _) in enumerate(rule.tiers, start=1)]
     result.sample = list(
         get_user_model()
         .objects.filter(pk__in=result.newly_qualify[:SAMPLE_SIZE])

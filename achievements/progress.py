@@ -62,6 +62,8 @@ class Spec:
     steps: tuple[str, ...] = ()  # sequences
     filter: Filter = Filter()
     label: str = ""
+    composite_mode: str = "all"  # composites: all or any of `parts`
+    parts: tuple[int, ...] = ()  # composites: the badges it is made of
 
     def watches(self, event_type: str) -> bool:
         if self.kind is Kind.SEQUENCE:
@@ -319,6 +321,25 @@ def _measure_aggregate(spec: Spec, state: State, now: datetime, time_zone: str) 
     return Measure(value=value, target=spec.threshold, met=met, text=text)
 
 
+def value_holds(spec: Spec, measured: Measure) -> bool:
+    """Whether the measured value meets the requirement as it is now (a met flag
+    latched under an earlier threshold does not count)."""
+    value = Decimal(measured.longest_streak) if spec.kind is Kind.STREAK else measured.value
+    return spec.operator.holds(value, measured.target)
+
+
+def met_text(spec: Spec, target: Decimal) -> str:
+    """A met requirement's line on an earned badge's card: "5 of 5 different places"."""
+    if spec.kind is Kind.STREAK:
+        unit = "weeks" if spec.streak_unit == "week" else "days"
+        return f"streak {_fmt(target)} of {_fmt(target)} {unit}"
+    if spec.kind is Kind.SEQUENCE:
+        return f"step {_fmt(target)} of {_fmt(target)}"
+    if spec.kind is Kind.COMPOSITE:
+        return f"{_fmt(target)} of {_fmt(target)} badge{'' if target == 1 else 's'}"
+    return f"{_fmt(target)} of {_fmt(target)} {unit_name(spec)}".strip()
+
+
 def unit_name(spec: Spec) -> str:
     """What the number counts, for people: the staff's label, or one made from the rule."""
     if spec.label:
@@ -355,7 +376,7 @@ def _apply_streak(spec: Spec, state: State, fact: Fact, time_zone: str) -> None:
     if index > 0 and runs[index - 1][1] == number - 1:
         runs[index - 1][1] = runs[index][1]
         del runs[index]
-    if _longest(runs) >= spec.threshold:
+    if spec.operator.holds(Decimal(_longest(runs)), spec.threshold):
         state["met"] = True
 
 

@@ -25,7 +25,7 @@ from django.db.models import Q
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from achievements import metrics, realtime
+from achievements import dispatch, metrics, realtime
 from achievements.models import Badge, Reevaluation, UserBadge
 from achievements.replay import ReplayReport, plan_replay, replay_events
 
@@ -73,12 +73,10 @@ def start(
 
 
 def enqueue(job_id: int) -> None:
-    mode = getattr(settings, "ACCOLADE_TASK_MODE", "celery")
+    mode = settings.ACCOLADE_TASK_MODE
     if mode == "celery":
-        from achievements.tasks import run_reevaluation_task
-
         try:
-            run_reevaluation_task.delay(job_id)
+            dispatch.task("achievements.run_reevaluation").delay(job_id)
         except Exception:
             logger.exception("Could not enqueue re-evaluation %s", job_id)
             Reevaluation.objects.filter(pk=job_id, state=Reevaluation.State.QUEUED).update(
@@ -194,7 +192,7 @@ class _Pacer:
         self.job = job
         self.started = time.monotonic()
         self.last_push = 0.0
-        self.max_rate = float(getattr(settings, "ACCOLADE_REEVALUATION_MAX_EVENTS_PER_SECOND", 0))
+        self.max_rate = float(settings.ACCOLADE_REEVALUATION_MAX_EVENTS_PER_SECOND)
 
     def after_user(self, users_done: int, events_done: int) -> None:
         job = self.job

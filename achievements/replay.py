@@ -1,46 +1,22 @@
-"""Rebuilding progress and unlocks from the event log."""
+"""Rebuilding progress and unlocks from the event log: the core over whole histories."""
 
 from __future__ import annotations
 
 import multiprocessing
 from collections import defaultdict
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
-from functools import partial
-from itertools import groupby
-from operator import itemgetter
-from typing import Any, cast
+from functools import cached_property, partial
 
 from django.db import connection, connections, transaction
 from django.utils import timezone
 
-from accounts.models import Profile
-from achievements import progress, realtime, rules
-from achievements.actions import award, evaluate_composites
-from achievements.batch import (
-    _insert_distinct,
-    _lock_user_badges,
-    _Progress,
-    _reads,
-    _row_of,
-    _save_user_badges,
-    _Standing,
-    _upsert_progress,
-)
-from achievements.db import STREAM_ROWS, server_cursor
-from achievements.models import (
-    Badge,
-    BadgeRequirement,
-    DistinctValue,
-    Event,
-    RequirementProgress,
-    Unlock,
-    UserBadge,
-)
-from achievements.versions import ensure_versions
+from achievements import core, delivery, progress, store
+from achievements.engine import evaluate_composites, in_segments
+from achievements.models import Badge, BadgeRequirement, DistinctValue, Event, Unlock
+from achievements.versions import ensure_versions, live_version_id
 
 # Users per transaction. Larger chunks amortise the reads and writes (the
 # replay benchmark: 345 events/s one user at a time); the chunk's badge rows
@@ -77,6 +53,21 @@ class ReplayPlan:
     requirements: list[BadgeRequirement]
     event_types: list[str]
     user_ids: list[int]
+
+    @cached_property
+    def rules(self) -> core.RuleSet:
+        """The plan's badges as the core reads them, with the version each unlock records."""
+        by_badge: dict[int, list[BadgeRequirement]] = defaultdict(list)
+        for requirement in self.requirements:
+            by_badge[requirement.badge_id].append(requirement)
+        return core.RuleSet(
+            {
+                badge_id: requirements[0].badge.rule(
+                    requirements, version_id=live_version_id(badge_id)
+                )
+                for badge_id, requirements in by_badge.items()
+            }
+        )
 
     def events(self) -> int:
         """How many stored events the replay will fold (for progress reports)."""
@@ -209,8 +200,8 @@ class _Work:
     leftovers: bool
 
     def here(self) -> Generator[ReplayReport]:
-        for index in range(len(self.chunks)):
-            yield self.run(index)
+        for number in range(len(self.chunks)):
+            yield self.run(number)
 
     def in_processes(self, processes: int) -> Generator[ReplayReport]:
         """The chunks' results, in the order they finish, from `processes` forked
@@ -233,16 +224,9 @@ class _Work:
             pool.terminate()
             pool.join()
 
-    def run(self, index: int) -> ReplayReport:
-        chunk, plan, part = self.chunks[index], self.plan, ReplayReport()
-        _replay_chunk(
-            chunk,
-            plan.requirements,
-            plan.event_types,
-            part,
-            silent=self.silent,
-            leftovers=self.leftovers,
-        )
+    def run(self, number: int) -> ReplayReport:
+        chunk, plan, part = self.chunks[number], self.plan, ReplayReport()
+        _replay_chunk(chunk, plan, part, silent=self.silent, leftovers=self.leftovers)
         if self.composites:
             held_by_user: dict[int, set[int]] = defaultdict(set)
             for user_id, badge_id in Unlock.objects.filter(user_id__in=chunk).values_list(
@@ -261,32 +245,37 @@ class _Work:
 _shared: _Work | None = None  # what forked processes run (they inherit it)
 
 
-def _run_shared(index: int) -> ReplayReport:
+def _run_shared(number: int) -> ReplayReport:
     assert _shared is not None
     try:
-        return _shared.run(index)
+        return _shared.run(number)
     finally:
         connection.close()  # between tasks: the next chunk may come much later
 
 
 def _replay_chunk(
     user_ids: list[int],
-    requirements: list[BadgeRequirement],
-    event_types: list[str],
+    plan: ReplayPlan,
     report: ReplayReport,
     *,
     silent: bool = True,
     leftovers: bool = True,
 ) -> None:
-    """Rebuild the progress of a chunk of users: chunk-wide reads, a fold per user,
+    """Rebuild the progress of a chunk of users: chunk-wide reads, the core's fold,
     chunk-wide writes. `leftovers=False` says no requirement that keeps no
-    distinct values has any, which spares a delete."""
+    distinct values has any, which spares a delete.
+
+    As in live evaluation, only badges in each user's segment, and of those
+    only badges the user has events for, get rows; a badge with neither
+    events nor a completion loses its row. Rows the fold rebuilt exactly as
+    stored are not written again: a replay over unchanged rules mostly finds
+    its rows as they are, and rewriting them cost more than the fold.
+    """
     now = timezone.now()
-    zones = dict(Profile.objects.filter(user_id__in=user_ids).values_list("user_id", "time_zone"))
-    plan_badges = {r.badge_id for r in requirements}
-    segmented = {r.badge_id for r in requirements if r.badge.is_segmented}
+    rules = plan.rules
+    zones = store.time_zones(user_ids)
     processed = Event.objects.filter(
-        user_id__in=user_ids, event_type__in=event_types, processed_at__isnull=False
+        user_id__in=user_ids, event_type__in=plan.event_types, processed_at__isnull=False
     )
     user_types: dict[int, set[str]] = defaultdict(set)
     # order_by(): with Event's default ordering in the query, DISTINCT would be
@@ -295,418 +284,98 @@ def _replay_chunk(
         processed.order_by().values_list("user_id", "event_type").distinct()
     ):
         user_types[user_id].add(event_type)
-
-    # Per user, as in live evaluation: only badges in the user's segment, and of
-    # those only badges they have events for, get rows.
-    # Users with the same allowed badges and event types share one list.
-    watches = [(r, frozenset(r.watched_types())) for r in requirements]
-    chosen: dict[int, _UserRules] = {}
-    same: dict[tuple[frozenset[int], frozenset[str]], _UserRules] = {}
-    for user_id in user_ids:
-        allowed = plan_badges - segmented
-        if segmented:
-            allowed |= set(
-                Badge.objects.for_user(user_id)
-                .filter(pk__in=segmented)
-                .values_list("pk", flat=True)
-            )
-        key = (frozenset(allowed), frozenset(user_types[user_id]))
-        if key not in same:
-            types = key[1]
-            watched = {r.badge_id for r, its in watches if r.badge_id in allowed and its & types}
-            same[key] = _UserRules.arrange([r for r in requirements if r.badge_id in watched])
-        chosen[user_id] = same[key]
-
-    held: dict[int, set[tuple[int, str, int]]] = defaultdict(set)
-    for user_id, badge_id, period, tier in Unlock.objects.filter(user_id__in=user_ids).values_list(
-        "user_id", "badge_id", "period", "tier"
-    ):
-        held[user_id].add((badge_id, period, tier))
-
-    with transaction.atomic():
-        pairs = sorted({(u, b) for u, rules_ in chosen.items() for b in rules_.badge_ids})
-        user_badges: dict[tuple[int, int], _Standing] = {}
-        if pairs:
-            with _reads() as read:
-                locked = _lock_user_badges(pairs, read)
-            user_badges = locked()
-        by_user: dict[int, dict[tuple[int, int], _Standing]] = defaultdict(dict)
-        for pair, standing in user_badges.items():
-            by_user[pair[0]][pair] = standing
-        writes = _ChunkWrites(
-            leftovers=leftovers,
-            badge_of={r.id: r.badge_id for r in requirements},
-            keyed={r.id for r in requirements if progress.keeps_keys(r.spec)},
-        )
-        # Closed inside the transaction: a named cursor dies with it.
-        with closing(_chunk_events(processed)) as events:
-            for user_id, rows in groupby(events, key=itemgetter(0)):
-                _replay_user(
-                    user_id,
-                    chosen[user_id],
-                    rows,
-                    zones.get(user_id) or "UTC",
-                    by_user[user_id],
-                    held[user_id],
-                    now,
-                    report,
-                    writes,
-                    silent=silent,
-                )
-        writes.save()
-
-
-def _chunk_events(processed: Any) -> Generator[tuple[Any, ...]]:
-    """The chunk's events in replay order: (user, pk, producer id, type, payload, time)."""
-    fields = ("user_id", "pk", "event_id", "event_type", "payload", "occurred_at")
-    events = processed.order_by("user_id", "occurred_at", "pk").values_list(*fields)
-    if connection.vendor != "postgresql":
-        yield from events.iterator(chunk_size=STREAM_ROWS)
-        return
-    # Streamed in the binary format: the queryset's rows cost Django a time
-    # zone conversion and a JSON decode each, in Python, which was a sixth of
-    # the replay's time.
-    sql, params = events.query.sql_with_params()
-    with server_cursor(binary=True, name="replay_events") as cursor:
-        cursor.execute(sql, params)
-        yield from cursor
-
-
-@dataclass
-class _ChunkWrites:
-    """What a chunk's users' folds write, saved together once they are all done.
-
-    Rows the fold rebuilt exactly as stored are not written again: a replay
-    over unchanged rules mostly finds its rows as they are, and rewriting
-    them cost more than the fold (new row versions, index entries, WAL).
-    """
-
-    # (user, requirement) pairs the chunk's folds rebuilt, and the chunk's
-    # requirements that keep distinct values (all-time distinct counts).
-    replayed: list[tuple[int, int]] = field(default_factory=list)
-    keyed: set[int] = field(default_factory=set)
-    leftovers: bool = True  # whether other requirements may have distinct values to drop
-    stale: list[tuple[int, int]] = field(default_factory=list)  # progress rows to drop
-    distinct: list[tuple[int, int, str]] = field(default_factory=list)
-    progress: list[_Progress] = field(default_factory=list)
-    badge_of: dict[int, int] = field(default_factory=dict)  # requirement → badge
-    untouched: list[int] = field(default_factory=list)  # UserBadge ids
-    # Standings to write if they moved: the row, as stored (None: just created),
-    # and whether the replay unlocked something on it.
-    standings: list[tuple[_Standing, tuple[Any, ...] | None, bool]] = field(default_factory=list)
-
-    def save(self) -> None:
-        _replace_distinct(self.replayed, self.distinct, self.keyed, self.leftovers)
-        _delete_pairs(RequirementProgress, self.stale)
-        moved = {
-            (user_id, self.badge_of[requirement_id])
-            for user_id, requirement_id in _upsert_progress(self.progress)
+    pairs = in_segments(
+        {
+            (user_id, badge_id)
+            for user_id in user_ids
+            for badge_id, rule in rules.badges.items()
+            if rule.watched_types & user_types[user_id]
         }
-        UserBadge.objects.filter(pk__in=self.untouched).delete()
+    )
+    unlocked: dict[int, set[int]] = defaultdict(set)
+    if any(rule.has_composite for rule in rules.badges.values()):
+        for user_id, badge_id in Unlock.objects.filter(user_id__in=user_ids).values_list(
+            "user_id", "badge_id"
+        ):
+            unlocked[user_id].add(badge_id)
+    with transaction.atomic():
+        loaded = store.load_pairs(pairs, rules, zones, progress=False)
+        # Closed inside the transaction: a named cursor dies with it.
+        with closing(store.history(user_ids, plan.event_types, name="replay_events")) as events:
+            outcomes = core.evaluate(
+                loaded.pairs,
+                rules,
+                _counted(events, report),
+                now=now,
+                unlocked=unlocked,
+                fresh=True,
+            )
+        _write_replay(outcomes, loaded, rules, report, now=now, silent=silent, leftovers=leftovers)
+
+
+def _counted(events: Iterable[core.Occurrence], report: ReplayReport) -> Iterator[core.Occurrence]:
+    for event in events:
+        report.events += 1
+        yield event
+
+
+def _write_replay(
+    outcomes: dict[tuple[int, int], core.Outcome],
+    loaded: store.Loaded,
+    rules: core.RuleSet,
+    report: ReplayReport,
+    *,
+    now: datetime,
+    silent: bool,
+    leftovers: bool,
+) -> None:
+    writes = store.Writes(
+        leftovers=leftovers,
+        keyed={
+            spec.id
+            for rule in rules.badges.values()
+            for spec in rule.requirements
+            if progress.keeps_keys(spec)
+        },
+    )
+    announced: dict[int, list[int]] = defaultdict(list)
+    badges_of: dict[int, list[int]] = defaultdict(list)
+    for key, outcome in sorted(outcomes.items()):
+        user_id, badge_id = key
+        pair, rule = outcome.pair, rules.badges[badge_id]
+        badges_of[user_id].append(badge_id)
+        requirement_ids = [spec.id for spec in rule.requirements]
+        writes.replaced_keys += [(user_id, r) for r in requirement_ids]
+        writes.new_keys += [(user_id, r, k) for r, k in sorted(outcome.new_keys)]
+        if not outcome.touched:
+            writes.stale_progress += [(user_id, r) for r in requirement_ids]
+            if pair.completed_at is None:
+                writes.dropped_standings.append(loaded.row_ids[key])
+                continue
+        else:
+            writes.progress += [(user_id, r, pair.progress[r]) for r in requirement_ids]
+        writes.revised += outcome.revised
+        for earning in outcome.earned:
+            writes.unlocks.append(store.new_unlock(earning, now=now, silent=silent))
+            report.newly_earned.append((user_id, badge_id, earning.tier, earning.period))
+        if outcome.earned:
+            report.newly_unlocked.append((user_id, badge_id))
+        if outcome.no_longer:
+            report.no_longer_qualifying.append((user_id, badge_id))
         # As live evaluation does: a standing whose row, progress or unlocks
         # moved is written (and stamped, so a page's catch-up sends its card).
-        _save_user_badges(
-            [
-                standing
-                for standing, stored, unlocked in self.standings
-                if unlocked
-                or _row_of(standing) != stored
-                or (standing.user_id, standing.badge_id) in moved
-            ]
+        must = (
+            loaded.stored[key] is None or bool(outcome.earned) or pair.row() != loaded.stored[key]
         )
-
-
-def _replace_distinct(
-    pairs: list[tuple[int, int]],
-    keys: list[tuple[int, int, str]],
-    keyed: set[int],
-    leftovers: bool = True,
-) -> None:
-    """Make the distinct values of these (user, requirement) pairs exactly `keys`:
-    those of requirements in `keyed` reconciled, any others' (left by an earlier
-    form of the rule) deleted."""
-    if connection.vendor != "postgresql":
-        _delete_pairs(DistinctValue, pairs)
-        _insert_distinct(keys)
-        return
-    if leftovers:
-        _delete_pairs(DistinctValue, [pair for pair in pairs if pair[1] not in keyed])
-    pairs = [pair for pair in pairs if pair[1] in keyed]
-    table = DistinctValue._meta.db_table
-    with server_cursor() as cursor:
-        if pairs:
-            cursor.execute(
-                f"DELETE FROM {table} AS dv USING unnest(%b::integer[], %b::bigint[]) AS p(u, r) "
-                "WHERE dv.user_id = p.u AND dv.requirement_id = p.r AND NOT EXISTS ("
-                "SELECT 1 FROM unnest(%b::integer[], %b::bigint[], %b::text[]) AS k(u, r, v) "
-                "WHERE k.u = dv.user_id AND k.r = dv.requirement_id AND k.v = dv.value_key)",
-                [
-                    [u for u, _ in pairs],
-                    [r for _, r in pairs],
-                    [u for u, _, _ in keys],
-                    [r for _, r, _ in keys],
-                    [k for _, _, k in keys],
-                ],
-            )
-    _insert_distinct(keys, skip_existing=True)
-
-
-def _delete_pairs(model: Any, pairs: list[tuple[int, int]]) -> None:
-    """Delete the rows of these (user, requirement) pairs."""
-    if not pairs:
-        return
-    if connection.vendor == "postgresql":
-        with server_cursor() as cursor:
-            cursor.execute(
-                f"DELETE FROM {model._meta.db_table} WHERE (user_id, requirement_id) IN "
-                "(SELECT * FROM unnest(%b::integer[], %b::bigint[]))",
-                [[u for u, _ in pairs], [r for _, r in pairs]],
-            )
-        return
-    by_user: dict[int, list[int]] = defaultdict(list)
-    for user_id, requirement_id in pairs:
-        by_user[user_id].append(requirement_id)
-    for user_id, requirement_ids in by_user.items():
-        model.objects.filter(user_id=user_id, requirement_id__in=requirement_ids).delete()
-
-
-@dataclass
-class _UserRules:
-    """A user's requirements arranged for the fold; users with the same
-    requirements (most of them) share one."""
-
-    by_type: dict[str, list[BadgeRequirement]]
-    by_badge: dict[int, list[BadgeRequirement]]
-    badges: dict[int, Badge]
-    badge_ids: list[int]
-    # Badges with no tiers, no repeat and no composite part: their earning is
-    # exactly "every requirement's latched met flag is set", so the fold can
-    # skip measuring them until then (most events, for most badges).
-    plain: set[int]
-    # Tiered badges (one requirement, as rule checks demand): it and the tiers.
-    graded: dict[int, tuple[BadgeRequirement, tuple[tuple[str, Decimal], ...]]]
-    # How many earnings a badge that is not repeatable has: 1, or its tiers.
-    earnings_in_all: dict[int, int]
-    requirements: list[BadgeRequirement]
-
-    @classmethod
-    def arrange(cls, requirements: list[BadgeRequirement]) -> _UserRules:
-        by_type: dict[str, list[BadgeRequirement]] = defaultdict(list)
-        by_badge: dict[int, list[BadgeRequirement]] = defaultdict(list)
-        for requirement in requirements:
-            for event_type in requirement.watched_types():
-                by_type[event_type].append(requirement)
-            by_badge[requirement.badge_id].append(requirement)
-        badges = {r.badge_id: r.badge for r in requirements}
-        tiers = {badge_id: badge.tier_list() for badge_id, badge in badges.items()}
-        return cls(
-            by_type=by_type,
-            by_badge=by_badge,
-            badges=badges,
-            badge_ids=sorted(by_badge),
-            plain={
-                badge_id
-                for badge_id, badge in badges.items()
-                if not tiers[badge_id]
-                and not badge.repeat
-                and all(r.kind != rules.Kind.COMPOSITE for r in by_badge[badge_id])
-            },
-            graded={
-                badge_id: (by_badge[badge_id][0], tiers[badge_id])
-                for badge_id in badges
-                if tiers[badge_id] and len(by_badge[badge_id]) == 1
-            },
-            earnings_in_all={
-                badge_id: max(1, len(tiers[badge_id]))
-                for badge_id, badge in badges.items()
-                if not badge.repeat
-            },
-            requirements=requirements,
-        )
-
-
-def _replay_user(
-    user_id: int,
-    rules_: _UserRules,
-    rows: Iterable[tuple[Any, ...]],
-    time_zone: str,
-    locked: dict[tuple[int, int], _Standing],
-    held_unlocks: set[tuple[int, str, int]],
-    now: datetime,
-    report: ReplayReport,
-    writes: _ChunkWrites,
-    *,
-    silent: bool = True,
-) -> None:
-    requirements = rules_.requirements
-    by_type, by_badge, badges, badge_ids = (
-        rules_.by_type,
-        rules_.by_badge,
-        rules_.badges,
-        rules_.badge_ids,
-    )
-    user_badges = {badge_id: locked[(user_id, badge_id)] for badge_id in badge_ids}
-    states: dict[int, dict] = {requirement.id: {} for requirement in requirements}
-    seen: dict[int, set[str]] = defaultdict(set)
-    # The first event that justified each earning, by (badge, period, tier).
-    earned_by: dict[tuple[int, str, int], int] = {}
-    touched_badges: set[int] = set()
-    finished: set[int] = set()
-
-    unlocked = {badge_id for badge_id, _, _ in held_unlocks}
-
-    def earnings(badge_id: int, moment: datetime) -> list[tuple[str, int]]:
-        badge, badge_requirements = badges[badge_id], by_badge[badge_id]
-        standing = badge.standing(badge_requirements, states, now, time_zone, unlocked)
-        return badge.earnings(badge_requirements, states, standing, moment, time_zone)
-
-    producer_ids: dict[int, str] = {}
-    met_by: dict[int, str] = {}
-    started: dict[int, datetime] = {}  # requirement → first qualifying event's time
-    earned_when: dict[tuple[int, str, int], datetime] = {}
-    for _, event_pk, producer_id, event_type, payload, occurred_at in rows:
-        report.events += 1
-        fact = progress.Fact(event_type, payload, occurred_at)
-        touched = set()
-        for requirement in by_type[event_type]:
-            spec = requirement.spec
-            if not progress.relevant(spec, fact):
-                continue
-            pk = requirement.id  # .pk is a property lookup, in the hottest loop
-            state = states[pk] = progress.fold_in_memory(
-                spec, states[pk], fact, time_zone, seen[pk]
-            )
-            if pk not in met_by and state.get("met"):
-                met_by[pk] = producer_id
-            if pk not in started:
-                started[pk] = occurred_at  # events come in time order
-            touched.add(requirement.badge_id)
-        touched_badges |= touched
-        for badge_id in touched - finished:
-            if badge_id in rules_.plain:
-                if not all(states[r.id].get("met") for r in by_badge[badge_id]):
-                    continue  # a plain badge is earned only once all its requirements are met
-                earned = [("", 0)]
-            elif badge_id in rules_.graded:
-                # A tiered badge earns every tier its requirement's peak reaches
-                # (Badge.standing's level), without measuring the rest.
-                requirement, tiers = rules_.graded[badge_id]
-                level = progress.tier_level(requirement.spec, states[requirement.id], tiers)
-                earned = [("", n) for n in range(1, level + 1)]
-            else:
-                earned = earnings(badge_id, occurred_at)
-            for period, tier in earned:
-                if (badge_id, period, tier) not in earned_by:
-                    earned_by[(badge_id, period, tier)] = event_pk
-                    earned_when[(badge_id, period, tier)] = occurred_at
-                    producer_ids[event_pk] = producer_id
-            if len(earned) == rules_.earnings_in_all.get(badge_id):
-                finished.add(badge_id)  # every earning it has is in; skip the rest
-
-    writes.replayed += [(user_id, requirement.id) for requirement in requirements]
-    writes.stale += [
-        (user_id, requirement.id)
-        for requirement in requirements
-        if requirement.badge_id not in touched_badges
-    ]
-    writes.distinct += [
-        (user_id, requirement_id, key)
-        for requirement_id, keys in seen.items()
-        for key in sorted(keys)
-    ]
-    # Live evaluation writes rows only for badges an event actually moved
-    # (an event without a distinct rule's field moves nothing); so does this,
-    # and a badge with neither events nor a completion loses its row.
-    untouched = {
-        badge_id
-        for badge_id in badge_ids
-        if badge_id not in touched_badges and user_badges[badge_id].completed_at is None
-    }
-    kept = [badge_id for badge_id in badge_ids if badge_id not in untouched]
-    standings = {
-        badge_id: badges[badge_id].standing(by_badge[badge_id], states, now, time_zone, unlocked)
-        for badge_id in kept
-    }
-    # As stored, before the awards below; None for a row the lock just
-    # created, which is always written.
-    stored = {
-        badge_id: _row_of(user_badges[badge_id])
-        if user_badges[badge_id].last_evaluated_at is not None
-        else None
-        for badge_id in kept
-    }
-    for badge_id in badge_ids:
-        if badge_id not in touched_badges:
-            continue
-        standing = standings[badge_id]
-        # A measure's value does not depend on its threshold, so the standing's
-        # measures (one per requirement, in order; a tiered badge's against its
-        # next tier) give each requirement's value.
-        for requirement, measured in zip(by_badge[badge_id], standing.measures, strict=True):
-            writes.progress.append(
-                _Progress(
-                    user_id=user_id,
-                    requirement_id=requirement.id,
-                    state=states[requirement.id],
-                    met_by=met_by.get(requirement.id, ""),
-                    started_at=started.get(requirement.id),
-                    value=measured.value,
-                    updated_at=now,
-                )
-            )
-    writes.untouched += [user_badges[badge_id].pk for badge_id in untouched]
-
-    announced: list[int] = []
-    unlocked_now: set[int] = set()
-    held = {unlock for unlock in held_unlocks if unlock[0] in user_badges}
-    for badge_id in kept:
-        badge, user_badge = badges[badge_id], user_badges[badge_id]
-        standing = standings[badge_id]
-        user_badge.last_evaluated_at = now
-        user_badge.current_value = standing.status.current
-        user_badge.target_value = standing.status.target
-        due = sorted((key for key in earned_by if key[0] == badge_id), key=lambda key: key[1:])
-        starts = [started[r.id] for r in by_badge[badge_id] if r.id in started]
-        for _, period, tier in due:
-            created = award(
-                cast(UserBadge, user_badge),  # the row's fields, as award reads them
-                badge,
-                [(period, tier)],
-                event_id=earned_by[(badge_id, period, tier)],
-                event_ids=[
-                    *(met_by[r.id] for r in by_badge[badge_id] if r.id in met_by),
-                    producer_ids[earned_by[(badge_id, period, tier)]],
-                ],
-                now=now,
-                silent=silent,
-                took=earned_when[(badge_id, period, tier)] - min(starts) if starts else None,
-            )
-            if created:
-                unlocked_now.add(badge_id)
-                report.newly_unlocked.append((user_id, badge_id))
-                announced += [unlock.pk for unlock in created]
-                report.newly_earned += [
-                    (user_id, badge_id, unlock.tier, unlock.period) for unlock in created
-                ]
-        # Earnings the rebuilt progress no longer justifies are reported, never revoked.
-        # An unlock from before the badge had tiers or repeated stands
-        # while the badge is earned in any way.
-        if any(
-            (badge_id, period, tier) not in earned_by and ((period, tier) != ("", 0) or not due)
-            for held_badge, period, tier in held
-            if held_badge == badge_id
-        ):
-            report.no_longer_qualifying.append((user_id, badge_id))
-    writes.standings += [
-        (user_badges[badge_id], stored[badge_id], badge_id in unlocked_now) for badge_id in kept
-    ]
+        writes.standings_if_moved.append((loaded.row_ids[key], pair, must))
+    writes.save()
+    for unlock in writes.unlocks:
+        announced[unlock.user_id].append(unlock.pk)
     if announced and not silent:
         transaction.on_commit(
             partial(
-                realtime.notify_badge_changes,
-                user_id=user_id,
-                badge_ids=badge_ids,
-                unlock_ids=announced,
+                delivery.notify_many,
+                {user_id: (badges_of[user_id], unlocks) for user_id, unlocks in announced.items()},
             ),
             robust=True,
         )

@@ -1,7 +1,8 @@
-"""Badges and their requirements as a versionable JSON file (see docs/rules.md)."""
+"""Importing and exporting rule files: the whole file validated, then written (docs/rules.md)."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -9,35 +10,18 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from achievements.models import Badge, BadgeRequirement, format_number
-
-FORMAT = "accolade-badges"
-VERSION = 1
-BADGE_FIELDS = (
-    "name",
-    "description",
-    "icon",
-    "is_active",
-    "sort_order",
-    "hidden",
-    "tiers",
-    "repeat",
+from achievements.models import Badge, BadgeRequirement
+from achievements.progress import find_cycle
+from achievements.ruleformat import (
+    BADGE_FIELDS,
+    FORMAT,
+    REQUIREMENT_FIELDS,
+    VERSION,
+    document,
+    export_badges_data,
+    requirement_data,
 )
-REQUIREMENT_FIELDS = (
-    "kind",
-    "event_type",
-    "aggregation",
-    "field",
-    "operator",
-    "threshold",
-    "scope",
-    "window_days",
-    "streak_unit",
-    "steps",
-    "filters",
-    "composite_mode",
-    "label",
-)
+from achievements.versions import record_versions
 
 
 class RuleFileError(ValueError):
@@ -55,41 +39,6 @@ def export_badges() -> dict[str, Any]:
     return document(export_badges_data(badges.order_by("key")))
 
 
-def export_badges_data(badges: Any) -> list[dict[str, Any]]:
-    return [_badge_data(badge) for badge in badges]
-
-
-def document(badges: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"format": FORMAT, "version": VERSION, "badges": badges}
-
-
-def _badge_data(badge: Badge) -> dict[str, Any]:
-    data: dict[str, Any] = {"key": badge.key}
-    data.update({name: getattr(badge, name) for name in BADGE_FIELDS})
-    segment: dict[str, str] | None = None
-    if badge.segment_group:
-        segment = {"group": badge.segment_group.name}
-    elif badge.segment_attribute:
-        segment = {"attribute": badge.segment_attribute, "value": badge.segment_value}
-    data["segment"] = segment
-    # all(), not order_by(): a prefetch of the requirements (and their parts)
-    # serves it. A prefetch is as old as its query: pass badges read after the
-    # last change of their requirements (an admin form's instance is not).
-    requirements = sorted(badge.requirements.all(), key=lambda r: r.pk)
-    data["requirements"] = [_requirement_data(r) for r in requirements]
-    return data
-
-
-def _requirement_data(requirement: BadgeRequirement) -> dict[str, Any]:
-    data = {name: getattr(requirement, name) for name in REQUIREMENT_FIELDS}
-    data["threshold"] = format_number(requirement.threshold)
-    parts = getattr(requirement, "_part_keys", None)
-    if parts is None:
-        parts = sorted(b.key for b in requirement.composite_badges.all()) if requirement.pk else []
-    data["composite_badges"] = parts
-    return data
-
-
 def import_badges(document: Any, *, by: Any = None, source: str = "import") -> tuple[int, int]:
     """Validate the whole document, then write it; nothing is written if anything is wrong.
 
@@ -98,8 +47,6 @@ def import_badges(document: Any, *, by: Any = None, source: str = "import") -> t
     progress. Each badge whose rule changed gets a new version, made `by`
     that user from `source`. Returns (badges created, badges updated).
     """
-    from achievements.versions import record_versions
-
     planned = validate(document)
     created = updated = 0
     pending: list[BadgeRequirement] = []
@@ -110,8 +57,8 @@ def import_badges(document: Any, *, by: Any = None, source: str = "import") -> t
             else:
                 updated += 1
             badge.save()
-            current = [_requirement_data(r) for r in badge.requirements.order_by("pk")]
-            wanted = [_requirement_data(r) for r in requirements]
+            current = [requirement_data(r) for r in badge.requirements.order_by("pk")]
+            wanted = [requirement_data(r) for r in requirements]
             if current != wanted:
                 badge.requirements.all().delete()
                 for requirement in requirements:
@@ -213,9 +160,36 @@ def validate(document: Any) -> list[tuple[Badge, list[BadgeRequirement]]]:
                 for name, message in badge.rule_problems(requirements).items()
             ]
         planned.append((badge, requirements))
+    problems += _circle_problems(planned)
     if problems:
         raise RuleFileError(problems)
     return planned
+
+
+def _circle_problems(planned: list[tuple[Badge, list[BadgeRequirement]]]) -> list[str]:
+    """Composites that would require each other in a circle, once the file is in:
+    its badges' parts as the file gives them, the other badges' as stored."""
+    edges: dict[str, set[str]] = defaultdict(set)
+    for whole, part in (
+        BadgeRequirement.objects.filter(kind="composite")
+        .exclude(badge__key__in=[badge.key for badge, _ in planned])
+        .values_list("badge__key", "composite_badges__key")
+    ):
+        if part is not None:
+            edges[whole].add(part)
+    for badge, requirements in planned:
+        for requirement in requirements:
+            if requirement.kind == "composite":
+                edges[badge.key].update(getattr(requirement, "_part_keys", []))
+    cycle = find_cycle(edges)
+    if cycle is None:
+        return []
+    numbers = [n for n, (badge, _) in enumerate(planned) if badge.key in cycle]
+    where = f"badges[{numbers[0]}] ({planned[numbers[0]][0].key!r})" if numbers else "badges"
+    return [
+        f"{where}.requirements: these badges would require each other in a circle: "
+        + " → ".join(cycle)
+    ]
 
 
 def _field_errors(where: str, instance: Any, *, exclude: list[str]) -> list[str]:
@@ -247,3 +221,15 @@ def _part_problems(place: str, item: dict[str, Any], key: Any, entries: list[Any
     if key in parts:
         problems.append(f"{place}.composite_badges: a badge cannot require itself")
     return problems
+
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "RuleFileError",
+    "document",
+    "export_badges",
+    "export_badges_data",
+    "import_badges",
+    "validate",
+]

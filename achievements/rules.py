@@ -128,6 +128,35 @@ class Kind(StrEnum):
         }[self]
 
 
+def operators_for(kind: str, aggregation: str) -> tuple[Operator, ...]:
+    """The comparisons a requirement of this kind can make, each meaning what it says.
+
+    A requirement is met once the events known meet it, and more events can
+    only meet more: so counts, distinct counts, sums, maxima and streaks are
+    compared with >= or > ("at least", "more than"), minima with <= or <,
+    and one single event's value with any comparison. A sequence is met when
+    its steps happened in order and a composite when its badges are held:
+    neither compares a number, so both take >= (the default) only.
+    """
+    if kind == Kind.AGGREGATE and aggregation == Aggregation.SINGLE:
+        return tuple(Operator)
+    if kind == Kind.AGGREGATE and aggregation == Aggregation.MIN:
+        return (Operator.LTE, Operator.LT)
+    if kind in (Kind.SEQUENCE, Kind.COMPOSITE):
+        return (Operator.GTE,)
+    return (Operator.GTE, Operator.GT)
+
+
+def operator_problem(kind: str, aggregation: str, operator: str) -> str | None:
+    """Why `operator` cannot be used by a requirement of this kind, or None."""
+    allowed = operators_for(kind, aggregation)
+    if operator in allowed:
+        return None
+    what = f"a {kind}" if kind != Kind.AGGREGATE else f"a {aggregation} requirement"
+    names = " or ".join(str(o.value) for o in allowed)
+    return f"{what[0].upper()}{what[1:]} is compared with {names}, not {operator}."
+
+
 MAX_TIERS = 10
 TIER_NAME_MAX_LENGTH = 40
 
@@ -191,11 +220,20 @@ class Condition:
     value: Any
 
     def matches(self, payload: Mapping[str, Any]) -> bool:
+        """Whether the payload's field compares as asked with the value.
+
+        Only a value of the condition's own JSON type is compared: a missing
+        field, a null, or a value of another type never matches, whatever
+        the operator (`tag != "x"` matches the string tags other than "x",
+        not `{"tag": 1}` nor a payload without a tag).
+        """
         if self.field not in payload:
             return False
         actual = payload[self.field]
         expected = self.value
-        if _is_number(actual) and _is_number(expected):
+        if json_type(actual) != json_type(expected):
+            return False
+        if _is_number(actual):
             return self.operator.holds(Decimal(str(actual)), Decimal(str(expected)))
         return self.operator.holds(actual, expected)
 

@@ -13,7 +13,7 @@ from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutt
 from django.core.cache import cache
 from django.db import close_old_connections
 
-from achievements import actions, context, metrics
+from achievements import context, dispatch, engine, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +39,12 @@ def evaluate_event_task(self, event_pk: int) -> None:
     rolled back. An event that kills the worker instead of raising is caught
     by counting starts.
     """
-    if actions.record_evaluation_crash(event_pk, _count_start(event_pk)):
+    if dispatch.record_evaluation_crash(event_pk, _count_start(event_pk)):
         return
     try:
-        actions.evaluate_event(event_pk)
+        engine.evaluate_event(event_pk)
     except Exception as exc:
-        failure = actions.record_evaluation_failure(
+        failure = dispatch.record_evaluation_failure(
             event_pk, "".join(traceback.format_exception(exc))[-10_000:]
         )
         if failure.retry_in is None:
@@ -109,7 +109,7 @@ def run_reevaluation_task(job_id: int) -> None:
 
 @shared_task(name="achievements.sweep_stranded_events", ignore_result=True)
 def sweep_stranded_events_task() -> int:
-    return actions.sweep_stranded_events()
+    return dispatch.sweep_stranded_events()
 
 
 @shared_task(name="achievements.rollup_activity", ignore_result=True)

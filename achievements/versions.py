@@ -1,6 +1,6 @@
 """Immutable versions of each badge's rule, and what changed between them.
 
-A version is the badge as a rule file holds it (achievements.rulefiles), so a
+A version is the badge as a rule file holds it (achievements.ruleformat), so a
 version can be read, diffed and re-imported. Writers of rules (the admin,
 rule-file import, the preview's apply) call record_version after saving; it
 adds a version only when the rule differs from the latest one.
@@ -15,7 +15,9 @@ from typing import Any
 from django.db import transaction
 from django.db.models import OuterRef, Subquery
 
+from achievements import index
 from achievements.models import Badge, BadgeVersion
+from achievements.ruleformat import export_badges_data
 
 _MISSING = object()
 
@@ -42,9 +44,6 @@ def record_versions(
     their rows are locked, in id order. With `skip_locked`, a badge another
     transaction holds is left out of the result.
     """
-    from achievements import index
-    from achievements.rulefiles import export_badges_data
-
     with transaction.atomic():
         # FOR NO KEY UPDATE serialises version writers without blocking the
         # evaluations that commit rows pointing at the badge (a deferred foreign
@@ -147,8 +146,6 @@ def current_version(badge_id: int) -> BadgeVersion:
 def live_version_id(badge_id: int) -> int:
     """The version an unlock made now records: the one the rules index was built
     with (the rules being evaluated), else the latest, recorded if none exists."""
-    from achievements import index
-
     known = index.version_of(badge_id)
     return known if known is not None else current_version(badge_id).pk
 

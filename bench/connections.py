@@ -178,7 +178,7 @@ def broadcast(topology: Any, user_ids: list[int], marker: str) -> tuple[float, f
     from channels.layers import get_channel_layer
 
     from achievements.cards import cards_for_user
-    from achievements.consumers import render_frame
+    from achievements.frames import render_frame
     from achievements.realtime import user_group
 
     layer = get_channel_layer()

@@ -46,7 +46,7 @@ def main() -> None:
         "--batch",
         type=int,
         default=500,
-        help="events per batch (achievements.batch); 1 evaluates one at a time",
+        help="events per batch (achievements.engine); 1 evaluates one at a time",
     )
     args = parser.parse_args()
     if args.events < 10 or args.repeats < 1:
@@ -63,8 +63,7 @@ def run(events: int, repeats: int, batch: int = 1) -> dict[str, float]:
     from django.contrib.auth import get_user_model
     from django.utils import timezone
 
-    from achievements.actions import evaluate_event
-    from achievements.batch import evaluate_events
+    from achievements.engine import evaluate_event, evaluate_events
     from achievements.models import Badge, BadgeRequirement, Event
     from bench.scratch import make_visit_badges
 

@@ -116,7 +116,7 @@ def live_evaluations(user: Any, count: int, counter: Any) -> list[float]:
     """Time evaluate_event on fresh events at a steady LIVE_RATE a second."""
     from django.utils import timezone
 
-    from achievements.actions import evaluate_event
+    from achievements.engine import evaluate_event
     from achievements.models import Event
 
     times = []

@@ -264,6 +264,7 @@ django_asgi_app = HttpHandlers()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from achievements.dispatch import ensure_embedded_sweeper  # noqa: E402
 from achievements.routing import websocket_urlpatterns  # noqa: E402
 from achievements.socket_auth import SessionUserMiddleware  # noqa: E402
 from project.gc_tuning import tune_for_server  # noqa: E402
@@ -278,6 +279,9 @@ application = ProtocolTypeRouter(
     }
 )
 
+# Embedded mode: the serving process sweeps its own outbox (what beat does
+# otherwise), so a restarted runserver picks up what the last one left.
+ensure_embedded_sweeper()
 skip_form_parsing()
 skip_discarded_access_log()
 # Last, so everything loading the application built is frozen.

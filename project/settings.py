@@ -222,7 +222,7 @@ if _redis is None:
         }
     }
     # No broker: tasks run in a background thread of the process that
-    # recorded the event (see achievements.events.enqueue_evaluation).
+    # recorded the event (see achievements.dispatch.enqueue_evaluation).
     CELERY_BROKER_URL = "memory://"
     CELERY_TASK_ALWAYS_EAGER = True
 else:
@@ -306,7 +306,7 @@ CELERY_RESULT_BACKEND = "django-db"
 CELERY_DB_REUSE_MAX = 10_000
 ACCOLADE_SWEEP_INTERVAL_SECONDS = env_int("ACCOLADE_SWEEP_INTERVAL_SECONDS", 60, minimum=1)
 # The sweeper re-enqueues events whose task message was lost (see
-# achievements.actions.sweep_stranded_events); celery beat runs it.
+# achievements.dispatch.sweep_stranded_events); celery beat runs it.
 CELERY_BEAT_SCHEDULE = {
     "sweep-stranded-events": {
         "task": "achievements.sweep_stranded_events",

@@ -5,7 +5,7 @@ from decimal import Decimal
 import pytest
 
 from achievements import realtime
-from achievements.actions import evaluate_event
+from achievements.engine import evaluate_event
 from achievements.events import record_event
 from achievements.models import Event, RequirementProgress, UserBadge
 from tests.factories import make_badge, make_images_badge, make_places_badge
@@ -171,20 +171,21 @@ def test_a_repeat_visit_to_a_known_place_pushes_nothing(
 def test_a_failure_mid_evaluation_rolls_back_the_claim_so_a_retry_starts_clean(owner, monkeypatch):
     make_images_badge(threshold=10)
     event = record_event(owner, "image.posted").event
-    from achievements.models import UserBadge as Model
+    from achievements import store
 
-    original = Model.objects.bulk_update
+    original = store.Writes.save
 
-    def fail(*args, **kwargs):
+    def fail(self):
+        original(self)  # every write is sent, then the transaction fails
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(Model.objects, "bulk_update", fail)
+    monkeypatch.setattr(store.Writes, "save", fail)
     with pytest.raises(RuntimeError):
         evaluate_event(event.pk)
     event.refresh_from_db()
     assert event.processed_at is None
     assert not RequirementProgress.objects.filter(value__gt=0).exists()
 
-    monkeypatch.setattr(Model.objects, "bulk_update", original)
+    monkeypatch.setattr(store.Writes, "save", original)
     evaluate_event(event.pk)
     assert RequirementProgress.objects.get(user=owner).value == 1

@@ -155,7 +155,7 @@ def test_the_admin_is_closed_to_non_staff(client, owner):
 
 
 def test_staff_see_why_a_user_has_or_lacks_a_badge(admin_client, owner):
-    from achievements.actions import evaluate_event
+    from achievements.engine import evaluate_event
     from achievements.models import UserBadge
 
     make_places_badge(threshold=5)
@@ -169,7 +169,7 @@ def test_staff_see_why_a_user_has_or_lacks_a_badge(admin_client, owner):
 def test_staff_preview_a_rule_change_before_applying_it(admin_client, owner, second_user):
     import json
 
-    from achievements.actions import evaluate_event
+    from achievements.engine import evaluate_event
     from achievements.models import BadgeRequirement, Unlock
 
     badge = make_places_badge(threshold=3)

@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from achievements.actions import evaluate_event
+from achievements.engine import evaluate_event
 from achievements.models import Event, RequirementProgress, UserBadge
 from tests.factories import make_badge, make_images_badge, make_places_badge
 
@@ -129,7 +129,7 @@ def test_two_batches_creating_one_users_standing_both_count(owner):
     committed: a lock read from the statement's own snapshot would miss it."""
     from unittest import mock
 
-    from achievements import batch
+    from achievements import engine, store
 
     badge = make_badge(
         key="visits", requirements=[{"event_type": "visit.created", "threshold": 5}]
@@ -143,10 +143,10 @@ def test_two_batches_creating_one_users_standing_both_count(owner):
     )
     locked, waiting = threading.Event(), threading.Event()
     errors: list[BaseException] = []
-    real_lock = batch._lock_user_badges
+    real_lock = store.lock_standings
 
-    def lock(pairs, read):
-        standings = real_lock(pairs, read)
+    def lock(wanted, users, badges, read):
+        standings = real_lock(wanted, users, badges, read)
 
         def locked_rows():
             rows = standings()  # the statements have run: the rows are locked
@@ -159,13 +159,13 @@ def test_two_batches_creating_one_users_standing_both_count(owner):
 
     def run(event: Event) -> None:
         try:
-            batch.evaluate_events([event.pk])
+            engine.evaluate_events([event.pk])
         except BaseException as exc:
             errors.append(exc)
         finally:
             connection.close()
 
-    with mock.patch.object(batch, "_lock_user_badges", lock):
+    with mock.patch.object(store, "lock_standings", lock):
         threads = [threading.Thread(target=run, args=(first,), name="first")]
         threads[0].start()
         assert locked.wait(10)

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from achievements import batch, dispatch, events, progress
+from achievements import dispatch, engine, progress
 from achievements.events import record_event
 from achievements.models import Event, Unlock
 from achievements.tasks import evaluate_pending_task
@@ -32,7 +32,7 @@ def asked(monkeypatch):
 @pytest.fixture
 def singled(monkeypatch):
     handed: list[int] = []
-    monkeypatch.setattr(events, "enqueue_single", handed.append)
+    monkeypatch.setattr(dispatch, "enqueue_single", handed.append)
     return handed
 
 
@@ -69,10 +69,10 @@ def _waiting(owner, count: int) -> list[int]:
 def test_events_ask_for_one_drain_while_one_is_pending(owner, settings, asked, db):
     settings.ACCOLADE_TASK_MODE = "celery"
     for pk in _waiting(owner, 5):
-        events.enqueue_evaluation(pk)
+        dispatch.enqueue_evaluation(pk)
     assert asked == [1]
     dispatch.drain()  # clears the request once nothing is left
-    events.enqueue_evaluation(_waiting(owner, 1)[0])
+    dispatch.enqueue_evaluation(_waiting(owner, 1)[0])
     assert asked == [1, 1]
 
 
@@ -83,7 +83,7 @@ def test_an_event_committed_as_a_drain_runs_out_is_not_left_behind(
     swallowed: the drain's look after clearing the flag takes it."""
     settings.ACCOLADE_TASK_MODE = "celery"
     make_images_badge(threshold=10)
-    events.enqueue_evaluation(_waiting(owner, 1)[0])
+    dispatch.enqueue_evaluation(_waiting(owner, 1)[0])
     assert asked == [1]  # the drain below is this request's
     late: list[int] = []
     clear = dispatch._clear_flag
@@ -91,14 +91,14 @@ def test_an_event_committed_as_a_drain_runs_out_is_not_left_behind(
     def committing_just_before(*args: object) -> None:
         if not late:
             late.extend(_waiting(owner, 1))
-            events.enqueue_evaluation(late[0])  # the flag is still set: asks nobody
+            dispatch.enqueue_evaluation(late[0])  # the flag is still set: asks nobody
         clear()
 
     monkeypatch.setattr(dispatch, "_clear_flag", committing_just_before)
     assert dispatch.drain() == 2
     assert asked == [1]
     assert not Event.objects.filter(pk__in=late, processed_at=None).exists()
-    events.enqueue_evaluation(_waiting(owner, 1)[0])
+    dispatch.enqueue_evaluation(_waiting(owner, 1)[0])
     assert asked == [1, 1]  # the drain left the flag clear
 
 
@@ -107,23 +107,23 @@ def test_a_failing_drain_clears_the_flag_and_asks_for_another(
 ):
     """Events that committed while it held the flag asked nobody: a new drain takes them."""
     settings.ACCOLADE_TASK_MODE = "celery"
-    events.enqueue_evaluation(_waiting(owner, 1)[0])
+    dispatch.enqueue_evaluation(_waiting(owner, 1)[0])
     assert asked == [1]
 
     def failing(**kwargs):
         kwargs["on_claim"]([])
-        events.enqueue_evaluation(_waiting(owner, 1)[0])  # swallowed by the flag
+        dispatch.enqueue_evaluation(_waiting(owner, 1)[0])  # swallowed by the flag
         raise RuntimeError("the database went away")
 
     monkeypatch.setattr(dispatch, "evaluate_events", failing)
     assert dispatch.drain() == 0
     assert asked == [1, ("later", dispatch.RETRY_SECONDS)]
-    events.enqueue_evaluation(_waiting(owner, 1)[0])
+    dispatch.enqueue_evaluation(_waiting(owner, 1)[0])
     assert asked[-1] == 1  # the flag is clear again
 
     # A failure outside any batch (here, looking for lost batches) does the same.
     asked.clear()
-    events.enqueue_evaluation(_waiting(owner, 1)[0])
+    dispatch.enqueue_evaluation(_waiting(owner, 1)[0])
     monkeypatch.setattr(dispatch, "_recovered_at", float("-inf"))
 
     def broken() -> int:
@@ -133,7 +133,7 @@ def test_a_failing_drain_clears_the_flag_and_asks_for_another(
     with pytest.raises(RuntimeError):
         dispatch.drain()
     assert asked == [("later", dispatch.RETRY_SECONDS)]
-    events.enqueue_evaluation(_waiting(owner, 1)[0])
+    dispatch.enqueue_evaluation(_waiting(owner, 1)[0])
     assert asked[-1] == 1
 
 
@@ -234,7 +234,7 @@ def test_a_drains_last_look_is_a_read_not_a_claim(owner, asked, claims, monkeypa
     looks: list[bool] = []
 
     def looking() -> bool:
-        looks.append(batch.events_waiting())
+        looks.append(engine.events_waiting())
         return looks[-1]
 
     monkeypatch.setattr(dispatch, "events_waiting", looking)
@@ -252,7 +252,7 @@ def test_an_event_committed_as_the_flag_clears_is_found_by_the_last_look(
     def looking() -> bool:
         if not late:  # committed after the flag was cleared: it asked nobody
             late.extend(_waiting(owner, 1))
-        return batch.events_waiting()
+        return engine.events_waiting()
 
     monkeypatch.setattr(dispatch, "events_waiting", looking)
     _waiting(owner, 2)
@@ -262,19 +262,19 @@ def test_an_event_committed_as_the_flag_clears_is_found_by_the_last_look(
 
 
 def test_the_look_for_waiting_events_sees_every_event_a_claim_could_take(owner):
-    assert not batch.events_waiting()
+    assert not engine.events_waiting()
     [pk] = _waiting(owner, 1)
-    assert batch.events_waiting()
+    assert engine.events_waiting()
     Event.objects.filter(pk=pk).update(retry_at=timezone.now() + timedelta(minutes=1))
-    assert not batch.events_waiting()  # held back until its retry is due
+    assert not engine.events_waiting()  # held back until its retry is due
     Event.objects.filter(pk=pk).update(retry_at=timezone.now() - timedelta(seconds=1))
-    assert batch.events_waiting()
+    assert engine.events_waiting()
     Event.objects.filter(pk=pk).update(dead_lettered_at=timezone.now())
-    assert not batch.events_waiting()
+    assert not engine.events_waiting()
     Event.objects.filter(pk=pk).update(dead_lettered_at=None, processed_at=timezone.now())
-    assert not batch.events_waiting()
+    assert not engine.events_waiting()
     Event.objects.create(event_id="nobody", event_type="image.posted", occurred_at=timezone.now())
-    assert not batch.events_waiting()  # no user linked yet: not for a drain
+    assert not engine.events_waiting()  # no user linked yet: not for a drain
 
 
 def test_drains_look_for_lost_batches_every_few_seconds(owner, asked, monkeypatch):

@@ -207,12 +207,12 @@ def test_a_batch_for_known_producer_ids_is_one_statement(
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from achievements import events, index
+    from achievements import dispatch, events, index
     from achievements.events import ExternalEvent, RecordedEvent, record_external_events
     from achievements.models import ExternalIdentity
 
     handed: list[int] = []
-    monkeypatch.setattr(events, "enqueue_evaluations", handed.extend)
+    monkeypatch.setattr(dispatch, "enqueue_evaluations", handed.extend)
     forms: list[bool] = []
     statement = events._owned_insert_sql
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from achievements import actions, events, progress
+from achievements import dispatch, engine, progress
 from achievements.events import record_event
 from achievements.models import Event, RequirementProgress
 from achievements.tasks import evaluate_event_task
@@ -32,7 +32,7 @@ def poison(monkeypatch):
 def test_a_failure_is_counted_with_its_error_and_a_retry_is_scheduled(owner, settings):
     settings.ACCOLADE_MAX_ATTEMPTS = 3
     event = record_event(owner, "image.posted").event
-    failure = actions.record_evaluation_failure(event.pk, "Traceback: boom")
+    failure = dispatch.record_evaluation_failure(event.pk, "Traceback: boom")
     event.refresh_from_db()
     assert (failure.attempts, failure.dead_lettered) == (1, False)
     assert event.attempts == 1 and event.last_error == "Traceback: boom"
@@ -42,7 +42,7 @@ def test_a_failure_is_counted_with_its_error_and_a_retry_is_scheduled(owner, set
 def test_retry_delays_grow_exponentially_up_to_a_cap(settings):
     settings.ACCOLADE_RETRY_BASE_SECONDS = 2
     settings.ACCOLADE_RETRY_MAX_SECONDS = 20
-    assert [actions.retry_delay(n) for n in range(1, 7)] == [2, 4, 8, 16, 20, 20]
+    assert [dispatch.retry_delay(n) for n in range(1, 7)] == [2, 4, 8, 16, 20, 20]
 
 
 def test_the_task_retries_then_dead_letters_a_poison_event(owner, settings, poison):
@@ -77,10 +77,10 @@ def test_a_poison_event_does_not_block_other_events(owner, settings, poison):
 def test_a_dead_lettered_event_is_not_claimed_or_swept(owner, settings):
     settings.ACCOLADE_MAX_ATTEMPTS = 1
     event = record_event(owner, "image.posted").event
-    actions.record_evaluation_failure(event.pk, "boom")
-    assert actions.evaluate_event(event.pk) is None
+    dispatch.record_evaluation_failure(event.pk, "boom")
+    assert engine.evaluate_event(event.pk) is None
     Event.objects.filter(pk=event.pk).update(received_at=timezone.now() - timedelta(hours=1))
-    assert actions.sweep_stranded_events(older_than_seconds=60) == 0
+    assert dispatch.sweep_stranded_events(older_than_seconds=60) == 0
 
 
 def test_redriving_after_a_fix_processes_the_event_once(
@@ -95,11 +95,11 @@ def test_redriving_after_a_fix_processes_the_event_once(
 
     poison.undo()  # the rule is fixed
     with django_capture_on_commit_callbacks(execute=True):
-        assert actions.redrive_events([event.pk]) == 1
+        assert dispatch.redrive_events([event.pk]) == 1
     event.refresh_from_db()
     assert event.status == "processed" and event.attempts == 0
     assert RequirementProgress.objects.get(user=owner).value == 1
-    assert actions.redrive_events([event.pk]) == 0
+    assert dispatch.redrive_events([event.pk]) == 0
 
 
 def test_the_sweeper_re_enqueues_only_events_nobody_is_working_on(owner, monkeypatch):
@@ -110,17 +110,17 @@ def test_the_sweeper_re_enqueues_only_events_nobody_is_working_on(owner, monkeyp
     done = record_event(owner, "image.posted", event_id="done").event
     Event.objects.filter(pk__in=[stranded.pk, retrying.pk, done.pk]).update(received_at=old)
     Event.objects.filter(pk=retrying.pk).update(retry_at=timezone.now() + timedelta(minutes=1))
-    actions.evaluate_event(done.pk)
+    engine.evaluate_event(done.pk)
 
     enqueued: list[int] = []
-    monkeypatch.setattr(events, "enqueue_single", enqueued.append)
-    assert actions.sweep_stranded_events(older_than_seconds=300) == 1
+    monkeypatch.setattr(dispatch, "enqueue_single", enqueued.append)
+    assert dispatch.sweep_stranded_events(older_than_seconds=300) == 1
     assert enqueued == [stranded.pk]
     # The message is lost again: the stamp keeps the next sweep from repeating
     # it within the period, and processed or fresh events are never swept.
-    assert actions.sweep_stranded_events(older_than_seconds=300) == 0
+    assert dispatch.sweep_stranded_events(older_than_seconds=300) == 0
     Event.objects.filter(pk=stranded.pk).update(swept_at=old)
-    assert actions.sweep_stranded_events(older_than_seconds=300) == 1
+    assert dispatch.sweep_stranded_events(older_than_seconds=300) == 1
     assert enqueued == [stranded.pk, stranded.pk]
     fresh.refresh_from_db()
     retrying.refresh_from_db()
@@ -131,7 +131,7 @@ def test_swept_duplicates_of_a_processed_event_count_once(owner):
     make_images_badge(threshold=10)
     event = record_event(owner, "image.posted").event
     for _ in range(3):
-        actions.evaluate_event(event.pk)
+        engine.evaluate_event(event.pk)
     assert RequirementProgress.objects.get(user=owner).value == 1
 
 
@@ -181,8 +181,8 @@ def test_a_second_delivery_failing_while_a_retry_is_pending_starts_no_second_cha
     settings.ACCOLADE_MAX_ATTEMPTS = 5
     settings.ACCOLADE_RETRY_BASE_SECONDS = 60
     event = record_event(owner, "image.posted").event
-    first = actions.record_evaluation_failure(event.pk, "boom")
-    second = actions.record_evaluation_failure(event.pk, "boom again")
+    first = dispatch.record_evaluation_failure(event.pk, "boom")
+    second = dispatch.record_evaluation_failure(event.pk, "boom again")
     event.refresh_from_db()
     assert first.retry_in == 60 and second.retry_in is None
     assert event.attempts == 1 and event.last_error == "boom"

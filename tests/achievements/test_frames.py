@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from achievements.consumers import render_frame
+from achievements.frames import render_frame
 
 
 def test_numbers_read_by_scripts_and_styles_are_never_localized(settings):

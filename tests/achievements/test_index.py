@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from achievements import cards, index
-from achievements.batch import evaluate_events
+from achievements.engine import evaluate_events
 from achievements.models import Event, EventType
 from api.models import ApiKey
 from tests.factories import make_badge
@@ -117,10 +117,10 @@ def test_a_batch_and_its_push_check_the_version_once(owner, version_checks):
     ]
     version_checks.reset_mock()
     with (
-        mock.patch("achievements.realtime._nobody_listens", return_value=False),
+        mock.patch("achievements.realtime.nobody_listens", return_value=False),
         mock.patch("achievements.realtime.send_to_groups", return_value=set()),
         mock.patch(
-            "achievements.cards.cards_for_users", wraps=cards.cards_for_users
+            "achievements.delivery.cards_for_users", wraps=cards.cards_for_users
         ) as pushed_cards,
     ):
         result = evaluate_events(events)

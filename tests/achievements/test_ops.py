@@ -7,7 +7,7 @@ import re
 import pytest
 
 from achievements import metrics
-from achievements.actions import evaluate_event
+from achievements.engine import evaluate_event
 from achievements.events import record_event, record_external_event
 from achievements.models import Event
 from tests.factories import make_images_badge, make_user

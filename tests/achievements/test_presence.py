@@ -7,45 +7,45 @@ import time
 
 import pytest
 
-from achievements import metrics, realtime
+from achievements import delivery, metrics, presence, realtime
 
 
 @pytest.fixture
-def presence(real_redis):
+def presence_keys(real_redis):
     """Presence keys of users 1-3, empty before and after."""
-    keys = [realtime._presence_key(n) for n in (1, 2, 3)]
+    keys = [presence.key_of(n) for n in (1, 2, 3)]
     real_redis.delete(*keys)
     yield real_redis
     real_redis.delete(*keys)
-    realtime._held.clear()
+    presence._held.clear()
 
 
-def test_a_socket_makes_its_user_present_until_it_closes(presence):
+def test_a_socket_makes_its_user_present_until_it_closes(presence_keys):
     async def scenario() -> None:
-        await realtime.presence_join(1, "specific.one")
-        await realtime.presence_join(1, "specific.two")  # a second tab
-        await realtime.presence_join(2, "specific.three")
-        assert realtime.present_users([1, 2, 3]) == {1, 2}
-        await realtime.presence_leave(1, "specific.one")
-        assert realtime.present_users([1, 2, 3]) == {1, 2}  # the other tab is open
-        await realtime.presence_leave(1, "specific.two")
-        assert realtime.present_users([1, 2, 3]) == {2}
-        await realtime.presence_leave(2, "specific.three")
+        await presence.join(1, "specific.one")
+        await presence.join(1, "specific.two")  # a second tab
+        await presence.join(2, "specific.three")
+        assert presence.present_users([1, 2, 3]) == {1, 2}
+        await presence.leave(1, "specific.one")
+        assert presence.present_users([1, 2, 3]) == {1, 2}  # the other tab is open
+        await presence.leave(1, "specific.two")
+        assert presence.present_users([1, 2, 3]) == {2}
+        await presence.leave(2, "specific.three")
 
     asyncio.run(scenario())
 
 
-def test_a_crashed_servers_sockets_expire_on_their_own(presence):
+def test_a_crashed_servers_sockets_expire_on_their_own(presence_keys):
     # An entry nobody refreshed: its server died without saying goodbye.
-    presence.zadd(realtime._presence_key(3), {"specific.dead": time.time() - 1})
-    assert realtime.present_users([3]) == set()
+    presence_keys.zadd(presence.key_of(3), {"specific.dead": time.time() - 1})
+    assert presence.present_users([3]) == set()
 
 
 @pytest.fixture
 def sent(monkeypatch):
     """Groups pushed to, recorded instead of sent."""
     groups: list[str] = []
-    monkeypatch.setattr(realtime, "_nobody_listens", lambda layer: False)
+    monkeypatch.setattr(realtime, "nobody_listens", lambda layer: False)
 
     def send_to_groups(messages: dict) -> set[str]:
         groups.extend(messages)
@@ -55,16 +55,16 @@ def sent(monkeypatch):
     return groups
 
 
-def test_only_present_users_are_pushed_to(presence, sent, db):
-    presence.zadd(realtime._presence_key(2), {"specific.open": time.time() + 60})
-    realtime.notify_many({1: ([5], []), 2: ([5], []), 3: ([6], [])})
+def test_only_present_users_are_pushed_to(presence_keys, sent, db):
+    presence_keys.zadd(presence.key_of(2), {"specific.open": time.time() + 60})
+    delivery.notify_many({1: ([5], []), 2: ([5], []), 3: ([6], [])})
     assert sent == ["user.2"]
 
 
 def test_without_redis_everyone_is_pushed_to(monkeypatch, sent, db):
     monkeypatch.setattr(metrics, "redis_client", lambda role="cache": None)
-    assert realtime.present_users([1, 2]) is None
-    realtime.notify_many({1: ([5], []), 2: ([5], [])})
+    assert presence.present_users([1, 2]) is None
+    delivery.notify_many({1: ([5], []), 2: ([5], [])})
     assert sent == ["user.1", "user.2"]
 
 

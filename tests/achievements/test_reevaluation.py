@@ -6,7 +6,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from achievements import reevaluation
-from achievements.actions import evaluate_event
+from achievements.engine import evaluate_event
 from achievements.events import record_event
 from achievements.models import BadgeRequirement, Reevaluation, Unlock
 from tests.factories import make_places_badge, make_user

@@ -5,7 +5,7 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
-from achievements.actions import evaluate_event
+from achievements.engine import evaluate_event
 from achievements.events import record_event
 from achievements.models import DistinctValue, RequirementProgress, Unlock, UserBadge
 from tests.factories import make_images_badge, make_places_badge

@@ -11,9 +11,8 @@ from django.test.utils import CaptureQueriesContext
 
 from accounts.models import Profile
 from achievements import index
-from achievements.actions import evaluate_composites, evaluate_event
-from achievements.batch import evaluate_events
 from achievements.cards import cards_for_user, cards_for_users
+from achievements.engine import evaluate_composites, evaluate_event, evaluate_events
 from achievements.events import record_event
 from achievements.models import BadgeRequirement, RequirementProgress, Unlock
 from tests.achievements.test_admin import _inline_post

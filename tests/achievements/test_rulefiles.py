@@ -130,8 +130,9 @@ def test_reimporting_unchanged_rules_keeps_requirements(every_kind, tmp_path):
             "(Bronze, 5), so the requirement's threshold must be 5, not 4.",
         ),
         (
+            # Refused for the requirement itself, before its tiers are looked at.
             lambda d: d["badges"][2]["requirements"][0].update(operator="<="),
-            "tiers: Tiers need a requirement compared with >= or >",
+            "requirements[0].operator: A distinct requirement is compared with >= or >, not <=.",
         ),
         (
             lambda d: d["badges"][2]["requirements"].append({"event_type": "x.y", "threshold": 1}),

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from channels.layers import InMemoryChannelLayer, channel_layers, get_channel_layer
 
-from achievements import consumers, realtime
-from achievements.realtime import SocketHub
+from achievements import consumers, hub, presence, realtime
+from achievements.hub import SocketHub
 from tests.achievements.test_consumers import _connect, _signed_in_cookie
 
 
@@ -142,9 +142,9 @@ async def test_two_tabs_of_a_signed_in_user_hold_one_membership_of_the_users_gro
     second, _, _ = await _connect(cookie)
     group = realtime.user_group(user.pk)
     layer = get_channel_layer()
-    assert _members(layer, group) == {realtime.socket_hub().channel}
+    assert _members(layer, group) == {hub.socket_hub().channel}
     await first.disconnect()
-    assert _members(layer, group) == {realtime.socket_hub().channel}
+    assert _members(layer, group) == {hub.socket_hub().channel}
     await second.disconnect()
     assert _members(layer, group) == set()
 
@@ -220,9 +220,9 @@ async def test_a_socket_whose_connect_fails_after_joining_leaves_the_hub_and_pre
     communicator, connected, _ = await _connect(cookie)  # accepted, then the catch-up
     with pytest.raises(RuntimeError, match="went away"):
         await communicator.receive_output(timeout=3)
-    assert realtime.socket_hub().groups == {}
+    assert hub.socket_hub().groups == {}
     assert _members(get_channel_layer(), realtime.user_group(user.pk)) == set()
-    assert user.pk not in realtime._held.values()
+    assert user.pk not in presence._held.values()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from achievements.actions import evaluate_event
+from achievements.engine import evaluate_event
 from achievements.events import record_event
 from achievements.models import Badge, BadgeRequirement, BadgeVersion, Unlock
 from achievements.rulefiles import document, export_badges, import_badges
@@ -156,7 +156,7 @@ def test_evaluations_record_missing_first_versions_before_their_transaction(db, 
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from achievements.batch import evaluate_events
+    from achievements.engine import evaluate_events
     from achievements.versions import ensure_versions
 
     quick, far = [Badge.objects.create(key=key, name=key) for key in ("quick", "far")]
@@ -184,7 +184,7 @@ def test_batches_take_the_version_from_the_rules_they_evaluate_and_follow_new_on
     from django.test.utils import CaptureQueriesContext
 
     from achievements import index
-    from achievements.batch import evaluate_events
+    from achievements.engine import evaluate_events
     from achievements.versions import ensure_versions
 
     badge = Badge.objects.create(

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from achievements.actions import evaluate_event
+from achievements.engine import evaluate_event
 from achievements.events import record_event
 from tests.factories import make_images_badge, make_places_badge
 

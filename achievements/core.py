@@ -1,0 +1,744 @@
+"""The evaluation core: what a set of events does to a set of (user, badge) pairs. Pure.
+
+Every path that evaluates rules calls `evaluate`: live evaluation (one
+event is a batch of one), replay, re-evaluation and the preview of a rule
+change. They differ only in what they load and what they write; the
+meaning of the rules is here and in `achievements.progress` (one
+requirement's state), nowhere else. No ORM, no I/O, no clock: the caller
+passes `now`.
+
+Order. Events are folded in occurrence order, `(occurred_at, event_id)`,
+whatever order they arrived in and however they were cut into batches.
+Each requirement's state is order-independent by construction (buckets,
+runs, step times), and every comparison the rules accept is monotone (more
+events can only meet more), so a requirement is met exactly when the events
+known meet it. What does depend on the order is *which* event met it: the
+witness. A requirement's witness (`met_by`) is the first event, in
+occurrence order, at which the events up to and including it meet the
+requirement; an earning's witness (the unlock's `event`) is the first event
+at which the badge's earning holds; an unlock's provenance lists the
+witnesses of its requirements, in occurrence order, its own last.
+
+Folding new events onto a stored state gives those witnesses exactly when
+the new events come after everything folded before. When one comes
+earlier (a late event) and could move a witness (it precedes one, or it
+meets something while a later event is already folded, or a sum has
+negative terms), the pair is reported in `needs_history`: the caller folds
+the pair's whole history again with `fresh=True`, which is exact.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from functools import cached_property
+from typing import Any
+
+from achievements import periods, progress
+from achievements.progress import BadgeStatus, Fact, Measure, Spec, State
+from achievements.rules import Aggregation, Kind, Scope
+
+OrderKey = tuple[str, str]  # (occurred_at in UTC ISO form, event_id): sorts as occurrence order
+
+# Keys the core keeps in a requirement's state beside progress's own.
+LATEST = "lt"  # the latest event folded in, as an order key
+WITNESS = "w"  # the event that met it, as an order key
+NEGATIVE = "neg"  # a sum has had a negative term: its met flag is not monotone
+_MARKS = (LATEST, WITNESS, NEGATIVE)
+
+
+def order_key(occurred_at: datetime, event_id: str) -> OrderKey:
+    return (occurred_at.astimezone(UTC).isoformat(timespec="microseconds"), event_id)
+
+
+def moment_of(key: Sequence[str]) -> datetime:
+    return datetime.fromisoformat(key[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Occurrence:
+    """One event, as the core sees it."""
+
+    pk: int
+    event_id: str
+    event_type: str
+    user_id: int
+    payload: Mapping[str, Any]
+    occurred_at: datetime
+
+    @property
+    def key(self) -> OrderKey:
+        return order_key(self.occurred_at, self.event_id)
+
+
+@dataclass(frozen=True)
+class BadgeRule:
+    """A badge's rule as plain data: its requirements, tiers, repeat period and version."""
+
+    id: int
+    requirements: tuple[Spec, ...]
+    tiers: tuple[tuple[str, Decimal], ...] = ()
+    repeat: Scope | None = None
+    version_id: int | None = None
+
+    @cached_property
+    def watched_types(self) -> frozenset[str]:
+        return frozenset(t for spec in self.requirements for t in watched_types(spec))
+
+    @cached_property
+    def plain(self) -> bool:
+        """No tiers, no repeat, no composite part: earned exactly when every
+        requirement's met flag is set, so it need not be measured until then."""
+        return (
+            not self.tiers
+            and self.repeat is None
+            and all(spec.kind is not Kind.COMPOSITE for spec in self.requirements)
+        )
+
+    @cached_property
+    def graded(self) -> bool:
+        return bool(self.tiers) and len(self.requirements) == 1
+
+    @cached_property
+    def earnings_in_all(self) -> int | None:
+        """How many earnings the badge has at most: 1, its tiers, or no limit (repeatable)."""
+        return None if self.repeat else max(1, len(self.tiers))
+
+    @cached_property
+    def has_composite(self) -> bool:
+        return any(spec.kind is Kind.COMPOSITE for spec in self.requirements)
+
+
+def watched_types(spec: Spec) -> tuple[str, ...]:
+    if spec.kind is Kind.SEQUENCE:
+        return tuple(dict.fromkeys(spec.steps))
+    if spec.kind is Kind.COMPOSITE:
+        return ()  # moved by other badges' unlocks, not by events
+    return (spec.event_type,)
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """The badges under evaluation, indexed by the event types they watch."""
+
+    badges: Mapping[int, BadgeRule]
+
+    @cached_property
+    def by_type(self) -> dict[str, list[tuple[int, Spec]]]:
+        watching: dict[str, list[tuple[int, Spec]]] = defaultdict(list)
+        for badge_id in sorted(self.badges):
+            for spec in self.badges[badge_id].requirements:
+                for event_type in watched_types(spec):
+                    watching[event_type].append((badge_id, spec))
+        return dict(watching)
+
+    @cached_property
+    def requirement_badge(self) -> dict[int, int]:
+        return {
+            spec.id: badge_id
+            for badge_id, rule in self.badges.items()
+            for spec in rule.requirements
+        }
+
+    def touched_pairs(self, events: Iterable[Occurrence]) -> set[tuple[int, int]]:
+        """The (user, badge) pairs some event can move (type, filters, field present)."""
+        pairs = set()
+        for event in events:
+            fact = Fact(event.event_type, event.payload, event.occurred_at)
+            for badge_id, spec in self.by_type.get(event.event_type, ()):
+                if (event.user_id, badge_id) not in pairs and progress.relevant(spec, fact):
+                    pairs.add((event.user_id, badge_id))
+        return pairs
+
+    def distinct_keys(
+        self, events: Iterable[Occurrence], pairs: set[tuple[int, int]]
+    ) -> set[tuple[int, int, str]]:
+        """The all-time distinct values these events mention: (user, requirement, key)."""
+        keys = set()
+        for event in events:
+            fact = Fact(event.event_type, event.payload, event.occurred_at)
+            for badge_id, spec in self.by_type.get(event.event_type, ()):
+                if (event.user_id, badge_id) in pairs:
+                    key = progress.key_for(spec, fact)
+                    if key is not None:
+                        keys.add((event.user_id, spec.id, key))
+        return keys
+
+
+# --- where a user stands on a badge -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A user's standing on one badge: each requirement, the whole, and the tier."""
+
+    measures: list[Measure]
+    status: BadgeStatus
+    level: int  # tiers reached; for other badges 1 when met now, else 0
+
+
+def measure(
+    spec: Spec,
+    state: State | None,
+    now: datetime,
+    time_zone: str,
+    unlocked: set[int],
+    *,
+    latched: bool = True,
+) -> Measure:
+    """One requirement's standing; composites look at the badges the user holds."""
+    if spec.kind is Kind.COMPOSITE:
+        return progress.measure_composite(spec.composite_mode, list(spec.parts), unlocked)
+    return progress.measure(spec, state or {}, now, time_zone, latched=latched)
+
+
+def standing(
+    rule: BadgeRule,
+    states: Mapping[int, State],
+    now: datetime,
+    time_zone: str,
+    unlocked: set[int],
+) -> Standing:
+    if rule.graded:
+        [spec] = rule.requirements
+        level, towards = progress.measure_tiered(
+            spec, states.get(spec.id), now, time_zone, rule.tiers
+        )
+        return Standing([towards], progress.badge_status([towards]), level)
+    measures = [
+        measure(spec, states.get(spec.id), now, time_zone, unlocked, latched=rule.repeat is None)
+        for spec in rule.requirements
+    ]
+    status = progress.badge_status(measures)
+    return Standing(measures, status, 1 if status.met else 0)
+
+
+def earnings(
+    rule: BadgeRule,
+    states: Mapping[int, State],
+    moment: datetime,
+    time_zone: str,
+    unlocked: set[int],
+    now: datetime,
+) -> list[tuple[str, int]]:
+    """The (period, tier) earnings the progress justifies, lowest first.
+
+    A plain badge: ("", 0) once every requirement is met. A tiered badge:
+    ("", n) for every tier its requirement's best value reached. A
+    repeatable badge: (period, 0) when every requirement is met within the
+    period of `moment` (the event's local day, week or month).
+    """
+    if rule.plain:
+        met = all((states.get(spec.id) or {}).get("met") for spec in rule.requirements)
+        return [("", 0)] if met and rule.requirements else []
+    if rule.graded:
+        [spec] = rule.requirements
+        level = progress.tier_level(spec, states.get(spec.id), rule.tiers)
+        return [("", n) for n in range(1, level + 1)]
+    if rule.tiers:
+        return []  # refused when saved: tiers grade exactly one requirement
+    if rule.repeat is not None:
+        period = periods.period_key(rule.repeat, moment, time_zone)
+        met = bool(rule.requirements) and all(
+            progress.holds_in_period(spec, states.get(spec.id), period)
+            for spec in rule.requirements
+        )
+        return [(period, 0)] if met else []
+    status = standing(rule, states, now, time_zone, unlocked).status
+    return [("", 0)] if status.met else []
+
+
+# --- the loaded state of a pair, and what evaluating changes -------------------
+
+
+@dataclass(slots=True)
+class Progress:
+    """One requirement's stored progress for one user."""
+
+    state: State = field(default_factory=dict)
+    met_by: str = ""
+    started_at: datetime | None = None
+    value: Decimal = Decimal(0)
+
+
+@dataclass(slots=True)
+class Held:
+    """An earning the user holds (an Unlock row)."""
+
+    period: str
+    tier: int
+    event_pk: int | None = None
+    event_ids: list[str] = field(default_factory=list)
+    took: timedelta | None = None
+    version_id: int | None = None
+    witness: OrderKey | None = None  # its event's order key, when it has one
+    pk: int | None = None
+
+
+@dataclass(slots=True)
+class Pair:
+    """What is stored for one (user, badge) pair, as the evaluation reads and changes it."""
+
+    user_id: int
+    badge_id: int
+    time_zone: str = "UTC"
+    progress: dict[int, Progress] = field(default_factory=dict)
+    current_value: Decimal = Decimal(0)
+    target_value: Decimal = Decimal(0)
+    completed_at: datetime | None = None
+    completed_by_event_id: int | None = None
+    tier: int = 0
+    held: dict[tuple[str, int], Held] = field(default_factory=dict)
+    # When a once-only unlock from before the badge was repeatable happened.
+    legacy_moment: datetime | None = None
+    # All-time distinct values already stored, of those the events mention.
+    known_keys: dict[int, set[str]] = field(default_factory=dict)
+
+    def states(self) -> dict[int, State]:
+        return {pk: row.state for pk, row in self.progress.items()}
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.current_value,
+            self.target_value,
+            self.completed_at,
+            self.completed_by_event_id,
+            self.tier,
+        )
+
+
+@dataclass(slots=True)
+class Earning:
+    """A new unlock: which earning, its witness event and its provenance."""
+
+    user_id: int
+    badge_id: int
+    period: str
+    tier: int
+    event_pk: int | None
+    event_ids: list[str]
+    took: timedelta | None
+    version_id: int | None
+    witness: OrderKey | None
+
+
+@dataclass
+class Outcome:
+    """What evaluating changed for one pair; `pair` itself holds the new state."""
+
+    pair: Pair
+    touched: bool = False  # some event moved a requirement
+    moved: set[int] = field(default_factory=set)  # requirements whose row changed
+    visible: bool = False  # the card changed: push it
+    earned: list[Earning] = field(default_factory=list)
+    revised: list[Held] = field(default_factory=list)  # held unlocks with new provenance
+    no_longer: list[tuple[str, int]] = field(default_factory=list)  # held, no longer justified
+    new_keys: list[tuple[int, str]] = field(default_factory=list)  # (requirement, distinct key)
+    needs_history: bool = False
+    events: int = 0  # events that moved it
+    # Earnings the events justify (new or held), for a whole-history fold's reconciliation.
+    justified: set[tuple[str, int]] = field(default_factory=set)
+
+
+def evaluate(
+    pairs: Mapping[tuple[int, int], Pair],
+    rules: RuleSet,
+    events: Iterable[Occurrence],
+    *,
+    now: datetime,
+    unlocked: Mapping[int, set[int]] | None = None,
+    fresh: bool = False,
+) -> dict[tuple[int, int], Outcome]:
+    """Fold `events` (any order) into `pairs` under `rules`; an Outcome per pair.
+
+    1. Sort the events by user and occurrence order, and fold each into the
+       requirements of the user's pairs that it can move, asking
+       `known_keys` whether an all-time distinct value is new.
+    2. After each event, work out the earnings of each badge it moved
+       (skipped for a badge with every earning it can have), and keep the
+       new ones with that event as their witness.
+    3. At the end, measure each pair once (the standing at `now`).
+
+    `fresh=True` says the pairs' progress is empty and `events` are their
+    whole history (replay, preview, the refold of `needs_history`): held
+    unlocks are then checked against what the history justifies, and their
+    provenance revised where it differs under the same rule version.
+    Otherwise the events extend the stored state; a pair whose witnesses a
+    late event could move is reported with `needs_history` and left as it was.
+    `unlocked` is the badges each user holds, for composites.
+    """
+    unlocked = unlocked or {}
+    outcomes = {key: Outcome(pair) for key, pair in pairs.items()}
+    ordered = sorted(events, key=lambda e: (e.user_id, e.occurred_at, e.event_id))
+    stopped: set[tuple[int, int]] = set()  # pairs that need their history
+    # Pairs with every earning their badge can have: no need to work earnings out.
+    finished = (
+        set()
+        if fresh
+        else {key for key, o in outcomes.items() if _all_earned(rules.badges.get(key[1]), o.pair)}
+    )
+    for event in ordered:
+        candidates = rules.by_type.get(event.event_type)
+        if not candidates:
+            continue
+        fact = Fact(event.event_type, event.payload, event.occurred_at)
+        event_key = event.key
+        moved: list[int] = []
+        for badge_id, spec in candidates:
+            pair_key = (event.user_id, badge_id)
+            outcome = outcomes.get(pair_key)
+            if outcome is None or pair_key in stopped or not progress.relevant(spec, fact):
+                continue
+            if not _fold(outcome, spec, fact, event, event_key, fresh):
+                stopped.add(pair_key)  # a late event that could move a witness
+                outcome.needs_history = True
+            elif not moved or moved[-1] != badge_id:
+                moved.append(badge_id)
+        for badge_id in moved:
+            pair_key = (event.user_id, badge_id)
+            if pair_key in stopped:
+                continue
+            outcome = outcomes[pair_key]
+            outcome.events += 1
+            if pair_key in finished:
+                continue
+            rule = rules.badges[badge_id]
+            if not _earn(outcome, rule, event, event_key, unlocked, now, fresh):
+                stopped.add(pair_key)
+                outcome.needs_history = True
+            elif rule.earnings_in_all is not None and (
+                len(outcome.justified) >= rule.earnings_in_all
+                if fresh
+                else _all_earned(rule, outcome.pair)
+            ):
+                finished.add(pair_key)
+    for pair_key, outcome in outcomes.items():
+        if outcome.needs_history:
+            continue
+        if fresh:
+            _reconcile(outcome)
+        _measure(outcome, rules.badges[pair_key[1]], unlocked.get(pair_key[0], set()), now)
+    return outcomes
+
+
+def settle(
+    pairs: Mapping[tuple[int, int], Pair],
+    rules: RuleSet,
+    *,
+    now: datetime,
+    unlocked: Mapping[int, set[int]],
+    parts: Mapping[tuple[int, int], Held],
+    starts: Mapping[tuple[int, int], datetime],
+) -> dict[tuple[int, int], Outcome]:
+    """Evaluate pairs that no event moves: composites, once their parts are unlocked.
+
+    `parts` holds each user's first earning of the badges they hold, and
+    `starts` when the first event that counted toward each (user, badge)
+    occurred. A composite's witness is the latest of its parts' witnesses,
+    its provenance theirs, and its time to unlock runs from the first event
+    that counted toward any part to that witness.
+    """
+    outcomes = {}
+    for pair_key, pair in pairs.items():
+        user_id, badge_id = pair_key
+        rule = rules.badges[badge_id]
+        outcome = outcomes[pair_key] = Outcome(pair)
+        held = unlocked.get(user_id, set())
+        earned = earnings(rule, pair.states(), now, pair.time_zone, held, now)
+        held_before = set(pair.held)
+        new = [key for key in earned if not _held(pair, rule, *key)]
+        if earned:
+            names = [part for spec in rule.requirements for part in spec.parts]
+            members = sorted(
+                (parts[(user_id, part)] for part in names if (user_id, part) in parts),
+                key=lambda member: member.witness or ("", ""),
+            )
+            last = members[-1] if members else None
+            began = [starts[(user_id, part)] for part in names if (user_id, part) in starts]
+            witness = last.witness if last is not None else None
+            took = (
+                max(moment_of(witness) - min(began), timedelta(0))
+                if witness is not None and began
+                else None
+            )
+            provenance = list(dict.fromkeys(i for member in members for i in member.event_ids))
+            for period, tier in earned:
+                if (period, tier) not in new and (period, tier) not in held_before:
+                    continue  # held in another form (an unlock from before tiers)
+                # A held one is revised when its parts' provenance moved (a late event).
+                _record_earning(
+                    outcome,
+                    rule,
+                    period,
+                    tier,
+                    last.event_pk if last is not None else None,
+                    provenance,
+                    took,
+                    witness,
+                    completed=now,
+                    new=(period, tier) in new,
+                )
+        _measure(outcome, rule, held, now)
+    return outcomes
+
+
+# --- the steps ------------------------------------------------------------------
+
+
+def _fold(
+    outcome: Outcome,
+    spec: Spec,
+    fact: Fact,
+    event: Occurrence,
+    event_key: OrderKey,
+    fresh: bool,
+) -> bool:
+    """Fold one event into one requirement; False if it is a late event that could
+    move a witness, and then nothing is changed."""
+    pair = outcome.pair
+    row = pair.progress.get(spec.id)
+    if row is None:
+        row = pair.progress[spec.id] = Progress()
+    old = row.state
+    latest = old.get(LATEST)
+    late = not fresh and latest is not None and tuple(latest) > event_key
+    if late and (
+        old.get(NEGATIVE)
+        or (old.get(WITNESS) is not None and tuple(old[WITNESS]) > event_key)
+        # A tier or period earned later in occurrence order: its witness may move.
+        or any(h.witness is not None and h.witness > event_key for h in pair.held.values())
+    ):
+        return False
+    is_new_key = True
+    key = progress.key_for(spec, fact)
+    if key is not None:
+        known = pair.known_keys.setdefault(spec.id, set())
+        is_new_key = key not in known
+        if is_new_key:
+            known.add(key)
+            outcome.new_keys.append((spec.id, key))
+    state = progress.apply_fact(spec, old, fact, pair.time_zone, is_new_key=is_new_key)
+    newly_met = bool(state.get("met")) and not old.get("met")
+    if newly_met and late:
+        return False  # met by an event older than one already folded: which one met it?
+    if not late:
+        state[LATEST] = list(event_key)
+    if newly_met:
+        state[WITNESS] = list(event_key)
+        row.met_by = event.event_id
+    if _negative(spec, fact):
+        state[NEGATIVE] = True
+    if row.started_at is None or event.occurred_at < row.started_at:
+        row.started_at = event.occurred_at
+        outcome.moved.add(spec.id)
+    if state != old:
+        if _visible(state) != _visible(old):
+            outcome.visible = True
+        row.state = state
+        outcome.moved.add(spec.id)
+    outcome.touched = True
+    return True
+
+
+def _negative(spec: Spec, fact: Fact) -> bool:
+    if spec.kind is not Kind.AGGREGATE or spec.aggregation is not Aggregation.SUM:
+        return False
+    value = progress.numeric(fact.payload.get(spec.field))
+    return value is not None and value < 0
+
+
+def _visible(state: State) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if k != LATEST}
+
+
+def _earn(
+    outcome: Outcome,
+    rule: BadgeRule,
+    event: Occurrence,
+    event_key: OrderKey,
+    unlocked: Mapping[int, set[int]],
+    now: datetime,
+    fresh: bool,
+) -> bool:
+    """Record the earnings the pair's progress justifies after `event`, with `event`
+    as their witness; False if a late event earned something new (its witness
+    could be an event folded before: needs history).
+
+    In a whole-history fold, earnings the pair holds are checked too: their
+    provenance is what the history gives (see _record_earning)."""
+    pair = outcome.pair
+    states = pair.states()
+    earned = earnings(
+        rule, states, event.occurred_at, pair.time_zone, unlocked.get(pair.user_id, set()), now
+    )
+    reached = [key for key in earned if key not in outcome.justified]
+    if not reached:
+        return True
+    new = {key for key in reached if not _held(pair, rule, *key)}
+    if not new and not fresh:
+        outcome.justified.update(reached)
+        return True
+    if (
+        new
+        and not fresh
+        and any(
+            (row := pair.progress.get(spec.id)) is not None
+            and row.state.get(LATEST) is not None
+            and tuple(row.state[LATEST]) > event_key
+            for spec in rule.requirements
+        )
+    ):
+        return False
+    # In occurrence order, the event at hand last: it completed the earning.
+    witnesses = sorted(
+        (tuple(row.state[WITNESS]), row.met_by)
+        for spec in rule.requirements
+        if (row := pair.progress.get(spec.id)) is not None
+        and row.met_by
+        and row.state.get(WITNESS)
+    )
+    provenance = list(dict.fromkeys([*(met_by for _, met_by in witnesses), event.event_id]))
+    starts = [
+        row.started_at
+        for spec in rule.requirements
+        if (row := pair.progress.get(spec.id)) is not None and row.started_at is not None
+    ]
+    took = max(event.occurred_at - min(starts), timedelta(0)) if starts else None
+    # The badge's first earning (each tier of it) records its time to unlock.
+    first = not outcome.justified if fresh else pair.completed_at is None
+    for period, tier in reached:
+        outcome.justified.add((period, tier))
+        if not fresh and (period, tier) not in new:
+            continue  # held: its provenance is revised only by a whole-history fold
+        _record_earning(
+            outcome,
+            rule,
+            period,
+            tier,
+            event.pk,
+            provenance if not period and tier <= 1 else [event.event_id],
+            took if not period or first else None,
+            event_key,
+            completed=now,
+            new=(period, tier) in new,
+            first=first and fresh,
+        )
+        first = False
+    return True
+
+
+def _held(pair: Pair, rule: BadgeRule, period: str, tier: int) -> bool:
+    """Whether the pair already holds this earning (or one that stands for it)."""
+    if tier == 1 and pair.tier == 0 and pair.completed_at is not None:
+        # Unlocked before the badge had tiers: that unlock is its first tier.
+        pair.tier = 1
+        return True
+    if not period:
+        return tier <= pair.tier if tier else pair.completed_at is not None
+    if (period, tier) in pair.held:
+        return True
+    # Making a badge repeatable keeps its old unlock; it is the earning of its period.
+    return (
+        pair.completed_at is not None
+        and pair.legacy_moment is not None
+        and rule.repeat is not None
+        and periods.period_key(rule.repeat, pair.legacy_moment, pair.time_zone) == period
+    )
+
+
+def _record_earning(
+    outcome: Outcome,
+    rule: BadgeRule,
+    period: str,
+    tier: int,
+    event_pk: int | None,
+    event_ids: list[str],
+    took: timedelta | None,
+    witness: OrderKey | None,
+    *,
+    completed: datetime,
+    new: bool = True,
+    first: bool = False,
+) -> None:
+    """Keep a new earning; or, for one the pair holds (a whole-history fold), revise
+    its provenance when the history gives another under the same rule version
+    (an unlock keeps the provenance of the version it was earned under)."""
+    pair = outcome.pair
+    if not new:
+        if first:
+            # The pair's first earning in occurrence order completed it.
+            pair.completed_by_event_id = event_pk
+        held = pair.held.get((period, tier))
+        if (
+            held is not None
+            and held.version_id == rule.version_id
+            and (held.event_ids, held.event_pk, held.took) != (event_ids, event_pk, took)
+        ):
+            if pair.completed_by_event_id == held.event_pk:
+                pair.completed_by_event_id = event_pk  # it points at this earning
+            held.event_ids, held.event_pk, held.took = event_ids, event_pk, took
+            held.witness = witness
+            outcome.revised.append(held)
+        return
+    pair.held[(period, tier)] = Held(
+        period, tier, event_pk, event_ids, took, rule.version_id, witness
+    )
+    outcome.earned.append(
+        Earning(
+            pair.user_id,
+            pair.badge_id,
+            period,
+            tier,
+            event_pk,
+            event_ids,
+            took,
+            rule.version_id,
+            witness,
+        )
+    )
+    if pair.completed_at is None:
+        pair.completed_at = completed
+        pair.completed_by_event_id = event_pk
+    elif first:
+        pair.completed_by_event_id = event_pk  # an earlier earning than those held
+    pair.tier = max(pair.tier, tier)
+    outcome.visible = True
+
+
+def _all_earned(rule: BadgeRule | None, pair: Pair) -> bool:
+    """Whether the pair holds every earning the badge has (a repeatable badge never does)."""
+    if rule is None or rule.earnings_in_all is None:
+        return False
+    if rule.tiers:
+        return pair.tier >= len(rule.tiers)
+    return pair.completed_at is not None
+
+
+def _reconcile(outcome: Outcome) -> None:
+    """After a whole-history fold: the held earnings the history does not justify.
+
+    An unlock from before the badge had tiers, or repeated, stands while the
+    badge is earned in any way. Nothing is revoked here; callers report it.
+    """
+    for key in outcome.pair.held:
+        if key in outcome.justified or (key == ("", 0) and outcome.justified):
+            continue
+        outcome.no_longer.append(key)
+
+
+def _measure(outcome: Outcome, rule: BadgeRule, unlocked: set[int], now: datetime) -> None:
+    pair = outcome.pair
+    for spec in rule.requirements:
+        pair.progress.setdefault(spec.id, Progress())
+    result = standing(rule, pair.states(), now, pair.time_zone, unlocked)
+    if (pair.current_value, pair.target_value) != (result.status.current, result.status.target):
+        outcome.visible = True
+    pair.current_value = result.status.current
+    pair.target_value = result.status.target
+    # A measure's value does not depend on its threshold: the standing's
+    # measures (a tiered badge's against its next tier) give each row's value.
+    for spec, measured in zip(rule.requirements, result.measures, strict=True):
+        pair.progress[spec.id].value = measured.value

@@ -1,0 +1,100 @@
+"""Telling users' open pages what changed: cards and toasts, rendered once, sent on commit.
+
+The engine hands `notify_many` to `transaction.on_commit` with what a batch
+changed; it asks which users have a page open (achievements.presence),
+builds their cards in a fixed number of queries (achievements.cards),
+renders each user's frame once (achievements.frames) and sends them all
+together (achievements.realtime).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from channels.layers import get_channel_layer
+from django.utils import timezone
+
+from achievements import metrics, presence, realtime
+from achievements.cards import KnownState, cards_for_users, toasts_for
+from achievements.frames import render_frame
+from achievements.models import Unlock
+
+logger = logging.getLogger(__name__)
+
+
+def notify_badge_changes(
+    *, user_id: int, badge_ids: Iterable[int], unlock_ids: Iterable[int] = ()
+) -> None:
+    """Push fresh cards for changed badges, and a toast for each unlock.
+
+    An unlock is marked delivered once the layer has accepted the send. The
+    layer is at-most-once, so delivery is not the end of it: pages that were
+    not connected pick up unseen unlocks when their socket (re)connects.
+    """
+    notify_many({user_id: (list(badge_ids), list(unlock_ids))})
+
+
+def notify_many(
+    changes: dict[int, tuple[list[int], list[int]]], *, known: KnownState | None = None
+) -> None:
+    """notify_badge_changes for many users (user → (badge ids, unlock ids)).
+
+    Asks once which users have a page open and skips the others; builds every
+    card in a fixed number of queries (cards_for_users; none for what `known`,
+    the batch's own rows, covers); renders each user's frame once; sends all
+    of them concurrently. Best effort: failures are logged, never raised.
+    """
+    try:
+        if realtime.nobody_listens(get_channel_layer()):
+            return  # skip rendering cards nobody would get
+        present = presence.present_users(list(changes))
+        targets = {u: c for u, c in changes.items() if present is None or u in present}
+        if not targets:
+            return  # no page open: the next one catches up from the database
+        unlock_ids = [pk for _, unlocks in targets.values() for pk in unlocks]
+        made = known.unlocks if known is not None else {}
+        rows = [(pk, *made[pk]) for pk in unlock_ids if pk in made]
+        if unread := [pk for pk in unlock_ids if pk not in made]:
+            rows += Unlock.objects.filter(pk__in=unread).values_list(
+                "pk", "user_id", "badge_id", "tier", "period", "event__received_at"
+            )
+        rows.sort()
+        unlocks: dict[int, list[tuple[int, int, int, str]]] = {u: [] for u in targets}
+        for pk, user_id, badge_id, tier, period, _ in rows:
+            unlocks[user_id].append((pk, badge_id, tier, period))
+        cards = cards_for_users(
+            {
+                user_id: {*badge_ids, *(b for _, b, _, _ in unlocks[user_id])}
+                for user_id, (badge_ids, _) in targets.items()
+            },
+            known=known,
+        )
+        messages = {}
+        for user_id in targets:
+            # One message, so the page gets every change of one event in one frame;
+            # a toast per unlock, as an event can reach two tiers of a badge at once.
+            toasts = toasts_for(user_id, unlocks[user_id], cards[user_id])
+            messages[realtime.user_group(user_id)] = {
+                "type": "badges.changed",
+                "cards": cards[user_id],
+                "toasts": toasts,
+                # Rendered once here, not once per open tab in the web process.
+                "html": render_frame(cards[user_id], toasts),
+            }
+        sent = realtime.send_to_groups(messages)
+        delivered = [
+            (pk, received)
+            for pk, user_id, *_, received in rows
+            if realtime.user_group(user_id) in sent
+        ]
+        if delivered:
+            Unlock.objects.mark_delivered([pk for pk, _ in delivered])
+            # Event received → unlock pushed (composites have no event of their own).
+            now = timezone.now()
+            metrics.observe(
+                "accolade_unlock_latency_seconds",
+                [(now - received).total_seconds() for _, received in delivered if received],
+            )
+    except Exception:
+        logger.exception("Pushing changes to %d user(s) failed", len(changes))
