@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import partial
 
 from django.db import transaction
-from django.utils import timezone
 
 from achievements import dispatch
 from achievements.models import Event, ExternalIdentity
@@ -32,9 +31,7 @@ def link_external_identity(external_id: str, user_id: int) -> int:
         if other is not None:
             raise LinkConflict(f"that user is already linked to {other.external_id!r}")
         if identity.user_id is None:
-            identity.user_id = user_id
-            identity.linked_at = timezone.now()
-            identity.save(update_fields=["user", "linked_at"])
+            identity.link_to(user_id)
         waiting = list(
             Event.objects.waiting_for_user()
             .filter(external_user_id=external_id)

@@ -310,7 +310,7 @@ def _measure_aggregate(spec: Spec, state: State, now: datetime, time_zone: str) 
     value = Decimal(raw) if raw is not None else Decimal(0)
     met = bool(state.get("met"))
     unit = unit_name(spec)
-    text = f"{_fmt(value)} of {_fmt(spec.threshold)} {unit}".strip()
+    text = f"{format_number(value)} of {format_number(spec.threshold)} {unit}".strip()
     if spec.scope is not Scope.ALL_TIME and spec.aggregation is not Aggregation.SINGLE:
         text += {
             Scope.DAY: " today",
@@ -332,12 +332,14 @@ def met_text(spec: Spec, target: Decimal) -> str:
     """A met requirement's line on an earned badge's card: "5 of 5 different places"."""
     if spec.kind is Kind.STREAK:
         unit = "weeks" if spec.streak_unit == "week" else "days"
-        return f"streak {_fmt(target)} of {_fmt(target)} {unit}"
+        return f"streak {format_number(target)} of {format_number(target)} {unit}"
     if spec.kind is Kind.SEQUENCE:
-        return f"step {_fmt(target)} of {_fmt(target)}"
+        return f"step {format_number(target)} of {format_number(target)}"
     if spec.kind is Kind.COMPOSITE:
-        return f"{_fmt(target)} of {_fmt(target)} badge{'' if target == 1 else 's'}"
-    return f"{_fmt(target)} of {_fmt(target)} {unit_name(spec)}".strip()
+        return (
+            f"{format_number(target)} of {format_number(target)} badge{'' if target == 1 else 's'}"
+        )
+    return f"{format_number(target)} of {format_number(target)} {unit_name(spec)}".strip()
 
 
 def unit_name(spec: Spec) -> str:
@@ -398,7 +400,7 @@ def _measure_streak(spec: Spec, state: State, now: datetime, time_zone: str) -> 
         value=Decimal(current),
         target=spec.threshold,
         met=bool(state.get("met")),
-        text=f"streak {current} of {_fmt(spec.threshold)} {unit} (longest {longest})",
+        text=f"streak {current} of {format_number(spec.threshold)} {unit} (longest {longest})",
         current_streak=current,
         longest_streak=longest,
     )
@@ -560,10 +562,12 @@ def holds_in_period(spec: Spec, state: State | None, period: str) -> bool:
     return raw is not None and spec.operator.holds(Decimal(raw), spec.threshold)
 
 
-def _fmt(value: Decimal) -> str:
-    if value == value.to_integral_value():
-        return str(int(value))
-    return f"{value.normalize():f}"
+def format_number(value: Decimal | int | float) -> str:
+    """Show 5 rather than 5.0000, and 2.5 rather than 2.5000."""
+    number = Decimal(value)
+    if number == number.to_integral_value():
+        return str(int(number))
+    return f"{number.normalize():f}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,225 @@
+"""Where each user stands: progress per requirement, standing per badge, and unlocks."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.db.models.functions import Cast
+from django.utils import timezone
+
+from achievements.models.badges import Badge, BadgeRequirement
+from achievements.models.events import Event
+
+
+def progress_share() -> models.expressions.CombinedExpression:
+    """A user's progress on a badge as a share of its target (a float, on every
+    database), for the near-miss report and the index it reads."""
+    return Cast("current_value", models.FloatField()) / Cast("target_value", models.FloatField())
+
+
+class UserBadge(models.Model):
+    """A user's standing on one badge: progress, and the unlock once it happens."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="user_badges"
+    )
+    badge = models.ForeignKey(Badge, on_delete=models.CASCADE, related_name="user_badges")
+    current_value = models.DecimalField(max_digits=18, decimal_places=4, default=Decimal(0))
+    target_value = models.DecimalField(max_digits=18, decimal_places=4, default=Decimal(0))
+    completed_at = models.DateTimeField(null=True, blank=True)
+    completed_by_event = models.ForeignKey(
+        Event,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The event whose evaluation unlocked the badge.",
+    )
+    last_evaluated_at = models.DateTimeField(null=True, blank=True)
+    tier = models.PositiveSmallIntegerField(
+        default=0, help_text="Tiered badges: how many tiers the user has reached."
+    )
+
+    class Meta:
+        constraints = [
+            # One row per user and badge, so there is exactly one place an
+            # unlock can be written, whatever races.
+            models.UniqueConstraint(fields=["user", "badge"], name="unique_user_badge"),
+        ]
+        indexes = [
+            # Reports: holders per badge and tier, and the nearest misses first.
+            models.Index(
+                fields=["badge", "tier"],
+                include=["completed_at"],
+                name="userbadge_holders",
+                condition=models.Q(completed_at__isnull=False),
+            ),
+            models.Index(
+                progress_share(),
+                name="userbadge_share",
+                condition=models.Q(completed_at__isnull=True, target_value__gt=0),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} · {self.badge}"
+
+    @property
+    def is_completed(self) -> bool:
+        return self.completed_at is not None
+
+
+class UnlockQuerySet(models.QuerySet["Unlock"]):
+    def badge_ids_of(self, user_id: int) -> set[int]:
+        """The badges a user holds (what composites are made of)."""
+        return set(self.filter(user_id=user_id).values_list("badge_id", flat=True))
+
+    def mark_seen(self, user_id: int, unlock_ids: list[int]) -> int:
+        """Record that a page of `user_id` showed these unlocks; others' unlocks are ignored."""
+        return self.filter(user_id=user_id, pk__in=unlock_ids, seen_at__isnull=True).update(
+            seen_at=timezone.now()
+        )
+
+    def mark_delivered(self, unlock_ids: list[int]) -> int:
+        """Record that a push carried these unlocks to the channel layer."""
+        return self.filter(pk__in=unlock_ids, delivered_at__isnull=True).update(
+            delivered_at=timezone.now()
+        )
+
+
+class Unlock(models.Model):
+    """One earning of a badge by a user, with whether it reached the user's pages.
+
+    `period` is empty for once-only badges and names the local day, week or
+    month for repeatable ones; `tier` is 0 for untiered badges and the tier
+    number (1 = the first) for tiered ones. The unique constraint makes a
+    second unlock of the same badge, period and tier impossible.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="unlocks"
+    )
+    badge = models.ForeignKey(Badge, on_delete=models.CASCADE, related_name="unlocks")
+    period = models.CharField(max_length=32, blank=True, default="")
+    tier = models.PositiveSmallIntegerField(default=0)
+    unlocked_at = models.DateTimeField(default=timezone.now)
+    event = models.ForeignKey(
+        Event,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="unlocks",
+        help_text="The event whose evaluation completed the badge.",
+    )
+    version = models.ForeignKey(
+        "BadgeVersion",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="unlocks",
+        help_text="The version of the badge's rule it was evaluated under.",
+    )
+    event_ids = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="The producer's ids of the events that completed it: the one that met "
+        "each requirement, and the one evaluated when it unlocked.",
+    )
+    silent = models.BooleanField(
+        default=False, help_text="Unlocked by a replay or re-evaluation: never toasted."
+    )
+    delivered_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a push to the user's pages was first sent."
+    )
+    seen_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a page of the user first showed the toast."
+    )
+    took = models.DurationField(
+        null=True,
+        blank=True,
+        help_text="First earnings of a badge (each tier): from the user's first qualifying "
+        "event to the event that earned it. The time-to-unlock report reads it.",
+    )
+
+    objects = UnlockQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-unlocked_at", "-id"]
+        permissions = [("view_reports", "Can view achievement reports")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "badge", "period", "tier"], name="unique_unlock"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["user", "unlocked_at"],
+                name="unlock_unseen",
+                condition=models.Q(seen_at__isnull=True, silent=False),
+            ),
+            # The reports: unlocks over time, per badge, and their latency.
+            models.Index(fields=["unlocked_at"], name="unlock_at"),
+            models.Index(
+                fields=["badge", "unlocked_at"], include=["tier", "took"], name="unlock_badge_at"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} unlocked {self.badge}{self.suffix()}"
+
+    def suffix(self) -> str:
+        """ " (Silver)" or " (2026-W47)": which earning of the badge this is."""
+        if self.tier:
+            return f" ({self.badge.tier_name(self.tier) or f'tier {self.tier}'})"
+        return f" ({self.period})" if self.period else ""
+
+
+class RequirementProgress(models.Model):
+    """The running aggregate of one requirement for one user, kept incrementally."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    requirement = models.ForeignKey(
+        BadgeRequirement, on_delete=models.CASCADE, related_name="progress"
+    )
+    value = models.DecimalField(max_digits=18, decimal_places=4, default=Decimal(0))
+    state = models.JSONField(
+        default=dict, blank=True, help_text="The incremental state (see achievements/progress.py)."
+    )
+    met_by = models.CharField(
+        max_length=128,
+        blank=True,
+        help_text="The producer's id of the event that first met the requirement.",
+    )
+    started_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the earliest event that counted toward it occurred (passed its "
+        "type and filters).",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "requirement"], name="unique_progress"),
+        ]
+
+
+class DistinctValue(models.Model):
+    """A payload value already counted by a distinct-count requirement for a user.
+
+    Stored as a fixed-size hash so one check is an index lookup, however many
+    values the user has accumulated.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    requirement = models.ForeignKey(BadgeRequirement, on_delete=models.CASCADE, related_name="+")
+    value_key = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "requirement", "value_key"], name="unique_distinct_value"
+            ),
+        ]
