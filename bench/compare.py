@@ -40,13 +40,13 @@ def main() -> None:
     parser.add_argument("new", nargs="?", default="HEAD")
     parser.add_argument("--only", default=",".join(BENCHES))
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("extra", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     names = [name for name in args.only.split(",") if name]
     unknown = sorted(set(names) - set(BENCHES))
     if unknown:
         parser.error(f"--only: unknown benchmark {', '.join(unknown)}")
-    extra = [a for a in args.extra if a != "--"]
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     with tempfile.TemporaryDirectory(prefix="accolade-compare-") as scratch:
         trees = {
