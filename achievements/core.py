@@ -506,7 +506,9 @@ def _fold(
     latest = old.get(LATEST)
     late = not fresh and latest is not None and tuple(latest) > event_key
     if late and (
+        # With negative terms a window's best value depends on the order: fold it in order.
         old.get(NEGATIVE)
+        or _negative(spec, fact)
         or (old.get(WITNESS) is not None and tuple(old[WITNESS]) > event_key)
         # A tier or period earned later in occurrence order: its witness may move.
         or any(h.witness is not None and h.witness > event_key for h in pair.held.values())
@@ -524,6 +526,8 @@ def _fold(
     newly_met = bool(state.get("met")) and not old.get("met")
     if newly_met and late:
         return False  # met by an event older than one already folded: which one met it?
+    if state != old:  # before the marks below: what the card shows moved
+        outcome.visible = True
     if not late:
         state[LATEST] = list(event_key)
     if newly_met:
@@ -535,8 +539,6 @@ def _fold(
         row.started_at = event.occurred_at
         outcome.moved.add(spec.id)
     if state != old:
-        if _visible(state) != _visible(old):
-            outcome.visible = True
         row.state = state
         outcome.moved.add(spec.id)
     outcome.touched = True
@@ -548,10 +550,6 @@ def _negative(spec: Spec, fact: Fact) -> bool:
         return False
     value = progress.numeric(fact.payload.get(spec.field))
     return value is not None and value < 0
-
-
-def _visible(state: State) -> dict[str, Any]:
-    return {k: v for k, v in state.items() if k != LATEST}
 
 
 def _earn(
@@ -570,10 +568,22 @@ def _earn(
     In a whole-history fold, earnings the pair holds are checked too: their
     provenance is what the history gives (see _record_earning)."""
     pair = outcome.pair
-    states = pair.states()
-    earned = earnings(
-        rule, states, event.occurred_at, pair.time_zone, unlocked.get(pair.user_id, set()), now
-    )
+    if rule.plain:  # the common badge: its met flags decide, no measuring
+        rows = pair.progress
+        if not all(
+            (row := rows.get(spec.id)) and row.state.get("met") for spec in rule.requirements
+        ):
+            return True
+        earned = [("", 0)]
+    else:
+        earned = earnings(
+            rule,
+            pair.states(),
+            event.occurred_at,
+            pair.time_zone,
+            unlocked.get(pair.user_id, set()),
+            now,
+        )
     reached = [key for key in earned if key not in outcome.justified]
     if not reached:
         return True

@@ -33,6 +33,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from django.core.cache import cache
@@ -68,9 +69,15 @@ class _Index:
     composites: dict[int, frozenset[int]] = field(default_factory=dict)
     # Badge → its latest version (the rules above, as unlocks record them).
     versions: dict[int, int] = field(default_factory=dict)
-    # The active badges' rules, as the evaluation core reads them.
-    rules: core.RuleSet = field(default_factory=lambda: core.RuleSet({}))
     by_id: dict[int, Badge] = field(default_factory=dict)
+
+    @cached_property
+    def rules(self) -> core.RuleSet:
+        """The active badges' rules as the evaluation core reads them, built on first
+        use: web processes, which only record events, never need them."""
+        return core.RuleSet(
+            {badge.pk: badge.rule(version_id=self.versions.get(badge.pk)) for badge in self.badges}
+        )
 
 
 _lock = threading.Lock()
@@ -286,8 +293,5 @@ def _build() -> _Index:
         requirements,
         {part: frozenset(wholes) for part, wholes in composites.items()},
         versions,
-        core.RuleSet(
-            {badge.pk: badge.rule(version_id=versions.get(badge.pk)) for badge in badges}
-        ),
         {badge.pk: badge for badge in badges},
     )

@@ -37,7 +37,7 @@ The middle generation's collections remain, about one every 5 s at
 channel of its own, because each socket's pending receive (a task, its
 coroutine, asyncio.wait's futures) was replaced after every message and
 outlived the youngest generation; with the sockets fed by one hub per
-process (achievements.realtime.SocketHub) they take 13 to 30 ms, and the
+process (achievements.hub.SocketHub) they take 13 to 30 ms, and the
 young collections at most about 30 ms. The cyclic garbage they find is
 mostly what Django's ASGI handler leaves per request: a cancelled
 disconnect listener with its traceback. (A database wrapper for each

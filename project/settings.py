@@ -216,7 +216,7 @@ if _redis is None:
         "default": {
             "BACKEND": "channels.layers.InMemoryChannelLayer",
             # Every push of the process goes through one channel (the sockets'
-            # hub, achievements.realtime.SocketHub), and the layer silently drops
+            # hub, achievements.hub.SocketHub), and the layer silently drops
             # what is over capacity (100 by default): room for a batch's users.
             "CONFIG": {"capacity": 10_000},
         }
