@@ -39,13 +39,10 @@ MAX_ID = 2**63 - 1
 class PushConsumer(AsyncWebsocketConsumer):
     """A consumer whose database work all runs through database_sync_to_async.
 
-    Channels' dispatch hops to the shared sync thread to close stale
-    database connections before every message handler (for handlers that
-    use the ORM themselves). Here no handler does: every query runs in
-    `database_sync_to_async`, which closes stale connections in its own
-    thread before and after. With 5,000 sockets receiving 2,500 frames a
-    second, that hop was 41 % of Daphne's time (py-spy, bench/latency.py),
-    each one queued behind the others on one thread.
+    Channels' dispatch hops to the shared sync thread before every handler,
+    to close stale database connections; no handler here uses the ORM
+    outside `database_sync_to_async`, so the hop is skipped (its cost:
+    docs/performance.md, "Consumers without the sync hop").
     """
 
     async def dispatch(self, message: dict[str, Any]) -> None:

@@ -13,8 +13,7 @@ again, so none is left behind; the flag expires after a few seconds in case
 its request was lost, and the sweeper is the backstop for a message lost on
 the way. Under steady load one drain keeps working and most requests send
 nothing (one whenever the flag expires under a long drain, or after a drain
-ran dry): Celery's send cost the web process about 1 ms of Python per
-request (6 % of Daphne's time at 50 requests/s, py-spy).
+ran dry; what a send costs: docs/performance.md, "Coalesced drains").
 
 A drain whose first batch is full asks for one more drain, so a backlog
 spreads over every worker process. A drain's last look, after it clears

@@ -11,16 +11,10 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 
 logger = logging.getLogger(__name__)
 
-# # A consumer with a channel of its own waits on the layer for every message:
-# channels' dispatch loop keeps a task, a coroutine and the futures of an
-# asyncio.wait pending per socket, and replaces them after each message. With
-# 5,000 sockets those half-million short-lived objects outlived the young
-# garbage-collector generation and made every collection walk them: at 500
-# events/s Daphne stopped for 50 ms (young) and 140 ms (middle) collections
-# every few seconds (bench/latency.py with a gc callback). Instead each web
-# process holds one channel and puts it in a user's group while any socket
-# of that user is open here; one task receives every message and hands it to
-# that user's sockets. A socket then waits only on its own connection.
+# # One channel per web process, in the groups of the users with a socket here,
+# and one task handing each message to that user's sockets: a socket waits
+# only on its own connection (why: docs/performance.md, "One channel per
+# process").
 
 
 class SocketHub:

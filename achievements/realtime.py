@@ -77,11 +77,9 @@ def _addressed(group: str, message: dict[str, Any]) -> dict[str, Any]:
 def _publish_all(layer: RedisPubSubChannelLayer, messages: dict[str, dict[str, Any]]) -> set[str]:
     """The pub/sub layer's group_send for many groups, in one round trip.
 
-    The layer publishes under a lock, one command at a time, from an event
-    loop, so a batch's ten users cost ten round trips and two thread hops
-    (8 ms at the median under bench/latency.py's load). The same PUBLISH
-    commands, on the same channels and with the layer's own serializer, go
-    here in one pipeline from the calling thread.
+    The same PUBLISH commands the layer sends one at a time, on the same
+    channels and with its own serializer, in one pipeline from the calling
+    thread (what that saves: docs/performance.md, "Pushes in one pipeline").
     """
     client = metrics.redis_client("channels")
     if client is None:  # REDIS_URL unset but a Redis layer configured by hand

@@ -18,9 +18,9 @@ from achievements.engine import evaluate_composites, in_segments
 from achievements.models import Badge, BadgeRequirement, DistinctValue, Event, Unlock
 from achievements.versions import ensure_versions, live_version_id
 
-# Users per transaction. Larger chunks amortise the reads and writes (the
-# replay benchmark: 345 events/s one user at a time); the chunk's badge rows
-# stay locked while it folds, so live evaluation of its users waits that long.
+# Users per transaction: larger chunks amortise the reads and writes
+# (docs/performance.md, "Replay"); the chunk's badge rows stay locked while it
+# folds, so live evaluation of its users waits that long.
 CHUNK_USERS = 250
 
 

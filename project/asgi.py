@@ -79,14 +79,13 @@ class OneHopASGIHandler(ASGIHandler):
 
         Django's goes to the thread three times (the request_started
         receivers, the middleware chain and view, then the response's close
-        and the request_finished receivers), each a submit, a wake-up and a
-        call back to the event loop, and races the view against a
-        disconnect listener in two tasks of its own: together about a fifth
-        of a web process's CPU on single-event API requests (py-spy). Here
-        the three run in one call, in that order. A response held in memory
-        is closed (request_finished: the database connection goes back to
-        the pool) before it is sent; a streaming one after, as before. The
-        response is prepared as Django's `run_get_response` prepares it.
+        and the request_finished receivers) and races the view against a
+        disconnect listener; here the three run in one call, in that order
+        (the cost saved: docs/performance.md, "One thread hop per request").
+        A response held in memory is closed (request_finished: the database
+        connection goes back to the pool) before it is sent; a streaming one
+        after, as before. The response is prepared as Django's
+        `run_get_response` prepares it.
 
         A client that leaves mid-view is not listened for: a sync view runs
         to its end either way, and Daphne cancels the request once the
@@ -192,10 +191,9 @@ class RequestThreads:
     """Threads that serve one request at a time each, kept between requests,
     and at most `limit` requests at once.
 
-    Starting and joining a thread for every request, as Django's ASGI handler
-    does through ThreadSensitiveContext, cost a fifth of a web process's CPU
-    on small API requests (py-spy): the start, the join, and a new database
-    wrapper per request. A lease hands out an idle thread, or a new one.
+    Django's ASGI handler starts and joins a thread for every request (through
+    ThreadSensitiveContext); a lease hands out an idle thread, or a new one
+    (the cost saved: docs/performance.md, "One thread hop per request").
 
     Unbounded, as in Django's handler, 32 concurrent API clients got fewer
     requests through than 4: every thread beyond the database pool's size

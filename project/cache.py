@@ -15,10 +15,8 @@ _lock = threading.Lock()
 class SharedRedisCacheClient(RedisCacheClient):
     """Django's Redis cache client, keeping one redis.Redis per connection pool.
 
-    Django's builds a new redis.Redis around the pool for every cache call,
-    which sets up its callbacks and options each time: 4.5 % of a single-event
-    API request's time in Daphne (py-spy, bench/ingestion.py), where the rules
-    index, the drain flag and the metrics make several calls per request.
+    Django's builds a new redis.Redis around the pool for every cache call
+    (the cost: docs/performance.md, "One Redis client per process").
     A redis.Redis is thread-safe (each command checks a connection out of
     the pool), so one per pool serves every thread.
     """
@@ -38,11 +36,9 @@ class SharedRedisCacheClient(RedisCacheClient):
 class SharedRedisCache(RedisCache):
     """RedisCache whose client (and so its connection pool) every thread shares.
 
-    Django keeps a cache backend object per thread, and each one opens its
-    own pool. Under ASGI every request runs in a new thread, so every request
-    opened a new Redis connection: the ingestion benchmark's profile spent
-    9 % of Daphne's time connecting to Redis. redis-py's pools are
-    thread-safe, so one per process, per location and options, is enough.
+    Django keeps a cache backend object, and so a pool, per thread; redis-py's
+    pools are thread-safe, so one per process, per location and options, is
+    enough (docs/performance.md, "One Redis client per process").
     """
 
     @property

@@ -12,13 +12,11 @@ Method = Callable[..., Any]
 def skip_form_parsing() -> bool:
     """Make Daphne's requests leave their POST bodies to the application; whether it could.
 
-    Twisted parses a POST's form body into `request.args` when its
-    Content-Type says urlencoded or multipart, and to know that it sends
-    every POST's Content-Type through the `email` package: 5 % of a web
-    process's CPU under single-event API requests (py-spy). Daphne never
-    reads `args`; it hands the raw body to Django, which parses forms
-    itself. Twisted's `parsePOSTFormSubmission` switch turns the parsing
-    off; Daphne has no option for it, so its request class gets it here.
+    Twisted parses a POST's form body into `request.args`, which Daphne
+    never reads (it hands the raw body to Django); the cost:
+    docs/performance.md, "Twisted's form parsing and access log". Twisted's
+    `parsePOSTFormSubmission` switch turns the parsing off; Daphne has no
+    option for it, so its request class gets it here.
     """
 
     def build(original: Method) -> Method:
@@ -35,12 +33,9 @@ def skip_discarded_access_log() -> bool:
     """Make Daphne's HTTP factory skip Twisted's access-log line when Twisted's
     log goes nowhere; whether it could.
 
-    Twisted formats a combined-log line for every request and writes it to
-    its own log. At verbosity 0 or 1 (the default) Daphne sends that log
-    nowhere, and writes an access log of its own: the line was built to be
-    dropped, 1.6 % of a web process's CPU under single-event API requests
-    (py-spy). At verbosity 2 and up Daphne passes Twisted's log to Python's
-    logging, and the line is written as before.
+    At verbosity 0 or 1 (the default) Daphne sends Twisted's log nowhere, so
+    its per-request line was built to be dropped (the cost: the same section
+    of docs/performance.md). At verbosity 2 and up it is written as before.
     """
 
     def build(original: Method) -> Method:

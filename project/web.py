@@ -8,14 +8,8 @@ from asyncio's event loop policy at that moment; the `daphne` command has
 no hook before that, so this entry point sets the policy and then runs
 Daphne's command line.
 
-uvloop (libuv) runs the loop's own work, callbacks, timers and socket
-readiness, in C. bench/ingestion.py, runs alternating between uvloop and
-asyncio's loop on one machine (2 cores): single-event requests 1,024
-against 983 a second with two web processes (medians of 12), 490 against
-472 with one (of 6), about 4 % more; Daphne's CPU per such request 1.85-1.91
-against 1.96-2.00 ms. A request refused at once (the floor) gained 5 % with
-two processes and lost up to 10 % with one (0.69-0.74 against 0.66-0.68 ms
-of CPU), for a reason not found yet: `asyncio` is there for that case.
+uvloop (libuv) runs the loop's own work in C; what it gains and where it
+loses: docs/performance.md, "The web process's event loop".
 """
 
 from __future__ import annotations
