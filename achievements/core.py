@@ -7,8 +7,9 @@ meaning of the rules is here and in `achievements.progress` (one
 requirement's state), nowhere else. No ORM, no I/O, no clock: the caller
 passes `now`.
 
-Order. Events are folded in occurrence order, `(occurred_at, event_id)`,
-whatever order they arrived in and however they were cut into batches.
+Order. Events are folded in occurrence order, `(occurred_at, pk)` (events
+of one moment in the order they were recorded), whatever order they arrived
+in and however they were cut into batches.
 Each requirement's state is order-independent by construction (buckets,
 runs, step times), and every comparison the rules accept is monotone (more
 events can only meet more), so a requirement is met exactly when the events
@@ -29,7 +30,6 @@ the pair's whole history again with `fresh=True`, which is exact.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,7 +41,9 @@ from achievements import periods, progress
 from achievements.progress import BadgeStatus, Fact, Measure, Spec, State
 from achievements.rules import Aggregation, Kind, Scope
 
-OrderKey = tuple[str, str]  # (occurred_at in UTC ISO form, event_id): sorts as occurrence order
+# (occurred_at in UTC ISO form, the event's primary key): sorts as occurrence order,
+# events of one moment in the order they were recorded.
+OrderKey = tuple[str, int]
 
 # Keys the core keeps in a requirement's state beside progress's own.
 LATEST = "lt"  # the latest event folded in, as an order key
@@ -50,11 +52,11 @@ NEGATIVE = "neg"  # a sum has had a negative term: its met flag is not monotone
 _MARKS = (LATEST, WITNESS, NEGATIVE)
 
 
-def order_key(occurred_at: datetime, event_id: str) -> OrderKey:
-    return (occurred_at.astimezone(UTC).isoformat(timespec="microseconds"), event_id)
+def order_key(occurred_at: datetime, pk: int) -> OrderKey:
+    return (occurred_at.astimezone(UTC).isoformat(timespec="microseconds"), pk)
 
 
-def moment_of(key: Sequence[str]) -> datetime:
+def moment_of(key: OrderKey) -> datetime:
     return datetime.fromisoformat(key[0])
 
 
@@ -71,7 +73,7 @@ class Occurrence:
 
     @property
     def key(self) -> OrderKey:
-        return order_key(self.occurred_at, self.event_id)
+        return order_key(self.occurred_at, self.pk)
 
 
 @dataclass(frozen=True)
@@ -122,33 +124,47 @@ def watched_types(spec: Spec) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class RuleSet:
-    """The badges under evaluation, indexed by the event types they watch."""
+    """The badges under evaluation, indexed by the event types they watch.
+
+    `badges` may build each BadgeRule when first asked for it (the rules
+    index does); `watchers` (event type → the badges watching it), when
+    given, spares building the rules of badges that watch none of a batch's
+    types.
+    """
 
     badges: Mapping[int, BadgeRule]
+    watchers: Mapping[str, Sequence[int]] | None = None
+    _watching: dict[str, list[tuple[int, Spec]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
-    @cached_property
-    def by_type(self) -> dict[str, list[tuple[int, Spec]]]:
-        watching: dict[str, list[tuple[int, Spec]]] = defaultdict(list)
-        for badge_id in sorted(self.badges):
-            for spec in self.badges[badge_id].requirements:
-                for event_type in watched_types(spec):
-                    watching[event_type].append((badge_id, spec))
-        return dict(watching)
+    def watching(self, event_type: str) -> list[tuple[int, Spec]]:
+        """The (badge, requirement) pairs an event of this type may move, by badge."""
+        found = self._watching.get(event_type)
+        if found is None:
+            if self.watchers is None:
+                ids: Iterable[int] = self.badges
+            else:
+                ids = self.watchers.get(event_type, ())
+            found = [
+                (badge_id, spec)
+                for badge_id in sorted(set(ids))
+                for spec in self.badges[badge_id].requirements
+                if event_type in watched_types(spec)
+            ]
+            self._watching[event_type] = found
+        return found
 
-    @cached_property
-    def requirement_badge(self) -> dict[int, int]:
-        return {
-            spec.id: badge_id
-            for badge_id, rule in self.badges.items()
-            for spec in rule.requirements
-        }
+    def requirement_badges(self, badge_ids: Iterable[int]) -> dict[int, int]:
+        """Requirement → badge, for these badges."""
+        return {spec.id: b for b in badge_ids for spec in self.badges[b].requirements}
 
     def touched_pairs(self, events: Iterable[Occurrence]) -> set[tuple[int, int]]:
         """The (user, badge) pairs some event can move (type, filters, field present)."""
         pairs = set()
         for event in events:
             fact = Fact(event.event_type, event.payload, event.occurred_at)
-            for badge_id, spec in self.by_type.get(event.event_type, ()):
+            for badge_id, spec in self.watching(event.event_type):
                 if (event.user_id, badge_id) not in pairs and progress.relevant(spec, fact):
                     pairs.add((event.user_id, badge_id))
         return pairs
@@ -160,7 +176,7 @@ class RuleSet:
         keys = set()
         for event in events:
             fact = Fact(event.event_type, event.payload, event.occurred_at)
-            for badge_id, spec in self.by_type.get(event.event_type, ()):
+            for badge_id, spec in self.watching(event.event_type):
                 if (event.user_id, badge_id) in pairs:
                     key = progress.key_for(spec, fact)
                     if key is not None:
@@ -372,7 +388,7 @@ def evaluate(
     """
     unlocked = unlocked or {}
     outcomes = {key: Outcome(pair) for key, pair in pairs.items()}
-    ordered = sorted(events, key=lambda e: (e.user_id, e.occurred_at, e.event_id))
+    ordered = sorted(events, key=lambda e: (e.user_id, e.occurred_at, e.pk))
     stopped: set[tuple[int, int]] = set()  # pairs that need their history
     # Pairs with every earning their badge can have: no need to work earnings out.
     finished = (
@@ -381,7 +397,7 @@ def evaluate(
         else {key for key, o in outcomes.items() if _all_earned(rules.badges.get(key[1]), o.pair)}
     )
     for event in ordered:
-        candidates = rules.by_type.get(event.event_type)
+        candidates = rules.watching(event.event_type)
         if not candidates:
             continue
         fact = Fact(event.event_type, event.payload, event.occurred_at)
@@ -454,7 +470,7 @@ def settle(
             names = [part for spec in rule.requirements for part in spec.parts]
             members = sorted(
                 (parts[(user_id, part)] for part in names if (user_id, part) in parts),
-                key=lambda member: member.witness or ("", ""),
+                key=lambda member: member.witness or ("", 0),
             )
             last = members[-1] if members else None
             began = [starts[(user_id, part)] for part in names if (user_id, part) in starts]

@@ -475,7 +475,7 @@ def _parts(
     }
     held: set[int] = set()
     parts: dict[tuple[int, int], core.Held] = {}
-    for badge_id, period, tier, pk, event_pk, event_ids, occurred, producer_id in (
+    for badge_id, period, tier, pk, event_pk, event_ids, occurred in (
         Unlock.objects.filter(user_id=user_id)
         .order_by("unlocked_at", "pk")
         .values_list(
@@ -486,12 +486,11 @@ def _parts(
             "event_id",
             "event_ids",
             "event__occurred_at",
-            "event__event_id",
         )
     ):
         held.add(badge_id)
         if badge_id in names and (user_id, badge_id) not in parts:
-            witness = core.order_key(occurred, producer_id) if occurred is not None else None
+            witness = core.order_key(occurred, event_pk) if occurred is not None else None
             parts[(user_id, badge_id)] = core.Held(
                 period, tier, event_pk, list(event_ids or []), None, None, witness, pk
             )

@@ -30,7 +30,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -78,6 +78,27 @@ class _Index:
         return core.RuleSet(
             {badge.pk: badge.rule(version_id=self.versions.get(badge.pk)) for badge in self.badges}
         )
+
+
+class _Rules(Mapping[int, core.BadgeRule]):
+    """The active badges' rules by badge id, each built on first use (read-only)."""
+
+    def __init__(self, badges: dict[int, Badge], versions: dict[int, int]) -> None:
+        self._badges, self._versions = badges, versions
+        self._built: dict[int, core.BadgeRule] = {}
+
+    def __getitem__(self, badge_id: int) -> core.BadgeRule:
+        rule = self._built.get(badge_id)
+        if rule is None:
+            badge = self._badges[badge_id]
+            rule = self._built[badge_id] = badge.rule(version_id=self._versions.get(badge_id))
+        return rule
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._badges)
+
+    def __len__(self) -> int:
+        return len(self._badges)
 
 
 _lock = threading.Lock()

@@ -55,7 +55,7 @@ def preview_requirements(badge: Badge, requirements: list[BadgeRequirement]) -> 
     users_with_events = 0
     events = (
         Event.objects.filter(event_type__in=types, processed_at__isnull=False)
-        .order_by("user_id", "occurred_at", "event_id")
+        .order_by("user_id", "occurred_at", "pk")
         .values_list("pk", "event_id", "event_type", "user_id", "payload", "occurred_at")
     )
     # A user at a time: the states of one history in memory, not everyone's.

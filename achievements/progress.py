@@ -263,7 +263,14 @@ def _apply_aggregate(
     for window_value in _touched_windows(spec, state, bucket):
         if spec.operator.holds(window_value, spec.threshold):
             state["met"] = True
-        if spec.scope is Scope.ROLLING and (peak_so_far is None or window_value > peak_so_far):
+        # The best window, for tiers: only for values that grow (a minimum's
+        # best would depend on the order its events came in).
+        growing = spec.aggregation is not Aggregation.MIN
+        if (
+            spec.scope is Scope.ROLLING
+            and growing
+            and (peak_so_far is None or window_value > peak_so_far)
+        ):
             peak_so_far = window_value
     if peak_so_far is not None:
         state["p"] = str(peak_so_far)

@@ -123,9 +123,8 @@ def load_pairs(
         return Loaded({})
     users = sorted({u for u, _ in wanted})
     badges = sorted({b for _, b in wanted})
-    requirement_ids = sorted(
-        spec.id for badge_id in badges for spec in rules.badges[badge_id].requirements
-    )
+    badge_of = rules.requirement_badges(badges)
+    requirement_ids = sorted(badge_of)
     with reads() as read:
         locked = lock_standings(wanted, users, badges, read)
         progress_rows = None
@@ -166,7 +165,7 @@ def load_pairs(
                 Unlock.objects.filter(user_id__in=users, badge_id__in=unlock_badges),
                 _UNLOCK_FIELDS,
                 f"SELECT u.user_id, u.badge_id, u.period, u.tier, u.id, u.event_id, "
-                f"u.event_ids, u.took, u.version_id, e.occurred_at, e.event_id, u.unlocked_at "
+                f"u.event_ids, u.took, u.version_id, e.occurred_at, u.unlocked_at "
                 f"FROM {Unlock._meta.db_table} u "
                 f"LEFT JOIN {Event._meta.db_table} e ON e.id = u.event_id "
                 f"WHERE u.user_id = ANY(%b::bigint[]) AND u.badge_id = ANY(%b::bigint[])",
@@ -177,15 +176,14 @@ def load_pairs(
         pair.time_zone = zones.get(user_id) or "UTC"
     if progress_rows is not None:
         for user_id, requirement_id, state, met_by, started in progress_rows():
-            badge_id = rules.requirement_badge[requirement_id]
-            owner = loaded.pairs.get((user_id, badge_id))
+            owner = loaded.pairs.get((user_id, badge_of[requirement_id]))
             if owner is not None:
                 owner.progress[requirement_id] = core.Progress(
                     decode_json(state) or {}, met_by, started
                 )
     if key_rows is not None:
         for user_id, requirement_id, value_key in key_rows():
-            owner = loaded.pairs.get((user_id, rules.requirement_badge[requirement_id]))
+            owner = loaded.pairs.get((user_id, badge_of[requirement_id]))
             if owner is not None:
                 owner.known_keys.setdefault(requirement_id, set()).add(value_key)
     if unlock_rows is not None:
@@ -207,14 +205,13 @@ _UNLOCK_FIELDS = (
     "took",
     "version_id",
     "event__occurred_at",
-    "event__event_id",
     "unlocked_at",
 )
 
 
 def _hold(pair: core.Pair, rule: core.BadgeRule, row: Sequence[Any]) -> None:
-    _, _, period, tier, pk, event_pk, event_ids, took, version_id, occurred, producer_id, at = row
-    witness = core.order_key(occurred, producer_id) if occurred is not None else None
+    _, _, period, tier, pk, event_pk, event_ids, took, version_id, occurred, at = row
+    witness = core.order_key(occurred, event_pk) if occurred is not None else None
     pair.held[(period, tier)] = core.Held(
         period, tier, event_pk, list(decode_json(event_ids) or []), took, version_id, witness, pk
     )
@@ -295,7 +292,7 @@ def history(
         processed_at__isnull=False,
     )
     fields = ("pk", "event_id", "event_type", "user_id", "payload", "occurred_at")
-    events = processed.order_by("user_id", "occurred_at", "event_id").values_list(*fields)
+    events = processed.order_by("user_id", "occurred_at", "pk").values_list(*fields)
     if connection.vendor != "postgresql":
         for row in events.iterator(chunk_size=STREAM_ROWS):
             yield core.Occurrence(*row)

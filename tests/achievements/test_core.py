@@ -43,7 +43,7 @@ USER = 7
 
 
 def ordered(events: list[core.Occurrence]) -> list[core.Occurrence]:
-    return sorted(events, key=lambda e: (e.occurred_at, e.event_id))
+    return sorted(events, key=lambda e: (e.occurred_at, e.pk))
 
 
 def facts(events: list[core.Occurrence]) -> list[Fact]:
@@ -126,13 +126,13 @@ def reference(rule: core.BadgeRule, events: list[core.Occurrence], zone: str) ->
         witness = first(lambda p: all(met(spec, p, zone) for spec in rule.requirements))
         if witness is not None:
             earned[("", 0)] = witness
-    first_earning = min(earned.values(), key=lambda e: (e.occurred_at, e.event_id), default=None)
+    first_earning = min(earned.values(), key=lambda e: (e.occurred_at, e.pk), default=None)
     provenance = {}
     for (period, tier), witness in earned.items():
         if not period and tier <= 1:
             met_by = sorted(
                 (w for w in witnesses.values() if w is not None),
-                key=lambda e: (e.occurred_at, e.event_id),
+                key=lambda e: (e.occurred_at, e.pk),
             )
             ids = list(dict.fromkeys([*(w.event_id for w in met_by), witness.event_id]))
         else:
