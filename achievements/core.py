@@ -3,8 +3,9 @@
 Every path that evaluates rules calls `evaluate`: live evaluation (one
 event is a batch of one), replay, re-evaluation and the preview of a rule
 change. They differ only in what they load and what they write; the
-meaning of the rules is here and in `achievements.progress` (one
-requirement's state), nowhere else. No ORM, no I/O, no clock: the caller
+meaning of the rules is here, in `achievements.badgerules` (a badge's rule
+and its measures) and in `achievements.progress` (one requirement's state),
+nowhere else. No ORM, no I/O, no clock: the caller
 passes `now`.
 
 Order. Events are folded in occurrence order, `(occurred_at, pk)` (events
@@ -21,7 +22,9 @@ at which the badge's earning holds; an unlock's provenance lists the
 witnesses of its requirements, in occurrence order, its own last.
 
 Folding new events onto a stored state gives those witnesses exactly when
-the new events come after everything folded before. When one comes
+the new events come after everything that changed it before (the state's
+`lt` mark; an event that changes nothing leaves the mark alone, so which
+event the mark names depends on arrival, though what it bounds does not). When one comes
 earlier (a late event) and could move a witness (it precedes one, or it
 meets something while a later event is already folded, or a sum has
 negative terms), the pair is reported in `needs_history`: the caller folds
@@ -30,241 +33,58 @@ the pair's whole history again with `fresh=True`, which is exact.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
-from functools import cached_property
 from typing import Any
 
 from achievements import periods, progress
-from achievements.progress import BadgeStatus, Fact, Measure, Spec, State
-from achievements.rules import Aggregation, Kind, Scope
+from achievements.badgerules import (
+    BadgeRule,
+    Occurrence,
+    OrderKey,
+    RuleSet,
+    Standing,
+    earnings,
+    measure,
+    moment_of,
+    order_key,
+    standing,
+    watched_types,
+)
+from achievements.progress import Fact, Spec, State
+from achievements.rules import Aggregation, Kind
 
-# (occurred_at in UTC ISO form, the event's primary key): sorts as occurrence order,
-# events of one moment in the order they were recorded.
-OrderKey = tuple[str, int]
+# The rule's data and its measures are achievements.badgerules'; they are part
+# of the core's interface, so callers import them from here.
+__all__ = [
+    "BadgeRule",
+    "Earning",
+    "Held",
+    "Occurrence",
+    "OrderKey",
+    "Outcome",
+    "Pair",
+    "Progress",
+    "RuleSet",
+    "Standing",
+    "earnings",
+    "evaluate",
+    "measure",
+    "moment_of",
+    "order_key",
+    "settle",
+    "standing",
+    "watched_types",
+]
+
 
 # Keys the core keeps in a requirement's state beside progress's own.
-LATEST = "lt"  # the latest event folded in, as an order key
+LATEST = "lt"  # the latest event that changed the state, as an order key
 WITNESS = "w"  # the event that met it, as an order key
 NEGATIVE = "neg"  # a sum has had a negative term: its met flag is not monotone
 _MARKS = (LATEST, WITNESS, NEGATIVE)
-
-
-def order_key(occurred_at: datetime, pk: int) -> OrderKey:
-    return (occurred_at.astimezone(UTC).isoformat(timespec="microseconds"), pk)
-
-
-def moment_of(key: OrderKey) -> datetime:
-    return datetime.fromisoformat(key[0])
-
-
-@dataclass(frozen=True, slots=True)
-class Occurrence:
-    """One event, as the core sees it."""
-
-    pk: int
-    event_id: str
-    event_type: str
-    user_id: int
-    payload: Mapping[str, Any]
-    occurred_at: datetime
-
-    @property
-    def key(self) -> OrderKey:
-        return order_key(self.occurred_at, self.pk)
-
-
-@dataclass(frozen=True)
-class BadgeRule:
-    """A badge's rule as plain data: its requirements, tiers, repeat period and version."""
-
-    id: int
-    requirements: tuple[Spec, ...]
-    tiers: tuple[tuple[str, Decimal], ...] = ()
-    repeat: Scope | None = None
-    version_id: int | None = None
-
-    @cached_property
-    def watched_types(self) -> frozenset[str]:
-        return frozenset(t for spec in self.requirements for t in watched_types(spec))
-
-    @cached_property
-    def plain(self) -> bool:
-        """No tiers, no repeat, no composite part: earned exactly when every
-        requirement's met flag is set, so it need not be measured until then."""
-        return (
-            not self.tiers
-            and self.repeat is None
-            and all(spec.kind is not Kind.COMPOSITE for spec in self.requirements)
-        )
-
-    @cached_property
-    def graded(self) -> bool:
-        return bool(self.tiers) and len(self.requirements) == 1
-
-    @cached_property
-    def earnings_in_all(self) -> int | None:
-        """How many earnings the badge has at most: 1, its tiers, or no limit (repeatable)."""
-        return None if self.repeat else max(1, len(self.tiers))
-
-    @cached_property
-    def has_composite(self) -> bool:
-        return any(spec.kind is Kind.COMPOSITE for spec in self.requirements)
-
-
-def watched_types(spec: Spec) -> tuple[str, ...]:
-    if spec.kind is Kind.SEQUENCE:
-        return tuple(dict.fromkeys(spec.steps))
-    if spec.kind is Kind.COMPOSITE:
-        return ()  # moved by other badges' unlocks, not by events
-    return (spec.event_type,)
-
-
-@dataclass(frozen=True)
-class RuleSet:
-    """The badges under evaluation, indexed by the event types they watch.
-
-    `badges` may build each BadgeRule when first asked for it (the rules
-    index does); `watchers` (event type → the badges watching it), when
-    given, spares building the rules of badges that watch none of a batch's
-    types.
-    """
-
-    badges: Mapping[int, BadgeRule]
-    watchers: Mapping[str, Sequence[int]] | None = None
-    _watching: dict[str, list[tuple[int, Spec]]] = field(
-        default_factory=dict, repr=False, compare=False
-    )
-
-    def watching(self, event_type: str) -> list[tuple[int, Spec]]:
-        """The (badge, requirement) pairs an event of this type may move, by badge."""
-        found = self._watching.get(event_type)
-        if found is None:
-            if self.watchers is None:
-                ids: Iterable[int] = self.badges
-            else:
-                ids = self.watchers.get(event_type, ())
-            found = [
-                (badge_id, spec)
-                for badge_id in sorted(set(ids))
-                for spec in self.badges[badge_id].requirements
-                if event_type in watched_types(spec)
-            ]
-            self._watching[event_type] = found
-        return found
-
-    def requirement_badges(self, badge_ids: Iterable[int]) -> dict[int, int]:
-        """Requirement → badge, for these badges."""
-        return {spec.id: b for b in badge_ids for spec in self.badges[b].requirements}
-
-    def touched_pairs(self, events: Iterable[Occurrence]) -> set[tuple[int, int]]:
-        """The (user, badge) pairs some event can move (type, filters, field present)."""
-        pairs = set()
-        for event in events:
-            fact = Fact(event.event_type, event.payload, event.occurred_at)
-            for badge_id, spec in self.watching(event.event_type):
-                if (event.user_id, badge_id) not in pairs and progress.relevant(spec, fact):
-                    pairs.add((event.user_id, badge_id))
-        return pairs
-
-    def distinct_keys(
-        self, events: Iterable[Occurrence], pairs: set[tuple[int, int]]
-    ) -> set[tuple[int, int, str]]:
-        """The all-time distinct values these events mention: (user, requirement, key)."""
-        keys = set()
-        for event in events:
-            fact = Fact(event.event_type, event.payload, event.occurred_at)
-            for badge_id, spec in self.watching(event.event_type):
-                if (event.user_id, badge_id) in pairs:
-                    key = progress.key_for(spec, fact)
-                    if key is not None:
-                        keys.add((event.user_id, spec.id, key))
-        return keys
-
-
-# --- where a user stands on a badge -------------------------------------------
-
-
-@dataclass(frozen=True)
-class Standing:
-    """A user's standing on one badge: each requirement, the whole, and the tier."""
-
-    measures: list[Measure]
-    status: BadgeStatus
-    level: int  # tiers reached; for other badges 1 when met now, else 0
-
-
-def measure(
-    spec: Spec,
-    state: State | None,
-    now: datetime,
-    time_zone: str,
-    unlocked: set[int],
-    *,
-    latched: bool = True,
-) -> Measure:
-    """One requirement's standing; composites look at the badges the user holds."""
-    if spec.kind is Kind.COMPOSITE:
-        return progress.measure_composite(spec.composite_mode, list(spec.parts), unlocked)
-    return progress.measure(spec, state or {}, now, time_zone, latched=latched)
-
-
-def standing(
-    rule: BadgeRule,
-    states: Mapping[int, State],
-    now: datetime,
-    time_zone: str,
-    unlocked: set[int],
-) -> Standing:
-    if rule.graded:
-        [spec] = rule.requirements
-        level, towards = progress.measure_tiered(
-            spec, states.get(spec.id), now, time_zone, rule.tiers
-        )
-        return Standing([towards], progress.badge_status([towards]), level)
-    measures = [
-        measure(spec, states.get(spec.id), now, time_zone, unlocked, latched=rule.repeat is None)
-        for spec in rule.requirements
-    ]
-    status = progress.badge_status(measures)
-    return Standing(measures, status, 1 if status.met else 0)
-
-
-def earnings(
-    rule: BadgeRule,
-    states: Mapping[int, State],
-    moment: datetime,
-    time_zone: str,
-    unlocked: set[int],
-    now: datetime,
-) -> list[tuple[str, int]]:
-    """The (period, tier) earnings the progress justifies, lowest first.
-
-    A plain badge: ("", 0) once every requirement is met. A tiered badge:
-    ("", n) for every tier its requirement's best value reached. A
-    repeatable badge: (period, 0) when every requirement is met within the
-    period of `moment` (the event's local day, week or month).
-    """
-    if rule.plain:
-        met = all((states.get(spec.id) or {}).get("met") for spec in rule.requirements)
-        return [("", 0)] if met and rule.requirements else []
-    if rule.graded:
-        [spec] = rule.requirements
-        level = progress.tier_level(spec, states.get(spec.id), rule.tiers)
-        return [("", n) for n in range(1, level + 1)]
-    if rule.tiers:
-        return []  # refused when saved: tiers grade exactly one requirement
-    if rule.repeat is not None:
-        period = periods.period_key(rule.repeat, moment, time_zone)
-        met = bool(rule.requirements) and all(
-            progress.holds_in_period(spec, states.get(spec.id), period)
-            for spec in rule.requirements
-        )
-        return [(period, 0)] if met else []
-    status = standing(rule, states, now, time_zone, unlocked).status
-    return [("", 0)] if status.met else []
 
 
 # --- the loaded state of a pair, and what evaluating changes -------------------
@@ -542,8 +362,16 @@ def _fold(
     newly_met = bool(state.get("met")) and not old.get("met")
     if newly_met and late:
         return False  # met by an event older than one already folded: which one met it?
-    if state != old:  # before the marks below: what the card shows moved
-        outcome.visible = True
+    if state == old:
+        # It changes nothing, and would not in occurrence order either (its value,
+        # day or step time is one an earlier event brought): not even the mark
+        # of the latest event, so the row is not written again for it.
+        outcome.touched = True
+        if row.started_at is None or event.occurred_at < row.started_at:
+            row.started_at = event.occurred_at
+            outcome.moved.add(spec.id)
+        return True
+    outcome.visible = True
     if not late:
         state[LATEST] = list(event_key)
     if newly_met:
@@ -553,10 +381,8 @@ def _fold(
         state[NEGATIVE] = True
     if row.started_at is None or event.occurred_at < row.started_at:
         row.started_at = event.occurred_at
-        outcome.moved.add(spec.id)
-    if state != old:
-        row.state = state
-        outcome.moved.add(spec.id)
+    row.state = state
+    outcome.moved.add(spec.id)
     outcome.touched = True
     return True
 

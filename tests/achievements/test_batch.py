@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import timedelta
 from typing import Any
@@ -60,6 +61,10 @@ def _record(users, seed: int) -> list[int]:
     ]
 
 
+def _without_mark(state: dict) -> str:
+    return json.dumps({k: v for k, v in state.items() if k != "lt"}, sort_keys=True)
+
+
 def _snapshot() -> dict:
     return {
         "unlocks": sorted(
@@ -78,11 +83,13 @@ def _snapshot() -> dict:
                 "completed_by_event_id",
             )
         ),
+        # Without the mark of the latest event that changed a state, which one
+        # that was depends on the order of arrival (see achievements/core.py).
         "progress": sorted(
-            RequirementProgress.objects.exclude(state={}).values_list(
-                "user_id", "requirement_id", "state", "met_by", "started_at"
-            ),
-            key=repr,
+            (user, requirement, _without_mark(state), met_by, started)
+            for user, requirement, state, met_by, started in RequirementProgress.objects.exclude(
+                state={}
+            ).values_list("user_id", "requirement_id", "state", "met_by", "started_at")
         ),
         "distinct": sorted(
             DistinctValue.objects.values_list("user_id", "requirement_id", "value_key")

@@ -188,10 +188,16 @@ def live(rule: core.BadgeRule, batches: list[list[core.Occurrence]], zone: str) 
     return pair
 
 
+def _without_mark(state: dict) -> dict:
+    return {key: value for key, value in state.items() if key != core.LATEST}
+
+
 def state_of(pair: core.Pair) -> dict:
     return {
+        # Without the mark of the latest event that changed the state: which one
+        # that was depends on arrival (the core only needs a bound; see core.py).
         "progress": {
-            pk: (row.state, row.met_by, row.started_at, row.value)
+            pk: (_without_mark(row.state), row.met_by, row.started_at, row.value)
             for pk, row in sorted(pair.progress.items())
         },
         "unlocks": {
