@@ -84,7 +84,6 @@ __all__ = [
 LATEST = "lt"  # the latest event that changed the state, as an order key
 WITNESS = "w"  # the event that met it, as an order key
 NEGATIVE = "neg"  # a sum has had a negative term: its met flag is not monotone
-_MARKS = (LATEST, WITNESS, NEGATIVE)
 
 
 # --- the loaded state of a pair, and what evaluating changes -------------------
@@ -132,6 +131,10 @@ class Pair:
     legacy_moment: datetime | None = None
     # All-time distinct values already stored, of those the events mention.
     known_keys: dict[int, set[str]] = field(default_factory=dict)
+    # Whether `held` holds every unlock of the pair (the store may leave a
+    # tiered badge's out: its tiers are in `tier`, their witnesses only matter
+    # to a late event, which then asks for the history).
+    held_known: bool = True
 
     def states(self) -> dict[int, State]:
         return {pk: row.state for pk, row in self.progress.items()}
@@ -174,7 +177,6 @@ class Outcome:
     no_longer: list[tuple[str, int]] = field(default_factory=list)  # held, no longer justified
     new_keys: list[tuple[int, str]] = field(default_factory=list)  # (requirement, distinct key)
     needs_history: bool = False
-    events: int = 0  # events that moved it
     # Earnings the events justify (new or held), for a whole-history fold's reconciliation.
     justified: set[tuple[str, int]] = field(default_factory=set)
 
@@ -238,7 +240,6 @@ def evaluate(
             if pair_key in stopped:
                 continue
             outcome = outcomes[pair_key]
-            outcome.events += 1
             if pair_key in finished:
                 continue
             rule = rules.badges[badge_id]
@@ -346,7 +347,9 @@ def _fold(
         old.get(NEGATIVE)
         or _negative(spec, fact)
         or (old.get(WITNESS) is not None and tuple(old[WITNESS]) > event_key)
-        # A tier or period earned later in occurrence order: its witness may move.
+        # A tier or period earned later in occurrence order: its witness may move
+        # (a tier's held unlocks are not read for live batches: ask the history).
+        or (pair.tier >= 2 and not pair.held_known)
         or any(h.witness is not None and h.witness > event_key for h in pair.held.values())
     ):
         return False

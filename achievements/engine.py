@@ -272,8 +272,10 @@ def _evaluate(events: list[_Claimed], now: datetime) -> BatchResult:
         rules,
         zones,
         keys=rules.distinct_keys(occurrences, pairs),
-        # Held unlocks witness tiers and periods: a late event before one is refolded.
-        unlocks_of={b for b in touched_badges if rules.badges[b].tiers or rules.badges[b].repeat},
+        # A repeatable badge's periods are held in its unlocks; a tiered badge's
+        # tiers in the standing (their witnesses matter only to a late event,
+        # and that one asks for the history).
+        unlocks_of={b for b in touched_badges if rules.badges[b].repeat},
     )
     unlocked = _held_badges(rules, touched_badges, {user_id for user_id, _ in pairs})
     stored_rows = {key: set(pair.progress) for key, pair in loaded.pairs.items()}

@@ -202,6 +202,8 @@ def _event_value(spec: Spec, fact: Fact) -> Decimal | str | None:
     if raw is None:
         return None
     if spec.aggregation is Aggregation.DISTINCT:
+        if spec.scope is Scope.ALL_TIME:
+            return "new"  # the engine's table knows whether it is new (is_new_key)
         return distinct_key(raw)[:16]
     return numeric(raw)
 

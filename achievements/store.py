@@ -172,8 +172,10 @@ def load_pairs(
                 [users, unlock_badges],
             )
     loaded = locked()
-    for (user_id, _), pair in loaded.pairs.items():
+    read_unlocks = set(unlock_badges)
+    for (user_id, badge_id), pair in loaded.pairs.items():
         pair.time_zone = zones.get(user_id) or "UTC"
+        pair.held_known = badge_id in read_unlocks
     if progress_rows is not None:
         for user_id, requirement_id, state, met_by, started in progress_rows():
             owner = loaded.pairs.get((user_id, badge_of[requirement_id]))
