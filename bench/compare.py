@@ -11,7 +11,8 @@ frozen while the runs last, and each benchmark runs for OLD, then NEW, in
 turn (`--rounds 2` runs the pair twice, alternating which goes first), so a
 machine that slows down over the minutes costs both alike. It prints every
 figure of each benchmark's results file with the change from OLD to NEW,
-and writes them to bench/results-compare.json.
+and writes them to bench/results-compare.json (not kept in git: the table
+worth keeping goes in docs/performance.md).
 """
 
 from __future__ import annotations
