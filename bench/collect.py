@@ -44,6 +44,7 @@ def main() -> None:
     results = {
         path.stem.removeprefix("results-"): json.loads(path.read_text())
         for path in sorted(BENCH.glob("results-*.json"))
+        if path.stem != "results-compare"  # two commits side by side: not this one's
     }
     out = BENCH / "results.json"
     out.write_text(
