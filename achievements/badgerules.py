@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
 from typing import Any
@@ -17,17 +17,20 @@ from achievements import periods, progress
 from achievements.progress import BadgeStatus, Fact, Measure, Spec, State
 from achievements.rules import Kind, Scope
 
-# (occurred_at in UTC ISO form, the event's primary key): sorts as occurrence order,
-# events of one moment in the order they were recorded.
-OrderKey = tuple[str, int]
+# (occurred_at in microseconds since the epoch, the event's primary key): sorts as
+# occurrence order, events of one moment in the order they were recorded. Small,
+# as every progress state carries one or two.
+OrderKey = tuple[int, int]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def order_key(occurred_at: datetime, pk: int) -> OrderKey:
-    return (occurred_at.astimezone(UTC).isoformat(timespec="microseconds"), pk)
+    delta = occurred_at - _EPOCH
+    return ((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds, pk)
 
 
 def moment_of(key: OrderKey) -> datetime:
-    return datetime.fromisoformat(key[0])
+    return _EPOCH + timedelta(microseconds=key[0])
 
 
 @dataclass(frozen=True, slots=True)

@@ -291,7 +291,7 @@ def settle(
             names = [part for spec in rule.requirements for part in spec.parts]
             members = sorted(
                 (parts[(user_id, part)] for part in names if (user_id, part) in parts),
-                key=lambda member: member.witness or ("", 0),
+                key=lambda member: member.witness or (0, 0),
             )
             last = members[-1] if members else None
             began = [starts[(user_id, part)] for part in names if (user_id, part) in starts]
