@@ -290,6 +290,7 @@ def _evaluate(events: list[_Claimed], now: datetime) -> BatchResult:
             loaded.stored[key] = None  # written whole
     received: dict[int | None, datetime | None] = {e.pk: e.received_at for e in events}
     known_unlocks: dict[int, tuple[int, int, int, str, datetime | None]] = {}
+    versions: dict[int, int] = {}
     changed: set[tuple[int, int]] = set()
     for key, outcome in sorted(outcomes.items()):
         pair = outcome.pair
@@ -305,8 +306,10 @@ def _evaluate(events: list[_Claimed], now: datetime) -> BatchResult:
         if outcome.revised:
             result.revised_badges[user_id].add(badge_id)
         for earning in outcome.earned:
-            if earning.version_id is None:
-                earning.version_id = live_version_id(badge_id)
+            if earning.version_id is None:  # recorded after this batch's index was built
+                if badge_id not in versions:
+                    versions[badge_id] = live_version_id(badge_id)  # one lookup a badge
+                earning.version_id = versions[badge_id]
             writes.unlocks.append(store.new_unlock(earning, now=now))
         if (
             loaded.stored.get(key) is None
@@ -440,11 +443,12 @@ def evaluate_composites(
                 loaded.pairs, rules, now=now, unlocked={user_id: held}, parts=parts, starts=starts
             )
             writes = store.Writes(leftovers=False)
-            new_unlocks = []
             for key, outcome in outcomes.items():
                 for spec in rules.badges[key[1]].requirements:
                     writes.progress.append((user_id, spec.id, outcome.pair.progress[spec.id]))
-                writes.standings.append((loaded.row_ids[key], outcome.pair))
+                stored = loaded.stored[key]
+                if stored is None or outcome.earned or outcome.pair.row() != stored:
+                    writes.standings.append((loaded.row_ids[key], outcome.pair))
                 writes.revised += outcome.revised
                 for earning in outcome.earned:
                     if earning.version_id is None:
