@@ -55,6 +55,7 @@ bench: install
 	bash .ci/services.sh --bench
 	$(PY) bench/request_cost.py
 	$(PY) bench/ingestion.py
+	$(PY) bench/ingestion.py --handlers
 	$(PY) bench/throughput.py
 	$(PY) bench/connections.py
 	$(PY) bench/latency.py

@@ -156,6 +156,9 @@ def _latency(out: str, label: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+HANDLERS = ("django", "one-hop")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=32)
@@ -170,92 +173,136 @@ def main() -> None:
         action="append",
         help="run only these kinds (repeatable); results are then printed, not written",
     )
+    parser.add_argument(
+        "--handlers",
+        action="store_true",
+        help="measure each WEB_HTTP_HANDLER (django, one-hop) in turn in every repeat, "
+        "each on Daphne processes of its own; results go to results-ingestion-handlers.json",
+    )
     args = parser.parse_args()
     kinds = [kind for kind in KINDS if kind in (args.only or KINDS)]
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: run `bash .ci/services.sh --bench` (or make bench)")
     from tests.integration.stack import Topology
 
-    runs: dict[str, list[dict]] = {"single": [], "batches_of_100": [], "floor": []}
+    # One set of web processes per handler measured; "" is whichever the
+    # environment chooses (Django's own handler unless WEB_HTTP_HANDLER says).
+    handlers = list(HANDLERS) if args.handlers else [""]
+    runs: dict[str, dict[str, list[dict]]] = {
+        handler: {"single": [], "batches_of_100": [], "floor": []} for handler in handlers
+    }
     with tempfile.TemporaryDirectory() as tmp:
         topology = Topology(Path(tmp), extra_env={"ACCOLADE_LOG_LEVEL": "WARNING"})
         try:
             topology.start(workers=0)
-            bases = [topology.base_url]
-            bases += [topology.start_web() for _ in range(args.web_processes - 1)]
+            webs: dict[str, list[str]] = {}
+            if args.handlers:
+                # The topology's first web process stays idle.
+                for handler in handlers:
+                    webs[handler] = [
+                        topology.start_web(WEB_HTTP_HANDLER=handler)
+                        for _ in range(args.web_processes)
+                    ]
+            else:
+                webs[""] = [topology.base_url]
+                webs[""] += [topology.start_web() for _ in range(args.web_processes - 1)]
             key = topology.python(SETUP).strip().splitlines()[-1]
             count = "SELECT count(*) FROM achievements_event"
             for repeat in range(args.repeats):
                 for name in kinds:
-                    size, with_key = KINDS[name]
-                    settle(topology, count)  # requests wrk left in flight finish first
-                    [(before,)] = topology.query(count)
-                    result = wrk(
-                        bases,
-                        key if with_key else "",
-                        f"{name}{repeat}",
-                        size,
-                        args.connections,
-                        args.seconds,
-                        Path(tmp),
-                    )
-                    [(after,)] = topology.query(count)
-                    result["events_per_s"] = (after - before) / result["seconds"]
-                    runs[name].append(result)
-                    print(
-                        f"  run {repeat + 1} {name:15} {result['requests_per_s']:7.0f} req/s "
-                        f"{result['events_per_s']:8.0f} events/s  p50 {result['p50_ms']:.1f} ms "
-                        f"p99 {result['p99_ms']:.1f} ms  non-2xx {result['non_2xx']}"
-                    )
+                    for handler in handlers:
+                        size, with_key = KINDS[name]
+                        settle(topology, count)  # requests wrk left in flight finish first
+                        [(before,)] = topology.query(count)
+                        result = wrk(
+                            webs[handler],
+                            key if with_key else "",
+                            f"{name}{handler}{repeat}",
+                            size,
+                            args.connections,
+                            args.seconds,
+                            Path(tmp),
+                        )
+                        [(after,)] = topology.query(count)
+                        result["events_per_s"] = (after - before) / result["seconds"]
+                        runs[handler][name].append(result)
+                        print(
+                            f"  run {repeat + 1} {handler or 'default':8} {name:15} "
+                            f"{result['requests_per_s']:7.0f} req/s "
+                            f"{result['events_per_s']:8.0f} events/s  "
+                            f"p50 {result['p50_ms']:.1f} ms p99 {result['p99_ms']:.1f} ms  "
+                            f"non-2xx {result['non_2xx']}"
+                        )
         except Exception:
             print(topology.logs())
             raise
         finally:
             topology.stop()
 
-    summary = {
-        name: {
-            field: round(statistics.median(r[field] for r in results), 1)
-            for field in ("requests_per_s", "events_per_s", "p50_ms", "p99_ms")
+    summaries = {
+        handler: {
+            name: {
+                field: round(statistics.median(r[field] for r in results), 1)
+                for field in ("requests_per_s", "events_per_s", "p50_ms", "p99_ms")
+            }
+            for name, results in by_kind.items()
+            if results
         }
-        for name, results in runs.items()
-        if results
+        for handler, by_kind in runs.items()
     }
-    failures = sum(r["non_2xx"] for name in ("single", "batches_of_100") for r in runs[name])
-    print(
-        f"\ningestion through POST /api/v1/events, {args.web_processes} Daphne "
-        f"process(es), {args.connections} connections"
+    failures = sum(
+        r["non_2xx"]
+        for by_kind in runs.values()
+        for name in ("single", "batches_of_100")
+        for r in by_kind[name]
     )
-    print(f"  {'':16} {'requests/s':>11} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
-    for name, label in (
-        ("single", "single events"),
-        ("batches_of_100", "batches of 100"),
-        ("floor", "floor (401)"),
-    ):
-        if name not in summary:
-            continue
-        row = summary[name]
-        events = "" if name == "floor" else f"{row['events_per_s']:10.0f}"
+    for handler, summary in summaries.items():
         print(
-            f"  {label:16} {row['requests_per_s']:11.0f} {events:>10} "
-            f"{row['p50_ms']:8.1f} {row['p99_ms']:8.1f}"
+            f"\ningestion through POST /api/v1/events, {args.web_processes} Daphne "
+            f"process(es), {args.connections} connections"
+            + (f", WEB_HTTP_HANDLER={handler}" if handler else "")
         )
+        print(f"  {'':16} {'requests/s':>11} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+        for name, label in (
+            ("single", "single events"),
+            ("batches_of_100", "batches of 100"),
+            ("floor", "floor (401)"),
+        ):
+            if name not in summary:
+                continue
+            row = summary[name]
+            events = "" if name == "floor" else f"{row['events_per_s']:10.0f}"
+            print(
+                f"  {label:16} {row['requests_per_s']:11.0f} {events:>10} "
+                f"{row['p50_ms']:8.1f} {row['p99_ms']:8.1f}"
+            )
+    if args.handlers:
+        print("\n  one-hop against django, medians of the same run:")
+        for name in kinds:
+            django_, one_hop = summaries["django"][name], summaries["one-hop"][name]
+            ratio = one_hop["requests_per_s"] / django_["requests_per_s"]
+            print(
+                f"  {name:16} requests/s x{ratio:.2f}"
+                f"  p50 {django_['p50_ms']:.1f} -> {one_hop['p50_ms']:.1f} ms"
+            )
     print(f"  refused or failed requests (not 202): {failures}")
     if args.only:
         return  # a partial run: the results files keep the full runs
+    common = {
+        "connections": args.connections,
+        "web_processes": args.web_processes,
+        "seconds": args.seconds,
+        "repeats": args.repeats,
+        "failed_requests": failures,
+    }
+    if args.handlers:
+        write_results(
+            "ingestion-handlers",
+            {**common, "handlers": summaries, "runs": runs},
+        )
+        return
     suffix = "" if args.web_processes == 1 else f"-{args.web_processes}-processes"
-    write_results(
-        f"ingestion{suffix}",
-        {
-            "connections": args.connections,
-            "web_processes": args.web_processes,
-            "seconds": args.seconds,
-            "repeats": args.repeats,
-            **summary,
-            "failed_requests": failures,
-            "runs": runs,
-        },
-    )
+    write_results(f"ingestion{suffix}", {**common, **summaries[""], "runs": runs[""]})
 
 
 if __name__ == "__main__":

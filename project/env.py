@@ -81,9 +81,10 @@ def env_ints(name: str, default: tuple[int, ...], *, minimum: int = 0) -> tuple[
 
 def env_choice(name: str, default: str, choices: list[str]) -> str:
     """One of a fixed set of values, matched case-insensitively."""
-    value = (env_str(name, default) or default).upper()
+    given = env_str(name, default) or default
+    value = given.upper()
     if value not in choices:
-        raise ImproperlyConfigured(f"{name}={value!r} must be one of {', '.join(choices)}.")
+        raise ImproperlyConfigured(f"{name}={given!r} must be one of {', '.join(choices)}.")
     return value
 
 

@@ -104,13 +104,17 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
 ]
 
-# Requests under API_PREFIX go through API_MIDDLEWARE instead (project/asgi.py's
-# HttpHandlers). The API answers bearer keys with JSON: it reads no session,
-# user, CSRF token, message or htmx header, and its answers are not pages to
-# frame (the policy's frame-ancestors still forbids it), so those middleware
-# only cost it time (about a tenth of a web process's CPU on single-event
-# requests). The security headers and Django's common handling stay. A
-# path, starting and ending with "/".
+# The web process's HTTP handler: "django", Django's own ASGIHandler, or
+# "one-hop" (project/handlers.py), which runs each request's middleware and
+# view in one trip to a thread kept between requests and sends API requests
+# through API_MIDDLEWARE. It leans on Django's private handler API, pinned to
+# this Django by tests/test_handler_contract.py; the cost each way:
+# docs/performance.md.
+WEB_HTTP_HANDLER = env_choice("WEB_HTTP_HANDLER", "django", ["DJANGO", "ONE-HOP"]).lower()
+# Under the one-hop handler, requests under API_PREFIX go through
+# API_MIDDLEWARE instead of MIDDLEWARE. The API answers bearer keys with JSON:
+# it reads no session, user, CSRF token, message or htmx header, so those
+# middleware only cost it time. A path, starting and ending with "/".
 API_PREFIX = "/api/"
 API_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -125,8 +129,9 @@ ASGI_APPLICATION = "project.asgi.application"
 # collects less often.
 WEB_GC_THRESHOLDS = env_ints("WEB_GC_THRESHOLDS", (5_000, 10, 100), minimum=1)
 # HTTP requests a web process runs at once, each on a thread kept between
-# requests (project/asgi.py's RequestThreads); more wait their turn on the
-# event loop. WebSockets are not counted. Keep it below DATABASE_POOL_SIZE.
+# requests (project/handlers.py's RequestThreads, under the one-hop handler);
+# more wait their turn on the event loop. WebSockets are not counted. Keep it
+# below DATABASE_POOL_SIZE.
 WEB_REQUEST_THREADS = env_int("WEB_REQUEST_THREADS", 8, minimum=1)
 WSGI_APPLICATION = None
 

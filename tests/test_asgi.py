@@ -1,399 +1,60 @@
-"""The web process's HTTP handler: one thread per request, leased, not started anew."""
+"""project.asgi: Django's own ASGI handler by default, the one-hop one when chosen."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from pathlib import Path
 from typing import Any
 
-import pytest
 from asgiref.testing import ApplicationCommunicator
-from django.core.signals import request_finished, request_started
+from django.core.handlers.asgi import ASGIHandler
 
-from project.asgi import OneHopASGIHandler, RequestThreads, django_asgi_app
-
-
-async def _get(path: str) -> int:
-    """Send one GET through the real ASGI handler; its status."""
-    return int((await _exchange(path))[0]["status"])
+import project.asgi
+from project.handlers import HttpHandlers
 
 
-def _scope(path: str, root_path: str = "") -> dict[str, Any]:
+def _scope(method: str, path: str) -> dict[str, Any]:
     return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
-        "method": "GET",
+        "method": method,
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
         "query_string": b"",
-        "root_path": root_path,
-        "headers": [(b"host", b"testserver")],
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
 
 
-async def _exchange(path: str) -> list[dict]:
-    """Send one GET through the real ASGI handler; the messages it sends back."""
-    communicator = ApplicationCommunicator(django_asgi_app, _scope(path))
-    await communicator.send_input({"type": "http.request", "body": b""})
-    messages = [await communicator.receive_output(timeout=10)]
-    while messages[-1]["type"] == "http.response.start" or messages[-1].get("more_body"):
-        messages.append(await communicator.receive_output(timeout=10))
+async def _status(application: Any, method: str, path: str, body: bytes = b"") -> int:
+    communicator = ApplicationCommunicator(application, _scope(method, path))
+    await communicator.send_input({"type": "http.request", "body": body})
+    start = await communicator.receive_output(timeout=10)
+    while True:  # the body, to its end
+        message = await communicator.receive_output(timeout=10)
+        if not message.get("more_body"):
+            break
     await communicator.wait(timeout=10)
-    return messages
+    return int(start["status"])
 
 
-@pytest.fixture
-def request_threads(monkeypatch):
-    """Where each request's start and finish signals and its view ran."""
-    seen: list[tuple[str, threading.Thread]] = []  # the objects: an ident can be reused
-    loop_thread = threading.current_thread()
+def test_http_goes_to_djangos_own_handler_by_default(settings):
+    assert settings.WEB_HTTP_HANDLER == "django"
+    assert type(project.asgi.django_asgi_app) is ASGIHandler
 
-    def record(name):
-        def receiver(**_kwargs):
-            seen.append((name, threading.current_thread()))
 
-        return receiver
+def test_the_one_hop_handler_is_there_when_chosen(settings):
+    settings.WEB_HTTP_HANDLER = "one-hop"
+    assert isinstance(project.asgi.http_application(), HttpHandlers)
+    settings.WEB_HTTP_HANDLER = "django"
+    assert type(project.asgi.http_application()) is ASGIHandler
 
-    started, finished = record("started"), record("finished")
-    request_started.connect(started)
-    request_finished.connect(finished)
-    for handler in (django_asgi_app.site, django_asgi_app.api):
 
-        def view(request, original=handler.get_response):
-            seen.append(("view", threading.current_thread()))
-            return original(request)
-
-        monkeypatch.setattr(handler, "get_response", view)
-    yield seen, loop_thread
-    request_started.disconnect(started)
-    request_finished.disconnect(finished)
-
-
-async def test_a_request_runs_its_signals_and_view_on_one_thread_off_the_loop(request_threads):
-    seen, loop_thread = request_threads
-
-    # A POST-only endpoint: the 405 needs neither the database nor Redis.
-    assert await _get("/api/v1/events") == 405
-
-    assert [name for name, _ in seen] == ["started", "view", "finished"]
-    threads = {thread for _, thread in seen}
-    assert len(threads) == 1
-    assert loop_thread not in threads
-
-
-# WhiteNoise's file responses iterate synchronously; Django warns under ASGI, as in production.
-@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous iterators")
-async def test_a_request_goes_to_its_thread_once_and_is_finished_before_it_is_sent(
-    request_threads, monkeypatch
-):
-    """Signals, view and close in one call; a streamed response (a static file)
-    is closed after its body is sent, in a call of its own."""
-    from project.asgi import _RequestThread
-
-    seen, _ = request_threads
-    calls = []
-    submit = _RequestThread.submit
-
-    def counted(self, fn, /, *args, **kwargs):
-        calls.append(fn)
-        return submit(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(_RequestThread, "submit", counted)
-    assert await _get("/api/v1/events") == 405
-    assert len(calls) == 1
-    assert [name for name, _ in seen] == ["started", "view", "finished"]
-
-    calls.clear()
-    seen.clear()
-    start, *body = await _exchange("/static/css/app.css")  # about 12 KB
-    assert start["status"] == 200
-    assert len(calls) == 3  # the response, the file's body, then its close
-    assert "close" in repr(calls[-1])
-    assert [name for name, _ in seen] == ["started", "view", "finished"]
-    # In one piece, as from Django's handler, not in 4 KB ones.
-    size = (Path(__file__).resolve().parents[1] / "static" / "css" / "app.css").stat().st_size
-    assert [len(part) for message in body if (part := message.get("body"))] == [size]
-
-
-async def test_request_finished_names_the_handler():
-    senders: list[object] = []
-
-    def receiver(sender, **_kwargs):
-        senders.append(sender)
-
-    request_finished.connect(receiver)
-    try:
-        assert await _get("/api/v1/events") == 405
-    finally:
-        request_finished.disconnect(receiver)
-    assert senders == [OneHopASGIHandler]
-
-
-async def test_api_requests_go_through_the_api_middleware_only(monkeypatch):
-    """Under API_PREFIX the chain is settings.API_MIDDLEWARE: the security
-    headers, but no session, CSRF, user, messages, frame or htmx middleware."""
-    from django.contrib.auth.middleware import AuthenticationMiddleware
-    from django.contrib.messages.middleware import MessageMiddleware
-    from django.contrib.sessions.middleware import SessionMiddleware
-    from django.middleware.clickjacking import XFrameOptionsMiddleware
-    from django.middleware.csrf import CsrfViewMiddleware
-    from django_htmx.middleware import HtmxMiddleware
-
-    ran: list[str] = []
-    for middleware, method in [
-        (SessionMiddleware, "process_request"),
-        (CsrfViewMiddleware, "process_request"),
-        (AuthenticationMiddleware, "process_request"),
-        (MessageMiddleware, "process_request"),
-        (XFrameOptionsMiddleware, "process_response"),
-        (HtmxMiddleware, "__call__"),
-    ]:
-
-        def spy(self, *args, original=middleware.__dict__[method], name=middleware.__name__):
-            ran.append(name)
-            return original(self, *args)
-
-        monkeypatch.setattr(middleware, method, spy)
-
-    api = dict((await _exchange("/api/v1/events"))[0]["headers"])
-    assert ran == []
-    site = dict((await _exchange("/no-such-page"))[0]["headers"])
-    assert set(ran) == {  # CSRF's twice: the 404 view ensures a token too
-        "AuthenticationMiddleware",
-        "CsrfViewMiddleware",
-        "HtmxMiddleware",
-        "MessageMiddleware",
-        "SessionMiddleware",
-        "XFrameOptionsMiddleware",
-    }
-
-    for headers in (api, site):
-        assert headers[b"X-Content-Type-Options"] == b"nosniff"
-        assert b"default-src 'self'" in headers[b"Content-Security-Policy"]
-    assert b"X-Frame-Options" not in api  # the policy's frame-ancestors covers a JSON answer
-    assert site[b"X-Frame-Options"] == b"DENY"
-
-
-@pytest.mark.parametrize(
-    ("path", "root_path", "force_script_name", "handler"),
-    [
-        ("/api/v1/events", "", None, "api"),
-        ("/api/", "", None, "api"),
-        ("/apiary/", "", None, "site"),
-        ("/places/", "", None, "site"),
-        ("/accolade/api/v1/events", "/accolade", None, "api"),  # mounted below a prefix
-        ("/accolade/places/", "/accolade", None, "site"),
-        ("/api/v1/events", "/api", None, "site"),  # the path below "/api" is "/v1/events"
-        ("/mount/api/v1/events", "", "/mount", "api"),
-    ],
-)
-def test_the_handler_is_chosen_by_the_path_below_the_script_prefix(
-    settings, path, root_path, force_script_name, handler
-):
-    settings.FORCE_SCRIPT_NAME = force_script_name
-    chosen = django_asgi_app.handler_for(_scope(path, root_path))
-    assert chosen is getattr(django_asgi_app, handler)
-
-
-@pytest.mark.parametrize("prefix", ["", "/", "/api", "api/"])
-def test_an_api_prefix_that_would_catch_other_paths_is_refused(settings, prefix):
-    from django.core.exceptions import ImproperlyConfigured
-
-    from project.asgi import HttpHandlers
-
-    settings.API_PREFIX = prefix
-    with pytest.raises(ImproperlyConfigured, match="API_PREFIX must be"):
-        HttpHandlers()
-
-
-def test_building_the_api_chain_leaves_the_site_settings_alone():
-    from django.conf import settings
-
-    assert "django.contrib.sessions.middleware.SessionMiddleware" in settings.MIDDLEWARE
-    # Each chain as built: only the site's has CSRF's view check.
-    view_checks = {
-        name: [type(hook.__self__).__name__ for hook in handler._view_middleware]  # type: ignore[attr-defined]
-        for name, handler in (("site", django_asgi_app.site), ("api", django_asgi_app.api))
-    }
-    assert view_checks == {"site": ["CsrfViewMiddleware"], "api": []}
-    assert django_asgi_app.site.threads is django_asgi_app.api.threads  # one limit for both
-
-
-async def test_the_next_request_reuses_the_thread_instead_of_starting_one(request_threads):
-    seen, _ = request_threads
-
-    for _ in range(3):
-        assert await _get("/api/v1/events") == 405
-
-    assert len({thread for _, thread in seen}) == 1
-    assert django_asgi_app.threads.idle >= 1
-
-
-async def test_concurrent_leases_get_threads_of_their_own():
-    threads = RequestThreads(limit=4)
-    first, second = await threads.lease(), await threads.lease()
-    try:
-        assert first is not second
-        idents = {executor.submit(threading.get_ident).result() for executor in (first, second)}
-        assert len(idents) == 2
-    finally:
-        threads.give_back(first)
-        threads.give_back(second)
-    assert threads.idle == 2
-
-
-async def test_a_request_beyond_the_limit_waits_for_a_lease_to_come_back():
-    threads = RequestThreads(limit=2)
-    first, second = await threads.lease(), await threads.lease()
-    third = asyncio.create_task(threads.lease())
-    await asyncio.sleep(0.01)
-    assert not third.done() and threads.waiting == 1
-
-    threads.give_back(first)
-
-    assert await asyncio.wait_for(third, 5) is first  # the idle thread, reused
-    fourth = asyncio.create_task(threads.lease())
-    await asyncio.sleep(0.01)
-    assert not fourth.done()  # still two out
-    threads.give_back(second)
-    await asyncio.wait_for(fourth, 5)
-
-
-async def _one_place_held_and_two_waiting():
-    threads = RequestThreads(limit=1)
-    held = await threads.lease()
-    first, second = (asyncio.create_task(threads.lease()) for _ in range(2))
-    await asyncio.sleep(0.01)
-    return threads, held, first, second
-
-
-async def test_a_waiter_cancelled_before_its_turn_takes_no_place():
-    threads, held, gone, next_in_line = await _one_place_held_and_two_waiting()
-    gone.cancel()
-    await asyncio.sleep(0.01)
-
-    threads.give_back(held)
-
-    assert await asyncio.wait_for(next_in_line, 5) is held
-    assert gone.cancelled()
-
-
-async def test_a_waiter_cancelled_as_its_place_arrives_passes_the_place_on():
-    threads, held, unlucky, after = await _one_place_held_and_two_waiting()
-
-    threads.give_back(held)  # the place goes to `unlucky`...
-    unlucky.cancel()  # ...which is cancelled before it runs
-
-    await asyncio.wait_for(after, 5)
-    assert unlucky.cancelled()
-    threads.give_back(after.result())
-    # One place, and it is free again.
-    again = await asyncio.wait_for(threads.lease(), 5)
-    threads.give_back(again)
-
-
-@pytest.mark.parametrize("later_call_cancelled", [False, True])
-async def test_a_thread_still_running_an_abandoned_request_is_not_leased_again(
-    later_call_cancelled,
-):
-    threads = RequestThreads(limit=4)
-    thread = await threads.lease()
-    release = threading.Event()
-    # A view still running after its client went away and the request was cancelled.
-    view = thread.submit(release.wait, 10)
-    if later_call_cancelled:
-        # Django's request_finished call queued behind the view, then cancelled
-        # with the request by Daphne: done, though the view is not.
-        thread.submit(int).cancel()
-
-    threads.give_back(thread)
-
-    assert threads.idle == 0
-    assert await threads.lease() is not thread
-    release.set()
-    assert view.result(timeout=10) is True
-
-
-def test_daphne_leaves_post_bodies_to_django(monkeypatch):
-    """Twisted's form parsing (and its Content-Type parse through `email`) is off
-    for Daphne's requests once the application is loaded; the body itself is
-    still read and handed on whole."""
-    from types import SimpleNamespace
-
-    from daphne.http_protocol import WebRequest
-    from twisted.web import http
-    from twisted.web.test.requesthelper import DummyChannel
-
-    from project.twisted_tuning import skip_form_parsing
-
-    patched = WebRequest.__init__
-    assert getattr(patched, "skips_form_parsing", False)  # project.asgi did it
-    assert skip_form_parsing() and WebRequest.__init__ is patched  # once
-    parsed: list[bytes] = []
-
-    def parse(line: bytes) -> bytes:
-        parsed.append(line)
-        return b""
-
-    monkeypatch.setattr(http, "_parseContentType", parse)
-    channel: Any = DummyChannel()
-    channel.factory = SimpleNamespace(server=SimpleNamespace(protocol_connected=lambda r: None))
-    request = WebRequest(channel)
-    monkeypatch.setattr(request, "process", lambda: None)
-    body = b"name=value&other=1"
-    request.requestHeaders.setRawHeaders(b"content-type", [b"application/x-www-form-urlencoded"])
-    request.gotLength(len(body))
-    request.handleContentChunk(body)
-    request.requestReceived(b"POST", b"/form", b"HTTP/1.1")
-    assert parsed == [] and request.args == {}
-    request.content.seek(0)
-    assert request.content.read() == body
-
-
-@pytest.mark.parametrize(("verbosity", "kept"), [(0, False), (1, False), (2, True), (3, True)])
-def test_twisted_access_line_is_built_only_where_daphne_keeps_twisted_log(verbosity, kept):
-    """At verbosity 0 and 1 Daphne sends Twisted's log nowhere (and writes its
-    own access log), so Twisted's line for each request is not built."""
-    import io
-    from types import SimpleNamespace
-
-    from daphne.http_protocol import HTTPFactory
-
-    from project.twisted_tuning import skip_discarded_access_log
-
-    patched = HTTPFactory.log
-    assert getattr(patched, "skips_discarded_lines", False)  # project.asgi did it
-    assert skip_discarded_access_log() and HTTPFactory.log is patched  # once
-    factory = HTTPFactory(SimpleNamespace(verbosity=verbosity))
-    formatted: list[object] = []
-
-    def formatter(timestamp: str, request: object) -> str:
-        formatted.append(request)
-        return "a line"
-
-    factory._logFormatter = formatter
-    factory._logFile = log_file = io.StringIO()
-    request = object()
-    factory.log(request)
-    assert formatted == ([request] if kept else [])
-    assert log_file.getvalue() == ("a line\n" if kept else "")
-
-
-async def test_a_failing_request_finished_receiver_does_not_change_the_answer(caplog):
-    """Django sends request_finished after the response; here it comes first,
-    so a receiver's error is logged instead of turning the answer into a 500."""
-
-    def broken(**_kwargs):
-        raise RuntimeError("a receiver's bug")
-
-    request_finished.connect(broken)
-    try:
-        assert await _get("/api/v1/events") == 405
-    finally:
-        request_finished.disconnect(broken)
-    assert "Closing the response failed" in caplog.text
+async def test_the_api_works_through_djangos_handler_and_the_sites_middleware():
+    """Under Django's handler the API runs through settings.MIDDLEWARE, CSRF
+    included: a key-less POST is refused for its key, not for a CSRF token."""
+    application = project.asgi.application
+    assert await _status(application, "POST", "/api/v1/events", b"{}") == 401
+    assert await _status(application, "GET", "/api/v1/events") == 405

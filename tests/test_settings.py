@@ -47,6 +47,7 @@ def test_an_unset_redis_url_means_the_embedded_mode(monkeypatch):
         ("WEB_GC_THRESHOLDS", "5000,10", "WEB_GC_THRESHOLDS='5000,10' must be 3 whole numbers"),
         ("WEB_GC_THRESHOLDS", "5000,ten,9", "must be 3 whole numbers, like 5000,10,100"),
         ("WEB_GC_THRESHOLDS", "0,10,10", "every number must be at least 1"),
+        ("WEB_HTTP_HANDLER", "onehop", "WEB_HTTP_HANDLER='onehop' must be one of DJANGO, ONE-HOP"),
     ],
 )
 def test_a_bad_value_fails_naming_the_variable(monkeypatch, name, value, message):
@@ -58,6 +59,9 @@ def test_a_bad_value_fails_naming_the_variable(monkeypatch, name, value, message
         "ALLOWED_HOSTS": lambda: env.env_list("ALLOWED_HOSTS", []),
         "ACCOLADE_NAMESPACE": lambda: env.env_identifier("ACCOLADE_NAMESPACE", "accolade"),
         "WEB_GC_THRESHOLDS": lambda: env.env_ints("WEB_GC_THRESHOLDS", (5000, 10, 100), minimum=1),
+        "WEB_HTTP_HANDLER": lambda: env.env_choice(
+            "WEB_HTTP_HANDLER", "django", ["DJANGO", "ONE-HOP"]
+        ),
     }
     with pytest.raises(ImproperlyConfigured) as raised:
         readers[name]()
@@ -101,34 +105,6 @@ def test_start_up_succeeds_with_good_values():
         DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres",
     )
     assert result.returncode == 0, result.stderr
-
-
-@pytest.mark.parametrize(
-    ("value", "thresholds"), [(None, (5000, 10, 100)), ("700,10,10", (700, 10, 10))]
-)
-def test_the_web_process_freezes_its_start_up_and_sets_the_collector(value, thresholds):
-    environment = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"DEBUG", "REDIS_URL", "DATABASE_URL", "DJANGO_SETTINGS_MODULE"}
-    }
-    environment.update(DEBUG="1")
-    environment.pop("WEB_GC_THRESHOLDS", None)
-    if value is not None:
-        environment["WEB_GC_THRESHOLDS"] = value
-    probe = (
-        "import gc; before = gc.get_freeze_count(); import project.asgi; "
-        "print(before, gc.get_freeze_count(), *gc.get_threshold())"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, env=environment, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    before, frozen, *got = map(int, result.stdout.split())
-    assert before == 0
-    # Start-up's objects (Django, the URL patterns, the consumers) are frozen.
-    assert frozen > 50_000
-    assert tuple(got) == thresholds
 
 
 def test_production_settings_pass_the_deploy_checks():

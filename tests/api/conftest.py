@@ -11,10 +11,10 @@ from api.models import ApiKey
 
 @pytest.fixture
 def api_client() -> Client:
-    """A test client with the middleware a web process runs for API paths
-    (settings.API_MIDDLEWARE, project/asgi.py), not the site's that Django's
+    """A test client with the middleware the one-hop handler runs for API paths
+    (settings.API_MIDDLEWARE, project/handlers.py), not the site's that Django's
     test client runs: a view that needs the site's (a session, the user,
-    messages) fails here as it would in production."""
+    messages) fails here as it would in production with that handler."""
     client = Client()
     with override_settings(MIDDLEWARE=settings.API_MIDDLEWARE):
         client.handler.load_middleware()

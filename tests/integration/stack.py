@@ -265,15 +265,21 @@ class Topology:
         self.base_url = self.start_web()
         return self
 
-    def start_web(self) -> str:
-        """One more Daphne process on a port of its own; its base URL."""
+    def start_web(self, **extra_env: str) -> str:
+        """One more Daphne process on a port of its own (with `extra_env` added
+        to its environment); its base URL."""
         port = free_port()
         webs = sum(1 for process in self.processes if process.name.startswith("daphne"))
         daphne = self._spawn(
             f"daphne-{webs + 1}" if webs else "daphne",
-            # As the Procfile runs it: Daphne through project.web (its event loop).
+            # As the Procfile runs it: Daphne through project.web (its event
+            # loop), with the Procfile's HTTP handler unless told otherwise.
             [str(BIN / "python"), "-m", "project.web", "-b", "127.0.0.1", "-p", str(port)]
             + ["project.asgi:application"],
+            {
+                "WEB_HTTP_HANDLER": self.environment.get("WEB_HTTP_HANDLER") or "one-hop",
+                **extra_env,
+            },
         )
         wait_for_http(f"http://127.0.0.1:{port}/", daphne)
         return f"http://127.0.0.1:{port}"
@@ -414,8 +420,10 @@ class Topology:
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.output()[-3000:]}" for p in self.processes)
 
-    def _spawn(self, name: str, args: list[str]) -> Process:
-        process = Process(name, args, self.environment, self.tmp_dir)
+    def _spawn(
+        self, name: str, args: list[str], extra_env: dict[str, str] | None = None
+    ) -> Process:
+        process = Process(name, args, {**self.environment, **(extra_env or {})}, self.tmp_dir)
         self.processes.append(process)
         return process
 
