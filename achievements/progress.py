@@ -146,11 +146,19 @@ def apply_fact(
 def _copy(value: Any) -> Any:
     """A deep copy of a JSON-shaped state (dicts, lists, scalars); several times
     faster than copy.deepcopy, which the engine calls once per requirement per event."""
-    if isinstance(value, dict):
-        return {key: _copy(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_copy(item) for item in value]
+    # Exact types (a state is built by json.loads or by this module), and scalars
+    # taken as they are without a call each: most of a state is scalars.
+    kind = type(value)
+    if kind is dict:
+        return {
+            key: _copy(item) if type(item) in _CONTAINERS else item for key, item in value.items()
+        }
+    if kind is list:
+        return [_copy(item) if type(item) in _CONTAINERS else item for item in value]
     return value
+
+
+_CONTAINERS = (dict, list)
 
 
 def fold_in_memory(
