@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
+from functools import cache, partial
 from typing import Any, NamedTuple
 
 from django.db import connection, transaction
@@ -290,7 +290,9 @@ def _evaluate(events: list[_Claimed], now: datetime) -> BatchResult:
             loaded.stored[key] = None  # written whole
     received: dict[int | None, datetime | None] = {e.pk: e.received_at for e in events}
     known_unlocks: dict[int, tuple[int, int, int, str, datetime | None]] = {}
-    versions: dict[int, int] = {}
+    # An earning under a rule recorded after this batch's index was built: its
+    # badge's live version, looked up once a badge.
+    version_of = cache(live_version_id)
     changed: set[tuple[int, int]] = set()
     for key, outcome in sorted(outcomes.items()):
         pair = outcome.pair
@@ -306,10 +308,8 @@ def _evaluate(events: list[_Claimed], now: datetime) -> BatchResult:
         if outcome.revised:
             result.revised_badges[user_id].add(badge_id)
         for earning in outcome.earned:
-            if earning.version_id is None:  # recorded after this batch's index was built
-                if badge_id not in versions:
-                    versions[badge_id] = live_version_id(badge_id)  # one lookup a badge
-                earning.version_id = versions[badge_id]
+            if earning.version_id is None:
+                earning.version_id = version_of(badge_id)
             writes.unlocks.append(store.new_unlock(earning, now=now))
         if (
             loaded.stored.get(key) is None
@@ -443,6 +443,7 @@ def evaluate_composites(
                 loaded.pairs, rules, now=now, unlocked={user_id: held}, parts=parts, starts=starts
             )
             writes = store.Writes(leftovers=False)
+            version_of = cache(live_version_id)  # as in _evaluate
             for key, outcome in outcomes.items():
                 for spec in rules.badges[key[1]].requirements:
                     writes.progress.append((user_id, spec.id, outcome.pair.progress[spec.id]))
@@ -452,7 +453,7 @@ def evaluate_composites(
                 writes.revised += outcome.revised
                 for earning in outcome.earned:
                     if earning.version_id is None:
-                        earning.version_id = live_version_id(key[1])
+                        earning.version_id = version_of(key[1])
                     writes.unlocks.append(store.new_unlock(earning, now=now, silent=silent))
                 if outcome.earned:
                     changed.append(key[1])

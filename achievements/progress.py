@@ -270,17 +270,13 @@ def _apply_aggregate(
         buckets[bucket] = str(new)
 
     peak_so_far = Decimal(state["p"]) if "p" in state else None
+    # The best window, for tiers: only for values that grow (a minimum's best
+    # would depend on the order its events came in).
+    keeps_peak = spec.scope is Scope.ROLLING and spec.aggregation is not Aggregation.MIN
     for window_value in _touched_windows(spec, state, bucket):
         if spec.operator.holds(window_value, spec.threshold):
             state["met"] = True
-        # The best window, for tiers: only for values that grow (a minimum's
-        # best would depend on the order its events came in).
-        growing = spec.aggregation is not Aggregation.MIN
-        if (
-            spec.scope is Scope.ROLLING
-            and growing
-            and (peak_so_far is None or window_value > peak_so_far)
-        ):
+        if keeps_peak and (peak_so_far is None or window_value > peak_so_far):
             peak_so_far = window_value
     if peak_so_far is not None:
         state["p"] = str(peak_so_far)

@@ -4,40 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from asgiref.testing import ApplicationCommunicator
 from django.core.handlers.asgi import ASGIHandler
 
 import project.asgi
 from project.handlers import HttpHandlers
-
-
-def _scope(method: str, path: str) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
+from tests.http_exchange import exchange, http_scope
 
 
 async def _status(application: Any, method: str, path: str, body: bytes = b"") -> int:
-    communicator = ApplicationCommunicator(application, _scope(method, path))
-    await communicator.send_input({"type": "http.request", "body": body})
-    start = await communicator.receive_output(timeout=10)
-    while True:  # the body, to its end
-        message = await communicator.receive_output(timeout=10)
-        if not message.get("more_body"):
-            break
-    await communicator.wait(timeout=10)
-    return int(start["status"])
+    scope = http_scope(path, method=method, json_body=True)
+    return int((await exchange(application, scope, body))[0]["status"])
 
 
 def test_http_goes_to_djangos_own_handler_by_default(settings):

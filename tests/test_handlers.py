@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asgiref.testing import ApplicationCommunicator
 from django.core.signals import request_finished, request_started
 
 from project.handlers import HttpHandlers, OneHopASGIHandler, RequestThreads
+from tests.http_exchange import exchange, http_scope
 
 
 @functools.cache
@@ -28,31 +28,12 @@ async def _get(path: str) -> int:
 
 
 def _scope(path: str, root_path: str = "") -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": root_path,
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
+    return http_scope(path, root_path=root_path)
 
 
 async def _exchange(path: str) -> list[dict]:
-    """Send one GET through the real ASGI handler; the messages it sends back."""
-    communicator = ApplicationCommunicator(handlers(), _scope(path))
-    await communicator.send_input({"type": "http.request", "body": b""})
-    messages = [await communicator.receive_output(timeout=10)]
-    while messages[-1]["type"] == "http.response.start" or messages[-1].get("more_body"):
-        messages.append(await communicator.receive_output(timeout=10))
-    await communicator.wait(timeout=10)
-    return messages
+    """Send one GET through the one-hop handlers; the messages they send back."""
+    return await exchange(handlers(), _scope(path))
 
 
 @pytest.fixture
