@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 from django.db import transaction
 
 from achievements import dispatch
+from achievements.db import after_commit
 from achievements.models import Event, ExternalIdentity
 
 
@@ -40,5 +39,5 @@ def link_external_identity(external_id: str, user_id: int) -> int:
         )
         Event.objects.filter(pk__in=waiting).update(user_id=user_id)
         if waiting:
-            transaction.on_commit(partial(dispatch.enqueue_evaluations, waiting), robust=True)
+            after_commit(dispatch.enqueue_evaluations, waiting)
     return len(waiting)

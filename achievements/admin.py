@@ -346,11 +346,23 @@ class EventStatusFilter(admin.SimpleListFilter):
     parameter_name = "status"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("pending", "Pending"), ("processed", "Processed"), ("dead", "Dead-lettered")]
+        return [
+            ("pending", "Pending"),
+            ("retrying", "Retrying"),
+            ("processed", "Processed"),
+            ("dead", "Dead-lettered"),
+        ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Event]) -> QuerySet[Event]:
         if self.value() == "pending":
             return queryset.filter(processed_at__isnull=True, dead_lettered_at__isnull=True)
+        if self.value() == "retrying":
+            return queryset.filter(
+                processed_at__isnull=True,
+                dead_lettered_at__isnull=True,
+                attempts__gt=0,
+                retry_at__isnull=False,
+            )
         if self.value() == "processed":
             return queryset.filter(processed_at__isnull=False)
         if self.value() == "dead":
@@ -395,6 +407,7 @@ class EventAdmin(admin.ModelAdmin):
         "attempts",
         "retry_at",
         "swept_at",
+        "isolated_at",
         "dead_lettered_at",
         "error",
     ]

@@ -54,7 +54,7 @@ from achievements.badgerules import (
     watched_types,
 )
 from achievements.progress import Fact, Spec, State
-from achievements.rules import Aggregation, Kind
+from achievements.rules import Aggregation, Kind, storable
 
 # The rule's data and its measures are achievements.badgerules'; they are part
 # of the core's interface, so callers import them from here.
@@ -589,11 +589,13 @@ def _measure(outcome: Outcome, rule: BadgeRule, unlocked: set[int], now: datetim
     for spec in rule.requirements:
         pair.progress.setdefault(spec.id, Progress())
     result = standing(rule, pair.states(), now, pair.time_zone, unlocked)
-    if (pair.current_value, pair.target_value) != (result.status.current, result.status.target):
+    current = storable(result.status.current)
+    target = storable(result.status.target)
+    if (pair.current_value, pair.target_value) != (current, target):
         outcome.visible = True
-    pair.current_value = result.status.current
-    pair.target_value = result.status.target
+    pair.current_value = current
+    pair.target_value = target
     # A measure's value does not depend on its threshold: the standing's
     # measures (a tiered badge's against its next tier) give each row's value.
     for spec, measured in zip(rule.requirements, result.measures, strict=True):
-        pair.progress[spec.id].value = measured.value
+        pair.progress[spec.id].value = storable(measured.value)

@@ -7,7 +7,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any, cast
 
 import psycopg
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import NOT_PROVIDED, Model
 
 STREAM_ROWS = 2000
@@ -165,3 +165,19 @@ def pipeline() -> Iterator[Callable[..., Rows]]:
     finally:
         for cursor, _ in sent:
             cursor.close()
+
+
+def after_commit(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+    """Call `func(*args, **kwargs)` once the current transaction commits; if it
+    raises, log it and carry on (`on_commit(robust=True)`).
+
+    Not a functools.partial: Django logs a failing robust callback by its
+    `__qualname__`, which a partial lacks, so the failure would surface as an
+    AttributeError in the logging instead of the error itself.
+    """
+
+    def call() -> None:
+        func(*args, **kwargs)
+
+    call.__qualname__ = getattr(func, "__qualname__", repr(func))
+    transaction.on_commit(call, robust=True)

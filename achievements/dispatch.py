@@ -22,21 +22,29 @@ round trips), and a drain asked for when nothing waits costs one claim
 that finds nothing. A drain that fails clears the flag and asks for another a
 second later, for the events that committed while it held the flag.
 
-When a batch fails, its transaction rolls back whole. Its events are then
-held back from drains for a while and handed one by one to the per-event
-task, which retries each with backoff and dead-letters the one that keeps
-failing, while the rest go through. When a batch kills its worker process
-(no exception to catch), the batch is found in the in-flight registry (a
-Redis hash written before the work starts, cleared after) by a later drain
-once it is older than the task's time limit, and handled the same way; the
-per-event task counts starts, so an event that kills workers is
-dead-lettered.
+When a batch raises, its transaction rolls back whole, and the drain
+evaluates its halves, and their halves, until each failure is one event:
+the rest commit within the same drain, and the failing event has its attempt
+counted, its error recorded and its next attempt due after an exponential
+back-off; drains take it again when that is due, until it is dead-lettered
+(`record_evaluation_failure`). An error that says the database is out of
+reach fails nobody: the drain gives up and asks again a second later.
+
+When a batch kills its worker process (no exception to catch), the
+in-flight registry (`achievements.inflight`) shows it lost as soon as its
+process is known gone, and the next drain tries its events again in small
+chunks; the events of a chunk that dies too are set apart for the per-event
+task, which counts starts, so an event that kills workers is dead-lettered.
+A worker that starts asks for such a drain, so a backlog left by a crash
+does not wait for the next event; celery beat's sweeper asks for one too,
+for events that have waited too long.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 import traceback
@@ -45,17 +53,24 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
 from typing import Any
 
 from celery import current_app
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.cache import cache
-from django.db import close_old_connections, transaction
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    transaction,
+)
 from django.db.models import F
 from django.utils import timezone
 
-from achievements import context, engine, metrics
+from achievements import context, engine, inflight, metrics
+from achievements.db import after_commit
 from achievements.engine import evaluate_events, events_waiting
 from achievements.models import Event
 from project.cache import shared_redis
@@ -68,19 +83,13 @@ DRAIN_FLAG = "evaluation:drain-requested"
 # under a long drain a second one is soon asked for, and a request lost on
 # the way stops holding back the requests of later events.
 FLAG_SECONDS = 2
-# Longer than the drain task's hard time limit: an in-flight batch older than
-# this died with its worker.
-LOST_AFTER_SECONDS = 150
-# A failed batch's events are kept from drains this long while the per-event
-# task deals with them one by one.
-HOLD = timedelta(minutes=10)
 # A drain yields its worker after this long, leaving the rest to a new drain.
 DRAIN_BUDGET_SECONDS = 10.0
 # After a failure, the next drain is asked for this much later.
 RETRY_SECONDS = 1.0
-# How often one process's drains look for batches lost with their worker
-# (those are LOST_AFTER_SECONDS old by then, so a few seconds more is nothing).
-RECOVERY_INTERVAL_SECONDS = 10.0
+# How often one process's drains look for batches lost with their worker (one
+# Redis read); a drain asked for by a starting worker or the sweeper looks at once.
+RECOVERY_INTERVAL_SECONDS = 2.0
 _recovered_at = float("-inf")
 
 
@@ -131,64 +140,49 @@ def _raise_flag() -> bool:
     return bool(pipe.execute()[0])
 
 
-def drain() -> int:
+def drain(*, recover: bool = False) -> int:
     """Evaluate waiting events a batch at a time until none are left; returns how many.
 
     Events that commit while a drain holds the flag ask nobody, so every way
     out of a drain other than "a look after clearing the flag found
-    nothing" clears the flag and asks for another drain: a failed batch, and
-    an error anywhere else in the drain. (A worker process that dies
-    mid-drain hands the message back, and the drain runs again.)
+    nothing" clears the flag and asks for another drain: an unreachable
+    database, and an error anywhere else in the drain. (A worker process that
+    dies mid-drain hands the message back, and the drain runs again.)
+    `recover` looks for batches lost with their worker first, whenever this
+    process last looked.
     """
     try:
-        return _drain()
+        return _drain(recover)
     except Exception:
         logger.exception("A drain failed; asking for another")
         _hand_over_later()
         raise
 
 
-def _drain() -> int:
+def _drain(recover: bool) -> int:
     global _recovered_at
-    if time.monotonic() - _recovered_at > RECOVERY_INTERVAL_SECONDS:
-        _recovered_at = time.monotonic()
-        recover_lost_batches()
-    size = batch_size()
     done = 0
+    if recover or time.monotonic() - _recovered_at > RECOVERY_INTERVAL_SECONDS:
+        _recovered_at = time.monotonic()
+        done += recover_lost_batches()
+    size = batch_size()
     deadline = time.monotonic() + DRAIN_BUDGET_SECONDS
     first = True
     cleared = False
     while True:
-        batch_id = uuid.uuid4().hex
-        claimed: list[int] = []
-
-        def register(
-            pks: list[int], batch_id: str = batch_id, claimed: list[int] = claimed
-        ) -> None:
-            claimed.extend(pks)
-            _in_flight(batch_id, pks)
-
         if cleared and not events_waiting():
             # The look once more after clearing the flag rarely finds events:
             # a read outside a transaction instead of a claim's. (Right after a
             # batch, under load, the next one is often waiting: claimed at once.)
             return done
         try:
-            result = evaluate_events(limit=size, on_claim=register)
-        except Exception:
-            logger.exception(
-                "A batch of %s event(s) failed; evaluating them one by one", len(claimed)
-            )
-            hand_to_single(claimed)
-            # Its events are held back now; the rest, and any that committed
-            # while this batch ran, go to a new drain, a little later.
+            claimed = _evaluate_registered(None, size)
+        except _NoneToBlame:
+            # The events wait in the database; the next drain takes them.
             _hand_over_later()
             return done
-        finally:
-            if claimed:
-                _landed(batch_id)
-        done += len(result.claimed)
-        if not result.claimed:
+        done += claimed
+        if not claimed:
             if cleared:
                 return done
             # From now on a committed event asks for a drain of its own; one
@@ -200,13 +194,85 @@ def _drain() -> int:
         # Events that arrived during the batch are claimed by the next one
         # right away, not after a message round trip to a new drain.
         overdue = time.monotonic() > deadline
-        if (first and len(result.claimed) == size) or overdue:
+        if (first and claimed >= size) or overdue:
             # A backlog: let another worker process take the next batch; and
             # past the budget, leave the rest to that drain.
             _drain_task().delay()
             if overdue:
                 return done
         first = False
+
+
+class _NoneToBlame(Exception):
+    """A batch failed in a way no event is to blame for (the database out of
+    reach, a failure before any event was claimed): the drain gives up."""
+
+
+# Errors that say nothing about the events being evaluated.
+_TRANSIENT = (OperationalError, InterfaceError)
+
+
+def _evaluate_registered(
+    event_pks: list[int] | None, limit: int, kind: str = inflight.BATCH
+) -> int:
+    """Evaluate one batch (`event_pks`, or the next `limit` waiting events) with
+    its events in the in-flight registry while it runs; how many were claimed
+    and evaluated. If the batch raises, its halves are tried in turn until each
+    failure is one event, whose failure is recorded; the rest commit."""
+    batch_id = uuid.uuid4().hex
+    claimed: list[int] = []
+
+    def register(pks: list[int]) -> None:
+        claimed.extend(pks)
+        inflight.register(batch_id, pks, kind)
+
+    try:
+        return len(evaluate_events(event_pks=event_pks, limit=limit, on_claim=register).claimed)
+    except _TRANSIENT as exc:
+        logger.warning("A batch could not reach the database: %r", exc)
+        raise _NoneToBlame from exc
+    except SoftTimeLimitExceeded:
+        raise  # the drain is out of time, not its events at fault
+    except Exception as exc:
+        if not claimed:
+            logger.exception("A batch failed before it claimed any event")
+            raise _NoneToBlame from exc
+        if len(claimed) == 1:
+            _record_failure(claimed[0], exc)
+            return 0
+        logger.warning(
+            "A batch of %s event(s) failed (%r); evaluating it in halves", len(claimed), exc
+        )
+    finally:
+        if claimed:
+            inflight.landed(batch_id)
+    half = len(claimed) // 2
+    return _evaluate_registered(claimed[:half], half, kind) + _evaluate_registered(
+        claimed[half:], len(claimed) - half, kind
+    )
+
+
+def _record_failure(event_pk: int, exc: BaseException) -> None:
+    """Count one event's failed evaluation; a drain takes it again when its retry is due."""
+    error = "".join(traceback.format_exception(exc))[-10_000:]
+    try:
+        failure = record_evaluation_failure(event_pk, error)
+    except DatabaseError as failed:
+        raise _NoneToBlame from failed
+    if failure.retry_in is None:
+        return
+    logger.warning(
+        "Evaluating event %s failed (attempt %s), retrying in %.0fs: %r",
+        event_pk,
+        failure.attempts,
+        failure.retry_in,
+        exc,
+    )
+    try:
+        _drain_task().apply_async(countdown=failure.retry_in)
+    except Exception:
+        # No broker: the sweeper asks for a drain once the event has waited long.
+        logger.exception("Could not schedule the retry of event %s", event_pk)
 
 
 def _hand_over_later() -> None:
@@ -229,74 +295,62 @@ def _clear_flag() -> None:
         logger.warning("Could not clear the drain flag", exc_info=True)
 
 
-def hand_to_single(event_pks: list[int]) -> None:
-    """Keep these events from drains for a while and evaluate each on its own."""
-    if not event_pks:
-        return
-    Event.objects.filter(pk__in=event_pks).unprocessed().update(retry_at=timezone.now() + HOLD)
-    for pk in event_pks:
-        enqueue_single(pk)
-
-
 def recover_lost_batches() -> int:
-    """Hand the events of batches that died with their worker to the per-event task."""
-    client = metrics.redis_client()
-    if client is None:
-        return 0
-    key = _registry_key()
-    try:
-        entries = client.hgetall(key)
-    except Exception:
-        logger.warning("Could not read the in-flight batches", exc_info=True)
-        return 0
-    now = time.time()
-    lost: list[int] = []
-    for batch_id, value in entries.items():
-        started, _, pks = value.decode().partition("|")
-        if now - float(started) > LOST_AFTER_SECONDS and client.hdel(key, batch_id):
-            lost += [int(pk) for pk in pks.split(",") if pk]
-    if lost:
-        still_waiting = list(
-            Event.objects.filter(pk__in=lost)
+    """Evaluate again the events of batches that died with their worker; how many.
+
+    A lost batch's waiting events are tried again in chunks (about the
+    square root of its size each), so a batch lost to a SIGKILL recovers
+    at close to batch speed. The events of a lost chunk are set apart for
+    the per-event task, which counts how often each kills its worker.
+    """
+    done = 0
+    for entry in inflight.take_lost():
+        waiting = list(
+            Event.objects.filter(pk__in=entry.event_pks)
             .unprocessed()
             .order_by("pk")
             .values_list("pk", flat=True)
         )
         logger.warning(
-            "%s event(s) of a batch lost with its worker; %s still waiting, evaluated one by one",
-            len(lost),
-            len(still_waiting),
+            "A %s of %s event(s) died with its worker (%s, pid %s); %s still waiting",
+            entry.kind,
+            len(entry.event_pks),
+            entry.worker or entry.machine or "unknown",
+            entry.pid or "unknown",
+            len(waiting),
         )
-        hand_to_single(still_waiting)
-    return len(lost)
+        if entry.kind == inflight.CHUNK or len(waiting) <= 1:
+            isolate(waiting)
+            continue
+        step = max(1, math.isqrt(len(waiting)))
+        for start in range(0, len(waiting), step):
+            chunk = waiting[start : start + step]
+            done += _evaluate_registered(chunk, len(chunk), inflight.CHUNK)
+    return done
 
 
-def _registry_key() -> str:
-    return f"{metrics._namespace()}:evaluation-batches"
+def isolate(event_pks: list[int]) -> None:
+    """Set these events apart from drains and evaluate each on its own."""
+    if not event_pks:
+        return
+    Event.objects.filter(pk__in=event_pks).unprocessed().update(isolated_at=timezone.now())
+    for pk in event_pks:
+        enqueue_single(pk)
 
 
-def _in_flight(batch_id: str, pks: list[int]) -> None:
-    client = metrics.redis_client()
-    if client is None or not pks:
+def on_worker_start() -> None:
+    """A worker came up: ask for a drain that first looks for batches lost with a
+    dead worker, so a backlog left by a crash does not wait for the next event."""
+    if not drains_in_use():
         return
     try:
-        client.hset(_registry_key(), batch_id, f"{time.time():.3f}|{','.join(map(str, pks))}")
+        _drain_task().apply_async(kwargs={"recover": True})
     except Exception:
-        # Go on: the events are safe in the database either way; only a
-        # crash in this batch would now wait for the sweeper.
-        logger.warning("Could not register in-flight batch %s", batch_id, exc_info=True)
+        logger.exception("Could not ask for a drain at worker start")
 
 
-def _landed(batch_id: str) -> None:
-    client = metrics.redis_client()
-    if client is None:
-        return
-    try:
-        client.hdel(_registry_key(), batch_id)
-    except Exception:
-        # Left behind, the entry is recovered later; its events are processed
-        # by then, so recovery finds nothing to do.
-        logger.warning("Could not clear in-flight batch %s", batch_id, exc_info=True)
+def drains_in_use() -> bool:
+    return settings.ACCOLADE_TASK_MODE == "celery" and batch_size() > 1
 
 
 # --- handing events to the evaluator ---------------------------------------------
@@ -319,8 +373,7 @@ def enqueue_evaluations(event_pks: Sequence[int]) -> None:
     """
     if not event_pks:
         return
-    mode = settings.ACCOLADE_TASK_MODE
-    if mode == "celery" and batch_size() > 1:
+    if drains_in_use():
         request_drain()
     else:
         for pk in event_pks:
@@ -491,9 +544,7 @@ def record_evaluation_failure(event_pk: int, error: str) -> Failure:
                 attempts=attempts, last_error=error, dead_lettered_at=now, retry_at=None
             )
             logger.error("Event %s dead-lettered after %s attempts", event_pk, attempts)
-            transaction.on_commit(
-                partial(metrics.incr, "accolade_events_dead_lettered_total"), robust=True
-            )
+            after_commit(metrics.incr, "accolade_events_dead_lettered_total")
             return Failure(attempts=attempts, dead_lettered=True, retry_in=None)
         delay = retry_delay(attempts)
         Event.objects.filter(pk=event_pk).update(
@@ -503,7 +554,13 @@ def record_evaluation_failure(event_pk: int, error: str) -> Failure:
 
 
 def redrive_events(event_pks: list[int]) -> int:
-    """Give dead-lettered events another full set of attempts, after a rule fix."""
+    """Give dead-lettered events another full set of attempts, after a rule fix.
+
+    Every failure record of theirs goes: attempts, the error, the scheduled
+    retry, the sweep stamp, being set apart, and the count of worker crashes
+    kept in the cache (left, it would dead-letter the event again at its
+    first start).
+    """
     with transaction.atomic():
         pks = list(
             Event.objects.dead_lettered()
@@ -511,22 +568,38 @@ def redrive_events(event_pks: list[int]) -> int:
             .values_list("pk", flat=True)
         )
         Event.objects.filter(pk__in=pks).update(
-            dead_lettered_at=None, attempts=0, retry_at=None, swept_at=None
+            dead_lettered_at=None,
+            attempts=0,
+            last_error="",
+            retry_at=None,
+            swept_at=None,
+            isolated_at=None,
         )
-        for pk in pks:
-            transaction.on_commit(partial(enqueue_single, pk), robust=True)
+        after_commit(_forget_starts, pks)
+        after_commit(enqueue_evaluations, pks)
     return len(pks)
 
 
+def starts_key(event_pk: int) -> str:
+    """The cache key counting how often a worker started evaluating this event."""
+    return f"evaluation-starts:{event_pk}"
+
+
+def _forget_starts(event_pks: list[int]) -> None:
+    cache.delete_many([starts_key(pk) for pk in event_pks])
+
+
 def sweep_stranded_events(*, older_than_seconds: float | None = None, limit: int = 1000) -> int:
-    """Re-enqueue unprocessed events whose task message appears lost.
+    """Hand on unprocessed events whose task message appears lost; how many it found.
 
     The event row is the outbox, so an event whose message never reached the
     broker (it was down at commit) or was lost with a worker is still here.
-    Each swept event is stamped so the next sweep leaves it alone for another
-    period; the claim in evaluate_event makes a second delivery harmless.
-    Swept events go to the per-event task, not a batch: an event this old
-    may be one that keeps failing.
+    With drains, the sweeper asks for one drain (which also looks for
+    batches lost with their worker), so a backlog recovers at batch speed;
+    events set apart for the per-event task, and all events in the modes
+    without drains, are re-enqueued one by one, each stamped so the next
+    sweep leaves it alone for another period. A second delivery is harmless:
+    claims skip what is processed or held.
     """
     age = (
         float(settings.ACCOLADE_SWEEP_AGE_SECONDS)
@@ -535,18 +608,31 @@ def sweep_stranded_events(*, older_than_seconds: float | None = None, limit: int
     )
     now = timezone.now()
     cutoff = now - timedelta(seconds=age)
+    stranded = Event.objects.stranded(older_than=cutoff)
+    found = 0
+    if drains_in_use():
+        found = len(stranded.filter(isolated_at__isnull=True).values_list("pk")[:limit])
+        lost = 0
+        with contextlib.suppress(Exception):
+            lost = inflight.pending()
+        if found or lost:
+            try:
+                _drain_task().apply_async(kwargs={"recover": True})
+            except Exception:
+                logger.exception("Could not ask for a drain of stranded events")
+        stranded = stranded.filter(isolated_at__isnull=False)
     with transaction.atomic():
         # skip_locked: rows an evaluation has claimed (or another sweeper
         # holds) are being dealt with; waiting on them would stall the sweep.
         pks = list(
-            Event.objects.stranded(older_than=cutoff)
-            .select_for_update(skip_locked=True)
+            stranded.select_for_update(skip_locked=True)
             .order_by("pk")
             .values_list("pk", flat=True)[:limit]
         )
         Event.objects.filter(pk__in=pks).stranded(older_than=cutoff).update(swept_at=now)
     for pk in pks:
         enqueue_single(pk)
-    if pks:
-        logger.warning("Swept %s stranded event(s) back onto the queue", len(pks))
-    return len(pks)
+    found += len(pks)
+    if found:
+        logger.warning("Swept %s stranded event(s) back onto the queue", found)
+    return found

@@ -14,9 +14,8 @@ fixed number of queries however many events and users it holds:
    after the commit push the changes to the users' pages.
 
 Composites follow, per user, in transactions of their own. If anything
-fails, the transaction rolls back whole and the caller hands the events
-to the one-at-a-time path, which retries and dead-letters them one by one
-(`achievements.dispatch`).
+fails, the transaction rolls back whole and the caller finds the failing
+events by evaluating halves of the batch (`achievements.dispatch`).
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cache, partial
+from functools import cache
 from typing import Any, NamedTuple
 
 from django.db import connection, transaction
@@ -38,7 +37,7 @@ from django.utils import timezone
 from accounts.models import Profile
 from achievements import core, delivery, index, metrics, progress, store
 from achievements.cards import KnownState
-from achievements.db import server_cursor
+from achievements.db import after_commit, server_cursor
 from achievements.models import Badge, Event, RequirementProgress, Unlock
 from achievements.versions import ensure_versions, live_version_id
 
@@ -93,7 +92,8 @@ def evaluate_events(
     on_claim: Callable[[list[int]], None] | None = None,
 ) -> BatchResult:
     """Evaluate, in one transaction, the events not evaluated yet among `event_pks`,
-    or else the next `limit` waiting events (oldest first, none with a retry due later).
+    or else the next `limit` waiting events (oldest first, none with a retry due
+    later, none set apart for the one-at-a-time path).
 
     Events already processed, dead-lettered, without a user, or held by
     another transaction are left alone. `on_claim` hears the claimed keys
@@ -119,14 +119,10 @@ def evaluate_events(
                     user_id: (sorted(badge_ids), result.unlocks.get(user_id, []))
                     for user_id, badge_ids in result.changed.items()
                 }
-                transaction.on_commit(
-                    partial(delivery.notify_many, changes, known=result.known), robust=True
-                )
+                after_commit(delivery.notify_many, changes, known=result.known)
             if result.unlocks:  # counted after the push, not before it
                 count = sum(len(unlocks) for unlocks in result.unlocks.values())
-                transaction.on_commit(
-                    partial(metrics.incr, "accolade_unlocks_total", count), robust=True
-                )
+                after_commit(metrics.incr, "accolade_unlocks_total", count)
         if result.claimed:
             share = (time.perf_counter() - started) / len(result.claimed)
             metrics.observe("accolade_evaluation_seconds", [share] * len(result.claimed))
@@ -153,10 +149,11 @@ def events_waiting() -> bool:
 
 def _claimable(now: datetime) -> QuerySet[Event]:
     """Events a claim may take at `now`: not evaluated, not given up on, with a
-    user, and no retry due later (rows another batch holds included)."""
+    user, not set apart for the one-at-a-time path, and no retry due later
+    (rows another batch holds included)."""
     return (
         Event.objects.unprocessed()
-        .filter(user__isnull=False)
+        .filter(user__isnull=False, isolated_at__isnull=True)
         .filter(Q(retry_at__isnull=True) | Q(retry_at__lte=now))
     )
 
@@ -225,7 +222,8 @@ def _claim_next(limit: int, now: datetime) -> list[_Claimed]:
                 WHERE id IN (
                     SELECT id FROM {table}
                     WHERE processed_at IS NULL AND dead_lettered_at IS NULL
-                      AND user_id IS NOT NULL AND (retry_at IS NULL OR retry_at <= %s)
+                      AND user_id IS NOT NULL AND isolated_at IS NULL
+                      AND (retry_at IS NULL OR retry_at <= %s)
                     ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
                 )
                 RETURNING id, event_id, event_type, user_id, payload, occurred_at, received_at,
@@ -460,14 +458,9 @@ def evaluate_composites(
             writes.save()
             new_unlocks = [unlock.pk for unlock in writes.unlocks]
             if writes.unlocks:
-                transaction.on_commit(
-                    partial(metrics.incr, "accolade_unlocks_total", len(new_unlocks)), robust=True
-                )
+                after_commit(metrics.incr, "accolade_unlocks_total", len(new_unlocks))
             if not silent:
-                transaction.on_commit(
-                    partial(delivery.notify_many, {user_id: ([b for _, b in pairs], new_unlocks)}),
-                    robust=True,
-                )
+                after_commit(delivery.notify_many, {user_id: ([b for _, b in pairs], new_unlocks)})
         unlocked_here += changed
     return unlocked_here
 

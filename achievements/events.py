@@ -10,12 +10,13 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache, partial
+from functools import cache
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -23,7 +24,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from achievements import dispatch, index, metrics, rules
-from achievements.db import server_cursor
+from achievements.db import after_commit, server_cursor
 from achievements.models import Event, ExternalIdentity
 
 logger = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ def record_external_events(
             else:
                 results[position] = _repeat_of(taken[event_id], item)
         if created:
-            transaction.on_commit(partial(_committed_many, len(created), waiting), robust=True)
+            after_commit(_committed_many, len(created), waiting)
         for position, item, event_id in repeats:
             earlier = created.get(event_id) or taken[event_id]
             results[position] = _repeat_of(earlier, item)
@@ -273,7 +274,7 @@ def _record_owned(
             results[position] = RecordedEvent(event, created=True)
             if event.user_id is not None:
                 waiting.append(event.pk)
-    transaction.on_commit(partial(_committed_many, len(inserted), waiting), robust=True)
+    after_commit(_committed_many, len(inserted), waiting)
     return [entry for entry in prepared if results[entry[0]] is None]
 
 
@@ -578,9 +579,7 @@ def _record(
     # robust: a failing hand-off must not turn the producer's committed
     # request into an error; the event row stays unprocessed in the outbox.
     # Events for a producer id nobody is linked to yet wait for the link.
-    transaction.on_commit(
-        partial(_committed, event.pk if subject.user_id is not None else None), robust=True
-    )
+    after_commit(_committed, event.pk if subject.user_id is not None else None)
     return RecordedEvent(event, created=True)
 
 
@@ -654,7 +653,7 @@ def _validate(
         raise InvalidEvent("occurred_at", "must be time-zone aware")
     if not isinstance(payload, dict):
         raise InvalidEvent("payload", f"must be a JSON object, not {type(payload).__name__}")
-    _check_payload_values(payload, depth=1)
+    _check_payload_values(payload, depth=1, path="payload")
     try:
         # ensure_ascii=False so that text which cannot be stored as UTF-8
         # (a lone surrogate) fails here rather than in the database.
@@ -665,18 +664,27 @@ def _validate(
         raise InvalidEvent("payload", f"must be at most {PAYLOAD_MAX_BYTES} bytes as JSON")
 
 
-def _check_payload_values(value: Any, *, depth: int) -> None:
+def _check_payload_values(value: Any, *, depth: int, path: str) -> None:
+    """Refuse what the database or the engine could not take later: too deep,
+    non-string keys, NUL characters, numbers no progress column can hold."""
     if depth > PAYLOAD_MAX_DEPTH:
         raise InvalidEvent("payload", f"must be nested at most {PAYLOAD_MAX_DEPTH} levels deep")
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise InvalidEvent("payload", f"keys must be strings, not {type(key).__name__}")
-            _check_payload_values(key, depth=depth)
-            _check_payload_values(item, depth=depth + 1)
+                raise InvalidEvent(path, f"keys must be strings, not {type(key).__name__}")
+            _check_payload_values(key, depth=depth, path=path)
+            _check_payload_values(item, depth=depth + 1, path=f"{path}.{key}")
     elif isinstance(value, list | tuple):
-        for item in value:
-            _check_payload_values(item, depth=depth + 1)
+        for position, item in enumerate(value):
+            _check_payload_values(item, depth=depth + 1, path=f"{path}[{position}]")
     elif isinstance(value, str) and "\x00" in value:
         # PostgreSQL's jsonb cannot store NUL characters.
-        raise InvalidEvent("payload", "must not contain NUL characters")
+        raise InvalidEvent(path, "must not contain NUL characters")
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidEvent(path, "must be a finite number")
+        if abs(value) > rules.STORED_NUMBER_MAX:
+            # A sum of it would not fit the progress columns (numeric(18, 4)).
+            limit = rules.STORED_NUMBER_MAX
+            raise InvalidEvent(path, f"must be a number between -{limit} and {limit}")

@@ -16,16 +16,16 @@ import time
 import traceback
 from collections import Counter
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connections, transaction
+from django.db import close_old_connections, connections
 from django.db.models import Q
 from django.template.loader import render_to_string
 from django.utils import timezone
 
 from achievements import dispatch, metrics, realtime
+from achievements.db import after_commit
 from achievements.models import Badge, Reevaluation, UserBadge
 from achievements.replay import ReplayReport, plan_replay, replay_events
 
@@ -68,7 +68,7 @@ def start(
         created_by=by if getattr(by, "is_authenticated", False) else None,
     )
     job.badges.set(badges)
-    transaction.on_commit(partial(enqueue, job.pk), robust=True)
+    after_commit(enqueue, job.pk)
     return job
 
 

@@ -8,12 +8,13 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cached_property, partial
+from functools import cached_property
 
 from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from achievements import core, delivery, progress, store
+from achievements.db import after_commit
 from achievements.engine import evaluate_composites, in_segments
 from achievements.models import Badge, BadgeRequirement, DistinctValue, Event, Unlock
 from achievements.versions import ensure_versions, live_version_id
@@ -372,10 +373,7 @@ def _write_replay(
     for unlock in writes.unlocks:
         announced[unlock.user_id].append(unlock.pk)
     if announced and not silent:
-        transaction.on_commit(
-            partial(
-                delivery.notify_many,
-                {user_id: (badges_of[user_id], unlocks) for user_id, unlocks in announced.items()},
-            ),
-            robust=True,
+        after_commit(
+            delivery.notify_many,
+            {user_id: (badges_of[user_id], unlocks) for user_id, unlocks in announced.items()},
         )

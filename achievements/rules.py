@@ -355,6 +355,22 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
 
 
+# The largest magnitude a progress value can hold: a numeric(18, 4) column holds
+# 14 integer digits; SQLite keeps it as a double, exact for these integers.
+STORED_NUMBER_MAX = Decimal(10**14 - 1)
+
+
+def storable(value: Decimal) -> Decimal:
+    """A measured value as its column can hold it: a running sum past the limit
+    stays at the limit, which still compares the same with every threshold
+    the column can hold."""
+    if value > STORED_NUMBER_MAX:
+        return STORED_NUMBER_MAX
+    if value < -STORED_NUMBER_MAX:
+        return -STORED_NUMBER_MAX
+    return value
+
+
 def numeric(value: Any) -> Decimal | None:
     """A payload value as a number, or None if it is not one (booleans are not numbers)."""
     if not _is_number(value):

@@ -66,7 +66,7 @@ def _count_start(event_pk: int) -> int:
     the hot path; if the cache is down the count is unknown and evaluation
     goes ahead.
     """
-    key = f"evaluation-starts:{event_pk}"
+    key = dispatch.starts_key(event_pk)
     try:
         cache.add(key, 0, timeout=86_400)
         return int(cache.incr(key))
@@ -84,11 +84,10 @@ def _count_start(event_pk: int) -> int:
     soft_time_limit=60,
     time_limit=120,
 )
-def evaluate_pending_task() -> int:
-    """Evaluate the waiting events in batches (achievements.dispatch)."""
-    from achievements import dispatch
-
-    return dispatch.drain()
+def evaluate_pending_task(recover: bool = False) -> int:
+    """Evaluate the waiting events in batches (achievements.dispatch); `recover`
+    first looks for batches that died with their worker."""
+    return dispatch.drain(recover=recover)
 
 
 @shared_task(
@@ -146,7 +145,8 @@ _heartbeat_stop = threading.Event()
 
 @worker_ready.connect
 def start_heartbeat(sender: Any = None, **kwargs: object) -> None:
-    """Tell /healthz and /metrics this worker is alive, every few seconds (main process)."""
+    """Tell /healthz and /metrics this worker is alive, every few seconds (main
+    process), and ask for a drain of whatever waits."""
     hostname = str(getattr(sender, "hostname", "") or socket.gethostname())
 
     def beat() -> None:
@@ -157,6 +157,9 @@ def start_heartbeat(sender: Any = None, **kwargs: object) -> None:
 
     _heartbeat_stop.clear()
     threading.Thread(target=beat, name="accolade-heartbeat", daemon=True).start()
+    # A backlog a crashed worker left (and its batches) would otherwise wait
+    # for the next event, or the sweeper.
+    dispatch.on_worker_start()
 
 
 @worker_shutting_down.connect

@@ -268,7 +268,23 @@ def openapi_schema() -> dict[str, Any]:
                         "event_type": {"type": "string"},
                         "user_id": {"type": ["string", "null"]},
                         "status": {
-                            "enum": ["pending", "processed", "dead_lettered", "waiting_for_user"]
+                            "enum": [
+                                "pending",
+                                "retrying",
+                                "processed",
+                                "dead_lettered",
+                                "waiting_for_user",
+                            ]
+                        },
+                        "attempts": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "Failed evaluations so far.",
+                        },
+                        "next_attempt_at": {
+                            "type": ["string", "null"],
+                            "format": "date-time",
+                            "description": "While retrying: when the next attempt is due.",
                         },
                         "received_at": {"type": "string", "format": "date-time"},
                         "processed_at": {"type": ["string", "null"], "format": "date-time"},

@@ -277,6 +277,8 @@ def event_status(request: HttpRequest, event_id: str) -> JsonResponse:
         status = "dead_lettered"
     elif event.user_id is None:
         status = "waiting_for_user"
+    elif event.retrying:
+        status = "retrying"
     else:
         status = "pending"
     unlocks = Unlock.objects.filter(event=event).select_related("badge").order_by("pk")
@@ -288,6 +290,10 @@ def event_status(request: HttpRequest, event_id: str) -> JsonResponse:
             "status": status,
             "received_at": event.received_at.isoformat(),
             "processed_at": event.processed_at.isoformat() if event.processed_at else None,
+            "attempts": event.attempts,
+            "next_attempt_at": (
+                event.retry_at.isoformat() if event.retrying and event.retry_at else None
+            ),
             "dead_letter_reason": _last_line(event.last_error) if event.dead_lettered_at else None,
             "unlocks": [
                 {

@@ -1,16 +1,19 @@
-"""Soak test: minutes of mixed events on the real topology, through a worker crash
-and a Redis restart, then a count of everything that should and did happen.
+"""Soak test: minutes of mixed events on the real topology, through worker crashes
+and Redis restarts, then a count of everything that should and did happen.
 
 Not part of `make test`. Run it from the project root:
 
-    .venv/bin/python bench/soak.py --minutes 10 --rate 20
+    .venv/bin/python bench/soak.py --minutes 10 --rate 20 --kill-every 60
 
 It starts its own PostgreSQL database, a private redis-server, one Celery
 worker (2 processes), celery beat and Daphne. A producer process records
 events at a fixed rate with record_event (the Python integration path),
 re-sending some with the same event_id (duplicates) and mixing in event types
-no badge watches. At one third of the run the worker is SIGKILLed and
-restarted; at two thirds Redis is stopped for a while and started empty.
+no badge watches. Every --kill-every seconds the worker's whole process group
+is SIGKILLed and started again at once, and the time until every event that
+waited at the restart is processed is measured; at a quarter and at two
+thirds of the run Redis is stopped for 10 s and started empty. The worker's
+memory is sampled just before each kill.
 """
 
 from __future__ import annotations
@@ -113,8 +116,24 @@ def queue_depth(topology: Topology) -> int:
     return int(client.llen(topology.environment["ACCOLADE_NAMESPACE"]))
 
 
-def count(topology: Topology, sql: str) -> int:
-    return int(topology.query(sql)[0][0])
+def count(topology: Topology, sql: str, params: tuple = ()) -> int:
+    return int(topology.query(sql, params)[0][0])
+
+
+def wait_processed(topology: Topology, last_pk: int, deadline: float) -> float:
+    """Seconds from now until every event up to `last_pk` is processed (or given up on)."""
+    started = time.monotonic()
+    while time.monotonic() < deadline:
+        waiting = count(
+            topology,
+            "SELECT count(*) FROM achievements_event WHERE id <= %s AND processed_at IS NULL "
+            "AND dead_lettered_at IS NULL",
+            (last_pk,),
+        )
+        if waiting == 0:
+            break
+        time.sleep(0.1)
+    return time.monotonic() - started
 
 
 def main() -> None:
@@ -123,9 +142,20 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="events per second")
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--kill-every", type=float, default=60.0, help="seconds between worker SIGKILLs"
+    )
+    parser.add_argument(
+        "--recovery-limit",
+        type=float,
+        default=10.0,
+        help="seconds a restarted worker may take to process what waited",
+    )
     args = parser.parse_args()
-    if args.minutes <= 0 or args.rate <= 0 or args.users <= 0:
-        parser.error("--minutes, --rate and --users must be positive")
+    if min(args.minutes, args.rate, args.users, args.kill_every, args.recovery_limit) <= 0:
+        parser.error(
+            "--minutes, --rate, --users, --kill-every and --recovery-limit must be positive"
+        )
     duration = args.minutes * 60
 
     tmp = Path(tempfile.mkdtemp(prefix="accolade-soak-"))
@@ -163,23 +193,35 @@ def main() -> None:
         topology.processes.append(producer)
         started = time.monotonic()
         time.sleep(min(20, duration / 6))
-        memory_start = rss_kib(topology.workers[0].popen.pid)
-        crashed = restarted_redis = False
+        memory: list[int] = []  # the worker's RSS just before each kill
+        recoveries: list[float] = []
+        redis_at = [duration / 4, 2 * duration / 3]
+        next_kill = started + args.kill_every
         next_report = time.monotonic()
         while producer.popen.poll() is None:
             elapsed = time.monotonic() - started
-            if not crashed and elapsed >= duration / 3:
-                print(f"[{elapsed:6.0f}s] SIGKILL worker (whole process group), restart in 5 s")
-                topology.kill(topology.workers[0])
-                time.sleep(5)
+            if time.monotonic() >= next_kill and elapsed < duration - 15:
+                memory.append(rss_kib(topology.workers[-1].popen.pid))
+                topology.kill(topology.workers[-1])
+                topology.workers.clear()
+                # What waits now (and what arrives meanwhile) must be processed
+                # by the restarted worker within --recovery-limit.
+                [(cut,)] = topology.query("SELECT coalesce(max(id), 0) FROM achievements_event")
                 topology.start_worker(concurrency=2)
-                crashed = True
-            if not restarted_redis and elapsed >= 2 * duration / 3:
+                up = time.monotonic()
+                took = wait_processed(topology, cut, up + 120)
+                recoveries.append(took)
+                print(
+                    f"[{elapsed:6.0f}s] SIGKILLed the worker; restarted, everything recorded "
+                    f"before the kill processed {took:.1f} s after it came up"
+                )
+                next_kill = time.monotonic() + args.kill_every
+            if redis_at and elapsed >= redis_at[0]:
+                redis_at.pop(0)
                 print(f"[{elapsed:6.0f}s] stop Redis for 10 s, then start it empty")
                 topology.stop_redis()
                 time.sleep(10)
                 topology.start_redis()
-                restarted_redis = True
             if time.monotonic() >= next_report:
                 recorded = count(topology, "SELECT count(*) FROM achievements_event")
                 pending = count(
@@ -231,7 +273,7 @@ def main() -> None:
             "SELECT user_id, requirement_id, value FROM "
             "achievements_requirementprogress ORDER BY 1, 2"
         )
-        memory_end = rss_kib(topology.workers[-1].popen.pid)
+        memory.append(rss_kib(topology.workers[-1].popen.pid))
 
         print()
         print(f"duration                      {args.minutes:g} min at {args.rate:g} events/s")
@@ -247,11 +289,18 @@ def main() -> None:
         print(f"queue depth at end            {queue_depth(topology)}")
         print(f"drained after producer ended  {drained_in:.1f} s")
         print(
-            f"worker RSS at start / end     {memory_start / 1024:.1f} MiB / "
-            f"{memory_end / 1024:.1f} MiB (end: the restarted worker, 2 pool processes)"
+            f"worker restarts               {len(recoveries)}; backlog processed "
+            + ", ".join(f"{took:.1f}" for took in recoveries)
+            + " s after each came up"
+        )
+        print(
+            "worker RSS before each kill   "
+            + ", ".join(f"{kib / 1024:.0f}" for kib in memory)
+            + " MiB (main process and 2 pool processes; the last at the end)"
         )
         ok = (
             processed == recorded == summary["created"]
+            and all(took <= args.recovery_limit for took in recoveries)
             and dead == 0
             and unlocks == summary["expected_unlocks"]
             and doubled == 0

@@ -309,9 +309,10 @@ CELERY_RESULT_BACKEND = "django-db"
 # between, achievements.tasks hands the connection back to the pool after each
 # task (and drops one that broke), as Django does after a request.
 CELERY_DB_REUSE_MAX = 10_000
-ACCOLADE_SWEEP_INTERVAL_SECONDS = env_int("ACCOLADE_SWEEP_INTERVAL_SECONDS", 60, minimum=1)
-# The sweeper re-enqueues events whose task message was lost (see
-# achievements.dispatch.sweep_stranded_events); celery beat runs it.
+# The sweeper hands on events whose task message was lost (see
+# achievements.dispatch.sweep_stranded_events); celery beat runs it. A sweep
+# is one indexed read and at most one drain message, so it can run often.
+ACCOLADE_SWEEP_INTERVAL_SECONDS = env_int("ACCOLADE_SWEEP_INTERVAL_SECONDS", 10, minimum=1)
 CELERY_BEAT_SCHEDULE = {
     "sweep-stranded-events": {
         "task": "achievements.sweep_stranded_events",
@@ -330,7 +331,7 @@ ACCOLADE_MAX_ATTEMPTS = env_int("ACCOLADE_MAX_ATTEMPTS", 5, minimum=1)
 ACCOLADE_RETRY_BASE_SECONDS = env_int("ACCOLADE_RETRY_BASE_SECONDS", 2, minimum=0)
 ACCOLADE_RETRY_MAX_SECONDS = env_int("ACCOLADE_RETRY_MAX_SECONDS", 300, minimum=0)
 # Unprocessed events older than this, with no retry pending, count as stranded.
-ACCOLADE_SWEEP_AGE_SECONDS = env_int("ACCOLADE_SWEEP_AGE_SECONDS", 300, minimum=1)
+ACCOLADE_SWEEP_AGE_SECONDS = env_int("ACCOLADE_SWEEP_AGE_SECONDS", 30, minimum=1)
 # Re-evaluation jobs replay at most this many events a second (0: no cap), so
 # live evaluation keeps the worker while they run.
 ACCOLADE_REEVALUATION_MAX_EVENTS_PER_SECOND = env_int(

@@ -97,6 +97,12 @@ class Event(models.Model):
         null=True, blank=True, help_text="When the sweeper last re-enqueued it."
     )
     dead_lettered_at = models.DateTimeField(null=True, blank=True)
+    isolated_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When it was set apart to be evaluated on its own (its batch died with "
+        "its worker); drains leave it alone.",
+    )
 
     objects = EventQuerySet.as_manager()
 
@@ -147,6 +153,16 @@ class Event(models.Model):
         super().save(*args, **kwargs)
 
     @property
+    def retrying(self) -> bool:
+        """Whether it failed and waits for its next attempt (at retry_at)."""
+        return (
+            self.processed_at is None
+            and self.dead_lettered_at is None
+            and self.attempts > 0
+            and self.retry_at is not None
+        )
+
+    @property
     def status(self) -> str:
         if self.processed_at:
             return "processed"
@@ -154,6 +170,8 @@ class Event(models.Model):
             return "dead-lettered"
         if self.user_id is None:
             return "waiting for user"
+        if self.retrying:
+            return "retrying"
         return "pending"
 
 

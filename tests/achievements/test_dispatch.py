@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import time
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
-from achievements import dispatch, engine, progress
+from achievements import dispatch, engine, inflight, metrics, progress
 from achievements.events import record_event
-from achievements.models import Event, Unlock
+from achievements.inflight import BATCH, CHUNK, Entry
+from achievements.models import Event, RequirementProgress, Unlock
 from achievements.tasks import evaluate_pending_task
 from tests.factories import make_images_badge
 
@@ -39,9 +43,22 @@ def singled(monkeypatch):
 @pytest.fixture
 def registry(real_redis):
     """The in-flight batch registry, empty before and after."""
-    real_redis.delete(dispatch._registry_key())
+    real_redis.delete(inflight._key())
     yield real_redis
-    real_redis.delete(dispatch._registry_key())
+    real_redis.delete(inflight._key())
+
+
+def _dead_pid() -> int:
+    """The pid of a process of this machine that has ended (and been reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def _entry(pks, *, kind=BATCH, pid=0, machine=None, worker="", age=0.0) -> str:
+    return inflight.encode(
+        Entry(time.time() - age, kind, machine or socket.gethostname(), pid, worker, tuple(pks))
+    )
 
 
 @pytest.fixture
@@ -149,39 +166,144 @@ def test_a_drain_evaluates_every_waiting_event_a_batch_at_a_time(owner, settings
     assert dispatch.drain() == 0
 
 
-def test_a_failing_batch_hands_its_events_to_the_per_event_task(
-    owner, settings, asked, singled, monkeypatch
+def test_a_failing_batch_commits_the_rest_and_retries_the_failing_event_until_dead_lettered(
+    owner, settings, asked, monkeypatch
 ):
     make_images_badge(threshold=10)
-    pks = _waiting(owner, 4)
-    poison = Event.objects.get(pk=pks[2]).event_id
+    settings.ACCOLADE_MAX_ATTEMPTS = 3
+    settings.ACCOLADE_RETRY_BASE_SECONDS = 30
+    pks = _waiting(owner, 5)
+    poison = pks[2]
     original = progress.apply_fact
 
     def apply_fact(spec, state, fact, *args, **kwargs):
         if fact.payload.get("image_id") == 2:
-            raise ValueError(f"cannot fold {poison}")
+            raise ValueError("cannot fold image 2")
         return original(spec, state, fact, *args, **kwargs)
 
     monkeypatch.setattr(progress, "apply_fact", apply_fact)
+    # The batch fails, its halves are tried until the failure is one event: the rest commit.
+    assert dispatch.drain() == 4
+    assert set(Event.objects.filter(processed_at=None).values_list("pk", flat=True)) == {poison}
+    assert RequirementProgress.objects.get(user=owner).value == 4
+    event = Event.objects.get(pk=poison)
+    assert event.attempts == 1 and "cannot fold image 2" in event.last_error
+    assert event.status == "retrying" and event.retry_at is not None
+    due_in = (event.retry_at - timezone.now()).total_seconds()
+    assert 25 < due_in <= 30
+    assert ("later", 30.0) in asked  # a drain for when the retry is due
+    assert dispatch.drain() == 0  # not due yet: drains leave it alone
+
+    # When it is due a drain takes it again; it fails each time, then is dead-lettered.
+    for attempts in (2, 3):
+        Event.objects.filter(pk=poison).update(retry_at=timezone.now())
+        assert dispatch.drain() == 0
+        event.refresh_from_db()
+        assert event.attempts == attempts
+    assert event.status == "dead-lettered" and event.retry_at is None
+    assert "cannot fold image 2" in event.last_error
+    assert RequirementProgress.objects.get(user=owner).value == 4
+
+
+def test_a_database_out_of_reach_fails_no_event(owner, settings, asked, monkeypatch):
+    from django.db import OperationalError
+
+    pks = _waiting(owner, 3)
+
+    def unreachable(**kwargs):
+        kwargs["on_claim"](pks)
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(dispatch, "evaluate_events", unreachable)
     assert dispatch.drain() == 0
-    assert singled == pks  # each alone, where the poison is retried and dead-lettered
-    held = Event.objects.filter(pk__in=pks, processed_at=None, retry_at__gt=timezone.now())
-    assert held.count() == 4
-    assert dispatch.drain() == 0  # drains leave held events to the per-event task
+    assert asked == [("later", dispatch.RETRY_SECONDS)]
+    assert not Event.objects.filter(pk__in=pks, attempts__gt=0).exists()
 
 
-def test_a_batch_lost_with_its_worker_is_handed_over_by_a_later_drain(
+def test_a_batch_whose_process_died_is_tried_again_in_chunks(owner, asked, singled, registry):
+    make_images_badge(threshold=10)
+    pks = _waiting(owner, 5)
+    Event.objects.filter(pk=pks[0]).update(processed_at=timezone.now())  # done before it died
+    key = inflight._key()
+    # Registered a moment ago by a process of this machine that is gone now.
+    registry.hset(key, "gone", _entry(pks, pid=_dead_pid()))
+    registry.hset(key, "busy", _entry(pks[:1], pid=os.getpid()))  # this one still runs
+    assert dispatch.recover_lost_batches() == 4
+    assert singled == []
+    assert not Event.objects.filter(pk__in=pks, processed_at=None).exists()
+    assert RequirementProgress.objects.get(user=owner).value == 4
+    assert set(registry.hkeys(key)) == {b"busy"}
+
+
+def test_the_events_of_a_lost_chunk_are_set_apart_for_the_per_event_task(
     owner, asked, singled, registry
 ):
+    make_images_badge(threshold=10)
     pks = _waiting(owner, 3)
-    Event.objects.filter(pk=pks[0]).update(processed_at=timezone.now())  # done before it died
-    died = time.time() - dispatch.LOST_AFTER_SECONDS - 1
-    registry.hset(dispatch._registry_key(), "gone", f"{died}|{','.join(map(str, pks))}")
-    registry.hset(dispatch._registry_key(), "busy", f"{time.time()}|{pks[0]}")
-    # The lost batch's waiting events go one by one; the recent batch is left alone.
-    assert dispatch.recover_lost_batches() == 3
-    assert singled == pks[1:]
-    assert set(registry.hkeys(dispatch._registry_key())) == {b"busy"}
+    registry.hset(inflight._key(), "chunk", _entry(pks, kind=CHUNK, pid=_dead_pid()))
+    assert dispatch.recover_lost_batches() == 0
+    assert singled == pks  # each alone, where a start counter finds the one that kills
+    assert Event.objects.filter(pk__in=pks, isolated_at__isnull=False).count() == 3
+    assert not engine.events_waiting()
+    assert dispatch.drain() == 0  # drains leave them to the per-event task
+    engine.evaluate_event(pks[0])  # which takes them
+    assert RequirementProgress.objects.get(user=owner).value == 1
+
+
+def test_a_batch_elsewhere_is_lost_once_its_worker_stops_beating(owner, asked, singled, registry):
+    pks = _waiting(owner, 3)
+    key = inflight._key()
+    stale = metrics.WORKER_STALE_SECONDS + 1
+    for name, pk in (("a", pks[0]), ("b", pks[1])):
+        entry = _entry([pk], kind=CHUNK, machine="elsewhere", worker=f"w-{name}", age=stale)
+        registry.hset(key, name, entry)
+    # Written before entries named their owner: only the age tells.
+    old = time.time() - inflight.LOST_AFTER_SECONDS - 1
+    registry.hset(key, "old", f"{old}|{pks[2]}")
+    registry.hset(key, "new", f"{time.time()}|{pks[2]}")
+    metrics.heartbeat("w-a")
+    try:
+        dispatch.recover_lost_batches()
+    finally:
+        metrics.forget_worker("w-a")
+    assert sorted(singled) == pks[1:]
+    assert set(registry.hkeys(key)) == {b"a", b"new"}
+
+
+def test_a_starting_worker_asks_for_a_drain_that_looks_for_lost_batches(
+    owner, settings, monkeypatch
+):
+    sent: list[dict] = []
+    monkeypatch.setattr(
+        evaluate_pending_task, "apply_async", lambda kwargs=None, **options: sent.append(kwargs)
+    )
+    settings.ACCOLADE_TASK_MODE = "celery"
+    dispatch.on_worker_start()
+    assert sent == [{"recover": True}]
+    settings.ACCOLADE_EVALUATION_BATCH_SIZE = 1  # one task per event: no drains to ask for
+    dispatch.on_worker_start()
+    assert sent == [{"recover": True}]
+
+
+def test_the_sweeper_asks_for_one_drain_for_a_stranded_backlog(
+    owner, settings, singled, registry, monkeypatch
+):
+    sent: list[dict] = []
+    monkeypatch.setattr(
+        evaluate_pending_task, "apply_async", lambda kwargs=None, **options: sent.append(kwargs)
+    )
+    settings.ACCOLADE_TASK_MODE = "celery"
+    pks = _waiting(owner, 4)
+    old = timezone.now() - timedelta(minutes=10)
+    Event.objects.filter(pk__in=pks).update(received_at=old)
+    Event.objects.filter(pk=pks[3]).update(isolated_at=old)
+    assert dispatch.sweep_stranded_events(older_than_seconds=60) == 4
+    assert sent == [{"recover": True}]  # the backlog goes at batch speed
+    assert singled == [pks[3]]  # the one set apart goes alone again
+    assert not Event.objects.filter(pk__in=pks[:3], swept_at__isnull=False).exists()
+    Event.objects.filter(pk__in=pks).update(processed_at=timezone.now())
+    assert dispatch.sweep_stranded_events(older_than_seconds=60) == 0
+    assert sent == [{"recover": True}]
 
 
 def test_a_landed_batch_leaves_nothing_in_flight(owner, asked, registry, monkeypatch):
@@ -193,7 +315,7 @@ def test_a_landed_batch_leaves_nothing_in_flight(owner, asked, registry, monkeyp
         def on_claim(pks):
             kwargs["on_claim"](pks)
             if pks:  # the drain's last claim finds nothing
-                seen.append(registry.hgetall(dispatch._registry_key()))
+                seen.append(registry.hgetall(inflight._key()))
 
         return original(limit=kwargs["limit"], on_claim=on_claim)
 
@@ -203,7 +325,7 @@ def test_a_landed_batch_leaves_nothing_in_flight(owner, asked, registry, monkeyp
     [registered] = seen
     [entry] = registered.values()
     assert entry.decode().endswith("|" + ",".join(map(str, pks)))
-    assert registry.hlen(dispatch._registry_key()) == 0
+    assert registry.hlen(inflight._key()) == 0
 
 
 def test_a_drain_takes_events_that_arrive_while_it_works(owner, settings, asked, monkeypatch):
@@ -293,3 +415,28 @@ def test_drains_look_for_lost_batches_every_few_seconds(owner, asked, monkeypatc
     )
     dispatch.drain()
     assert looked == [1, 1]
+
+
+def test_a_running_sum_past_what_a_column_holds_stays_at_the_limit(owner, settings, asked):
+    """Each value fits (larger ones are refused when recorded); their sum does not.
+    It is kept at the limit, which compares the same with every storable threshold."""
+    from achievements.rules import STORED_NUMBER_MAX
+    from tests.factories import make_badge
+
+    badge = make_badge(
+        key="high_scorer",
+        requirements=[
+            {
+                "event_type": "score.added",
+                "threshold": 10**14 - 1,
+                "aggregation": "sum",
+                "field": "points",
+            }
+        ],
+    )
+    for n in range(3):
+        record_event(owner, "score.added", payload={"points": 9 * 10**13}, event_id=f"s-{n}")
+    assert dispatch.drain() == 3
+    assert not Event.objects.filter(processed_at=None).exists()
+    assert RequirementProgress.objects.get(user=owner).value == STORED_NUMBER_MAX
+    assert Unlock.objects.filter(user=owner, badge=badge).count() == 1

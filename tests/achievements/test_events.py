@@ -118,10 +118,15 @@ def test_a_committed_event_asks_for_a_drain_or_with_batches_of_one_sends_its_key
         ({"occurred_at": "2026-01-01"}, "occurred_at", "must be a datetime"),
         ({"source": ""}, "source", "1-64 characters"),
         ({"payload": {"place": "\ud800"}}, "payload", "JSON-serialisable"),
-        ({"payload": {"place": "a\x00b"}}, "payload", "NUL characters"),
+        ({"payload": {"place": "a\x00b"}}, "payload.place", "NUL characters"),
         ({"payload": {"a\x00": 1}}, "payload", "NUL characters"),
         ({"payload": {1: "x"}}, "payload", "keys must be strings"),
-        ({"payload": {"n": float("nan")}}, "payload", "JSON-serialisable"),
+        ({"payload": {"n": float("nan")}}, "payload.n", "must be a finite number"),
+        ({"payload": {"n": float("-inf")}}, "payload.n", "must be a finite number"),
+        # Beyond what a progress column (numeric(18, 4)) holds: a sum of it would fail later.
+        ({"payload": {"score": 10**14}}, "payload.score", "between -99999999999999 and"),
+        ({"payload": {"score": -1e15}}, "payload.score", "between -99999999999999 and"),
+        ({"payload": {"a": [1, {"b": 10**400}]}}, "payload.a[1].b", "between"),
     ],
 )
 def test_bad_input_is_refused_with_the_field_named_and_nothing_written(

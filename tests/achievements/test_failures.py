@@ -36,7 +36,7 @@ def test_a_failure_is_counted_with_its_error_and_a_retry_is_scheduled(owner, set
     event.refresh_from_db()
     assert (failure.attempts, failure.dead_lettered) == (1, False)
     assert event.attempts == 1 and event.last_error == "Traceback: boom"
-    assert event.retry_at is not None and event.status == "pending"
+    assert event.retry_at is not None and event.status == "retrying"
 
 
 def test_retry_delays_grow_exponentially_up_to_a_cap(settings):
@@ -167,7 +167,7 @@ def test_an_event_that_keeps_killing_the_worker_is_dead_lettered(owner, settings
     make_images_badge(threshold=1)
     event = record_event(owner, "image.posted").event
     # Three starts ended with the process dying (nothing was recorded in the database).
-    cache.set(f"evaluation-starts:{event.pk}", 3)
+    cache.set(dispatch.starts_key(event.pk), 3)
     evaluate_event_task.apply(args=[event.pk])
     event.refresh_from_db()
     assert event.status == "dead-lettered"
@@ -186,3 +186,51 @@ def test_a_second_delivery_failing_while_a_retry_is_pending_starts_no_second_cha
     event.refresh_from_db()
     assert first.retry_in == 60 and second.retry_in is None
     assert event.attempts == 1 and event.last_error == "boom"
+
+
+def test_redriving_an_event_that_killed_workers_processes_it(
+    owner, settings, django_capture_on_commit_callbacks
+):
+    """The crash count lives in the cache: a re-drive forgets it, or the event's
+    first start after the re-drive would dead-letter it again."""
+    from django.core.cache import cache
+
+    settings.ACCOLADE_MAX_ATTEMPTS = 3
+    make_images_badge(threshold=1)
+    event = record_event(owner, "image.posted").event
+    cache.set(dispatch.starts_key(event.pk), 3)  # three starts, each ended by the process dying
+    evaluate_event_task.apply(args=[event.pk])
+    event.refresh_from_db()
+    assert event.status == "dead-lettered"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert dispatch.redrive_events([event.pk]) == 1
+    assert cache.get(dispatch.starts_key(event.pk)) is None
+    evaluate_event_task.apply(args=[event.pk])  # the message the re-drive sent, in a worker
+    event.refresh_from_db()
+    assert event.status == "processed", event.last_error
+    assert (event.attempts, event.last_error, event.isolated_at) == (0, "", None)
+    assert RequirementProgress.objects.get(user=owner).value == 1
+
+
+def test_a_failing_hand_off_after_commit_is_logged_by_name(
+    transactional_db, settings, monkeypatch, caplog
+):
+    """In the synchronous mode an evaluation that raises runs inside the on-commit
+    hook; the log names the hook and the error, not an AttributeError of its own."""
+    from tests.factories import make_user
+
+    settings.ACCOLADE_TASK_MODE = "sync"
+    owner = make_user(username="committer")
+
+    def broken(event_pk):
+        raise ZeroDivisionError("the rule divides by zero")
+
+    monkeypatch.setattr(engine, "evaluate_event", broken)
+    with caplog.at_level("ERROR"):
+        event = record_event(owner, "image.posted").event  # outside atomic(): commits at once
+    assert Event.objects.filter(pk=event.pk).exists()
+    [record] = [r for r in caplog.records if "on_commit" in r.getMessage()]
+    assert "_committed" in record.getMessage()
+    assert "the rule divides by zero" in record.getMessage()
+    assert record.exc_info[0] is ZeroDivisionError

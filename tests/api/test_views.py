@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.utils import timezone
@@ -274,6 +274,34 @@ def test_event_status_shows_pending_processed_and_the_unlocks_caused(
     assert body["status"] == "processed" and body["user_id"] == "u-42"
     assert [u["badge"] for u in body["unlocks"]] == ["places_visited_1"]
     assert api.get("/api/v1/events/nope").status_code == 404
+
+
+def test_event_status_shows_a_failing_event_retrying_with_its_next_attempt(api, owner, settings):
+    from achievements import dispatch
+
+    settings.ACCOLADE_RETRY_BASE_SECONDS = 30
+    link_external_identity("u-42", owner.pk)
+    api.post(event())  # recorded; no worker has evaluated it yet
+    body = api.get("/api/v1/events/ev-1").json()
+    assert (body["status"], body["attempts"], body["next_attempt_at"]) == ("pending", 0, None)
+    pk = Event.objects.get(event_id="ev-1").pk
+    dispatch.record_evaluation_failure(pk, "Traceback ...\nZeroDivisionError: division by zero")
+    body = api.get("/api/v1/events/ev-1").json()
+    assert body["status"] == "retrying" and body["attempts"] == 1
+    retry_at = Event.objects.get(pk=pk).retry_at
+    assert datetime.fromisoformat(body["next_attempt_at"]) == retry_at
+    assert body["dead_letter_reason"] is None
+
+
+def test_a_number_no_progress_can_hold_is_refused_at_the_door(api):
+    response = api.post(event(payload={"place_id": 1, "score": 10**15}))
+    assert response.status_code == 422
+    [result] = response.json()["results"]
+    assert result["status"] == "rejected"
+    [problem] = result["errors"]
+    assert problem["field"] == "payload.score"
+    assert "between -99999999999999 and 99999999999999" in problem["problem"]
+    assert not Event.objects.exists()
 
 
 def test_events_for_an_unlinked_user_wait_and_count_for_them_once_linked(

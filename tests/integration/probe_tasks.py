@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 from celery import shared_task
 from django.utils import timezone
@@ -42,3 +44,25 @@ def report_backend(path: str) -> None:
         (pid,) = cursor.fetchone()
     with open(path, "a") as file:
         file.write(f"{pid}\n")
+
+
+def _crash_on_marked_events() -> None:
+    """With PROBE_CRASH_FILE set and that file present, evaluating an event whose
+    payload says "crash" kills the worker process, as the kernel's out-of-memory
+    killer would: no exception, no clean-up. Removing the file is the fix."""
+    path = os.environ.get("PROBE_CRASH_FILE")
+    if not path:
+        return
+    from achievements import progress
+
+    original = progress.apply_fact
+
+    def apply_fact(spec, state, fact, *args, **kwargs):
+        if fact.payload.get("crash") and os.path.exists(path):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(spec, state, fact, *args, **kwargs)
+
+    progress.apply_fact = apply_fact
+
+
+_crash_on_marked_events()
