@@ -42,7 +42,7 @@ duration, rate, seed = {duration}, {rate}, {seed}
 users = list(get_user_model().objects.filter(username__startswith="soak-").order_by("pk"))
 rng = random.Random(seed)
 sent = created = duplicates = 0
-expected = {{u.username: {{"places": set(), "images": 0}} for u in users}}
+expected = {{u.username: {{"places": set(), "images": 0, "days": {{}}}} for u in users}}
 recent = []
 start = time.monotonic()
 n = 0
@@ -79,12 +79,21 @@ while True:
             expected[user.username]["places"].add(payload["place_id"])
         elif event_type == "image.posted":
             expected[user.username]["images"] += 1
+            day = time.strftime("%Y-%m-%d", time.gmtime())  # the users' zone is UTC
+            days = expected[user.username]["days"]
+            days[day] = days.get(day, 0) + 1
     else:
         duplicates += 1
 print(json.dumps({{
     "sent": sent, "created": created, "duplicates": duplicates,
+    # The demo's badges: 5 places, 10 images, Globetrotter's tiers at 6, 9
+    # and 12 places, and Daily Snapshots (3 images) once per day.
     "expected_unlocks": sum(
-        (len(e["places"]) >= 5) + (e["images"] >= 10) for e in expected.values()
+        (len(e["places"]) >= 5)
+        + (e["images"] >= 10)
+        + sum(len(e["places"]) >= tier for tier in (6, 9, 12))
+        + sum(count >= 3 for count in e["days"].values())
+        for e in expected.values()
     ),
 }}))
 """
@@ -260,7 +269,7 @@ def main() -> None:
         doubled = count(
             topology,
             "SELECT count(*) FROM (SELECT 1 FROM achievements_unlock "
-            "GROUP BY user_id, badge_id HAVING count(*) > 1) d",
+            "GROUP BY user_id, badge_id, period, tier HAVING count(*) > 1) d",
         )
         before = topology.query(
             "SELECT user_id, requirement_id, value FROM "
