@@ -234,3 +234,19 @@ def test_a_failing_hand_off_after_commit_is_logged_by_name(
     assert "_committed" in record.getMessage()
     assert "the rule divides by zero" in record.getMessage()
     assert record.exc_info[0] is ZeroDivisionError
+
+
+def test_staff_see_retrying_events_with_their_next_attempt(client, owner, settings):
+    from django.contrib.auth import get_user_model
+
+    settings.ACCOLADE_RETRY_BASE_SECONDS = 60
+    retrying = record_event(owner, "image.posted", event_id="retrying-1").event
+    record_event(owner, "image.posted", event_id="pending-1")
+    dispatch.record_evaluation_failure(retrying.pk, "Traceback ...\nValueError: bad payload")
+    admin = get_user_model().objects.create_superuser("root", "r@example.com", "pw")
+    client.force_login(admin)
+    page = client.get("/admin/achievements/event/?status=retrying").content.decode()
+    assert "retrying-1" in page and "pending-1" not in page
+    detail = client.get(f"/admin/achievements/event/{retrying.pk}/change/").content.decode()
+    assert "retrying" in detail and "ValueError: bad payload" in detail
+    assert "Isolated at" in detail
