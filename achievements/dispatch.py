@@ -254,20 +254,12 @@ def _evaluate_registered(
 
 def _record_failure(event_pk: int, exc: BaseException) -> None:
     """Count one event's failed evaluation; a drain takes it again when its retry is due."""
-    error = "".join(traceback.format_exception(exc))[-10_000:]
     try:
-        failure = record_evaluation_failure(event_pk, error)
+        failure = evaluation_failed(event_pk, exc)
     except DatabaseError as failed:
         raise _NoneToBlame from failed
     if failure.retry_in is None:
         return
-    logger.warning(
-        "Evaluating event %s failed (attempt %s), retrying in %.0fs: %r",
-        event_pk,
-        failure.attempts,
-        failure.retry_in,
-        exc,
-    )
     try:
         _drain_task().apply_async(countdown=failure.retry_in)
     except Exception:
@@ -419,13 +411,10 @@ def _evaluate_in_thread(event_pk: int) -> None:
         engine.evaluate_event(event_pk)
     except Exception as exc:
         try:
-            failure = record_evaluation_failure(
-                event_pk, "".join(traceback.format_exception(exc))[-10_000:]
-            )
+            failure = evaluation_failed(event_pk, exc)
         except Exception:
             logger.exception("Recording the failure of event %s failed", event_pk)
             return
-        logger.warning("Evaluating event %s failed (attempt %s)", event_pk, failure.attempts)
         if failure.retry_in is not None:
             timer = threading.Timer(failure.retry_in, enqueue_single, args=[event_pk])
             timer.daemon = True
@@ -515,6 +504,24 @@ def record_evaluation_crash(event_pk: int, starts: int) -> bool:
         metrics.incr("accolade_events_dead_lettered_total")
         logger.error("Event %s dead-lettered: evaluating it killed the worker", event_pk)
     return True
+
+
+def evaluation_failed(event_pk: int, exc: BaseException) -> Failure:
+    """Record the exception an evaluation raised on its event (its traceback, via
+    record_evaluation_failure) and log the retry when one is due. Every path that
+    evaluates (drains, the Celery task, the embedded thread) fails through here."""
+    failure = record_evaluation_failure(
+        event_pk, "".join(traceback.format_exception(exc))[-10_000:]
+    )
+    if failure.retry_in is not None:
+        logger.warning(
+            "Evaluating event %s failed (attempt %s), retrying in %.0fs: %r",
+            event_pk,
+            failure.attempts,
+            failure.retry_in,
+            exc,
+        )
+    return failure
 
 
 def record_evaluation_failure(event_pk: int, error: str) -> Failure:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import traceback
 from typing import Any
 
 from celery import shared_task
@@ -44,18 +43,9 @@ def evaluate_event_task(self, event_pk: int) -> None:
     try:
         engine.evaluate_event(event_pk)
     except Exception as exc:
-        failure = dispatch.record_evaluation_failure(
-            event_pk, "".join(traceback.format_exception(exc))[-10_000:]
-        )
+        failure = dispatch.evaluation_failed(event_pk, exc)
         if failure.retry_in is None:
             return
-        logger.warning(
-            "Evaluating event %s failed (attempt %s), retrying in %.0fs: %r",
-            event_pk,
-            failure.attempts,
-            failure.retry_in,
-            exc,
-        )
         raise self.retry(countdown=failure.retry_in, max_retries=None) from exc
 
 
