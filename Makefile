@@ -6,15 +6,17 @@ PY := $(BIN)/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint typecheck migrate worker web clean bench
+.PHONY: install run test lint typecheck migrate worker web clean bench lock
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall whenever the pins change.
-$(VENV)/.installed: pyproject.toml requirements.lock | $(BIN)/activate
+# Reinstall whenever the pins change. requirements.lock pins what a
+# deployment installs; requirements-dev.lock pins that plus the test and lint
+# tools (the same versions), and is what a checkout installs.
+$(VENV)/.installed: pyproject.toml requirements.lock requirements-dev.lock | $(BIN)/activate
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet -r requirements-dev.lock
 	touch $@
 
 install: $(VENV)/.installed
@@ -39,6 +41,13 @@ test: install lint typecheck
 	else \
 		$(BIN)/pytest; \
 	fi
+
+# After changing pyproject.toml's dependencies: pin what they need, keeping
+# every pin that still fits (add --upgrade to move them on).
+LOCK := $(BIN)/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links
+lock: install
+	$(LOCK) --output-file requirements.lock pyproject.toml
+	$(LOCK) --extra dev --constraint requirements.lock --output-file requirements-dev.lock pyproject.toml
 
 lint: install
 	$(BIN)/ruff check .

@@ -6,20 +6,14 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from accounts.forms import SignUpForm, ThrottledAuthenticationForm
+from accounts.forms import SignUpForm
 
 
 class LoginView(auth_views.LoginView):
-    form_class = ThrottledAuthenticationForm
+    # Failed attempts are counted, and lock-outs answered, by django-axes
+    # (its authentication backend and middleware; accounts.lockout).
     template_name = "accounts/login.html"
     redirect_authenticated_user = True
-
-    def form_invalid(self, form: ThrottledAuthenticationForm) -> HttpResponse:  # type: ignore[override]
-        response = super().form_invalid(form)
-        if form.retry_after is not None:
-            response.status_code = 429
-            response["Retry-After"] = str(form.retry_after)
-        return response
 
 
 @require_http_methods(["GET", "POST"])

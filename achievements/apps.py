@@ -38,3 +38,23 @@ class AchievementsConfig(AppConfig):
             sender=BadgeRequirement.composite_badges.through,
             dispatch_uid="index-composite-parts",
         )
+
+        # Sockets end with their session (achievements.socket_sessions).
+        from django.contrib.auth import get_user_model
+        from django.contrib.auth.signals import user_logged_out
+        from django.contrib.sessions.models import Session
+
+        from achievements import socket_sessions
+
+        user_logged_out.connect(socket_sessions.on_logged_out, dispatch_uid="socket-logout")
+        post_delete.connect(
+            socket_sessions.on_session_deleted, sender=Session, dispatch_uid="socket-session-del"
+        )
+        post_save.connect(
+            socket_sessions.on_user_saved, sender=get_user_model(), dispatch_uid="socket-user"
+        )
+        post_delete.connect(
+            socket_sessions.on_user_deleted,
+            sender=get_user_model(),
+            dispatch_uid="socket-user-del",
+        )

@@ -18,13 +18,20 @@ from achievements import hub, presence, realtime
 from achievements.cards import cards_for_user, unseen_unlocks
 from achievements.frames import render_frame
 from achievements.models import Unlock
+from achievements.socket_sessions import (
+    CLOSE_NOT_AUTHENTICATED,
+    CLOSE_TOO_MANY_SOCKETS,
+    SESSION_MESSAGES,
+    SessionBoundSocket,
+)
 
 logger = logging.getLogger(__name__)
 
-# A close code in the application range, so a page can tell "not signed in"
-# from a network failure. It is sent after accepting: a refused handshake
+# Close codes in the application range, so a page can tell "not signed in"
+# (4401: at connect, or when the session ends) and "too many sockets" (4429)
+# from a network failure. They are sent after accepting: a refused handshake
 # reaches the browser as 1006, which the htmx ws extension retries forever.
-CLOSE_NOT_AUTHENTICATED = 4401
+__all__ = ["CLOSE_NOT_AUTHENTICATED", "CLOSE_TOO_MANY_SOCKETS", "LiveConsumer"]
 # How many unseen unlocks one (re)connect catches up on: no more than a page
 # shows at once (accolade.js MAX_TOASTS), so none is dismissed unseen; the
 # rest come on the next connect, and all are on the badges page.
@@ -52,11 +59,12 @@ class PushConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
 
-class LiveConsumer(PushConsumer):
+class LiveConsumer(PushConsumer, SessionBoundSocket):
     """One signed-in page's live connection: pushes toasts and progress as HTML.
 
     The group comes from the session's user on the server; nothing the client
-    sends can change which user's messages it receives.
+    sends can change which user's messages it receives, and the socket closes
+    when that session ends (achievements.socket_sessions).
     """
 
     # No channel of its own: pushes come through the process's hub
@@ -88,6 +96,8 @@ class LiveConsumer(PushConsumer):
             await self.close(code=CLOSE_NOT_AUTHENTICATED)
             return
         realtime.register_server_loop(asyncio.get_running_loop())
+        if not await self.bind(user.pk):
+            return
         self.user_id = user.pk
         self.socket_id = uuid.uuid4().hex
         self._held = []
@@ -111,6 +121,7 @@ class LiveConsumer(PushConsumer):
 
     async def _leave(self) -> None:
         """Leave the hub and presence; safe to call again."""
+        self.unbind()
         socket_hub, group, self.hub, self.group_name = self.hub, self.group_name, None, None
         user_id, self.user_id = self.user_id, None
         try:
@@ -122,6 +133,9 @@ class LiveConsumer(PushConsumer):
 
     async def deliver(self, message: dict[str, Any]) -> None:
         """A message of this user's group, from the hub."""
+        if message.get("type") in SESSION_MESSAGES:
+            await self.dispatch(message)  # even before the catch-up: it may close the socket
+            return
         if self._held is not None:
             self._held.append(message)  # not accepted or caught up yet
             return
@@ -204,14 +218,24 @@ def _catch_up_data(
 CLOSE_FORBIDDEN = 4403
 
 
-class ReevaluationConsumer(PushConsumer):
+class ReevaluationConsumer(PushConsumer, SessionBoundSocket):
     """A staff page watching one re-evaluation job: its progress panel, as it changes.
 
     On connect the page gets the job's stored state, so a reload (or a
     reconnect) shows where the job is even if no push comes for a while.
+    It closes when the staff member's session ends: it listens to that user's
+    group, through the process's hub, for session messages only.
     """
 
     group_name: str | None = None
+    user_group: str | None = None
+    hub: hub.SocketHub | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._leave()
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -226,6 +250,11 @@ class ReevaluationConsumer(PushConsumer):
         from achievements import reevaluation
 
         realtime.register_server_loop(asyncio.get_running_loop())
+        if not await self.bind(user.pk):
+            return
+        self.hub = hub.socket_hub()
+        await self.hub.join(realtime.user_group(user.pk), self)
+        self.user_group = realtime.user_group(user.pk)
         job_id = int(self.scope["url_route"]["kwargs"]["job_id"])
         self.group_name = reevaluation.group(job_id)
         await self.channel_layer.group_add(self.group_name, self.channel_name)
@@ -235,8 +264,24 @@ class ReevaluationConsumer(PushConsumer):
             await self.send(text_data=panel)
 
     async def disconnect(self, code: int) -> None:
-        if self.group_name:
-            await self.channel_layer.group_discard(self.group_name, self.channel_name)
+        await self._leave()
+
+    async def _leave(self) -> None:
+        """Leave the job's group and the hub; safe to call again."""
+        self.unbind()
+        group, self.group_name = self.group_name, None
+        socket_hub, user_group, self.hub, self.user_group = self.hub, self.user_group, None, None
+        try:
+            if group:
+                await self.channel_layer.group_discard(group, self.channel_name)
+        finally:
+            if socket_hub is not None and user_group is not None:
+                await socket_hub.leave(user_group, self)
+
+    async def deliver(self, message: dict[str, Any]) -> None:
+        """A message of the user's group, from the hub: only session messages matter here."""
+        if message.get("type") in SESSION_MESSAGES:
+            await self.dispatch(message)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         return  # nothing is accepted from the page

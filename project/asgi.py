@@ -31,20 +31,34 @@ django.setup(set_prefix=False)
 django_asgi_app = http_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from achievements.dispatch import ensure_embedded_sweeper  # noqa: E402
 from achievements.routing import websocket_urlpatterns  # noqa: E402
-from achievements.socket_auth import SessionUserMiddleware  # noqa: E402
+from achievements.socket_auth import SameOriginValidator, SessionUserMiddleware  # noqa: E402
+
+
+def behind_trusted_proxies(app: Any) -> Any:
+    """`app`, taking the client's address and scheme from TRUSTED_PROXIES' headers.
+
+    Outermost, for HTTP and sockets alike: a connection from a trusted proxy
+    gets the last X-Forwarded-For entry that is not a trusted proxy as its
+    client, and X-Forwarded-Proto as its scheme; anyone else's forwarding
+    headers are ignored. With no trusted proxy, `app` itself.
+    """
+    if not settings.TRUSTED_PROXIES:
+        return app
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    return ProxyHeadersMiddleware(app, trusted_hosts=list(settings.TRUSTED_PROXIES))
+
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            SessionUserMiddleware(URLRouter(websocket_urlpatterns))
-        ),
+        "websocket": SameOriginValidator(SessionUserMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )
+application = behind_trusted_proxies(application)
 
 # Embedded mode: the serving process sweeps its own outbox (what beat does
 # otherwise), so a restarted runserver picks up what the last one left.

@@ -7,6 +7,7 @@ error deep inside a request.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from urllib.parse import urlsplit, urlunsplit
 
@@ -57,6 +58,25 @@ def env_list(name: str, default: list[str]) -> list[str]:
     items = [item.strip() for item in raw.split(",") if item.strip()]
     if not items:
         raise ImproperlyConfigured(f"{name} is set but lists nothing; unset it or give values.")
+    return items
+
+
+def env_networks(name: str) -> list[str]:
+    """Comma-separated IP addresses or networks ("10.0.0.0/8"); none when unset.
+
+    Each is checked here, so a typo is an error at start-up rather than a
+    proxy silently not trusted (or everything trusted).
+    """
+    raw = os.environ.get(name, "")
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name}: {item!r} is not an IP address or network (like 10.0.0.0/8); "
+                "trusting every address is not offered: name the proxies."
+            ) from None
     return items
 
 

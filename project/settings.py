@@ -9,6 +9,7 @@ machine needs nothing but Python.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from project.env import (
     env_int,
     env_ints,
     env_list,
+    env_networks,
     env_rate,
     env_str,
     redis_urls,
@@ -46,6 +48,13 @@ SECRET_KEY = _secret_key
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# The proxies in front of the web processes, by address or network
+# ("127.0.0.1,10.0.0.0/8"). A request (or socket) arriving from one of them is
+# taken to come from the last address its X-Forwarded-For names that is not
+# one of them, and its X-Forwarded-Proto is believed. Unset, none is trusted:
+# every request's address is its connection's, whatever headers it sends, so a
+# client cannot choose the address that log-in lock-outs and rate limits count.
+TRUSTED_PROXIES = env_networks("TRUSTED_PROXIES")
 
 # Transport security. Production runs behind a TLS-terminating proxy that sets
 # X-Forwarded-Proto (and strips it from clients); everything defaults to on
@@ -80,6 +89,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
+    "axes",
     "channels",
     "django_celery_results",
     "django_htmx",
@@ -99,9 +109,12 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "accounts.lockout.KnownBrowserMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a locked-out log-in into its answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 # The web process's HTTP handler: "django", Django's own ASGIHandler, or
@@ -346,6 +359,36 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Log-in. django-axes counts failed log-ins (every form that authenticates: the
+# site's and the admin's) in the database, by the client address the
+# connection (or a trusted proxy) gives, and refuses further attempts with
+# 429 without checking the password, for AXES_COOLOFF_TIME after the last
+# counted failure; failures while refused are not counted, so a lock-out
+# always ends. Who is counted is accounts.lockout.lockout_parameters: per
+# account from anywhere and per address across accounts, except that a
+# browser this account has logged in from before (a signed cookie) is counted
+# only with its own address, so nobody can lock a user out of the browser
+# they use.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = "accounts.lockout.lockout_parameters"
+AXES_LOCKOUT_CALLABLE = "accounts.lockout.locked_out"
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_RESET_ON_SUCCESS = True
+# The address comes from REMOTE_ADDR alone: TRUSTED_PROXIES has already made
+# it the client's (project/asgi.py).
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
+# Failed attempts are kept (the admin lists them, per account and address);
+# successful log-ins are not logged one row each.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_ENABLE_ACCESS_FAILURE_LOG = False
+AXES_VERBOSE = False
+# How long a browser is remembered as one an account has logged in from.
+LOGIN_KNOWN_BROWSER_DAYS = env_int("LOGIN_KNOWN_BROWSER_DAYS", 90, minimum=1)
 LOGIN_URL = "accounts:login"
 LOGIN_REDIRECT_URL = "achievements:badges"
 LOGOUT_REDIRECT_URL = "accounts:login"
@@ -375,6 +418,14 @@ ACCOLADE_API_MAX_BODY_BYTES = env_int("ACCOLADE_API_MAX_BODY_BYTES", 1_048_576, 
 ACCOLADE_API_MAX_BATCH = env_int("ACCOLADE_API_MAX_BATCH", 500, minimum=1)
 ACCOLADE_API_MAX_CLOCK_SKEW_SECONDS = env_int("ACCOLADE_API_MAX_CLOCK_SKEW_SECONDS", 300)
 ACCOLADE_API_RATE_LIMIT = env_rate("ACCOLADE_API_RATE_LIMIT", "1200/60")
+# Sockets. Each re-reads its session this often, besides closing at once when
+# the session is ended by a log-out, a deletion or a change to the user
+# (achievements.socket_sessions). A web process holds at most so many sockets
+# of one session (a browser's tabs) and of one client address; more are
+# closed with 4429.
+SOCKET_SESSION_RECHECK_SECONDS = env_int("SOCKET_SESSION_RECHECK_SECONDS", 300, minimum=1)
+SOCKETS_PER_SESSION = env_int("SOCKETS_PER_SESSION", 20, minimum=1)
+SOCKETS_PER_ADDRESS = env_int("SOCKETS_PER_ADDRESS", 200, minimum=1)
 # How long a web process trusts an API key it found active before looking it
 # up again: the longest a revoked key keeps working on other processes.
 ACCOLADE_API_KEY_RECHECK_SECONDS = env_int("ACCOLADE_API_KEY_RECHECK_SECONDS", 5, minimum=0)

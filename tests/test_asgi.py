@@ -34,3 +34,40 @@ async def test_the_api_works_through_djangos_handler_and_the_sites_middleware():
     application = project.asgi.application
     assert await _status(application, "POST", "/api/v1/events", b"{}") == 401
     assert await _status(application, "GET", "/api/v1/events") == 405
+
+
+async def _client_seen(scope_client: tuple[str, int], headers: list[tuple[bytes, bytes]]) -> Any:
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.update(client=scope["client"], scheme=scope["scheme"])
+
+    scope = {**http_scope("/"), "client": scope_client, "headers": headers}
+    await project.asgi.behind_trusted_proxies(app)(scope, None, None)
+    return seen
+
+
+FORWARDED = [(b"x-forwarded-for", b"10.9.1.1, 203.0.113.5"), (b"x-forwarded-proto", b"https")]
+
+
+async def test_with_no_trusted_proxy_forwarding_headers_are_ignored(settings):
+    settings.TRUSTED_PROXIES = []
+    seen = await _client_seen(("127.0.0.1", 5000), FORWARDED)
+    assert seen == {"client": ("127.0.0.1", 5000), "scheme": "http"}
+
+
+async def test_a_trusted_proxy_gives_the_last_address_it_did_not_add_itself(settings):
+    settings.TRUSTED_PROXIES = ["127.0.0.1", "203.0.113.0/24"]
+    seen = await _client_seen(("127.0.0.1", 5000), FORWARDED)
+    # 203.0.113.5 is a trusted proxy too; what the client wrote (10.9.1.1) is
+    # believed only because every hop after it is trusted.
+    assert seen["client"][0] == "10.9.1.1" and seen["scheme"] == "https"
+    settings.TRUSTED_PROXIES = ["127.0.0.1"]
+    seen = await _client_seen(("127.0.0.1", 5000), FORWARDED)
+    assert seen["client"][0] == "203.0.113.5"
+
+
+async def test_an_untrusted_peer_cannot_forward_for_anyone(settings):
+    settings.TRUSTED_PROXIES = ["10.0.0.0/8"]
+    seen = await _client_seen(("192.0.2.9", 5000), FORWARDED)
+    assert seen == {"client": ("192.0.2.9", 5000), "scheme": "http"}

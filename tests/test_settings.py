@@ -48,6 +48,9 @@ def test_an_unset_redis_url_means_the_embedded_mode(monkeypatch):
         ("WEB_GC_THRESHOLDS", "5000,ten,9", "must be 3 whole numbers, like 5000,10,100"),
         ("WEB_GC_THRESHOLDS", "0,10,10", "every number must be at least 1"),
         ("WEB_HTTP_HANDLER", "onehop", "WEB_HTTP_HANDLER='onehop' must be one of DJANGO, ONE-HOP"),
+        ("TRUSTED_PROXIES", "10.0.0.1,proxy.local", "'proxy.local' is not an IP address"),
+        ("TRUSTED_PROXIES", "*", "trusting every address is not offered"),
+        ("TRUSTED_PROXIES", "10.0.0.0/33", "'10.0.0.0/33' is not an IP address or network"),
     ],
 )
 def test_a_bad_value_fails_naming_the_variable(monkeypatch, name, value, message):
@@ -62,6 +65,7 @@ def test_a_bad_value_fails_naming_the_variable(monkeypatch, name, value, message
         "WEB_HTTP_HANDLER": lambda: env.env_choice(
             "WEB_HTTP_HANDLER", "django", ["DJANGO", "ONE-HOP"]
         ),
+        "TRUSTED_PROXIES": lambda: env.env_networks("TRUSTED_PROXIES"),
     }
     with pytest.raises(ImproperlyConfigured) as raised:
         readers[name]()
@@ -105,6 +109,13 @@ def test_start_up_succeeds_with_good_values():
         DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres",
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_trusted_proxies_are_none_unless_named(monkeypatch):
+    monkeypatch.delenv("TRUSTED_PROXIES", raising=False)
+    assert env.env_networks("TRUSTED_PROXIES") == []
+    monkeypatch.setenv("TRUSTED_PROXIES", " 127.0.0.1, 10.0.0.0/8 ,::1")
+    assert env.env_networks("TRUSTED_PROXIES") == ["127.0.0.1", "10.0.0.0/8", "::1"]
 
 
 def test_production_settings_pass_the_deploy_checks():

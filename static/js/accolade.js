@@ -53,11 +53,13 @@
       setLiveState("closed", "Signed out");
       return;
     }
-    setLiveState("closed", "Reconnecting…");
+    // 4429: this browser has too many live pages open; try again later, when
+    // another may have closed.
+    setLiveState("closed", code === 4429 ? "Paused: too many open pages" : "Reconnecting…");
     // The ws extension retries only after abnormal closes (1006, 1011-1013).
     // A clean close, as when the server restarts for a deploy, would leave the
     // page silently offline, so reconnect by re-initialising the element.
-    if (code === 1000 || code === 1001) {
+    if (code === 1000 || code === 1001 || code === 4429) {
       var element = event.detail.elt || document.getElementById("live");
       // Back off (1 s, 2 s, 4 s ... up to a minute, with jitter) so a server
       // that keeps closing is not hammered.

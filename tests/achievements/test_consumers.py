@@ -26,6 +26,7 @@ pytestmark = [
 ]
 
 ORIGIN = (b"origin", b"http://testserver")
+HOST = (b"host", b"testserver")
 
 
 @database_sync_to_async
@@ -41,7 +42,7 @@ async def _connect(
     origin: tuple[bytes, bytes] = ORIGIN,
     path: str = "/ws/live/",
 ):
-    headers = [origin]
+    headers = [HOST, origin]
     if cookie:
         headers.append((b"cookie", cookie))
     communicator = WebsocketCommunicator(application, path, headers=headers)
@@ -75,6 +76,56 @@ async def test_a_socket_from_a_foreign_origin_is_refused():
         cookie, origin=(b"origin", b"https://evil.example")
     )
     assert not connected
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"host", b"testserver"), (b"origin", b"http://testserver:8080")],  # another port
+        [(b"host", b"testserver"), (b"origin", b"https://testserver")],  # another scheme
+        [(b"host", b"testserver"), (b"origin", b"http://sub.testserver")],
+        [(b"host", b"testserver"), (b"origin", b"null")],
+        [(b"host", b"testserver"), (b"origin", b"http://testserver:99999")],
+        [(b"host", b"testserver")],  # no origin at all
+        [(b"origin", b"http://testserver")],  # no host
+        [(b"host", b"evil.example"), (b"origin", b"http://evil.example")],  # not an allowed host
+    ],
+    ids=["port", "scheme", "subdomain", "null", "bad-port", "no-origin", "no-host", "host"],
+)
+async def test_a_socket_is_refused_unless_its_origin_is_exactly_this_site(headers):
+    _, cookie = await _signed_in_cookie("owner")
+    communicator = WebsocketCommunicator(
+        application, "/ws/live/", headers=[*headers, (b"cookie", cookie)]
+    )
+    connected, _ = await communicator.connect()
+    assert not connected
+
+
+@pytest.mark.parametrize(
+    ("scheme", "headers", "origin"),
+    [
+        ("wss", [], b"https://testserver"),
+        ("ws", [(b"x-forwarded-proto", b"https")], b"https://testserver"),
+        ("ws", [(b"host", b"testserver:8000")], b"http://testserver:8000"),
+        ("ws", [], b"https://app.example.com"),
+    ],
+    ids=["tls", "tls-at-the-proxy", "own-port", "csrf-trusted"],
+)
+async def test_a_socket_from_this_sites_own_origin_is_let_in(settings, scheme, headers, origin):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.CSRF_TRUSTED_ORIGINS = ["https://*.example.com"]
+    _, cookie = await _signed_in_cookie("owner")
+    host = [] if any(name == b"host" for name, _ in headers) else [HOST]
+    communicator = WebsocketCommunicator(
+        application,
+        "/ws/live/",
+        headers=[*host, *headers, (b"origin", origin), (b"cookie", cookie)],
+    )
+    communicator.scope["scheme"] = scheme
+    connected, _ = await communicator.connect()
+    assert connected
+    assert await communicator.receive_nothing(timeout=0.3)
+    await communicator.disconnect()
 
 
 @pytest.mark.parametrize("cookie", [b"sessionid=forged", b"sessionid=", b"other=1; \xff=\xfe"])

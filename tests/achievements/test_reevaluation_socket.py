@@ -47,7 +47,7 @@ async def _connect(job_id: int, cookie: bytes) -> WebsocketCommunicator:
     communicator = WebsocketCommunicator(
         application,
         f"/ws/staff/reevaluations/{job_id}/",
-        headers=[(b"origin", b"http://testserver"), (b"cookie", cookie)],
+        headers=[(b"host", b"testserver"), (b"origin", b"http://testserver"), (b"cookie", cookie)],
     )
     connected, _ = await communicator.connect()
     assert connected

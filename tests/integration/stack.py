@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -122,6 +123,20 @@ class Process:
                 os.killpg(self.popen.pid, signal.SIGKILL)
                 self.popen.wait(timeout=10)
         self.log.close()
+
+
+def procfile_web_command(port: int) -> list[str]:
+    """The Procfile's `web` command, serving on 127.0.0.1:`port`."""
+    line = next(
+        line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:")
+    )
+    words = shlex.split(line.removeprefix("web:"))
+    words = words[words.index("python") :]  # after the environment assignments
+    words[0] = str(BIN / "python")
+    replaced = {"0.0.0.0": "127.0.0.1", "${PORT:-8000}": str(port)}
+    command = [replaced.get(word, word) for word in words]
+    assert "127.0.0.1" in command and str(port) in command, line
+    return command
 
 
 def wait_for_http(url: str, process: Process, timeout: float = 60) -> None:
@@ -272,10 +287,9 @@ class Topology:
         webs = sum(1 for process in self.processes if process.name.startswith("daphne"))
         daphne = self._spawn(
             f"daphne-{webs + 1}" if webs else "daphne",
-            # As the Procfile runs it: Daphne through project.web (its event
-            # loop), with the Procfile's HTTP handler unless told otherwise.
-            [str(BIN / "python"), "-m", "project.web", "-b", "127.0.0.1", "-p", str(port)]
-            + ["project.asgi:application"],
+            # As the Procfile runs it (its arguments, on loopback), with the
+            # Procfile's HTTP handler unless told otherwise.
+            procfile_web_command(port),
             {
                 "WEB_HTTP_HANDLER": self.environment.get("WEB_HTTP_HANDLER") or "one-hop",
                 **extra_env,
