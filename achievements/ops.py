@@ -58,17 +58,33 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @never_cache
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """Prometheus text format, for staff or an API key (`Authorization: Bearer KEY`)."""
+    """Prometheus text format, for staff with "Can read the pipeline's metrics" or an
+    API key (`Authorization: Bearer KEY`)."""
     from api.auth import authenticate
 
     user = getattr(request, "user", None)
-    allowed = (user is not None and user.is_active and user.is_staff) or (
-        authenticate(request) is not None
-    )
+    allowed = (
+        user is not None
+        and user.is_active
+        and user.is_staff
+        and user.has_perm("achievements.view_metrics")
+    ) or (authenticate(request) is not None)
+    if not allowed and "Authorization" in request.headers:
+        from api.auth import refused
+
+        wait = refused(request)
+        if wait is not None:
+            response = HttpResponse(
+                f"Too many requests with an invalid API key; retry after {wait} s.\n",
+                status=429,
+                content_type="text/plain; charset=utf-8",
+            )
+            response["Retry-After"] = str(wait)
+            return response
     if not allowed:
         response = HttpResponse(
-            "Metrics are not public: sign in as staff, or send an API key as "
-            "'Authorization: Bearer KEY'.\n",
+            'Metrics are not public: sign in as staff with the permission "Can read the '
+            "pipeline's metrics\", or send an API key as 'Authorization: Bearer KEY'.\n",
             status=401,
             content_type="text/plain; charset=utf-8",
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -93,6 +94,35 @@ def _forget(key_hash: str) -> None:
     global _forgotten
     _forgotten += 1
     _known.pop(key_hash, None)
+
+
+def refused(request: HttpRequest) -> int | None:
+    """Count a request refused for its key against its address; seconds to wait if the
+    address is over ACCOLADE_API_REFUSED_KEY_LIMIT, else None.
+
+    A fixed window per address, counted like `rate_limit`. Only refusals
+    count, so a producer with a valid key is never held up by someone
+    guessing from the same address. If Redis is down, nothing is counted.
+    """
+    limit, period = settings.ACCOLADE_API_REFUSED_KEY_LIMIT
+    now = time.time()
+    address = hashlib.sha256(request.META.get("REMOTE_ADDR", "").encode()).hexdigest()[:32]
+    key = f"api-refused:{address}:{int(now // period)}"
+    client = shared_redis()
+    try:
+        if client is not None:
+            pipe = client.pipeline(transaction=False)
+            pipe.incr(f"{settings.ACCOLADE_NAMESPACE}:{key}")
+            pipe.expire(f"{settings.ACCOLADE_NAMESPACE}:{key}", period * 2, nx=True)
+            count = int(pipe.execute()[0])
+        else:
+            cache.add(key, 0, timeout=period * 2)
+            count = int(cache.incr(key))
+    except Exception:
+        return None
+    if count > limit:
+        return max(1, int(period - (now % period)) + 1)
+    return None
 
 
 def rate_limit(api_key: ApiKey) -> int | None:

@@ -29,7 +29,7 @@ from achievements.events import (
 )
 from achievements.models import Event, ExternalIdentity, Unlock
 from achievements.rules import event_type_problem
-from api.auth import authenticate, rate_limit
+from api.auth import authenticate, rate_limit, refused
 from api.schema import openapi_schema
 
 EVENT_FIELDS = {"event_id", "event_type", "user_id", "occurred_at", "source", "payload"}
@@ -48,6 +48,15 @@ def _guard(request: HttpRequest) -> JsonResponse | None:
     """Authenticate and rate-limit; a response to send instead, or None to go on."""
     api_key = authenticate(request)
     if api_key is None:
+        wait = refused(request)
+        if wait is not None:
+            return error(
+                429,
+                "Authorization",
+                "too many requests with an invalid or revoked API key from this address; "
+                f"retry after {wait} s",
+                Retry_After=str(wait),
+            )
         return error(
             401,
             "Authorization",

@@ -418,6 +418,9 @@ ACCOLADE_API_MAX_BODY_BYTES = env_int("ACCOLADE_API_MAX_BODY_BYTES", 1_048_576, 
 ACCOLADE_API_MAX_BATCH = env_int("ACCOLADE_API_MAX_BATCH", 500, minimum=1)
 ACCOLADE_API_MAX_CLOCK_SKEW_SECONDS = env_int("ACCOLADE_API_MAX_CLOCK_SKEW_SECONDS", 300)
 ACCOLADE_API_RATE_LIMIT = env_rate("ACCOLADE_API_RATE_LIMIT", "1200/60")
+# Requests refused for their key (missing, unknown or revoked) one client
+# address may send in a window; past it they get 429 instead of 401.
+ACCOLADE_API_REFUSED_KEY_LIMIT = env_rate("ACCOLADE_API_REFUSED_KEY_LIMIT", "30/60")
 # Sockets. Each re-reads its session this often, besides closing at once when
 # the session is ended by a log-out, a deletion or a change to the user
 # (achievements.socket_sessions). A web process holds at most so many sockets

@@ -108,6 +108,7 @@ class Event(models.Model):
 
     class Meta:
         ordering = ["-received_at", "-id"]
+        permissions = [("view_metrics", "Can read the pipeline's metrics (/metrics)")]
         indexes = [
             models.Index(fields=["user", "occurred_at"], name="event_user_occurred"),
             models.Index(fields=["event_type", "occurred_at"], name="event_type_occurred"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 
 from achievements import metrics
 from achievements.engine import evaluate_event
@@ -84,6 +86,9 @@ def test_metrics_count_the_pipeline_in_prometheus_format(
 
     staff = make_user(username="ops", is_staff=True)
     client.force_login(staff)
+    assert client.get("/metrics").status_code == 401  # staff, but without the permission
+    staff.user_permissions.add(Permission.objects.get(codename="view_metrics"))
+    client.force_login(get_user_model().objects.get(pk=staff.pk))  # permissions are cached
     assert client.get("/metrics").status_code == 200
 
 

@@ -122,3 +122,30 @@ def test_a_lookup_that_raced_a_revoke_does_not_trust_the_key_again(api_client, a
 
     assert racing["done"]
     assert _status(api_client, api_key) == 401  # not the stale read, though no time passed
+
+
+def test_requests_with_a_bad_key_are_limited_per_address_and_good_keys_are_not(
+    api_client, api_key, settings
+):
+    settings.ACCOLADE_API_REFUSED_KEY_LIMIT = (3, 60)
+    bad = {"HTTP_AUTHORIZATION": "Bearer acc_guess", "REMOTE_ADDR": "192.0.2.1"}
+    codes = [api_client.get("/api/v1/events/x", **bad).status_code for _ in range(4)]
+    assert codes == [401, 401, 401, 429]
+    response = api_client.get("/api/v1/events/x", **bad)
+    assert 1 <= int(response["Retry-After"]) <= 61
+    assert response.json()["errors"][0]["field"] == "Authorization"
+    assert api_client.get("/metrics", **bad).status_code == 429
+    # Another address is not held up, nor a valid key from the same one.
+    elsewhere = {**bad, "REMOTE_ADDR": "192.0.2.2"}
+    assert api_client.get("/api/v1/events/x", **elsewhere).status_code == 401
+    good = {"HTTP_AUTHORIZATION": f"Bearer {api_key}", "REMOTE_ADDR": "192.0.2.1"}
+    assert api_client.get("/api/v1/events/x", **good).status_code == 404
+
+
+def test_refusals_count_in_redis_when_there_is_one(api_client, db, settings, redis_cache):
+    settings.ACCOLADE_API_REFUSED_KEY_LIMIT = (2, 60)
+    bad = {"HTTP_AUTHORIZATION": "Bearer acc_guess", "REMOTE_ADDR": "192.0.2.3"}
+    codes = [api_client.get("/api/v1/events/x", **bad).status_code for _ in range(3)]
+    assert codes == [401, 401, 429]
+    [key] = redis_cache.keys(f"{settings.ACCOLADE_NAMESPACE}:api-refused:*")
+    assert int(redis_cache.get(key)) == 3 and 60 < redis_cache.ttl(key) <= 120
