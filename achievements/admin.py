@@ -380,6 +380,7 @@ class EventAdmin(admin.ModelAdmin):
 
     list_display = [
         "event_id",
+        "producer",
         "event_type",
         "user",
         "source",
@@ -388,12 +389,13 @@ class EventAdmin(admin.ModelAdmin):
         "status_label",
         "attempts",
     ]
-    list_filter = [EventStatusFilter, "event_type", "source"]
+    list_filter = [EventStatusFilter, "event_type", "producer", "source"]
     list_select_related = ["user"]
     search_fields = ["event_id", "event_type", "user__username"]
     date_hierarchy = "received_at"
     actions = ["redrive"]
     readonly_fields = [
+        "producer",
         "event_id",
         "event_type",
         "user",

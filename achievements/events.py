@@ -62,14 +62,16 @@ def record_event(
     event_id: str | None = None,
     occurred_at: datetime | None = None,
     source: str = "app",
+    producer: str = "app",
 ) -> RecordedEvent:
     """Record that `user` did `event_type`, and evaluate it once the caller commits.
 
     Call it inside the transaction that saves the producer's own row, so the
     event exists exactly when that row does. Pass a stable `event_id` derived
     from that row (e.g. "visit-42") and a retry of the same action is
-    recognised as a duplicate instead of counting twice. Raises InvalidEvent,
-    before writing anything, when an argument is unusable.
+    recognised as a duplicate instead of counting twice (ids are unique per
+    `producer`; the site's own calls are "app"). Raises InvalidEvent, before
+    writing anything, when an argument is unusable.
     """
     if user is None or getattr(user, "pk", None) is None:
         raise InvalidEvent("user", "must be a saved user")
@@ -80,6 +82,7 @@ def record_event(
         event_id=event_id,
         occurred_at=occurred_at,
         source=source,
+        producer=producer,
     )
 
 
@@ -91,6 +94,7 @@ def record_external_event(
     event_id: str | None = None,
     occurred_at: datetime | None = None,
     source: str = "api",
+    producer: str = "app",
 ) -> RecordedEvent:
     """Record an event for a producer's user id, linked to a site user or not yet.
 
@@ -108,7 +112,8 @@ def record_external_event(
                 occurred_at=occurred_at,
                 source=source,
             )
-        ]
+        ],
+        producer=producer,
     )
     if isinstance(result, InvalidEvent):
         raise result
@@ -128,9 +133,13 @@ class ExternalEvent:
 
 
 def record_external_events(
-    events: Sequence[ExternalEvent],
+    events: Sequence[ExternalEvent], *, producer: str = "app"
 ) -> list[RecordedEvent | InvalidEvent]:
-    """Record a batch of producer events: a result per event, in order.
+    """Record a batch of one producer's events: a result per event, in order.
+
+    Event ids are `producer`'s own: an id another producer used is a new
+    event, one this producer used is a duplicate (or refused, if it was for
+    another user or type).
 
     Each result is the recorded (or duplicate) event, or the InvalidEvent
     that refused it; a refused event writes nothing and does not stop the
@@ -150,6 +159,10 @@ def record_external_events(
     retry of the batch reports it as duplicates.
     """
     results: list[RecordedEvent | InvalidEvent | None] = [None] * len(events)
+    if not isinstance(producer, str) or not SOURCE_PATTERN.match(producer):
+        raise InvalidEvent(
+            "producer", "must be 1-64 characters of letters, digits, '.', '_', ':' or '-'"
+        )
     now = timezone.now()
     prepared: list[tuple[int, ExternalEvent, str]] = []  # index, event with defaults, id
     for position, item in enumerate(events):
@@ -170,7 +183,7 @@ def record_external_events(
         else:
             prepared.append((position, item, event_id))
     if prepared and connection.vendor == "postgresql" and not connection.in_atomic_block:
-        prepared = _record_owned(prepared, results, now)
+        prepared = _record_owned(prepared, results, now, producer)
     if not prepared:
         return _all_set(results)
 
@@ -184,7 +197,7 @@ def record_external_events(
         # insert (ON CONFLICT DO NOTHING); SQLite, one writer at a time,
         # reads the taken ids first.
         pg = connection.vendor == "postgresql"
-        taken = {} if pg else _events_by_id([event_id for _, _, event_id in prepared])
+        taken = {} if pg else _events_by_id(producer, [event_id for _, _, event_id in prepared])
         firsts: set[str] = set()
         bulk: list[tuple[int, ExternalEvent, str]] = []
         single: list[tuple[int, ExternalEvent, str]] = []
@@ -198,14 +211,14 @@ def record_external_events(
                 firsts.add(event_id)
                 bulk.append((position, item, event_id))
 
-        created = _insert_events(bulk, owners, now)
+        created = _insert_events(bulk, owners, now, producer)
         if created is None:  # SQLite: an id was taken meanwhile; sort it out one by one
             single = sorted(single + bulk + repeats, key=lambda entry: entry[0])
             bulk, repeats = [], []
             created = {}
         lost = [event_id for _, _, event_id in bulk if event_id not in created]
         if lost:  # PostgreSQL: a concurrent request committed these ids first
-            taken.update(_events_by_id(lost))
+            taken.update(_events_by_id(producer, lost))
         waiting: list[int] = []
         for position, item, event_id in bulk:
             if event_id in created:
@@ -229,6 +242,7 @@ def record_external_events(
                     event_id=event_id,
                     occurred_at=item.occurred_at,
                     source=item.source,
+                    producer=producer,
                 )
             except InvalidEvent as exc:
                 results[position] = exc
@@ -239,6 +253,7 @@ def _record_owned(
     prepared: list[tuple[int, ExternalEvent, str]],
     results: list[RecordedEvent | InvalidEvent | None],
     now: datetime,
+    producer: str,
 ) -> list[tuple[int, ExternalEvent, str]]:
     """PostgreSQL, in autocommit: record in one statement what needs no more; the rest, in order.
 
@@ -261,7 +276,7 @@ def _record_owned(
     if not quick:
         return prepared
     try:
-        inserted = _insert_owned(quick, now)
+        inserted = _insert_owned(quick, now, producer)
     except IntegrityError:  # in autocommit the statement rolled back alone
         return prepared
     if not inserted:
@@ -270,7 +285,7 @@ def _record_owned(
     for position, item, event_id in quick:
         row = inserted.get(event_id)
         if row is not None:
-            event = _loaded_event(row[0], event_id, item, row[1], now)
+            event = _loaded_event(row[0], event_id, item, row[1], now, producer)
             results[position] = RecordedEvent(event, created=True)
             if event.user_id is not None:
                 waiting.append(event.pk)
@@ -279,7 +294,7 @@ def _record_owned(
 
 
 def _insert_owned(
-    rows: list[tuple[int, ExternalEvent, str]], now: datetime
+    rows: list[tuple[int, ExternalEvent, str]], now: datetime, producer: str
 ) -> dict[str, tuple[int, int | None]]:
     """Insert the rows' events for producer ids that exist, in one statement:
     (primary key, site user) of each event inserted, by event id.
@@ -297,9 +312,9 @@ def _insert_owned(
     owners = sorted({item.user_id for _, item, _ in rows})
     columns = _event_arrays(rows, now)
     if len(rows) == 1:
-        params = [owners[0], owners[0], now, *(column[0] for column in columns)]
+        params = [owners[0], owners[0], producer, now, *(column[0] for column in columns)]
     else:
-        params = [owners, owners, now, *columns]
+        params = [owners, owners, producer, now, *columns]
     # Bound on the server; each form planned once per connection.
     with server_cursor(prepare=True) as cursor:
         cursor.execute(_owned_insert_sql(len(rows) == 1), params)
@@ -360,21 +375,27 @@ def _owned_insert_sql(one: bool) -> str:
         f"WHERE external_id {owners} AND user_id IS NULL "
         "ORDER BY external_id FOR SHARE), "
         "owner AS (SELECT * FROM linked UNION ALL SELECT * FROM waiting) "
-        f"INSERT INTO {Event._meta.db_table} ({names}, user_id, received_at, "
+        f"INSERT INTO {Event._meta.db_table} (producer, {names}, user_id, received_at, "
         "attempts, fingerprint, last_error) "
-        f"SELECT {', '.join(f'e.{n}' for n, _ in _EVENT_ARRAYS)}, owner.user_id, "
+        f"SELECT %s::varchar, {', '.join(f'e.{n}' for n, _ in _EVENT_ARRAYS)}, owner.user_id, "
         f"%s::timestamptz, 0, '', '' FROM {rows}"
         f"JOIN owner ON owner.external_id = e.external_user_id {order}"
-        "ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id, user_id"
+        "ON CONFLICT (producer, event_id) DO NOTHING RETURNING id, event_id, user_id"
     )
 
 
 def _loaded_event(
-    pk: int, event_id: str, item: ExternalEvent, user_id: int | None, now: datetime
+    pk: int,
+    event_id: str,
+    item: ExternalEvent,
+    user_id: int | None,
+    now: datetime,
+    producer: str,
 ) -> Event:
     """The Event a row just inserted holds, built as a loaded row (the fast constructor)."""
     fields = {
         "id": pk,
+        "producer": producer,
         "event_id": event_id,
         "event_type": item.event_type,
         "occurred_at": item.occurred_at or now,
@@ -438,10 +459,11 @@ def _lock_identities(external_ids: set[str]) -> dict[str, int | None]:
     return owners
 
 
-def _events_by_id(event_ids: list[str]) -> dict[str, Event]:
+def _events_by_id(producer: str, event_ids: list[str]) -> dict[str, Event]:
     found: dict[str, Event] = {}
     for start in range(0, len(event_ids), 1000):
-        for event in Event.objects.filter(event_id__in=event_ids[start : start + 1000]).only(
+        chunk = event_ids[start : start + 1000]
+        for event in Event.objects.filter(producer=producer, event_id__in=chunk).only(
             "pk", "event_id", "event_type", "user_id", "external_user_id"
         ):
             found[event.event_id] = event
@@ -449,7 +471,10 @@ def _events_by_id(event_ids: list[str]) -> dict[str, Event]:
 
 
 def _insert_events(
-    rows: list[tuple[int, ExternalEvent, str]], owners: dict[str, int | None], now: datetime
+    rows: list[tuple[int, ExternalEvent, str]],
+    owners: dict[str, int | None],
+    now: datetime,
+    producer: str,
 ) -> dict[str, Event] | None:
     """Insert new events in one statement: the inserted events by id.
 
@@ -461,23 +486,27 @@ def _insert_events(
         return {}
     if connection.vendor == "postgresql":
         sql = (
-            f"INSERT INTO {Event._meta.db_table} ({', '.join(n for n, _ in _EVENT_ARRAYS)}, "
+            f"INSERT INTO {Event._meta.db_table} (producer, "
+            f"{', '.join(n for n, _ in _EVENT_ARRAYS)}, "
             "user_id, received_at, attempts, fingerprint, last_error) "
-            "SELECT *, %s::timestamptz, 0, '', '' FROM unnest("
+            "SELECT %s::varchar, *, %s::timestamptz, 0, '', '' FROM unnest("
             + ", ".join(f"%b::{kind}[]" for _, kind in _EVENT_ARRAYS)
-            + ", %b::integer[]) ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id"
+            + ", %b::integer[]) ON CONFLICT (producer, event_id) DO NOTHING RETURNING id, event_id"
         )
         users = [owners[item.user_id] for _, item, _ in rows]
         with server_cursor() as cursor:  # the arrays bound on the server
-            cursor.execute(sql, [now, *_event_arrays(rows, now), users])
+            cursor.execute(sql, [producer, now, *_event_arrays(rows, now), users])
             pks = {event_id: pk for pk, event_id in cursor.fetchall()}
         return {
-            event_id: _loaded_event(pks[event_id], event_id, item, owners[item.user_id], now)
+            event_id: _loaded_event(
+                pks[event_id], event_id, item, owners[item.user_id], now, producer
+            )
             for _, item, event_id in rows
             if event_id in pks
         }
     events = [
         Event(
+            producer=producer,
             event_id=event_id,
             event_type=item.event_type,
             user_id=owners[item.user_id],
@@ -532,11 +561,16 @@ def _record(
     event_id: str | None,
     occurred_at: datetime | None,
     source: str,
+    producer: str,
 ) -> RecordedEvent:
     payload = {} if payload is None else payload
     event_id = uuid.uuid4().hex if event_id is None else event_id
     occurred_at = timezone.now() if occurred_at is None else occurred_at
     _validate(event_type, payload, event_id, occurred_at, source)
+    if not isinstance(producer, str) or not SOURCE_PATTERN.match(producer):
+        raise InvalidEvent(
+            "producer", "must be 1-64 characters of letters, digits, '.', '_', ':' or '-'"
+        )
 
     try:
         # A savepoint, so a duplicate id does not break the caller's transaction.
@@ -548,6 +582,7 @@ def _record(
                 metrics.incr("accolade_events_deduplicated_total")
                 return RecordedEvent(earlier, created=False)
             event = Event.objects.create(
+                producer=producer,
                 event_id=event_id,
                 event_type=event_type,
                 user_id=subject.user_id,
@@ -558,7 +593,7 @@ def _record(
                 fingerprint=fingerprint,
             )
     except IntegrityError:
-        existing = Event.objects.filter(event_id=event_id).first()
+        existing = Event.objects.filter(producer=producer, event_id=event_id).first()
         if existing is None:
             raise
         same_subject = (

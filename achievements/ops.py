@@ -55,39 +55,42 @@ def healthz(request: HttpRequest) -> JsonResponse:
     )
 
 
+def _text(status: int, text: str, **headers: str) -> HttpResponse:
+    response = HttpResponse(text + "\n", status=status, content_type="text/plain; charset=utf-8")
+    for name, value in headers.items():
+        response[name.replace("_", "-")] = value
+    return response
+
+
 @never_cache
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """Prometheus text format, for staff with "Can read the pipeline's metrics" or an
-    API key (`Authorization: Bearer KEY`)."""
-    from api.auth import authenticate
+    API key with the scope metrics:read (`Authorization: Bearer KEY`)."""
+    from api.auth import authenticate, refused
 
     user = getattr(request, "user", None)
-    allowed = (
+    if not (
         user is not None
         and user.is_active
         and user.is_staff
         and user.has_perm("achievements.view_metrics")
-    ) or (authenticate(request) is not None)
-    if not allowed and "Authorization" in request.headers:
-        from api.auth import refused
-
-        wait = refused(request)
-        if wait is not None:
-            response = HttpResponse(
-                f"Too many requests with an invalid API key; retry after {wait} s.\n",
-                status=429,
-                content_type="text/plain; charset=utf-8",
+    ):
+        api_key = authenticate(request)
+        if api_key is None:
+            wait = refused(request) if "Authorization" in request.headers else None
+            if wait is not None:
+                return _text(
+                    429,
+                    f"Too many requests with an invalid API key; retry after {wait} s.",
+                    Retry_After=str(wait),
+                )
+            return _text(
+                401,
+                'Metrics are not public: sign in as staff with the permission "Can read the '
+                "pipeline's metrics\", or send an API key as 'Authorization: Bearer KEY'.",
+                WWW_Authenticate='Bearer realm="accolade"',
             )
-            response["Retry-After"] = str(wait)
-            return response
-    if not allowed:
-        response = HttpResponse(
-            'Metrics are not public: sign in as staff with the permission "Can read the '
-            "pipeline's metrics\", or send an API key as 'Authorization: Bearer KEY'.\n",
-            status=401,
-            content_type="text/plain; charset=utf-8",
-        )
-        response["WWW-Authenticate"] = 'Bearer realm="accolade"'
-        return response
+        if not api_key.allows("metrics:read"):
+            return _text(403, "This API key lacks the scope 'metrics:read'.")
     return HttpResponse(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -21,8 +21,10 @@ def _error_response(description: str, **extra: Any) -> dict[str, Any]:
 
 ERRORS = {
     "401": _error_response("Missing, unknown or revoked API key."),
+    "403": _error_response("The key lacks the scope this operation needs."),
     "429": _error_response(
-        "This key's rate limit is used up.",
+        "This key's rate limit is used up, or this address has sent too many requests "
+        "with a bad key.",
         headers={
             "Retry-After": {
                 "schema": {"type": "string", "pattern": "^[0-9]+$"},
@@ -44,7 +46,8 @@ def openapi_schema() -> dict[str, Any]:
                 "type": "string",
                 "pattern": ID_PATTERN,
                 "maxLength": 128,
-                "description": "Your stable id for the event; a repeat is a duplicate.",
+                "description": "Your stable id for the event, unique among your producer's "
+                "(your key's) events; a repeat is a duplicate.",
             },
             "event_type": {
                 "type": "string",
@@ -92,7 +95,11 @@ def openapi_schema() -> dict[str, Any]:
             "description": (
                 "Send events from other services and read badge progress. Authenticate with "
                 "`Authorization: Bearer KEY` (keys from the admin or `manage.py "
-                f"create_api_key NAME`). Each key may make {limit} requests per {period} s."
+                f"create_api_key NAME`). Each key may make {limit} requests per {period} s. "
+                "A key speaks for one producer: event ids are unique per producer, and a key "
+                "reads only its producer's events. Its scopes say what it may do: "
+                "events:write (POST /api/v1/events), events:read (GET /api/v1/events/{id}), "
+                "badges:read (GET /api/v1/users/{id}/badges), metrics:read (/metrics)."
             ),
         },
         "servers": [{"url": "/"}],
@@ -173,7 +180,7 @@ def openapi_schema() -> dict[str, Any]:
                                 }
                             },
                         },
-                        "404": _error_response("No event has this id."),
+                        "404": _error_response("Your producer has no event with this id."),
                         **ERRORS,
                     },
                 }

@@ -30,6 +30,7 @@ from achievements.events import (
 from achievements.models import Event, ExternalIdentity, Unlock
 from achievements.rules import event_type_problem
 from api.auth import authenticate, rate_limit, refused
+from api.models import ApiKey
 from api.schema import openapi_schema
 
 EVENT_FIELDS = {"event_id", "event_type", "user_id", "occurred_at", "source", "payload"}
@@ -44,8 +45,9 @@ def error(status: int, field: str, problem: str, **headers: str) -> JsonResponse
     return response
 
 
-def _guard(request: HttpRequest) -> JsonResponse | None:
-    """Authenticate and rate-limit; a response to send instead, or None to go on."""
+def _guard(request: HttpRequest, scope: str) -> ApiKey | JsonResponse:
+    """Authenticate, check the key has `scope`, and rate-limit: the key, or a response
+    to send instead."""
     api_key = authenticate(request)
     if api_key is None:
         wait = refused(request)
@@ -63,6 +65,13 @@ def _guard(request: HttpRequest) -> JsonResponse | None:
             "send a valid, unrevoked API key as 'Authorization: Bearer KEY'",
             WWW_Authenticate='Bearer realm="accolade"',
         )
+    if not api_key.allows(scope):
+        return error(
+            403,
+            "Authorization",
+            f"this key may not do this: it lacks the scope {scope!r} "
+            f"(it has {', '.join(api_key.scopes) or 'none'})",
+        )
     retry_after = rate_limit(api_key)
     if retry_after is not None:
         return error(
@@ -72,7 +81,7 @@ def _guard(request: HttpRequest) -> JsonResponse | None:
             f"{settings.ACCOLADE_API_RATE_LIMIT[1]} s; retry after {retry_after} s",
             Retry_After=str(retry_after),
         )
-    return None
+    return api_key
 
 
 @require_GET
@@ -85,9 +94,10 @@ def schema(request: HttpRequest) -> JsonResponse:
 @index.pinned()  # the types accepted and the dedup rules: one look at the rules' version
 def events(request: HttpRequest) -> JsonResponse:
     """Record one event or a batch; 202 with a result per event once they are durable."""
-    refused = _guard(request)
-    if refused:
-        return refused
+    guarded = _guard(request, "events:write")
+    if isinstance(guarded, JsonResponse):
+        return guarded
+    api_key = guarded
     max_body = settings.ACCOLADE_API_MAX_BODY_BYTES
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -157,7 +167,7 @@ def events(request: HttpRequest) -> JsonResponse:
             )
         )
     if valid:
-        recorded = record_external_events([event for _, event in valid])
+        recorded = record_external_events([event for _, event in valid], producer=api_key.producer)
         for (position, _), outcome in zip(valid, recorded, strict=True):
             if isinstance(outcome, InvalidEvent):
                 results[position].update(
@@ -274,12 +284,14 @@ def _json_type(value: Any) -> str:
 
 @require_GET
 def event_status(request: HttpRequest, event_id: str) -> JsonResponse:
-    refused = _guard(request)
-    if refused:
-        return refused
-    event = Event.objects.filter(event_id=event_id).first()
+    guarded = _guard(request, "events:read")
+    if isinstance(guarded, JsonResponse):
+        return guarded
+    api_key = guarded
+    # Only this key's producer's events: another's are as unknown as a made-up id.
+    event = Event.objects.filter(producer=api_key.producer, event_id=event_id).first()
     if event is None:
-        return error(404, "event_id", "no event has this id")
+        return error(404, "event_id", f"producer {api_key.producer!r} has no event with this id")
     if event.processed_at:
         status = "processed"
     elif event.dead_lettered_at:
@@ -318,9 +330,9 @@ def event_status(request: HttpRequest, event_id: str) -> JsonResponse:
 
 @require_GET
 def user_badges(request: HttpRequest, user_id: str) -> JsonResponse:
-    refused = _guard(request)
-    if refused:
-        return refused
+    guarded = _guard(request, "badges:read")
+    if isinstance(guarded, JsonResponse):
+        return guarded
     identity = ExternalIdentity.objects.filter(external_id=user_id).first()
     if identity is None:
         return error(404, "user_id", "no events or link exist for this user id")

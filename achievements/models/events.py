@@ -56,10 +56,16 @@ class Event(models.Model):
     transaction, and evaluation is only enqueued once that commits.
     """
 
-    # Unique by a constraint rather than unique=True, which on PostgreSQL also
-    # builds a LIKE index nothing uses: every insert paid for it.
+    producer = models.CharField(
+        max_length=64,
+        default="app",
+        help_text="Who sent it: 'app' for the site's own calls, else the producer its API "
+        "key speaks for. Event ids are the producer's own: unique per producer.",
+    )
+    # Unique with the producer by a constraint rather than unique=True, which on
+    # PostgreSQL also builds a LIKE index nothing uses: every insert paid for it.
     event_id = models.CharField(
-        max_length=128, help_text="The producer's id; a repeat is a duplicate."
+        max_length=128, help_text="The producer's id; a repeat from it is a duplicate."
     )
     event_type = models.CharField(max_length=rules.EVENT_TYPE_MAX_LENGTH)
     user = models.ForeignKey(
@@ -139,8 +145,7 @@ class Event(models.Model):
             ),
         ]
         constraints = [
-            # The name PostgreSQL gave the unique=True constraint this replaces.
-            models.UniqueConstraint(fields=["event_id"], name="achievements_event_event_id_key"),
+            models.UniqueConstraint(fields=["producer", "event_id"], name="event_id_per_producer"),
         ]
 
     def __str__(self) -> str:

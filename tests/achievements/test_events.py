@@ -297,8 +297,8 @@ def test_an_event_recorded_while_its_id_is_being_linked_gets_the_user(
     statements: list[dict] = []
     insert_owned = events._insert_owned
 
-    def spy(rows, now):
-        statements.append(insert_owned(rows, now))
+    def spy(rows, now, producer):
+        statements.append(insert_owned(rows, now, producer))
         return statements[-1]
 
     monkeypatch.setattr(events, "_insert_owned", spy)
@@ -332,10 +332,10 @@ def test_the_events_table_keeps_only_the_indexes_its_queries_use(postgresql_only
         if spec["index"] or spec["unique"] or spec["primary_key"]
     ]
     assert sorted(indexes) == [
-        "achievements_event_event_id_key",  # unique: the producer's id
         "achievements_event_pkey",
         "event_dead_lettered",  # partial: dead-lettered events only
         "event_fingerprint",  # partial: de-duplicated types only
+        "event_id_per_producer",  # unique: the producer's id, per producer
         "event_received",
         "event_type_occurred",
         "event_unprocessed",  # partial: waiting events only

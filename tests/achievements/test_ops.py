@@ -61,7 +61,7 @@ def test_metrics_count_the_pipeline_in_prometheus_format(
         # For a producer's user nobody has linked yet: recorded, waiting.
         record_external_event("ghost-1", "image.posted", event_id="img-9")
     assert evaluate_event(Event.objects.get(event_id="img-0").pk) is None  # already done
-    _, key = ApiKey.issue("prometheus")
+    _, key = ApiKey.issue("prometheus", scopes=["metrics:read"])
     response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {key}")
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain; version=0.0.4")

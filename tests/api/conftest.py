@@ -6,7 +6,7 @@ from django.test import Client
 from django.test.utils import override_settings
 
 from achievements.models import EventType
-from api.models import ApiKey
+from api.models import SCOPES, ApiKey
 
 
 @pytest.fixture
@@ -25,7 +25,8 @@ def api_client() -> Client:
 def api_key(db) -> str:
     EventType.objects.get_or_create(name="visit.created")
     EventType.objects.get_or_create(name="image.posted")
-    _, key = ApiKey.issue("tests")
+    # As a key made before producers and scopes: the site's own producer, every scope.
+    _, key = ApiKey.issue("tests", producer="app", scopes=list(SCOPES))
     return key
 
 

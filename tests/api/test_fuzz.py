@@ -50,7 +50,9 @@ def test_the_api_survives_fuzzing_from_its_own_schema(embedded_site, tmp_path):
 
 def _create_key(site) -> str:
     output = subprocess.run(
-        [sys.executable, "manage.py", "create_api_key", f"fuzz-{Path(site.base_url).name}"],
+        [sys.executable, "manage.py", "create_api_key", f"fuzz-{Path(site.base_url).name}"]
+        + ["--producer", "app", "--scope", "events:write", "--scope", "events:read"]
+        + ["--scope", "badges:read"],
         cwd=Path(__file__).resolve().parents[2],
         env=site.environment,
         capture_output=True,

@@ -453,9 +453,11 @@ def test_create_api_key_refuses_a_duplicate_name(db):
 
 
 def test_staff_create_a_key_in_the_admin_and_see_it_once(admin_client):
-    response = admin_client.post("/admin/api/apikey/add/", {"name": "mobile"}, follow=True)
+    response = admin_client.post(
+        "/admin/api/apikey/add/", {"name": "mobile", "scopes": ["events:write"]}, follow=True
+    )
     page = response.content.decode()
-    assert "Copy the key for mobile now" in page
+    assert "Copy the key for mobile (producer mobile) now" in page
     key_hash = ApiKey.objects.get(name="mobile").key_hash
     assert key_hash not in page
     detail = admin_client.get(f"/admin/api/apikey/{ApiKey.objects.get().pk}/change/")

@@ -18,7 +18,8 @@ def test_healthz_sees_the_worker_and_metrics_add_up_across_processes(topology_si
     assert health.json()["checks"] == {"database": "ok", "redis": "ok", "workers": "1 alive"}
 
     key = site.python(
-        "from api.models import ApiKey; print(ApiKey.issue('ops-live-test')[1])"
+        "from api.models import ApiKey\n"
+        "print(ApiKey.issue('ops-live-test', scopes=['metrics:read', 'events:write'])[1])"
     ).splitlines()[-1]
     auth = {"Authorization": f"Bearer {key}"}
 
