@@ -24,7 +24,7 @@ class ApiKeyForm(forms.ModelForm):
         },
     )
     scopes = forms.MultipleChoiceField(
-        choices=list(SCOPES.items()),
+        choices=[(name, f"{what} ({name})") for name, what in SCOPES.items()],
         initial=DEFAULT_SCOPES,
         widget=forms.CheckboxSelectMultiple,
         help_text="What the key may do.",
