@@ -5,9 +5,14 @@ accounts, so neither many addresses against one account nor one address
 against many accounts gets far. Counting per account lets anyone lock an
 account by failing on purpose; so a browser the account has logged in from
 before carries a signed cookie saying so (OWASP's "device cookies"), and
-from such a browser only that browser's own address's failures for that
-account count. A guesser elsewhere can keep an account locked for new
-browsers, but not for the one its owner uses.
+from such a browser only the failures for that account from the browser's
+own address count. A guesser elsewhere can keep an account locked for new
+browsers, but not for the one its owner uses. The cookie is bound to the
+account's password: changing it makes every such cookie count for nothing.
+
+A successful log-in clears that account's failures from that address only
+(not axes' own reset, which would clear every failure from the address:
+logging in to one's own account would wipe a guesser's count).
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from typing import Any
 from axes.helpers import get_cool_off
 from axes.models import AccessAttempt
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core import signing
 from django.db.models import Max, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare, salted_hmac
 
 KNOWN_BROWSER_COOKIE = "accolade_known"
 _SALT = "accounts.lockout.known-browser"
@@ -36,26 +43,53 @@ def lockout_parameters(request: Any, credentials: dict[str, Any] | None) -> list
     """django-axes' AXES_LOCKOUT_PARAMETERS, per attempt.
 
     Called with the request (when counting or checking) or with a stored
-    attempt (when resetting), which counts like an unknown browser.
+    attempt, which counts like an unknown browser.
     """
     username = (credentials or {}).get("username")
-    if isinstance(request, HttpRequest) and username and username in known_accounts(request):
+    if isinstance(request, HttpRequest) and username and _knows(request, username):
         return [["username", "ip_address"]]
     return ["username", "ip_address"]
 
 
-def known_accounts(request: HttpRequest) -> list[str]:
-    """The usernames this browser has logged in as (newest first), if its cookie is genuine."""
+def _knows(request: HttpRequest, username: str) -> bool:
+    """Whether this browser's cookie vouches for `username`, as its password is now."""
+    cached: dict[str, bool] = request.__dict__.setdefault("_accolade_known", {})
+    if username not in cached:
+        tag = dict(_cookie_entries(request)).get(username)
+        user = None
+        if tag is not None:
+            model = get_user_model()
+            user = model._default_manager.filter(**{model.USERNAME_FIELD: username}).first()
+        cached[username] = (
+            tag is not None and user is not None and constant_time_compare(tag, _tag(user))
+        )
+    return cached[username]
+
+
+def _tag(user: Any) -> str:
+    """Ties a cookie entry to the account's password (its session auth hash)."""
+    return salted_hmac(_SALT, user.get_session_auth_hash()).hexdigest()[:24]
+
+
+def _cookie_entries(request: HttpRequest) -> list[tuple[str, str]]:
+    """(username, tag) pairs this browser's genuine cookie holds, newest first."""
     value = request.COOKIES.get(KNOWN_BROWSER_COOKIE)
     if not value:
         return []
     try:
-        names = signing.loads(value, salt=_SALT, max_age=settings.LOGIN_KNOWN_BROWSER_DAYS * 86400)
+        entries = signing.loads(
+            value, salt=_SALT, max_age=settings.LOGIN_KNOWN_BROWSER_DAYS * 86400
+        )
     except (signing.BadSignature, ValueError):
         return []
-    if not isinstance(names, list):
+    if not isinstance(entries, list):
         return []
-    return [name for name in names if isinstance(name, str)][:KNOWN_ACCOUNTS_MAX]
+    pairs = [
+        (entry[0], entry[1])
+        for entry in entries
+        if isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)
+    ]
+    return pairs[:KNOWN_ACCOUNTS_MAX]
 
 
 class KnownBrowserMiddleware:
@@ -66,12 +100,15 @@ class KnownBrowserMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
-        username = getattr(request, "_accolade_known_account", None)
-        if username:
-            names = [username] + [n for n in known_accounts(request) if n != username]
+        user = getattr(request, "_accolade_known_account", None)
+        if user is not None:
+            username = user.get_username()
+            entries = [[username, _tag(user)]] + [
+                [name, tag] for name, tag in _cookie_entries(request) if name != username
+            ]
             response.set_cookie(
                 KNOWN_BROWSER_COOKIE,
-                signing.dumps(names[:KNOWN_ACCOUNTS_MAX], salt=_SALT, compress=True),
+                signing.dumps(entries[:KNOWN_ACCOUNTS_MAX], salt=_SALT, compress=True),
                 max_age=settings.LOGIN_KNOWN_BROWSER_DAYS * 86400,
                 secure=settings.SESSION_COOKIE_SECURE,
                 httponly=True,
@@ -81,9 +118,13 @@ class KnownBrowserMiddleware:
 
 
 def on_logged_in(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
-    """Signal receiver (user_logged_in): the response remembers the browser for this account."""
-    if request is not None:
-        request._accolade_known_account = user.get_username()  # type: ignore[attr-defined]
+    """Signal receiver (user_logged_in): clear this account's failures from this
+    address, and have the response remember the browser for this account."""
+    if request is None:
+        return
+    address = getattr(request, "axes_ip_address", None) or request.META.get("REMOTE_ADDR")
+    AccessAttempt.objects.filter(username=user.get_username(), ip_address=address).delete()
+    request._accolade_known_account = user  # type: ignore[attr-defined]
 
 
 def locked_out(

@@ -39,22 +39,24 @@ class AchievementsConfig(AppConfig):
             dispatch_uid="index-composite-parts",
         )
 
-        # Sockets end with their session (achievements.socket_sessions).
+        # Sockets end with their session (achievements.socket_sessions; a
+        # deleted session is told by achievements.session_store).
         from django.contrib.auth import get_user_model
         from django.contrib.auth.signals import user_logged_out
-        from django.contrib.sessions.models import Session
 
         from achievements import socket_sessions
 
+        user_model = get_user_model()
         user_logged_out.connect(socket_sessions.on_logged_out, dispatch_uid="socket-logout")
-        post_delete.connect(
-            socket_sessions.on_session_deleted, sender=Session, dispatch_uid="socket-session-del"
-        )
         post_save.connect(
-            socket_sessions.on_user_saved, sender=get_user_model(), dispatch_uid="socket-user"
+            socket_sessions.on_user_saved, sender=user_model, dispatch_uid="socket-user"
         )
         post_delete.connect(
-            socket_sessions.on_user_deleted,
-            sender=get_user_model(),
-            dispatch_uid="socket-user-del",
+            socket_sessions.on_user_deleted, sender=user_model, dispatch_uid="socket-user-del"
         )
+        for relation in ("groups", "user_permissions"):
+            m2m_changed.connect(
+                socket_sessions.on_memberships_changed,
+                sender=getattr(user_model, relation).through,
+                dispatch_uid=f"socket-user-{relation}",
+            )

@@ -20,6 +20,7 @@ from achievements.frames import render_frame
 from achievements.models import Unlock
 from achievements.socket_sessions import (
     CLOSE_NOT_AUTHENTICATED,
+    CLOSE_RECONNECT,
     CLOSE_TOO_MANY_SOCKETS,
     SESSION_MESSAGES,
     SessionBoundSocket,
@@ -28,10 +29,11 @@ from achievements.socket_sessions import (
 logger = logging.getLogger(__name__)
 
 # Close codes in the application range, so a page can tell "not signed in"
-# (4401: at connect, or when the session ends) and "too many sockets" (4429)
-# from a network failure. They are sent after accepting: a refused handshake
-# reaches the browser as 1006, which the htmx ws extension retries forever.
-__all__ = ["CLOSE_NOT_AUTHENTICATED", "CLOSE_TOO_MANY_SOCKETS", "LiveConsumer"]
+# (4401: at connect, or on log-out), "the session changed, reconnect" (4000)
+# and "too many sockets" (4429) from a network failure. They are sent after
+# accepting: a refused handshake reaches the browser as 1006, which the htmx
+# ws extension retries forever.
+__all__ = ["CLOSE_NOT_AUTHENTICATED", "CLOSE_RECONNECT", "CLOSE_TOO_MANY_SOCKETS", "LiveConsumer"]
 # How many unseen unlocks one (re)connect catches up on: no more than a page
 # shows at once (accolade.js MAX_TOASTS), so none is dismissed unseen; the
 # rest come on the next connect, and all are on the badges page.
@@ -277,6 +279,10 @@ class ReevaluationConsumer(PushConsumer, SessionBoundSocket):
         finally:
             if socket_hub is not None and user_group is not None:
                 await socket_hub.leave(user_group, self)
+
+    async def still_allowed(self, user: Any) -> bool:
+        # Demoted, or the permission taken away: the socket goes with it.
+        return bool(await database_sync_to_async(_may_watch_jobs)(user))
 
     async def deliver(self, message: dict[str, Any]) -> None:
         """A message of the user's group, from the hub: only session messages matter here."""

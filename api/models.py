@@ -26,8 +26,12 @@ PRODUCER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$"
 
 
 def default_producer(name: str) -> str:
-    """The producer a key named `name` speaks for unless told: the name as a slug."""
-    return slugify(name)[:64].strip("-_") or "producer"
+    """The producer a key named `name` speaks for unless told: the name as a slug.
+
+    Never the site's own "app" by accident: sharing it is chosen by name.
+    """
+    slug = slugify(name)[:64].strip("-_") or "producer"
+    return "app-key" if slug == "app" else slug
 
 
 def default_scopes() -> list[str]:

@@ -69,15 +69,18 @@ def env_networks(name: str) -> list[str]:
     """
     raw = os.environ.get(name, "")
     items = [item.strip() for item in raw.split(",") if item.strip()]
+    networks = []
     for item in items:
         try:
-            ipaddress.ip_network(item, strict=False)
+            # Written as the proxy middleware compares them: 10.0.0.1/8 is 10.0.0.0/8.
+            network = ipaddress.ip_network(item, strict=False)
         except ValueError:
             raise ImproperlyConfigured(
                 f"{name}: {item!r} is not an IP address or network (like 10.0.0.0/8); "
                 "trusting every address is not offered: name the proxies."
             ) from None
-    return items
+        networks.append(item if "/" not in item else str(network))
+    return networks
 
 
 def env_ints(name: str, default: tuple[int, ...], *, minimum: int = 0) -> tuple[int, ...]:

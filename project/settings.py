@@ -60,8 +60,12 @@ TRUSTED_PROXIES = env_networks("TRUSTED_PROXIES")
 # X-Forwarded-Proto (and strips it from clients); everything defaults to on
 # outside DEBUG and can be turned off for plain-HTTP setups such as the test
 # topology on loopback.
+# With TRUSTED_PROXIES set, the proxy middleware already takes the scheme from
+# X-Forwarded-Proto, from those proxies only, so Django does not read it.
 SECURE_PROXY_SSL_HEADER = (
-    ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("TRUST_X_FORWARDED_PROTO", not DEBUG) else None
+    ("HTTP_X_FORWARDED_PROTO", "https")
+    if env_bool("TRUST_X_FORWARDED_PROTO", not DEBUG) and not TRUSTED_PROXIES
+    else None
 )
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
 # Load balancers probe over plain HTTP inside the network; a redirect is not an answer.
@@ -378,7 +382,11 @@ AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minim
 AXES_LOCKOUT_PARAMETERS = "accounts.lockout.lockout_parameters"
 AXES_LOCKOUT_CALLABLE = "accounts.lockout.locked_out"
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
-AXES_RESET_ON_SUCCESS = True
+# Not axes' own reset: it would clear every failure from the address, for
+# every account, whenever anyone logged in there (a guesser's own account
+# would wipe the count). accounts.lockout clears only this account's
+# failures from this address.
+AXES_RESET_ON_SUCCESS = False
 # The address comes from REMOTE_ADDR alone: TRUSTED_PROXIES has already made
 # it the client's (project/asgi.py).
 AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
@@ -421,6 +429,8 @@ ACCOLADE_API_RATE_LIMIT = env_rate("ACCOLADE_API_RATE_LIMIT", "1200/60")
 # Requests refused for their key (missing, unknown or revoked) one client
 # address may send in a window; past it they get 429 instead of 401.
 ACCOLADE_API_REFUSED_KEY_LIMIT = env_rate("ACCOLADE_API_REFUSED_KEY_LIMIT", "30/60")
+# Django's database sessions, plus telling a deleted session's sockets to go.
+SESSION_ENGINE = "achievements.session_store"
 # Sockets. Each re-reads its session this often, besides closing at once when
 # the session is ended by a log-out, a deletion or a change to the user
 # (achievements.socket_sessions). A web process holds at most so many sockets

@@ -116,6 +116,9 @@ def test_trusted_proxies_are_none_unless_named(monkeypatch):
     assert env.env_networks("TRUSTED_PROXIES") == []
     monkeypatch.setenv("TRUSTED_PROXIES", " 127.0.0.1, 10.0.0.0/8 ,::1")
     assert env.env_networks("TRUSTED_PROXIES") == ["127.0.0.1", "10.0.0.0/8", "::1"]
+    # Host bits are dropped, as the proxy middleware would otherwise never match it.
+    monkeypatch.setenv("TRUSTED_PROXIES", "10.0.0.1/8")
+    assert env.env_networks("TRUSTED_PROXIES") == ["10.0.0.0/8"]
 
 
 def test_production_settings_pass_the_deploy_checks():
@@ -199,3 +202,24 @@ def test_pages_carry_a_content_security_policy_allowing_only_our_scripts(client,
     assert "script-src 'self'" in policy
     assert "unsafe-inline" not in policy.split("script-src")[1].split(";")[0]
     assert "frame-ancestors 'none'" in policy
+
+
+def test_with_trusted_proxies_django_does_not_read_x_forwarded_proto_itself():
+    code = "from django.conf import settings; print(settings.SECURE_PROXY_SSL_HEADER)"
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DEBUG", "DJANGO_SETTINGS", "TRUSTED_PROXIES"))
+    }
+    base.update(SECRET_KEY="k" * 50, DJANGO_SETTINGS_MODULE="project.settings")
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", "import django; django.setup(); " + code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**base, **extra},
+        ).stdout.strip()
+        for extra in ({}, {"TRUSTED_PROXIES": "127.0.0.1"})
+    ]
+    assert outputs == ["('HTTP_X_FORWARDED_PROTO', 'https')", "None"]

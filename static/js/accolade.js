@@ -59,11 +59,13 @@
     // The ws extension retries only after abnormal closes (1006, 1011-1013).
     // A clean close, as when the server restarts for a deploy, would leave the
     // page silently offline, so reconnect by re-initialising the element.
-    if (code === 1000 || code === 1001 || code === 4429) {
+    // 4000: the session changed under the socket (a new key, a check that
+    // failed); reconnecting with the cookie the browser has now tells.
+    if (code === 1000 || code === 1001 || code === 4000 || code === 4429) {
       var element = event.detail.elt || document.getElementById("live");
       // Back off (1 s, 2 s, 4 s ... up to a minute, with jitter) so a server
       // that keeps closing is not hammered.
-      var delay = Math.min(60000, 1000 * Math.pow(2, cleanCloseRetries++));
+      var delay = code === 4000 ? 200 : Math.min(60000, 1000 * Math.pow(2, cleanCloseRetries++));
       window.setTimeout(function () {
         if (!document.body.contains(element)) return;
         var fresh = element.cloneNode(true);

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from axes.models import AccessAttempt
+from django.core import signing
 from django.test import Client
 
 from accounts.lockout import KNOWN_BROWSER_COOKIE
@@ -60,7 +61,9 @@ def test_one_address_is_locked_whatever_accounts_it_tries(owner, second_user):
     assert log_in(client_at("192.0.2.3"), "second", PASSWORD).status_code == 302
 
 
-def test_forwarding_headers_do_not_change_the_address_counted(owner):
+def test_axes_counts_the_connections_address_not_a_forwarding_header(owner):
+    """What axes reads; the proxy headers themselves are tested against Daphne
+    (tests/integration/test_security_live.py) and project.asgi (tests/test_asgi.py)."""
     client = client_at("192.0.2.4")
     for n in range(LIMIT):
         log_in(client, f"nobody-{n}", "wrong", HTTP_X_FORWARDED_FOR=f"10.9.{n}.1, 127.0.0.1")
@@ -88,12 +91,43 @@ def test_a_known_browser_still_has_its_own_limit(owner):
     assert log_in(own, "owner", PASSWORD).status_code == 429
 
 
-def test_a_forged_known_browser_cookie_counts_for_nothing(owner):
+@pytest.mark.parametrize(
+    "forged",
+    [
+        "owner",
+        signing.dumps([["owner", "0" * 24]], salt="accounts.lockout.known-browser"),
+        signing.dumps([["owner", "x"]], salt="another-salt"),
+    ],
+    ids=["unsigned", "wrong-tag", "wrong-salt"],
+)
+def test_a_forged_known_browser_cookie_counts_for_nothing(owner, forged):
     for n in range(LIMIT):
         log_in(client_at(f"198.51.100.{n + 1}"), "owner", "wrong")
     forger = client_at("192.0.2.7")
-    forger.cookies[KNOWN_BROWSER_COOKIE] = "owner"
+    forger.cookies[KNOWN_BROWSER_COOKIE] = forged
     assert log_in(forger, "owner", PASSWORD).status_code == 429
+
+
+def test_a_password_change_makes_known_browser_cookies_count_for_nothing(owner):
+    own = client_at("192.0.2.11")
+    log_in(own, "owner", PASSWORD)
+    own.post("/accounts/logout/")
+    owner.set_password("a different passphrase 7")
+    owner.save()
+    for n in range(LIMIT):
+        log_in(client_at(f"198.51.100.{n + 1}"), "owner", "wrong")
+    assert log_in(own, "owner", "a different passphrase 7").status_code == 429
+
+
+def test_logging_in_to_ones_own_account_does_not_wipe_a_guessers_count(owner, second_user):
+    """With axes' own reset, a success cleared every failure from the address."""
+    guesser = client_at("192.0.2.12")
+    for _ in range(3):
+        fail(guesser, "owner", LIMIT - 1)
+        log_in(guesser, "second", PASSWORD)  # the guesser's own account
+        guesser.post("/accounts/logout/")
+        guesser.cookies.pop(KNOWN_BROWSER_COOKIE, None)
+    assert log_in(client_at("192.0.2.13"), "owner", PASSWORD).status_code == 429
 
 
 def test_a_lock_out_ends_after_the_cool_off_and_refused_attempts_do_not_extend_it(owner):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
+from importlib import import_module
 
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.contrib.sessions.models import Session
+from django.db import transaction
 from django.test import Client
 from django.utils import timezone
 
@@ -75,12 +80,44 @@ async def test_logging_out_closes_that_sessions_sockets_and_no_others():
     await other.disconnect()
 
 
-async def test_deleting_the_session_closes_its_sockets():
+async def test_deleting_the_session_has_its_sockets_reconnect_and_be_refused():
     _, cookie = await _browser()
     socket = await _open(cookie)
     key = cookie.decode().split("=", 1)[1]
-    await database_sync_to_async(lambda: Session.objects.get(session_key=key).delete())()
-    assert await _closed_with(socket, 4401)
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    await database_sync_to_async(lambda: store().delete(key))()
+    assert await _closed_with(socket, 4000)
+    again = await _open(cookie)  # what the page does on 4000
+    assert await _closed_with(again, 4401)
+
+
+async def test_a_password_change_on_this_browser_keeps_it_signed_in_through_a_reconnect():
+    """Django cycles the session key; the old socket reconnects with the new cookie."""
+    browser, cookie = await _browser()
+    socket = await _open(cookie)
+
+    @database_sync_to_async
+    def change_password() -> bytes:
+        from django.contrib.auth import update_session_auth_hash
+        from django.test import RequestFactory
+
+        user = get_user_model().objects.get(username="owner")
+        user.set_password("a brand new passphrase")
+        user.save()
+        request = RequestFactory().get("/")
+        request.session = import_module(settings.SESSION_ENGINE).SessionStore(
+            cookie.decode().split("=", 1)[1]
+        )
+        request.user = user
+        update_session_auth_hash(request, user)
+        request.session.save()  # as SessionMiddleware does with the response
+        return f"sessionid={request.session.session_key}".encode()
+
+    new_cookie = await change_password()
+    assert await _closed_with(socket, 4000)
+    again = await _open(new_cookie)
+    assert await _still_open(again)
+    await again.disconnect()
 
 
 @pytest.mark.parametrize("change", ["password", "deactivate", "delete"])
@@ -101,7 +138,33 @@ async def test_a_change_to_the_user_that_ends_sessions_closes_their_sockets(chan
 
     socket = await _open(cookie)
     await apply()
-    assert await _closed_with(socket, 4401)
+    assert await _closed_with(socket, 4000)
+    again = await _open(cookie)  # the page reconnects, and is told it is signed out
+    assert await _closed_with(again, 4401)
+
+
+async def test_a_change_inside_a_transaction_is_checked_once_it_commits_and_not_if_rolled_back():
+    """The admin saves in a transaction: a check must not read the user as it was."""
+    _, cookie = await _browser()
+    socket = await _open(cookie)
+
+    @database_sync_to_async
+    def deactivate(commit: bool) -> None:
+        try:
+            with transaction.atomic():
+                user = get_user_model().objects.get(username="owner")
+                user.is_active = False
+                user.save()
+                time.sleep(0.5)  # a check run now would still see the user active
+                if not commit:
+                    raise RuntimeError("rolled back")
+        except RuntimeError:
+            pass
+
+    await deactivate(commit=False)
+    assert await _still_open(socket)
+    await deactivate(commit=True)
+    assert await _closed_with(socket, 4000)
 
 
 async def test_a_change_that_does_not_end_the_session_leaves_the_socket_open():
@@ -129,7 +192,7 @@ async def test_a_session_that_lapses_unseen_is_found_by_the_periodic_check(setti
     await database_sync_to_async(Session.objects.filter(session_key=key).update)(
         expire_date=timezone.now() - timedelta(seconds=1)
     )
-    assert await _closed_with(socket, 4401, timeout=3)
+    assert await _closed_with(socket, 4000, timeout=3)
 
 
 async def test_a_staff_job_socket_closes_when_its_session_ends():
@@ -139,6 +202,23 @@ async def test_a_staff_job_socket_closes_when_its_session_ends():
     await socket.receive_from(timeout=2)  # the job's stored state
     await database_sync_to_async(browser.post)("/accounts/logout/")
     assert await _closed_with(socket, 4401)
+
+
+async def test_a_staff_job_socket_closes_when_its_user_may_no_longer_watch_jobs():
+    _, cookie = await _browser("boss", staff=True)
+    job = await database_sync_to_async(Reevaluation.objects.create)()
+    socket = await _open(cookie, path=f"/ws/staff/reevaluations/{job.pk}/")
+    await socket.receive_from(timeout=2)
+
+    @database_sync_to_async
+    def demote() -> None:
+        get_user_model().objects.filter(username="boss").update(is_superuser=False)
+        user = get_user_model().objects.get(username="boss")
+        group = Group.objects.create(name="watchers")
+        user.groups.add(group)  # a membership change: the socket checks, and is refused
+
+    await demote()
+    assert await _closed_with(socket, 4000)
 
 
 async def test_one_session_holds_only_so_many_sockets(settings):

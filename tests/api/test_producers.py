@@ -112,6 +112,11 @@ def test_create_api_key_takes_a_producer_and_scopes(db, capsys):
     assert "producer 'billing-service'" in capsys.readouterr().err
 
 
+def test_a_key_shares_the_sites_own_producer_only_when_told(db):
+    assert ApiKey.issue("App")[0].producer == "app-key"
+    assert ApiKey.issue("site", producer="app")[0].producer == "app"
+
+
 def test_create_api_key_names_a_bad_producer_and_creates_nothing(db):
     with pytest.raises(CommandError, match="--producer: Use 1-64 letters"):
         call_command("create_api_key", "x", "--producer", "has space")

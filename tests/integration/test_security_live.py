@@ -154,6 +154,11 @@ def test_a_password_change_closes_the_users_other_sockets(site, no_attempts):
                 "u = get_user_model().objects.get(username='bob')\n"
                 "u.set_password('another-passphrase-1'); u.save()\n",
             )
+            # Reconnect, and be told: this session no longer signs anyone in.
+            assert await _close_code(ws, timeout=3) == 4000
+        async with websockets.connect(
+            _socket_url(site.base_url), additional_headers=headers
+        ) as ws:
             assert await _close_code(ws, timeout=3) == 4401
 
     try:
