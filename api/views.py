@@ -30,7 +30,8 @@ from achievements.events import (
 from achievements.models import Event, ExternalIdentity, Unlock
 from achievements.rules import event_type_problem
 from api.auth import authenticate, rate_limit
-from api.schema import openapi_schema
+from api.schema import ID_MAX_LENGTH, openapi_schema
+from project.inputs import json_depth_problem, text_problem
 
 EVENT_FIELDS = {"event_id", "event_type", "user_id", "occurred_at", "source", "payload"}
 REQUIRED_FIELDS = ("event_id", "event_type", "user_id", "occurred_at")
@@ -42,6 +43,13 @@ def error(status: int, field: str, problem: str, **headers: str) -> JsonResponse
     for name, value in headers.items():
         response[name.replace("_", "-")] = value
     return response
+
+
+def _path_problem(name: str, value: str) -> JsonResponse | None:
+    """A 400 for an id in the path no event or user can have and the database
+    cannot look up (PostgreSQL refuses text with a NUL character)."""
+    problem = text_problem(value, max_length=ID_MAX_LENGTH)
+    return error(400, name, problem) if problem else None
 
 
 def _guard(request: HttpRequest) -> JsonResponse | None:
@@ -99,12 +107,13 @@ def events(request: HttpRequest) -> JsonResponse:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         return error(400, "body", f"is not valid UTF-8 (byte {exc.start})")
+    problem = json_depth_problem(text)
+    if problem:
+        return error(400, "body", problem)
     try:
         document = json.loads(text, parse_constant=_refuse_constant)
     except ValueError as exc:
         return error(400, "body", f"is not valid JSON: {exc}")
-    except RecursionError:
-        return error(400, "body", "is nested too deeply")
 
     if isinstance(document, dict) and "events" in document:
         extra = sorted(set(document) - {"events"})
@@ -265,7 +274,7 @@ def _json_type(value: Any) -> str:
 
 @require_GET
 def event_status(request: HttpRequest, event_id: str) -> JsonResponse:
-    refused = _guard(request)
+    refused = _guard(request) or _path_problem("event_id", event_id)
     if refused:
         return refused
     event = Event.objects.filter(event_id=event_id).first()
@@ -309,7 +318,7 @@ def event_status(request: HttpRequest, event_id: str) -> JsonResponse:
 
 @require_GET
 def user_badges(request: HttpRequest, user_id: str) -> JsonResponse:
-    refused = _guard(request)
+    refused = _guard(request) or _path_problem("user_id", user_id)
     if refused:
         return refused
     identity = ExternalIdentity.objects.filter(external_id=user_id).first()
