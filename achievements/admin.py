@@ -5,6 +5,8 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.forms.models import BaseInlineFormSet
@@ -35,6 +37,25 @@ from achievements.versions import record_version
 
 # What the preview page lets staff edit: the badge's rule, in rule-file form.
 PREVIEW_FIELDS = ("tiers", "repeat", "requirements")
+
+
+class DrillDownChangeList(ChangeList):
+    """Django's changelist, taking a date drill-down past Python's calendar
+    (?received_at__year=9999, or a number too big for a C long) as the bad
+    filter value it is instead of failing with a 500 (Django ticket #37357)."""
+
+    def get_filters(self, request: HttpRequest) -> Any:
+        try:
+            return super().get_filters(request)
+        except (OverflowError, ValueError) as exc:
+            raise IncorrectLookupParameters(exc) from exc
+
+
+class DateHierarchyAdmin(admin.ModelAdmin):
+    """A ModelAdmin with a date_hierarchy, whose drill-down refuses dates past the calendar."""
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return DrillDownChangeList
 
 
 class ReevaluationForm(forms.Form):
@@ -304,7 +325,7 @@ class BadgeAdmin(admin.ModelAdmin):
 
 
 @admin.register(UserBadge)
-class UserBadgeAdmin(admin.ModelAdmin):
+class UserBadgeAdmin(DateHierarchyAdmin):
     list_display = ["user", "badge", "progress", "tier_held", "completed_at", "last_evaluated_at"]
     list_filter = ["badge", ("completed_at", admin.EmptyFieldListFilter)]
     list_select_related = ["user", "badge"]
@@ -371,7 +392,7 @@ class EventStatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
+class EventAdmin(DateHierarchyAdmin):
     """The event log, browsable but never editable: events are facts.
 
     Dead-lettered events (filter "status: dead-lettered") show their error and
@@ -448,7 +469,7 @@ class EventAdmin(admin.ModelAdmin):
 
 
 @admin.register(Unlock)
-class UnlockAdmin(admin.ModelAdmin):
+class UnlockAdmin(DateHierarchyAdmin):
     list_display = [
         "user",
         "badge",

@@ -237,3 +237,25 @@ def test_the_preview_needs_change_permission(client, owner):
     badge = make_places_badge(threshold=3)
     client.force_login(owner)
     assert client.get(f"/admin/achievements/badge/{badge.pk}/preview/").status_code == 302
+
+
+@pytest.mark.parametrize(
+    "changelist", ["event/?received_at", "userbadge/?completed_at", "unlock/?unlocked_at"]
+)
+@pytest.mark.parametrize(
+    "drill_down",
+    [
+        "__year=9999",
+        "__year=99999999999999999999",
+        "__year=2026&{field}__month=99999999999999999999",
+        "__year=2026&{field}__month=12&{field}__day=99999999999999999999",
+    ],
+)
+def test_a_date_drill_down_past_the_calendar_is_a_bad_filter_not_a_500(
+    admin_client, changelist, drill_down
+):
+    field = changelist.split("?")[1]
+    url = f"/admin/achievements/{changelist}{drill_down.format(field=field)}"
+    response = admin_client.get(url)
+    assert response.status_code == 302
+    assert response["Location"].endswith("?e=1")  # how the admin answers any bad filter
