@@ -34,6 +34,7 @@ from achievements.models import (
 from achievements.preview import preview_requirements
 from achievements.progress import find_cycle
 from achievements.versions import record_version
+from project.inputs import json_depth_problem
 
 # What the preview page lets staff edit: the badge's rule, in rule-file form.
 PREVIEW_FIELDS = ("tiers", "repeat", "requirements")
@@ -289,11 +290,15 @@ class BadgeAdmin(admin.ModelAdmin):
         context: dict[str, Any] = {"problems": [], "preview": None}
         if request.method == "POST":
             text = request.POST.get("rule", "")
-            try:
-                edited = json.loads(text)
-            except ValueError as exc:
-                context["problems"] = [f"rule: not valid JSON: {exc}"]
-                edited = None
+            edited = None
+            problem = json_depth_problem(text)
+            if problem:
+                context["problems"] = [f"rule: {problem}"]
+            else:
+                try:
+                    edited = json.loads(text)
+                except ValueError as exc:
+                    context["problems"] = [f"rule: not valid JSON: {exc}"]
             if edited is not None and (
                 not isinstance(edited, dict) or not set(edited) <= set(PREVIEW_FIELDS)
             ):

@@ -18,6 +18,7 @@ from achievements import hub, presence, realtime
 from achievements.cards import cards_for_user, unseen_unlocks
 from achievements.frames import render_frame
 from achievements.models import Unlock
+from project.inputs import json_depth_problem
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +158,8 @@ class LiveConsumer(PushConsumer):
             self._window_started, self._messages_in_window = now, 0
         self._messages_in_window += 1
         if self._messages_in_window > MAX_MESSAGES_PER_MINUTE:
+            return
+        if json_depth_problem(text_data):  # within 2000 characters, past the recursion limit
             return
         try:
             message = json.loads(text_data)

@@ -259,3 +259,52 @@ def test_a_date_drill_down_past_the_calendar_is_a_bad_filter_not_a_500(
     response = admin_client.get(url)
     assert response.status_code == 302
     assert response["Location"].endswith("?e=1")  # how the admin answers any bad filter
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [
+        (DEEP, "rule: is nested too deeply (more than 32 levels)"),
+        ('{"requirements": ' + DEEP + "}", "rule: is nested too deeply (more than 32 levels)"),
+        (
+            '{"requirements": [{"event_type": "visit.created", "threshold": 1, '
+            '"label": "a\\u0000b"}]}',
+            "badges[0].requirements[0].label: must not contain NUL characters",
+        ),
+        (
+            '{"requirements": [{"event_type": "visit.created", "threshold": 1, '
+            '"label": "\\ud800"}]}',
+            "badges[0].requirements[0].label: must not contain unpaired surrogates",
+        ),
+        (
+            '{"requirements": [{"event_type": "visit.created", "threshold": 1, "filters": '
+            '{"all": [{"field": "x", "op": "==", "value": "\\u0000"}]}}]}',
+            "badges[0].requirements[0].filters.all[0].value: must not contain NUL characters",
+        ),
+        (
+            '{"tiers": [{"name": "Bronze\\u0000", "threshold": 1}], '
+            '"requirements": [{"event_type": "visit.created", "threshold": 1}]}',
+            "badges[0].tiers[0].name: must not contain NUL characters",
+        ),
+        (
+            '{"requirements": [{"event_type": "visit.created", "threshold": 1, "filters": '
+            '{"all": [{"field": "x", "op": "==", "value": 1e999}]}}]}',
+            "badges[0].requirements[0].filters.all[0].value: must be a finite number",
+        ),
+    ],
+)
+@pytest.mark.parametrize("button", ["_preview", "_apply"])
+def test_a_previewed_rule_nested_too_deeply_or_unstorable_is_named_and_nothing_saved(
+    admin_client, rule, problem, button
+):
+    badge = make_places_badge(threshold=3)
+    before = list(BadgeRequirement.objects.values())
+    response = admin_client.post(
+        f"/admin/achievements/badge/{badge.pk}/preview/", {"rule": rule, button: "1"}
+    )
+    assert response.status_code == 200
+    assert problem in response.context["problems"][0]
+    assert list(BadgeRequirement.objects.values()) == before
