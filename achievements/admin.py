@@ -34,6 +34,7 @@ from achievements.models import (
 from achievements.preview import preview_requirements
 from achievements.progress import find_cycle
 from achievements.versions import record_version
+from project.forms import STORABLE_JSON
 from project.inputs import json_depth_problem
 
 # What the preview page lets staff edit: the badge's rule, in rule-file form.
@@ -151,6 +152,7 @@ class BadgeRequirementInline(admin.TabularInline):
     model = BadgeRequirement
     form = BadgeRequirementForm
     formset = BadgeRequirementFormSet
+    formfield_overrides = STORABLE_JSON
     extra = 0
     min_num = 1
     # The same fields, in the same order, as a requirement in a rule file.
@@ -167,6 +169,7 @@ class BadgeAdmin(admin.ModelAdmin):
     readonly_fields = ["preview_link", "version_link"]
     inlines = [BadgeRequirementInline]
     actions = ["reevaluate"]
+    formfield_overrides = STORABLE_JSON
     object_history_template = "admin/achievements/badge/object_history.html"
 
     def get_queryset(self, request: HttpRequest):
@@ -525,6 +528,7 @@ class EventTypeAdmin(admin.ModelAdmin):
 
     list_display = ["name", "description"]
     search_fields = ["name", "description"]
+    formfield_overrides = STORABLE_JSON
 
 
 class ExternalIdentityForm(forms.ModelForm):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.utils.html import escape
 
 from achievements.events import record_event
 from achievements.models import Badge, BadgeRequirement, Event
@@ -308,3 +309,62 @@ def test_a_previewed_rule_nested_too_deeply_or_unstorable_is_named_and_nothing_s
     assert response.status_code == 200
     assert problem in response.context["problems"][0]
     assert list(BadgeRequirement.objects.values()) == before
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("tiers", DEEP, "This JSON is nested too deeply (more than 32 levels)."),
+        ("requirements-0-filters", DEEP, "This JSON is nested too deeply (more than 32 levels)."),
+        ("requirements-0-steps", DEEP, "This JSON is nested too deeply (more than 32 levels)."),
+        (
+            "tiers",
+            '[{"name": "Bronze\\u0000", "threshold": 3}]',
+            "[0].name: must not contain NUL characters.",
+        ),
+        (
+            "tiers",
+            '[{"name": "\\ud800", "threshold": 3}]',
+            "[0].name: must not contain unpaired surrogates",
+        ),
+        (
+            "requirements-0-filters",
+            '{"all": [{"field": "x", "op": "==", "value": "\\u0000"}]}',
+            "all[0].value: must not contain NUL characters.",
+        ),
+        (
+            "requirements-0-filters",
+            '{"all": [{"field": "x", "op": "==", "value": "\\udfff"}]}',
+            "all[0].value: must not contain unpaired surrogates",
+        ),
+        (
+            "requirements-0-filters",
+            '{"all": [{"field": "x", "op": "==", "value": 1e999}]}',
+            "all[0].value: must be a finite number.",
+        ),
+        ("requirements-0-steps", '["a.done", "b.done\\u0000"]', "[1]: must not contain NUL"),
+    ],
+)
+def test_a_json_field_nested_too_deeply_or_unstorable_is_refused_and_shown_as_typed(
+    admin_client, field, value, message
+):
+    response = admin_client.post(
+        "/admin/achievements/badge/add/", {**_inline_post(), field: value}
+    )
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert message in body
+    assert f"{escape(value)}</textarea>" in body  # as typed
+    assert not Badge.objects.exists()
+
+
+@pytest.mark.parametrize("fields", [DEEP, '{"\\ud800": "number"}'])
+def test_an_event_types_fields_are_checked_the_same_way(admin_client, fields):
+    from achievements.models import EventType
+
+    response = admin_client.post(
+        "/admin/achievements/eventtype/add/", {"name": "a.b", "fields": fields}
+    )
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["fields"]
+    assert not EventType.objects.exists()
