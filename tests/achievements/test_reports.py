@@ -80,6 +80,43 @@ def test_every_table_downloads_as_csv_with_formulas_defused(analyst, history):
 
 
 @pytest.mark.parametrize(
+    "name",
+    [
+        "=1+2",
+        "+1+2",
+        "-1+2",
+        "@SUM(A1:A9)",
+        "\t=1+2",
+        "\r=1+2",
+        "\n=1+2",
+        "\tplain",
+        "\rplain",
+        "\nplain",
+        " =1+2",
+        "  +1+2",
+        " -1+2",
+        " @SUM(A1:A9)",
+        "\u00a0=1+2",
+        " \t\r\n=cmd|' /C calc'!A0",
+    ],
+)
+def test_a_cell_a_spreadsheet_would_run_as_a_formula_starts_with_a_quote(analyst, db, name):
+    make_badge(key="b", name=name, requirements=[])
+    response = analyst.get("/admin/reports/?export=rarity")
+    [header, row] = list(csv.reader(io.StringIO(response.content.decode(), newline="")))
+    assert row[header.index("badge")] == "'" + name
+    assert row[header.index("percent")] == "0.0"  # numbers stay numbers
+
+
+@pytest.mark.parametrize("name", ["-5", "+5", "1e3", "Regular -1", "a=b", "plain"])
+def test_numbers_and_plain_text_are_exported_as_they_are(analyst, db, name):
+    make_badge(key="b", name=name, requirements=[])
+    response = analyst.get("/admin/reports/?export=rarity")
+    [header, row] = list(csv.reader(io.StringIO(response.content.decode(), newline="")))
+    assert row[header.index("badge")] == name
+
+
+@pytest.mark.parametrize(
     ("query", "message"),
     [
         ("start=2026-13-01", "start: &#x27;2026-13-01&#x27; is not a date; use YYYY-MM-DD."),
