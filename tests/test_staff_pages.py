@@ -23,6 +23,7 @@ from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import transaction
+from django.forms import JSONField
 from django.test import Client, RequestFactory
 from django.urls import URLPattern, URLResolver, get_resolver
 
@@ -33,6 +34,7 @@ from achievements.models import Badge, DedupRule, Event, Reevaluation
 from achievements.report_views import EXPORTS
 from api.models import ApiKey
 from examples.places.models import Place, Visit
+from project.forms import StorableJSONField
 
 PROJECT_APPS = {"achievements", "accounts", "api", "places"}
 # Values no page should choke on: NUL characters (PostgreSQL refuses them in
@@ -258,3 +260,37 @@ def _own_parameters(model_admin: admin.ModelAdmin | None, path: str) -> list[str
 
 def _join(base: str, query: str) -> str:
     return f"{base}&{query}" if base else query
+
+
+def test_every_json_field_of_a_staff_form_refuses_what_would_fail_later(superuser_client):
+    """Checked on the forms rather than walked: a new admin's JSON field without
+    the shared form field would take a RecursionError or an unstorable value."""
+    request = RequestFactory().get("/")
+    request.user = get_user_model().objects.get(username="root")
+    checked = []
+    for model, model_admin in admin.site._registry.items():
+        if model._meta.app_label not in PROJECT_APPS or not _serves_a_form(model_admin, request):
+            continue
+        forms = [(model, model_admin.get_form(request).base_fields)]
+        forms += [
+            (inline.model, inline.get_formset(request).form.base_fields)
+            for inline in model_admin.get_inline_instances(request)
+        ]
+        for form_model, fields in forms:
+            for name, field in fields.items():
+                if isinstance(field, JSONField):
+                    checked.append(f"{form_model._meta.label}.{name}")
+                    assert isinstance(field, StorableJSONField), checked[-1]
+    assert set(checked) == {
+        "achievements.Badge.tiers",
+        "achievements.BadgeRequirement.filters",
+        "achievements.BadgeRequirement.steps",
+        "achievements.EventType.fields",
+        "accounts.Profile.attributes",
+    }
+
+
+def _serves_a_form(model_admin: admin.ModelAdmin, request: Any) -> bool:
+    """Whether the admin shows its model form: the re-evaluations' own page replaces it."""
+    replaced = type(model_admin).change_view is not admin.ModelAdmin.change_view
+    return model_admin.has_add_permission(request) or not replaced
