@@ -15,8 +15,8 @@ from datetime import date, datetime
 from itertools import accumulate
 from typing import Any
 
-# No event can be older (the API refuses them) and a report or a job may
-# reach well into the future; both leave room for the day arithmetic around
+# No event can be older (the API refuses them) and a report may reach
+# well into the future; both ends leave room for the day arithmetic around
 # a range (a week's start, the day after its end) within Python's calendar.
 EARLIEST_DATE = date(2000, 1, 1)
 LATEST_DATE = date(2999, 12, 31)
