@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from accounts.models import Profile
+from project.forms import STORABLE_JSON
 
 
 @admin.register(Profile)
@@ -11,3 +12,4 @@ class ProfileAdmin(admin.ModelAdmin):
     list_select_related = ["user"]
     search_fields = ["user__username", "time_zone"]
     raw_id_fields = ["user"]
+    formfield_overrides = STORABLE_JSON

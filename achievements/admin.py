@@ -5,6 +5,8 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.forms.models import BaseInlineFormSet
@@ -32,9 +34,30 @@ from achievements.models import (
 from achievements.preview import preview_requirements
 from achievements.progress import find_cycle
 from achievements.versions import record_version
+from project.forms import STORABLE_JSON
+from project.inputs import json_depth_problem
 
 # What the preview page lets staff edit: the badge's rule, in rule-file form.
 PREVIEW_FIELDS = ("tiers", "repeat", "requirements")
+
+
+class DrillDownChangeList(ChangeList):
+    """Django's changelist, taking a date drill-down past Python's calendar
+    (?received_at__year=9999, or a number too big for a C long) as the bad
+    filter value it is instead of failing with a 500 (Django ticket #37357)."""
+
+    def get_filters(self, request: HttpRequest) -> Any:
+        try:
+            return super().get_filters(request)
+        except (OverflowError, ValueError) as exc:
+            raise IncorrectLookupParameters(exc) from exc
+
+
+class DateHierarchyAdmin(admin.ModelAdmin):
+    """A ModelAdmin with a date_hierarchy, whose drill-down refuses dates past the calendar."""
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return DrillDownChangeList
 
 
 class ReevaluationForm(forms.Form):
@@ -129,6 +152,7 @@ class BadgeRequirementInline(admin.TabularInline):
     model = BadgeRequirement
     form = BadgeRequirementForm
     formset = BadgeRequirementFormSet
+    formfield_overrides = STORABLE_JSON
     extra = 0
     min_num = 1
     # The same fields, in the same order, as a requirement in a rule file.
@@ -145,6 +169,7 @@ class BadgeAdmin(admin.ModelAdmin):
     readonly_fields = ["preview_link", "version_link"]
     inlines = [BadgeRequirementInline]
     actions = ["reevaluate"]
+    formfield_overrides = STORABLE_JSON
     object_history_template = "admin/achievements/badge/object_history.html"
 
     def get_queryset(self, request: HttpRequest):
@@ -268,11 +293,15 @@ class BadgeAdmin(admin.ModelAdmin):
         context: dict[str, Any] = {"problems": [], "preview": None}
         if request.method == "POST":
             text = request.POST.get("rule", "")
-            try:
-                edited = json.loads(text)
-            except ValueError as exc:
-                context["problems"] = [f"rule: not valid JSON: {exc}"]
-                edited = None
+            edited = None
+            problem = json_depth_problem(text)
+            if problem:
+                context["problems"] = [f"rule: {problem}"]
+            else:
+                try:
+                    edited = json.loads(text)
+                except ValueError as exc:
+                    context["problems"] = [f"rule: not valid JSON: {exc}"]
             if edited is not None and (
                 not isinstance(edited, dict) or not set(edited) <= set(PREVIEW_FIELDS)
             ):
@@ -304,7 +333,7 @@ class BadgeAdmin(admin.ModelAdmin):
 
 
 @admin.register(UserBadge)
-class UserBadgeAdmin(admin.ModelAdmin):
+class UserBadgeAdmin(DateHierarchyAdmin):
     list_display = ["user", "badge", "progress", "tier_held", "completed_at", "last_evaluated_at"]
     list_filter = ["badge", ("completed_at", admin.EmptyFieldListFilter)]
     list_select_related = ["user", "badge"]
@@ -371,7 +400,7 @@ class EventStatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
+class EventAdmin(DateHierarchyAdmin):
     """The event log, browsable but never editable: events are facts.
 
     Dead-lettered events (filter "status: dead-lettered") show their error and
@@ -450,7 +479,7 @@ class EventAdmin(admin.ModelAdmin):
 
 
 @admin.register(Unlock)
-class UnlockAdmin(admin.ModelAdmin):
+class UnlockAdmin(DateHierarchyAdmin):
     list_display = [
         "user",
         "badge",
@@ -501,6 +530,7 @@ class EventTypeAdmin(admin.ModelAdmin):
 
     list_display = ["name", "description"]
     search_fields = ["name", "description"]
+    formfield_overrides = STORABLE_JSON
 
 
 class ExternalIdentityForm(forms.ModelForm):

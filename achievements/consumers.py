@@ -25,6 +25,7 @@ from achievements.socket_sessions import (
     SESSION_MESSAGES,
     SessionBoundSocket,
 )
+from project.inputs import json_depth_problem
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +174,8 @@ class LiveConsumer(PushConsumer, SessionBoundSocket):
             self._window_started, self._messages_in_window = now, 0
         self._messages_in_window += 1
         if self._messages_in_window > MAX_MESSAGES_PER_MINUTE:
+            return
+        if json_depth_problem(text_data):  # within 2000 characters, past the recursion limit
             return
         try:
             message = json.loads(text_data)

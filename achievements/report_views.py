@@ -81,12 +81,24 @@ def _csv(name: str, rows: list[dict[str, Any]], filters: reports.Filters) -> Htt
 
 
 def _cell(value: Any) -> str:
+    """The text of a CSV cell, with a leading quote if a spreadsheet would run it.
+
+    OWASP's CSV injection guidance: a cell starting with =, +, -, @, TAB or
+    CR can start a formula (LF too, in some), and so can one of the first
+    four after leading whitespace, which a spreadsheet may trim on import.
+    A number stays a number.
+    """
     text = str(value)
-    # A spreadsheet would run a cell starting with these as a formula.
-    return "'" + text if text[:1] in ("=", "+", "-", "@") and not _is_number(text) else text
+    if _is_number(text):
+        return text
+    if text.startswith(("\t", "\r", "\n")) or text.lstrip().startswith(("=", "+", "-", "@")):
+        return "'" + text
+    return text
 
 
 def _is_number(text: str) -> bool:
+    if text != text.strip():  # float() would skip the whitespace a spreadsheet may not
+        return False
     try:
         float(text)
     except ValueError:

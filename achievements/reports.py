@@ -31,9 +31,12 @@ from django.utils.safestring import SafeString
 
 from achievements import rollups
 from achievements.models import Badge, Event, Unlock, UserBadge, progress_share
+from project.inputs import date_problem, text_problem
 
 MAX_RANGE_DAYS = 366
 NEAR_MISS_LIMIT = 200
+# Longer than any date, unit or number of days the filters take.
+FILTER_MAX_LENGTH = 32
 
 
 @dataclass(frozen=True)
@@ -68,12 +71,25 @@ class Filters:
 
 
 def parse_filters(params: Any, *, today: date | None = None) -> tuple[Filters, dict[str, str]]:
-    """Filters from the query string, with a message per bad field (defaults stand in)."""
+    """Filters from the query string, with a message per bad field (defaults stand in).
+
+    Every value goes through the shared checks first: no NUL character (which
+    PostgreSQL refuses), no length past what the field can hold, and dates
+    within the range the day arithmetic below stays inside Python's calendar.
+    """
     today = today or timezone.localdate()
     errors: dict[str, str] = {}
 
+    def text(name: str, default: str, *, max_length: int | None = FILTER_MAX_LENGTH) -> str | None:
+        raw = params.get(name, default)
+        problem = text_problem(raw, max_length=max_length)
+        if problem:
+            errors[name] = problem
+            return None
+        return raw
+
     def day(name: str, default: date) -> date:
-        raw = params.get(name, "")
+        raw = text(name, "")
         if not raw:
             return default
         try:
@@ -82,6 +98,10 @@ def parse_filters(params: Any, *, today: date | None = None) -> tuple[Filters, d
             parsed = None
         if parsed is None:
             errors[name] = f"{raw!r} is not a date; use YYYY-MM-DD."
+            return default
+        problem = date_problem(parsed)
+        if problem:
+            errors[name] = problem
             return default
         return parsed
 
@@ -93,16 +113,18 @@ def parse_filters(params: Any, *, today: date | None = None) -> tuple[Filters, d
     if (end - start).days >= MAX_RANGE_DAYS:
         errors["start"] = f"Choose at most {MAX_RANGE_DAYS} days."
         start = end - timedelta(days=MAX_RANGE_DAYS - 1)
-    unit = params.get("unit", "day")
-    if unit not in ("day", "week"):
+    unit = text("unit", "day")
+    if unit is None:
+        unit = "day"
+    elif unit not in ("day", "week"):
         errors["unit"] = "Choose day or week."
         unit = "day"
-    quiet = params.get("quiet", "") or "7"
+    quiet = text("quiet", "") or "7"
     if not (quiet.isascii() and quiet.isdigit()) or not 1 <= int(quiet) <= MAX_RANGE_DAYS:
         errors["quiet"] = f"Quiet days must be a whole number from 1 to {MAX_RANGE_DAYS}."
         quiet = "7"
     badge = None
-    key = params.get("badge", "")
+    key = text("badge", "", max_length=Badge._meta.get_field("key").max_length)
     if key:
         badge = Badge.objects.filter(key=key).first()
         if badge is None:

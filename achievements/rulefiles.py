@@ -22,6 +22,7 @@ from achievements.ruleformat import (
     requirement_data,
 )
 from achievements.versions import record_versions
+from project.inputs import json_value_problem
 
 
 class RuleFileError(ValueError):
@@ -78,6 +79,12 @@ def validate(document: Any) -> list[tuple[Badge, list[BadgeRequirement]]]:
     problems: list[str] = []
     if not isinstance(document, dict):
         raise RuleFileError(["the file must hold a JSON object"])
+    # Before anything walks it or saves it: text PostgreSQL or UTF-8 cannot
+    # store, numbers JSON cannot write, nesting a walk would recurse through.
+    unstorable = json_value_problem(document)
+    if unstorable:
+        where, problem = unstorable
+        raise RuleFileError([f"{where.lstrip('.') or 'the file'}: {problem}"])
     if document.get("format") != FORMAT:
         problems.append(f"format: must be {FORMAT!r}")
     if document.get("version") != VERSION:

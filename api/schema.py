@@ -6,6 +6,9 @@ from typing import Any
 
 from django.conf import settings
 
+from project.inputs import MAX_JSON_DEPTH
+
+ID_MAX_LENGTH = 128
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
 SOURCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$"
 TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
@@ -19,6 +22,7 @@ def _error_response(description: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+BAD_ID = f"The id holds a NUL character or is longer than {ID_MAX_LENGTH} characters."
 ERRORS = {
     "401": _error_response("Missing, unknown or revoked API key."),
     "403": _error_response("The key lacks the scope this operation needs."),
@@ -152,7 +156,10 @@ def openapi_schema() -> dict[str, Any]:
                                 }
                             },
                         },
-                        "400": _error_response("The body is not UTF-8 JSON."),
+                        "400": _error_response(
+                            f"The body is not UTF-8 JSON, or nests more than {MAX_JSON_DEPTH} "
+                            "levels deep."
+                        ),
                         "413": _error_response("The body is too large."),
                         "415": _error_response("The body is not application/json."),
                         **ERRORS,
@@ -168,7 +175,7 @@ def openapi_schema() -> dict[str, Any]:
                             "name": "event_id",
                             "in": "path",
                             "required": True,
-                            "schema": {"type": "string", "maxLength": 128},
+                            "schema": {"type": "string", "maxLength": ID_MAX_LENGTH},
                         }
                     ],
                     "responses": {
@@ -180,6 +187,7 @@ def openapi_schema() -> dict[str, Any]:
                                 }
                             },
                         },
+                        "400": _error_response(BAD_ID),
                         "404": _error_response("Your producer has no event with this id."),
                         **ERRORS,
                     },
@@ -194,7 +202,7 @@ def openapi_schema() -> dict[str, Any]:
                             "name": "user_id",
                             "in": "path",
                             "required": True,
-                            "schema": {"type": "string", "maxLength": 128},
+                            "schema": {"type": "string", "maxLength": ID_MAX_LENGTH},
                         }
                     ],
                     "responses": {
@@ -206,6 +214,7 @@ def openapi_schema() -> dict[str, Any]:
                                 }
                             },
                         },
+                        "400": _error_response(BAD_ID),
                         "404": _error_response("No event or link exists for this user id."),
                         **ERRORS,
                     },

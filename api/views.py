@@ -31,7 +31,8 @@ from achievements.models import Event, ExternalIdentity, Unlock
 from achievements.rules import event_type_problem
 from api.auth import authenticate, rate_limit, refused
 from api.models import ApiKey
-from api.schema import openapi_schema
+from api.schema import ID_MAX_LENGTH, openapi_schema
+from project.inputs import json_depth_problem, text_problem
 
 EVENT_FIELDS = {"event_id", "event_type", "user_id", "occurred_at", "source", "payload"}
 REQUIRED_FIELDS = ("event_id", "event_type", "user_id", "occurred_at")
@@ -43,6 +44,13 @@ def error(status: int, field: str, problem: str, **headers: str) -> JsonResponse
     for name, value in headers.items():
         response[name.replace("_", "-")] = value
     return response
+
+
+def _path_problem(name: str, value: str) -> JsonResponse | None:
+    """A 400 for an id in the path no event or user can have and the database
+    cannot look up (PostgreSQL refuses text with a NUL character)."""
+    problem = text_problem(value, max_length=ID_MAX_LENGTH)
+    return error(400, name, problem) if problem else None
 
 
 def _guard(request: HttpRequest, scope: str) -> ApiKey | JsonResponse:
@@ -118,12 +126,13 @@ def events(request: HttpRequest) -> JsonResponse:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         return error(400, "body", f"is not valid UTF-8 (byte {exc.start})")
+    problem = json_depth_problem(text)
+    if problem:
+        return error(400, "body", problem)
     try:
         document = json.loads(text, parse_constant=_refuse_constant)
     except ValueError as exc:
         return error(400, "body", f"is not valid JSON: {exc}")
-    except RecursionError:
-        return error(400, "body", "is nested too deeply")
 
     if isinstance(document, dict) and "events" in document:
         extra = sorted(set(document) - {"events"})
@@ -288,6 +297,9 @@ def event_status(request: HttpRequest, event_id: str) -> JsonResponse:
     if isinstance(guarded, JsonResponse):
         return guarded
     api_key = guarded
+    bad_id = _path_problem("event_id", event_id)
+    if bad_id:
+        return bad_id
     # Only this key's producer's events: another's are as unknown as a made-up id.
     event = Event.objects.filter(producer=api_key.producer, event_id=event_id).first()
     if event is None:
@@ -333,6 +345,9 @@ def user_badges(request: HttpRequest, user_id: str) -> JsonResponse:
     guarded = _guard(request, "badges:read")
     if isinstance(guarded, JsonResponse):
         return guarded
+    bad_id = _path_problem("user_id", user_id)
+    if bad_id:
+        return bad_id
     identity = ExternalIdentity.objects.filter(external_id=user_id).first()
     if identity is None:
         return error(404, "user_id", "no events or link exist for this user id")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.utils.html import escape
 
 from achievements.events import record_event
 from achievements.models import Badge, BadgeRequirement, Event
@@ -237,3 +238,133 @@ def test_the_preview_needs_change_permission(client, owner):
     badge = make_places_badge(threshold=3)
     client.force_login(owner)
     assert client.get(f"/admin/achievements/badge/{badge.pk}/preview/").status_code == 302
+
+
+@pytest.mark.parametrize(
+    "changelist", ["event/?received_at", "userbadge/?completed_at", "unlock/?unlocked_at"]
+)
+@pytest.mark.parametrize(
+    "drill_down",
+    [
+        "__year=9999",
+        "__year=99999999999999999999",
+        "__year=2026&{field}__month=99999999999999999999",
+        "__year=2026&{field}__month=12&{field}__day=99999999999999999999",
+    ],
+)
+def test_a_date_drill_down_past_the_calendar_is_a_bad_filter_not_a_500(
+    admin_client, changelist, drill_down
+):
+    field = changelist.split("?")[1]
+    url = f"/admin/achievements/{changelist}{drill_down.format(field=field)}"
+    response = admin_client.get(url)
+    assert response.status_code == 302
+    assert response["Location"].endswith("?e=1")  # how the admin answers any bad filter
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [
+        (DEEP, "rule: is nested too deeply (more than 32 levels)"),
+        ('{"requirements": ' + DEEP + "}", "rule: is nested too deeply (more than 32 levels)"),
+        (
+            '{"requirements": [{"event_type": "visit.created", "threshold": 1, '
+            '"label": "a\\u0000b"}]}',
+            "badges[0].requirements[0].label: must not contain NUL characters",
+        ),
+        (
+            '{"requirements": [{"event_type": "visit.created", "threshold": 1, '
+            '"label": "\\ud800"}]}',
+            "badges[0].requirements[0].label: must not contain unpaired surrogates",
+        ),
+        (
+            '{"requirements": [{"event_type": "visit.created", "threshold": 1, "filters": '
+            '{"all": [{"field": "x", "op": "==", "value": "\\u0000"}]}}]}',
+            "badges[0].requirements[0].filters.all[0].value: must not contain NUL characters",
+        ),
+        (
+            '{"tiers": [{"name": "Bronze\\u0000", "threshold": 1}], '
+            '"requirements": [{"event_type": "visit.created", "threshold": 1}]}',
+            "badges[0].tiers[0].name: must not contain NUL characters",
+        ),
+        (
+            '{"requirements": [{"event_type": "visit.created", "threshold": 1, "filters": '
+            '{"all": [{"field": "x", "op": "==", "value": 1e999}]}}]}',
+            "badges[0].requirements[0].filters.all[0].value: must be a finite number",
+        ),
+    ],
+)
+@pytest.mark.parametrize("button", ["_preview", "_apply"])
+def test_a_previewed_rule_nested_too_deeply_or_unstorable_is_named_and_nothing_saved(
+    admin_client, rule, problem, button
+):
+    badge = make_places_badge(threshold=3)
+    before = list(BadgeRequirement.objects.values())
+    response = admin_client.post(
+        f"/admin/achievements/badge/{badge.pk}/preview/", {"rule": rule, button: "1"}
+    )
+    assert response.status_code == 200
+    assert problem in response.context["problems"][0]
+    assert list(BadgeRequirement.objects.values()) == before
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("tiers", DEEP, "This JSON is nested too deeply (more than 32 levels)."),
+        ("requirements-0-filters", DEEP, "This JSON is nested too deeply (more than 32 levels)."),
+        ("requirements-0-steps", DEEP, "This JSON is nested too deeply (more than 32 levels)."),
+        (
+            "tiers",
+            '[{"name": "Bronze\\u0000", "threshold": 3}]',
+            "[0].name: must not contain NUL characters.",
+        ),
+        (
+            "tiers",
+            '[{"name": "\\ud800", "threshold": 3}]',
+            "[0].name: must not contain unpaired surrogates",
+        ),
+        (
+            "requirements-0-filters",
+            '{"all": [{"field": "x", "op": "==", "value": "\\u0000"}]}',
+            "all[0].value: must not contain NUL characters.",
+        ),
+        (
+            "requirements-0-filters",
+            '{"all": [{"field": "x", "op": "==", "value": "\\udfff"}]}',
+            "all[0].value: must not contain unpaired surrogates",
+        ),
+        (
+            "requirements-0-filters",
+            '{"all": [{"field": "x", "op": "==", "value": 1e999}]}',
+            "all[0].value: must be a finite number.",
+        ),
+        ("requirements-0-steps", '["a.done", "b.done\\u0000"]', "[1]: must not contain NUL"),
+    ],
+)
+def test_a_json_field_nested_too_deeply_or_unstorable_is_refused_and_shown_as_typed(
+    admin_client, field, value, message
+):
+    response = admin_client.post(
+        "/admin/achievements/badge/add/", {**_inline_post(), field: value}
+    )
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert message in body
+    assert f"{escape(value)}</textarea>" in body  # as typed
+    assert not Badge.objects.exists()
+
+
+@pytest.mark.parametrize("fields", [DEEP, '{"\\ud800": "number"}'])
+def test_an_event_types_fields_are_checked_the_same_way(admin_client, fields):
+    from achievements.models import EventType
+
+    response = admin_client.post(
+        "/admin/achievements/eventtype/add/", {"name": "a.b", "fields": fields}
+    )
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["fields"]
+    assert not EventType.objects.exists()

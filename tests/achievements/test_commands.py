@@ -92,7 +92,7 @@ def test_record_event_reports_a_duplicate(owner, capsys):
         ({"occurred_at": "yesterday"}, "--occurred-at is not an ISO 8601"),
         ({"occurred_at": "2026-01-01T10:00:00"}, "--occurred-at: must be time-zone aware."),
         ({"occurred_at": "2026-02-30T00:00:00+00:00"}, "--occurred-at is not a valid date"),
-        ({"payload": "[" * 100_000}, "--payload is nested too deeply."),
+        ({"payload": "[" * 100_000}, "--payload is nested too deeply (more than 32 levels)."),
         ({"payload": '{"a": ' * 20 + "1" + "}" * 20}, "--payload: must be nested at most 10"),
     ],
 )

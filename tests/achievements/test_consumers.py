@@ -332,6 +332,22 @@ async def test_an_unlock_pushed_to_a_connected_page_is_marked_delivered_and_then
     await communicator.disconnect()
 
 
+async def test_a_message_nested_a_thousand_deep_is_ignored_and_the_socket_stays_open():
+    """Two thousand characters of brackets, within the message size limit, would
+    take the JSON parser past Python's recursion limit."""
+    user, cookie = await _signed_in_cookie("owner")
+    await database_sync_to_async(make_places_badge)(threshold=1)
+    communicator, _, _ = await _connect(cookie)
+    await _visit(user, 1)
+    unlock_id = _unlock_id(await communicator.receive_from(timeout=3))
+
+    await communicator.send_to(text_data="[" * 1000 + "]" * 1000)
+    await communicator.send_to(text_data=json.dumps({"seen": [unlock_id]}))
+    await asyncio.sleep(0.2)
+    assert await _unlock_states(user) == [(True, True)]
+    await communicator.disconnect()
+
+
 async def test_a_page_that_connects_later_catches_up_on_unseen_unlocks_once():
     user, cookie = await _signed_in_cookie("owner")
     await database_sync_to_async(make_places_badge)(threshold=1)

@@ -13,6 +13,7 @@ from django.utils import timezone
 from achievements import reports
 from achievements.events import record_event
 from achievements.models import BadgeRequirement
+from achievements.report_views import EXPORTS
 from tests.factories import make_badge, make_places_badge, make_user
 
 
@@ -79,6 +80,43 @@ def test_every_table_downloads_as_csv_with_formulas_defused(analyst, history):
 
 
 @pytest.mark.parametrize(
+    "name",
+    [
+        "=1+2",
+        "+1+2",
+        "-1+2",
+        "@SUM(A1:A9)",
+        "\t=1+2",
+        "\r=1+2",
+        "\n=1+2",
+        "\tplain",
+        "\rplain",
+        "\nplain",
+        " =1+2",
+        "  +1+2",
+        " -1+2",
+        " @SUM(A1:A9)",
+        "\u00a0=1+2",
+        " \t\r\n=cmd|' /C calc'!A0",
+    ],
+)
+def test_a_cell_a_spreadsheet_would_run_as_a_formula_starts_with_a_quote(analyst, db, name):
+    make_badge(key="b", name=name, requirements=[])
+    response = analyst.get("/admin/reports/?export=rarity")
+    [header, row] = list(csv.reader(io.StringIO(response.content.decode(), newline="")))
+    assert row[header.index("badge")] == "'" + name
+    assert row[header.index("percent")] == "0.0"  # numbers stay numbers
+
+
+@pytest.mark.parametrize("name", ["-5", "+5", "1e3", "Regular -1", "a=b", "plain"])
+def test_numbers_and_plain_text_are_exported_as_they_are(analyst, db, name):
+    make_badge(key="b", name=name, requirements=[])
+    response = analyst.get("/admin/reports/?export=rarity")
+    [header, row] = list(csv.reader(io.StringIO(response.content.decode(), newline="")))
+    assert row[header.index("badge")] == name
+
+
+@pytest.mark.parametrize(
     ("query", "message"),
     [
         ("start=2026-13-01", "start: &#x27;2026-13-01&#x27; is not a date; use YYYY-MM-DD."),
@@ -89,12 +127,44 @@ def test_every_table_downloads_as_csv_with_formulas_defused(analyst, history):
         ("quiet=%C2%B2", "quiet: Quiet days must be a whole number from 1 to 366."),
         ("sort=size", "sort: Sort by one of"),
         ("export=pdf", "export: Export one of"),
+        # What would fail deeper down: PostgreSQL refuses NUL characters, the
+        # day arithmetic overflows near year 1 and 9999, and int() refuses
+        # more than 4300 digits.
+        ("badge=%00", "badge: must not contain NUL characters"),
+        ("unit=day%00", "unit: must not contain NUL characters"),
+        ("start=2026-01-01%00", "start: must not contain NUL characters"),
+        ("badge=" + "x" * 65, "badge: must be at most 64 characters"),
+        ("quiet=" + "9" * 5000, "quiet: must be at most 32 characters"),
+        (
+            "start=0001-01-01&end=9999-12-31",
+            "end: must be a date between 2000-01-01 and 2999-12-31",
+        ),
+        (
+            "start=0001-01-01&end=9999-12-31",
+            "start: must be a date between 2000-01-01 and 2999-12-31",
+        ),
+        ("end=9999-12-31", "end: must be a date between 2000-01-01 and 2999-12-31"),
+        ("end=0001-01-01", "end: must be a date between 2000-01-01 and 2999-12-31"),
+        ("start=1999-12-31", "start: must be a date between 2000-01-01 and 2999-12-31"),
+        ("export=rarity&end=3000-01-01", "end: must be a date between 2000-01-01 and 2999-12-31"),
     ],
 )
 def test_bad_filters_are_named_with_a_400(analyst, db, query, message):
     response = analyst.get(f"/admin/reports/?{query}")
     assert response.status_code == 400
     assert message in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["start=2000-01-01&end=2000-12-31&unit=week", "start=2999-01-01&end=2999-12-31&unit=week"],
+)
+def test_the_ends_of_the_date_range_are_served_and_exported(analyst, history, query):
+    assert analyst.get(f"/admin/reports/?{query}").status_code == 200
+    for name in EXPORTS:
+        response = analyst.get(f"/admin/reports/?{query}&export={name}")
+        assert response.status_code == 200
+        assert response["Content-Type"] == "text/csv; charset=utf-8"
 
 
 def test_weekly_buckets_start_on_monday(db):

@@ -232,3 +232,59 @@ def test_import_names_a_filter_on_a_field_of_the_wrong_type(db):
         '"10".'
     ]
     assert not Badge.objects.exists()
+
+
+def test_a_file_nested_too_deeply_is_refused_before_it_is_parsed(db, tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"badges": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(CommandError, match=r"FILE: is nested too deeply \(more than 32 levels\)"):
+        call_command("import_badges", str(deep))
+
+
+@pytest.mark.parametrize(
+    ("requirement", "problem"),
+    [
+        ({"label": "a\x00b"}, "badges[0].requirements[0].label: must not contain NUL characters"),
+        (
+            {"event_type": "visit.created\x00"},
+            "badges[0].requirements[0].event_type: must not contain NUL characters",
+        ),
+        (
+            {"filters": {"all": [{"field": "x", "op": "==", "value": "\ud800"}]}},
+            "badges[0].requirements[0].filters.all[0].value: must not contain unpaired "
+            "surrogates (\\ud800-\\udfff)",
+        ),
+        (
+            {"filters": {"all": [{"field": "x", "op": ">", "value": float("inf")}]}},
+            "badges[0].requirements[0].filters.all[0].value: must be a finite number",
+        ),
+        (
+            {"filters": json.loads('{"all": ' * 40 + "[]" + "}" * 40)},
+            # The file, its badges, the badge, its requirements, the requirement and
+            # its filters are six levels; the 33rd is where it goes too deep.
+            "badges[0].requirements[0].filters"
+            + ".all" * 27
+            + ": is nested too deeply (more than 32 levels)",
+        ),
+    ],
+)
+def test_a_document_the_database_could_not_store_is_refused_naming_the_place(
+    db, requirement, problem
+):
+    from achievements.rulefiles import RuleFileError, import_badges
+
+    document = {
+        "format": "accolade-badges",
+        "version": 1,
+        "badges": [
+            {
+                "key": "k",
+                "name": "K",
+                "requirements": [{"event_type": "visit.created", "threshold": 1, **requirement}],
+            }
+        ],
+    }
+    with pytest.raises(RuleFileError) as raised:
+        import_badges(document)
+    assert raised.value.problems == [problem]
+    assert not Badge.objects.exists()

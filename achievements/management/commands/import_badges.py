@@ -6,6 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from achievements.rulefiles import RuleFileError, import_badges
+from project.inputs import json_depth_problem
 
 
 class Command(BaseCommand):
@@ -20,10 +21,17 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             with open(options["file"], encoding="utf-8") as file:
-                document = json.load(file)
+                text = file.read()
         except OSError as exc:
             raise CommandError(f"FILE: cannot read {options['file']!r}: {exc.strerror}.") from None
-        except (ValueError, RecursionError) as exc:
+        except ValueError as exc:  # not UTF-8
+            raise CommandError(f"FILE: not valid JSON: {exc}.") from None
+        problem = json_depth_problem(text)
+        if problem:
+            raise CommandError(f"FILE: {problem}.")
+        try:
+            document = json.loads(text)
+        except ValueError as exc:
             raise CommandError(f"FILE: not valid JSON: {exc}.") from None
         try:
             created, updated = import_badges(document, source="import_badges")

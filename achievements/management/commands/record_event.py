@@ -9,6 +9,7 @@ from django.db import transaction
 from django.utils.dateparse import parse_datetime
 
 from achievements.events import InvalidEvent, record_event
+from project.inputs import json_depth_problem
 
 
 class Command(BaseCommand):
@@ -23,12 +24,13 @@ class Command(BaseCommand):
         parser.add_argument("--source", default="cli", help="Where the event came from.")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        problem = json_depth_problem(options["payload"])
+        if problem:
+            raise CommandError(f"--payload {problem}.")
         try:
             payload = json.loads(options["payload"])
         except json.JSONDecodeError as exc:
             raise CommandError(f"--payload is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise CommandError("--payload is nested too deeply.") from None
         if not isinstance(payload, dict):
             raise CommandError(f"--payload must be a JSON object, not {type(payload).__name__}.")
 
