@@ -17,6 +17,7 @@ class Migration(migrations.Migration):
             name="producer",
             field=models.CharField(
                 default="app",
+                db_default="app",
                 help_text="Who sent it: 'app' for the site's own calls, else the producer its "
                 "API key speaks for. Event ids are the producer's own: unique per producer.",
                 max_length=64,

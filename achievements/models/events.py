@@ -56,9 +56,12 @@ class Event(models.Model):
     transaction, and evaluation is only enqueued once that commits.
     """
 
+    # A default in the database too: rows written by raw SQL or COPY (bulk
+    # loads, the benchmarks) are the site's own unless they say otherwise.
     producer = models.CharField(
         max_length=64,
         default="app",
+        db_default="app",
         help_text="Who sent it: 'app' for the site's own calls, else the producer its API "
         "key speaks for. Event ids are the producer's own: unique per producer.",
     )
