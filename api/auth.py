@@ -97,8 +97,8 @@ def _forget(key_hash: str) -> None:
 
 
 def refused(request: HttpRequest) -> int | None:
-    """Count a request refused for its key against its address; seconds to wait if the
-    address is over ACCOLADE_API_REFUSED_KEY_LIMIT, else None.
+    """Count a request refused for the key it sent against its address; seconds to wait
+    if the address is over ACCOLADE_API_REFUSED_KEY_LIMIT, else None.
 
     A fixed window per address, counted like `rate_limit`. Only refusals
     count, so a producer with a valid key is never held up by someone

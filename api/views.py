@@ -58,7 +58,8 @@ def _guard(request: HttpRequest, scope: str) -> ApiKey | JsonResponse:
     to send instead."""
     api_key = authenticate(request)
     if api_key is None:
-        wait = refused(request)
+        # Only a key that was sent counts: without one there is nothing to guess.
+        wait = refused(request) if "Authorization" in request.headers else None
         if wait is not None:
             return error(
                 429,

@@ -427,8 +427,9 @@ ACCOLADE_API_MAX_BODY_BYTES = env_int("ACCOLADE_API_MAX_BODY_BYTES", 1_048_576, 
 ACCOLADE_API_MAX_BATCH = env_int("ACCOLADE_API_MAX_BATCH", 500, minimum=1)
 ACCOLADE_API_MAX_CLOCK_SKEW_SECONDS = env_int("ACCOLADE_API_MAX_CLOCK_SKEW_SECONDS", 300)
 ACCOLADE_API_RATE_LIMIT = env_rate("ACCOLADE_API_RATE_LIMIT", "1200/60")
-# Requests refused for their key (missing, unknown or revoked) one client
-# address may send in a window; past it they get 429 instead of 401.
+# Requests refused for the key they sent (unknown or revoked) one client
+# address may send in a window; past it they get 429 instead of 401. A
+# request without a key is not counted: it guesses nothing.
 ACCOLADE_API_REFUSED_KEY_LIMIT = env_rate("ACCOLADE_API_REFUSED_KEY_LIMIT", "30/60")
 # Django's database sessions, plus telling a deleted session's sockets to go.
 SESSION_ENGINE = "achievements.session_store"

@@ -149,3 +149,11 @@ def test_refusals_count_in_redis_when_there_is_one(api_client, db, settings, red
     assert codes == [401, 401, 429]
     [key] = redis_cache.keys(f"{settings.ACCOLADE_NAMESPACE}:api-refused:*")
     assert int(redis_cache.get(key)) == 3 and 60 < redis_cache.ttl(key) <= 120
+
+
+def test_requests_without_any_key_are_refused_but_not_counted(api_client, db, settings):
+    settings.ACCOLADE_API_REFUSED_KEY_LIMIT = (2, 60)
+    codes = [
+        api_client.get("/api/v1/events/x", REMOTE_ADDR="192.0.2.4").status_code for _ in range(4)
+    ]
+    assert codes == [401] * 4
