@@ -53,7 +53,21 @@ class PushConsumer(AsyncWebsocketConsumer):
     to close stale database connections; no handler here uses the ORM
     outside `database_sync_to_async`, so the hop is skipped (its cost:
     docs/performance.md, "Consumers without the sync hop").
+
+    A connect that fails or is cancelled after joining (a database error in
+    the catch-up, or Daphne giving up on a client that left) gets no
+    disconnect() from Channels; `_leave` runs whatever the ending, so what a
+    socket joined is always let go.
     """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._leave()
+
+    async def _leave(self) -> None:
+        """Let go of what the socket joined; safe to call again."""
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         handler = getattr(self, get_handler_name(message), None)
@@ -82,15 +96,6 @@ class LiveConsumer(PushConsumer, SessionBoundSocket):
     _held: list[dict[str, Any]] | None = None
     _window_started: float = 0.0
     _messages_in_window: int = 0
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        # A connect that fails or is cancelled after joining (a database error
-        # in the catch-up, or Daphne giving up on a client that left) gets no
-        # disconnect() from Channels; the hub and presence must still let go.
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._leave()
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -235,12 +240,6 @@ class ReevaluationConsumer(PushConsumer, SessionBoundSocket):
     group_name: str | None = None
     user_group: str | None = None
     hub: hub.SocketHub | None = None
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._leave()
 
     async def connect(self) -> None:
         user = self.scope.get("user")

@@ -159,10 +159,7 @@ def record_external_events(
     retry of the batch reports it as duplicates.
     """
     results: list[RecordedEvent | InvalidEvent | None] = [None] * len(events)
-    if not isinstance(producer, str) or not SOURCE_PATTERN.match(producer):
-        raise InvalidEvent(
-            "producer", "must be 1-64 characters of letters, digits, '.', '_', ':' or '-'"
-        )
+    _check_name("producer", producer)
     now = timezone.now()
     prepared: list[tuple[int, ExternalEvent, str]] = []  # index, event with defaults, id
     for position, item in enumerate(events):
@@ -567,10 +564,7 @@ def _record(
     event_id = uuid.uuid4().hex if event_id is None else event_id
     occurred_at = timezone.now() if occurred_at is None else occurred_at
     _validate(event_type, payload, event_id, occurred_at, source)
-    if not isinstance(producer, str) or not SOURCE_PATTERN.match(producer):
-        raise InvalidEvent(
-            "producer", "must be 1-64 characters of letters, digits, '.', '_', ':' or '-'"
-        )
+    _check_name("producer", producer)
 
     try:
         # A savepoint, so a duplicate id does not break the caller's transaction.
@@ -664,6 +658,14 @@ def _near_duplicate(
     return fingerprint, earlier
 
 
+def _check_name(field: str, value: Any) -> None:
+    """A source's or producer's name: short, and safe in logs and URLs."""
+    if not isinstance(value, str) or not SOURCE_PATTERN.match(value):
+        raise InvalidEvent(
+            field, "must be 1-64 characters of letters, digits, '.', '_', ':' or '-'"
+        )
+
+
 def _validate(
     event_type: str,
     payload: Any,
@@ -678,10 +680,7 @@ def _validate(
         raise InvalidEvent(
             "event_id", "must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"
         )
-    if not isinstance(source, str) or not SOURCE_PATTERN.match(source):
-        raise InvalidEvent(
-            "source", "must be 1-64 characters of letters, digits, '.', '_', ':' or '-'"
-        )
+    _check_name("source", source)
     if not isinstance(occurred_at, datetime):
         raise InvalidEvent("occurred_at", "must be a datetime")
     if timezone.is_naive(occurred_at):

@@ -187,7 +187,7 @@ class SessionBoundSocket:
 
 
 def open_sockets() -> tuple[dict[str, int], dict[str, int]]:
-    """This process's counts per session digest and per address (for tests and metrics)."""
+    """This process's counts per session digest and per address."""
     return dict(_per_session), dict(_per_address)
 
 

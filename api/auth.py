@@ -100,62 +100,63 @@ def refused(request: HttpRequest) -> int | None:
     """Count a request refused for the key it sent against its address; seconds to wait
     if the address is over ACCOLADE_API_REFUSED_KEY_LIMIT, else None.
 
-    A fixed window per address, counted like `rate_limit`. Only refusals
-    count, so a producer with a valid key is never held up by someone
-    guessing from the same address. If Redis is down, nothing is counted.
+    Only refusals count, so a producer with a valid key is never held up by
+    someone guessing from the same address. If Redis is down, nothing is
+    counted.
     """
-    limit, period = settings.ACCOLADE_API_REFUSED_KEY_LIMIT
-    now = time.time()
     address = hashlib.sha256(request.META.get("REMOTE_ADDR", "").encode()).hexdigest()[:32]
-    key = f"api-refused:{address}:{int(now // period)}"
-    client = shared_redis()
-    try:
-        if client is not None:
-            pipe = client.pipeline(transaction=False)
-            pipe.incr(f"{settings.ACCOLADE_NAMESPACE}:{key}")
-            pipe.expire(f"{settings.ACCOLADE_NAMESPACE}:{key}", period * 2, nx=True)
-            count = int(pipe.execute()[0])
-        else:
-            cache.add(key, 0, timeout=period * 2)
-            count = int(cache.incr(key))
-    except Exception:
-        return None
-    if count > limit:
-        return max(1, int(period - (now % period)) + 1)
-    return None
+    return _over_limit(f"api-refused:{address}", settings.ACCOLADE_API_REFUSED_KEY_LIMIT)[0]
 
 
 def rate_limit(api_key: ApiKey) -> int | None:
     """Seconds to wait if `api_key` has used up its requests for this window, else None.
 
-    A fixed window per key in Redis, so every web process shares the count:
-    one round trip (INCR, and EXPIRE on the window's first request), which
-    also reads the rules index's version for a request that has yet to
-    (`index.version_wanted`). The embedded site counts in its cache. If
-    Redis is down, requests are let through.
+    The round trip that counts also reads the rules index's version for a
+    request that has yet to (`index.version_wanted`). If Redis is down,
+    requests are let through.
     """
-    limit, period = settings.ACCOLADE_API_RATE_LIMIT
+    wanted = shared_redis() is not None and index.version_wanted()
+    wait, read = _over_limit(
+        f"api-rate:{api_key.pk}",
+        settings.ACCOLADE_API_RATE_LIMIT,
+        read=index.version_key() if wanted else None,
+    )
+    if read:
+        index.pin_version(read[0])
+    return wait
+
+
+def _over_limit(
+    name: str, rate: tuple[int, int], *, read: str | None = None
+) -> tuple[int | None, list[Any]]:
+    """Count one more in `name`'s fixed window: seconds until the next window if the
+    count is over `rate`'s limit, else None (also when the count could not be made);
+    and, if `read` names a Redis key, its value in a list (empty if not read).
+
+    In Redis, shared by every web process: INCR, EXPIRE on the window's first
+    count, and the GET of `read`, in one round trip. The embedded site counts
+    in its cache.
+    """
+    limit, period = rate
     now = time.time()
-    window = int(now // period)
-    key = f"api-rate:{api_key.pk}:{window}"
+    key = f"{name}:{int(now // period)}"
     client = shared_redis()
-    version = client is not None and index.version_wanted()
+    values: list[Any] = []
     try:
         if client is not None:
             pipe = client.pipeline(transaction=False)
             pipe.incr(f"{settings.ACCOLADE_NAMESPACE}:{key}")
             pipe.expire(f"{settings.ACCOLADE_NAMESPACE}:{key}", period * 2, nx=True)
-            if version:
-                pipe.get(index.version_key())
+            if read is not None:
+                pipe.get(read)
             replies = pipe.execute()
             count = int(replies[0])
+            values = replies[2:]
         else:
             cache.add(key, 0, timeout=period * 2)
             count = int(cache.incr(key))
     except Exception:
-        return None
-    if version:
-        index.pin_version(replies[2])
+        return None, []
     if count > limit:
-        return max(1, int(period - (now % period)) + 1)
-    return None
+        return max(1, int(period - (now % period)) + 1), values
+    return None, values

@@ -10,6 +10,8 @@ from django.db import models
 from django.utils import timezone
 from django.utils.text import slugify
 
+from api.schema import SOURCE_PATTERN
+
 KEY_PREFIX = "acc_"
 
 # What a key may do, chosen when it is made.
@@ -21,8 +23,8 @@ SCOPES = {
 }
 # A new key's scopes unless others are chosen: send events, and follow them.
 DEFAULT_SCOPES = ["events:write", "events:read"]
-# Producer names follow event sources: letters, digits, '.', '_', ':' or '-'.
-PRODUCER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$"
+# Producer names are written as event sources are.
+PRODUCER_PATTERN = SOURCE_PATTERN
 
 
 def default_producer(name: str) -> str:

@@ -104,6 +104,20 @@ def test_behind_a_trusted_proxy_each_client_is_counted_and_the_account_still_loc
     known.close()
 
 
+@pytest.fixture
+def sign_in(site, no_attempts):
+    """Signed-in HTTP clients of the site that trusts no proxy, closed after the test."""
+    clients: list[SignedInClient] = []
+
+    def make(username: str) -> SignedInClient:
+        clients.append(SignedInClient(site.base_url, username))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
+
+
 def _socket_url(base_url: str) -> str:
     return base_url.replace("http://", "ws://") + "/ws/live/"
 
@@ -116,8 +130,8 @@ async def _close_code(ws: websockets.ClientConnection, timeout: float = 5) -> in
         return closed.rcvd.code if closed.rcvd else None
 
 
-def test_logging_out_closes_the_sessions_open_socket_at_once(site, no_attempts):
-    client = SignedInClient(site.base_url, "alice")
+def test_logging_out_closes_the_sessions_open_socket_at_once(site, sign_in):
+    client = sign_in("alice")
 
     async def scenario() -> None:
         headers = {"Cookie": client.cookie_header, "Origin": site.base_url}
@@ -134,14 +148,11 @@ def test_logging_out_closes_the_sessions_open_socket_at_once(site, no_attempts):
             await logout
             assert await _close_code(ws, timeout=3) == 4401
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        client.close()
+    asyncio.run(scenario())
 
 
-def test_a_password_change_closes_the_users_other_sockets(site, no_attempts):
-    client = SignedInClient(site.base_url, "bob")
+def test_a_password_change_closes_the_users_other_sockets(site, sign_in):
+    client = sign_in("bob")
 
     async def scenario() -> None:
         headers = {"Cookie": client.cookie_header, "Origin": site.base_url}
@@ -164,7 +175,6 @@ def test_a_password_change_closes_the_users_other_sockets(site, no_attempts):
     try:
         asyncio.run(scenario())
     finally:
-        client.close()
         site.topology.python(
             "from django.contrib.auth import get_user_model\n"
             "u = get_user_model().objects.get(username='bob')\n"
@@ -172,8 +182,8 @@ def test_a_password_change_closes_the_users_other_sockets(site, no_attempts):
         )
 
 
-def test_a_socket_from_another_port_of_this_host_is_refused(site, no_attempts):
-    client = SignedInClient(site.base_url, "alice")
+def test_a_socket_from_another_port_of_this_host_is_refused(site, sign_in):
+    client = sign_in("alice")
     other_port = site.base_url.rsplit(":", 1)[0] + ":1"
 
     async def scenario() -> None:
@@ -182,14 +192,11 @@ def test_a_socket_from_another_port_of_this_host_is_refused(site, no_attempts):
             async with websockets.connect(_socket_url(site.base_url), additional_headers=headers):
                 pass
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        client.close()
+    asyncio.run(scenario())
 
 
-def test_one_session_gets_only_so_many_sockets(site, no_attempts):
-    client = SignedInClient(site.base_url, "alice")
+def test_one_session_gets_only_so_many_sockets(site, sign_in):
+    client = sign_in("alice")
 
     async def scenario() -> None:
         headers = {"Cookie": client.cookie_header, "Origin": site.base_url}
@@ -201,7 +208,4 @@ def test_one_session_gets_only_so_many_sockets(site, no_attempts):
             assert ws.close_code is None  # still open
             await ws.close()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        client.close()
+    asyncio.run(scenario())
