@@ -5,8 +5,6 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.options import IncorrectLookupParameters
-from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.forms.models import BaseInlineFormSet
@@ -16,8 +14,10 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from achievements import ledger_admin as _ledger_admin  # noqa: F401  (registers its admins)
 from achievements import reevaluation, rulefiles
 from achievements.actions import LinkConflict, link_external_identity
+from achievements.admin_lists import DateHierarchyAdmin
 from achievements.dispatch import redrive_events
 from achievements.models import (
     Badge,
@@ -39,25 +39,6 @@ from project.inputs import json_depth_problem
 
 # What the preview page lets staff edit: the badge's rule, in rule-file form.
 PREVIEW_FIELDS = ("tiers", "repeat", "requirements")
-
-
-class DrillDownChangeList(ChangeList):
-    """Django's changelist, taking a date drill-down past Python's calendar
-    (?received_at__year=9999, or a number too big for a C long) as the bad
-    filter value it is instead of failing with a 500 (Django ticket #37357)."""
-
-    def get_filters(self, request: HttpRequest) -> Any:
-        try:
-            return super().get_filters(request)
-        except (OverflowError, ValueError) as exc:
-            raise IncorrectLookupParameters(exc) from exc
-
-
-class DateHierarchyAdmin(admin.ModelAdmin):
-    """A ModelAdmin with a date_hierarchy, whose drill-down refuses dates past the calendar."""
-
-    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
-        return DrillDownChangeList
 
 
 class ReevaluationForm(forms.Form):
@@ -166,7 +147,7 @@ class BadgeAdmin(admin.ModelAdmin):
     list_editable = ["sort_order"]
     search_fields = ["name", "key", "description"]
     prepopulated_fields = {"key": ["name"]}
-    readonly_fields = ["preview_link", "version_link"]
+    readonly_fields = ["preview_link", "version_link", "holders_link"]
     inlines = [BadgeRequirementInline]
     actions = ["reevaluate"]
     formfield_overrides = STORABLE_JSON
@@ -217,6 +198,22 @@ class BadgeAdmin(admin.ModelAdmin):
             return "Save the badge first."
         url = reverse("admin:achievements_badge_preview", args=[badge.pk])
         return format_html('<a href="{}">Preview a change to these requirements</a>', url)
+
+    @admin.display(description="Holders")
+    def holders_link(self, badge: Badge) -> str:
+        if not badge.pk:
+            return "Save the badge first."
+        held = Unlock.objects.held().filter(badge=badge).values("user").distinct().count()
+        unlocks = reverse("admin:achievements_unlock_changelist")
+        return format_html(
+            '<a href="{}?badge__id__exact={}&amp;ended_at__isnull=True">{} user(s) hold it</a>'
+            ' · <a href="{}?badge={}">grant it to a user</a>',
+            unlocks,
+            badge.pk,
+            held,
+            reverse("admin:achievements_unlock_add"),
+            badge.pk,
+        )
 
     def get_urls(self) -> list[Any]:
         preview = path(
@@ -339,7 +336,17 @@ class UserBadgeAdmin(DateHierarchyAdmin):
     list_select_related = ["user", "badge"]
     search_fields = ["user__username", "badge__name", "badge__key"]
     raw_id_fields = ["user", "completed_by_event"]
-    readonly_fields = ["last_evaluated_at", "explanation"]
+    # What the user holds changes through grants and revocations (Unlocks), which
+    # the ledger records; not by editing the standing.
+    readonly_fields = [
+        "completed_at",
+        "completed_by_event",
+        "tier",
+        "withheld",
+        "granted",
+        "last_evaluated_at",
+        "explanation",
+    ]
     date_hierarchy = "completed_at"
 
     @admin.display(description="Why (as the user sees it)")
@@ -476,46 +483,6 @@ class EventAdmin(DateHierarchyAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Event | None = None) -> bool:
         return False
-
-
-@admin.register(Unlock)
-class UnlockAdmin(DateHierarchyAdmin):
-    list_display = [
-        "user",
-        "badge",
-        "earning",
-        "unlocked_at",
-        "silent",
-        "delivered_at",
-        "seen_at",
-    ]
-    list_filter = ["badge", "silent", ("seen_at", admin.EmptyFieldListFilter)]
-    list_select_related = ["user", "badge"]
-    search_fields = ["user__username", "badge__key", "badge__name"]
-    raw_id_fields = ["user", "event"]
-    date_hierarchy = "unlocked_at"
-    readonly_fields = [
-        "user",
-        "badge",
-        "period",
-        "tier",
-        "earning",
-        "version",
-        "event_ids",
-        "unlocked_at",
-        "event",
-        "silent",
-        "delivered_at",
-        "seen_at",
-    ]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    @admin.display(description="Earning")
-    def earning(self, unlock: Unlock) -> str:
-        """Which earning of the badge: a tier, a period, or the one unlock."""
-        return unlock.suffix().strip(" ()") or "once"
 
 
 @admin.register(DedupRule)

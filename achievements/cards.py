@@ -88,7 +88,8 @@ def cards_for_user(
     unlocked = Unlock.objects.badge_ids_of(user_id)
     repeatable = [badge.pk for badge in badges_list if badge.repeat]
     earnings = dict(
-        Unlock.objects.filter(user_id=user_id, badge_id__in=repeatable)
+        Unlock.objects.held()
+        .filter(user_id=user_id, badge_id__in=repeatable)
         .values("badge_id")
         .annotate(n=Count("pk"))
         .values_list("badge_id", "n")
@@ -151,7 +152,8 @@ def cards_for_users(
     unlocked: dict[int, set[int]] = defaultdict(set)
     if any(r.kind == "composite" for b in badges for r in b.requirements.all()):
         for user_id, badge_id in (
-            Unlock.objects.filter(user_id__in=users)
+            Unlock.objects.held()
+            .filter(user_id__in=users)
             .order_by()  # the default ordering's columns would join the DISTINCT
             .values_list("user_id", "badge_id")
             .distinct()
@@ -161,7 +163,8 @@ def cards_for_users(
     earnings: dict[tuple[int, int], int] = {}
     if repeatable:
         for user_id, badge_id, n in (
-            Unlock.objects.filter(user_id__in=users, badge_id__in=repeatable)
+            Unlock.objects.held()
+            .filter(user_id__in=users, badge_id__in=repeatable)
             .values("user_id", "badge_id")
             .annotate(n=Count("pk"))
             .values_list("user_id", "badge_id", "n")
@@ -209,6 +212,10 @@ def _card(
     # Earned for good (a rule change never takes it back): shown complete, every
     # requirement met, whatever the rule says now (docs/rules.md).
     done = completed_at is not None and not ongoing
+    # Taken back by staff, and not held in any form since: the rule does not award it again.
+    revoked = (
+        completed_at is None and not badge.repeat and "" in (getattr(user_badge, "withheld", ()))
+    )
     return {
         "id": badge.pk,
         "key": badge.key,
@@ -227,6 +234,8 @@ def _card(
         "current": format_number(status.target if done else status.current),
         "target": format_number(status.target),
         "completed": completed_at is not None,
+        "granted": completed_at is not None and bool(getattr(user_badge, "granted", False)),
+        "revoked": revoked,
         "completed_at": completed_at.isoformat() if completed_at else None,
         "completed_on": (
             date_format(localtime(completed_at), "DATE_FORMAT") if completed_at else ""
@@ -254,9 +263,8 @@ def _card(
 def unseen_unlocks(user_id: int, *, limit: int) -> list[dict[str, Any]]:
     """The user's unlocks that no page has shown yet, oldest first, as toasts."""
     unlocks = list(
-        Unlock.objects.filter(
-            user_id=user_id, seen_at__isnull=True, silent=False, badge__is_active=True
-        )
+        Unlock.objects.held()
+        .filter(user_id=user_id, seen_at__isnull=True, silent=False, badge__is_active=True)
         .order_by("unlocked_at", "pk")
         .values_list("pk", "badge_id", "tier", "period")[:limit]
     )
@@ -279,7 +287,8 @@ def toasts_for(
     if repeatable:
         counts: dict[int, int] = {}
         for badge_id, pk in (
-            Unlock.objects.filter(badge_id__in=repeatable, user_id=user_id)
+            Unlock.objects.held()
+            .filter(badge_id__in=repeatable, user_id=user_id)
             .order_by("pk")
             .values_list("badge_id", "pk")
         ):
@@ -298,6 +307,8 @@ def toasts_for(
 def headline(card: Card, tier: int, earning: int = 1) -> str:
     """The toast's first words: what kind of earning this is."""
     names = card["tier_names"]
+    if card.get("granted") and tier <= 1 and earning == 1:
+        return "Badge granted"
     if 0 < tier <= len(names):
         return f"Badge unlocked ({names[0]})" if tier == 1 else f"{names[tier - 1]} tier reached"
     if earning > 1:

@@ -111,6 +111,7 @@ class Held:
     version_id: int | None = None
     witness: OrderKey | None = None  # its event's order key, when it has one
     pk: int | None = None
+    granted: bool = False  # by staff: no rule needs to justify it
 
 
 @dataclass(slots=True)
@@ -135,6 +136,11 @@ class Pair:
     # tiered badge's out: its tiers are in `tier`, their witnesses only matter
     # to a late event, which then asks for the history).
     held_known: bool = True
+    # Periods ("" for a once-only badge: all of it) whose earning staff revoked:
+    # the rule does not award them again (a grant lifts it).
+    withheld: frozenset[str] = frozenset()
+    # Whether the first earning held was granted by staff (the card says so).
+    granted: bool = False
 
     def states(self) -> dict[int, State]:
         return {pk: row.state for pk, row in self.progress.items()}
@@ -430,6 +436,9 @@ def _earn(
             now,
         )
     reached = [key for key in earned if key not in outcome.justified]
+    if pair.withheld:
+        # Taken back by staff: never recorded, nor taken as the badge's first earning.
+        reached = [k for k in reached if k[0] not in pair.withheld or k in pair.held]
     if not reached:
         return True
     new = {key for key in reached if not _held(pair, rule, *key)}
@@ -486,7 +495,10 @@ def _earn(
 
 
 def _held(pair: Pair, rule: BadgeRule, period: str, tier: int) -> bool:
-    """Whether the pair already holds this earning (or one that stands for it)."""
+    """Whether the pair already holds this earning (or one that stands for it, or
+    one staff took away, which counts as held so the rule does not award it)."""
+    if period in pair.withheld and (period, tier) not in pair.held:
+        return True
     if tier == 1 and pair.tier == 0 and pair.completed_at is not None:
         # Unlocked before the badge had tiers: that unlock is its first tier.
         pair.tier = 1
@@ -578,8 +590,8 @@ def _reconcile(outcome: Outcome) -> None:
     An unlock from before the badge had tiers, or repeated, stands while the
     badge is earned in any way. Nothing is revoked here; callers report it.
     """
-    for key in outcome.pair.held:
-        if key in outcome.justified or (key == ("", 0) and outcome.justified):
+    for key, held in outcome.pair.held.items():
+        if held.granted or key in outcome.justified or (key == ("", 0) and outcome.justified):
             continue
         outcome.no_longer.append(key)
 

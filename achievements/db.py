@@ -80,15 +80,17 @@ def insert_statements(objects: Sequence[Model]) -> list[tuple[str, list[Any]]]:
     Every concrete column but the primary key, each value prepared as Django
     prepares it for a save (defaults, adapters), `INSERT_ROWS` rows per
     statement; each returns the new primary keys, in the order of the rows.
-    A model with a database-side default (`db_default`) is refused: its
-    values would need bulk_create's handling of `DatabaseDefault`.
+    A model with a field that has a database-side default (`db_default`) and
+    no Python one is refused: its values would need bulk_create's handling of
+    `DatabaseDefault`.
     """
     if not objects:
         return []
     meta = objects[0]._meta
     fields = [f for f in meta.concrete_fields if not f.primary_key and not f.generated]
-    if any(f.db_default is not NOT_PROVIDED for f in fields):
-        raise NotImplementedError(f"{meta.label} has a db_default field: use bulk_create")
+    if any(f.db_default is not NOT_PROVIDED and not f.has_default() for f in fields):
+        # Its instances would hold DatabaseDefault, which needs bulk_create's handling.
+        raise NotImplementedError(f"{meta.label} has a db_default-only field: use bulk_create")
     quote = connection.ops.quote_name
     # A concrete field always has a column (the stubs allow None).
     columns = ", ".join(quote(cast(str, f.column)) for f in fields)

@@ -400,7 +400,8 @@ def _held_badges(
         return {}
     held: dict[int, set[int]] = defaultdict(set)
     for user_id, badge_id in (
-        Unlock.objects.filter(user_id__in=user_ids)
+        Unlock.objects.held()
+        .filter(user_id__in=user_ids)
         .order_by()
         .values_list("user_id", "badge_id")
         .distinct()
@@ -476,7 +477,8 @@ def _parts(
     held: set[int] = set()
     parts: dict[tuple[int, int], core.Held] = {}
     for badge_id, period, tier, pk, event_pk, event_ids, occurred in (
-        Unlock.objects.filter(user_id=user_id)
+        Unlock.objects.held()
+        .filter(user_id=user_id)
         .order_by("unlocked_at", "pk")
         .values_list(
             "badge_id",

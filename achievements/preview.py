@@ -45,8 +45,8 @@ def preview_requirements(badge: Badge, requirements: list[BadgeRequirement]) -> 
     types = sorted(rule.watched_types)
     parts = {part for spec in rule.requirements for part in spec.parts}
     unlocked: dict[int, set[int]] = defaultdict(set)
-    for user_id, badge_id in Unlock.objects.filter(badge_id__in=parts).values_list(
-        "user_id", "badge_id"
+    for user_id, badge_id in (
+        Unlock.objects.held().filter(badge_id__in=parts).values_list("user_id", "badge_id")
     ):
         unlocked[user_id].add(badge_id)
     zones = dict(Profile.objects.values_list("user_id", "time_zone"))
@@ -86,7 +86,7 @@ def preview_requirements(badge: Badge, requirements: list[BadgeRequirement]) -> 
             ).values()
             earned[user_id] = outcome.earned
 
-    holders = set(Unlock.objects.filter(badge=badge).values_list("user_id", flat=True))
+    holders = set(Unlock.objects.held().filter(badge=badge).values_list("user_id", flat=True))
     qualifying = {user_id for user_id, earnings in earned.items() if earnings}
     result = Preview(users_with_events=users_with_events)
     result.would_qualify = len(qualifying)

@@ -230,8 +230,8 @@ class _Work:
         _replay_chunk(chunk, plan, part, silent=self.silent, leftovers=self.leftovers)
         if self.composites:
             held_by_user: dict[int, set[int]] = defaultdict(set)
-            for user_id, badge_id in Unlock.objects.filter(user_id__in=chunk).values_list(
-                "user_id", "badge_id"
+            for user_id, badge_id in (
+                Unlock.objects.held().filter(user_id__in=chunk).values_list("user_id", "badge_id")
             ):
                 held_by_user[user_id].add(badge_id)
             for user_id in chunk:
@@ -295,8 +295,8 @@ def _replay_chunk(
     )
     unlocked: dict[int, set[int]] = defaultdict(set)
     if any(rule.has_composite for rule in rules.badges.values()):
-        for user_id, badge_id in Unlock.objects.filter(user_id__in=user_ids).values_list(
-            "user_id", "badge_id"
+        for user_id, badge_id in (
+            Unlock.objects.held().filter(user_id__in=user_ids).values_list("user_id", "badge_id")
         ):
             unlocked[user_id].add(badge_id)
     with transaction.atomic():
@@ -350,7 +350,9 @@ def _write_replay(
         writes.new_keys += [(user_id, r, k) for r, k in sorted(outcome.new_keys)]
         if not outcome.touched:
             writes.stale_progress += [(user_id, r) for r in requirement_ids]
-            if pair.completed_at is None:
+            # A standing with nothing in it goes; one that remembers a staff
+            # revocation stays, so the rule does not award that badge again.
+            if pair.completed_at is None and not pair.withheld:
                 writes.dropped_standings.append(loaded.row_ids[key])
                 continue
         else:

@@ -29,7 +29,15 @@ from django.utils import timezone
 from accounts.models import Profile
 from achievements import core
 from achievements.db import STREAM_ROWS, Rows, insert_statements, inserted, pipeline, server_cursor
-from achievements.models import DistinctValue, Event, RequirementProgress, Unlock, UserBadge
+from achievements.models import (
+    DistinctValue,
+    Entry,
+    Event,
+    LedgerEntry,
+    RequirementProgress,
+    Unlock,
+    UserBadge,
+)
 
 Read = Callable[[Any, Sequence[str], str, list[Any]], Rows]
 Pairs = dict[tuple[int, int], core.Pair]
@@ -81,6 +89,8 @@ _STANDING_FIELDS = (
     "completed_by_event_id",
     "last_evaluated_at",
     "tier",
+    "withheld",
+    "granted",
 )
 
 
@@ -162,13 +172,14 @@ def load_pairs(
         unlock_badges = badges if unlocks_of is None else sorted(unlocks_of & set(badges))
         if unlock_badges:
             unlock_rows = read(
-                Unlock.objects.filter(user_id__in=users, badge_id__in=unlock_badges),
+                Unlock.objects.held().filter(user_id__in=users, badge_id__in=unlock_badges),
                 _UNLOCK_FIELDS,
                 f"SELECT u.user_id, u.badge_id, u.period, u.tier, u.id, u.event_id, "
-                f"u.event_ids, u.took, u.version_id, e.occurred_at, u.unlocked_at "
+                f"u.event_ids, u.took, u.version_id, e.occurred_at, u.unlocked_at, u.granted "
                 f"FROM {Unlock._meta.db_table} u "
                 f"LEFT JOIN {Event._meta.db_table} e ON e.id = u.event_id "
-                f"WHERE u.user_id = ANY(%b::bigint[]) AND u.badge_id = ANY(%b::bigint[])",
+                f"WHERE u.user_id = ANY(%b::bigint[]) AND u.badge_id = ANY(%b::bigint[]) "
+                f"AND u.ended_at IS NULL",
                 [users, unlock_badges],
             )
     loaded = locked()
@@ -208,14 +219,23 @@ _UNLOCK_FIELDS = (
     "version_id",
     "event__occurred_at",
     "unlocked_at",
+    "granted",
 )
 
 
 def _hold(pair: core.Pair, rule: core.BadgeRule, row: Sequence[Any]) -> None:
-    _, _, period, tier, pk, event_pk, event_ids, took, version_id, occurred, at = row
+    _, _, period, tier, pk, event_pk, event_ids, took, version_id, occurred, at, granted = row
     witness = core.order_key(occurred, event_pk) if occurred is not None else None
     pair.held[(period, tier)] = core.Held(
-        period, tier, event_pk, list(decode_json(event_ids) or []), took, version_id, witness, pk
+        period,
+        tier,
+        event_pk,
+        list(decode_json(event_ids) or []),
+        took,
+        version_id,
+        witness,
+        pk,
+        granted=granted,
     )
     if rule.repeat is not None and period == "" and tier == 0:
         pair.legacy_moment = occurred or at
@@ -250,7 +270,7 @@ def lock_standings(
         .order_by("user_id", "badge_id"),
         _STANDING_FIELDS,
         f"SELECT id, user_id, badge_id, current_value, target_value, completed_at, "
-        f"completed_by_event_id, last_evaluated_at, tier FROM {table} "
+        f"completed_by_event_id, last_evaluated_at, tier, withheld, granted FROM {table} "
         f"WHERE user_id = ANY(%b::bigint[]) AND badge_id = ANY(%b::bigint[]) "
         f"ORDER BY user_id, badge_id FOR UPDATE",
         [users, badges],
@@ -259,7 +279,9 @@ def lock_standings(
 
     def assemble() -> Loaded:
         loaded = Loaded({})
-        for pk, user_id, badge_id, current, target, completed, by, evaluated, tier in locked():
+        for row in locked():
+            pk, user_id, badge_id, current, target, completed, by, evaluated, *rest = row
+            tier, withheld, granted = rest
             key = (user_id, badge_id)
             if key not in wanted_set:
                 continue
@@ -271,6 +293,8 @@ def lock_standings(
                 completed_at=completed,
                 completed_by_event_id=by,
                 tier=tier,
+                withheld=frozenset(decode_json(withheld) or ()),
+                granted=granted,
             )
             loaded.pairs[key] = pair
             loaded.row_ids[key] = pk
@@ -376,6 +400,8 @@ class Writes:
                 if self.standings:
                     send(*_standings_statement(self.standings, evaluated_at))
                 unlock_keys = [send(*statement) for statement in insert_statements(self.unlocks)]
+                if self.unlocks:
+                    send(*_earned_entries_statement(self.unlocks))
             inserted(self.unlocks, unlock_keys)
             if progress_rows is not None:
                 written += [(user_id, requirement) for user_id, requirement in progress_rows()]
@@ -384,6 +410,9 @@ class Writes:
         written += _upsert_progress(self.progress)
         _save_standings(self.standings, evaluated_at)
         Unlock.objects.bulk_create(self.unlocks, batch_size=1000)
+        LedgerEntry.objects.bulk_create(
+            [earned_entry(unlock) for unlock in self.unlocks], batch_size=1000
+        )
         return written
 
     def _badges(self, written: list[tuple[int, int]]) -> set[tuple[int, int]]:
@@ -622,4 +651,46 @@ def new_unlock(earning: core.Earning, *, now: datetime, silent: bool = False) ->
         took=earning.took,
         silent=silent,
         seen_at=now if silent else None,
+    )
+
+
+def earned_entry(unlock: Unlock) -> LedgerEntry:
+    """The ledger's entry for a new unlock (saved, with its key)."""
+    return LedgerEntry(
+        user_id=unlock.user_id,
+        badge_id=unlock.badge_id,
+        unlock_id=unlock.pk,
+        kind=Entry.EARNED,
+        period=unlock.period,
+        tier=unlock.tier,
+        at=unlock.unlocked_at,
+        version_id=unlock.version_id,
+        event_ids=unlock.event_ids,
+    )
+
+
+def _earned_entries_statement(unlocks: list[Unlock]) -> tuple[str, list[Any]]:
+    """The ledger's entries for unlocks inserted earlier in the same pipeline, found
+    by what makes a held unlock unique, as their keys are not known yet."""
+    return (
+        f"""
+        INSERT INTO {LedgerEntry._meta.db_table}
+            (user_id, badge_id, unlock_id, kind, period, tier, at, version_id, event_ids, reason)
+        SELECT u.user_id, u.badge_id, u.id, %b, u.period, u.tier, u.unlocked_at, u.version_id,
+            u.event_ids, ''
+        FROM {Unlock._meta.db_table} u
+        JOIN unnest(%b::bigint[], %b::bigint[], %b::text[], %b::smallint[])
+            AS n(user_id, badge_id, period, tier)
+            ON (u.user_id, u.badge_id, u.period, u.tier)
+                = (n.user_id, n.badge_id, n.period, n.tier)
+        WHERE u.ended_at IS NULL
+        ORDER BY u.id
+        """,
+        [
+            Entry.EARNED.value,
+            [u.user_id for u in unlocks],
+            [u.badge_id for u in unlocks],
+            [u.period for u in unlocks],
+            [u.tier for u in unlocks],
+        ],
     )

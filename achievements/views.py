@@ -6,7 +6,10 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET
 
 from achievements.cards import cards_for_user
+from achievements.models import LedgerEntry
 from project.http import AuthenticatedHttpRequest
+
+HISTORY_ON_PAGE = 10
 
 
 @require_GET
@@ -31,5 +34,10 @@ def badges(request: AuthenticatedHttpRequest) -> HttpResponse:
             "in_progress": in_progress,
             "earned_count": sum(1 for card in cards if card["completed"]),
             "total": len(cards),
+            # What happened to the user's badges, newest first: one ledger, the
+            # same the admin and the API read. Staff's reasons stay with staff.
+            "history": LedgerEntry.objects.of_user(request.user.pk).select_related(
+                "unlock__badge"
+            )[:HISTORY_ON_PAGE],
         },
     )

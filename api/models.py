@@ -18,7 +18,8 @@ KEY_PREFIX = "acc_"
 SCOPES = {
     "events:write": "Send events",
     "events:read": "Read the status of its own producer's events",
-    "badges:read": "Read any user's badges",
+    "badges:read": "Read any user's badges and their history",
+    "badges:write": "Grant and revoke users' badges, with a reason",
     "metrics:read": "Read /metrics",
 }
 # A new key's scopes unless others are chosen: send events, and follow them.

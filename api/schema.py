@@ -91,6 +91,59 @@ def openapi_schema() -> dict[str, Any]:
             "payload": {"place_id": 7},
         },
     }
+    award_body = {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Award"}}},
+    }
+
+    def award_result(description: str) -> dict[str, Any]:
+        return {
+            "description": description,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/AwardResult"}}
+            },
+        }
+
+    def award_errors(conflict: str) -> dict[str, Any]:
+        return {
+            "400": _error_response(
+                f"An id holds a NUL character or is too long, or the body is not UTF-8 "
+                f"JSON, or nests more than {MAX_JSON_DEPTH} levels deep."
+            ),
+            "404": _error_response("No such user id (no events, no link) or badge key."),
+            "409": _error_response(conflict + " Or the user id is not linked to a site user."),
+            "413": _error_response("The body is too large."),
+            "415": _error_response("The body is not application/json."),
+            "422": _error_response(
+                "A field is missing or wrong: no reason, an unknown field, a tier the badge "
+                "does not have, a period for a badge earned once, an inactive badge, a user "
+                "outside the badge's segment."
+            ),
+            **ERRORS,
+        }
+
+    entry = {
+        "type": "object",
+        "required": ["kind", "badge", "tier", "period", "at", "by", "reason", "event_ids"],
+        "properties": {
+            "kind": {"enum": ["earned", "granted", "revoked", "expired"]},
+            "badge": {"type": "string", "description": "The badge's key."},
+            "tier": {"type": "integer", "minimum": 0, "description": "0: an untiered badge."},
+            "period": {"type": "string", "description": "Repeatable badges: the period."},
+            "at": {"type": "string", "format": "date-time"},
+            "by": {
+                "enum": ["rule", "staff", "api", "schedule"],
+                "description": "What made it: the badge's rule, staff in the admin, an API "
+                "key, or the expiry schedule.",
+            },
+            "reason": {"type": "string", "description": "Grants and revocations: why."},
+            "event_ids": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Earnings: the ids of the events that completed it.",
+            },
+        },
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -220,6 +273,74 @@ def openapi_schema() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/users/{user_id}/badges/{badge_key}": {
+                "parameters": [
+                    {
+                        "name": "user_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "maxLength": ID_MAX_LENGTH},
+                    },
+                    {
+                        "name": "badge_key",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "maxLength": ID_MAX_LENGTH},
+                    },
+                ],
+                "post": {
+                    "operationId": "grantBadge",
+                    "summary": "Grant a user a badge, with a reason (needs badges:write)",
+                    "description": "A tiered badge takes the tier (the next one by default; "
+                    "every tier up to it is granted); a repeatable one the period (the user's "
+                    "current one by default). A grant lifts a revocation's hold.",
+                    "requestBody": award_body,
+                    "responses": {
+                        "201": award_result("The grant, as entries of the user's history."),
+                        **award_errors("The user already holds it."),
+                    },
+                },
+                "delete": {
+                    "operationId": "revokeBadge",
+                    "summary": "Revoke a user's badge, with a reason (needs badges:write)",
+                    "description": "All its earnings by default; `tier` revokes that tier and "
+                    "those above, `period` one period's earning of a repeatable badge. The "
+                    "rule does not award a revoked earning again until it is granted.",
+                    "requestBody": award_body,
+                    "responses": {
+                        "200": award_result("The revocation, as entries of the user's history."),
+                        **award_errors("The user does not hold it."),
+                    },
+                },
+            },
+            "/api/v1/users/{user_id}/history": {
+                "get": {
+                    "operationId": "getUserHistory",
+                    "summary": "A user's badge history, newest first: earnings, grants, "
+                    "revocations and expiries",
+                    "parameters": [
+                        {
+                            "name": "user_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "maxLength": ID_MAX_LENGTH},
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The history.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/History"}
+                                }
+                            },
+                        },
+                        "400": _error_response(BAD_ID),
+                        "404": _error_response("No event or link exists for this user id."),
+                        **ERRORS,
+                    },
+                }
+            },
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -319,6 +440,45 @@ def openapi_schema() -> dict[str, Any]:
                         },
                     },
                 },
+                "Award": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["reason"],
+                    "properties": {
+                        "reason": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 500,
+                            "description": "Why: kept in the user's badge history.",
+                        },
+                        "tier": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        "period": {"type": "string", "maxLength": 32, "examples": ["2026-W49"]},
+                    },
+                },
+                "LedgerEntry": entry,
+                "AwardResult": {
+                    "type": "object",
+                    "required": ["user_id", "badge", "entries"],
+                    "properties": {
+                        "user_id": {"type": "string"},
+                        "badge": {"type": "string"},
+                        "entries": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/LedgerEntry"},
+                        },
+                    },
+                },
+                "History": {
+                    "type": "object",
+                    "required": ["user_id", "entries"],
+                    "properties": {
+                        "user_id": {"type": "string"},
+                        "entries": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/LedgerEntry"},
+                        },
+                    },
+                },
                 "UserBadges": {
                     "type": "object",
                     "required": ["user_id", "linked", "pending_events", "badges"],
@@ -356,6 +516,15 @@ def openapi_schema() -> dict[str, Any]:
                                         "description": "Tiered badges: the highest tier held.",
                                     },
                                     "next_tier": {"type": "string"},
+                                    "granted": {
+                                        "type": "boolean",
+                                        "description": "Held because staff granted it.",
+                                    },
+                                    "revoked": {
+                                        "type": "boolean",
+                                        "description": "Taken back by staff: new activity "
+                                        "does not earn it again.",
+                                    },
                                     "percent": {
                                         "type": "integer",
                                         "minimum": 0,

@@ -16,9 +16,9 @@ from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from achievements import index
+from achievements import awards, index
 from achievements.cards import cards_for_user
 from achievements.events import (
     EVENT_ID_PATTERN,
@@ -27,7 +27,7 @@ from achievements.events import (
     InvalidEvent,
     record_external_events,
 )
-from achievements.models import Event, ExternalIdentity, Unlock
+from achievements.models import Badge, Entry, Event, ExternalIdentity, LedgerEntry, Unlock
 from achievements.rules import event_type_problem
 from api.auth import authenticate, rate_limit, refused
 from api.models import ApiKey
@@ -107,33 +107,9 @@ def events(request: HttpRequest) -> JsonResponse:
     if isinstance(guarded, JsonResponse):
         return guarded
     api_key = guarded
-    max_body = settings.ACCOLADE_API_MAX_BODY_BYTES
-    try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        declared = 0
-    if declared > max_body:
-        return error(413, "body", f"must be at most {max_body} bytes (got {declared})")
-    content_type = request.META.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        return error(415, "Content-Type", "must be application/json")
-    try:
-        body = request.body
-    except RequestDataTooBig:
-        return error(413, "body", f"must be at most {max_body} bytes")
-    if len(body) > max_body:
-        return error(413, "body", f"must be at most {max_body} bytes (got {len(body)})")
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return error(400, "body", f"is not valid UTF-8 (byte {exc.start})")
-    problem = json_depth_problem(text)
-    if problem:
-        return error(400, "body", problem)
-    try:
-        document = json.loads(text, parse_constant=_refuse_constant)
-    except ValueError as exc:
-        return error(400, "body", f"is not valid JSON: {exc}")
+    document = _json_body(request)
+    if isinstance(document, JsonResponse):
+        return document
 
     if isinstance(document, dict) and "events" in document:
         extra = sorted(set(document) - {"events"})
@@ -193,6 +169,38 @@ def events(request: HttpRequest) -> JsonResponse:
                 results[position]["status"] = "accepted" if outcome.created else "duplicate"
     stored = any(result["status"] != "rejected" for result in results)
     return JsonResponse({"results": results}, status=202 if stored else 422)
+
+
+def _json_body(request: HttpRequest) -> Any:
+    """The request's JSON document, or the 4xx that says what is wrong with the body."""
+    max_body = settings.ACCOLADE_API_MAX_BODY_BYTES
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > max_body:
+        return error(413, "body", f"must be at most {max_body} bytes (got {declared})")
+    content_type = request.META.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        return error(415, "Content-Type", "must be application/json")
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        return error(413, "body", f"must be at most {max_body} bytes")
+    if len(body) > max_body:
+        return error(413, "body", f"must be at most {max_body} bytes (got {len(body)})")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return error(400, "body", f"is not valid UTF-8 (byte {exc.start})")
+    problem = json_depth_problem(text)
+    if problem:
+        return error(400, "body", problem)
+    try:
+        document = json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as exc:
+        return error(400, "body", f"is not valid JSON: {exc}")
+    return document
 
 
 def _problems(item: Any, prefix: str, known_types: AbstractSet[str]) -> list[dict[str, str]]:
@@ -374,11 +382,127 @@ def user_badges(request: HttpRequest, user_id: str) -> JsonResponse:
                     "current": card["current"],
                     "target": card["target"],
                     "requirements": card["requirements"],
+                    "granted": card["granted"],
+                    "revoked": card["revoked"],
                 }
                 for card in cards
             ],
         }
     )
+
+
+AWARD_FIELDS = {"reason", "tier", "period"}
+
+
+@csrf_exempt
+@require_http_methods(["POST", "DELETE"])
+def user_badge(request: HttpRequest, user_id: str, badge_key: str) -> JsonResponse:
+    """Grant (POST) or revoke (DELETE) a badge of a user, with a reason; the ledger's
+    new entries. Staff's rules for it are achievements.awards'."""
+    guarded = _guard(request, "badges:write")
+    if isinstance(guarded, JsonResponse):
+        return guarded
+    api_key = guarded
+    bad_id = _path_problem("user_id", user_id) or _path_problem("badge_key", badge_key)
+    if bad_id:
+        return bad_id
+    document = _json_body(request)
+    if isinstance(document, JsonResponse):
+        return document
+    if not isinstance(document, dict):
+        return error(422, "body", f"must be an object, not {_json_type(document)}")
+    extra = sorted(set(document) - AWARD_FIELDS)
+    if extra:
+        return error(422, extra[0], f"is not a field here; send {', '.join(sorted(AWARD_FIELDS))}")
+    reason, tier, period = document.get("reason"), document.get("tier"), document.get("period")
+    if not isinstance(reason, str):
+        return error(422, "reason", "is required: a string saying why, kept in the history")
+    if tier is not None and (type(tier) is not int or not 1 <= tier <= 1000):
+        return error(422, "tier", "must be a whole number from 1 (the first tier)")
+    if period is not None and not isinstance(period, str):
+        return error(422, "period", "must be a string such as 2026-W49")
+    if period is not None and (problem := text_problem(period, max_length=32)) is not None:
+        return error(422, "period", problem)
+    identity = ExternalIdentity.objects.filter(external_id=user_id).first()
+    if identity is None:
+        return error(404, "user_id", "no events or link exist for this user id")
+    if identity.user_id is None:
+        return error(409, "user_id", "is not linked to a site user yet")
+    badge = Badge.objects.filter(key=badge_key).first()
+    if badge is None:
+        return error(404, "badge_key", "no badge has this key")
+    act = awards.grant_badge if request.method == "POST" else awards.revoke_badge
+    try:
+        unlocks = act(
+            user_id=identity.user_id,
+            badge=badge,
+            reason=reason,
+            by=awards.Actor(api_key_id=api_key.pk),
+            tier=tier,
+            period=period,
+        )
+    except awards.AwardRefused as refused:
+        name = {"badge": "badge_key", "user": "user_id"}.get(refused.field, refused.field)
+        return error(409 if refused.conflict else 422, name, refused.message)
+    entries = (
+        LedgerEntry.objects.filter(
+            unlock__in=unlocks, kind=Entry.GRANTED if request.method == "POST" else Entry.REVOKED
+        )
+        .select_related("badge")
+        .order_by("-at", "-pk")
+    )
+    return JsonResponse(
+        {"user_id": identity.external_id, "badge": badge.key, "entries": _entries(entries)},
+        status=201 if request.method == "POST" else 200,
+    )
+
+
+@require_GET
+def user_history(request: HttpRequest, user_id: str) -> JsonResponse:
+    """The ledger of a user's badges, newest first: earnings, grants, revocations, expiries."""
+    guarded = _guard(request, "badges:read")
+    if isinstance(guarded, JsonResponse):
+        return guarded
+    bad_id = _path_problem("user_id", user_id)
+    if bad_id:
+        return bad_id
+    identity = ExternalIdentity.objects.filter(external_id=user_id).first()
+    if identity is None:
+        return error(404, "user_id", "no events or link exist for this user id")
+    entries = (
+        LedgerEntry.objects.of_user(identity.user_id)[:HISTORY_LIMIT]
+        if identity.user_id is not None
+        else []
+    )
+    return JsonResponse({"user_id": identity.external_id, "entries": _entries(entries)})
+
+
+HISTORY_LIMIT = 500
+
+
+def _cause(entry: LedgerEntry) -> str:
+    """What made the entry: the rule, the expiry schedule, staff in the admin, or a key."""
+    if entry.kind == Entry.EARNED:
+        return "rule"
+    if entry.kind == Entry.EXPIRED:
+        return "schedule"
+    return "api" if entry.api_key_id is not None else "staff"
+
+
+def _entries(entries: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "kind": entry.kind,
+            "badge": entry.badge.key,
+            "tier": entry.tier,
+            "period": entry.period,
+            "at": entry.at.isoformat(),
+            "by": _cause(entry),
+            "reason": entry.reason,
+            "event_ids": entry.event_ids,
+        }
+        for entry in entries
+    ]
 
 
 def _external_id_of(user_id: int | None) -> str | None:

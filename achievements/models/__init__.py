@@ -3,6 +3,7 @@
 badges     Badge, BadgeRequirement: the rules as data
 events     Event (the outbox), EventType, ExternalIdentity, DedupRule
 standings  RequirementProgress, DistinctValue, UserBadge, Unlock
+ledger     LedgerEntry: every earning, grant, revocation and expiry
 versions   BadgeVersion
 jobs       Reevaluation, ActivityDay
 """
@@ -32,8 +33,10 @@ from achievements.models.events import (
     validate_event_type,
 )
 from achievements.models.jobs import ActivityDay, Reevaluation
+from achievements.models.ledger import Entry, LedgerEntry, LedgerQuerySet
 from achievements.models.standings import (
     DistinctValue,
+    Ending,
     RequirementProgress,
     Unlock,
     UnlockQuerySet,
@@ -57,10 +60,14 @@ __all__ = [
     "BadgeVersion",
     "DedupRule",
     "DistinctValue",
+    "Ending",
+    "Entry",
     "Event",
     "EventQuerySet",
     "EventType",
     "ExternalIdentity",
+    "LedgerEntry",
+    "LedgerQuerySet",
     "Reevaluation",
     "RequirementProgress",
     "Standing",

@@ -41,6 +41,19 @@ class UserBadge(models.Model):
     tier = models.PositiveSmallIntegerField(
         default=0, help_text="Tiered badges: how many tiers the user has reached."
     )
+    withheld = models.JSONField(
+        default=list,
+        # Also when a row is written by raw SQL or COPY (the store, bench/reports.py).
+        db_default=models.Value([], output_field=models.JSONField()),
+        blank=True,
+        help_text="Earnings staff revoked, which the rule does not award again until staff "
+        'grant them: the periods of a repeatable badge, or [""] for the whole badge.',
+    )
+    granted = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="The first earning the user holds was granted by staff.",
+    )
 
     class Meta:
         constraints = [
@@ -71,10 +84,19 @@ class UserBadge(models.Model):
         return self.completed_at is not None
 
 
+class Ending(models.TextChoices):
+    REVOKED = "revoked", "Revoked"
+    EXPIRED = "expired", "Expired"
+
+
 class UnlockQuerySet(models.QuerySet["Unlock"]):
+    def held(self) -> UnlockQuerySet:
+        """Earnings the users hold now: not revoked, not expired."""
+        return self.filter(ended_at__isnull=True)
+
     def badge_ids_of(self, user_id: int) -> set[int]:
         """The badges a user holds (what composites are made of)."""
-        return set(self.filter(user_id=user_id).values_list("badge_id", flat=True))
+        return set(self.held().filter(user_id=user_id).values_list("badge_id", flat=True))
 
     def mark_seen(self, user_id: int, unlock_ids: list[int]) -> int:
         """Record that a page of `user_id` showed these unlocks; others' unlocks are ignored."""
@@ -95,7 +117,9 @@ class Unlock(models.Model):
     `period` is empty for once-only badges and names the local day, week or
     month for repeatable ones; `tier` is 0 for untiered badges and the tier
     number (1 = the first) for tiered ones. The unique constraint makes a
-    second unlock of the same badge, period and tier impossible.
+    second held unlock of the same badge, period and tier impossible; one
+    that ended (revoked, expired) stays, as history, beside a later one.
+    How it began and ended, and why, is in the ledger (`LedgerEntry`).
     """
 
     user = models.ForeignKey(
@@ -142,6 +166,16 @@ class Unlock(models.Model):
         help_text="First earnings of a badge (each tier): from the user's first qualifying "
         "event to the event that earned it. The time-to-unlock report reads it.",
     )
+    # Database defaults too, for rows written by COPY (bench/reports.py).
+    granted = models.BooleanField(
+        default=False, db_default=False, help_text="Granted by staff, not earned."
+    )
+    ended_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it was revoked or expired; empty while held."
+    )
+    ending = models.CharField(
+        max_length=8, choices=Ending.choices, blank=True, default="", db_default=""
+    )
 
     objects = UnlockQuerySet.as_manager()
 
@@ -150,7 +184,9 @@ class Unlock(models.Model):
         permissions = [("view_reports", "Can view achievement reports")]
         constraints = [
             models.UniqueConstraint(
-                fields=["user", "badge", "period", "tier"], name="unique_unlock"
+                fields=["user", "badge", "period", "tier"],
+                name="unique_held_unlock",
+                condition=models.Q(ended_at__isnull=True),
             ),
         ]
         indexes = [
@@ -174,6 +210,10 @@ class Unlock(models.Model):
         if self.tier:
             return f" ({self.badge.tier_name(self.tier) or f'tier {self.tier}'})"
         return f" ({self.period})" if self.period else ""
+
+    @property
+    def is_held(self) -> bool:
+        return self.ended_at is None
 
 
 class RequirementProgress(models.Model):

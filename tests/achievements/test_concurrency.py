@@ -186,3 +186,101 @@ def test_two_batches_creating_one_users_standing_both_count(owner):
     assert errors == []
     assert UserBadge.objects.get(user=owner, badge=badge).current_value == 2
     assert not Event.objects.unprocessed().exists()
+
+
+@pytest.fixture
+def slow_engine_commit(monkeypatch):
+    """An evaluation that holds its locks a moment after writing, before it commits,
+    so a grant or revocation sent meanwhile meets it mid-transaction."""
+    from achievements import store
+
+    save = store.Writes.save
+
+    def slow_save(self):
+        written = save(self)
+        if threading.current_thread().name == "engine":
+            time.sleep(0.4)
+        return written
+
+    monkeypatch.setattr(store.Writes, "save", slow_save)
+
+
+def _second_image(user):
+    """An image that completes the badge, after one whose evaluation made the standing row
+    (so nothing but the standing's lock orders the two)."""
+    for n in (1, 2):
+        event = Event.objects.create(
+            event_id=f"img-{n}", event_type="image.posted", user=user, occurred_at=timezone.now()
+        )
+        if n == 1:
+            evaluate_event(event.pk)
+    return event
+
+
+def _engine_then(evaluation, award):
+    """Evaluate, and a moment later (inside the evaluation's transaction) grant or
+    revoke: the serial order is evaluation first. The award's errors."""
+    errors: list[BaseException] = []
+
+    def run(job, pause) -> None:
+        try:
+            time.sleep(pause)
+            job()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=run, args=(evaluation, 0), name="engine"),
+        threading.Thread(target=run, args=(award, 0.15), name="staff"),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return errors
+
+
+def test_a_grant_meeting_an_unlock_of_the_same_badge_waits_and_is_refused(
+    owner, staff_user, slow_engine_commit
+):
+    """The grant waits for the evaluation's lock, then finds the badge held: one held
+    unlock, its one ledger entry, and a clear refusal, never a database error."""
+    from achievements.awards import Actor, AwardRefused, grant_badge
+    from achievements.models import LedgerEntry, Unlock
+
+    badge = make_images_badge(threshold=2)
+    event = _second_image(owner)
+    errors = _engine_then(
+        lambda: evaluate_event(event.pk),
+        lambda: grant_badge(user_id=owner.pk, badge=badge, reason="race", by=Actor(staff_user.pk)),
+    )
+    assert len(errors) == 1 and isinstance(errors[0], AwardRefused), errors
+    [held] = Unlock.objects.held().filter(user=owner, badge=badge)
+    assert not held.granted
+    assert list(LedgerEntry.objects.values_list("unlock", "kind")) == [(held.pk, "earned")]
+    assert UserBadge.objects.get(user=owner, badge=badge).completed_at == held.unlocked_at
+
+
+def test_a_revocation_meeting_the_unlock_it_revokes_waits_and_revokes_it(
+    owner, staff_user, slow_engine_commit
+):
+    """Serially (the unlock first) the badge ends revoked and withheld; so it does
+    when the revocation arrives while the unlock is being written."""
+    from achievements.awards import Actor, revoke_badge
+    from achievements.models import Unlock
+
+    badge = make_images_badge(threshold=2)
+    event = _second_image(owner)
+    errors = _engine_then(
+        lambda: evaluate_event(event.pk),
+        lambda: revoke_badge(
+            user_id=owner.pk, badge=badge, reason="race", by=Actor(staff_user.pk)
+        ),
+    )
+    assert errors == []
+    [ended] = Unlock.objects.filter(user=owner, badge=badge)
+    assert ended.ending == "revoked"
+    standing = UserBadge.objects.get(user=owner, badge=badge)
+    assert (standing.completed_at, standing.tier, standing.withheld) == (None, 0, [""])

@@ -54,3 +54,18 @@ def test_every_page_of_a_signed_in_user_has_the_live_toast_region(client, owner)
 def test_badges_page_refuses_post(client, owner):
     client.force_login(owner)
     assert client.post("/badges/").status_code == 405
+
+
+def test_the_badges_page_shows_the_history_of_grants_and_revocations_without_reasons(
+    client, owner, staff_user
+):
+    from achievements.awards import Actor, grant_badge, revoke_badge
+
+    badge = make_images_badge(threshold=10)
+    grant_badge(user_id=owner.pk, badge=badge, reason="internal note", by=Actor(staff_user.pk))
+    revoke_badge(user_id=owner.pk, badge=badge, reason="internal note 2", by=Actor(staff_user.pk))
+    client.force_login(owner)
+    page = client.get("/badges/").content.decode()
+    assert "taken back by staff" in page and "granted by staff" in page
+    assert "Taken back by staff" in page  # the card says so too
+    assert "internal note" not in page

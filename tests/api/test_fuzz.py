@@ -20,7 +20,11 @@ import pytest
 
 from tests.integration.stack import BIN
 
-ID_PATHS = [("/api/v1/events/{}", "event_id"), ("/api/v1/users/{}/badges", "user_id")]
+ID_PATHS = [
+    ("/api/v1/events/{}", "event_id"),
+    ("/api/v1/users/{}/badges", "user_id"),
+    ("/api/v1/users/{}/history", "user_id"),
+]
 # Ids no event or user can have: each gets a 4xx naming the parameter.
 HOSTILE_IDS = [
     "\x00",
@@ -69,14 +73,14 @@ def test_the_api_survives_fuzzing_from_its_own_schema(embedded_site, tmp_path):
     )
     summary = result.stdout[-6000:]
     assert result.returncode == 0, summary
-    assert "Tested: 3" in result.stdout, summary
+    assert "Tested: 6" in result.stdout, summary
 
 
 def _create_key(site) -> str:
     output = subprocess.run(
         [sys.executable, "manage.py", "create_api_key", f"fuzz-{Path(site.base_url).name}"]
         + ["--producer", "app", "--scope", "events:write", "--scope", "events:read"]
-        + ["--scope", "badges:read"],
+        + ["--scope", "badges:read", "--scope", "badges:write"],
         cwd=Path(__file__).resolve().parents[2],
         env=site.environment,
         capture_output=True,

@@ -428,6 +428,8 @@ def test_the_openapi_schema_is_served(api_client, db):
         "/api/v1/events",
         "/api/v1/events/{event_id}",
         "/api/v1/users/{user_id}/badges",
+        "/api/v1/users/{user_id}/badges/{badge_key}",
+        "/api/v1/users/{user_id}/history",
     }
 
 
