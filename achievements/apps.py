@@ -39,6 +39,12 @@ class AchievementsConfig(AppConfig):
             dispatch_uid="index-composite-parts",
         )
 
+        # Badges that expire: celery beat runs the schedule (project.settings); in
+        # the embedded mode the sweeper's thread does.
+        from achievements import dispatch, expiry
+
+        dispatch.run_with_embedded_sweeper(expiry.run_schedule)
+
         # Sockets end with their session (achievements.socket_sessions; a
         # deleted session is told by achievements.session_store).
         from django.contrib.auth import get_user_model

@@ -15,7 +15,7 @@ here, so every way in refuses the same things with the same words.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
@@ -96,6 +96,8 @@ def grant_badge(
                 tier=earned_tier,
                 unlocked_at=now,
                 granted=True,
+                # Valid for as long as an earning would be, from the grant.
+                expires_at=now + timedelta(days=badge.valid_days) if badge.valid_days else None,
             )
             for earned_period, earned_tier in earnings
         ]
@@ -155,7 +157,10 @@ def revoke_badge(
         _record(unlocks, Entry.REVOKED, reason, by, now)
         standing.withheld = sorted({*standing.withheld, *(u.period for u in unlocks)})
         _restate(standing, now)
-        after_commit(delivery.notify_many, {user_id: ([badge.pk], [])})
+        if badge.announce_endings:
+            after_commit(delivery.notify_notices, {user_id: [(badge.pk, "Badge taken back")]})
+        else:
+            after_commit(delivery.notify_many, {user_id: ([badge.pk], [])})
     return unlocks
 
 
@@ -252,6 +257,7 @@ def _restate(standing: UserBadge, now: datetime) -> None:
     standing.completed_by_event_id = first.event_id if first else None
     standing.tier = max((unlock.tier for unlock in held), default=0)
     standing.granted = first is not None and first.granted
+    standing.expires_at = first.expires_at if first is not None else None
     standing.last_evaluated_at = now
     standing.save(
         update_fields=[
@@ -260,6 +266,7 @@ def _restate(standing: UserBadge, now: datetime) -> None:
             "tier",
             "withheld",
             "granted",
+            "expires_at",
             "last_evaluated_at",
         ]
     )

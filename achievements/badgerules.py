@@ -51,13 +51,15 @@ class Occurrence:
 
 @dataclass(frozen=True)
 class BadgeRule:
-    """A badge's rule as plain data: its requirements, tiers, repeat period and version."""
+    """A badge's rule as plain data: its requirements, tiers, repeat period, version and
+    how long an earning stays valid."""
 
     id: int
     requirements: tuple[Spec, ...]
     tiers: tuple[tuple[str, Decimal], ...] = ()
     repeat: Scope | None = None
     version_id: int | None = None
+    valid_days: int = 0  # an earning expires this many days after its witness (0: never)
 
     @cached_property
     def watched_types(self) -> frozenset[str]:

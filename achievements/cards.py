@@ -212,6 +212,14 @@ def _card(
     # Earned for good (a rule change never takes it back): shown complete, every
     # requirement met, whatever the rule says now (docs/rules.md).
     done = completed_at is not None and not ongoing
+    expires_at = getattr(user_badge, "expires_at", None) if completed_at else None
+    # Past its expiry but not yet ended by the schedule: shown as expired already.
+    if expires_at is not None and expires_at <= now:
+        completed_at, done, mystery = None, False, badge.hidden
+    # When the last earning expired (counting started again then), while not held.
+    expired_at = (
+        (expires_at or getattr(user_badge, "since", None)) if completed_at is None else None
+    )
     # Taken back by staff, and not held in any form since: the rule does not award it again.
     revoked = (
         completed_at is None and not badge.repeat and "" in (getattr(user_badge, "withheld", ()))
@@ -236,6 +244,15 @@ def _card(
         "completed": completed_at is not None,
         "granted": completed_at is not None and bool(getattr(user_badge, "granted", False)),
         "revoked": revoked,
+        # Expiring badges: when the earning held expires; after one expired, when.
+        "expires_at": expires_at.isoformat() if completed_at and expires_at else None,
+        "expires_on": (
+            date_format(localtime(expires_at), "DATE_FORMAT")
+            if completed_at and expires_at
+            else ""
+        ),
+        "expired": expired_at is not None and not revoked,
+        "expired_on": date_format(localtime(expired_at), "DATE_FORMAT") if expired_at else "",
         "completed_at": completed_at.isoformat() if completed_at else None,
         "completed_on": (
             date_format(localtime(completed_at), "DATE_FORMAT") if completed_at else ""

@@ -141,6 +141,10 @@ class Pair:
     withheld: frozenset[str] = frozenset()
     # Whether the first earning held was granted by staff (the card says so).
     granted: bool = False
+    # When the earning held expires (badges valid for some days).
+    expires_at: datetime | None = None
+    # After an expiry: events that occurred before this do not count.
+    since: datetime | None = None
 
     def states(self) -> dict[int, State]:
         return {pk: row.state for pk, row in self.progress.items()}
@@ -152,6 +156,7 @@ class Pair:
             self.completed_at,
             self.completed_by_event_id,
             self.tier,
+            self.expires_at,
         )
 
 
@@ -168,6 +173,7 @@ class Earning:
     took: timedelta | None
     version_id: int | None
     witness: OrderKey | None
+    expires_at: datetime | None = None
 
 
 @dataclass
@@ -236,6 +242,8 @@ def evaluate(
             outcome = outcomes.get(pair_key)
             if outcome is None or pair_key in stopped or not progress.relevant(spec, fact):
                 continue
+            if outcome.pair.since is not None and event.occurred_at < outcome.pair.since:
+                continue  # before the last earning expired: it counted towards that one
             if not _fold(outcome, spec, fact, event, event_key, fresh):
                 stopped.add(pair_key)  # a late event that could move a witness
                 outcome.needs_history = True
@@ -553,6 +561,13 @@ def _record_earning(
     pair.held[(period, tier)] = Held(
         period, tier, event_pk, event_ids, took, rule.version_id, witness
     )
+    # Valid for some days from the event that earned it (from now without one).
+    expires_at = (
+        (moment_of(witness) if witness is not None else completed)
+        + timedelta(days=rule.valid_days)
+        if rule.valid_days
+        else None
+    )
     outcome.earned.append(
         Earning(
             pair.user_id,
@@ -564,11 +579,13 @@ def _record_earning(
             took,
             rule.version_id,
             witness,
+            expires_at,
         )
     )
     if pair.completed_at is None:
         pair.completed_at = completed
         pair.completed_by_event_id = event_pk
+        pair.expires_at = expires_at
     elif first:
         pair.completed_by_event_id = event_pk  # an earlier earning than those held
     pair.tier = max(pair.tier, tier)

@@ -98,3 +98,37 @@ def notify_many(
             )
     except Exception:
         logger.exception("Pushing changes to %d user(s) failed", len(changes))
+
+
+def notify_notices(notices: dict[int, list[tuple[int, str]]]) -> None:
+    """Push each user's fresh cards of these badges with a toast per notice (user →
+    [(badge id, headline)]): a badge expired, was taken back, or expires soon.
+
+    Unlike an unlock's, a notice is not caught up on reconnect: the card,
+    which a reconnecting page re-syncs, carries the same news. Best effort.
+    """
+    try:
+        if not notices or realtime.nobody_listens(get_channel_layer()):
+            return
+        present = presence.present_users(list(notices))
+        targets = {u: n for u, n in notices.items() if present is None or u in present}
+        if not targets:
+            return
+        cards = cards_for_users({u: {b for b, _ in n} for u, n in targets.items()})
+        messages = {}
+        for user_id, items in targets.items():
+            by_id = {card["id"]: card for card in cards[user_id]}
+            toasts = [
+                {"unlock_id": None, "card": by_id[badge_id], "headline": headline}
+                for badge_id, headline in items
+                if badge_id in by_id
+            ]
+            messages[realtime.user_group(user_id)] = {
+                "type": "badges.changed",
+                "cards": cards[user_id],
+                "toasts": toasts,
+                "html": render_frame(cards[user_id], toasts),
+            }
+        realtime.send_to_groups(messages)
+    except Exception:
+        logger.exception("Pushing notices to %d user(s) failed", len(notices))

@@ -49,7 +49,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -425,6 +425,15 @@ def _evaluate_in_thread(event_pk: int) -> None:
 
 
 _sweeper_started = False
+# Other jobs celery beat runs elsewhere, run by the embedded sweeper after each
+# sweep; registered by higher layers (achievements.apps), as this one must not
+# import them.
+_embedded_jobs: list[Callable[[], object]] = []
+
+
+def run_with_embedded_sweeper(job: Callable[[], object]) -> None:
+    if job not in _embedded_jobs:
+        _embedded_jobs.append(job)
 
 
 def ensure_embedded_sweeper() -> None:
@@ -447,12 +456,13 @@ def ensure_embedded_sweeper() -> None:
         interval = float(settings.ACCOLADE_SWEEP_INTERVAL_SECONDS)
         while True:
             time.sleep(interval)
-            try:
-                sweep_stranded_events()
-            except Exception:
-                logger.exception("Sweeping stranded events failed")
-            finally:
-                close_old_connections()
+            for job in [sweep_stranded_events, *_embedded_jobs]:
+                try:
+                    job()
+                except Exception:
+                    logger.exception("The embedded sweeper's %s failed", job.__qualname__)
+                finally:
+                    close_old_connections()
 
     threading.Thread(target=sweep_forever, name="accolade-sweeper", daemon=True).start()
 

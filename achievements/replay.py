@@ -190,6 +190,26 @@ def replay_events(
     return report
 
 
+def refold(user_id: int, badge: Badge, *, silent: bool) -> ReplayReport:
+    """Rebuild one user's progress on one badge from their history, as a replay does,
+    inside the caller's transaction (an expiry holds the standing's lock)."""
+    requirements = list(
+        BadgeRequirement.objects.filter(badge=badge)
+        .select_related("badge")
+        .prefetch_related("composite_badges")
+        .order_by("pk")
+    )
+    plan = ReplayPlan(
+        requirements,
+        sorted({t for requirement in requirements for t in requirement.watched_types()}),
+        [user_id],
+    )
+    report = ReplayReport()
+    if requirements:
+        _replay_chunk([user_id], plan, report, silent=silent)
+    return report
+
+
 @dataclass
 class _Work:
     """A replay's chunks of users, run here or shared out to processes."""
@@ -351,8 +371,9 @@ def _write_replay(
         if not outcome.touched:
             writes.stale_progress += [(user_id, r) for r in requirement_ids]
             # A standing with nothing in it goes; one that remembers a staff
-            # revocation stays, so the rule does not award that badge again.
-            if pair.completed_at is None and not pair.withheld:
+            # revocation or an expiry stays, so the rule does not award that
+            # badge again (or not from the events before the expiry).
+            if pair.completed_at is None and not pair.withheld and pair.since is None:
                 writes.dropped_standings.append(loaded.row_ids[key])
                 continue
         else:

@@ -24,13 +24,22 @@ from django.db.models import (
     Q,
     QuerySet,
 )
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 from django.utils.dateparse import parse_date
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from achievements import rollups
-from achievements.models import Badge, Event, Unlock, UserBadge, progress_share
+from achievements.models import (
+    Badge,
+    Entry,
+    Event,
+    LedgerEntry,
+    Unlock,
+    UserBadge,
+    progress_share,
+)
 from project.inputs import date_problem, text_problem
 
 MAX_RANGE_DAYS = 366
@@ -133,14 +142,34 @@ def parse_filters(params: Any, *, today: date | None = None) -> tuple[Filters, d
 
 
 def unlocks_over_time(filters: Filters) -> list[dict[str, Any]]:
-    """Unlocks per day or week in the range (every earning counts), and the running total."""
+    """Unlocks per day or week in the range (every earning counts), the running total,
+    and the earnings revoked and expired in each."""
     per_day = rollups.unlocks_per_day(
         filters.start, filters.end, filters.badge.pk if filters.badge else None
     )
     step = timedelta(days=1 if filters.unit == "day" else 7)
+
+    def bucket(day: date) -> date:
+        return day - timedelta(days=day.weekday()) if filters.unit == "week" else day
+
     buckets: Counter[date] = Counter()
     for day, n in per_day.items():
-        buckets[day - timedelta(days=day.weekday()) if filters.unit == "week" else day] += n
+        buckets[bucket(day)] += n
+    # Earnings that ended, beside them: from the ledger (its kind-and-time index).
+    endings: dict[str, Counter[date]] = {Entry.REVOKED: Counter(), Entry.EXPIRED: Counter()}
+    ended = LedgerEntry.objects.filter(
+        kind__in=list(endings), at__gte=filters.since, at__lt=filters.before
+    )
+    if filters.badge:
+        ended = ended.filter(badge=filters.badge)
+    for day, kind, n in (
+        ended.annotate(day=TruncDate("at", tzinfo=timezone.get_current_timezone()))
+        .order_by()
+        .values("day", "kind")
+        .annotate(n=Count("*"))
+        .values_list("day", "kind", "n")
+    ):
+        endings[kind][bucket(day)] += n
     rows, running = [], 0
     current = filters.start
     if filters.unit == "week":
@@ -148,7 +177,15 @@ def unlocks_over_time(filters: Filters) -> list[dict[str, Any]]:
     while current <= filters.end:
         n = buckets.get(current, 0)
         running += n
-        rows.append({"period": current, "unlocks": n, "cumulative": running})
+        rows.append(
+            {
+                "period": current,
+                "unlocks": n,
+                "cumulative": running,
+                "revoked": endings[Entry.REVOKED].get(current, 0),
+                "expired": endings[Entry.EXPIRED].get(current, 0),
+            }
+        )
         current += step
     return rows
 

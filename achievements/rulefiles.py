@@ -15,6 +15,7 @@ from achievements.progress import find_cycle
 from achievements.ruleformat import (
     BADGE_FIELDS,
     FORMAT,
+    OPTIONAL_BADGE_FIELDS,
     REQUIREMENT_FIELDS,
     VERSION,
     document,
@@ -105,7 +106,13 @@ def validate(document: Any) -> list[tuple[Badge, list[BadgeRequirement]]]:
             problems.append(f"{where}.key: appears twice in the file")
         if isinstance(key, str):
             seen_keys.add(key)
-        unknown = set(entry) - {"key", "segment", "requirements", *BADGE_FIELDS}
+        unknown = set(entry) - {
+            "key",
+            "segment",
+            "requirements",
+            *BADGE_FIELDS,
+            *OPTIONAL_BADGE_FIELDS,
+        }
         for name in sorted(unknown):
             problems.append(f"{where}.{name}: is not a badge field")
         # Start from the stored badge, so fields a file leaves out keep their values.
@@ -115,6 +122,9 @@ def validate(document: Any) -> list[tuple[Badge, list[BadgeRequirement]]]:
         for name in BADGE_FIELDS:
             if name in entry:
                 setattr(badge, name, entry[name])
+        for name, default in OPTIONAL_BADGE_FIELDS.items():
+            # Left out: the default, as the file was written (not the stored value).
+            setattr(badge, name, entry.get(name, default))
         segment = entry.get("segment")
         if "segment" in entry and segment is None:
             badge.segment_group, badge.segment_attribute, badge.segment_value = None, "", ""

@@ -23,6 +23,9 @@ BADGE_FIELDS = (
     "tiers",
     "repeat",
 )
+# Written only when they differ from these defaults, so the rule of a badge that
+# does not use them reads (and versions) as it did before they existed.
+OPTIONAL_BADGE_FIELDS = {"valid_days": 0, "remind_days": 0, "announce_endings": False}
 REQUIREMENT_FIELDS = (
     "kind",
     "event_type",
@@ -51,6 +54,13 @@ def document(badges: list[dict[str, Any]]) -> dict[str, Any]:
 def _badge_data(badge: Badge) -> dict[str, Any]:
     data: dict[str, Any] = {"key": badge.key}
     data.update({name: getattr(badge, name) for name in BADGE_FIELDS})
+    data.update(
+        {
+            name: getattr(badge, name)
+            for name, default in OPTIONAL_BADGE_FIELDS.items()
+            if getattr(badge, name) != default
+        }
+    )
     segment: dict[str, str] | None = None
     if badge.segment_group:
         segment = {"group": badge.segment_group.name}

@@ -91,6 +91,8 @@ _STANDING_FIELDS = (
     "tier",
     "withheld",
     "granted",
+    "expires_at",
+    "since",
 )
 
 
@@ -270,7 +272,8 @@ def lock_standings(
         .order_by("user_id", "badge_id"),
         _STANDING_FIELDS,
         f"SELECT id, user_id, badge_id, current_value, target_value, completed_at, "
-        f"completed_by_event_id, last_evaluated_at, tier, withheld, granted FROM {table} "
+        f"completed_by_event_id, last_evaluated_at, tier, withheld, granted, expires_at, since "
+        f"FROM {table} "
         f"WHERE user_id = ANY(%b::bigint[]) AND badge_id = ANY(%b::bigint[]) "
         f"ORDER BY user_id, badge_id FOR UPDATE",
         [users, badges],
@@ -281,7 +284,7 @@ def lock_standings(
         loaded = Loaded({})
         for row in locked():
             pk, user_id, badge_id, current, target, completed, by, evaluated, *rest = row
-            tier, withheld, granted = rest
+            tier, withheld, granted, expires_at, since = rest
             key = (user_id, badge_id)
             if key not in wanted_set:
                 continue
@@ -295,6 +298,8 @@ def lock_standings(
                 tier=tier,
                 withheld=frozenset(decode_json(withheld) or ()),
                 granted=granted,
+                expires_at=expires_at,
+                since=since,
             )
             loaded.pairs[key] = pair
             loaded.row_ids[key] = pk
@@ -523,6 +528,7 @@ def _save_standings(standings: list[tuple[int, core.Pair]], evaluated_at: dateti
             completed_by_event_id=pair.completed_by_event_id,
             last_evaluated_at=evaluated_at,
             tier=pair.tier,
+            expires_at=pair.expires_at,
         )
         for row_id, pair in standings
     ]
@@ -535,6 +541,7 @@ def _save_standings(standings: list[tuple[int, core.Pair]], evaluated_at: dateti
             "completed_at",
             "completed_by_event",
             "tier",
+            "expires_at",
         ],
         batch_size=500,
     )
@@ -553,12 +560,13 @@ def _standings_statement(
             last_evaluated_at = v.last_evaluated_at,
             completed_at = v.completed_at,
             completed_by_event_id = v.completed_by_event_id,
-            tier = v.tier
+            tier = v.tier,
+            expires_at = v.expires_at
         FROM unnest(
             %b::bigint[], %t::numeric[], %t::numeric[], %b::timestamptz[],
-            %b::timestamptz[], %b::bigint[], %b::smallint[]
+            %b::timestamptz[], %b::bigint[], %b::smallint[], %b::timestamptz[]
         ) AS v(id, current_value, target_value, last_evaluated_at, completed_at,
-               completed_by_event_id, tier)
+               completed_by_event_id, tier, expires_at)
         WHERE ub.id = v.id
         """,
         [
@@ -569,6 +577,7 @@ def _standings_statement(
             [pair.completed_at for _, pair in standings],
             [pair.completed_by_event_id for _, pair in standings],
             [pair.tier for _, pair in standings],
+            [pair.expires_at for _, pair in standings],
         ],
     )
 
@@ -649,6 +658,7 @@ def new_unlock(earning: core.Earning, *, now: datetime, silent: bool = False) ->
         event_ids=earning.event_ids,
         version_id=earning.version_id,
         took=earning.took,
+        expires_at=earning.expires_at,
         silent=silent,
         seen_at=now if silent else None,
     )

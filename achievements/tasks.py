@@ -109,6 +109,14 @@ def rollup_activity_task() -> int:
     return rollups.catch_up()
 
 
+@shared_task(name="achievements.expire_badges", ignore_result=True)
+def expire_badges_task() -> int:
+    """End the earnings whose time is up and send the reminders due (achievements.expiry)."""
+    from achievements import expiry
+
+    return expiry.run_schedule().expired
+
+
 @task_postrun.connect
 def reset_task_context(**kwargs: object) -> None:
     """Forget task-scoped context after every task, whether it succeeded or failed."""

@@ -525,6 +525,16 @@ def openapi_schema() -> dict[str, Any]:
                                         "description": "Taken back by staff: new activity "
                                         "does not earn it again.",
                                     },
+                                    "expires_at": {
+                                        "type": ["string", "null"],
+                                        "format": "date-time",
+                                        "description": "Held and expiring: when.",
+                                    },
+                                    "expired": {
+                                        "type": "boolean",
+                                        "description": "Its last earning expired: activity "
+                                        "since then earns it again.",
+                                    },
                                     "percent": {
                                         "type": "integer",
                                         "minimum": 0,

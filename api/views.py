@@ -384,6 +384,8 @@ def user_badges(request: HttpRequest, user_id: str) -> JsonResponse:
                     "requirements": card["requirements"],
                     "granted": card["granted"],
                     "revoked": card["revoked"],
+                    "expires_at": card["expires_at"],
+                    "expired": card["expired"],
                 }
                 for card in cards
             ],

@@ -331,10 +331,18 @@ CELERY_DB_REUSE_MAX = 10_000
 # achievements.dispatch.sweep_stranded_events); celery beat runs it. A sweep
 # is one indexed read and at most one drain message, so it can run often.
 ACCOLADE_SWEEP_INTERVAL_SECONDS = env_int("ACCOLADE_SWEEP_INTERVAL_SECONDS", 10, minimum=1)
+# How often the expiry schedule runs: how late an expired badge may still show
+# as held (its card says expired from the expiry time on) and be earned again.
+ACCOLADE_EXPIRY_INTERVAL_SECONDS = env_int("ACCOLADE_EXPIRY_INTERVAL_SECONDS", 60, minimum=1)
 CELERY_BEAT_SCHEDULE = {
     "sweep-stranded-events": {
         "task": "achievements.sweep_stranded_events",
         "schedule": float(ACCOLADE_SWEEP_INTERVAL_SECONDS),
+    },
+    # Badges that expire: ended at their expiry time however late this runs.
+    "expire-badges": {
+        "task": "achievements.expire_badges",
+        "schedule": float(ACCOLADE_EXPIRY_INTERVAL_SECONDS),
     },
     # Reports read closed days from roll-ups; a day closes an hour after midnight.
     "rollup-activity": {

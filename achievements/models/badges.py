@@ -9,7 +9,7 @@ from functools import cached_property
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -122,6 +122,24 @@ class Badge(models.Model):
         help_text="Earned again in every period its requirements are met in (each requirement "
         "counts per that period); every earning is kept.",
     )
+    valid_days = models.PositiveIntegerField(
+        default=0,
+        validators=[MaxValueValidator(36_600)],
+        help_text="Days an earning stays valid, from the event that earned it (0: for good). "
+        "An expired badge is kept in the history and earned again by activity after it "
+        "expired.",
+    )
+    remind_days = models.PositiveIntegerField(
+        default=0,
+        validators=[MaxValueValidator(36_600)],
+        help_text="Expiring badges: tell the user this many days before it expires (0: no "
+        "reminder).",
+    )
+    announce_endings = models.BooleanField(
+        default=False,
+        help_text="Show the user a notification when the badge expires or staff take it back "
+        "(the card changes either way).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -150,6 +168,21 @@ class Badge(models.Model):
             raise ValidationError({"tiers": f"Tiers: {problem}."})
         if self.tiers and self.repeat:
             raise ValidationError({"repeat": "A badge can have tiers or be repeatable, not both."})
+        if self.valid_days and (self.tiers or self.repeat):
+            raise ValidationError(
+                {"valid_days": "Only a badge earned once, without tiers, can expire."}
+            )
+        if self.remind_days and not self.valid_days:
+            raise ValidationError(
+                {"remind_days": "A reminder needs the badge to expire: set its valid days."}
+            )
+        if self.remind_days and self.remind_days >= self.valid_days:
+            raise ValidationError(
+                {
+                    "remind_days": f"Remind fewer days ahead than the badge is valid "
+                    f"({self.valid_days})."
+                }
+            )
 
     @property
     def is_segmented(self) -> bool:
@@ -233,11 +266,14 @@ class Badge(models.Model):
         or edited ones for a preview). Kept on the instance for its own requirements."""
         if requirements is None:
             cached = self.__dict__.get("_rule")
-            source = (self.tiers, self.repeat, version_id)
+            source = (self.tiers, self.repeat, version_id, self.valid_days)
             if cached is not None and cached[0] == source:
                 return cached[1]
             built = self.rule(list(self.requirements.all()), version_id=version_id)
-            self._rule = (([dict(t) for t in self.tiers or []], self.repeat, version_id), built)
+            self._rule = (
+                ([dict(t) for t in self.tiers or []], self.repeat, version_id, self.valid_days),
+                built,
+            )
             return built
         return core.BadgeRule(
             id=self.pk,
@@ -245,6 +281,7 @@ class Badge(models.Model):
             tiers=self.tier_list(),
             repeat=rules.Scope(self.repeat) if self.repeat else None,
             version_id=version_id,
+            valid_days=self.valid_days,
         )
 
     def standing(

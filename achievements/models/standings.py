@@ -54,6 +54,14 @@ class UserBadge(models.Model):
         db_default=False,
         help_text="The first earning the user holds was granted by staff.",
     )
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the earning held expires (empty: never)."
+    )
+    since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="After an expiry: only events from this moment count towards earning it again.",
+    )
 
     class Meta:
         constraints = [
@@ -62,6 +70,12 @@ class UserBadge(models.Model):
             models.UniqueConstraint(fields=["user", "badge"], name="unique_user_badge"),
         ]
         indexes = [
+            # The expiry schedule: the standings whose earning is due to expire.
+            models.Index(
+                fields=["expires_at"],
+                name="userbadge_expiry",
+                condition=models.Q(expires_at__isnull=False),
+            ),
             # Reports: holders per badge and tier, and the nearest misses first.
             models.Index(
                 fields=["badge", "tier"],
@@ -175,6 +189,12 @@ class Unlock(models.Model):
     )
     ending = models.CharField(
         max_length=8, choices=Ending.choices, blank=True, default="", db_default=""
+    )
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it expires (badges valid for a number of days)."
+    )
+    reminded_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the user was told it will expire soon."
     )
 
     objects = UnlockQuerySet.as_manager()

@@ -24,6 +24,9 @@ def _inline_post(**requirement):
         "icon": "",
         "is_active": "on",
         "sort_order": "0",
+        # As the form renders them: a badge that never expires.
+        "valid_days": "0",
+        "remind_days": "0",
         "requirements-TOTAL_FORMS": "1",
         "requirements-INITIAL_FORMS": "0",
         "requirements-MIN_NUM_FORMS": "1",

@@ -239,3 +239,17 @@ def test_inactive_and_out_of_segment_badges_cannot_be_granted(owner, staff_user)
     with pytest.raises(AwardRefused, match="segment"):
         grant_badge(user_id=owner.pk, badge=members, reason="r", by=Actor(staff_user.pk))
     assert not Unlock.objects.exists()
+
+
+def test_a_revocation_toasts_only_where_the_badge_announces_endings(
+    owner, staff_user, pushes, django_capture_on_commit_callbacks
+):
+    badge = make_images_badge(threshold=1)
+    badge.announce_endings = True
+    badge.save()
+    _post(owner, 1)
+    with django_capture_on_commit_callbacks(execute=True):
+        revoke_badge(user_id=owner.pk, badge=badge, reason="r", by=Actor(staff_user.pk))
+    [frame] = pushes
+    assert [t["headline"] for t in frame["toasts"]] == ["Badge taken back"]
+    assert frame["cards"][0]["revoked"]
