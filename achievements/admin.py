@@ -344,10 +344,20 @@ class UserBadgeAdmin(DateHierarchyAdmin):
         "tier",
         "withheld",
         "granted",
+        "expires_at",
+        "since",
         "last_evaluated_at",
         "explanation",
     ]
     date_hierarchy = "completed_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # standings come from evaluation; grants are Unlocks › Add
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return (
+            [*self.readonly_fields, "user", "badge"] if obj is not None else self.readonly_fields
+        )
 
     @admin.display(description="Why (as the user sees it)")
     def explanation(self, user_badge: UserBadge) -> str:

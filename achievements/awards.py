@@ -8,8 +8,8 @@ interleaved. A revoked earning is withheld: the rule does not award it again
 (a cheater's badge does not come back with their next event, nor with a
 replay of their history) until staff grant it.
 
-The admin, the API and `manage.py` call these; they check their input
-here, so every way in refuses the same things with the same words.
+The admin and the API call these; they check their input here, so every
+way in refuses the same things with the same words.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import time_zone_for
-from achievements import delivery, periods, rules
+from achievements import delivery, engine, periods, rules
 from achievements.db import after_commit
 from achievements.models import Badge, Ending, Entry, LedgerEntry, Unlock, UserBadge
+from project.inputs import json_value_problem
 
 REASON_MAX_LENGTH = 500
 
@@ -76,8 +76,11 @@ def grant_badge(
         if badge.repeat:
             if tier:
                 raise AwardRefused("tier", f"{badge.name} has no tiers.")
-            period = period or periods.period_key(
-                rules.Scope(badge.repeat), now, time_zone_for(user_id)
+            zone = time_zone_for(user_id)
+            period = (
+                _period(badge, period, now, zone)
+                if period
+                else periods.period_key(rules.Scope(badge.repeat), now, zone)
             )
             if any(unlock.period == period for unlock in held):
                 raise AwardRefused(
@@ -108,6 +111,8 @@ def grant_badge(
         after_commit(
             delivery.notify_many, {user_id: ([badge.pk], [unlock.pk for unlock in unlocks])}
         )
+        # A badge made of others may now be complete, as after an earning.
+        after_commit(engine.evaluate_composites, user_id, [badge.pk])
     return unlocks
 
 
@@ -123,20 +128,26 @@ def revoke_badge(
     """Take back the user's earnings of `badge`; the unlocks ended.
 
     All of them by default; for a tiered badge, `tier` and those above it
-    (the user keeps the tiers below); for a repeatable one, `period`'s.
-    Revoking what the user does not hold is refused.
+    (the user keeps the tiers below); for a repeatable one, `period`'s ("" is
+    its earning from before it repeated). Revoking what the user does not
+    hold is refused; an inactive badge, or one outside the user's segment,
+    can still be taken back.
     """
     reason = _reason(reason)
     if tier is not None and not badge.tiers:
         raise AwardRefused("tier", f"{badge.name} has no tiers.")
     if period and not badge.repeat:
         raise AwardRefused("period", f"{badge.name} is earned once, not per period.")
+    if period is not None:
+        problem = json_value_problem(period)
+        if problem:
+            raise AwardRefused("period", f"The period {problem[1]}.")
     with transaction.atomic():
         standing = _lock(user_id, badge)
         held = Unlock.objects.held().filter(user_id=user_id, badge=badge)
         if tier is not None:
             held = held.filter(tier__gte=tier)
-        if period:
+        if period is not None and badge.repeat:
             held = held.filter(period=period)
         unlocks = list(held.order_by("tier", "period", "pk"))
         if not unlocks:
@@ -164,17 +175,6 @@ def revoke_badge(
     return unlocks
 
 
-def user_for(value: object) -> int:
-    """The id of an existing user, from an id given as text or a number."""
-    try:
-        user_id = int(str(value))
-    except ValueError:
-        raise AwardRefused("user", "Give the user's id, a whole number.") from None
-    if not get_user_model().objects.filter(pk=user_id).exists():
-        raise AwardRefused("user", f"There is no user with id {user_id}.")
-    return user_id
-
-
 def _reason(reason: str) -> str:
     reason = (reason or "").strip()
     if not reason:
@@ -183,9 +183,29 @@ def _reason(reason: str) -> str:
         raise AwardRefused(
             "reason", f"Keep the reason to {REASON_MAX_LENGTH} characters (it has {len(reason)})."
         )
-    if "\x00" in reason:
-        raise AwardRefused("reason", "The reason contains a NUL character.")
+    problem = json_value_problem(reason)
+    if problem:
+        raise AwardRefused("reason", f"The reason {problem[1]}.")
     return reason
+
+
+def _period(badge: Badge, period: str, now: datetime, time_zone: str) -> str:
+    """A repeatable badge's period as its earnings name it ("2026-12-07", "2026-W49",
+    "2026-12"), not in the future."""
+    unit = rules.Scope(badge.repeat)
+    problem = json_value_problem(period)
+    if problem:
+        raise AwardRefused("period", f"The period {problem[1]}.")
+    example = periods.period_key(unit, now, time_zone)
+    if not periods.is_period_key(unit, period):
+        raise AwardRefused(
+            "period",
+            f"{badge.name} is earned {badge.get_repeat_display().lower()}: give the period "
+            f"as {example} is written.",
+        )
+    if period > example:
+        raise AwardRefused("period", f"{period} has not begun yet (the current one is {example}).")
+    return period
 
 
 def _check_badge(badge: Badge, user_id: int) -> None:

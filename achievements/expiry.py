@@ -11,6 +11,7 @@ those evaluated before the schedule caught up.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +31,8 @@ from achievements.models import (
     Unlock,
     UserBadge,
 )
+
+logger = logging.getLogger(__name__)
 
 # Standings ended per pass; a pass loops until nothing is due.
 BATCH = 200
@@ -65,26 +68,45 @@ def expire_due(*, now: datetime | None = None) -> ExpiryReport:
     """
     now = now or timezone.now()
     report = ExpiryReport()
+    failed: set[int] = set()  # tried this run: one bad row must not stop the rest
     while True:
         due = list(
             UserBadge.objects.filter(expires_at__lte=now)
+            .exclude(pk__in=failed)
             .order_by("expires_at", "pk")
             .values_list("pk", flat=True)[:BATCH]
         )
         if not due:
             return report
         for pk in due:
-            _expire(pk, now, report)
+            try:
+                _expire(pk, now, report)
+            except Exception:
+                logger.exception("Expiring the earning of standing %s failed", pk)
+                failed.add(pk)
 
 
 def _expire(pk: int, now: datetime, report: ExpiryReport) -> None:
     with transaction.atomic():
+        # Only the standing's row: FOR UPDATE on the badge's would hold up every
+        # evaluation committing rows that point at it (see achievements.versions).
         standing = (
-            UserBadge.objects.select_for_update().select_related("badge").filter(pk=pk).first()
+            UserBadge.objects.select_for_update(of=("self",))
+            .select_related("badge")
+            .filter(pk=pk)
+            .first()
         )
         if standing is None or standing.expires_at is None or standing.expires_at > now:
             return  # ended, revoked or re-earned since it was found
         at, badge = standing.expires_at, standing.badge
+        if not badge.valid_days:
+            # The badge no longer expires: what is held is held for good.
+            standing.expires_at = None
+            standing.save(update_fields=["expires_at"])
+            Unlock.objects.held().filter(user_id=standing.user_id, badge=badge).update(
+                expires_at=None
+            )
+            return
         held = list(Unlock.objects.held().filter(user_id=standing.user_id, badge=badge))
         Unlock.objects.filter(pk__in=[u.pk for u in held]).update(
             ended_at=at, ending=Ending.EXPIRED

@@ -26,6 +26,7 @@ from achievements.admin_lists import DateHierarchyAdmin
 from achievements.models import Badge, LedgerEntry, Unlock
 
 User = get_user_model()
+BATCH_GRANT_LIMIT = 1000
 
 
 class GrantForm(forms.Form):
@@ -118,6 +119,9 @@ class UnlockAdmin(DateHierarchyAdmin):
         "silent",
         "delivered_at",
         "seen_at",
+        "took",
+        "expires_at",
+        "reminded_at",
         "history",
     ]
     exclude = ["granted", "ended_at", "ending"]
@@ -244,7 +248,8 @@ class UnlockAdmin(DateHierarchyAdmin):
                             reason=form.cleaned_data["reason"],
                             by=awards.Actor(user_id=request.user.pk),
                             tier=unlock.tier if unlock.badge.tiers else None,
-                            period=unlock.period or None,
+                            # "" is a repeatable badge's earning from before it repeated.
+                            period=unlock.period if unlock.badge.repeat else None,
                         )
                     )
                 except awards.AwardRefused as exc:
@@ -350,7 +355,14 @@ class AccoladeUserAdmin(UserAdmin):
 
     @admin.action(description="Grant a badge to selected users…", permissions=["grant_badge"])
     def grant_badge(self, request: HttpRequest, queryset: QuerySet[Any]) -> HttpResponse | None:
-        users = list(queryset.order_by("username")[:1000])
+        users = list(queryset.order_by("username")[: BATCH_GRANT_LIMIT + 1])
+        if len(users) > BATCH_GRANT_LIMIT:
+            self.message_user(
+                request,
+                f"Choose at most {BATCH_GRANT_LIMIT} users at a time.",
+                messages.WARNING,
+            )
+            return None
         form = BatchGrantForm(request.POST if "_grant" in request.POST else None)
         if "_grant" in request.POST and form.is_valid():
             granted, refused = 0, []

@@ -44,6 +44,27 @@ def period_key(scope: Scope, moment: datetime, time_zone: str) -> str:
     return f"{day.year}-{day.month:02d}"
 
 
+def is_period_key(scope: Scope, text: str) -> bool:
+    """Whether `text` names a day, week or month as period_key writes it."""
+    try:
+        if scope in (Scope.DAY, Scope.ROLLING):
+            return len(text) == 10 and date.fromisoformat(text).isoformat() == text
+        if scope is Scope.WEEK:
+            year, week = text.split("-W")
+            return (
+                len(text) == 8
+                and year.isdigit()
+                and week.isdigit()
+                and bool(date.fromisocalendar(int(year), int(week), 1))
+            )
+        if scope is Scope.MONTH:
+            year, month = text.split("-")
+            return len(text) == 7 and year.isdigit() and month.isdigit() and 1 <= int(month) <= 12
+    except ValueError:
+        return False
+    return text == "all" and scope is Scope.ALL_TIME
+
+
 def _zone(name: str) -> zoneinfo.ZoneInfo:
     try:
         return zoneinfo.ZoneInfo(name or "UTC")

@@ -205,7 +205,7 @@ def refold(user_id: int, badge: Badge, *, silent: bool) -> ReplayReport:
         [user_id],
     )
     report = ReplayReport()
-    if requirements:
+    if plan.event_types:  # a composite watches none: no history to fold
         _replay_chunk([user_id], plan, report, silent=silent)
     return report
 

@@ -647,7 +647,11 @@ def _progress_statement(rows: list[tuple[int, int, core.Progress]]) -> tuple[str
 
 
 def new_unlock(earning: core.Earning, *, now: datetime, silent: bool = False) -> Unlock:
-    """The Unlock row of a new earning (inserted by Writes.save)."""
+    """The Unlock row of a new earning (inserted by Writes.save).
+
+    One whose validity ended before it was made (events backfilled from long
+    ago) is kept quiet, as a replay's is: it is history already."""
+    silent = silent or (earning.expires_at is not None and earning.expires_at <= now)
     return Unlock(
         user_id=earning.user_id,
         badge_id=earning.badge_id,

@@ -9,6 +9,8 @@ from django.http import HttpRequest
 
 from api.models import DEFAULT_SCOPES, PRODUCER_PATTERN, SCOPES, ApiKey
 
+AWARD_SCOPE = "badges:write"
+
 
 class ApiKeyForm(forms.ModelForm):
     producer = forms.RegexField(
@@ -33,6 +35,19 @@ class ApiKeyForm(forms.ModelForm):
     class Meta:
         model = ApiKey
         fields = ["name", "producer", "scopes"]
+
+    # Set by the admin: whether the staff member may grant and revoke badges
+    # themselves; a key they hand out may do no more than they may.
+    may_award = False
+
+    def clean_scopes(self) -> list[str]:
+        scopes = self.cleaned_data["scopes"]
+        before = set(self.instance.scopes or []) if self.instance.pk else set()
+        if AWARD_SCOPE in scopes and AWARD_SCOPE not in before and not self.may_award:
+            raise forms.ValidationError(
+                f"Only staff who may grant and revoke badges can give a key {AWARD_SCOPE}."
+            )
+        return scopes
 
 
 @admin.register(ApiKey)
@@ -59,6 +74,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.display(description="Scopes")
     def scope_list(self, obj: ApiKey) -> str:
         return ", ".join(obj.scopes)
+
+    def get_form(  # type: ignore[override]  # the stubs' overloads
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        form.may_award = request.user.has_perm("achievements.change_unlock")  # type: ignore[attr-defined]
+        return form
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
         if obj is None:

@@ -435,6 +435,14 @@ def openapi_schema() -> dict[str, Any]:
                                     "badge": {"type": "string"},
                                     "name": {"type": "string"},
                                     "unlocked_at": {"type": "string", "format": "date-time"},
+                                    "ended": {
+                                        "enum": ["revoked", "expired", None],
+                                        "description": "Null while held.",
+                                    },
+                                    "ended_at": {
+                                        "type": ["string", "null"],
+                                        "format": "date-time",
+                                    },
                                 },
                             },
                         },

@@ -342,6 +342,9 @@ def event_status(request: HttpRequest, event_id: str) -> JsonResponse:
                     "badge": unlock.badge.key,
                     "name": unlock.badge.name,
                     "unlocked_at": unlock.unlocked_at.isoformat(),
+                    # Held, or how it ended since (the history has why).
+                    "ended": unlock.ending or None,
+                    "ended_at": unlock.ended_at.isoformat() if unlock.ended_at else None,
                 }
                 for unlock in unlocks
             ],

@@ -236,6 +236,10 @@ class Badge(models.Model):
                         f"requirement's threshold must be {first}, "
                         f"not {format_number(requirement.threshold)}."
                     )
+        if self.valid_days and any(r.kind == rules.Kind.COMPOSITE for r in requirements):
+            problems["valid_days"] = (
+                "A badge made of other badges cannot expire: its parts' expiry decides."
+            )
         if self.repeat:
             unit = rules.Scope(self.repeat)
             for number, requirement in enumerate(requirements, start=1):

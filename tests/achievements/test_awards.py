@@ -253,3 +253,70 @@ def test_a_revocation_toasts_only_where_the_badge_announces_endings(
     [frame] = pushes
     assert [t["headline"] for t in frame["toasts"]] == ["Badge taken back"]
     assert frame["cards"][0]["revoked"]
+
+
+def test_a_grant_completes_the_composites_it_is_part_of(
+    owner, staff_user, django_capture_on_commit_callbacks
+):
+    from achievements.models import BadgeRequirement
+
+    part = make_images_badge(threshold=10)
+    combo = make_badge(key="combo", requirements=[])
+    requirement = BadgeRequirement.objects.create(badge=combo, kind="composite", threshold=0)
+    requirement.composite_badges.set([part])
+    with django_capture_on_commit_callbacks(execute=True):
+        grant_badge(user_id=owner.pk, badge=part, reason="r", by=Actor(staff_user.pk))
+    assert Unlock.objects.held().filter(user=owner, badge=combo).exists()
+
+
+def test_revoking_a_repeatable_badges_earning_from_before_it_repeated_keeps_the_others(
+    owner, staff_user
+):
+    badge = make_images_badge(threshold=1)
+    _post(owner, 1, when=timezone.now() - timedelta(days=1))  # earned once, before it repeated
+    badge.repeat = "day"
+    badge.save()
+    badge.requirements.update(scope="day")
+    _post(owner, 2)
+    assert sorted(Unlock.objects.held().values_list("period", flat=True))[0] == ""
+    assert Unlock.objects.held().count() == 2
+    revoke_badge(user_id=owner.pk, badge=badge, period="", reason="r", by=Actor(staff_user.pk))
+    assert "" not in Unlock.objects.held().values_list("period", flat=True)
+    assert Unlock.objects.held().count() == 1
+
+
+@pytest.mark.parametrize(
+    ("period", "message"),
+    [
+        ("banana", "give the period as"),
+        ("2026-W49", "give the period as"),  # a week for a daily badge
+        ("2999-01-01", "has not begun yet"),
+        ("2026-02-30", "give the period as"),
+        ("\ud800", "unpaired surrogates"),
+    ],
+)
+def test_a_granted_period_must_be_one_of_the_badges_periods_and_not_to_come(
+    owner, staff_user, period, message
+):
+    badge = make_images_badge(threshold=1)
+    badge.repeat = "day"
+    badge.save()
+    badge.requirements.update(scope="day")
+    with pytest.raises(AwardRefused, match=message) as refused:
+        grant_badge(
+            user_id=owner.pk, badge=badge, period=period, reason="r", by=Actor(staff_user.pk)
+        )
+    assert refused.value.field == "period"
+    assert not Unlock.objects.exists()
+    # A past day, written as the badge writes its days, is fine.
+    grant_badge(
+        user_id=owner.pk, badge=badge, period="2026-01-05", reason="r", by=Actor(staff_user.pk)
+    )
+    assert list(Unlock.objects.values_list("period", flat=True)) == ["2026-01-05"]
+
+
+def test_a_reason_the_database_cannot_store_is_refused(owner, staff_user):
+    badge = make_images_badge(threshold=1)
+    with pytest.raises(AwardRefused, match="surrogates") as refused:
+        grant_badge(user_id=owner.pk, badge=badge, reason="a\ud800", by=Actor(staff_user.pk))
+    assert refused.value.field == "reason"

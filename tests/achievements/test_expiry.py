@@ -221,3 +221,49 @@ def test_the_report_counts_revocations_and_expiries_beside_unlocks(owner, second
     [expired_row] = [row for row in rows if row["expired"]]
     ended = Unlock.objects.get(user=owner, badge=yearly).ended_at
     assert ended is not None and expired_row["period"] == timezone.localdate(ended)
+
+
+def test_one_failing_standing_does_not_stop_the_others_expiring(
+    owner, second_user, yearly, monkeypatch
+):
+    from achievements import replay
+
+    for user in (owner, second_user):
+        for n in (1, 2):
+            record = record_event(
+                user,
+                "image.posted",
+                event_id=f"{user.pk}-{n}",
+                occurred_at=timezone.now() - 40 * DAY,
+            )
+            evaluate_event(record.event.pk)
+    real = replay.refold
+
+    def refold(user_id, badge, *, silent):
+        if user_id == owner.pk:
+            raise RuntimeError("broken history")
+        return real(user_id, badge, silent=silent)
+
+    monkeypatch.setattr(replay, "refold", refold)
+    assert expire_due().expired == 1
+    assert Unlock.objects.held().filter(user=owner).exists()  # rolled back, tried next time
+    assert not Unlock.objects.held().filter(user=second_user).exists()
+
+
+def test_a_badge_that_stops_expiring_keeps_what_users_hold(owner, yearly):
+    _post(owner, 1, timezone.now() - 40 * DAY)
+    _post(owner, 2, timezone.now() - 40 * DAY)
+    yearly.valid_days = 0
+    yearly.save()
+    assert expire_due().expired == 0
+    assert Unlock.objects.held().get(user=owner).expires_at is None
+    assert UserBadge.objects.get(user=owner).expires_at is None
+
+
+def test_a_composite_badge_cannot_expire(db):
+    from achievements.models import BadgeRequirement
+
+    combo = make_images_badge(threshold=1)
+    combo.valid_days = 30
+    requirement = BadgeRequirement(badge=combo, kind="composite", threshold=0)
+    assert "cannot expire" in combo.rule_problems([requirement])["valid_days"]

@@ -153,3 +153,31 @@ def test_other_methods_are_refused(api_client, api_key, member):
         f"/api/v1/users/crm-7/badges/{badge.key}", HTTP_AUTHORIZATION=f"Bearer {api_key}"
     )
     assert response.status_code == 405
+
+
+def test_only_staff_who_may_award_can_give_a_key_the_write_scope(client, db):
+    from django.contrib.auth.models import Permission, User
+
+    staff = User.objects.create_user("keeper", password="pw-keeper-123", is_staff=True)
+    staff.user_permissions.add(
+        Permission.objects.get(codename="add_apikey"),
+        Permission.objects.get(codename="view_apikey"),
+    )
+    client.force_login(staff)
+    data = {"name": "crm", "producer": "", "scopes": ["badges:read", "badges:write"]}
+    refused = client.post("/admin/api/apikey/add/", data)
+    assert refused.status_code == 200 and b"Only staff who may grant" in refused.content
+    assert not ApiKey.objects.exists()
+    staff.user_permissions.add(Permission.objects.get(codename="change_unlock"))
+    staff = User.objects.get(pk=staff.pk)  # permissions are cached per instance
+    client.force_login(staff)
+    assert client.post("/admin/api/apikey/add/", data).status_code == 302
+    assert ApiKey.objects.get().scopes == ["badges:read", "badges:write"]
+
+
+def test_text_the_database_cannot_store_is_a_422(api_client, api_key, member):
+    badge = make_images_badge(threshold=10)
+    path = f"/api/v1/users/crm-7/badges/{badge.key}"
+    response = _send(api_client, api_key, "post", path, '{"reason": "a\\ud800"}')
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "reason"
+    assert not Unlock.objects.exists()
