@@ -169,7 +169,9 @@ def revoke_badge(
         standing.withheld = sorted({*standing.withheld, *(u.period for u in unlocks)})
         _restate(standing, now)
         if badge.announce_endings:
-            after_commit(delivery.notify_notices, {user_id: [(badge.pk, "Badge taken back")]})
+            after_commit(
+                delivery.notify_notices, {user_id: [(badge.pk, "Badge taken back", unlocks[0].pk)]}
+            )
         else:
             after_commit(delivery.notify_many, {user_id: ([badge.pk], [])})
     return unlocks

@@ -291,6 +291,45 @@ def unseen_unlocks(user_id: int, *, limit: int) -> list[dict[str, Any]]:
     return toasts_for(user_id, unlocks, cards_for_user(user_id, badge_ids=badge_ids))
 
 
+ENDING_HEADLINES = {"expired": "Badge expired", "revoked": "Badge taken back"}
+
+
+def unseen_endings(user_id: int, *, limit: int) -> list[dict[str, Any]]:
+    """Toasts for the user's earnings that ended (badges that announce endings) and no
+    page has shown yet, oldest first: one per badge and moment, as pushed."""
+    ended = list(
+        Unlock.objects.filter(
+            user_id=user_id,
+            ended_at__isnull=False,
+            end_seen_at__isnull=True,
+            badge__announce_endings=True,
+            badge__is_active=True,
+        )
+        .order_by("ended_at", "pk")
+        .values_list("pk", "badge_id", "ending", "ended_at")[: limit * 4]
+    )
+    firsts: dict[tuple[int, Any], tuple[int, str]] = {}
+    for pk, badge_id, ending, ended_at in ended:
+        firsts.setdefault((badge_id, ended_at), (pk, ending))
+    if not firsts:
+        return []
+    chosen = list(firsts.items())[:limit]
+    by_id = {
+        card["id"]: card
+        for card in cards_for_user(user_id, badge_ids={badge_id for (badge_id, _), _ in chosen})
+    }
+    return [
+        {
+            "unlock_id": None,
+            "ending_id": pk,
+            "card": by_id[badge_id],
+            "headline": ENDING_HEADLINES.get(ending, "Badge ended"),
+        }
+        for (badge_id, _), (pk, ending) in chosen
+        if badge_id in by_id
+    ]
+
+
 def toasts_for(
     user_id: int, unlocks: list[tuple[int, int, int, str]], cards: list[Card]
 ) -> list[dict[str, Any]]:

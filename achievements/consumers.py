@@ -15,7 +15,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
 from achievements import hub, presence, realtime
-from achievements.cards import cards_for_user, unseen_unlocks
+from achievements.cards import cards_for_user, unseen_endings, unseen_unlocks
 from achievements.frames import render_frame
 from achievements.models import Unlock
 from achievements.socket_sessions import (
@@ -186,16 +186,23 @@ class LiveConsumer(PushConsumer, SessionBoundSocket):
             message = json.loads(text_data)
         except ValueError:
             return
-        seen = message.get("seen") if isinstance(message, dict) else None
-        if not isinstance(seen, list):
+        if not isinstance(message, dict):
             return
-        ids = [
-            i
-            for i in seen[:MAX_SEEN_IDS]
-            if isinstance(i, int) and not isinstance(i, bool) and 0 < i <= MAX_ID
-        ]
-        if ids:
-            await database_sync_to_async(Unlock.objects.mark_seen)(self.user_id, ids)
+        # Unlocks' toasts shown ("seen"), and endings' ("ended_seen"): unlock ids both.
+        for key, mark in (
+            ("seen", Unlock.objects.mark_seen),
+            ("ended_seen", Unlock.objects.mark_end_seen),
+        ):
+            listed = message.get(key)
+            if not isinstance(listed, list):
+                continue
+            ids = [
+                i
+                for i in listed[:MAX_SEEN_IDS]
+                if isinstance(i, int) and not isinstance(i, bool) and 0 < i <= MAX_ID
+            ]
+            if ids:
+                await database_sync_to_async(mark)(self.user_id, ids)
 
     async def badges_changed(self, message: dict[str, Any]) -> None:
         """Fresh cards for what one evaluation changed, then a toast per unlock, in one frame.
@@ -222,7 +229,8 @@ def _catch_up_data(
     user_id: int, since: datetime | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     cards = cards_for_user(user_id, changed_since=since) if since else []
-    return cards, unseen_unlocks(user_id, limit=CATCH_UP_LIMIT)
+    toasts = unseen_unlocks(user_id, limit=CATCH_UP_LIMIT)
+    return cards, toasts + unseen_endings(user_id, limit=CATCH_UP_LIMIT)
 
 
 CLOSE_FORBIDDEN = 4403

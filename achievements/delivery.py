@@ -100,12 +100,15 @@ def notify_many(
         logger.exception("Pushing changes to %d user(s) failed", len(changes))
 
 
-def notify_notices(notices: dict[int, list[tuple[int, str]]]) -> None:
+def notify_notices(notices: dict[int, list[tuple[int, str, int | None]]]) -> None:
     """Push each user's fresh cards of these badges with a toast per notice (user →
-    [(badge id, headline)]): a badge expired, was taken back, or expires soon.
+    [(badge id, headline, ended unlock id)]): a badge expired, was taken back,
+    or expires soon.
 
-    Unlike an unlock's, a notice is not caught up on reconnect: the card,
-    which a reconnecting page re-syncs, carries the same news. Best effort.
+    A notice of an ending carries the ended unlock's id: a page acknowledges
+    it, and one that was not open gets it when it connects
+    (cards.unseen_endings), as with unlocks. A reminder has none: missed, it
+    is not sent again (the card says when the badge expires). Best effort.
     """
     try:
         if not notices or realtime.nobody_listens(get_channel_layer()):
@@ -114,13 +117,18 @@ def notify_notices(notices: dict[int, list[tuple[int, str]]]) -> None:
         targets = {u: n for u, n in notices.items() if present is None or u in present}
         if not targets:
             return
-        cards = cards_for_users({u: {b for b, _ in n} for u, n in targets.items()})
+        cards = cards_for_users({u: {b for b, _, _ in n} for u, n in targets.items()})
         messages = {}
         for user_id, items in targets.items():
             by_id = {card["id"]: card for card in cards[user_id]}
             toasts = [
-                {"unlock_id": None, "card": by_id[badge_id], "headline": headline}
-                for badge_id, headline in items
+                {
+                    "unlock_id": None,
+                    "ending_id": ending_id,
+                    "card": by_id[badge_id],
+                    "headline": headline,
+                }
+                for badge_id, headline, ending_id in items
                 if badge_id in by_id
             ]
             messages[realtime.user_group(user_id)] = {

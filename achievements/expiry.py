@@ -143,7 +143,8 @@ def _expire(pk: int, now: datetime, report: ExpiryReport) -> None:
         report.earned_again += len(again.newly_earned)
         if badge.announce_endings and held:
             after_commit(
-                delivery.notify_notices, {standing.user_id: [(badge.pk, "Badge expired")]}
+                delivery.notify_notices,
+                {standing.user_id: [(badge.pk, "Badge expired", held[0].pk)]},
             )
         else:
             after_commit(delivery.notify_many, {standing.user_id: ([badge.pk], [])})
@@ -156,7 +157,7 @@ def remind_due(*, now: datetime | None = None) -> int:
     the card says when the badge expires from then on.
     """
     now = now or timezone.now()
-    notices: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    notices: dict[int, list[tuple[int, str, int | None]]] = defaultdict(list)
     for badge in Badge.objects.active().filter(valid_days__gt=0, remind_days__gt=0):
         soon = Unlock.objects.held().filter(
             badge=badge,
@@ -168,7 +169,7 @@ def remind_due(*, now: datetime | None = None) -> int:
             rows = list(soon.select_for_update(skip_locked=True).values_list("pk", "user_id"))
             Unlock.objects.filter(pk__in=[pk for pk, _ in rows]).update(reminded_at=now)
         for _, user_id in rows:
-            notices[user_id].append((badge.pk, "Expires soon"))
+            notices[user_id].append((badge.pk, "Expires soon", None))
     if notices:
         delivery.notify_notices(dict(notices))
     return sum(len(items) for items in notices.values())

@@ -118,6 +118,24 @@ class UnlockQuerySet(models.QuerySet["Unlock"]):
             seen_at=timezone.now()
         )
 
+    def mark_end_seen(self, user_id: int, unlock_ids: list[int]) -> int:
+        """Record that a page of `user_id` showed that these earnings ended, and the
+        others of the same badge that ended with them (one toast tells of all the
+        tiers a revocation took)."""
+        ended = set(
+            self.filter(user_id=user_id, pk__in=unlock_ids, ended_at__isnull=False).values_list(
+                "badge_id", "ended_at"
+            )
+        )
+        if not ended:
+            return 0
+        together = models.Q()
+        for badge_id, ended_at in ended:
+            together |= models.Q(badge_id=badge_id, ended_at=ended_at)
+        return self.filter(together, user_id=user_id, end_seen_at__isnull=True).update(
+            end_seen_at=timezone.now()
+        )
+
     def mark_delivered(self, unlock_ids: list[int]) -> int:
         """Record that a push carried these unlocks to the channel layer."""
         return self.filter(pk__in=unlock_ids, delivered_at__isnull=True).update(
@@ -195,6 +213,12 @@ class Unlock(models.Model):
     )
     reminded_at = models.DateTimeField(
         null=True, blank=True, help_text="When the user was told it will expire soon."
+    )
+    end_seen_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Badges that announce endings: when a page of the user first showed that "
+        "it ended.",
     )
 
     objects = UnlockQuerySet.as_manager()

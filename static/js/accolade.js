@@ -77,36 +77,42 @@
 
   document.addEventListener("htmx:wsError", function () { setLiveState("closed", "Offline"); });
 
-  // Each tab shows an unlock's toast once. The server sends every unlock no
-  // page has acknowledged whenever a socket (re)connects, and a live push can
-  // cross that catch-up, so a toast this tab already showed is taken out of
-  // the incoming fragment before it is swapped in; sessionStorage is per tab
-  // and survives reloads of it. Every unlock that arrives is acknowledged
-  // back, shown or not, so the server stops offering it.
-  var SHOWN_KEY = "accolade.shownUnlocks";
-  var pendingAcknowledgements = [];
+  // Each tab shows an unlock's toast once, and the toast that says an earning
+  // ended (badges that announce endings). The server sends every one no page
+  // has acknowledged whenever a socket (re)connects, and a live push can cross
+  // that catch-up, so a toast this tab already showed is taken out of the
+  // incoming fragment before it is swapped in; sessionStorage is per tab and
+  // survives reloads of it. Every one that arrives is acknowledged back,
+  // shown or not, so the server stops offering it.
+  var KINDS = [
+    { attribute: "data-unlock-id", storage: "accolade.shownUnlocks", field: "seen" },
+    { attribute: "data-ending-id", storage: "accolade.shownEndings", field: "ended_seen" }
+  ];
+  var pendingAcknowledgements = { seen: [], ended_seen: [] };
 
-  function shownUnlocks() {
-    try { return JSON.parse(window.sessionStorage.getItem(SHOWN_KEY) || "[]"); }
+  function shownIds(kind) {
+    try { return JSON.parse(window.sessionStorage.getItem(kind.storage) || "[]"); }
     catch (error) { return []; }
   }
 
-  function rememberShown(ids) {
+  function rememberShown(kind, ids) {
     try {
-      window.sessionStorage.setItem(SHOWN_KEY, JSON.stringify(ids.slice(-200)));
+      window.sessionStorage.setItem(kind.storage, JSON.stringify(ids.slice(-200)));
     } catch (error) { /* storage full or disabled: duplicates become possible, nothing worse */ }
   }
 
   document.addEventListener("htmx:oobBeforeSwap", function (event) {
     var detail = event.detail;
     if (!detail || !detail.target || detail.target.id !== "toasts" || !detail.fragment) return;
-    var shown = shownUnlocks();
-    detail.fragment.querySelectorAll("[data-unlock-id]").forEach(function (toast) {
-      var id = parseInt(toast.getAttribute("data-unlock-id"), 10);
-      pendingAcknowledgements.push(id);
-      if (shown.indexOf(id) !== -1) { toast.remove(); } else { shown.push(id); }
+    KINDS.forEach(function (kind) {
+      var shown = shownIds(kind);
+      detail.fragment.querySelectorAll("[" + kind.attribute + "]").forEach(function (toast) {
+        var id = parseInt(toast.getAttribute(kind.attribute), 10);
+        pendingAcknowledgements[kind.field].push(id);
+        if (shown.indexOf(id) !== -1) { toast.remove(); } else { shown.push(id); }
+      });
+      rememberShown(kind, shown);
     });
-    rememberShown(shown);
   });
 
   // A pushed card replaces the page's copy, earned or not; the badge page's
@@ -118,9 +124,14 @@
 
   document.addEventListener("htmx:wsAfterMessage", function (event) {
     refreshEarnedCount();
-    if (!pendingAcknowledgements.length || !event.detail || !event.detail.socketWrapper) return;
-    event.detail.socketWrapper.send(JSON.stringify({ seen: pendingAcknowledgements }));
-    pendingAcknowledgements = [];
+    var pending = pendingAcknowledgements;
+    if (!pending.seen.length && !pending.ended_seen.length) return;
+    if (!event.detail || !event.detail.socketWrapper) return;
+    var message = {};
+    if (pending.seen.length) message.seen = pending.seen;
+    if (pending.ended_seen.length) message.ended_seen = pending.ended_seen;
+    event.detail.socketWrapper.send(JSON.stringify(message));
+    pendingAcknowledgements = { seen: [], ended_seen: [] };
   });
 
   // Keep the stack short: the oldest toast goes when a new one would overflow.

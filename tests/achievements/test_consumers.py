@@ -444,3 +444,38 @@ async def test_no_url_or_query_string_selects_another_users_group():
     for path in (f"/ws/live/{owner.pk}/", f"/ws/{group}/", "/ws/"):
         with pytest.raises(ValueError, match="No route found"):
             await _connect(other_cookie, path=path)
+
+
+@database_sync_to_async
+def _revoke_announced(user) -> int:
+    from achievements.awards import Actor, revoke_badge
+    from achievements.models import Badge
+
+    badge = Badge.objects.get()
+    badge.announce_endings = True
+    badge.save()
+    [ended] = revoke_badge(user_id=user.pk, badge=badge, reason="r", by=Actor())
+    return ended.pk
+
+
+async def test_a_page_that_connects_later_is_told_once_that_a_badge_was_taken_back():
+    """As with unlocks: an ending no page has shown comes with the next connect,
+    and once acknowledged, never again."""
+    user, cookie = await _signed_in_cookie("owner")
+    await database_sync_to_async(make_places_badge)(threshold=1)
+    await _visit(user, 1)
+    unlock_pk = await _revoke_announced(user)  # no page open: the push reaches nobody
+
+    first, _, _ = await _connect(cookie)
+    frame = await first.receive_from(timeout=3)
+    assert f'data-ending-id="{unlock_pk}"' in frame
+    assert "Badge taken back: <strong>1 Places Visited</strong>" in frame
+    assert "data-unlock-id" not in frame
+    await first.send_to(text_data=json.dumps({"ended_seen": [unlock_pk]}))
+    await asyncio.sleep(0.2)
+    await first.disconnect()
+
+    # The unlock's own toast, never shown, is not offered either: it ended.
+    second, _, _ = await _connect(cookie)
+    assert await second.receive_nothing(timeout=0.5)
+    await second.disconnect()
