@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from accounts.models import Profile
 from achievements import core
-from achievements.models import Badge, BadgeRequirement, Event, Unlock
+from achievements.models import Badge, BadgeRequirement, Event, Unlock, UserBadge
 
 SAMPLE_SIZE = 10
 
@@ -50,6 +50,14 @@ def preview_requirements(badge: Badge, requirements: list[BadgeRequirement]) -> 
     ):
         unlocked[user_id].add(badge_id)
     zones = dict(Profile.objects.values_list("user_id", "time_zone"))
+    # What the stored standings keep beside progress: earnings staff took back
+    # (withheld) and when the last one expired (only events since count).
+    kept = {
+        user_id: (frozenset(withheld or ()), since)
+        for user_id, withheld, since in UserBadge.objects.filter(badge_id=badge.pk)
+        .exclude(withheld=[], since__isnull=True)
+        .values_list("user_id", "withheld", "since")
+    }
     now = timezone.now()
     earned: dict[int, list[core.Earning]] = {}
     users_with_events = 0
@@ -60,7 +68,14 @@ def preview_requirements(badge: Badge, requirements: list[BadgeRequirement]) -> 
     )
     # A user at a time: the states of one history in memory, not everyone's.
     for user_id, rows in groupby(events.iterator(chunk_size=5000), key=itemgetter(3)):
-        pair = core.Pair(user_id, badge.pk, time_zone=zones.get(user_id) or "UTC")
+        withheld, since = kept.get(user_id, (frozenset(), None))
+        pair = core.Pair(
+            user_id,
+            badge.pk,
+            time_zone=zones.get(user_id) or "UTC",
+            withheld=withheld,
+            since=since,
+        )
         [outcome] = core.evaluate(
             {(user_id, badge.pk): pair},
             rules,

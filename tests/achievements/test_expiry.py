@@ -267,3 +267,24 @@ def test_a_composite_badge_cannot_expire(db):
     combo.valid_days = 30
     requirement = BadgeRequirement(badge=combo, kind="composite", threshold=0)
     assert "cannot expire" in combo.rule_problems([requirement])["valid_days"]
+
+
+def test_the_preview_of_a_rule_change_keeps_expiries_and_revocations(
+    owner, second_user, staff_user, yearly
+):
+    """A preview folds history as a replay does: the events before an expiry do
+    not count again, and a badge staff took back is not given back."""
+    from achievements.awards import revoke_badge
+    from achievements.preview import preview_requirements
+
+    _post(owner, 1, timezone.now() - 40 * DAY)
+    _post(owner, 2, timezone.now() - 40 * DAY)
+    expire_due()
+    for n in (1, 2):
+        recorded = record_event(second_user, "image.posted", event_id=f"b-{n}")
+        evaluate_event(recorded.event.pk)
+    revoke_badge(user_id=second_user.pk, badge=yearly, reason="r", by=Actor(staff_user.pk))
+    requirements = list(yearly.requirements.all())
+    requirements[0].threshold = 1  # easier: would that give it back to either?
+    preview = preview_requirements(yearly, requirements)
+    assert preview.newly_qualify == []
