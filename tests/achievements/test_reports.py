@@ -77,6 +77,8 @@ def test_every_table_downloads_as_csv_with_formulas_defused(analyst, history):
     assert [row[0] for row in rows[1:]] == ["5 Places Visited", "'=Regular", "'=Regular"]
     for name in ("unlocks", "near_misses"):
         assert analyst.get(f"/admin/reports/?export={name}").status_code == 200
+    unlocks = analyst.get("/admin/reports/?export=unlocks").content.decode()
+    assert unlocks.splitlines()[0] == "period,unlocks,cumulative,revoked,expired"
 
 
 @pytest.mark.parametrize(
