@@ -105,9 +105,16 @@ def grant_badge(
             for earned_period, earned_tier in earnings
         ]
         Unlock.objects.bulk_create(unlocks)
-        _record(unlocks, Entry.GRANTED, reason, by, now)
+        LedgerEntry.objects.record(
+            unlocks,
+            Entry.GRANTED,
+            now,
+            actor_id=by.user_id,
+            api_key_id=by.api_key_id,
+            reason=reason,
+        )
         standing.withheld = [p for p in standing.withheld if p != (period or "")]
-        _restate(standing, now)
+        standing.restate(now)
         after_commit(
             delivery.notify_many, {user_id: ([badge.pk], [unlock.pk for unlock in unlocks])}
         )
@@ -160,14 +167,17 @@ def revoke_badge(
             )
             raise AwardRefused("badge", f"The user does not hold {what}.", conflict=True)
         now = timezone.now()
-        Unlock.objects.filter(pk__in=[u.pk for u in unlocks]).update(
-            ended_at=now, ending=Ending.REVOKED
+        Unlock.objects.end(unlocks, Ending.REVOKED, now)
+        LedgerEntry.objects.record(
+            unlocks,
+            Entry.REVOKED,
+            now,
+            actor_id=by.user_id,
+            api_key_id=by.api_key_id,
+            reason=reason,
         )
-        for unlock in unlocks:
-            unlock.ended_at, unlock.ending = now, Ending.REVOKED
-        _record(unlocks, Entry.REVOKED, reason, by, now)
         standing.withheld = sorted({*standing.withheld, *(u.period for u in unlocks)})
-        _restate(standing, now)
+        standing.restate(now)
         if badge.announce_endings:
             after_commit(
                 delivery.notify_notices, {user_id: [(badge.pk, "Badge taken back", unlocks[0].pk)]}
@@ -246,49 +256,3 @@ def _tiers_to_grant(badge: Badge, standing: UserBadge, tier: int | None) -> list
             conflict=True,
         )
     return [("", n) for n in range(held + 1, wanted + 1)]
-
-
-def _record(unlocks: list[Unlock], kind: Entry, reason: str, by: Actor, at: datetime) -> None:
-    LedgerEntry.objects.bulk_create(
-        LedgerEntry(
-            user_id=unlock.user_id,
-            badge_id=unlock.badge_id,
-            unlock=unlock,
-            kind=kind,
-            period=unlock.period,
-            tier=unlock.tier,
-            at=at,
-            actor_id=by.user_id,
-            api_key_id=by.api_key_id,
-            reason=reason,
-        )
-        for unlock in unlocks
-    )
-
-
-def _restate(standing: UserBadge, now: datetime) -> None:
-    """Bring the standing in line with the earnings held now, and stamp it so open
-    pages that missed the push re-sync its card."""
-    held = list(
-        Unlock.objects.held()
-        .filter(user_id=standing.user_id, badge_id=standing.badge_id)
-        .order_by("unlocked_at", "pk")
-    )
-    first = held[0] if held else None
-    standing.completed_at = first.unlocked_at if first else None
-    standing.completed_by_event_id = first.event_id if first else None
-    standing.tier = max((unlock.tier for unlock in held), default=0)
-    standing.granted = first is not None and first.granted
-    standing.expires_at = first.expires_at if first is not None else None
-    standing.last_evaluated_at = now
-    standing.save(
-        update_fields=[
-            "completed_at",
-            "completed_by_event",
-            "tier",
-            "withheld",
-            "granted",
-            "expires_at",
-            "last_evaluated_at",
-        ]
-    )

@@ -35,8 +35,14 @@ def notify_badge_changes(
     notify_many({user_id: (list(badge_ids), list(unlock_ids))})
 
 
+Notice = tuple[int, str, "int | None"]  # (badge id, headline, ended unlock id)
+
+
 def notify_many(
-    changes: dict[int, tuple[list[int], list[int]]], *, known: KnownState | None = None
+    changes: dict[int, tuple[list[int], list[int]]],
+    *,
+    known: KnownState | None = None,
+    notices: dict[int, list[Notice]] | None = None,
 ) -> None:
     """notify_badge_changes for many users (user → (badge ids, unlock ids)).
 
@@ -75,6 +81,12 @@ def notify_many(
             # One message, so the page gets every change of one event in one frame;
             # a toast per unlock, as an event can reach two tiers of a badge at once.
             toasts = toasts_for(user_id, unlocks[user_id], cards[user_id])
+            by_id = {card["id"]: card for card in cards[user_id]}
+            toasts += [
+                {"unlock_id": None, "ending_id": ending_id, "card": by_id[b], "headline": headline}
+                for b, headline, ending_id in (notices or {}).get(user_id, [])
+                if b in by_id
+            ]
             messages[realtime.user_group(user_id)] = {
                 "type": "badges.changed",
                 "cards": cards[user_id],
@@ -100,7 +112,7 @@ def notify_many(
         logger.exception("Pushing changes to %d user(s) failed", len(changes))
 
 
-def notify_notices(notices: dict[int, list[tuple[int, str, int | None]]]) -> None:
+def notify_notices(notices: dict[int, list[Notice]]) -> None:
     """Push each user's fresh cards of these badges with a toast per notice (user →
     [(badge id, headline, ended unlock id)]): a badge expired, was taken back,
     or expires soon.
@@ -110,33 +122,10 @@ def notify_notices(notices: dict[int, list[tuple[int, str, int | None]]]) -> Non
     (cards.unseen_endings), as with unlocks. A reminder has none: missed, it
     is not sent again (the card says when the badge expires). Best effort.
     """
-    try:
-        if not notices or realtime.nobody_listens(get_channel_layer()):
-            return
-        present = presence.present_users(list(notices))
-        targets = {u: n for u, n in notices.items() if present is None or u in present}
-        if not targets:
-            return
-        cards = cards_for_users({u: {b for b, _, _ in n} for u, n in targets.items()})
-        messages = {}
-        for user_id, items in targets.items():
-            by_id = {card["id"]: card for card in cards[user_id]}
-            toasts = [
-                {
-                    "unlock_id": None,
-                    "ending_id": ending_id,
-                    "card": by_id[badge_id],
-                    "headline": headline,
-                }
-                for badge_id, headline, ending_id in items
-                if badge_id in by_id
-            ]
-            messages[realtime.user_group(user_id)] = {
-                "type": "badges.changed",
-                "cards": cards[user_id],
-                "toasts": toasts,
-                "html": render_frame(cards[user_id], toasts),
-            }
-        realtime.send_to_groups(messages)
-    except Exception:
-        logger.exception("Pushing notices to %d user(s) failed", len(notices))
+    notify_many(
+        {
+            user_id: ([badge_id for badge_id, _, _ in items], [])
+            for user_id, items in notices.items()
+        },
+        notices=notices,
+    )

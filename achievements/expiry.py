@@ -108,27 +108,10 @@ def _expire(pk: int, now: datetime, report: ExpiryReport) -> None:
             )
             return
         held = list(Unlock.objects.held().filter(user_id=standing.user_id, badge=badge))
-        Unlock.objects.filter(pk__in=[u.pk for u in held]).update(
-            ended_at=at, ending=Ending.EXPIRED
-        )
-        LedgerEntry.objects.bulk_create(
-            LedgerEntry(
-                user_id=unlock.user_id,
-                badge=badge,
-                unlock=unlock,
-                kind=Entry.EXPIRED,
-                period=unlock.period,
-                tier=unlock.tier,
-                at=at,
-            )
-            for unlock in held
-        )
-        standing.completed_at = standing.completed_by_event = None
-        standing.tier, standing.granted = 0, False
-        standing.expires_at, standing.since = None, at
-        standing.current_value = 0
-        standing.last_evaluated_at = now
-        standing.save()
+        Unlock.objects.end(held, Ending.EXPIRED, at)
+        LedgerEntry.objects.record(held, Entry.EXPIRED, at)
+        standing.since, standing.current_value = at, 0
+        standing.restate(now)
         # Counting starts again from the expiry: the old progress goes, and the
         # history since then is folded in afresh.
         requirements = list(badge.requirements.values_list("pk", flat=True))

@@ -416,7 +416,8 @@ class Writes:
         _save_standings(self.standings, evaluated_at)
         Unlock.objects.bulk_create(self.unlocks, batch_size=1000)
         LedgerEntry.objects.bulk_create(
-            [earned_entry(unlock) for unlock in self.unlocks], batch_size=1000
+            [LedgerEntry.for_unlock(u, Entry.EARNED, u.unlocked_at) for u in self.unlocks],
+            batch_size=1000,
         )
         return written
 
@@ -665,21 +666,6 @@ def new_unlock(earning: core.Earning, *, now: datetime, silent: bool = False) ->
         expires_at=earning.expires_at,
         silent=silent,
         seen_at=now if silent else None,
-    )
-
-
-def earned_entry(unlock: Unlock) -> LedgerEntry:
-    """The ledger's entry for a new unlock (saved, with its key)."""
-    return LedgerEntry(
-        user_id=unlock.user_id,
-        badge_id=unlock.badge_id,
-        unlock_id=unlock.pk,
-        kind=Entry.EARNED,
-        period=unlock.period,
-        tier=unlock.tier,
-        at=unlock.unlocked_at,
-        version_id=unlock.version_id,
-        event_ids=unlock.event_ids,
     )
 
 

@@ -352,9 +352,12 @@ def event_status(request: HttpRequest, event_id: str) -> JsonResponse:
     )
 
 
-@require_GET
-def user_badges(request: HttpRequest, user_id: str) -> JsonResponse:
-    guarded = _guard(request, "badges:read")
+def _identity(
+    request: HttpRequest, user_id: str, scope: str
+) -> tuple[ApiKey, ExternalIdentity] | JsonResponse:
+    """The key and the producer's user id in the path, or the response to send instead
+    (the key's refusal, a bad id, or a 404 for an id nobody has sent or linked)."""
+    guarded = _guard(request, scope)
     if isinstance(guarded, JsonResponse):
         return guarded
     bad_id = _path_problem("user_id", user_id)
@@ -363,6 +366,15 @@ def user_badges(request: HttpRequest, user_id: str) -> JsonResponse:
     identity = ExternalIdentity.objects.filter(external_id=user_id).first()
     if identity is None:
         return error(404, "user_id", "no events or link exist for this user id")
+    return guarded, identity
+
+
+@require_GET
+def user_badges(request: HttpRequest, user_id: str) -> JsonResponse:
+    found = _identity(request, user_id, "badges:read")
+    if isinstance(found, JsonResponse):
+        return found
+    _, identity = found
     cards = cards_for_user(identity.user_id)
     waiting = Event.objects.unprocessed().filter(external_user_id=user_id).count()
     return JsonResponse(
@@ -404,13 +416,13 @@ AWARD_FIELDS = {"reason", "tier", "period"}
 def user_badge(request: HttpRequest, user_id: str, badge_key: str) -> JsonResponse:
     """Grant (POST) or revoke (DELETE) a badge of a user, with a reason; the ledger's
     new entries. Staff's rules for it are achievements.awards'."""
-    guarded = _guard(request, "badges:write")
-    if isinstance(guarded, JsonResponse):
-        return guarded
-    api_key = guarded
-    bad_id = _path_problem("user_id", user_id) or _path_problem("badge_key", badge_key)
-    if bad_id:
-        return bad_id
+    found = _identity(request, user_id, "badges:write")
+    if isinstance(found, JsonResponse):
+        return found
+    api_key, identity = found
+    bad_key = _path_problem("badge_key", badge_key)
+    if bad_key:
+        return bad_key
     document = _json_body(request)
     if isinstance(document, JsonResponse):
         return document
@@ -428,9 +440,6 @@ def user_badge(request: HttpRequest, user_id: str, badge_key: str) -> JsonRespon
         return error(422, "period", "must be a string such as 2026-W49")
     if period is not None and (problem := text_problem(period, max_length=32)) is not None:
         return error(422, "period", problem)
-    identity = ExternalIdentity.objects.filter(external_id=user_id).first()
-    if identity is None:
-        return error(404, "user_id", "no events or link exist for this user id")
     if identity.user_id is None:
         return error(409, "user_id", "is not linked to a site user yet")
     badge = Badge.objects.filter(key=badge_key).first()
@@ -465,15 +474,10 @@ def user_badge(request: HttpRequest, user_id: str, badge_key: str) -> JsonRespon
 @require_GET
 def user_history(request: HttpRequest, user_id: str) -> JsonResponse:
     """The ledger of a user's badges, newest first: earnings, grants, revocations, expiries."""
-    guarded = _guard(request, "badges:read")
-    if isinstance(guarded, JsonResponse):
-        return guarded
-    bad_id = _path_problem("user_id", user_id)
-    if bad_id:
-        return bad_id
-    identity = ExternalIdentity.objects.filter(external_id=user_id).first()
-    if identity is None:
-        return error(404, "user_id", "no events or link exist for this user id")
+    found = _identity(request, user_id, "badges:read")
+    if isinstance(found, JsonResponse):
+        return found
+    _, identity = found
     entries = (
         LedgerEntry.objects.of_user(identity.user_id)[:HISTORY_LIMIT]
         if identity.user_id is not None
@@ -485,15 +489,6 @@ def user_history(request: HttpRequest, user_id: str) -> JsonResponse:
 HISTORY_LIMIT = 500
 
 
-def _cause(entry: LedgerEntry) -> str:
-    """What made the entry: the rule, the expiry schedule, staff in the admin, or a key."""
-    if entry.kind == Entry.EARNED:
-        return "rule"
-    if entry.kind == Entry.EXPIRED:
-        return "schedule"
-    return "api" if entry.api_key_id is not None else "staff"
-
-
 def _entries(entries: Any) -> list[dict[str, Any]]:
     return [
         {
@@ -502,7 +497,7 @@ def _entries(entries: Any) -> list[dict[str, Any]]:
             "tier": entry.tier,
             "period": entry.period,
             "at": entry.at.isoformat(),
-            "by": _cause(entry),
+            "by": entry.cause,
             "reason": entry.reason,
             "event_ids": entry.event_ids,
         }

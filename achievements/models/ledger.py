@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -22,6 +24,26 @@ class Entry(models.TextChoices):
 class LedgerQuerySet(models.QuerySet["LedgerEntry"]):
     def of_user(self, user_id: int) -> LedgerQuerySet:
         return self.filter(user_id=user_id).select_related("badge", "actor")
+
+    def record(
+        self,
+        unlocks: Iterable[Unlock],
+        kind: str,
+        at: datetime,
+        *,
+        actor_id: int | None = None,
+        api_key_id: int | None = None,
+        reason: str = "",
+    ) -> list[LedgerEntry]:
+        """Add an entry of `kind` for each of these (saved) unlocks."""
+        return LedgerEntry._default_manager.bulk_create(
+            [
+                LedgerEntry.for_unlock(
+                    unlock, kind, at, actor_id=actor_id, api_key_id=api_key_id, reason=reason
+                )
+                for unlock in unlocks
+            ]
+        )
 
 
 class LedgerEntry(models.Model):
@@ -96,15 +118,51 @@ class LedgerEntry(models.Model):
             raise ValueError("Ledger entries are immutable; add a new one instead.")
         super().save(*args, **kwargs)
 
+    @classmethod
+    def for_unlock(
+        cls,
+        unlock: Unlock,
+        kind: str,
+        at: datetime,
+        *,
+        actor_id: int | None = None,
+        api_key_id: int | None = None,
+        reason: str = "",
+    ) -> LedgerEntry:
+        """An (unsaved) entry for a saved unlock; an earning cites its version and events."""
+        earned = kind == Entry.EARNED
+        return cls(
+            user_id=unlock.user_id,
+            badge_id=unlock.badge_id,
+            unlock_id=unlock.pk,
+            kind=kind,
+            period=unlock.period,
+            tier=unlock.tier,
+            at=at,
+            version_id=unlock.version_id if earned else None,
+            event_ids=unlock.event_ids if earned else [],
+            actor_id=actor_id,
+            api_key_id=api_key_id,
+            reason=reason,
+        )
+
+    @property
+    def cause(self) -> str:
+        """What made it: "rule", "schedule", "api" (a key) or "staff"."""
+        if self.kind == Entry.EARNED:
+            return "rule"
+        if self.kind == Entry.EXPIRED:
+            return "schedule"
+        return "api" if self.api_key_id is not None else "staff"
+
     @property
     def by(self) -> str:
         """Who or what caused it, in a few words."""
-        if self.kind == Entry.EARNED:
+        cause = self.cause
+        if cause == "rule":
             return "its rule"
-        if self.kind == Entry.EXPIRED:
+        if cause == "schedule":
             return "the expiry schedule"
         if self.actor_id is not None:
             return str(self.actor)
-        if self.api_key_id is not None:
-            return f"API key {self.api_key}"
-        return "staff"
+        return f"API key {self.api_key}" if cause == "api" else "staff"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
@@ -97,6 +98,36 @@ class UserBadge(models.Model):
     def is_completed(self) -> bool:
         return self.completed_at is not None
 
+    def restate(self, now: datetime) -> None:
+        """Bring the standing in line with the earnings held now (after a grant,
+        revocation or expiry), and stamp it so open pages that missed the push
+        re-sync its card. Saves what it sets, and `withheld` and `since`."""
+        held = list(
+            Unlock.objects.held()
+            .filter(user_id=self.user_id, badge_id=self.badge_id)
+            .order_by("unlocked_at", "pk")
+        )
+        first = held[0] if held else None
+        self.completed_at = first.unlocked_at if first else None
+        self.completed_by_event_id = first.event_id if first else None
+        self.tier = max((unlock.tier for unlock in held), default=0)
+        self.granted = first is not None and first.granted
+        self.expires_at = first.expires_at if first is not None else None
+        self.last_evaluated_at = now
+        self.save(
+            update_fields=[
+                "completed_at",
+                "completed_by_event",
+                "tier",
+                "withheld",
+                "granted",
+                "expires_at",
+                "since",
+                "current_value",
+                "last_evaluated_at",
+            ]
+        )
+
 
 class Ending(models.TextChoices):
     REVOKED = "revoked", "Revoked"
@@ -117,6 +148,12 @@ class UnlockQuerySet(models.QuerySet["Unlock"]):
         return self.filter(user_id=user_id, pk__in=unlock_ids, seen_at__isnull=True).update(
             seen_at=timezone.now()
         )
+
+    def end(self, unlocks: list[Unlock], ending: str, at: datetime) -> None:
+        """End these held unlocks (revoked or expired) at `at`; they stay as history."""
+        self.filter(pk__in=[unlock.pk for unlock in unlocks]).update(ended_at=at, ending=ending)
+        for unlock in unlocks:
+            unlock.ended_at, unlock.ending = at, ending
 
     def mark_end_seen(self, user_id: int, unlock_ids: list[int]) -> int:
         """Record that a page of `user_id` showed that these earnings ended, and the
