@@ -56,9 +56,25 @@ class ReevaluationForm(forms.Form):
         initial="silent",
         widget=forms.RadioSelect,
     )
+    confirm_losses = forms.BooleanField(
+        label="Take the badge from users who no longer meet it",
+        required=False,
+        help_text="Some of these badges hold only while their rule holds: re-evaluating takes "
+        "them (or a tier) from holders their history no longer supports. Staff's grants stay.",
+    )
+
+    def __init__(self, *args: Any, holding: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.holding = holding
+        if not holding:
+            del self.fields["confirm_losses"]
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
+        if self.holding and not cleaned.get("confirm_losses"):
+            self.add_error(
+                "confirm_losses", "Tick this to re-evaluate badges that can be taken away."
+            )
         since, until = cleaned.get("since"), cleaned.get("until")
         if since and until and since >= until:
             self.add_error("until", "Give a time after the start of the range.")
@@ -258,7 +274,10 @@ class BadgeAdmin(admin.ModelAdmin):
                 request, "Choose one or more active badges to re-evaluate.", messages.WARNING
             )
             return redirect("admin:achievements_badge_changelist")
-        form = ReevaluationForm(request.POST if request.method == "POST" else None)
+        form = ReevaluationForm(
+            request.POST if request.method == "POST" else None,
+            holding=any(badge.holds_while_met for badge in badges),
+        )
         if request.method == "POST" and form.is_valid():
             job = reevaluation.start(
                 badges,
@@ -276,6 +295,18 @@ class BadgeAdmin(admin.ModelAdmin):
             "title": "Re-evaluate history",
         }
         return TemplateResponse(request, "admin/achievements/reevaluation/start.html", context)
+
+    def _apply_rule(
+        self, request: HttpRequest, badge: Badge, document: dict[str, Any], holding: bool
+    ) -> HttpResponse:
+        rulefiles.import_badges(document, by=request.user, source="admin preview")
+        if not holding or not badge.is_active:
+            self.message_user(request, "Rule updated.", messages.SUCCESS)
+            return redirect("admin:achievements_badge_change", badge.pk)
+        # Held only while its rule holds: the change applies to history at once.
+        job = reevaluation.start([badge], since=None, until=None, notify=True, by=request.user)
+        self.message_user(request, "Rule updated; applying it to history now.", messages.SUCCESS)
+        return redirect("admin:achievements_reevaluation_change", job.pk)
 
     def preview_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Edit a badge's requirements as JSON, see what the change would do, then apply it."""
@@ -314,11 +345,21 @@ class BadgeAdmin(admin.ModelAdmin):
                 except rulefiles.RuleFileError as exc:
                     context["problems"] = exc.problems
                 else:
+                    preview = preview_requirements(edited_badge, planned)
+                    holding = edited_badge.holds_while_met
+                    losses = len(preview.would_lose) + len(preview.would_fall_back)
+                    context.update(preview=preview, holds_while=holding, losses=losses)
                     if "_apply" in request.POST:
-                        rulefiles.import_badges(document, by=request.user, source="admin preview")
-                        self.message_user(request, "Rule updated.", messages.SUCCESS)
-                        return redirect("admin:achievements_badge_change", badge.pk)
-                    context["preview"] = preview_requirements(edited_badge, planned)
+                        # Losses are confirmed for the count shown: a count that moved
+                        # since (new events) is shown again, to be confirmed again.
+                        confirmed = request.POST.get("confirm_losses") == str(losses)
+                        if holding and losses and not confirmed:
+                            context["confirm_error"] = (
+                                "confirm_losses: tick the box to take the badge from "
+                                f"{losses} user{'s' if losses != 1 else ''}, or change the rule."
+                            )
+                        else:
+                            return self._apply_rule(request, badge, document, holding)
         context.update(
             self.admin_site.each_context(request),
             badge=badge,

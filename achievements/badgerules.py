@@ -60,6 +60,8 @@ class BadgeRule:
     repeat: Scope | None = None
     version_id: int | None = None
     valid_days: int = 0  # an earning expires this many days after its witness (0: never)
+    # Held only while the rule holds: lost (a tier falling back) when it stops.
+    holds_while: bool = False
 
     @cached_property
     def watched_types(self) -> frozenset[str]:
@@ -72,6 +74,7 @@ class BadgeRule:
         return (
             not self.tiers
             and self.repeat is None
+            and not self.holds_while
             and all(spec.kind is not Kind.COMPOSITE for spec in self.requirements)
         )
 
@@ -196,15 +199,52 @@ def standing(
     if rule.graded:
         [spec] = rule.requirements
         level, towards = progress.measure_tiered(
-            spec, states.get(spec.id), now, time_zone, rule.tiers
+            spec,
+            states.get(spec.id),
+            now,
+            time_zone,
+            rule.tiers,
+            level=supported(rule, states, now, time_zone) if rule.holds_while else None,
         )
         return Standing([towards], progress.badge_status([towards]), level)
+    latched = rule.repeat is None and not rule.holds_while
     measures = [
-        measure(spec, states.get(spec.id), now, time_zone, unlocked, latched=rule.repeat is None)
+        measure(spec, states.get(spec.id), now, time_zone, unlocked, latched=latched)
         for spec in rule.requirements
     ]
     status = progress.badge_status(measures)
     return Standing(measures, status, 1 if status.met else 0)
+
+
+def supported(
+    rule: BadgeRule, states: Mapping[int, State], moment: datetime, time_zone: str
+) -> int:
+    """What a badge that holds only while its rule holds is worth at `moment`: the
+    tiers its requirement's value then reaches, or 1 when every requirement holds."""
+    if rule.graded:
+        [spec] = rule.requirements
+        value = progress.value_now(spec, states.get(spec.id), moment, time_zone)
+        return 0 if value is None else progress.tier_reached(value, spec.operator, rule.tiers)
+    return int(
+        bool(rule.requirements)
+        and all(
+            progress.holds_now(spec, states.get(spec.id), moment, time_zone)
+            for spec in rule.requirements
+        )
+    )
+
+
+def changes_after(
+    rule: BadgeRule, states: Mapping[int, State], after: datetime, time_zone: str
+) -> list[datetime]:
+    """The moments after `after` at which `supported` can change with no new event."""
+    return sorted(
+        {
+            moment
+            for spec in rule.requirements
+            for moment in progress.changes_after(spec, states.get(spec.id), after, time_zone)
+        }
+    )
 
 
 def earnings(
@@ -225,6 +265,11 @@ def earnings(
     if rule.plain:
         met = all((states.get(spec.id) or {}).get("met") for spec in rule.requirements)
         return [("", 0)] if met and rule.requirements else []
+    if rule.holds_while:
+        level = supported(rule, states, moment, time_zone)
+        if rule.graded:
+            return [("", n) for n in range(1, level + 1)]
+        return [("", 0)] if level else []
     if rule.graded:
         [spec] = rule.requirements
         level = progress.tier_level(spec, states.get(spec.id), rule.tiers)

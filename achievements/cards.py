@@ -205,20 +205,29 @@ def _card(
     completed_at = user_badge.completed_at if user_badge else None
     mystery = badge.hidden and completed_at is None
     tiers = badge.tier_list()
-    # The tier held: the row's, which never goes down, or more if progress is ahead of it.
-    level = max(standing.level, user_badge.tier if user_badge else 0) if tiers else 0
+    holding = badge.holds_while_met
+    # The tier held: the row's, which never goes down (but for a badge held while its
+    # rule holds), or more if progress is ahead of it.
+    held_tier = user_badge.tier if user_badge else 0
+    level = (held_tier if holding else max(standing.level, held_tier)) if tiers else 0
     # Still something to show after the first unlock: the next tier, or this period.
     ongoing = bool(badge.repeat) or (bool(tiers) and level < len(tiers))
     # Earned for good (a rule change never takes it back): shown complete, every
     # requirement met, whatever the rule says now (docs/rules.md).
     done = completed_at is not None and not ongoing
     expires_at = getattr(user_badge, "expires_at", None) if completed_at else None
-    # Past its expiry but not yet ended by the schedule: shown as expired already.
+    lost_at = None if completed_at else getattr(user_badge, "lapsed_at", None)
+    # Past its expiry (or the moment its rule stops holding) but not yet ended by the
+    # schedule: shown as ended already.
     if expires_at is not None and expires_at <= now:
         completed_at, done, mystery = None, False, badge.hidden
+        if holding:
+            lost_at = expires_at
     # When the last earning expired (counting started again then), while not held.
     expired_at = (
-        (expires_at or getattr(user_badge, "since", None)) if completed_at is None else None
+        (expires_at or getattr(user_badge, "since", None))
+        if completed_at is None and not holding
+        else None
     )
     # Taken back by staff, and not held in any form since: the rule does not award it again.
     revoked = (
@@ -245,12 +254,24 @@ def _card(
         "granted": completed_at is not None and bool(getattr(user_badge, "granted", False)),
         "revoked": revoked,
         # Expiring badges: when the earning held expires; after one expired, when.
-        "expires_at": expires_at.isoformat() if completed_at and expires_at else None,
+        "expires_at": (
+            expires_at.isoformat() if completed_at and expires_at and not holding else None
+        ),
         "expires_on": (
             date_format(localtime(expires_at), "DATE_FORMAT")
-            if completed_at and expires_at
+            if completed_at and expires_at and not holding
             else ""
         ),
+        # Held while its rule holds: until when, if nothing more happens; or since
+        # when it is no longer held.
+        "holds_while": holding,
+        "keep_until_on": (
+            date_format(localtime(expires_at), "DATE_FORMAT")
+            if holding and completed_at and expires_at
+            else ""
+        ),
+        "lost": lost_at is not None and not revoked,
+        "lost_on": date_format(localtime(lost_at), "DATE_FORMAT") if lost_at else "",
         "expired": expired_at is not None and not revoked,
         "expired_on": date_format(localtime(expired_at), "DATE_FORMAT") if expired_at else "",
         "completed_at": completed_at.isoformat() if completed_at else None,
@@ -291,7 +312,11 @@ def unseen_unlocks(user_id: int, *, limit: int) -> list[dict[str, Any]]:
     return toasts_for(user_id, unlocks, cards_for_user(user_id, badge_ids=badge_ids))
 
 
-ENDING_HEADLINES = {"expired": "Badge expired", "revoked": "Badge taken back"}
+ENDING_HEADLINES = {
+    "expired": "Badge expired",
+    "revoked": "Badge taken back",
+    "lapsed": "No longer held",
+}
 
 
 def unseen_endings(user_id: int, *, limit: int) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ from achievements.badgerules import (
     OrderKey,
     RuleSet,
     Standing,
+    changes_after,
     earnings,
     measure,
     moment_of,
@@ -112,6 +113,7 @@ class Held:
     witness: OrderKey | None = None  # its event's order key, when it has one
     pk: int | None = None
     granted: bool = False  # by staff: no rule needs to justify it
+    earning: Earning | None = None  # made by this evaluation (not stored yet)
 
 
 @dataclass(slots=True)
@@ -145,6 +147,9 @@ class Pair:
     expires_at: datetime | None = None
     # After an expiry: events that occurred before this do not count.
     since: datetime | None = None
+    # A badge held only while its rule holds: when it last stopped holding (an
+    # event older than that needs the history).
+    lapsed_at: datetime | None = None
 
     def states(self) -> dict[int, State]:
         return {pk: row.state for pk, row in self.progress.items()}
@@ -157,6 +162,7 @@ class Pair:
             self.completed_by_event_id,
             self.tier,
             self.expires_at,
+            self.lapsed_at,
         )
 
 
@@ -174,6 +180,8 @@ class Earning:
     version_id: int | None
     witness: OrderKey | None
     expires_at: datetime | None = None
+    # Lost again within the same evaluation (its rule stopped holding): recorded ended.
+    ended_at: datetime | None = None
 
 
 @dataclass
@@ -187,6 +195,8 @@ class Outcome:
     earned: list[Earning] = field(default_factory=list)
     revised: list[Held] = field(default_factory=list)  # held unlocks with new provenance
     no_longer: list[tuple[str, int]] = field(default_factory=list)  # held, no longer justified
+    # Held unlocks whose rule stopped holding (badges held only while it holds), and when.
+    lapsed: list[tuple[Held, datetime]] = field(default_factory=list)
     new_keys: list[tuple[int, str]] = field(default_factory=list)  # (requirement, distinct key)
     needs_history: bool = False
     # Earnings the events justify (new or held), for a whole-history fold's reconciliation.
@@ -230,6 +240,17 @@ def evaluate(
         if fresh
         else {key for key, o in outcomes.items() if _all_earned(rules.badges.get(key[1]), o.pair)}
     )
+    # Badges held only while their rule holds: each event is folded at its moment,
+    # after what time alone ended before it; a whole-history fold starts empty
+    # and settles with what is stored at the end (_settle_holding).
+    holding = {
+        key: _Stored(dict(o.pair.held), o.pair.completed_at, o.pair.completed_by_event_id)
+        for key, o in outcomes.items()
+        if rules.badges[key[1]].holds_while
+    }
+    if fresh:
+        for key in holding:
+            _start_holding(outcomes[key].pair)
     for event in ordered:
         candidates = rules.watching(event.event_type)
         if not candidates:
@@ -244,6 +265,13 @@ def evaluate(
                 continue
             if outcome.pair.since is not None and event.occurred_at < outcome.pair.since:
                 continue  # before the last earning expired: it counted towards that one
+            if pair_key in holding and (not moved or moved[-1] != badge_id):
+                # Once per event and badge, before the event counts.
+                if not fresh and _late_for_holding(outcome.pair, rules.badges[badge_id], event):
+                    stopped.add(pair_key)
+                    outcome.needs_history = True
+                    continue
+                _lapse_until(outcome, rules.badges[badge_id], event.occurred_at)
             if not _fold(outcome, spec, fact, event, event_key, fresh):
                 stopped.add(pair_key)  # a late event that could move a witness
                 outcome.needs_history = True
@@ -257,6 +285,9 @@ def evaluate(
             if pair_key in finished:
                 continue
             rule = rules.badges[badge_id]
+            if pair_key in holding:
+                _hold(outcome, rule, event, event_key, unlocked, now)
+                continue
             if not _earn(outcome, rule, event, event_key, unlocked, now, fresh):
                 stopped.add(pair_key)
                 outcome.needs_history = True
@@ -269,7 +300,13 @@ def evaluate(
     for pair_key, outcome in outcomes.items():
         if outcome.needs_history:
             continue
-        if fresh:
+        if pair_key in holding:
+            rule = rules.badges[pair_key[1]]
+            _lapse_until(outcome, rule, now)
+            if fresh:
+                _settle_holding(outcome, rule, holding[pair_key], now)
+            _foresee(outcome, rule)
+        elif fresh:
             _reconcile(outcome)
         _measure(outcome, rules.badges[pair_key[1]], unlocked.get(pair_key[0], set()), now)
     return outcomes
@@ -464,21 +501,7 @@ def _earn(
         )
     ):
         return False
-    # In occurrence order, the event at hand last: it completed the earning.
-    witnesses = sorted(
-        (tuple(row.state[WITNESS]), row.met_by)
-        for spec in rule.requirements
-        if (row := pair.progress.get(spec.id)) is not None
-        and row.met_by
-        and row.state.get(WITNESS)
-    )
-    provenance = list(dict.fromkeys([*(met_by for _, met_by in witnesses), event.event_id]))
-    starts = [
-        row.started_at
-        for spec in rule.requirements
-        if (row := pair.progress.get(spec.id)) is not None and row.started_at is not None
-    ]
-    took = max(event.occurred_at - min(starts), timedelta(0)) if starts else None
+    provenance, took = _provenance(pair, rule, event)
     # The badge's first earning (each tier of it) records its time to unlock.
     first = not outcome.justified if fresh else pair.completed_at is None
     for period, tier in reached:
@@ -500,6 +523,234 @@ def _earn(
         )
         first = False
     return True
+
+
+# --- badges held only while their rule holds -----------------------------------
+#
+# Such a badge is held over spans of time: from the event at which its rule
+# holds (or a tier is reached) to the moment it stops, which is either an
+# event (a sum's negative term) or a moment when time alone changes a value
+# (a period ends, a day leaves a rolling window, a streak's grace runs out:
+# badgerules.changes_after). Both are exact, whenever the evaluation runs:
+# events are folded in occurrence order, each after the moments that came
+# before it; the moment after the last one at which the earning would stop
+# is the pair's `expires_at`, so the schedule ends it on time if no event
+# comes first. A whole-history fold works the spans out from nothing and
+# changes only the present: what the history says is held now is held, with
+# what is stored kept where it agrees, and what it no longer justifies ends
+# now; the spans already told are left as history.
+
+
+def _rule_held(pair: Pair) -> bool:
+    return any(not held.granted for held in pair.held.values())
+
+
+def _latest(pair: Pair, rule: BadgeRule) -> datetime | None:
+    """The moment of the latest event folded into the pair's progress."""
+    marks = [
+        tuple(row.state[LATEST])
+        for spec in rule.requirements
+        if (row := pair.progress.get(spec.id)) is not None and row.state.get(LATEST)
+    ]
+    return moment_of(max(marks)) if marks else None  # type: ignore[arg-type]
+
+
+def _start_holding(pair: Pair) -> None:
+    """A whole-history fold works the spans out afresh: only staff's grants are held."""
+    pair.held = {key: held for key, held in pair.held.items() if held.granted}
+    pair.tier = max((tier for _, tier in pair.held), default=0)
+    if not pair.held:
+        pair.completed_at = pair.completed_by_event_id = None
+    pair.lapsed_at = None
+
+
+def _late_for_holding(pair: Pair, rule: BadgeRule, event: Occurrence) -> bool:
+    """Whether an event comes before what the pair has already seen: one folded,
+    or the moment it last stopped holding. Then only the history is exact."""
+    if pair.lapsed_at is not None and event.occurred_at < pair.lapsed_at:
+        return True
+    latest = _latest(pair, rule)
+    return latest is not None and event.occurred_at < latest
+
+
+def _supported_keys(rule: BadgeRule, pair: Pair, moment: datetime) -> list[tuple[str, int]]:
+    return earnings(rule, pair.states(), moment, pair.time_zone, set(), moment)
+
+
+def _fall_to(outcome: Outcome, keep: Iterable[tuple[str, int]], at: datetime) -> None:
+    """End the earnings the rule no longer supports at `at` (staff's grants stay)."""
+    pair = outcome.pair
+    kept = set(keep)
+    for key, held in list(pair.held.items()):
+        if held.granted or key in kept:
+            continue
+        del pair.held[key]
+        if held.earning is not None:
+            held.earning.ended_at = at  # made by this evaluation: recorded ended
+        else:
+            outcome.lapsed.append((held, at))
+        pair.lapsed_at = at if pair.lapsed_at is None else max(pair.lapsed_at, at)
+        outcome.visible = True
+    pair.tier = max((tier for _, tier in pair.held), default=0)
+    if not pair.held:
+        pair.completed_at = pair.completed_by_event_id = None
+
+
+def _lapse_until(outcome: Outcome, rule: BadgeRule, until: datetime) -> None:
+    """End what time alone ended after the pair's latest event, up to `until`."""
+    pair = outcome.pair
+    if not _rule_held(pair):
+        return
+    after = _latest(pair, rule)
+    if after is None:
+        return
+    for moment in changes_after(rule, pair.states(), after, pair.time_zone):
+        if moment > until:
+            return
+        _fall_to(outcome, _supported_keys(rule, pair, moment), moment)
+        if not _rule_held(pair):
+            return
+
+
+def _foresee(outcome: Outcome, rule: BadgeRule) -> None:
+    """The pair's `expires_at`: the moment its earnings would next fall, no event coming."""
+    pair = outcome.pair
+    pair.expires_at = None
+    after = _latest(pair, rule)
+    if after is None or not _rule_held(pair):
+        return
+    held = {key for key, h in pair.held.items() if not h.granted}
+    for moment in changes_after(rule, pair.states(), after, pair.time_zone):
+        if not held <= set(_supported_keys(rule, pair, moment)):
+            pair.expires_at = moment
+            return
+
+
+def _hold(
+    outcome: Outcome,
+    rule: BadgeRule,
+    event: Occurrence,
+    event_key: OrderKey,
+    unlocked: Mapping[int, set[int]],
+    now: datetime,
+) -> None:
+    """After `event`, what the rule supports at its moment: earnings it no longer
+    supports end there, new ones are earned with `event` as their witness."""
+    pair = outcome.pair
+    earned = earnings(
+        rule,
+        pair.states(),
+        event.occurred_at,
+        pair.time_zone,
+        unlocked.get(pair.user_id, set()),
+        now,
+    )
+    _fall_to(outcome, earned, event.occurred_at)
+    new = [key for key in earned if key not in pair.held and key[0] not in pair.withheld]
+    if not new:
+        return
+    # The first span cites the requirements' witnesses and records the time to
+    # unlock; one after a loss cites the event that brought it back.
+    again = pair.lapsed_at is not None
+    provenance, took = ([event.event_id], None) if again else _provenance(pair, rule, event)
+    for period, tier in new:
+        _record_earning(
+            outcome,
+            rule,
+            period,
+            tier,
+            event.pk,
+            provenance if tier <= 1 else [event.event_id],
+            took,
+            event_key,
+            completed=now,
+        )
+
+
+@dataclass(slots=True)
+class _Stored:
+    """What a pair held before a whole-history fold (badges held while their rule holds)."""
+
+    held: dict[tuple[str, int], Held]
+    completed_at: datetime | None
+    completed_by_event_id: int | None
+
+
+def _settle_holding(outcome: Outcome, rule: BadgeRule, before: _Stored, now: datetime) -> None:
+    """After a whole-history fold: make the present what the history says.
+
+    Earnings held and still justified stay (their provenance revised under the
+    same rule version, as for other badges); held ones it no longer justifies
+    end now; justified ones not held are new. Spans that began and ended
+    within the history are not recorded again: they are history already told.
+    """
+    pair, stored = outcome.pair, before.held
+    computed = {key: held for key, held in pair.held.items() if not held.granted}
+    final = {key: held for key, held in stored.items() if held.granted}
+    kept = False
+    for key, held in stored.items():
+        if held.granted:
+            continue
+        found = computed.get(key)
+        if found is None:
+            outcome.lapsed.append((held, now))
+            pair.lapsed_at = now
+            outcome.visible = True
+            continue
+        final[key], kept = held, True
+        if held.version_id == rule.version_id and (held.event_ids, held.event_pk, held.took) != (
+            found.event_ids,
+            found.event_pk,
+            found.took,
+        ):
+            held.event_ids, held.event_pk, held.took = (
+                found.event_ids,
+                found.event_pk,
+                found.took,
+            )
+            held.witness = found.witness
+            outcome.revised.append(held)
+    new = []
+    for key, found in computed.items():
+        if key not in final and found.earning is not None:
+            final[key] = found
+            new.append(found.earning)
+    outcome.earned = [e for e in outcome.earned if any(e is n for n in new)]
+    pair.held = final
+    pair.tier = max((tier for _, tier in final), default=0)
+    if not final:
+        pair.completed_at = pair.completed_by_event_id = None
+    elif kept or any(held.granted for held in final.values()):
+        # Held since before: the standing keeps when that began.
+        pair.completed_at = before.completed_at or pair.completed_at or now
+        pair.completed_by_event_id = before.completed_by_event_id
+    else:
+        pair.completed_at = now
+        pair.completed_by_event_id = new[0].event_pk if new else None
+    if outcome.earned or outcome.lapsed:
+        outcome.visible = True
+
+
+def _provenance(
+    pair: Pair, rule: BadgeRule, event: Occurrence
+) -> tuple[list[str], timedelta | None]:
+    """An earning's events (the requirements' witnesses in occurrence order, the
+    event at hand last: it completed the earning) and its time to unlock."""
+    witnesses = sorted(
+        (tuple(row.state[WITNESS]), row.met_by)
+        for spec in rule.requirements
+        if (row := pair.progress.get(spec.id)) is not None
+        and row.met_by
+        and row.state.get(WITNESS)
+    )
+    provenance = list(dict.fromkeys([*(met_by for _, met_by in witnesses), event.event_id]))
+    starts = [
+        row.started_at
+        for spec in rule.requirements
+        if (row := pair.progress.get(spec.id)) is not None and row.started_at is not None
+    ]
+    took = max(event.occurred_at - min(starts), timedelta(0)) if starts else None
+    return provenance, took
 
 
 def _held(pair: Pair, rule: BadgeRule, period: str, tier: int) -> bool:
@@ -558,9 +809,8 @@ def _record_earning(
             held.witness = witness
             outcome.revised.append(held)
         return
-    pair.held[(period, tier)] = Held(
-        period, tier, event_pk, event_ids, took, rule.version_id, witness
-    )
+    made = Held(period, tier, event_pk, event_ids, took, rule.version_id, witness)
+    pair.held[(period, tier)] = made
     # Valid for some days from the event that earned it (from now without one).
     expires_at = (
         (moment_of(witness) if witness is not None else completed)
@@ -568,20 +818,19 @@ def _record_earning(
         if rule.valid_days
         else None
     )
-    outcome.earned.append(
-        Earning(
-            pair.user_id,
-            pair.badge_id,
-            period,
-            tier,
-            event_pk,
-            event_ids,
-            took,
-            rule.version_id,
-            witness,
-            expires_at,
-        )
+    made.earning = Earning(
+        pair.user_id,
+        pair.badge_id,
+        period,
+        tier,
+        event_pk,
+        event_ids,
+        took,
+        rule.version_id,
+        witness,
+        expires_at,
     )
+    outcome.earned.append(made.earning)
     if pair.completed_at is None:
         pair.completed_at = completed
         pair.completed_by_event_id = event_pk
@@ -593,8 +842,9 @@ def _record_earning(
 
 
 def _all_earned(rule: BadgeRule | None, pair: Pair) -> bool:
-    """Whether the pair holds every earning the badge has (a repeatable badge never does)."""
-    if rule is None or rule.earnings_in_all is None:
+    """Whether the pair holds every earning the badge has (a repeatable badge never does;
+    one held while its rule holds may lose what it holds)."""
+    if rule is None or rule.earnings_in_all is None or rule.holds_while:
         return False
     if rule.tiers:
         return pair.tier >= len(rule.tiers)

@@ -16,7 +16,7 @@ from channels.layers import get_channel_layer
 from django.utils import timezone
 
 from achievements import metrics, presence, realtime
-from achievements.cards import KnownState, cards_for_users, toasts_for
+from achievements.cards import ENDING_HEADLINES, KnownState, cards_for_users, toasts_for
 from achievements.frames import render_frame
 from achievements.models import Unlock
 
@@ -36,6 +36,8 @@ def notify_badge_changes(
 
 
 Notice = tuple[int, str, "int | None"]  # (badge id, headline, ended unlock id)
+# The headline of a badge lost because its rule stopped holding.
+LOST = ENDING_HEADLINES["lapsed"]
 
 
 def notify_many(

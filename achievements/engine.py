@@ -54,6 +54,8 @@ class BatchResult:
     unlocked_badges: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
     # Badges whose held unlocks got new provenance (a late event's refold).
     revised_badges: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
+    # Toasts for earnings lost because their rule stopped holding (badges that say so).
+    notices: dict[int, list[delivery.Notice]] = field(default_factory=lambda: defaultdict(list))
     # The changed standings and their progress as written, for the cards pushed after commit.
     known: KnownState | None = None
 
@@ -119,7 +121,9 @@ def evaluate_events(
                     user_id: (sorted(badge_ids), result.unlocks.get(user_id, []))
                     for user_id, badge_ids in result.changed.items()
                 }
-                after_commit(delivery.notify_many, changes, known=result.known)
+                # Toasts of losses, where a badge announces them (rare: kept out of the call).
+                lost = {"notices": dict(result.notices)} if result.notices else {}
+                after_commit(delivery.notify_many, changes, known=result.known, **lost)
             if result.unlocks:  # counted after the push, not before it
                 count = sum(len(unlocks) for unlocks in result.unlocks.values())
                 after_commit(metrics.incr, "accolade_unlocks_total", count)
@@ -270,10 +274,13 @@ def _evaluate(events: list[_Claimed], now: datetime) -> BatchResult:
         rules,
         zones,
         keys=rules.distinct_keys(occurrences, pairs),
-        # A repeatable badge's periods are held in its unlocks; a tiered badge's
-        # tiers in the standing (their witnesses matter only to a late event,
-        # and that one asks for the history).
-        unlocks_of={b for b in touched_badges if rules.badges[b].repeat},
+        # A repeatable badge's periods are held in its unlocks, as are the spans of
+        # one held while its rule holds; a tiered badge's tiers in the standing
+        # (their witnesses matter only to a late event, and that one asks for
+        # the history).
+        unlocks_of={
+            b for b in touched_badges if rules.badges[b].repeat or rules.badges[b].holds_while
+        },
     )
     unlocked = _held_badges(rules, touched_badges, {user_id for user_id, _ in pairs})
     stored_rows = {key: set(pair.progress) for key, pair in loaded.pairs.items()}
@@ -309,6 +316,10 @@ def _evaluate(events: list[_Claimed], now: datetime) -> BatchResult:
             if earning.version_id is None:
                 earning.version_id = version_of(badge_id)
             writes.unlocks.append(store.new_unlock(earning, now=now))
+        if outcome.lapsed:
+            writes.lapses += store.lapses_of(outcome)
+            if (badge := index.badge(badge_id)) is not None and badge.announce_endings:
+                result.notices[user_id].append((badge_id, delivery.LOST, outcome.lapsed[0][0].pk))
         if (
             loaded.stored.get(key) is None
             or outcome.visible

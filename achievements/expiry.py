@@ -7,6 +7,11 @@ users of what is about to be. Its timing is not the result: an expiry
 takes effect at the expiry time however late the schedule runs, and the
 events that occurred after it count towards earning the badge again, even
 those evaluated before the schedule caught up.
+
+Badges held only while their rule holds use the same schedule: their
+standing's `expires_at` is the moment the evaluation foresaw the rule would
+stop holding (docs/rules.md), and when it comes the pair is evaluated with
+no new event, which ends what stopped holding at that moment.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from datetime import datetime, timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from achievements import delivery, replay
+from achievements import core, delivery, index, replay, store
 from achievements.db import after_commit
 from achievements.models import (
     Badge,
@@ -43,6 +48,7 @@ class ExpiryReport:
     expired: int = 0
     earned_again: int = 0
     reminded: int = 0
+    lost: int = 0  # earnings of badges held while their rule holds, whose rule stopped
 
 
 def run_schedule(*, now: datetime | None = None) -> ExpiryReport:
@@ -99,6 +105,9 @@ def _expire(pk: int, now: datetime, report: ExpiryReport) -> None:
         if standing is None or standing.expires_at is None or standing.expires_at > now:
             return  # ended, revoked or re-earned since it was found
         at, badge = standing.expires_at, standing.badge
+        if badge.holds_while_met:
+            _end_what_stopped_holding(standing, now, report)
+            return
         if not badge.valid_days:
             # The badge no longer expires: what is held is held for good.
             standing.expires_at = None
@@ -131,6 +140,37 @@ def _expire(pk: int, now: datetime, report: ExpiryReport) -> None:
             )
         else:
             after_commit(delivery.notify_many, {standing.user_id: ([badge.pk], [])})
+
+
+def _end_what_stopped_holding(standing: UserBadge, now: datetime, report: ExpiryReport) -> None:
+    """A badge held while its rule holds, once the moment its evaluation foresaw has
+    come: the pair evaluated with no new event ends what stopped holding then
+    (exactly then, however late this runs) and foresees the next such moment."""
+    key = (standing.user_id, standing.badge_id)
+    rules = index.rule_set()
+    if standing.badge_id not in rules.badges:  # inactive: not evaluated
+        standing.expires_at = None
+        standing.save(update_fields=["expires_at"])
+        return
+    loaded = store.load_pairs([key], rules, store.time_zones([standing.user_id]))
+    outcome = core.evaluate(loaded.pairs, rules, [], now=now)[key]
+    pair = outcome.pair
+    writes = store.Writes(leftovers=False)
+    writes.progress += [
+        (pair.user_id, spec.id, pair.progress[spec.id])
+        for spec in rules.badges[standing.badge_id].requirements
+    ]
+    writes.standings.append((loaded.row_ids[key], pair))
+    writes.lapses += store.lapses_of(outcome)
+    writes.save()
+    report.lost += len(outcome.lapsed)
+    if outcome.lapsed and standing.badge.announce_endings:
+        after_commit(
+            delivery.notify_notices,
+            {pair.user_id: [(pair.badge_id, delivery.LOST, outcome.lapsed[0][0].pk)]},
+        )
+    elif outcome.lapsed:
+        after_commit(delivery.notify_many, {pair.user_id: ([pair.badge_id], [])})
 
 
 def remind_due(*, now: datetime | None = None) -> int:

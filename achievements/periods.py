@@ -9,7 +9,7 @@ change is one day, whatever its length in hours.
 from __future__ import annotations
 
 import zoneinfo
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 
 from achievements.rules import Scope
 
@@ -63,6 +63,25 @@ def is_period_key(scope: Scope, text: str) -> bool:
     except ValueError:
         return False
     return text == "all" and scope is Scope.ALL_TIME
+
+
+def start_of_day(day: date, time_zone: str) -> datetime:
+    """The first moment of a local calendar day (aware; after a DST gap at midnight,
+    the first moment that exists)."""
+    zone = _zone(time_zone)
+    return datetime.combine(day, time(0), tzinfo=zone).astimezone(zone)
+
+
+def start_of_next(scope: Scope, moment: datetime, time_zone: str) -> datetime:
+    """The first moment of the local day, week or month after the one `moment` is in."""
+    day = local_date(moment, time_zone)
+    if scope is Scope.WEEK:
+        following = day + timedelta(days=7 - day.weekday())
+    elif scope is Scope.MONTH:
+        following = date(day.year + day.month // 12, day.month % 12 + 1, 1)
+    else:
+        following = day + timedelta(days=1)
+    return start_of_day(following, time_zone)
 
 
 def _zone(name: str) -> zoneinfo.ZoneInfo:

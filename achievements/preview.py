@@ -27,6 +27,11 @@ class Preview:
     # Tiered badges: users per highest tier. Repeatable badges: earnings in all.
     tiers: list[tuple[str, int]] = field(default_factory=list)
     earnings: int = 0
+    # Badges held only while their rule holds: holders it would be taken from, and
+    # (tiered) holders who would fall back to a lower tier. Staff's grants stay.
+    would_lose: list[int] = field(default_factory=list)
+    would_fall_back: list[int] = field(default_factory=list)
+    lose_sample: list[str] = field(default_factory=list)
 
 
 def preview_requirements(badge: Badge, requirements: list[BadgeRequirement]) -> Preview:
@@ -36,8 +41,9 @@ def preview_requirements(badge: Badge, requirements: list[BadgeRequirement]) -> 
     requirements are saved. The fold is the evaluation core's, over each
     user's whole history, as a replay folds it. Users who would qualify but
     have no unlock yet are "newly qualify"; users holding an unlock who would
-    not qualify any more are listed too (they would keep it: nothing is ever
-    revoked).
+    not qualify any more are listed too: they keep it, unless the badge holds
+    only while its rule holds, when applying the change takes it from them
+    (`would_lose`; a tiered one's holders may fall back a tier instead).
     """
     requirements = _detached(requirements)
     rule = badge.rule(requirements)
@@ -101,12 +107,32 @@ def preview_requirements(badge: Badge, requirements: list[BadgeRequirement]) -> 
             ).values()
             earned[user_id] = outcome.earned
 
-    holders = set(Unlock.objects.held().filter(badge=badge).values_list("user_id", flat=True))
+    held = Unlock.objects.held().filter(badge=badge)
+    holders = set(held.values_list("user_id", flat=True))
     qualifying = {user_id for user_id, earnings in earned.items() if earnings}
     result = Preview(users_with_events=users_with_events)
     result.would_qualify = len(qualifying)
     result.newly_qualify = sorted(qualifying - holders)
     result.no_longer_qualify = sorted(holders - qualifying)
+    if rule.holds_while:
+        # What each holder holds by the rule (not by a grant), against what it would give.
+        by_rule: dict[int, int] = defaultdict(int)
+        for user_id, tier in held.filter(granted=False).values_list("user_id", "tier"):
+            by_rule[user_id] = max(by_rule[user_id], tier or 1)
+        would = {
+            user_id: max((e.tier or 1 for e in earnings), default=0)
+            for user_id, earnings in earned.items()
+        }
+        result.would_lose = sorted(u for u in by_rule if not would.get(u))
+        result.would_fall_back = sorted(
+            u for u, tier in by_rule.items() if 0 < would.get(u, 0) < tier
+        )
+        result.lose_sample = list(
+            get_user_model()
+            .objects.filter(pk__in=result.would_lose[:SAMPLE_SIZE])
+            .order_by("pk")
+            .values_list("username", flat=True)
+        )
     result.earnings = sum(len(earnings) for earnings in earned.values())
     levels = Counter(max(e.tier for e in earnings) for earnings in earned.values() if earnings)
     result.tiers = [(name, levels[level]) for level, (name, _) in enumerate(rule.tiers, start=1)]

@@ -182,21 +182,82 @@ def measure(
 ) -> Measure:
     """Where the requirement stands at `now`: the value to show, the target, met or not.
 
-    `latched=False` (repeatable badges) makes a day/week/month aggregate met
-    only when the current period meets it, instead of once any period did.
+    `latched=False` (repeatable badges, badges held only while their rule holds)
+    makes an aggregate or a streak met only when it holds at `now` (the current
+    period, window or streak), instead of once it ever did.
     """
     state = state or {}
     if spec.kind is Kind.AGGREGATE:
         result = _measure_aggregate(spec, state, now, time_zone)
-        if not latched and spec.scope in (Scope.DAY, Scope.WEEK, Scope.MONTH):
-            key = periods.period_key(spec.scope, now, time_zone)
-            return replace(result, met=holds_in_period(spec, state, key))
-        return result
-    if spec.kind is Kind.STREAK:
-        return _measure_streak(spec, state, now, time_zone)
+    elif spec.kind is Kind.STREAK:
+        result = _measure_streak(spec, state, now, time_zone)
+    else:
+        result = None
+    if result is not None:
+        return result if latched else replace(result, met=holds_now(spec, state, now, time_zone))
     if spec.kind is Kind.SEQUENCE:
         return _measure_sequence(spec, state)
     raise ValueError(f"{spec.kind} requirements are measured from other badges")
+
+
+# --- holding now (badges that hold only while their rule holds) --------------
+
+
+def value_now(spec: Spec, state: State | None, moment: datetime, time_zone: str) -> Decimal | None:
+    """The requirement's value as it stands at `moment`, not latched: the current
+    day's, week's or month's, the last N days', the streak alive then; None
+    when nothing counts (an empty window)."""
+    state = state or {}
+    if spec.kind is Kind.STREAK:
+        return Decimal(_current_streak(spec, state, moment, time_zone))
+    if spec.kind is not Kind.AGGREGATE:
+        return None
+    return _aggregate_at(spec, state, moment, time_zone)
+
+
+def holds_now(spec: Spec, state: State | None, moment: datetime, time_zone: str) -> bool:
+    """Whether the requirement holds at `moment` (a sequence, once done, always does)."""
+    if spec.kind is Kind.SEQUENCE:
+        return bool((state or {}).get("met"))
+    value = value_now(spec, state, moment, time_zone)
+    return value is not None and spec.operator.holds(value, spec.threshold)
+
+
+def changes_after(
+    spec: Spec, state: State | None, after: datetime, time_zone: str
+) -> list[datetime]:
+    """The moments after `after` at which `value_now` can change with no new event:
+    a period ending, a day leaving a rolling window, a streak's grace running out.
+    `after` is at or after the last event folded into `state`."""
+    state = state or {}
+    if spec.kind is Kind.STREAK:
+        runs = state.get("r", [])
+        if not runs:
+            return []
+        # Alive until a whole period passes without an event: gone at the start of
+        # the second period after its last.
+        last = runs[-1][1] + 2
+        day = (
+            date.fromordinal(last * 7 + 1)
+            if spec.streak_unit == "week"
+            else date.fromordinal(last)
+        )
+        moments = [periods.start_of_day(day, time_zone)]
+    elif (
+        spec.kind is not Kind.AGGREGATE
+        or spec.aggregation is Aggregation.SINGLE
+        or spec.scope is Scope.ALL_TIME
+    ):
+        return []
+    elif spec.scope is Scope.ROLLING:
+        size = _window_days(spec)
+        moments = [
+            periods.start_of_day(date.fromisoformat(day) + timedelta(days=size), time_zone)
+            for day in state.get("b", {})
+        ]
+    else:
+        moments = [periods.start_of_next(spec.scope, after, time_zone)]
+    return sorted(moment for moment in moments if moment > after)
 
 
 # --- aggregates ------------------------------------------------------------
@@ -310,17 +371,23 @@ def _rolling_value(spec: Spec, state: State, end: date, size: int) -> Decimal | 
     return _combine(spec, [Decimal(state["b"][d]) for d in days if d in state.get("b", {})])
 
 
-def _measure_aggregate(spec: Spec, state: State, now: datetime, time_zone: str) -> Measure:
+def _aggregate_at(spec: Spec, state: State, moment: datetime, time_zone: str) -> Decimal | None:
+    """An aggregate's value at `moment`: all of it, the period or the last N days then;
+    None when nothing counts."""
     buckets = state.get("b", {})
     if spec.aggregation is Aggregation.SINGLE or spec.scope is Scope.ALL_TIME:
         raw = buckets.get("all")
     elif spec.scope is Scope.ROLLING:
-        today = periods.local_date(now, time_zone)
-        rolled = _rolling_value(spec, state, today, _window_days(spec))
-        raw = None if rolled is None else str(rolled)
+        today = periods.local_date(moment, time_zone)
+        return _rolling_value(spec, state, today, _window_days(spec))
     else:
-        raw = buckets.get(periods.period_key(spec.scope, now, time_zone))
-    value = Decimal(raw) if raw is not None else Decimal(0)
+        raw = buckets.get(periods.period_key(spec.scope, moment, time_zone))
+    return None if raw is None else Decimal(raw)
+
+
+def _measure_aggregate(spec: Spec, state: State, now: datetime, time_zone: str) -> Measure:
+    at = _aggregate_at(spec, state, now, time_zone)
+    value = at if at is not None else Decimal(0)
     met = bool(state.get("met"))
     unit = unit_name(spec)
     text = f"{format_number(value)} of {format_number(spec.threshold)} {unit}".strip()
@@ -395,18 +462,23 @@ def _apply_streak(spec: Spec, state: State, fact: Fact, time_zone: str) -> None:
         state["met"] = True
 
 
+def _current_streak(spec: Spec, state: State, now: datetime, time_zone: str) -> int:
+    today = _period_number(spec, now, time_zone)
+    current = 0
+    for first, last in state.get("r", []):
+        # A streak is still alive until a whole period passes without an event.
+        if last in (today, today - 1):
+            current = last - first + 1
+    return current
+
+
 def _longest(runs: Sequence[Sequence[int]]) -> int:
     return max((last - first + 1 for first, last in runs), default=0)
 
 
 def _measure_streak(spec: Spec, state: State, now: datetime, time_zone: str) -> Measure:
     runs = state.get("r", [])
-    today = _period_number(spec, now, time_zone)
-    current = 0
-    for first, last in runs:
-        # A streak is still alive until a whole period passes without an event.
-        if last in (today, today - 1):
-            current = last - first + 1
+    current = _current_streak(spec, state, now, time_zone)
     longest = _longest(runs)
     unit = "weeks" if spec.streak_unit == "week" else "days"
     return Measure(
@@ -554,9 +626,12 @@ def measure_tiered(
     now: datetime,
     time_zone: str,
     tiers: Sequence[tuple[str, Decimal]],
+    *,
+    level: int | None = None,
 ) -> tuple[int, Measure]:
-    """The tier reached, and the standing towards the next one ("12 of 25 ... for Silver")."""
-    level = tier_level(spec, state, tiers)
+    """The tier reached (its peak's, unless `level` says), and the standing towards
+    the next one ("12 of 25 ... for Silver")."""
+    level = tier_level(spec, state, tiers) if level is None else level
     if level == len(tiers):
         top = measure(replace(spec, threshold=tiers[-1][1]), state, now, time_zone)
         return level, replace(top, met=True)

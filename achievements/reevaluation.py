@@ -286,9 +286,11 @@ def build_report(job: Reevaluation, report: ReplayReport) -> dict[str, Any]:
     from django.contrib.auth import get_user_model
 
     badges = {badge.pk: badge for badge in job.badges.all()}
-    users = {user for user, *_ in report.newly_earned} | {
-        user for user, _ in report.no_longer_qualifying
-    }
+    users = (
+        {user for user, *_ in report.newly_earned}
+        | {user for user, _ in report.no_longer_qualifying}
+        | {user for user, _, _ in report.lost}
+    )
     names = dict(get_user_model().objects.filter(pk__in=users).values_list("pk", "username"))
 
     def earning(badge: Badge, tier: int, period: str) -> str:
@@ -296,6 +298,7 @@ def build_report(job: Reevaluation, report: ReplayReport) -> dict[str, Any]:
 
     newly = sorted({row for row in report.newly_earned if row[1] in badges})
     no_longer = sorted({row for row in report.no_longer_qualifying if row[1] in badges})
+    lost = sorted({row for row in report.lost if row[1] in badges})
     tiers: dict[str, dict[str, int]] = {}
     for badge in badges.values():
         names_by_level = {level: name for level, (name, _) in enumerate(badge.tier_list(), 1)}
@@ -322,6 +325,16 @@ def build_report(job: Reevaluation, report: ReplayReport) -> dict[str, Any]:
             for user, badge in no_longer[:REPORT_LIMIT]
         ],
         "no_longer_qualify_count": len(no_longer),
+        # Badges held only while their rule holds: taken from these holders.
+        "lost": [
+            {
+                "user": names.get(user, str(user)),
+                "badge": badges[badge].name,
+                "earning": earning(badges[badge], tier, ""),
+            }
+            for user, badge, tier in lost[:REPORT_LIMIT]
+        ],
+        "lost_count": len({(user, badge) for user, badge, _ in lost}),
         "holders": tiers,
         "notified": job.notify,
     }

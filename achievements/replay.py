@@ -13,7 +13,7 @@ from functools import cached_property
 from django.db import connection, connections, transaction
 from django.utils import timezone
 
-from achievements import core, delivery, progress, store
+from achievements import core, delivery, index, progress, store
 from achievements.db import after_commit
 from achievements.engine import evaluate_composites, in_segments
 from achievements.models import Badge, BadgeRequirement, DistinctValue, Event, Unlock
@@ -37,6 +37,9 @@ class ReplayReport:
     # Each new earning: (user, badge, tier, period); a badge may earn several.
     newly_earned: list[tuple[int, int, int, str]] = field(default_factory=list)
     no_longer_qualifying: list[tuple[int, int]] = field(default_factory=list)
+    # Badges held only while their rule holds that the history no longer justifies:
+    # taken back, (user, badge, tier).
+    lost: list[tuple[int, int, int]] = field(default_factory=list)
 
     def add(self, other: ReplayReport) -> None:
         """Count another part of the replay (a chunk's) in this report."""
@@ -45,6 +48,7 @@ class ReplayReport:
         self.newly_unlocked += other.newly_unlocked
         self.newly_earned += other.newly_earned
         self.no_longer_qualifying += other.no_longer_qualifying
+        self.lost += other.lost
 
 
 @dataclass
@@ -361,6 +365,7 @@ def _write_replay(
     )
     announced: dict[int, list[int]] = defaultdict(list)
     badges_of: dict[int, list[int]] = defaultdict(list)
+    notices: dict[int, list[delivery.Notice]] = defaultdict(list)
     for key, outcome in sorted(outcomes.items()):
         user_id, badge_id = key
         pair, rule = outcome.pair, rules.badges[badge_id]
@@ -368,12 +373,23 @@ def _write_replay(
         requirement_ids = [spec.id for spec in rule.requirements]
         writes.replaced_keys += [(user_id, r) for r in requirement_ids]
         writes.new_keys += [(user_id, r, k) for r, k in sorted(outcome.new_keys)]
+        if outcome.lapsed:
+            writes.lapses += store.lapses_of(outcome)
+            report.lost += [(user_id, badge_id, held.tier) for held, _ in outcome.lapsed]
+            badge = index.badge(badge_id)
+            if not silent and badge is not None and badge.announce_endings:
+                notices[user_id].append((badge_id, delivery.LOST, outcome.lapsed[0][0].pk))
         if not outcome.touched:
             writes.stale_progress += [(user_id, r) for r in requirement_ids]
             # A standing with nothing in it goes; one that remembers a staff
             # revocation or an expiry stays, so the rule does not award that
             # badge again (or not from the events before the expiry).
-            if pair.completed_at is None and not pair.withheld and pair.since is None:
+            if (
+                pair.completed_at is None
+                and not pair.withheld
+                and pair.since is None
+                and pair.lapsed_at is None
+            ):
                 writes.dropped_standings.append(loaded.row_ids[key])
                 continue
         else:
@@ -395,8 +411,12 @@ def _write_replay(
     writes.save()
     for unlock in writes.unlocks:
         announced[unlock.user_id].append(unlock.pk)
-    if announced and not silent:
+    if (announced or notices) and not silent:
         after_commit(
             delivery.notify_many,
-            {user_id: (badges_of[user_id], unlocks) for user_id, unlocks in announced.items()},
+            {
+                user_id: (badges_of[user_id], announced.get(user_id, []))
+                for user_id in {*announced, *notices}
+            },
+            notices=dict(notices) or None,
         )

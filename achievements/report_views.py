@@ -15,7 +15,7 @@ from achievements import reports, rollups
 from achievements.models import Badge
 
 EXPORTS = {
-    "unlocks": ("period", "unlocks", "cumulative", "revoked", "expired"),
+    "unlocks": ("period", "unlocks", "cumulative", "revoked", "lost", "expired"),
     "rarity": ("badge", "key", "tier", "holders", "active_users", "percent"),
     "near_misses": ("user", "badge", "percent", "current", "target"),
     "funnel": ("badge", "step", "users", "of_previous"),

@@ -156,7 +156,11 @@ def unlocks_over_time(filters: Filters) -> list[dict[str, Any]]:
     for day, n in per_day.items():
         buckets[bucket(day)] += n
     # Earnings that ended, beside them: from the ledger (its kind-and-time index).
-    endings: dict[str, Counter[date]] = {Entry.REVOKED: Counter(), Entry.EXPIRED: Counter()}
+    endings: dict[str, Counter[date]] = {
+        Entry.REVOKED: Counter(),
+        Entry.LAPSED: Counter(),
+        Entry.EXPIRED: Counter(),
+    }
     ended = LedgerEntry.objects.filter(
         kind__in=list(endings), at__gte=filters.since, at__lt=filters.before
     )
@@ -183,6 +187,8 @@ def unlocks_over_time(filters: Filters) -> list[dict[str, Any]]:
                 "unlocks": n,
                 "cumulative": running,
                 "revoked": endings[Entry.REVOKED].get(current, 0),
+                # Badges held while their rule holds, lost when it stopped.
+                "lost": endings[Entry.LAPSED].get(current, 0),
                 "expired": endings[Entry.EXPIRED].get(current, 0),
             }
         )

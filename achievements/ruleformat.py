@@ -25,7 +25,12 @@ BADGE_FIELDS = (
 )
 # Written only when they differ from these defaults, so the rule of a badge that
 # does not use them reads (and versions) as it did before they existed.
-OPTIONAL_BADGE_FIELDS = {"valid_days": 0, "remind_days": 0, "announce_endings": False}
+OPTIONAL_BADGE_FIELDS = {
+    "valid_days": 0,
+    "remind_days": 0,
+    "announce_endings": False,
+    "holds_while_met": False,
+}
 REQUIREMENT_FIELDS = (
     "kind",
     "event_type",

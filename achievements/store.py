@@ -31,6 +31,7 @@ from achievements import core
 from achievements.db import STREAM_ROWS, Rows, insert_statements, inserted, pipeline, server_cursor
 from achievements.models import (
     DistinctValue,
+    Ending,
     Entry,
     Event,
     LedgerEntry,
@@ -93,6 +94,7 @@ _STANDING_FIELDS = (
     "granted",
     "expires_at",
     "since",
+    "lapsed_at",
 )
 
 
@@ -272,7 +274,8 @@ def lock_standings(
         .order_by("user_id", "badge_id"),
         _STANDING_FIELDS,
         f"SELECT id, user_id, badge_id, current_value, target_value, completed_at, "
-        f"completed_by_event_id, last_evaluated_at, tier, withheld, granted, expires_at, since "
+        f"completed_by_event_id, last_evaluated_at, tier, withheld, granted, expires_at, since, "
+        f"lapsed_at "
         f"FROM {table} "
         f"WHERE user_id = ANY(%b::bigint[]) AND badge_id = ANY(%b::bigint[]) "
         f"ORDER BY user_id, badge_id FOR UPDATE",
@@ -284,7 +287,7 @@ def lock_standings(
         loaded = Loaded({})
         for row in locked():
             pk, user_id, badge_id, current, target, completed, by, evaluated, *rest = row
-            tier, withheld, granted, expires_at, since = rest
+            tier, withheld, granted, expires_at, since, lapsed_at = rest
             key = (user_id, badge_id)
             if key not in wanted_set:
                 continue
@@ -300,6 +303,7 @@ def lock_standings(
                 granted=granted,
                 expires_at=expires_at,
                 since=since,
+                lapsed_at=lapsed_at,
             )
             loaded.pairs[key] = pair
             loaded.row_ids[key] = pk
@@ -358,6 +362,8 @@ class Writes:
     dropped_standings: list[int] = field(default_factory=list)
     unlocks: list[Unlock] = field(default_factory=list)
     revised: list[core.Held] = field(default_factory=list)
+    # Held unlocks whose rule stopped holding: (unlock id, when).
+    lapses: list[tuple[int, datetime]] = field(default_factory=list)
     leftovers: bool = True  # whether a requirement keeping no values may still have some
 
     def save(self) -> list[tuple[int, int]]:
@@ -372,6 +378,9 @@ class Writes:
         else:
             new_keys = self.new_keys
         delete_pairs(RequirementProgress, self.stale_progress)
+        # Before the inserts: an earning lost and earned again in one unit of work
+        # has its new unlock held only once the old one has ended.
+        self._end_lapsed()
         if self.dropped_standings:
             UserBadge.objects.filter(pk__in=self.dropped_standings).delete()
         if self.revised:
@@ -405,21 +414,42 @@ class Writes:
                 if self.standings:
                     send(*_standings_statement(self.standings, evaluated_at))
                 unlock_keys = [send(*statement) for statement in insert_statements(self.unlocks)]
-                if self.unlocks:
-                    send(*_earned_entries_statement(self.unlocks))
+                if held := [u for u in self.unlocks if u.ended_at is None]:
+                    send(*_earned_entries_statement(held))
             inserted(self.unlocks, unlock_keys)
             if progress_rows is not None:
                 written += [(user_id, requirement) for user_id, requirement in progress_rows()]
-            return written
-        insert_distinct(new_keys)
-        written += _upsert_progress(self.progress)
-        _save_standings(self.standings, evaluated_at)
-        Unlock.objects.bulk_create(self.unlocks, batch_size=1000)
-        LedgerEntry.objects.bulk_create(
-            [LedgerEntry.for_unlock(u, Entry.EARNED, u.unlocked_at) for u in self.unlocks],
-            batch_size=1000,
-        )
+            entries = []
+        else:
+            insert_distinct(new_keys)
+            written += _upsert_progress(self.progress)
+            _save_standings(self.standings, evaluated_at)
+            Unlock.objects.bulk_create(self.unlocks, batch_size=1000)
+            entries = [
+                LedgerEntry.for_unlock(u, Entry.EARNED, u.unlocked_at)
+                for u in self.unlocks
+                if u.ended_at is None
+            ]
+        # New unlocks made ended (earned and lost within this unit of work): both entries.
+        for unlock in self.unlocks:
+            if unlock.ended_at is not None:
+                entries.append(LedgerEntry.for_unlock(unlock, Entry.EARNED, unlock.unlocked_at))
+                entries.append(LedgerEntry.for_unlock(unlock, Entry.LAPSED, unlock.ended_at))
+        if entries:
+            LedgerEntry.objects.bulk_create(entries, batch_size=1000)
         return written
+
+    def _end_lapsed(self) -> None:
+        """End the held unlocks whose rule stopped holding, with their ledger entries."""
+        if not self.lapses:
+            return
+        at_of = dict(self.lapses)
+        ended = list(Unlock.objects.filter(pk__in=at_of, ended_at__isnull=True))
+        for at in sorted(set(at_of.values())):
+            Unlock.objects.end([u for u in ended if at_of[u.pk] == at], Ending.LAPSED, at)
+        LedgerEntry.objects.bulk_create(
+            [LedgerEntry.for_unlock(u, Entry.LAPSED, at_of[u.pk]) for u in ended]
+        )
 
     def _badges(self, written: list[tuple[int, int]]) -> set[tuple[int, int]]:
         """The (user, badge) pairs of these written (user, requirement) rows."""
@@ -530,6 +560,7 @@ def _save_standings(standings: list[tuple[int, core.Pair]], evaluated_at: dateti
             last_evaluated_at=evaluated_at,
             tier=pair.tier,
             expires_at=pair.expires_at,
+            lapsed_at=pair.lapsed_at,
         )
         for row_id, pair in standings
     ]
@@ -543,6 +574,7 @@ def _save_standings(standings: list[tuple[int, core.Pair]], evaluated_at: dateti
             "completed_by_event",
             "tier",
             "expires_at",
+            "lapsed_at",
         ],
         batch_size=500,
     )
@@ -562,12 +594,14 @@ def _standings_statement(
             completed_at = v.completed_at,
             completed_by_event_id = v.completed_by_event_id,
             tier = v.tier,
-            expires_at = v.expires_at
+            expires_at = v.expires_at,
+            lapsed_at = v.lapsed_at
         FROM unnest(
             %b::bigint[], %t::numeric[], %t::numeric[], %b::timestamptz[],
-            %b::timestamptz[], %b::bigint[], %b::smallint[], %b::timestamptz[]
+            %b::timestamptz[], %b::bigint[], %b::smallint[], %b::timestamptz[],
+            %b::timestamptz[]
         ) AS v(id, current_value, target_value, last_evaluated_at, completed_at,
-               completed_by_event_id, tier, expires_at)
+               completed_by_event_id, tier, expires_at, lapsed_at)
         WHERE ub.id = v.id
         """,
         [
@@ -579,6 +613,7 @@ def _standings_statement(
             [pair.completed_by_event_id for _, pair in standings],
             [pair.tier for _, pair in standings],
             [pair.expires_at for _, pair in standings],
+            [pair.lapsed_at for _, pair in standings],
         ],
     )
 
@@ -647,12 +682,21 @@ def _progress_statement(rows: list[tuple[int, int, core.Progress]]) -> tuple[str
     )
 
 
+def lapses_of(outcome: core.Outcome) -> list[tuple[int, datetime]]:
+    """The stored unlocks an outcome ends because their rule stopped holding."""
+    return [(held.pk, at) for held, at in outcome.lapsed if held.pk is not None]
+
+
 def new_unlock(earning: core.Earning, *, now: datetime, silent: bool = False) -> Unlock:
     """The Unlock row of a new earning (inserted by Writes.save).
 
     One whose validity ended before it was made (events backfilled from long
     ago) is kept quiet, as a replay's is: it is history already."""
-    silent = silent or (earning.expires_at is not None and earning.expires_at <= now)
+    silent = (
+        silent
+        or (earning.expires_at is not None and earning.expires_at <= now)
+        or earning.ended_at is not None
+    )
     return Unlock(
         user_id=earning.user_id,
         badge_id=earning.badge_id,
@@ -664,6 +708,9 @@ def new_unlock(earning: core.Earning, *, now: datetime, silent: bool = False) ->
         version_id=earning.version_id,
         took=earning.took,
         expires_at=earning.expires_at,
+        ended_at=earning.ended_at,
+        ending=Ending.LAPSED if earning.ended_at is not None else "",
+        end_seen_at=now if earning.ended_at is not None else None,
         silent=silent,
         seen_at=now if silent else None,
     )

@@ -126,7 +126,11 @@ def openapi_schema() -> dict[str, Any]:
         "type": "object",
         "required": ["kind", "badge", "tier", "period", "at", "by", "reason", "event_ids"],
         "properties": {
-            "kind": {"enum": ["earned", "granted", "revoked", "expired"]},
+            "kind": {
+                "enum": ["earned", "granted", "revoked", "expired", "lapsed"],
+                "description": "lapsed: lost because its rule stopped holding (badges "
+                "that hold only while it holds).",
+            },
             "badge": {"type": "string", "description": "The badge's key."},
             "tier": {"type": "integer", "minimum": 0, "description": "0: an untiered badge."},
             "period": {"type": "string", "description": "Repeatable badges: the period."},
@@ -436,7 +440,7 @@ def openapi_schema() -> dict[str, Any]:
                                     "name": {"type": "string"},
                                     "unlocked_at": {"type": "string", "format": "date-time"},
                                     "ended": {
-                                        "enum": ["revoked", "expired", None],
+                                        "enum": ["revoked", "expired", "lapsed", None],
                                         "description": "Null while held.",
                                     },
                                     "ended_at": {
@@ -542,6 +546,15 @@ def openapi_schema() -> dict[str, Any]:
                                         "type": "boolean",
                                         "description": "Its last earning expired: activity "
                                         "since then earns it again.",
+                                    },
+                                    "holds_while_met": {
+                                        "type": "boolean",
+                                        "description": "Held only while its rule holds.",
+                                    },
+                                    "lost": {
+                                        "type": "boolean",
+                                        "description": "Not held since its rule stopped "
+                                        "holding: meeting it again earns it again.",
                                     },
                                     "percent": {
                                         "type": "integer",

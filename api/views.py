@@ -401,6 +401,8 @@ def user_badges(request: HttpRequest, user_id: str) -> JsonResponse:
                     "revoked": card["revoked"],
                     "expires_at": card["expires_at"],
                     "expired": card["expired"],
+                    "holds_while_met": card["holds_while"],
+                    "lost": card["lost"],
                 }
                 for card in cards
             ],

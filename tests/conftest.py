@@ -54,6 +54,23 @@ def staff_user(db):
 
 
 @pytest.fixture
+def pushes(monkeypatch):
+    """The frames pushed to users' pages, captured at the channel layer's edge (as if a
+    page were connected to this process, so the push is built)."""
+    from achievements import realtime
+
+    sent: list[dict] = []
+    monkeypatch.setattr(realtime, "_server_loop_running", lambda: True)
+
+    def send_to_groups(messages: dict[str, dict]) -> set[str]:
+        sent.extend(messages.values())
+        return set(messages)
+
+    monkeypatch.setattr(realtime, "send_to_groups", send_to_groups)
+    return sent
+
+
+@pytest.fixture
 def postgresql_only(db):
     """For tests where PostgreSQL's row and advisory locks are the thing under test."""
     if connection.vendor == "postgresql":

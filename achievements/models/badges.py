@@ -137,8 +137,16 @@ class Badge(models.Model):
     )
     announce_endings = models.BooleanField(
         default=False,
-        help_text="Show the user a notification when the badge expires or staff take it back "
-        "(the card changes either way).",
+        help_text="Show the user a notification when the badge expires, stops holding or staff "
+        "take it back (the card changes either way).",
+    )
+    holds_while_met = models.BooleanField(
+        "Holds only while its rule holds",
+        default=False,
+        help_text="Taken back when its rule stops holding (e.g. \u201cactive this month\u201d: "
+        "at the end of a month without enough activity), and earned again when it holds "
+        "again; a tiered badge falls back to the tier its rule still supports. Off for most "
+        "badges: users do not expect to lose what they earned.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -168,6 +176,20 @@ class Badge(models.Model):
             raise ValidationError({"tiers": f"Tiers: {problem}."})
         if self.tiers and self.repeat:
             raise ValidationError({"repeat": "A badge can have tiers or be repeatable, not both."})
+        if self.holds_while_met and self.repeat:
+            raise ValidationError(
+                {
+                    "holds_while_met": "A repeatable badge is earned per period and kept; "
+                    "to hold a badge only while active, give its requirement a scope instead."
+                }
+            )
+        if self.holds_while_met and self.valid_days:
+            raise ValidationError(
+                {
+                    "holds_while_met": "A badge either expires after some days or holds while "
+                    "its rule holds, not both."
+                }
+            )
         if self.valid_days and (self.tiers or self.repeat):
             raise ValidationError(
                 {"valid_days": "Only a badge earned once, without tiers, can expire."}
@@ -240,6 +262,11 @@ class Badge(models.Model):
             problems["valid_days"] = (
                 "A badge made of other badges cannot expire: its parts' expiry decides."
             )
+        if self.holds_while_met and any(r.kind == rules.Kind.COMPOSITE for r in requirements):
+            problems["holds_while_met"] = (
+                "A badge made of other badges cannot hold only while its rule holds: "
+                "its parts decide."
+            )
         if self.repeat:
             unit = rules.Scope(self.repeat)
             for number, requirement in enumerate(requirements, start=1):
@@ -270,12 +297,18 @@ class Badge(models.Model):
         or edited ones for a preview). Kept on the instance for its own requirements."""
         if requirements is None:
             cached = self.__dict__.get("_rule")
-            source = (self.tiers, self.repeat, version_id, self.valid_days)
+            source = (self.tiers, self.repeat, version_id, self.valid_days, self.holds_while_met)
             if cached is not None and cached[0] == source:
                 return cached[1]
             built = self.rule(list(self.requirements.all()), version_id=version_id)
             self._rule = (
-                ([dict(t) for t in self.tiers or []], self.repeat, version_id, self.valid_days),
+                (
+                    [dict(t) for t in self.tiers or []],
+                    self.repeat,
+                    version_id,
+                    self.valid_days,
+                    self.holds_while_met,
+                ),
                 built,
             )
             return built
@@ -286,6 +319,7 @@ class Badge(models.Model):
             repeat=rules.Scope(self.repeat) if self.repeat else None,
             version_id=version_id,
             valid_days=self.valid_days,
+            holds_while=self.holds_while_met,
         )
 
     def standing(

@@ -19,6 +19,7 @@ class Entry(models.TextChoices):
     GRANTED = "granted", "Granted by staff"
     REVOKED = "revoked", "Revoked by staff"
     EXPIRED = "expired", "Expired"
+    LAPSED = "lapsed", "Lost: its rule no longer holds"
 
 
 class LedgerQuerySet(models.QuerySet["LedgerEntry"]):
@@ -149,7 +150,7 @@ class LedgerEntry(models.Model):
     @property
     def cause(self) -> str:
         """What made it: "rule", "schedule", "api" (a key) or "staff"."""
-        if self.kind == Entry.EARNED:
+        if self.kind in (Entry.EARNED, Entry.LAPSED):
             return "rule"
         if self.kind == Entry.EXPIRED:
             return "schedule"

@@ -63,6 +63,11 @@ class UserBadge(models.Model):
         blank=True,
         help_text="After an expiry: only events from this moment count towards earning it again.",
     )
+    lapsed_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Badges held only while their rule holds: when it last stopped holding.",
+    )
 
     class Meta:
         constraints = [
@@ -112,7 +117,10 @@ class UserBadge(models.Model):
         self.completed_by_event_id = first.event_id if first else None
         self.tier = max((unlock.tier for unlock in held), default=0)
         self.granted = first is not None and first.granted
-        self.expires_at = first.expires_at if first is not None else None
+        if first is None or not self.badge.holds_while_met:
+            # (A badge held while its rule holds keeps the moment its evaluation
+            # foresaw: the schedule then evaluates it again, which foresees anew.)
+            self.expires_at = first.expires_at if first is not None else None
         self.last_evaluated_at = now
         self.save(
             update_fields=[
@@ -132,6 +140,7 @@ class UserBadge(models.Model):
 class Ending(models.TextChoices):
     REVOKED = "revoked", "Revoked"
     EXPIRED = "expired", "Expired"
+    LAPSED = "lapsed", "No longer held"
 
 
 class UnlockQuerySet(models.QuerySet["Unlock"]):

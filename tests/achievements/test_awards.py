@@ -5,7 +5,6 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from achievements import realtime
 from achievements.awards import Actor, AwardRefused, grant_badge, revoke_badge
 from achievements.engine import evaluate_event
 from achievements.events import record_event
@@ -25,19 +24,6 @@ def _ledger(user, badge):
         .order_by("at", "pk")
         .values_list("kind", "tier", "period", "reason")
     )
-
-
-@pytest.fixture
-def pushes(monkeypatch):
-    sent: list[dict] = []
-    monkeypatch.setattr(realtime, "_server_loop_running", lambda: True)
-
-    def send_to_groups(messages: dict[str, dict]) -> set[str]:
-        sent.extend(messages.values())
-        return set(messages)
-
-    monkeypatch.setattr(realtime, "send_to_groups", send_to_groups)
-    return sent
 
 
 def test_an_earning_is_an_entry_of_the_ledger_with_its_rule_version_and_events(owner):

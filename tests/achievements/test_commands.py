@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from django.core.management import CommandError, call_command
 
+from achievements.management.commands import seed_demo
 from achievements.models import Badge, BadgeRequirement, Event, RequirementProgress, UserBadge
 from examples.places.models import Place
 
@@ -41,7 +42,7 @@ def test_seed_demo_run_twice_keeps_progress_on_unchanged_rules(
         )
     requirement_ids = sorted(BadgeRequirement.objects.values_list("pk", flat=True))
     call_command("seed_demo", quiet_logins=True)
-    assert Badge.objects.count() == 4
+    assert Badge.objects.count() == len(seed_demo.DEMO_BADGES)
     assert sorted(BadgeRequirement.objects.values_list("pk", flat=True)) == requirement_ids
     assert (
         RequirementProgress.objects.get(

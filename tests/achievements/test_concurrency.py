@@ -284,3 +284,142 @@ def test_a_revocation_meeting_the_unlock_it_revokes_waits_and_revokes_it(
     assert ended.ending == "revoked"
     standing = UserBadge.objects.get(user=owner, badge=badge)
     assert (standing.completed_at, standing.tier, standing.withheld) == (None, 0, [""])
+
+
+def _in_processes(evaluation, award):
+    """As _engine_then, in two worker processes (forked, each with its own database
+    connection): the evaluation first, the award a moment later, meeting it inside
+    its transaction. The award's error, by class name, if it raised."""
+    import multiprocessing
+
+    from django.db import connections
+
+    # The children must not share the parent's sockets, nor its pool's.
+    for wrapper in connections.all(initialized_only=True):
+        wrapper.close()
+        if wrapper.alias in getattr(wrapper, "_connection_pools", {}):
+            wrapper.close_pool()  # type: ignore[attr-defined]  # PostgreSQL's pool
+    context = multiprocessing.get_context("fork")
+    errors = context.Queue()
+
+    def run(job, pause, name) -> None:
+        threading.current_thread().name = name
+        try:
+            time.sleep(pause)
+            job()
+        except BaseException as exc:
+            errors.put(f"{type(exc).__name__}: {exc}")
+        finally:
+            connection.close()
+
+    processes = [
+        context.Process(target=run, args=(evaluation, 0, "engine")),
+        context.Process(target=run, args=(award, 0.15, "staff")),
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=60)
+    assert [process.exitcode for process in processes] == [0, 0]
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    return found
+
+
+def test_in_two_worker_processes_a_revocation_and_an_unlock_end_as_serial_processing_does(
+    owner, staff_user, slow_engine_commit
+):
+    from achievements.awards import Actor, revoke_badge
+    from achievements.models import LedgerEntry, Unlock
+
+    badge = make_images_badge(threshold=2)
+    event = _second_image(owner)
+    errors = _in_processes(
+        lambda: evaluate_event(event.pk),
+        lambda: revoke_badge(
+            user_id=owner.pk, badge=badge, reason="race", by=Actor(staff_user.pk)
+        ),
+    )
+    assert errors == []
+    [ended] = Unlock.objects.filter(user=owner, badge=badge)
+    assert ended.ending == "revoked"
+    assert list(LedgerEntry.objects.order_by("id").values_list("kind", flat=True)) == [
+        "earned",
+        "revoked",
+    ]
+    standing = UserBadge.objects.get(user=owner, badge=badge)
+    assert (standing.completed_at, standing.withheld) == (None, [""])
+
+
+def test_in_two_worker_processes_a_grant_meeting_an_unlock_is_refused(
+    owner, staff_user, slow_engine_commit
+):
+    from achievements.awards import Actor, grant_badge
+    from achievements.models import LedgerEntry, Unlock
+
+    badge = make_images_badge(threshold=2)
+    event = _second_image(owner)
+    errors = _in_processes(
+        lambda: evaluate_event(event.pk),
+        lambda: grant_badge(user_id=owner.pk, badge=badge, reason="race", by=Actor(staff_user.pk)),
+    )
+    assert [e.split(":")[0] for e in errors] == ["AwardRefused"], errors
+    [held] = Unlock.objects.held().filter(user=owner, badge=badge)
+    assert not held.granted
+    assert list(LedgerEntry.objects.values_list("kind", flat=True)) == ["earned"]
+
+
+@pytest.mark.parametrize("first", ["evaluation", "schedule"])
+def test_in_two_worker_processes_a_loss_by_the_rule_and_an_unlock_end_as_serial_processing_does(
+    owner, slow_engine_commit, monkeypatch, first
+):
+    """A badge held while its rule holds (2 photos in the last 7 days), due to be lost:
+    the schedule ending it and a new photo earning it again, in two processes at
+    once, in either order, tell what serial processing tells: earned, lost at the
+    moment the rule stopped holding, earned again by the new photo."""
+    from datetime import UTC, timedelta
+
+    from achievements import periods
+    from achievements.engine import evaluate_events
+    from achievements.expiry import run_schedule
+    from achievements.models import BadgeRequirement, LedgerEntry
+    from tests.achievements.test_holding import Clock
+
+    badge = make_images_badge(threshold=2)
+    badge.holds_while_met = True
+    badge.save()
+    BadgeRequirement.objects.filter(badge=badge).update(scope="rolling", window_days=7)
+    clock = Clock()
+    monkeypatch.setattr(timezone, "now", clock)
+    start = clock.at = timezone.now().astimezone(UTC) - timedelta(days=20)
+    for n in (1, 2):
+        event = Event.objects.create(
+            event_id=f"img-{n}", event_type="image.posted", user=owner, occurred_at=start
+        )
+        evaluate_event(event.pk)
+    lost_at = periods.start_of_day(start.date() + timedelta(days=7), "UTC")
+    assert UserBadge.objects.get(user=owner, badge=badge).expires_at == lost_at
+    later = clock.at = start + timedelta(days=10)
+    photo = Event.objects.create(
+        event_id="img-3", event_type="image.posted", user=owner, occurred_at=later
+    )
+    again = Event.objects.create(
+        event_id="img-4", event_type="image.posted", user=owner, occurred_at=later
+    )
+    jobs = {
+        "evaluation": lambda: evaluate_events([photo.pk, again.pk]),
+        "schedule": run_schedule,
+    }
+    second = "schedule" if first == "evaluation" else "evaluation"
+    errors = _in_processes(jobs[first], jobs[second])
+    assert errors == []
+    told = [
+        (entry.kind, entry.unlock.event_ids[-1], entry.at if entry.kind == "lapsed" else None)
+        for entry in LedgerEntry.objects.order_by("id")
+    ]
+    assert told == [
+        ("earned", "img-2", None),
+        ("lapsed", "img-2", lost_at),
+        ("earned", "img-4", None),
+    ]

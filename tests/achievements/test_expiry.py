@@ -6,7 +6,6 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from achievements import realtime
 from achievements.awards import Actor, grant_badge
 from achievements.cards import cards_for_user
 from achievements.engine import evaluate_event
@@ -31,19 +30,6 @@ def yearly(db):
     badge.valid_days = 30
     badge.save()
     return badge
-
-
-@pytest.fixture
-def pushes(monkeypatch):
-    sent: list[dict] = []
-    monkeypatch.setattr(realtime, "_server_loop_running", lambda: True)
-
-    def send_to_groups(messages):
-        sent.extend(messages.values())
-        return set(messages)
-
-    monkeypatch.setattr(realtime, "send_to_groups", send_to_groups)
-    return sent
 
 
 def test_an_earning_expires_a_number_of_days_after_the_event_that_earned_it(owner, yearly):

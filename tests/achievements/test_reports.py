@@ -78,7 +78,7 @@ def test_every_table_downloads_as_csv_with_formulas_defused(analyst, history):
     for name in ("unlocks", "near_misses"):
         assert analyst.get(f"/admin/reports/?export={name}").status_code == 200
     unlocks = analyst.get("/admin/reports/?export=unlocks").content.decode()
-    assert unlocks.splitlines()[0] == "period,unlocks,cumulative,revoked,expired"
+    assert unlocks.splitlines()[0] == "period,unlocks,cumulative,revoked,lost,expired"
 
 
 @pytest.mark.parametrize(

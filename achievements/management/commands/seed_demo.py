@@ -99,6 +99,23 @@ DEMO_BADGES: list[dict[str, Any]] = [
             }
         ],
     },
+    {
+        "key": "on_a_roll",
+        "name": "On a Roll",
+        "description": "Visit somewhere three days in a row. Yours while the streak lasts.",
+        "icon": "🔥",
+        "sort_order": 50,
+        "holds_while_met": True,
+        "announce_endings": True,
+        "requirements": [
+            {
+                "kind": "streak",
+                "event_type": "visit.created",
+                "threshold": "3",
+                "streak_unit": "day",
+            }
+        ],
+    },
 ]
 
 
