@@ -266,7 +266,7 @@ def _card(
         # when it is no longer held.
         "holds_while": holding,
         "keep_until_on": (
-            date_format(localtime(expires_at), "DATE_FORMAT")
+            date_format(localtime(expires_at), "DATETIME_FORMAT")
             if holding and completed_at and expires_at
             else ""
         ),
