@@ -175,7 +175,24 @@ class BadgeAdmin(admin.ModelAdmin):
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         """Record the saved rule as a version, once the requirements are saved too."""
         super().save_related(request, form, formsets, change)
-        record_version(form.instance, by=request.user, source="admin")
+        badge = form.instance
+        before = badge.versions.order_by("-number").values_list("pk", flat=True).first()
+        version = record_version(badge, by=request.user, source="admin")
+        if change and badge.holds_while_met and badge.is_active and version.pk != before:
+            # Held only while its rule holds: the change reaches holders with their next
+            # activity, or the next moment it could end; re-evaluating applies it now.
+            url = f"{reverse('admin:achievements_badge_reevaluate')}?ids={badge.pk}"
+            self.message_user(
+                request,
+                format_html(
+                    "{} holds only while its rule holds: holders the changed rule no longer "
+                    'supports lose it with their next activity. <a href="{}">Re-evaluate its '
+                    "history</a> to apply the change to everyone now.",
+                    badge.name,
+                    url,
+                ),
+                messages.WARNING,
+            )
 
     @admin.display(description="Rule version")
     def version_link(self, badge: Badge) -> str:

@@ -371,3 +371,23 @@ def test_an_event_types_fields_are_checked_the_same_way(admin_client, fields):
     assert response.status_code == 200
     assert response.context["adminform"].form.errors["fields"]
     assert not EventType.objects.exists()
+
+
+def test_changing_the_rule_of_a_badge_held_while_it_holds_offers_to_apply_it_now(admin_client):
+    data = {**_inline_post(), "holds_while_met": "on"}
+    assert admin_client.post("/admin/achievements/badge/add/", data).status_code == 302
+    badge = Badge.objects.get(key="photo_fan")
+    requirement = BadgeRequirement.objects.get(badge=badge)
+    changed = {
+        **data,
+        "requirements-INITIAL_FORMS": "1",
+        "requirements-0-id": str(requirement.pk),
+        "requirements-0-badge": str(badge.pk),
+        "requirements-0-threshold": "4",
+    }
+    response = admin_client.post(
+        f"/admin/achievements/badge/{badge.pk}/change/", changed, follow=True
+    )
+    body = response.content.decode()
+    assert "holds only while its rule holds" in body
+    assert f"/admin/achievements/badge/reevaluate/?ids={badge.pk}" in body

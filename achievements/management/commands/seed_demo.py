@@ -102,7 +102,7 @@ DEMO_BADGES: list[dict[str, Any]] = [
     {
         "key": "on_a_roll",
         "name": "On a Roll",
-        "description": "Visit somewhere three days in a row. Yours while the streak lasts.",
+        "description": "Post a photo three days in a row. Yours while the streak lasts.",
         "icon": "🔥",
         "sort_order": 50,
         "holds_while_met": True,
@@ -110,7 +110,7 @@ DEMO_BADGES: list[dict[str, Any]] = [
         "requirements": [
             {
                 "kind": "streak",
-                "event_type": "visit.created",
+                "event_type": "image.posted",
                 "threshold": "3",
                 "streak_unit": "day",
             }
