@@ -69,6 +69,7 @@ bench: install
 	$(PY) bench/connections.py
 	$(PY) bench/latency.py
 	$(PY) bench/evaluation.py
+	$(PY) bench/holding.py
 	$(PY) bench/reports.py
 	$(PY) bench/replay.py
 	$(PY) bench/reevaluation_impact.py

@@ -8,6 +8,7 @@ change is one day, whatever its length in hours.
 
 from __future__ import annotations
 
+import functools
 import zoneinfo
 from datetime import date, datetime, time, timedelta
 
@@ -65,6 +66,7 @@ def is_period_key(scope: Scope, text: str) -> bool:
     return text == "all" and scope is Scope.ALL_TIME
 
 
+@functools.lru_cache(maxsize=4096)  # a few days, in a few zones, asked again and again
 def start_of_day(day: date, time_zone: str) -> datetime:
     """The first moment of a local calendar day (aware; after a DST gap at midnight,
     the first moment that exists)."""

@@ -250,10 +250,13 @@ def changes_after(
     ):
         return []
     elif spec.scope is Scope.ROLLING:
-        size = _window_days(spec)
+        # A day leaves the window `size` days on; those gone by `after` no longer count.
+        size = timedelta(days=_window_days(spec))
+        gone = periods.local_date(after, time_zone) - size
         moments = [
-            periods.start_of_day(date.fromisoformat(day) + timedelta(days=size), time_zone)
-            for day in state.get("b", {})
+            periods.start_of_day(day + size, time_zone)
+            for key in state.get("b", {})
+            if (day := date.fromisoformat(key)) > gone
         ]
     else:
         moments = [periods.start_of_next(spec.scope, after, time_zone)]
