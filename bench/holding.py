@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from achievements import core  # noqa: E402
-from bench.common import write_results  # noqa: E402
 from achievements.progress import Spec  # noqa: E402
 from achievements.rules import Kind, Scope  # noqa: E402
+from bench.common import write_results  # noqa: E402
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 BATCH = 500
