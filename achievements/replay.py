@@ -382,8 +382,9 @@ def _write_replay(
         if not outcome.touched:
             writes.stale_progress += [(user_id, r) for r in requirement_ids]
             # A standing with nothing in it goes; one that remembers a staff
-            # revocation or an expiry stays, so the rule does not award that
-            # badge again (or not from the events before the expiry).
+            # revocation, an expiry or a loss stays, so the rule does not award
+            # that badge again (or not from the events before the expiry), and
+            # an event older than the loss is still known to be late.
             if (
                 pair.completed_at is None
                 and not pair.withheld
