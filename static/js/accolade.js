@@ -1,10 +1,12 @@
-/* Accolade page behaviour: toast dismissal, live-connection status, reconnects.
+/* Accolade page behaviour: toasts (dismissal, their timer), focus after a form
+ * swap, live-connection status, reconnects.
  * No inline scripts anywhere, so a strict content security policy can allow
  * only the vendored files. */
 (function () {
   "use strict";
 
   var MAX_TOASTS = 4;
+  var MAX_TOASTS_PHONE = 2;
 
   // Day and streak rules count in the user's own time zone; the sign-up form
   // asks the browser for it.
@@ -28,8 +30,80 @@
 
   document.addEventListener("keydown", function (event) {
     if (event.key !== "Escape") return;
-    var toasts = document.querySelectorAll("#toasts [data-toast]");
+    var toasts = document.querySelectorAll("#toasts [data-toast]:not(.is-leaving)");
     if (toasts.length) dismiss(toasts[toasts.length - 1]);
+  });
+
+  // A toast goes by itself after a few seconds (#toasts' data-toast-seconds),
+  // but never while the pointer is over it or focus is in it: the time left
+  // waits, so someone reading it or tabbing to its link is not cut short.
+  function toastSeconds() {
+    var region = document.getElementById("toasts");
+    var seconds = region ? parseFloat(region.getAttribute("data-toast-seconds")) : NaN;
+    return isNaN(seconds) ? 8 : seconds;
+  }
+
+  function startTimer(toast) {
+    if (toast.hasAttribute("data-timed")) return;
+    toast.setAttribute("data-timed", "");
+    var left = toastSeconds() * 1000;
+    var since = 0;
+    var handle = null;
+    function run() {
+      since = Date.now();
+      handle = window.setTimeout(function () { dismiss(toast); }, left);
+    }
+    function pause() {
+      if (handle === null) return;
+      window.clearTimeout(handle);
+      handle = null;
+      left -= Date.now() - since;
+    }
+    function resume() {
+      if (handle !== null || toast.matches(":hover") || toast.contains(document.activeElement)) return;
+      run();
+    }
+    toast.addEventListener("mouseenter", pause);
+    toast.addEventListener("mouseleave", resume);
+    toast.addEventListener("focusin", pause);
+    // After focusout the focus has not moved yet: look once it has.
+    toast.addEventListener("focusout", function () { window.setTimeout(resume, 0); });
+    if (left > 0) run();
+  }
+
+  function startTimers() {
+    document.querySelectorAll("#toasts [data-toast]:not([data-timed])").forEach(startTimer);
+  }
+
+  document.addEventListener("DOMContentLoaded", startTimers);
+
+  // A form swapped in by htmx replaces the element that had focus, which
+  // then falls to <body>: a keyboard user would start again from the top.
+  // Focus goes back where it was (the same control of the new form), or to
+  // the first field the server marked invalid.
+  var FOCUSABLE = "a[href], button, input:not([type=hidden]), select, textarea";
+  var refocus = null;
+
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var target = event.detail && event.detail.target;
+    var active = document.activeElement;
+    refocus = null;
+    if (!target || !target.id || !active || !target.contains(active)) return;
+    var controls = Array.prototype.slice.call(target.querySelectorAll(FOCUSABLE));
+    refocus = { id: target.id, index: controls.indexOf(active) };
+  });
+
+  document.addEventListener("htmx:afterSettle", function () {
+    if (!refocus) return;
+    var wanted = refocus;
+    refocus = null;
+    var active = document.activeElement;
+    if (active && active !== document.body) return;
+    var scope = document.getElementById(wanted.id);
+    if (!scope) return;
+    var next = scope.querySelector('[aria-invalid="true"]') ||
+      scope.querySelectorAll(FOCUSABLE)[wanted.index];
+    if (next) next.focus();
   });
 
   function setLiveState(state, text) {
@@ -134,10 +208,13 @@
     pendingAcknowledgements = { seen: [], ended_seen: [] };
   });
 
-  // Keep the stack short: the oldest toast goes when a new one would overflow.
+  // Keep the stack short (shorter on a phone, where it covers the page's
+  // controls): the oldest toast goes when a new one would overflow.
   document.addEventListener("htmx:oobAfterSwap", function (event) {
     if (!event.detail || !event.detail.target || event.detail.target.id !== "toasts") return;
+    var most = window.matchMedia("(max-width: 760px)").matches ? MAX_TOASTS_PHONE : MAX_TOASTS;
     var toasts = event.detail.target.querySelectorAll("[data-toast]:not(.is-leaving)");
-    for (var i = 0; i < toasts.length - MAX_TOASTS; i++) dismiss(toasts[i]);
+    for (var i = 0; i < toasts.length - most; i++) dismiss(toasts[i]);
+    startTimers();
   });
 })();
