@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.test_browser import _sign_up
+from tests.integration.test_browser import _artifact, _sign_up
 
 pytestmark = pytest.mark.browser
 
@@ -100,6 +100,36 @@ def test_focus_stays_on_the_form_after_it_is_sent_and_goes_to_what_was_wrong(
         field = page.get_by_label("Place", exact=True)
         expect(field).to_have_attribute("aria-invalid", "true")
         expect(field).to_be_focused()
+    except Exception:
+        print(embedded_site.logs())
+        raise
+    finally:
+        context.close()
+
+
+def test_on_a_phone_the_form_progress_and_toasts_fit_the_first_screen(embedded_site, browser):
+    """After many visits the progress card still starts within the first screen (the
+    recent list shows the latest few), and two toasts leave the form uncovered."""
+    from playwright.sync_api import expect
+
+    screen = {"width": 390, "height": 844}
+    context = browser.new_context(viewport=screen, is_mobile=True)
+    page = context.new_page()
+    try:
+        _sign_up(page, embedded_site.base_url, "phone-layout")
+        page.goto(f"{embedded_site.base_url}/places/")
+        expect(page.locator("#live-status")).to_have_attribute("data-state", "open")
+        page.evaluate("document.getElementById('toasts').dataset.toastSeconds = '60'")
+        _log_visits(page, 6)  # 5 Places Visited, then Globetrotter's Bronze: two toasts
+        expect(page.locator("#toasts [data-toast]")).to_have_count(2)
+        page.wait_for_timeout(400)
+        page.screenshot(path=str(_artifact("phone-visits.png")))
+        heading = page.get_by_role("heading", name="Your progress").bounding_box()
+        assert heading is not None and heading["y"] + heading["height"] <= screen["height"]
+        button = page.get_by_role("button", name="Log visit").bounding_box()
+        toasts = page.locator("#toasts").bounding_box()
+        assert button is not None and toasts is not None
+        assert button["y"] + button["height"] <= toasts["y"], "the toasts cover the form"
     except Exception:
         print(embedded_site.logs())
         raise
