@@ -93,8 +93,10 @@
     refocus = { id: target.id, index: controls.indexOf(active) };
   });
 
-  document.addEventListener("htmx:afterSettle", function () {
-    if (!refocus) return;
+  document.addEventListener("htmx:afterSettle", function (event) {
+    // Only the swap of the request's own target (a pushed card settles too).
+    var settled = event.detail && event.detail.target;
+    if (!refocus || !settled || settled.id !== refocus.id) return;
     var wanted = refocus;
     refocus = null;
     var active = document.activeElement;
