@@ -472,14 +472,7 @@ def _earn(
             return True
         earned = [("", 0)]
     else:
-        earned = earnings(
-            rule,
-            pair.states(),
-            event.occurred_at,
-            pair.time_zone,
-            unlocked.get(pair.user_id, set()),
-            now,
-        )
+        earned = _earnings_at(pair, rule, event, unlocked, now)
     reached = [key for key in earned if key not in outcome.justified]
     if pair.withheld:
         # Taken back by staff: never recorded, nor taken as the badge's first earning.
@@ -637,14 +630,7 @@ def _hold(
     """After `event`, what the rule supports at its moment: earnings it no longer
     supports end there, new ones are earned with `event` as their witness."""
     pair = outcome.pair
-    earned = earnings(
-        rule,
-        pair.states(),
-        event.occurred_at,
-        pair.time_zone,
-        unlocked.get(pair.user_id, set()),
-        now,
-    )
+    earned = _earnings_at(pair, rule, event, unlocked, now)
     _fall_to(outcome, earned, event.occurred_at)
     new = [key for key in earned if key not in pair.held and key[0] not in pair.withheld]
     if not new:
@@ -751,6 +737,24 @@ def _provenance(
     ]
     took = max(event.occurred_at - min(starts), timedelta(0)) if starts else None
     return provenance, took
+
+
+def _earnings_at(
+    pair: Pair,
+    rule: BadgeRule,
+    event: Occurrence,
+    unlocked: Mapping[int, set[int]],
+    now: datetime,
+) -> list[tuple[str, int]]:
+    """The earnings the pair's progress justifies at `event`'s moment."""
+    return earnings(
+        rule,
+        pair.states(),
+        event.occurred_at,
+        pair.time_zone,
+        unlocked.get(pair.user_id, set()),
+        now,
+    )
 
 
 def _held(pair: Pair, rule: BadgeRule, period: str, tier: int) -> bool:
