@@ -229,7 +229,7 @@ class Topology:
         require(
             port_open(PG_HOST, PG_PORT),
             "PostgreSQL on 127.0.0.1:5432",
-            "Start it (see README, 'Running the tests') or run with CI=true make test.",
+            "Start it (docs/guide.md lists the services) or run with CI=true make test.",
         )
         if private_redis:
             require(
@@ -241,7 +241,7 @@ class Topology:
             require(
                 port_open(REDIS_HOST, REDIS_PORT),
                 "Redis on 127.0.0.1:6379",
-                "Start it (see README, 'Running the tests') or run with CI=true make test.",
+                "Start it (docs/guide.md lists the services) or run with CI=true make test.",
             )
         self.tmp_dir = tmp_dir
         self.database = f"accolade_it_{os.getpid()}_{time.monotonic_ns()}"
