@@ -12,4 +12,6 @@ class ProfileAdmin(admin.ModelAdmin):
     list_select_related = ["user"]
     search_fields = ["user__username", "time_zone"]
     raw_id_fields = ["user"]
+    # The public page's address is made by the user's settings, never typed in.
+    readonly_fields = ["share_token"]
     formfield_overrides = STORABLE_JSON

@@ -25,3 +25,29 @@ class SignUpForm(UserCreationForm):
         if commit:
             Profile.objects.create(user=user, time_zone=self.cleaned_data["time_zone"])
         return user
+
+
+class SettingsForm(forms.ModelForm):
+    """What a user decides about their notifications and their public page."""
+
+    muted_categories = forms.MultipleChoiceField(
+        label="Mute notifications of these kinds of badge",
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+    )
+
+    class Meta:
+        model = Profile
+        fields = ("mute_all", "muted_categories", "animate", "public_profile", "public_name")
+
+    def __init__(self, *args: Any, categories: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["muted_categories"]
+        # A category muted before its badges went away stays listed, so it can be unticked.
+        known = sorted({*categories, *(self.instance.muted_categories or [])})
+        field.choices = [(name, name) for name in known]  # type: ignore[attr-defined]
+        if not known:
+            del self.fields["muted_categories"]
+
+    def clean_public_name(self) -> str:
+        return " ".join((self.cleaned_data.get("public_name") or "").split())

@@ -35,8 +35,45 @@ class Profile(models.Model):
         help_text='Facts badges can be limited to, e.g. {"plan": "pro", "team": "north"}.',
     )
 
+    # The user's own settings (accounts.views.settings_page).
+    mute_all = models.BooleanField(
+        "Mute all badge notifications",
+        default=False,
+        help_text="No pop-up notifications; badges are still earned and shown on your page.",
+    )
+    muted_categories = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Badge categories whose notifications the user does not want.",
+    )
+    animate = models.BooleanField(
+        "Animate progress",
+        default=True,
+        help_text="Progress bars glide and earned badges celebrate. Off: changes show at once.",
+    )
+    public_profile = models.BooleanField(
+        "Public badge page",
+        default=False,
+        help_text="A page with the badges you have earned, at a link only you can share.",
+    )
+
+    public_name = models.CharField(
+        "Name on your public page",
+        max_length=60,
+        blank=True,
+        help_text="Shown instead of your username, which stays private. Empty: "
+        "“An Accolade member”.",
+    )
+    # The public page's address: random, so it can be neither guessed nor enumerated,
+    # and made anew (the old link then stops working) from the settings.
+    share_token = models.CharField(max_length=43, null=True, blank=True, unique=True)
+
     def __str__(self) -> str:
         return f"{self.user} ({self.time_zone})"
+
+    def mutes(self, category: str) -> bool:
+        """Whether the user wants no notification of a badge of this category."""
+        return self.mute_all or (bool(category) and category in (self.muted_categories or []))
 
 
 def time_zone_for(user_id: int) -> str:

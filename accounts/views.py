@@ -1,12 +1,20 @@
 from __future__ import annotations
 
+import secrets
+
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_http_methods
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST
 
-from accounts.forms import SignUpForm
+from accounts.forms import SettingsForm, SignUpForm
+from accounts.models import Profile
+from achievements.models import Badge
+from project.http import AuthenticatedHttpRequest
 
 
 class LoginView(auth_views.LoginView):
@@ -27,3 +35,63 @@ def signup(request: HttpRequest) -> HttpResponse:
         return redirect("achievements:badges")
     status = 400 if form.errors else 200
     return render(request, "accounts/signup.html", {"form": form}, status=status)
+
+
+def _new_share_token() -> str:
+    # 32 random bytes: a link nobody can guess or walk through.
+    return secrets.token_urlsafe(32)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def settings_page(request: AuthenticatedHttpRequest) -> HttpResponse:
+    profile, _ = Profile.objects.get_or_create(user=request.user)
+    categories = list(
+        Badge.objects.for_user(request.user.pk)
+        .exclude(category="")
+        .order_by()
+        .values_list("category", flat=True)
+        .distinct()
+    )
+    form = SettingsForm(
+        request.POST if request.method == "POST" else None,
+        instance=profile,
+        categories=categories,
+    )
+    status = 200
+    saved = ""
+    if request.method == "POST":
+        if form.is_valid():
+            with transaction.atomic():
+                profile = form.save(commit=False)
+                if profile.public_profile and not profile.share_token:
+                    profile.share_token = _new_share_token()
+                profile.save()
+            if not request.htmx:
+                return redirect("accounts:settings")
+            saved = "Settings saved."
+            form = SettingsForm(instance=profile, categories=categories)
+        else:
+            status = 422
+    context = {
+        "form": form,
+        "profile": profile,
+        "saved": saved,
+        "share_url": _share_url(request, profile),
+    }
+    template = "accounts/settings.html#panel" if request.htmx else "accounts/settings.html"
+    return render(request, template, context, status=status)
+
+
+@require_POST
+@login_required
+def new_share_link(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """A new address for the public page: the old link stops working at once."""
+    Profile.objects.filter(user=request.user).update(share_token=_new_share_token())
+    return redirect(reverse("accounts:settings") + "#public-page")
+
+
+def _share_url(request: HttpRequest, profile: Profile) -> str:
+    if not (profile.public_profile and profile.share_token):
+        return ""
+    return request.build_absolute_uri(reverse("achievements:public", args=[profile.share_token]))

@@ -158,8 +158,16 @@ class BadgeRequirementInline(admin.TabularInline):
 
 @admin.register(Badge)
 class BadgeAdmin(admin.ModelAdmin):
-    list_display = ["name", "key", "icon", "is_active", "requirement_summary", "sort_order"]
-    list_filter = ["is_active"]
+    list_display = [
+        "name",
+        "key",
+        "icon",
+        "category",
+        "is_active",
+        "requirement_summary",
+        "sort_order",
+    ]
+    list_filter = ["is_active", "category"]
     list_editable = ["sort_order"]
     search_fields = ["name", "key", "description"]
     prepopulated_fields = {"key": ["name"]}

@@ -12,17 +12,18 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count
+from django.db.models import Count, Max
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.timezone import localtime
 
 from accounts.models import Profile, time_zone_for
-from achievements import index
+from achievements import index, rarity
 from achievements.models import Badge, RequirementProgress, Unlock, UserBadge, format_number
-from achievements.progress import met_text, value_holds
+from achievements.progress import Measure, met_text, value_holds
 
 Card = dict[str, Any]
 
@@ -75,7 +76,8 @@ def cards_for_user(
     now = timezone.now()
     if user_id is None:
         # Nobody yet (an unlinked producer id): every badge at zero.
-        return [_card(badge, None, {}, now, "UTC", set()) for badge in badges_list]
+        shares = rarity.shares()
+        return [_card(badge, None, {}, now, "UTC", set(), shares=shares) for badge in badges_list]
     user_badges = {
         ub.badge_id: ub for ub in UserBadge.objects.filter(user_id=user_id, badge__in=badges_list)
     }
@@ -87,15 +89,19 @@ def cards_for_user(
     time_zone = time_zone_for(user_id)
     unlocked = Unlock.objects.badge_ids_of(user_id)
     repeatable = [badge.pk for badge in badges_list if badge.repeat]
-    earnings = dict(
-        Unlock.objects.held()
-        .filter(user_id=user_id, badge_id__in=repeatable)
-        .values("badge_id")
-        .annotate(n=Count("pk"))
-        .values_list("badge_id", "n")
-        if repeatable
-        else []
-    )
+    earnings = {
+        badge_id: (n, last)
+        for badge_id, n, last in (
+            Unlock.objects.held()
+            .filter(user_id=user_id, badge_id__in=repeatable)
+            .values("badge_id")
+            .annotate(n=Count("pk"), last=Max("unlocked_at"))
+            .values_list("badge_id", "n", "last")
+            if repeatable
+            else []
+        )
+    }
+    shares = rarity.shares()
     return [
         _card(
             badge,
@@ -104,7 +110,8 @@ def cards_for_user(
             now,
             time_zone,
             unlocked,
-            times_earned=earnings.get(badge.pk, 0),
+            earnings=earnings.get(badge.pk, NO_EARNINGS),
+            shares=shares,
         )
         for badge in badges_list
     ]
@@ -160,16 +167,17 @@ def cards_for_users(
         ):
             unlocked[user_id].add(badge_id)
     repeatable = [b.pk for b in badges if b.repeat]
-    earnings: dict[tuple[int, int], int] = {}
+    earnings: dict[tuple[int, int], tuple[int, datetime | None]] = {}
     if repeatable:
-        for user_id, badge_id, n in (
+        for user_id, badge_id, n, last in (
             Unlock.objects.held()
             .filter(user_id__in=users, badge_id__in=repeatable)
             .values("user_id", "badge_id")
-            .annotate(n=Count("pk"))
-            .values_list("user_id", "badge_id", "n")
+            .annotate(n=Count("pk"), last=Max("unlocked_at"))
+            .values_list("user_id", "badge_id", "n", "last")
         ):
-            earnings[(user_id, badge_id)] = n
+            earnings[(user_id, badge_id)] = (n, last)
+    shares = rarity.shares()
     now = timezone.now()
     cards: dict[int, list[Card]] = {}
     for user_id, ids in wanted.items():
@@ -181,12 +189,17 @@ def cards_for_users(
                 now,
                 zones.get(user_id) or "UTC",
                 unlocked[user_id],
-                times_earned=earnings.get((user_id, badge.pk), 0),
+                earnings=earnings.get((user_id, badge.pk), NO_EARNINGS),
+                shares=shares,
             )
             for badge in badges  # display order, as cards_for_user
             if badge.pk in ids and (badge.pk not in segmented or badge.pk in allowed[user_id])
         ]
     return cards
+
+
+# A repeatable badge's earnings held: how many, and the latest's moment.
+NO_EARNINGS: tuple[int, datetime | None] = (0, None)
 
 
 def _card(
@@ -197,7 +210,8 @@ def _card(
     time_zone: str,
     unlocked: set[int],
     *,
-    times_earned: int = 0,
+    earnings: tuple[int, datetime | None] = (0, None),
+    shares: rarity.Shares,
 ) -> Card:
     requirements = list(badge.requirements.all())
     standing = badge.standing(requirements, states, now, time_zone, unlocked)
@@ -233,6 +247,12 @@ def _card(
     revoked = (
         completed_at is None and not badge.repeat and "" in (getattr(user_badge, "withheld", ()))
     )
+    times_earned, last_earned = earnings
+    held_level = (level if tiers else 0) if completed_at else -1
+    share = shares.of(badge, held_level=held_level)
+    # A tiered badge has one requirement: its tiers are thresholds on that value.
+    value = measures[0].value if tiers and measures else None
+    unit = requirements[0].unit_label() if tiers and requirements else ""
     return {
         "id": badge.pk,
         "key": badge.key,
@@ -240,6 +260,7 @@ def _card(
         "description": "Keep going to find out what unlocks it." if mystery else badge.description,
         "icon": "❓" if mystery else badge.icon,
         "hidden": mystery,
+        "category": badge.category,
         "percent": 100 if done else status.percent,
         "tier": badge.tier_name(level),
         "tier_level": level,
@@ -247,6 +268,31 @@ def _card(
         "next_tier": tiers[level][0] if tiers and level < len(tiers) else "",
         "repeat": badge.get_repeat_display().lower() if badge.repeat else "",
         "times_earned": times_earned if badge.repeat else (1 if completed_at else 0),
+        "last_earned_on": (
+            date_format(localtime(last_earned), "DATE_FORMAT") if last_earned else ""
+        ),
+        # Not held now (never, or no longer), so shown locked; a mystery has its own look.
+        "locked": completed_at is None and not mystery,
+        "rarity": round(share.percent, 1),
+        "rarity_text": share.text,
+        "rare": share.rare,
+        "tiers": [
+            {
+                "name": name,
+                "threshold": format_number(threshold),
+                "unit": unit,
+                "reached": number <= level,
+                "next": number == level + 1,
+                "to_go": (
+                    format_number(max(threshold - value, Decimal(0)))
+                    if value is not None and number == level + 1
+                    else ""
+                ),
+            }
+            for number, (name, threshold) in enumerate(tiers, start=1)
+        ]
+        if not mystery
+        else [],
         "ongoing": ongoing,
         "current": format_number(status.target if done else status.current),
         "target": format_number(status.target),
@@ -290,12 +336,64 @@ def _card(
                 if done and not value_holds(r.spec, measure)
                 else measure.text,
                 "met": measure.met or done,
+                "percent": _percent(measure, done),
             }
             for r, measure in zip(requirements, measures, strict=True)
         ]
         if not mystery
         else [],
     }
+
+
+def _percent(measure: Measure, done: bool) -> int:
+    """How far one requirement is, as its own bar shows it (never 100 before it is met)."""
+    if measure.met or done:
+        return 100
+    if measure.target <= 0:
+        return 0
+    return min(99, int(max(measure.value, Decimal(0)) * 100 / measure.target))
+
+
+@dataclass(frozen=True)
+class Muting:
+    """Which notifications a user turned off in their settings."""
+
+    everything: bool = False
+    categories: frozenset[str] = frozenset()
+
+    def mutes(self, card: Card) -> bool:
+        return self.everything or (
+            bool(card.get("category")) and card["category"] in self.categories
+        )
+
+
+NOT_MUTED = Muting()
+
+
+def mutings(user_ids: Iterable[int]) -> dict[int, Muting]:
+    """The users (of these) who muted something, in one query: most mute nothing."""
+    return {
+        user_id: Muting(everything, frozenset(categories or ()))
+        for user_id, everything, categories in Profile.objects.filter(user_id__in=list(user_ids))
+        .exclude(mute_all=False, muted_categories=[])
+        .values_list("user_id", "mute_all", "muted_categories")
+    }
+
+
+def drop_muted(user_id: int, toasts: list[dict[str, Any]], muting: Muting) -> list[dict[str, Any]]:
+    """The toasts the user wants. The others are marked as seen, so no page offers
+    them later either: a muted notification is dropped, not postponed (the unlock
+    and its card are not touched)."""
+    if muting is NOT_MUTED:
+        return toasts
+    kept = [toast for toast in toasts if not muting.mutes(toast["card"])]
+    if len(kept) < len(toasts):
+        dropped = [toast for toast in toasts if muting.mutes(toast["card"])]
+        if unlock_ids := [t["unlock_id"] for t in dropped if t.get("unlock_id")]:
+            Unlock.objects.mark_seen(user_id, unlock_ids)
+        if ending_ids := [t["ending_id"] for t in dropped if t.get("ending_id")]:
+            Unlock.objects.mark_end_seen(user_id, ending_ids)
+    return kept
 
 
 def unseen_unlocks(user_id: int, *, limit: int) -> list[dict[str, Any]]:
@@ -309,7 +407,8 @@ def unseen_unlocks(user_id: int, *, limit: int) -> list[dict[str, Any]]:
     if not unlocks:
         return []
     badge_ids = {badge_id for _, badge_id, _, _ in unlocks}
-    return toasts_for(user_id, unlocks, cards_for_user(user_id, badge_ids=badge_ids))
+    toasts = toasts_for(user_id, unlocks, cards_for_user(user_id, badge_ids=badge_ids))
+    return drop_muted(user_id, toasts, mutings([user_id]).get(user_id, NOT_MUTED))
 
 
 ENDING_HEADLINES = {
@@ -343,7 +442,7 @@ def unseen_endings(user_id: int, *, limit: int) -> list[dict[str, Any]]:
         card["id"]: card
         for card in cards_for_user(user_id, badge_ids={badge_id for (badge_id, _), _ in chosen})
     }
-    return [
+    toasts = [
         {
             "unlock_id": None,
             "ending_id": pk,
@@ -353,6 +452,7 @@ def unseen_endings(user_id: int, *, limit: int) -> list[dict[str, Any]]:
         for (badge_id, _), (pk, ending) in chosen
         if badge_id in by_id
     ]
+    return drop_muted(user_id, toasts, mutings([user_id]).get(user_id, NOT_MUTED))
 
 
 def toasts_for(

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from django.http import HttpRequest
+
+from accounts.models import Profile
 
 # Cards changed after this moment are re-sent when the page's socket
 # connects; the margin covers an evaluation that committed while the page was
@@ -10,5 +13,14 @@ from django.http import HttpRequest
 SINCE_MARGIN_SECONDS = 5.0
 
 
-def live(request: HttpRequest) -> dict[str, str]:
-    return {"live_since": f"{time.time() - SINCE_MARGIN_SECONDS:.3f}"}
+def live(request: HttpRequest) -> dict[str, Any]:
+    user = getattr(request, "user", None)
+    return {
+        "live_since": f"{time.time() - SINCE_MARGIN_SECONDS:.3f}",
+        # The user turned animation off in their settings: bars jump, nothing celebrates.
+        "motion_reduced": bool(
+            user is not None
+            and user.is_authenticated
+            and Profile.objects.filter(user=user, animate=False).exists()
+        ),
+    }

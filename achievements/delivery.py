@@ -16,7 +16,15 @@ from channels.layers import get_channel_layer
 from django.utils import timezone
 
 from achievements import metrics, presence, realtime
-from achievements.cards import ENDING_HEADLINES, KnownState, cards_for_users, toasts_for
+from achievements.cards import (
+    ENDING_HEADLINES,
+    NOT_MUTED,
+    KnownState,
+    cards_for_users,
+    drop_muted,
+    mutings,
+    toasts_for,
+)
 from achievements.frames import render_frame
 from achievements.models import Unlock
 
@@ -78,6 +86,7 @@ def notify_many(
             },
             known=known,
         )
+        muted = mutings(targets)
         messages = {}
         for user_id in targets:
             # One message, so the page gets every change of one event in one frame;
@@ -89,6 +98,8 @@ def notify_many(
                 for b, headline, ending_id in (notices or {}).get(user_id, [])
                 if b in by_id
             ]
+            # Notifications the user muted are not sent; the cards still are.
+            toasts = drop_muted(user_id, toasts, muted.get(user_id, NOT_MUTED))
             messages[realtime.user_group(user_id)] = {
                 "type": "badges.changed",
                 "cards": cards[user_id],

@@ -432,7 +432,8 @@ def unit_name(spec: Spec) -> str:
     if spec.aggregation is Aggregation.DISTINCT:
         return f"different {spec.field.removesuffix('_id').replace('_', ' ')}s"
     if spec.aggregation is Aggregation.COUNT:
-        return spec.event_type
+        # Never the event type: it is an internal name ("image.posted").
+        return "times"
     return spec.field.replace("_", " ")
 
 

@@ -26,6 +26,7 @@ BADGE_FIELDS = (
 # Written only when they differ from these defaults, so the rule of a badge that
 # does not use them reads (and versions) as it did before they existed.
 OPTIONAL_BADGE_FIELDS = {
+    "category": "",
     "valid_days": 0,
     "remind_days": 0,
     "announce_endings": False,

@@ -19,6 +19,14 @@ def clear_cache():
 
 
 @pytest.fixture(autouse=True)
+def forget_rarity():
+    """Each process keeps the badges' rarity for a minute; each test counts afresh."""
+    from achievements import rarity
+
+    rarity.forget()
+
+
+@pytest.fixture(autouse=True)
 def forget_versioned_badges():
     """The badges known to have a rule version outlive a test's rollback too (and
     SQLite reuses their ids); start each test without them."""

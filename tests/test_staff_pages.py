@@ -287,6 +287,7 @@ def test_every_json_field_of_a_staff_form_refuses_what_would_fail_later(superuse
         "achievements.BadgeRequirement.steps",
         "achievements.EventType.fields",
         "accounts.Profile.attributes",
+        "accounts.Profile.muted_categories",
     }
 
 

@@ -79,6 +79,12 @@ class Badge(models.Model):
     icon = models.CharField(
         max_length=16, blank=True, help_text="An emoji or short symbol shown on the badge."
     )
+    category = models.CharField(
+        max_length=40,
+        blank=True,
+        help_text="A group of badges, e.g. Travel or Photos: users can mute the notifications "
+        "of a category in their settings.",
+    )
     is_active = models.BooleanField(
         default=True, help_text="Inactive badges are neither shown nor evaluated."
     )

@@ -17,10 +17,24 @@
     }
   });
 
+  // Where focus was before it went into a toast: it goes back there when the
+  // toast closes, rather than falling to <body>.
+  var focusBeforeToast = null;
+  document.addEventListener("focusin", function (event) {
+    if (!event.target.closest || !event.target.closest("#toasts")) focusBeforeToast = event.target;
+  });
+
   function dismiss(toast) {
     if (!toast || toast.classList.contains("is-leaving")) return;
+    var hadFocus = toast.contains(document.activeElement);
     toast.classList.add("is-leaving");
-    window.setTimeout(function () { toast.remove(); }, 200);
+    window.setTimeout(function () {
+      toast.remove();
+      if (!hadFocus) return;
+      var back = focusBeforeToast && document.body.contains(focusBeforeToast) ?
+        focusBeforeToast : document.getElementById("main");
+      if (back) back.focus();
+    }, 200);
   }
 
   document.addEventListener("click", function (event) {
@@ -191,15 +205,68 @@
     });
   });
 
+  // A card pushed with a new earning (unlocked, a tier reached, earned again)
+  // while the page is open celebrates: a brief glow and a burst around its
+  // icon. Nothing moves for someone who asked for less motion, in the system
+  // or in their settings (body[data-motion="reduced"]).
+  var celebrating = [];
+  var earnedChange = 0;
+
+  function wantsMotion() {
+    if (document.body.getAttribute("data-motion") === "reduced") return false;
+    return !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+  }
+
+  document.addEventListener("htmx:oobBeforeSwap", function (event) {
+    var detail = event.detail;
+    var old = detail && detail.target;
+    if (!old || !old.classList || !old.classList.contains("badge-card") || !detail.fragment) return;
+    var incoming = detail.fragment.querySelector("#" + CSS.escape(old.id));
+    if (!incoming) return;
+    earnedChange += (incoming.classList.contains("is-earned") ? 1 : 0) -
+      (old.classList.contains("is-earned") ? 1 : 0);
+    if (!incoming.classList.contains("is-earned")) return;
+    if (incoming.getAttribute("data-milestone") === old.getAttribute("data-milestone")) return;
+    if (wantsMotion()) celebrating.push(old.id);
+  });
+
+  // A pushed card the page does not list (it shows only some badges) may
+  // belong in the list now: fetch the list again, once for a burst of them.
+  var relist = null;
+  document.addEventListener("htmx:oobErrorNoTarget", function (event) {
+    var content = event.detail && event.detail.content;
+    var filters = document.querySelector(".badge-filters");
+    if (!content || !content.classList || !content.classList.contains("badge-card") || !filters) return;
+    window.clearTimeout(relist);
+    relist = window.setTimeout(function () { window.htmx.trigger(filters, "submit"); }, 250);
+  });
+
+  // After the frame has settled (htmx puts each swapped card's own classes back then).
+  function celebrate() {
+    var ids = celebrating;
+    celebrating = [];
+    ids.forEach(function (id) {
+      var card = document.getElementById(id);
+      if (!card) return;
+      card.classList.add("is-celebrating");
+      window.setTimeout(function () { card.classList.remove("is-celebrating"); }, 1600);
+    });
+  }
+
   // A pushed card replaces the page's copy, earned or not; the badge page's
-  // count of earned badges follows the cards it shows.
+  // count of earned badges moves with the cards that changed (the page may
+  // list only some of them).
   function refreshEarnedCount() {
     var count = document.getElementById("earned-count");
-    if (count) count.textContent = String(document.querySelectorAll(".badge-card.is-earned").length);
+    var change = earnedChange;
+    earnedChange = 0;
+    if (!count || !change) return;
+    count.textContent = String(Math.max(0, (parseInt(count.textContent, 10) || 0) + change));
   }
 
   document.addEventListener("htmx:wsAfterMessage", function (event) {
     refreshEarnedCount();
+    celebrate();
     var pending = pendingAcknowledgements;
     if (!pending.seen.length && !pending.ended_seen.length) return;
     if (!event.detail || !event.detail.socketWrapper) return;

@@ -154,6 +154,7 @@ def test_it_pushes_progress_to_the_users_group_only_after_commit(
             "target": "5",
             "text": "1 of 5 different places",
             "met": False,
+            "percent": 20,
         }
     ]
 

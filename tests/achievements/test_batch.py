@@ -278,7 +278,7 @@ def test_the_cards_a_batch_pushes_from_its_own_rows_are_the_databases(
     from django.test.utils import CaptureQueriesContext
 
     from accounts.models import time_zone_for
-    from achievements import delivery
+    from achievements import delivery, rarity
     from achievements.cards import cards_for_users
 
     _record(kinds, seed=4)
@@ -291,6 +291,7 @@ def test_the_cards_a_batch_pushes_from_its_own_rows_are_the_databases(
         if known is None:
             return  # a composite's unlock, pushed by actions after the batch
         wanted = {user_id: set(badge_ids) for user_id, (badge_ids, _) in changes.items()}
+        rarity.shares()  # counted once a minute per process, not per batch
         with CaptureQueriesContext(connection) as queries:
             pushed = cards_for_users(wanted, known=known)
         pushes.append((pushed, cards_for_users(wanted), [q["sql"] for q in queries]))

@@ -147,7 +147,7 @@ def test_rolling_window_counts_the_last_n_days():
     assert not measure(spec, state, BASE + timedelta(days=13), "UTC").met
     state = apply_fact(spec, state, visit(5), "UTC")  # late, and fills a window
     result = measure(spec, state, BASE + timedelta(days=6), "UTC")
-    assert result.met and result.text == "3 of 3 visit.created in the last 7 days"
+    assert result.met and result.text == "3 of 3 times in the last 7 days"
 
 
 def test_streaks_keep_current_and_longest_and_accept_late_events():

@@ -443,7 +443,7 @@ def test_toasts_name_the_tier_and_count_each_earning(owner, client):
     page = client.get("/badges/").content.decode()
     in_progress, done = page.split('id="earned-heading"')
     assert f'id="badge-{tiered.key}"' in in_progress and f'id="badge-{weekly.key}"' in in_progress
-    assert "2 times, every week" in in_progress and "Silver tier" in in_progress
+    assert "Earned 2 times</span> · every week" in in_progress and "Silver tier" in in_progress
     assert '<span id="earned-count">2</span> of 2 earned' in page
 
 

@@ -206,10 +206,11 @@ def test_an_earned_badge_shows_complete_after_its_rule_asks_more(owner):
     )
     assert card["requirements"] == [
         {
-            "label": "image.posted",
+            "label": "times",
             "current": "2",
             "target": "2",
-            "text": "2 of 2 image.posted",
+            "text": "2 of 2 times",
             "met": True,
+            "percent": 100,
         }
     ]

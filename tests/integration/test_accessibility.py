@@ -45,7 +45,15 @@ def test_no_user_page_has_an_accessibility_violation(embedded_site, browser, scr
             found[f"signed out {path}"] = violations(page)
 
         _sign_up(page, base, f"axe-{screen['width']}")
-        for path in ("/", "/badges/", "/places/", "/places/photos/"):
+        for path in (
+            "/",
+            "/badges/",
+            "/badges/?show=in_progress&sort=closest",
+            "/badges/?sort=unknown",  # refused, with the error by its control
+            "/places/",
+            "/places/photos/",
+            "/accounts/settings/",
+        ):
             page.goto(f"{base}{path}")
             expect(page.locator("#live-status")).to_have_attribute("data-state", "open")
             found[f"signed in {path}"] = violations(page)
@@ -64,12 +72,26 @@ def test_no_user_page_has_an_accessibility_violation(embedded_site, browser, scr
         expect(page.locator("#toasts [data-toast]")).to_have_count(1)
         page.wait_for_timeout(400)  # its entrance animation done: colours as they settle
         found["signed in /places/ with a toast"] = violations(page)
+        page.goto(f"{base}/badges/")  # now with an earned badge
+        expect(page.locator("#live-status")).to_have_attribute("data-state", "open")
+        found["signed in /badges/ with a badge earned"] = violations(page)
+        page.goto(f"{base}/places/")
+        expect(page.locator("#live-status")).to_have_attribute("data-state", "open")
 
         # A form sent with an error, as a keyboard user would meet it.
         page.get_by_label("Place", exact=True).select_option("")
         page.get_by_role("button", name="Log visit").click()
         expect(page.get_by_label("Place", exact=True)).to_have_attribute("aria-invalid", "true")
         found["signed in /places/ with an error"] = violations(page)
+
+        # The public page, opted into from the settings.
+        page.goto(f"{base}/accounts/settings/")
+        page.get_by_label("Public badge page").check()
+        page.get_by_role("button", name="Save settings").click()
+        expect(page.get_by_role("status")).to_have_text("Settings saved.")
+        found["signed in /accounts/settings/ saved"] = violations(page)
+        page.goto(page.locator(".share a").first.get_attribute("href"))
+        found["the public page"] = violations(page)
     finally:
         context.close()
     assert {where: problems for where, problems in found.items() if problems} == {}

@@ -164,10 +164,12 @@ def test_every_open_tab_shows_an_unlock_once_and_a_later_page_catches_up(
         later = context.new_page()
         later.goto(f"{site.base_url}/badges/")
         toast = later.locator("#toasts [data-toast]")
-        # Ten photos in one day: 10 Images Posted, and Daily Snapshots (3 a day) once.
-        expect(toast).to_have_count(2)
+        # Ten photos in one day: 10 Images Posted, Daily Snapshots (3 a day) once, and
+        # the hidden First Frame (the first photo).
+        expect(toast).to_have_count(3)
         expect(toast.filter(has_text="10 Images Posted")).to_have_count(1)
         expect(toast.filter(has_text="Daily Snapshots")).to_have_count(1)
+        expect(toast.filter(has_text="First Frame")).to_have_count(1)
         later.reload()
         expect(later.locator("#live-status")).to_have_attribute("data-state", "open")
         later.wait_for_timeout(500)

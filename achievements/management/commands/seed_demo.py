@@ -34,6 +34,7 @@ DEMO_BADGES: list[dict[str, Any]] = [
         "key": "places_visited_5",
         "name": "5 Places Visited",
         "description": "Visit five different places.",
+        "category": "Travel",
         "icon": "🧭",
         "sort_order": 10,
         "requirements": [
@@ -50,6 +51,7 @@ DEMO_BADGES: list[dict[str, Any]] = [
         "key": "images_posted_10",
         "name": "10 Images Posted",
         "description": "Post ten photos.",
+        "category": "Photos",
         "icon": "📸",
         "sort_order": 20,
         "requirements": [
@@ -65,6 +67,7 @@ DEMO_BADGES: list[dict[str, Any]] = [
         "key": "globetrotter",
         "name": "Globetrotter",
         "description": "Visit ever more places: Bronze, Silver, then Gold.",
+        "category": "Travel",
         "icon": "🌍",
         "sort_order": 30,
         "tiers": [
@@ -86,6 +89,7 @@ DEMO_BADGES: list[dict[str, Any]] = [
         "key": "daily_snapshots",
         "name": "Daily Snapshots",
         "description": "Post three photos in a day. Earn it again every day.",
+        "category": "Photos",
         "icon": "🗓️",
         "sort_order": 40,
         "repeat": "day",
@@ -103,6 +107,7 @@ DEMO_BADGES: list[dict[str, Any]] = [
         "key": "on_a_roll",
         "name": "On a Roll",
         "description": "Post a photo three days in a row. Yours while the streak lasts.",
+        "category": "Photos",
         "icon": "🔥",
         "sort_order": 50,
         "holds_while_met": True,
@@ -113,6 +118,46 @@ DEMO_BADGES: list[dict[str, Any]] = [
                 "event_type": "image.posted",
                 "threshold": "3",
                 "streak_unit": "day",
+            }
+        ],
+    },
+    {
+        "key": "photo_marathon",
+        "name": "Photo Marathon",
+        "description": "Post twenty photos, five of them on one day.",
+        "category": "Photos",
+        "icon": "🏃",
+        "sort_order": 60,
+        "requirements": [
+            {
+                "event_type": "image.posted",
+                "aggregation": "count",
+                "threshold": "20",
+                "label": "photos",
+            },
+            {
+                "event_type": "image.posted",
+                "aggregation": "count",
+                "threshold": "5",
+                "scope": "day",
+                "label": "photos",
+            },
+        ],
+    },
+    {
+        "key": "first_frame",
+        "name": "First Frame",
+        "description": "You posted your first photo.",
+        "category": "Photos",
+        "icon": "🎞️",
+        "sort_order": 70,
+        "hidden": True,
+        "requirements": [
+            {
+                "event_type": "image.posted",
+                "aggregation": "count",
+                "threshold": "1",
+                "label": "photos",
             }
         ],
     },
