@@ -101,6 +101,7 @@ INSTALLED_APPS = [
     "achievements",
     "accounts",
     "api",
+    "credentials",
     # The example producer: how a host application plugs into Accolade.
     "examples.places",
 ]

@@ -16,6 +16,7 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("accounts/", include("accounts.urls")),
     path("places/", include("examples.places.urls")),
     path("api/v1/", include("api.urls")),
+    path("", include("credentials.urls")),
     path("", include("achievements.urls")),
 ]
 

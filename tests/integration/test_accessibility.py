@@ -40,7 +40,7 @@ def test_no_user_page_has_an_accessibility_violation(embedded_site, browser, scr
     page = context.new_page()
     found: dict[str, list[str]] = {}
     try:
-        for path in ("/", "/accounts/login/", "/accounts/signup/"):
+        for path in ("/", "/accounts/login/", "/accounts/signup/", "/verify/"):
             page.goto(f"{base}{path}")
             found[f"signed out {path}"] = violations(page)
 
@@ -92,6 +92,13 @@ def test_no_user_page_has_an_accessibility_violation(embedded_site, browser, scr
         found["signed in /accounts/settings/ saved"] = violations(page)
         page.goto(page.locator(".share a").first.get_attribute("href"))
         found["the public page"] = violations(page)
+
+        # The verify page with a verdict (this one says the text is not a credential).
+        page.goto(f"{base}/verify/")
+        page.get_by_label("Credential", exact=True).fill("not.a.credential")
+        page.get_by_role("button", name="Verify").click()
+        expect(page.get_by_role("region", name="Not valid")).to_be_visible()
+        found["/verify/ with a verdict"] = violations(page)
     finally:
         context.close()
     assert {where: problems for where, problems in found.items() if problems} == {}
