@@ -9,6 +9,6 @@ app_name = "achievements"
 urlpatterns = [
     path("", views.home, name="home"),
     path("badges/", views.badges, name="badges"),
-    path("p/<str:token>/", views.public, name="public"),
+    path("p/<slug:token>/", views.public, name="public"),
     path("badges/<slug:key>/preview.png", views.badge_preview_image, name="badge_image"),
 ]
