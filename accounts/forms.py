@@ -3,7 +3,9 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib.auth.forms import UserCreationForm
+from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Profile, time_zone_names
 
@@ -31,17 +33,28 @@ class SettingsForm(forms.ModelForm):
     """What a user decides about their notifications and their public page."""
 
     muted_categories = forms.MultipleChoiceField(
-        label="Mute notifications of these kinds of badge",
+        label=_("Mute notifications of these kinds of badge"),
         required=False,
         widget=forms.CheckboxSelectMultiple,
     )
 
     class Meta:
         model = Profile
-        fields = ("mute_all", "muted_categories", "animate", "public_profile", "public_name")
+        fields = (
+            "language",
+            "mute_all",
+            "muted_categories",
+            "animate",
+            "public_profile",
+            "public_name",
+        )
 
     def __init__(self, *args: Any, categories: list[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["language"].choices = [  # type: ignore[attr-defined]
+            ("", _("As my browser asks")),
+            *settings.LANGUAGES,
+        ]
         field = self.fields["muted_categories"]
         # A category muted before its badges went away stays listed, so it can be unticked.
         known = sorted({*categories, *(self.instance.muted_categories or [])})

@@ -6,6 +6,7 @@ from functools import cache
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 @cache
@@ -37,32 +38,43 @@ class Profile(models.Model):
 
     # The user's own settings (accounts.views.settings_page).
     mute_all = models.BooleanField(
-        "Mute all badge notifications",
+        _("Mute all badge notifications"),
         default=False,
-        help_text="No pop-up notifications; badges are still earned and shown on your page.",
+        help_text=_("No pop-up notifications; badges are still earned and shown on your page."),
     )
     muted_categories = models.JSONField(
         default=list,
         blank=True,
-        help_text="Badge categories whose notifications the user does not want.",
+        help_text=_("Badge categories whose notifications the user does not want."),
     )
     animate = models.BooleanField(
-        "Animate progress",
+        _("Animate progress"),
         default=True,
-        help_text="Progress bars glide and earned badges celebrate. Off: changes show at once.",
+        help_text=_("Progress bars glide and earned badges celebrate. Off: changes show at once."),
     )
     public_profile = models.BooleanField(
-        "Public badge page",
+        _("Public badge page"),
         default=False,
-        help_text="A page with the badges you have earned, at a link only you can share.",
+        help_text=_("A page with the badges you have earned, at a link only you can share."),
     )
 
+    language = models.CharField(
+        _("Language"),
+        max_length=8,
+        blank=True,
+        choices=settings.LANGUAGES,
+        help_text=_("The site's language for you, notifications included. Empty: your browser's."),
+    )
+    # The language the user's browser last asked for, while they chose none: what
+    # notifications pushed to them are written in.
+    browser_language = models.CharField(max_length=8, blank=True, editable=False)
     public_name = models.CharField(
-        "Name on your public page",
+        _("Name on your public page"),
         max_length=60,
         blank=True,
-        help_text="Shown instead of your username, which stays private. Empty: "
-        "“An Accolade member”.",
+        help_text=_(
+            "Shown instead of your username, which stays private. Empty: “An Accolade member”."
+        ),
     )
     # The public page's address: random, so it can be neither guessed nor enumerated,
     # and made anew (the old link then stops working) from the settings.
@@ -81,3 +93,13 @@ def time_zone_for(user_id: int) -> str:
         Profile.objects.filter(user_id=user_id).values_list("time_zone", flat=True).first()
         or "UTC"
     )
+
+
+def language_for(user_ids: list[int]) -> dict[int, str]:
+    """Each user's language for what is pushed to them: theirs, else their browser's."""
+    return {
+        user_id: chosen or seen
+        for user_id, chosen, seen in Profile.objects.filter(user_id__in=user_ids)
+        .exclude(language="", browser_language="")
+        .values_list("user_id", "language", "browser_language")
+    }

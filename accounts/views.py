@@ -9,6 +9,7 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.translation import gettext
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.forms import SettingsForm, SignUpForm
@@ -60,6 +61,7 @@ def settings_page(request: AuthenticatedHttpRequest) -> HttpResponse:
     )
     status = 200
     saved = ""
+    language_before = profile.language
     if request.method == "POST":
         if form.is_valid():
             with transaction.atomic():
@@ -69,7 +71,12 @@ def settings_page(request: AuthenticatedHttpRequest) -> HttpResponse:
                 profile.save()
             if not request.htmx:
                 return redirect("accounts:settings")
-            saved = "Settings saved."
+            if profile.language != language_before:
+                # The whole page changes language: have htmx load it again.
+                response = HttpResponse(status=204)
+                response["HX-Refresh"] = "true"
+                return response
+            saved = gettext("Settings saved.")
             form = SettingsForm(instance=profile, categories=categories)
         else:
             status = 422

@@ -22,6 +22,7 @@ from achievements.dispatch import redrive_events
 from achievements.models import (
     Badge,
     BadgeRequirement,
+    BadgeTranslation,
     DedupRule,
     Event,
     EventType,
@@ -156,6 +157,15 @@ class BadgeRequirementInline(admin.TabularInline):
     fields = [*rulefiles.REQUIREMENT_FIELDS[:-1], "composite_badges", "label"]
 
 
+class BadgeTranslationInline(admin.StackedInline):
+    """The badge's words in the site's other languages (settings.LANGUAGES)."""
+
+    model = BadgeTranslation
+    formfield_overrides = STORABLE_JSON
+    extra = 0
+    verbose_name = "translation"
+
+
 @admin.register(Badge)
 class BadgeAdmin(admin.ModelAdmin):
     list_display = [
@@ -172,7 +182,7 @@ class BadgeAdmin(admin.ModelAdmin):
     search_fields = ["name", "key", "description"]
     prepopulated_fields = {"key": ["name"]}
     readonly_fields = ["preview_link", "version_link", "holders_link"]
-    inlines = [BadgeRequirementInline]
+    inlines = [BadgeRequirementInline, BadgeTranslationInline]
     actions = ["reevaluate"]
     formfield_overrides = STORABLE_JSON
     object_history_template = "admin/achievements/badge/object_history.html"

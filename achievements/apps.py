@@ -11,17 +11,23 @@ class AchievementsConfig(AppConfig):
     def ready(self) -> None:
         # Registers the Celery tasks in every process, web ones included:
         # achievements.dispatch sends them by name, as it must not import them.
-        from achievements import index, tasks  # noqa: F401
+        from django.utils.translation import gettext
+
+        from achievements import index, progress, tasks  # noqa: F401
+
+        # Measures are described in the language active where they are built.
+        progress.install_translator(gettext)
         from achievements.models import (
             Badge,
             BadgeRequirement,
+            BadgeTranslation,
             BadgeVersion,
             DedupRule,
             EventType,
         )
 
         # Everything the index holds: rules, the event type catalogue, dedup rules.
-        for model in (Badge, BadgeRequirement, EventType, DedupRule):
+        for model in (Badge, BadgeRequirement, BadgeTranslation, EventType, DedupRule):
             post_save.connect(
                 index.invalidate, sender=model, dispatch_uid=f"index-{model.__name__}"
             )

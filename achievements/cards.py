@@ -10,19 +10,27 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from django.db.models import Count, Max
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.formats import date_format
 from django.utils.timezone import localtime
+from django.utils.translation import gettext, gettext_noop
 
 from accounts.models import Profile, time_zone_for
 from achievements import index, rarity
-from achievements.models import Badge, RequirementProgress, Unlock, UserBadge, format_number
+from achievements.models import (
+    Badge,
+    RequirementProgress,
+    Unlock,
+    UserBadge,
+    format_number,
+    translation_of,
+)
 from achievements.progress import Measure, met_text, value_holds
 
 Card = dict[str, Any]
@@ -62,7 +70,7 @@ def cards_for_user(
 ) -> list[Card]:
     """Cards for the user's active badges (optionally only some), in display order."""
     badges = Badge.objects.for_user(user_id).prefetch_related(
-        "requirements", "requirements__composite_badges"
+        "requirements", "requirements__composite_badges", "translations"
     )
     if badge_ids is not None:
         badges = badges.filter(pk__in=list(badge_ids))
@@ -118,7 +126,10 @@ def cards_for_user(
 
 
 def cards_for_users(
-    wanted: dict[int, set[int]], *, known: KnownState | None = None
+    wanted: dict[int, set[int]],
+    *,
+    known: KnownState | None = None,
+    languages: dict[int, str] | None = None,
 ) -> dict[int, list[Card]]:
     """cards_for_user(user, badge_ids=...) for many users at once (user → badge ids), in
     a fixed number of queries: what a worker pushes after a batch.
@@ -181,21 +192,53 @@ def cards_for_users(
     now = timezone.now()
     cards: dict[int, list[Card]] = {}
     for user_id, ids in wanted.items():
-        cards[user_id] = [
-            _card(
-                badge,
-                user_badges.get((user_id, badge.pk)),
-                states[user_id],
+        language = (languages or {}).get(user_id) or translation.get_language()
+        with translation.override(language):
+            cards[user_id] = _cards_of(
+                user_id,
+                ids,
+                badges,
+                segmented,
+                allowed,
+                user_badges,
+                states,
+                zones,
+                unlocked,
+                earnings,
+                shares,
                 now,
-                zones.get(user_id) or "UTC",
-                unlocked[user_id],
-                earnings=earnings.get((user_id, badge.pk), NO_EARNINGS),
-                shares=shares,
             )
-            for badge in badges  # display order, as cards_for_user
-            if badge.pk in ids and (badge.pk not in segmented or badge.pk in allowed[user_id])
-        ]
     return cards
+
+
+def _cards_of(
+    user_id: int,
+    ids: set[int],
+    badges: list[Badge],
+    segmented: set[int],
+    allowed: dict[int, set[int]],
+    user_badges: dict[tuple[int, int], Any],
+    states: dict[int, dict[int, dict[str, Any]]],
+    zones: dict[int, str],
+    unlocked: dict[int, set[int]],
+    earnings: dict[tuple[int, int], tuple[int, datetime | None]],
+    shares: rarity.Shares,
+    now: datetime,
+) -> list[Card]:
+    return [
+        _card(
+            badge,
+            user_badges.get((user_id, badge.pk)),
+            states[user_id],
+            now,
+            zones.get(user_id) or "UTC",
+            unlocked[user_id],
+            earnings=earnings.get((user_id, badge.pk), NO_EARNINGS),
+            shares=shares,
+        )
+        for badge in badges  # display order, as cards_for_user
+        if badge.pk in ids and (badge.pk not in segmented or badge.pk in allowed[user_id])
+    ]
 
 
 # A repeatable badge's earnings held: how many, and the latest's moment.
@@ -214,11 +257,24 @@ def _card(
     shares: rarity.Shares,
 ) -> Card:
     requirements = list(badge.requirements.all())
-    standing = badge.standing(requirements, states, now, time_zone, unlocked)
+    # Staff's words for the reader's language, where they wrote them.
+    words = translation_of(badge, translation.get_language())
+    standing = badge.worded_standing(requirements, states, now, time_zone, unlocked, words)
     measures, status = standing.measures, standing.status
     completed_at = user_badge.completed_at if user_badge else None
     mystery = badge.hidden and completed_at is None
     tiers = badge.tier_list()
+    if words is not None and len(words.tier_names or []) == len(tiers):
+        tiers = tuple(
+            (name or own, t) for name, (own, t) in zip(words.tier_names, tiers, strict=True)
+        )
+    given = list(words.labels or []) if words is not None else []
+    labels = [
+        (given[n] if n < len(given) and given[n] else "") or r.unit_label()
+        for n, r in enumerate(requirements)
+    ]
+    name = (words.name if words is not None else "") or badge.name
+    description = (words.description if words is not None else "") or badge.description
     holding = badge.holds_while_met
     # The tier held: the row's, which never goes down (but for a badge held while its
     # rule holds), or more if progress is ahead of it.
@@ -252,17 +308,19 @@ def _card(
     share = shares.of(badge, held_level=held_level)
     # A tiered badge has one requirement: its tiers are thresholds on that value.
     value = measures[0].value if tiers and measures else None
-    unit = requirements[0].unit_label() if tiers and requirements else ""
+    unit = labels[0] if tiers and labels else ""
     return {
         "id": badge.pk,
         "key": badge.key,
-        "name": "Mystery badge" if mystery else badge.name,
-        "description": "Keep going to find out what unlocks it." if mystery else badge.description,
+        "name": gettext("Mystery badge") if mystery else name,
+        "description": (
+            gettext("Keep going to find out what unlocks it.") if mystery else description
+        ),
         "icon": "❓" if mystery else badge.icon,
         "hidden": mystery,
         "category": badge.category,
         "percent": 100 if done else status.percent,
-        "tier": badge.tier_name(level),
+        "tier": tiers[level - 1][0] if 0 < level <= len(tiers) else "",
         "tier_level": level,
         "tier_names": [name for name, _ in tiers],
         "next_tier": tiers[level][0] if tiers and level < len(tiers) else "",
@@ -326,19 +384,19 @@ def _card(
         ),
         "requirements": [
             {
-                "label": r.unit_label(),
+                "label": label,
                 "current": format_number(
                     measure.target if measure.met or done else min(measure.value, measure.target)
                 ),
                 "target": format_number(measure.target),
                 # Held under a rule that now asks more: shown as met, not "1 of 2".
-                "text": met_text(r.spec, measure.target)
+                "text": met_text(replace(r.spec, label=label), measure.target)
                 if done and not value_holds(r.spec, measure)
                 else measure.text,
                 "met": measure.met or done,
                 "percent": _percent(measure, done),
             }
-            for r, measure in zip(requirements, measures, strict=True)
+            for r, label, measure in zip(requirements, labels, measures, strict=True)
         ]
         if not mystery
         else [],
@@ -411,10 +469,11 @@ def unseen_unlocks(user_id: int, *, limit: int) -> list[dict[str, Any]]:
     return drop_muted(user_id, toasts, mutings([user_id]).get(user_id, NOT_MUTED))
 
 
+# Marked for translation; translated where a toast is rendered, in its reader's language.
 ENDING_HEADLINES = {
-    "expired": "Badge expired",
-    "revoked": "Badge taken back",
-    "lapsed": "No longer held",
+    "expired": gettext_noop("Badge expired"),
+    "revoked": gettext_noop("Badge taken back"),
+    "lapsed": gettext_noop("No longer held"),
 }
 
 
@@ -447,7 +506,7 @@ def unseen_endings(user_id: int, *, limit: int) -> list[dict[str, Any]]:
             "unlock_id": None,
             "ending_id": pk,
             "card": by_id[badge_id],
-            "headline": ENDING_HEADLINES.get(ending, "Badge ended"),
+            "headline": gettext(ENDING_HEADLINES.get(ending, gettext_noop("Badge ended"))),
         }
         for (badge_id, _), (pk, ending) in chosen
         if badge_id in by_id
@@ -489,9 +548,11 @@ def headline(card: Card, tier: int, earning: int = 1) -> str:
     """The toast's first words: what kind of earning this is."""
     names = card["tier_names"]
     if card.get("granted") and tier <= 1 and earning == 1:
-        return "Badge granted"
+        return gettext("Badge granted")
     if 0 < tier <= len(names):
-        return f"Badge unlocked ({names[0]})" if tier == 1 else f"{names[tier - 1]} tier reached"
+        if tier == 1:
+            return gettext("Badge unlocked (%(tier)s)") % {"tier": names[0]}
+        return gettext("%(tier)s tier reached") % {"tier": names[tier - 1]}
     if earning > 1:
-        return f"Earned again ({earning} times)"
-    return "Badge unlocked"
+        return gettext("Earned again (%(count)d times)") % {"count": earning}
+    return gettext("Badge unlocked")

@@ -12,8 +12,11 @@ from urllib.parse import parse_qs
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 from django.template.loader import render_to_string
+from django.utils import translation
 
+from accounts.models import language_for
 from achievements import hub, presence, realtime
 from achievements.cards import cards_for_user, unseen_endings, unseen_unlocks
 from achievements.frames import render_frame
@@ -161,8 +164,7 @@ class LiveConsumer(PushConsumer, SessionBoundSocket):
         """
         assert self.user_id is not None
         since = _parse_since(self.scope.get("query_string", b""))
-        cards, unlocks = await database_sync_to_async(_catch_up_data)(self.user_id, since)
-        frame = render_frame(cards, unlocks)
+        frame = await database_sync_to_async(_catch_up_frame)(self.user_id, since)
         if frame:
             await self.send(text_data=frame)
 
@@ -225,12 +227,12 @@ def _parse_since(query_string: bytes) -> datetime | None:
         return None
 
 
-def _catch_up_data(
-    user_id: int, since: datetime | None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    cards = cards_for_user(user_id, changed_since=since) if since else []
-    toasts = unseen_unlocks(user_id, limit=CATCH_UP_LIMIT)
-    return cards, toasts + unseen_endings(user_id, limit=CATCH_UP_LIMIT)
+def _catch_up_frame(user_id: int, since: datetime | None) -> str:
+    """The catch-up frame, in the user's language (as pushes are)."""
+    with translation.override(language_for([user_id]).get(user_id) or settings.LANGUAGE_CODE):
+        cards = cards_for_user(user_id, changed_since=since) if since else []
+        toasts = unseen_unlocks(user_id, limit=CATCH_UP_LIMIT)
+        return render_frame(cards, toasts + unseen_endings(user_id, limit=CATCH_UP_LIMIT))
 
 
 CLOSE_FORBIDDEN = 4403

@@ -5,8 +5,6 @@ from typing import Any
 
 from django.http import HttpRequest
 
-from accounts.models import Profile
-
 # Cards changed after this moment are re-sent when the page's socket
 # connects; the margin covers an evaluation that committed while the page was
 # being rendered, and small clock differences between hosts.
@@ -14,13 +12,9 @@ SINCE_MARGIN_SECONDS = 5.0
 
 
 def live(request: HttpRequest) -> dict[str, Any]:
-    user = getattr(request, "user", None)
     return {
         "live_since": f"{time.time() - SINCE_MARGIN_SECONDS:.3f}",
-        # The user turned animation off in their settings: bars jump, nothing celebrates.
-        "motion_reduced": bool(
-            user is not None
-            and user.is_authenticated
-            and Profile.objects.filter(user=user, animate=False).exists()
-        ),
+        # The user turned animation off in their settings (read by
+        # accounts.middleware.UserLanguageMiddleware): bars jump, nothing celebrates.
+        "motion_reduced": not getattr(request, "accolade_animate", True),
     }

@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from channels.layers import get_channel_layer
-from django.utils import timezone
+from django.conf import settings
+from django.utils import timezone, translation
+from django.utils.translation import gettext
 
+from accounts.models import language_for
 from achievements import metrics, presence, realtime
 from achievements.cards import (
     ENDING_HEADLINES,
     NOT_MUTED,
+    Card,
     KnownState,
+    Muting,
     cards_for_users,
     drop_muted,
     mutings,
@@ -79,34 +85,23 @@ def notify_many(
         unlocks: dict[int, list[tuple[int, int, int, str]]] = {u: [] for u in targets}
         for pk, user_id, badge_id, tier, period, _ in rows:
             unlocks[user_id].append((pk, badge_id, tier, period))
+        # Each user's frame in their language: cards, toasts and dates.
+        languages = language_for(list(targets))
         cards = cards_for_users(
             {
                 user_id: {*badge_ids, *(b for _, b, _, _ in unlocks[user_id])}
                 for user_id, (badge_ids, _) in targets.items()
             },
             known=known,
+            languages=languages,
         )
         muted = mutings(targets)
         messages = {}
         for user_id in targets:
-            # One message, so the page gets every change of one event in one frame;
-            # a toast per unlock, as an event can reach two tiers of a badge at once.
-            toasts = toasts_for(user_id, unlocks[user_id], cards[user_id])
-            by_id = {card["id"]: card for card in cards[user_id]}
-            toasts += [
-                {"unlock_id": None, "ending_id": ending_id, "card": by_id[b], "headline": headline}
-                for b, headline, ending_id in (notices or {}).get(user_id, [])
-                if b in by_id
-            ]
-            # Notifications the user muted are not sent; the cards still are.
-            toasts = drop_muted(user_id, toasts, muted.get(user_id, NOT_MUTED))
-            messages[realtime.user_group(user_id)] = {
-                "type": "badges.changed",
-                "cards": cards[user_id],
-                "toasts": toasts,
-                # Rendered once here, not once per open tab in the web process.
-                "html": render_frame(cards[user_id], toasts),
-            }
+            with translation.override(languages.get(user_id) or settings.LANGUAGE_CODE):
+                messages[realtime.user_group(user_id)] = _message(
+                    user_id, cards[user_id], unlocks[user_id], notices, muted
+                )
         sent = realtime.send_to_groups(messages)
         delivered = [
             (pk, received)
@@ -123,6 +118,38 @@ def notify_many(
             )
     except Exception:
         logger.exception("Pushing changes to %d user(s) failed", len(changes))
+
+
+def _message(
+    user_id: int,
+    cards: list[Card],
+    unlocks: list[tuple[int, int, int, str]],
+    notices: dict[int, list[Notice]] | None,
+    muted: dict[int, Muting],
+) -> dict[str, Any]:
+    """One message, so the page gets every change of one event in one frame; a toast
+    per unlock, as an event can reach two tiers of a badge at once."""
+    toasts = toasts_for(user_id, unlocks, cards)
+    by_id = {card["id"]: card for card in cards}
+    toasts += [
+        {
+            "unlock_id": None,
+            "ending_id": ending_id,
+            "card": by_id[b],
+            "headline": gettext(headline),
+        }
+        for b, headline, ending_id in (notices or {}).get(user_id, [])
+        if b in by_id
+    ]
+    # Notifications the user muted are not sent; the cards still are.
+    toasts = drop_muted(user_id, toasts, muted.get(user_id, NOT_MUTED))
+    return {
+        "type": "badges.changed",
+        "cards": cards,
+        "toasts": toasts,
+        # Rendered once here, not once per open tab in the web process.
+        "html": render_frame(cards, toasts),
+    }
 
 
 def notify_notices(notices: dict[int, list[Notice]]) -> None:

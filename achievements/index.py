@@ -283,7 +283,7 @@ def _build() -> _Index:
     badges = tuple(
         Badge.objects.active()
         .annotate(latest_version=Subquery(latest[:1]))
-        .prefetch_related("requirements", "requirements__composite_badges")
+        .prefetch_related("requirements", "requirements__composite_badges", "translations")
     )
     requirements = tuple(
         sorted((r for badge in badges for r in badge.requirements.all()), key=lambda r: r.pk)

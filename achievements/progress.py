@@ -24,7 +24,7 @@ some point", which is what a badge that is never revoked means anyway.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -40,6 +40,26 @@ from achievements.rules import (
     distinct_key,
     numeric,
 )
+
+
+# The words a measure is described in. The core stays free of Django: the app
+# installs Django's gettext here when it starts (achievements.apps), so a text
+# comes out in the language active where it is built; by itself it is English.
+def _same(message: str) -> str:
+    return message
+
+
+_translate: Callable[[str], str] = _same
+
+
+def install_translator(translate: Callable[[str], str]) -> None:
+    global _translate
+    _translate = translate
+
+
+def _(message: str) -> str:
+    return _translate(message)
+
 
 State = dict[str, Any]
 MAX_ROLLING_DAYS = 366
@@ -393,14 +413,21 @@ def _measure_aggregate(spec: Spec, state: State, now: datetime, time_zone: str) 
     value = at if at is not None else Decimal(0)
     met = bool(state.get("met"))
     unit = unit_name(spec)
-    text = f"{format_number(value)} of {format_number(spec.threshold)} {unit}".strip()
-    if spec.scope is not Scope.ALL_TIME and spec.aggregation is not Aggregation.SINGLE:
-        text += {
-            Scope.DAY: " today",
-            Scope.WEEK: " this week",
-            Scope.MONTH: " this month",
-            Scope.ROLLING: f" in the last {_window_days(spec)} days",
-        }[spec.scope]
+    numbers = {
+        "value": format_number(value),
+        "target": format_number(spec.threshold),
+        "unit": unit,
+    }
+    if spec.scope is Scope.ALL_TIME or spec.aggregation is Aggregation.SINGLE:
+        text = _("%(value)s of %(target)s %(unit)s") % numbers
+    else:
+        text = {
+            Scope.DAY: _("%(value)s of %(target)s %(unit)s today"),
+            Scope.WEEK: _("%(value)s of %(target)s %(unit)s this week"),
+            Scope.MONTH: _("%(value)s of %(target)s %(unit)s this month"),
+            Scope.ROLLING: _("%(value)s of %(target)s %(unit)s in the last %(days)s days"),
+        }[spec.scope] % {**numbers, "days": _window_days(spec)}
+    text = " ".join(text.split())  # no unit: no double space
     return Measure(value=value, target=spec.threshold, met=met, text=text)
 
 
@@ -414,15 +441,24 @@ def value_holds(spec: Spec, measured: Measure) -> bool:
 def met_text(spec: Spec, target: Decimal) -> str:
     """A met requirement's line on an earned badge's card: "5 of 5 different places"."""
     if spec.kind is Kind.STREAK:
-        unit = "weeks" if spec.streak_unit == "week" else "days"
-        return f"streak {format_number(target)} of {format_number(target)} {unit}"
+        unit = _("weeks") if spec.streak_unit == "week" else _("days")
+        return _("streak %(value)s of %(target)s %(unit)s") % {
+            "value": format_number(target),
+            "target": format_number(target),
+            "unit": unit,
+        }
+    numbers = {"value": format_number(target), "target": format_number(target)}
     if spec.kind is Kind.SEQUENCE:
-        return f"step {format_number(target)} of {format_number(target)}"
+        return _("step %(value)s of %(target)s") % numbers
     if spec.kind is Kind.COMPOSITE:
-        return (
-            f"{format_number(target)} of {format_number(target)} badge{'' if target == 1 else 's'}"
+        said = (
+            _("%(value)s of %(target)s badge")
+            if target == 1
+            else _("%(value)s of %(target)s badges")
         )
-    return f"{format_number(target)} of {format_number(target)} {unit_name(spec)}".strip()
+        return said % numbers
+    text = _("%(value)s of %(target)s %(unit)s") % {**numbers, "unit": unit_name(spec)}
+    return " ".join(text.split())
 
 
 def unit_name(spec: Spec) -> str:
@@ -430,10 +466,12 @@ def unit_name(spec: Spec) -> str:
     if spec.label:
         return spec.label
     if spec.aggregation is Aggregation.DISTINCT:
-        return f"different {spec.field.removesuffix('_id').replace('_', ' ')}s"
+        return _("different %(things)ss") % {
+            "things": spec.field.removesuffix("_id").replace("_", " ")
+        }
     if spec.aggregation is Aggregation.COUNT:
         # Never the event type: it is an internal name ("image.posted").
-        return "times"
+        return _("times")
     return spec.field.replace("_", " ")
 
 
@@ -484,12 +522,18 @@ def _measure_streak(spec: Spec, state: State, now: datetime, time_zone: str) -> 
     runs = state.get("r", [])
     current = _current_streak(spec, state, now, time_zone)
     longest = _longest(runs)
-    unit = "weeks" if spec.streak_unit == "week" else "days"
+    unit = _("weeks") if spec.streak_unit == "week" else _("days")
     return Measure(
         value=Decimal(current),
         target=spec.threshold,
         met=bool(state.get("met")),
-        text=f"streak {current} of {format_number(spec.threshold)} {unit} (longest {longest})",
+        text=_("streak %(value)s of %(target)s %(unit)s (longest %(longest)s)")
+        % {
+            "value": current,
+            "target": format_number(spec.threshold),
+            "unit": unit,
+            "longest": longest,
+        },
         current_streak=current,
         longest_streak=longest,
     )
@@ -541,7 +585,7 @@ def _measure_sequence(spec: Spec, state: State) -> Measure:
         value=Decimal(done),
         target=Decimal(len(spec.steps)),
         met=bool(state.get("met")),
-        text=f"step {done} of {len(spec.steps)}",
+        text=_("step %(value)s of %(target)s") % {"value": done, "target": len(spec.steps)},
     )
 
 
@@ -641,7 +685,11 @@ def measure_tiered(
         return level, replace(top, met=True)
     name, threshold = tiers[level]
     towards = measure(replace(spec, threshold=threshold), state, now, time_zone)
-    return level, replace(towards, met=False, text=f"{towards.text} for {name}")
+    return level, replace(
+        towards,
+        met=False,
+        text=_("%(standing)s for %(tier)s") % {"standing": towards.text, "tier": name},
+    )
 
 
 def holds_in_period(spec: Spec, state: State | None, period: str) -> bool:
@@ -722,7 +770,8 @@ def measure_composite(mode: str, required: Sequence[int], unlocked: set[int]) ->
         value=Decimal(min(have, need)),
         target=Decimal(need),
         met=met,
-        text=f"{have} of {len(required)} badges"
+        text=_("%(value)s of %(target)s badges") % {"value": have, "target": len(required)}
         if mode == "all"
-        else f"{min(have, 1)} of 1 badge (any of {len(required)})",
+        else _("%(value)s of 1 badge (any of %(target)s)")
+        % {"value": min(have, 1), "target": len(required)},
     )

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from django.contrib.auth import get_user_model
 from django.db.models import Count
+from django.utils.formats import number_format
+from django.utils.translation import gettext
 
 from accounts.models import Profile
 from achievements import index
@@ -45,11 +47,22 @@ class Rarity:
     @property
     def text(self) -> str:
         if not self.holders:
-            return "Nobody has earned it yet"
-        who = "of those who can earn it" if self.segmented else "of members"
+            return gettext("Nobody has earned it yet")
+        if self.segmented:
+            if self.percent < 1:
+                return gettext("Earned by fewer than %(percent)s%% of those who can earn it") % {
+                    "percent": number_format(1)
+                }
+            return gettext("Earned by %(percent)s%% of those who can earn it") % {
+                "percent": number_format(round(self.percent))
+            }
         if self.percent < 1:
-            return f"Earned by fewer than 1% {who}"
-        return f"Earned by {round(self.percent)}% {who}"
+            return gettext("Earned by fewer than %(percent)s%% of members") % {
+                "percent": number_format(1)
+            }
+        return gettext("Earned by %(percent)s%% of members") % {
+            "percent": number_format(round(self.percent))
+        }
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,16 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import translation
+from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_GET
 from django_ratelimit.decorators import ratelimit
 
 from accounts.models import Profile
 from achievements.cards import Card, cards_for_user
-from achievements.models import Badge, LedgerEntry
+from achievements.models import Badge, LedgerEntry, translation_of
 from achievements.share_images import badge_image
 from project.http import AuthenticatedHttpRequest
 
@@ -22,20 +25,24 @@ HISTORY_ON_PAGE = 10
 # Badges the signed-out home page shows as a sample of what there is to earn.
 SAMPLE_ON_HOME = 6
 
-SHOW_CHOICES = [("all", "All badges"), ("earned", "Earned"), ("in_progress", "In progress")]
+SHOW_CHOICES = [
+    ("all", _("All badges")),
+    ("earned", _("Earned")),
+    ("in_progress", _("In progress")),
+]
 SORT_CHOICES = [
-    ("suggested", "Suggested order"),
-    ("closest", "Closest to unlock"),
-    ("recent", "Recently earned"),
-    ("rarest", "Rarest first"),
+    ("suggested", _("Suggested order")),
+    ("closest", _("Closest to unlock")),
+    ("recent", _("Recently earned")),
+    ("rarest", _("Rarest first")),
 ]
 
 
 class BadgeListForm(forms.Form):
     """Which of the user's badges the page lists, and in what order (the query string)."""
 
-    show = forms.ChoiceField(label="Show", choices=SHOW_CHOICES, required=False)
-    sort = forms.ChoiceField(label="Sort by", choices=SORT_CHOICES, required=False)
+    show = forms.ChoiceField(label=_("Show"), choices=SHOW_CHOICES, required=False)
+    sort = forms.ChoiceField(label=_("Sort by"), choices=SORT_CHOICES, required=False)
 
     def choice(self, name: str) -> str:
         data = self.cleaned_data if self.is_bound and self.is_valid() else {}
@@ -52,9 +59,36 @@ ORDERS: dict[str, tuple[Callable[[Card], Any], bool]] = {
 }
 
 
+def _worded(entries: Any) -> list[LedgerEntry]:
+    """The history's entries, each with the badge's name and earning in the reader's
+    language (`shown_name`, `shown_suffix`)."""
+    language = translation.get_language()
+    worded = []
+    for entry in entries:
+        words = translation_of(entry.badge, language)
+        entry.shown_name = (words.name if words else "") or entry.badge.name
+        names = list(words.tier_names or []) if words else []
+        tier = entry.unlock.tier
+        entry.shown_suffix = (
+            f" ({names[tier - 1]})" if tier and 0 < tier <= len(names) else entry.unlock.suffix()
+        )
+        worded.append(entry)
+    return worded
+
+
 def _listed(count: int, show: str, sort: str) -> str:
-    which = "" if show == "all" else f", {dict(SHOW_CHOICES)[show].lower()} only"
-    return f"{count} badge{'' if count == 1 else 's'}{which}, {dict(SORT_CHOICES)[sort].lower()}."
+    order = str(dict(SORT_CHOICES)[sort]).lower()
+    if show == "all":
+        return ngettext("%(count)d badge, %(order)s.", "%(count)d badges, %(order)s.", count) % {
+            "count": count,
+            "order": order,
+        }
+    which = str(dict(SHOW_CHOICES)[show]).lower()
+    return ngettext(
+        "%(count)d badge, %(which)s only, %(order)s.",
+        "%(count)d badges, %(which)s only, %(order)s.",
+        count,
+    ) % {"count": count, "which": which, "order": order}
 
 
 @require_GET
@@ -100,9 +134,11 @@ def badges(request: AuthenticatedHttpRequest) -> HttpResponse:
         return render(request, "achievements/badges.html#lists", context)
     # What happened to the user's badges, newest first: one ledger, the same the
     # admin and the API read. Staff's reasons stay with staff.
-    context["history"] = LedgerEntry.objects.of_user(request.user.pk).select_related(
-        "unlock__badge"
-    )[:HISTORY_ON_PAGE]
+    context["history"] = _worded(
+        LedgerEntry.objects.of_user(request.user.pk)
+        .select_related("unlock__badge")
+        .prefetch_related("badge__translations")[:HISTORY_ON_PAGE]
+    )
     return render(request, "achievements/badges.html", context, status=status)
 
 
@@ -137,7 +173,7 @@ def public(request: HttpRequest, token: str) -> HttpResponse:
         for card in cards_for_user(profile.user_id)
         if card["completed"] and card["id"] not in hidden
     ]
-    name = profile.public_name or "An Accolade member"
+    name = profile.public_name or gettext("An Accolade member")
     # ?badge=KEY: the link to share one badge, whose preview shows that badge.
     featured = earned[0] if earned else None
     if wanted := request.GET.get("badge"):

@@ -16,6 +16,8 @@ from typing import Any
 
 from django.utils import timezone
 from django.utils.formats import date_format
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
@@ -29,13 +31,13 @@ MAX_LENGTH = 20_000
 
 VALID = "valid"
 OUTCOMES = {
-    VALID: "Valid",
-    "invalid": "Not valid",
-    "unknown": "Not issued here",
-    "not_yet": "Not valid yet",
-    "expired": "Expired",
-    "revoked": "Revoked",
-    "lapsed": "No longer held",
+    VALID: _("Valid"),
+    "invalid": _("Not valid"),
+    "unknown": _("Not issued here"),
+    "not_yet": _("Not valid yet"),
+    "expired": _("Expired"),
+    "revoked": _("Revoked"),
+    "lapsed": _("No longer held"),
 }
 
 
@@ -58,7 +60,7 @@ class Verification:
 
     @property
     def title(self) -> str:
-        return OUTCOMES[self.outcome]
+        return str(OUTCOMES[self.outcome])
 
     def fail(self, outcome: str, name: str, detail: str) -> Verification:
         self.checks.append(Check(name, False, detail))
@@ -93,15 +95,17 @@ def verify(token: str, base: str) -> Verification:
         return result.fail(
             "invalid",
             "format",
-            "This is not a signed credential: expected a JWT, three parts "
-            "joined by dots, as in the downloaded .jwt file.",
+            gettext(
+                "This is not a signed credential: expected a JWT, three parts "
+                "joined by dots, as in the downloaded .jwt file."
+            ),
         )
     try:
         header = _segment(parts[0])
         if not isinstance(header, dict):
             raise ValueError
     except (ValueError, UnicodeDecodeError):
-        return result.fail("invalid", "format", "The credential's header cannot be read.")
+        return result.fail("invalid", "format", gettext("The credential's header cannot be read."))
     kid = header.get("kid")
     match = re.search(r"/ob/keys/([0-9a-f]{16})$", kid) if isinstance(kid, str) else None
     key = SigningKey.objects.published().filter(kid=match.group(1)).first() if match else None
@@ -109,8 +113,10 @@ def verify(token: str, base: str) -> Verification:
         return result.fail(
             "unknown",
             "key",
-            "It is not signed with a key this site publishes: it was signed "
-            "elsewhere, or with a key the site has retired.",
+            gettext(
+                "It is not signed with a key this site publishes: it was signed "
+                "elsewhere, or with a key the site has retired."
+            ),
         )
     try:
         token_data = jwt.decode(token, RSAKey.import_key(key.public_jwk), algorithms=["RS256"])
@@ -118,10 +124,12 @@ def verify(token: str, base: str) -> Verification:
         return result.fail(
             "invalid",
             "signature",
-            "The signature does not match: the credential was changed after it was signed.",
+            gettext(
+                "The signature does not match: the credential was changed after it was signed."
+            ),
         )
     claims = dict(token_data.claims)
-    result.passed("signature", f"Signed by this site's key {key.kid}.")
+    result.passed("signature", gettext("Signed by this site's key %(kid)s.") % {"kid": key.kid})
     result.credential = {
         k: v for k, v in claims.items() if k not in ("iss", "jti", "sub", "nbf", "exp")
     }
@@ -135,33 +143,34 @@ def verify(token: str, base: str) -> Verification:
         or "OpenBadgeCredential" not in types
     ):
         return result.fail(
-            "unknown", "issuer", "It is not an Open Badges credential from this site."
+            "unknown", "issuer", gettext("It is not an Open Badges credential from this site.")
         )
-    result.passed("issuer", f"Issued by {claims['issuer'].get('name', issuer)}.")
+    name = claims["issuer"].get("name", issuer)
+    result.passed("issuer", gettext("Issued by %(issuer)s.") % {"issuer": name})
     issued = _issued(claims.get("id"))
     if issued is None or claims.get("jti") != claims.get("id"):
-        return result.fail("unknown", "record", "This site has no record of issuing it.")
+        return result.fail("unknown", "record", gettext("This site has no record of issuing it."))
     now = timezone.now()
     nbf, exp = claims.get("nbf"), claims.get("exp")
     if isinstance(nbf, int) and datetime.fromtimestamp(nbf, UTC) > now:
-        result.fail("not_yet", "dates", "It is not valid yet.")
+        result.fail("not_yet", "dates", gettext("It is not valid yet."))
     elif isinstance(exp, int) and datetime.fromtimestamp(exp, UTC) <= now:
         when = date_format(timezone.localtime(datetime.fromtimestamp(exp, UTC)), "DATE_FORMAT")
-        result.fail("expired", "dates", f"It expired on {when}.")
+        result.fail("expired", "dates", gettext("It expired on %(when)s.") % {"when": when})
     else:
-        result.passed("dates", "It is within its dates of validity.")
+        result.passed("dates", gettext("It is within its dates of validity."))
     unlock = issued.unlock
     if unlock.ended_at is not None:
         when = date_format(timezone.localtime(unlock.ended_at), "DATE_FORMAT")
         endings: dict[str, tuple[str, str]] = {
-            Ending.REVOKED: ("revoked", f"The site took this badge back on {when}."),
-            Ending.EXPIRED: ("expired", f"The badge expired on {when}."),
-            Ending.LAPSED: ("lapsed", f"Its holder stopped meeting its rule on {when}."),
+            Ending.REVOKED: ("revoked", gettext("The site took this badge back on %(when)s.")),
+            Ending.EXPIRED: ("expired", gettext("The badge expired on %(when)s.")),
+            Ending.LAPSED: ("lapsed", gettext("Its holder stopped meeting its rule on %(when)s.")),
         }
-        outcome, said = endings.get(unlock.ending, ("revoked", f"It ended on {when}."))
-        result.fail(outcome, "status", said)
+        outcome, said = endings.get(unlock.ending, ("revoked", gettext("It ended on %(when)s.")))
+        result.fail(outcome, "status", said % {"when": when})
     else:
-        result.passed("status", "Its holder still holds the badge.")
+        result.passed("status", gettext("Its holder still holds the badge."))
     return result
 
 

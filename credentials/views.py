@@ -10,6 +10,7 @@ from django import forms
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import cache_control
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -86,29 +87,31 @@ def achievement(request: HttpRequest, key: str, tier: int = 0) -> JsonResponse:
 
 class VerifyForm(forms.Form):
     credential = forms.CharField(
-        label="Credential",
+        label=_("Credential"),
         required=False,
         max_length=MAX_LENGTH,
         widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false"}),
-        help_text="Paste the text of the downloaded .jwt file, or choose the file below.",
+        help_text=_("Paste the text of the downloaded .jwt file, or choose the file below."),
     )
-    file = forms.FileField(label="Or the credential file", required=False)
+    file = forms.FileField(label=_("Or the credential file"), required=False)
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         upload = data.get("file")
         if upload is not None:
             if upload.size > MAX_LENGTH:
-                raise forms.ValidationError({"file": "This file is too large to be a credential."})
+                raise forms.ValidationError(
+                    {"file": _("This file is too large to be a credential.")}
+                )
             try:
                 data["credential"] = upload.read().decode()
             except UnicodeDecodeError:
                 raise forms.ValidationError(
-                    {"file": "This file is not a credential: it is not text."}
+                    {"file": _("This file is not a credential: it is not text.")}
                 ) from None
         if not (data.get("credential") or "").strip():
             raise forms.ValidationError(
-                {"credential": "Paste a credential, or choose its file, to check it."}
+                {"credential": _("Paste a credential, or choose its file, to check it.")}
             )
         return data
 
@@ -122,7 +125,7 @@ def verify_page(request: HttpRequest) -> HttpResponse:
     if getattr(request, "limited", False):
         status = 429
         form = VerifyForm()
-        form.add_error(None, "Too many checks from this address in a minute; try again soon.")
+        form.add_error(None, _("Too many checks from this address in a minute; try again soon."))
     elif request.method == "POST":
         if form.is_valid():
             result = verify(form.cleaned_data["credential"], _base(request))

@@ -20,7 +20,9 @@ from achievements.models.badges import (
     BadgeQuerySet,
     BadgeRequirement,
     BadgeRequirementQuerySet,
+    BadgeTranslation,
     accepted_event_types,
+    translation_of,
 )
 from achievements.models.events import (
     TYPE_SAMPLE_SIZE,
@@ -56,6 +58,7 @@ __all__ = [
     "Badge",
     "BadgeQuerySet",
     "BadgeRequirement",
+    "BadgeTranslation",
     "BadgeRequirementQuerySet",
     "BadgeVersion",
     "DedupRule",
@@ -75,6 +78,7 @@ __all__ = [
     "UnlockQuerySet",
     "UserBadge",
     "accepted_event_types",
+    "translation_of",
     "format_number",
     "payload_field_types",
     "progress_share",

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
 
 from achievements import core, rules
 from achievements.core import Standing
@@ -118,10 +121,10 @@ class Badge(models.Model):
     repeat = models.CharField(
         max_length=5,
         choices=[
-            ("", "Once"),
-            (rules.Scope.DAY.value, "Every day"),
-            (rules.Scope.WEEK.value, "Every week"),
-            (rules.Scope.MONTH.value, "Every month"),
+            ("", _("Once")),
+            (rules.Scope.DAY.value, _("Every day")),
+            (rules.Scope.WEEK.value, _("Every week")),
+            (rules.Scope.MONTH.value, _("Every month")),
         ],
         default="",
         blank=True,
@@ -339,6 +342,37 @@ class Badge(models.Model):
         """Where a user stands on this badge: each requirement, the whole, and the tier."""
         return core.standing(self.rule(requirements), states, now, time_zone, unlocked)
 
+    def worded_standing(
+        self,
+        requirements: Sequence[BadgeRequirement],
+        states: dict[int, dict[str, Any]],
+        now: datetime,
+        time_zone: str,
+        unlocked: set[int],
+        words: BadgeTranslation | None,
+    ) -> Standing:
+        """standing(), its texts written with staff's translated labels and tier names:
+        the same rule, other words."""
+        rule = self.rule(requirements)
+        if words is None:
+            return core.standing(rule, states, now, time_zone, unlocked)
+        labels = list(words.labels or [])
+        specs = tuple(
+            replace(spec, label=labels[n]) if n < len(labels) and labels[n] else spec
+            for n, spec in enumerate(rule.requirements)
+        )
+        names = list(words.tier_names or [])
+        tiers = (
+            tuple(
+                (name or own, threshold)
+                for name, (own, threshold) in zip(names, rule.tiers, strict=True)
+            )
+            if len(names) == len(rule.tiers)
+            else rule.tiers
+        )
+        worded = replace(rule, requirements=specs, tiers=tiers)
+        return core.standing(worded, states, now, time_zone, unlocked)
+
 
 class BadgeRequirementQuerySet(models.QuerySet["BadgeRequirement"]):
     def watching(self, event_type: str) -> BadgeRequirementQuerySet:
@@ -551,3 +585,75 @@ def accepted_event_types() -> set[str]:
         | watched
         | set(DedupRule.objects.values_list("event_type", flat=True))
     )
+
+
+class BadgeTranslation(models.Model):
+    """A badge's words in another language, written by staff: its name, description,
+    tier names and requirement labels. Cards, toasts and the public pages use
+    them for readers in that language; anything left empty stays as written on
+    the badge.
+
+    Its own rows rather than a column per language on Badge: the badge's own
+    fields stay what rule files, versions and the API read, whatever language a
+    process has active, and a language is added without a migration.
+    """
+
+    badge = models.ForeignKey(Badge, on_delete=models.CASCADE, related_name="translations")
+    language = models.CharField(max_length=8, choices=settings.LANGUAGES)
+    name = models.CharField(max_length=100, blank=True)
+    description = models.TextField(blank=True)
+    tier_names = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='The tiers\' names, lowest first, e.g. ["Bronze", "Argent", "Or"].',
+    )
+    labels = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="The requirements' labels, in the order of the requirements below.",
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["badge", "language"], name="one_translation_per_language"
+            )
+        ]
+        ordering = ["language"]
+
+    def __str__(self) -> str:
+        return f"{self.badge} ({self.language})"
+
+    def clean(self) -> None:
+        super().clean()
+        for field in ("tier_names", "labels"):
+            value = getattr(self, field)
+            if value is None:
+                setattr(self, field, [])
+            elif not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValidationError({field: 'Give a list of names, e.g. ["Bronze", "Argent"].'})
+        try:
+            badge = self.badge  # in the admin, the badge being saved alongside
+        except Badge.DoesNotExist:
+            badge = None
+        if badge is not None and self.tier_names:
+            tiers = len(badge.tier_list())
+            if not tiers:
+                raise ValidationError(
+                    {"tier_names": "This badge has no tiers: leave the tier names empty."}
+                )
+            if len(self.tier_names) != tiers:
+                raise ValidationError(
+                    {"tier_names": f"Give one name per tier: the badge has {tiers}."}
+                )
+
+
+def translation_of(badge: Badge, language: str | None) -> BadgeTranslation | None:
+    """The badge's words in `language` (prefetched `translations`), if staff wrote them."""
+    if not language:
+        return None
+    code = language.split("-")[0]
+    for translation in badge.translations.all():
+        if translation.language == code:
+            return translation
+    return None

@@ -11,6 +11,7 @@ from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
+from django.utils.translation import gettext
 from django.views.decorators.http import require_http_methods
 
 from achievements.cards import cards_for_user
@@ -45,7 +46,7 @@ def visits(request: AuthenticatedHttpRequest) -> HttpResponse:
             if not request.htmx:
                 return redirect("places:visits")
             form = VisitForm(initial={"place": visit.place_id})
-            form.saved_message = f"Visit to {visit.place} logged."  # type: ignore[attr-defined]
+            form.saved_message = gettext("Visit to %(place)s logged.") % {"place": visit.place}  # type: ignore[attr-defined]
         else:
             status = 422
     context = {
@@ -81,7 +82,7 @@ def photos(request: AuthenticatedHttpRequest) -> HttpResponse:
             if not request.htmx:
                 return redirect("places:photos")
             form = PhotoForm()
-            form.saved_message = "Photo posted."  # type: ignore[attr-defined]
+            form.saved_message = gettext("Photo posted.")  # type: ignore[attr-defined]
         else:
             status = 422
     context = {

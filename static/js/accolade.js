@@ -122,30 +122,32 @@
     if (next) next.focus();
   });
 
-  function setLiveState(state, text) {
+  // The words come from the page (data-open, data-offline ...), in its language.
+  function setLiveState(state, text, word) {
     var status = document.getElementById("live-status");
     if (!status) return;
     status.dataset.state = state;
-    status.querySelector(".live-text").textContent = text;
+    status.querySelector(".live-text").textContent = status.getAttribute("data-" + word) || text;
   }
 
   var cleanCloseRetries = 0;
 
   document.addEventListener("htmx:wsOpen", function () {
     cleanCloseRetries = 0;
-    setLiveState("open", "Live");
+    setLiveState("open", "Live", "open");
   });
 
   document.addEventListener("htmx:wsClose", function (event) {
     var code = event.detail && event.detail.event && event.detail.event.code;
     if (code === 4401) {
       // The session ended: reconnecting cannot help until the user signs in.
-      setLiveState("closed", "Signed out");
+      setLiveState("closed", "Signed out", "signed-out");
       return;
     }
     // 4429: this browser has too many live pages open; try again later, when
     // another may have closed.
-    setLiveState("closed", code === 4429 ? "Paused: too many open pages" : "Reconnecting…");
+    if (code === 4429) { setLiveState("closed", "Paused: too many open pages", "paused"); }
+    else { setLiveState("closed", "Reconnecting…", "reconnecting"); }
     // The ws extension retries only after abnormal closes (1006, 1011-1013).
     // A clean close, as when the server restarts for a deploy, would leave the
     // page silently offline, so reconnect by re-initialising the element.
@@ -165,7 +167,7 @@
     }
   });
 
-  document.addEventListener("htmx:wsError", function () { setLiveState("closed", "Offline"); });
+  document.addEventListener("htmx:wsError", function () { setLiveState("closed", "Offline", "offline"); });
 
   // Each tab shows an unlock's toast once, and the toast that says an earning
   // ended (badges that announce endings). The server sends every one no page

@@ -31,6 +31,11 @@ def _inline_post(**requirement):
         "requirements-INITIAL_FORMS": "0",
         "requirements-MIN_NUM_FORMS": "1",
         "requirements-MAX_NUM_FORMS": "1000",
+        # The badge's translations, none here.
+        "translations-TOTAL_FORMS": "0",
+        "translations-INITIAL_FORMS": "0",
+        "translations-MIN_NUM_FORMS": "0",
+        "translations-MAX_NUM_FORMS": "1000",
     }
     defaults = {
         "kind": "aggregate",

@@ -216,7 +216,7 @@ async def test_a_socket_whose_connect_fails_after_joining_leaves_the_hub_and_pre
         raise RuntimeError("the database went away during the catch-up")
 
     user, cookie = await _signed_in_cookie("owner")
-    monkeypatch.setattr(consumers, "_catch_up_data", failing)
+    monkeypatch.setattr(consumers, "_catch_up_frame", failing)
     communicator, connected, _ = await _connect(cookie)  # accepted, then the catch-up
     with pytest.raises(RuntimeError, match="went away"):
         await communicator.receive_output(timeout=3)

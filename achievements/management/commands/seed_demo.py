@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
-from achievements.models import EventType, ExternalIdentity
+from achievements.models import Badge, BadgeTranslation, EventType, ExternalIdentity
 from achievements.rulefiles import document, import_badges
 from examples.places.models import Place
 
@@ -164,6 +164,46 @@ DEMO_BADGES: list[dict[str, Any]] = [
 ]
 
 
+# The demo badges' words in French (staff write these in the badge's admin page).
+DEMO_TRANSLATIONS: dict[str, dict[str, Any]] = {
+    "places_visited_5": {
+        "name": "5 lieux visités",
+        "description": "Visitez cinq lieux différents.",
+        "labels": ["lieux différents"],
+    },
+    "images_posted_10": {
+        "name": "10 images publiées",
+        "description": "Publiez dix photos.",
+        "labels": ["images publiées"],
+    },
+    "globetrotter": {
+        "name": "Globe-trotteur",
+        "description": "Visitez toujours plus de lieux : bronze, argent, puis or.",
+        "tier_names": ["Bronze", "Argent", "Or"],
+        "labels": ["lieux différents"],
+    },
+    "daily_snapshots": {
+        "name": "Clichés du jour",
+        "description": "Publiez trois photos dans la journée. À regagner chaque jour.",
+        "labels": ["photos"],
+    },
+    "on_a_roll": {
+        "name": "Sur sa lancée",
+        "description": "Publiez une photo trois jours de suite. À vous tant que la série dure.",
+    },
+    "photo_marathon": {
+        "name": "Marathon photo",
+        "description": "Publiez vingt photos, dont cinq le même jour.",
+        "labels": ["photos", "photos"],
+    },
+    "first_frame": {
+        "name": "Première image",
+        "description": "Vous avez publié votre première photo.",
+        "labels": ["photos"],
+    },
+}
+
+
 class Command(BaseCommand):
     help = "Create demo users, places and badges. Safe to run again: it updates in place."
 
@@ -185,6 +225,10 @@ class Command(BaseCommand):
         # Through the rule-file import, which keeps requirements that did not
         # change, so re-seeding does not throw away users' progress.
         import_badges(document(DEMO_BADGES), source="seed_demo")
+        for key, words in DEMO_TRANSLATIONS.items():
+            BadgeTranslation.objects.update_or_create(
+                badge=Badge.objects.get(key=key), language="fr", defaults=words
+            )
 
         logins = [("alice", False), ("bob", False), ("admin", True)]
         for username, is_staff in logins:
