@@ -83,10 +83,6 @@ class Profile(models.Model):
     def __str__(self) -> str:
         return f"{self.user} ({self.time_zone})"
 
-    def mutes(self, category: str) -> bool:
-        """Whether the user wants no notification of a badge of this category."""
-        return self.mute_all or (bool(category) and category in (self.muted_categories or []))
-
 
 def time_zone_for(user_id: int) -> str:
     return (

@@ -49,6 +49,7 @@ def settings_page(request: AuthenticatedHttpRequest) -> HttpResponse:
     profile, _ = Profile.objects.get_or_create(user=request.user)
     categories = list(
         Badge.objects.for_user(request.user.pk)
+        .filter(hidden=False)  # a hidden badge's category would hint at it
         .exclude(category="")
         .order_by()
         .values_list("category", flat=True)
@@ -68,6 +69,10 @@ def settings_page(request: AuthenticatedHttpRequest) -> HttpResponse:
                 profile = form.save(commit=False)
                 if profile.public_profile and not profile.share_token:
                     profile.share_token = _new_share_token()
+                elif not profile.public_profile:
+                    # Turned off, the link is gone for good: turning the page on again
+                    # makes a new one, so a link that travelled too far stays dead.
+                    profile.share_token = None
                 profile.save()
             if not request.htmx:
                 return redirect("accounts:settings")

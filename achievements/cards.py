@@ -96,17 +96,16 @@ def cards_for_user(
     )
     time_zone = time_zone_for(user_id)
     unlocked = Unlock.objects.badge_ids_of(user_id)
-    repeatable = [badge.pk for badge in badges_list if badge.repeat]
+    # Every badge's earnings held: how many (a repeatable badge's count), and the
+    # latest (what "recently earned" sorts by: a tier or a period earned today).
     earnings = {
         badge_id: (n, last)
         for badge_id, n, last in (
             Unlock.objects.held()
-            .filter(user_id=user_id, badge_id__in=repeatable)
+            .filter(user_id=user_id, badge_id__in=[badge.pk for badge in badges_list])
             .values("badge_id")
             .annotate(n=Count("pk"), last=Max("unlocked_at"))
             .values_list("badge_id", "n", "last")
-            if repeatable
-            else []
         )
     }
     shares = rarity.shares()
@@ -305,7 +304,8 @@ def _card(
     )
     times_earned, last_earned = earnings
     held_level = (level if tiers else 0) if completed_at else -1
-    share = shares.of(badge, held_level=held_level)
+    # A tier held: how many hold that tier (Gold is rarer than Bronze).
+    share = shares.of(badge, level if tiers else 0, held_level=held_level)
     # A tiered badge has one requirement: its tiers are thresholds on that value.
     value = measures[0].value if tiers and measures else None
     unit = labels[0] if tiers and labels else ""
@@ -327,8 +327,11 @@ def _card(
         "repeat": badge.get_repeat_display().lower() if badge.repeat else "",
         "times_earned": times_earned if badge.repeat else (1 if completed_at else 0),
         "last_earned_on": (
-            date_format(localtime(last_earned), "DATE_FORMAT") if last_earned else ""
+            date_format(localtime(last_earned), "DATE_FORMAT")
+            if last_earned and badge.repeat
+            else ""
         ),
+        "last_earned_at": latest.isoformat() if (latest := last_earned or completed_at) else None,
         # Not held now (never, or no longer), so shown locked; a mystery has its own look.
         "locked": completed_at is None and not mystery,
         "rarity": round(share.percent, 1),
@@ -438,19 +441,30 @@ def mutings(user_ids: Iterable[int]) -> dict[int, Muting]:
     }
 
 
+def split_muted(
+    toasts: list[dict[str, Any]], muting: Muting
+) -> tuple[list[dict[str, Any]], list[int], list[int]]:
+    """The toasts the user wants, and the unlock and ending ids of those they muted."""
+    if muting is NOT_MUTED:
+        return toasts, [], []
+    kept = [toast for toast in toasts if not muting.mutes(toast["card"])]
+    dropped = [toast for toast in toasts if muting.mutes(toast["card"])]
+    return (
+        kept,
+        [t["unlock_id"] for t in dropped if t.get("unlock_id")],
+        [t["ending_id"] for t in dropped if t.get("ending_id")],
+    )
+
+
 def drop_muted(user_id: int, toasts: list[dict[str, Any]], muting: Muting) -> list[dict[str, Any]]:
     """The toasts the user wants. The others are marked as seen, so no page offers
     them later either: a muted notification is dropped, not postponed (the unlock
     and its card are not touched)."""
-    if muting is NOT_MUTED:
-        return toasts
-    kept = [toast for toast in toasts if not muting.mutes(toast["card"])]
-    if len(kept) < len(toasts):
-        dropped = [toast for toast in toasts if muting.mutes(toast["card"])]
-        if unlock_ids := [t["unlock_id"] for t in dropped if t.get("unlock_id")]:
-            Unlock.objects.mark_seen(user_id, unlock_ids)
-        if ending_ids := [t["ending_id"] for t in dropped if t.get("ending_id")]:
-            Unlock.objects.mark_end_seen(user_id, ending_ids)
+    kept, unlock_ids, ending_ids = split_muted(toasts, muting)
+    if unlock_ids:
+        Unlock.objects.mark_seen(user_id, unlock_ids)
+    if ending_ids:
+        Unlock.objects.mark_end_seen(user_id, ending_ids)
     return kept
 
 

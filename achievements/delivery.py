@@ -27,8 +27,8 @@ from achievements.cards import (
     KnownState,
     Muting,
     cards_for_users,
-    drop_muted,
     mutings,
+    split_muted,
     toasts_for,
 )
 from achievements.frames import render_frame
@@ -97,11 +97,13 @@ def notify_many(
         )
         muted = mutings(targets)
         messages = {}
+        silenced: dict[int, tuple[list[int], list[int]]] = {}
         for user_id in targets:
             with translation.override(languages.get(user_id) or settings.LANGUAGE_CODE):
-                messages[realtime.user_group(user_id)] = _message(
+                messages[realtime.user_group(user_id)], silenced[user_id] = _message(
                     user_id, cards[user_id], unlocks[user_id], notices, muted
                 )
+        _mark_muted_seen(silenced)
         sent = realtime.send_to_groups(messages)
         delivered = [
             (pk, received)
@@ -126,7 +128,7 @@ def _message(
     unlocks: list[tuple[int, int, int, str]],
     notices: dict[int, list[Notice]] | None,
     muted: dict[int, Muting],
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], tuple[list[int], list[int]]]:
     """One message, so the page gets every change of one event in one frame; a toast
     per unlock, as an event can reach two tiers of a badge at once."""
     toasts = toasts_for(user_id, unlocks, cards)
@@ -142,14 +144,28 @@ def _message(
         if b in by_id
     ]
     # Notifications the user muted are not sent; the cards still are.
-    toasts = drop_muted(user_id, toasts, muted.get(user_id, NOT_MUTED))
+    toasts, unlock_ids, ending_ids = split_muted(toasts, muted.get(user_id, NOT_MUTED))
     return {
         "type": "badges.changed",
         "cards": cards,
         "toasts": toasts,
         # Rendered once here, not once per open tab in the web process.
         "html": render_frame(cards, toasts),
-    }
+    }, (unlock_ids, ending_ids)
+
+
+def _mark_muted_seen(silenced: dict[int, tuple[list[int], list[int]]]) -> None:
+    """Muted notifications count as seen, so no page offers them later: one update for
+    the batch's unlocks (the ids are each user's own); endings, rare, per user, as
+    each takes the tiers that ended with it."""
+    unlock_ids = [pk for ids, _ in silenced.values() for pk in ids]
+    if unlock_ids:
+        Unlock.objects.filter(pk__in=unlock_ids, seen_at__isnull=True).update(
+            seen_at=timezone.now()
+        )
+    for user_id, (_, ending_ids) in silenced.items():
+        if ending_ids:
+            Unlock.objects.mark_end_seen(user_id, ending_ids)
 
 
 def notify_notices(notices: dict[int, list[Notice]]) -> None:

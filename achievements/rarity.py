@@ -10,12 +10,14 @@ never says "nobody" about a badge its own user holds (see `Shares.of`).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from django.contrib.auth import get_user_model
+from django.db import DatabaseError
 from django.db.models import Count
 from django.utils.formats import number_format
 from django.utils.translation import gettext
@@ -23,6 +25,8 @@ from django.utils.translation import gettext
 from accounts.models import Profile
 from achievements import index
 from achievements.models import Badge, UserBadge
+
+logger = logging.getLogger(__name__)
 
 # How long a process keeps the figures before counting again, in seconds.
 KEEP_SECONDS = 60.0
@@ -46,6 +50,8 @@ class Rarity:
 
     @property
     def text(self) -> str:
+        if not self.members:
+            return ""  # no figures (the count failed): say nothing
         if not self.holders:
             return gettext("Nobody has earned it yet")
         if self.segmented:
@@ -72,11 +78,14 @@ class Shares:
     members: int
     segment_members: dict[int, int] = field(default_factory=dict)
     holders: dict[int, dict[int, int]] = field(default_factory=dict)
+    counted: bool = True  # False: no figures to show
 
     def of(self, badge: Badge, level: int = 0, *, held_level: int = -1) -> Rarity:
         """The rarity of `badge` (at tier `level`, 1-based; 0 for the badge itself) as
         a user holding it up to `held_level` (-1: not at all) sees it: counted with
         them, even if they earned it since the figures were taken."""
+        if not self.counted:
+            return Rarity(holders=0, members=0)
         holders = self.holders.get(badge.pk, {}).get(max(level, 1) if badge.tiers else 0, 0)
         if held_level >= max(level, 1 if badge.tiers else 0):
             holders = max(holders, 1)
@@ -87,18 +96,32 @@ class Shares:
 
 _lock = threading.Lock()
 _kept: tuple[float, Shares] | None = None
+# After a count failed: no figures (cards then say nothing of rarity) until then.
+RETRY_SECONDS = 10.0
+NO_FIGURES = Shares(members=0, counted=False)
 
 
 def shares() -> Shares:
-    """The figures, counted at most once a minute per process."""
+    """The figures, counted at most once a minute per process. A figure is no reason
+    for a page to fail: if the count fails, the last figures stay (or none), and it
+    is tried again a few seconds later."""
     global _kept
     kept = _kept
-    if kept is not None and time.monotonic() - kept[0] < KEEP_SECONDS:
+    if kept is not None and time.monotonic() < kept[0]:
         return kept[1]
-    with _lock:
-        if _kept is kept:  # nobody counted while this thread waited
-            _kept = (time.monotonic(), count())
-        return _kept[1]  # type: ignore[index]
+    if not _lock.acquire(blocking=kept is None):
+        return kept[1] if kept is not None else NO_FIGURES  # another thread is counting
+    try:
+        try:
+            fresh = (time.monotonic() + KEEP_SECONDS, count())
+        except DatabaseError:
+            logger.warning("Counting badge rarity failed; trying again shortly", exc_info=True)
+            stale = kept[1] if kept is not None else NO_FIGURES
+            fresh = (time.monotonic() + RETRY_SECONDS, stale)
+        _kept = fresh
+        return fresh[1]
+    finally:
+        _lock.release()
 
 
 def forget() -> None:
@@ -135,13 +158,12 @@ def count() -> Shares:
         if badge.segment_group_id:
             members = members.filter(groups=badge.segment_group_id)
         if badge.segment_attribute:
-            in_segment = [
-                user_id
-                for user_id, attributes in Profile.objects.filter(
-                    attributes__has_key=badge.segment_attribute
-                ).values_list("user_id", "attributes")
-                if str(attributes.get(badge.segment_attribute)) == badge.segment_value
-            ]
-            members = members.filter(pk__in=in_segment)
+            # Members whose attribute has the value, counted in the database
+            # (the attribute's name is letters, digits and "_", checked when saved).
+            members = members.filter(
+                pk__in=Profile.objects.filter(
+                    **{f"attributes__{badge.segment_attribute}": badge.segment_value}
+                ).values("user_id")
+            )
         segment_members[badge.pk] = members.count()
     return Shares(members=users.count(), segment_members=segment_members, holders=dict(holders))

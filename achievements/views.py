@@ -5,6 +5,7 @@ from typing import Any
 
 from django import forms
 from django.contrib.auth.decorators import login_required
+from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -54,7 +55,8 @@ class BadgeListForm(forms.Form):
 ORDERS: dict[str, tuple[Callable[[Card], Any], bool]] = {
     "suggested": (lambda card: 0, False),
     "closest": (lambda card: card["percent"], True),
-    "recent": (lambda card: card["completed_at"] or "", True),  # ISO moments; never: last
+    # The latest earning held (a tier or a period earned today), as ISO moments; none: last.
+    "recent": (lambda card: card["last_earned_at"] or "" if card["completed"] else "", True),
     "rarest": (lambda card: card["rarity"], False),
 }
 
@@ -125,13 +127,22 @@ def badges(request: AuthenticatedHttpRequest) -> HttpResponse:
         "sort": sort,
         "earned": done,
         "in_progress": in_progress,
-        # Said to screen readers when the list changes under the controls.
-        "listed": _listed(len(in_progress) + len(done), show, sort),
+        # Said to screen readers when the list changes under the controls (not when
+        # the page fetches it again by itself, after a push: ?relist=1).
+        "listed": ""
+        if "relist" in request.GET
+        else _listed(len(in_progress) + len(done), show, sort),
         "earned_count": sum(1 for card in cards if card["completed"]),
         "total": len(cards),
     }
-    if request.htmx and status == 200:
-        return render(request, "achievements/badges.html#lists", context)
+    if request.htmx:
+        # Invalid choices from htmx: 422, which the page swaps in, errors and all.
+        return render(
+            request,
+            "achievements/badges.html#lists",
+            context,
+            status=422 if status == 400 else 200,
+        )
     # What happened to the user's badges, newest first: one ledger, the same the
     # admin and the API read. Staff's reasons stay with staff.
     context["history"] = _worded(
@@ -167,7 +178,12 @@ def public(request: HttpRequest, token: str) -> HttpResponse:
     if profile is None:
         # The same answer for a link that never existed, one retired and one turned off.
         raise Http404("No public badge page at this address.")
-    hidden = set(Badge.objects.filter(hidden=True).values_list("pk", flat=True))
+    # Hidden badges stay hidden; a segmented one would tell its holder's group or plan.
+    hidden = set(
+        Badge.objects.filter(
+            Q(hidden=True) | Q(segment_group__isnull=False) | ~Q(segment_attribute="")
+        ).values_list("pk", flat=True)
+    )
     earned = [
         card
         for card in cards_for_user(profile.user_id)

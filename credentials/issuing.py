@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.db import IntegrityError
 from django.urls import reverse
 from joserfc import jwt
 
@@ -132,12 +133,15 @@ def sign(credential: dict[str, Any], base: str) -> str:
     }
     if "validUntil" in credential:
         claims["exp"] = int(datetime.fromisoformat(credential["validUntil"]).timestamp())
-    header = {"alg": "RS256", "typ": "JWT", "kid": kid}
+    header = {"alg": "RS256", "typ": "vc+jwt", "kid": kid}
     return jwt.encode(header, claims, key.private_key(), algorithms=["RS256"])
 
 
 def credential_for(unlock: Unlock, base: str) -> str:
     """The signed credential of a held earning (the same credential id every time)."""
-    issued, _ = IssuedCredential.objects.get_or_create(unlock=unlock)
+    try:
+        issued, _ = IssuedCredential.objects.get_or_create(unlock=unlock)
+    except IntegrityError:  # a second download made it at the same moment
+        issued = IssuedCredential.objects.get(unlock=unlock)
     issued.unlock = unlock
     return sign(document(issued, base), base)

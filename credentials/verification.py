@@ -7,6 +7,7 @@ page understands; the outcome is the first thing that fails, or valid.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import re
 import uuid
@@ -25,6 +26,7 @@ from joserfc.jwk import RSAKey
 from achievements.models import Ending
 from credentials.issuing import issuer_id
 from credentials.models import IssuedCredential, SigningKey
+from project.inputs import json_depth_problem
 
 # At most this many characters are read: a credential is a few kilobytes.
 MAX_LENGTH = 20_000
@@ -84,7 +86,21 @@ class Verification:
 
 
 def _segment(part: str) -> Any:
-    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    """A JWT part's JSON; ValueError for anything that is not (nesting included)."""
+    text = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)).decode()
+    if json_depth_problem(text):
+        raise ValueError("nested too deeply")
+    return json.loads(text)
+
+
+def _plain_header(header: dict[str, Any]) -> bool:
+    """Only what this site's credentials carry: RS256, a key by URL, nothing critical."""
+    return (
+        header.get("alg") == "RS256"
+        and isinstance(header.get("kid"), str)
+        and "crit" not in header
+        and all(isinstance(name, str) for name in header)
+    )
 
 
 def verify(token: str, base: str) -> Verification:
@@ -102,9 +118,11 @@ def verify(token: str, base: str) -> Verification:
         )
     try:
         header = _segment(parts[0])
-        if not isinstance(header, dict):
+        if not isinstance(header, dict) or not _plain_header(header):
             raise ValueError
-    except (ValueError, UnicodeDecodeError):
+        if json_depth_problem(base64.urlsafe_b64decode(parts[1] + "==").decode()):
+            raise ValueError
+    except (ValueError, UnicodeDecodeError, binascii.Error):
         return result.fail("invalid", "format", gettext("The credential's header cannot be read."))
     kid = header.get("kid")
     match = re.search(r"/ob/keys/([0-9a-f]{16})$", kid) if isinstance(kid, str) else None
@@ -120,7 +138,7 @@ def verify(token: str, base: str) -> Verification:
         )
     try:
         token_data = jwt.decode(token, RSAKey.import_key(key.public_jwk), algorithms=["RS256"])
-    except (JoseError, ValueError):
+    except (JoseError, ValueError, TypeError):
         return result.fail(
             "invalid",
             "signature",

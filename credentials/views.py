@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -21,12 +22,15 @@ from credentials import issuing
 from credentials.models import SigningKey
 from credentials.verification import MAX_LENGTH, verify
 from project.http import AuthenticatedHttpRequest
+from project.inputs import json_depth_problem
 
 VERIFY_RATE = "30/m"
 
 
 def _base(request: HttpRequest) -> str:
-    return request.build_absolute_uri("/").rstrip("/")
+    """The site's address in credentials: ACCOLADE_SITE_URL when set, so one signed via
+    one host name verifies via another; else the request's."""
+    return settings.ACCOLADE_SITE_URL or request.build_absolute_uri("/").rstrip("/")
 
 
 @require_GET
@@ -77,7 +81,11 @@ def issuer(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 def achievement(request: HttpRequest, key: str, tier: int = 0) -> JsonResponse:
-    badge = Badge.objects.active().filter(key=key, hidden=False).first()
+    badge = (
+        Badge.objects.active()
+        .filter(key=key, hidden=False, segment_group__isnull=True, segment_attribute="")
+        .first()
+    )
     if badge is None or (tier and tier > len(badge.tier_list())):
         raise Http404("No such achievement.")
     return JsonResponse(
@@ -149,6 +157,8 @@ def verify_api(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"error": "credential: too long to be a credential."}, status=400)
     body = request.body.decode("utf-8", errors="replace").strip()
     if request.content_type == "application/json":
+        if problem := json_depth_problem(body):
+            return JsonResponse({"error": f"The body {problem}."}, status=400)
         try:
             data = json.loads(body or "null")
         except ValueError:

@@ -415,6 +415,10 @@ LOGIN_URL = "accounts:login"
 LOGIN_REDIRECT_URL = "achievements:badges"
 LOGOUT_REDIRECT_URL = "accounts:login"
 
+# The site's public address (https://badges.example.com), written into the Open
+# Badges credentials it signs; empty: each request's own.
+ACCOLADE_SITE_URL = (env_str("ACCOLADE_SITE_URL") or "").rstrip("/")
+
 LANGUAGE_CODE = "en"
 # The languages the site is written in (locale/); a user picks one in their settings.
 LANGUAGES = [("en", "English"), ("fr", "Français")]

@@ -29,6 +29,8 @@
     var hadFocus = toast.contains(document.activeElement);
     toast.classList.add("is-leaving");
     window.setTimeout(function () {
+      // Still in the toast (the user did not move on meanwhile): give it back.
+      hadFocus = hadFocus && toast.contains(document.activeElement);
       toast.remove();
       if (!hadFocus) return;
       var back = focusBeforeToast && document.body.contains(focusBeforeToast) ?
@@ -240,7 +242,13 @@
     var filters = document.querySelector(".badge-filters");
     if (!content || !content.classList || !content.classList.contains("badge-card") || !filters) return;
     window.clearTimeout(relist);
-    relist = window.setTimeout(function () { window.htmx.trigger(filters, "submit"); }, 250);
+    // Quietly: the address stays, and the status does not announce a list the user
+    // did not ask for (the view leaves it out for ?relist=1).
+    relist = window.setTimeout(function () {
+      var url = window.location.pathname + window.location.search;
+      url += (window.location.search ? "&" : "?") + "relist=1";
+      window.htmx.ajax("GET", url, { target: "#badge-lists", swap: "outerHTML" });
+    }, 250);
   });
 
   // After the frame has settled (htmx puts each swapped card's own classes back then).

@@ -214,3 +214,60 @@ def test_a_hidden_or_segmented_badge_has_no_preview_image(client, db):
     Badge.objects.filter(pk=segmented.pk).update(segment_attribute="plan", segment_value="pro")
     assert client.get("/badges/places_visited_1/preview.png").status_code == 404
     assert client.get("/badges/images_posted_1/preview.png").status_code == 404
+
+
+def test_muting_costs_the_push_one_update_however_many_users_muted(
+    db, pushes, django_capture_on_commit_callbacks, monkeypatch
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from achievements import presence
+    from achievements.engine import evaluate_events
+    from tests.factories import make_user
+
+    monkeypatch.setattr(presence, "present_users", lambda users: set(users))
+    categorise(make_places_badge(threshold=1), "Travel")
+
+    def seen_updates(count: int) -> int:
+        users = [make_user(username=f"muter-{count}-{n}") for n in range(count)]
+        for user in users:
+            Profile.objects.update_or_create(user=user, defaults={"mute_all": True})
+        events = [
+            record_event(user, "visit.created", payload={"place_id": 1}).event.pk for user in users
+        ]
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            evaluate_events(events)
+        with CaptureQueriesContext(connection) as queries:
+            for callback in callbacks:
+                callback()
+        assert Unlock.objects.filter(user__in=users, seen_at__isnull=True).count() == 0
+        return sum(1 for q in queries if q["sql"].startswith("UPDATE") and '"seen_at"' in q["sql"])
+
+    assert seen_updates(2) == seen_updates(6) == 1
+
+
+def test_a_segmented_badge_stays_off_the_public_page(client, owner):
+    make_places_badge(threshold=1)
+    pro = make_images_badge(threshold=1)
+    Badge.objects.filter(pk=pro.pk).update(segment_attribute="plan", segment_value="pro")
+    Profile.objects.update_or_create(user=owner, defaults={"attributes": {"plan": "pro"}})
+    _visit(owner, 1)
+    evaluate_event(record_event(owner, "image.posted").event.pk)
+    client.force_login(owner)
+    assert "1 Images Posted" in client.get("/badges/").content.decode()
+    save_settings(client, public_profile="on")
+    body = client.get(f"/p/{settings_of(owner).share_token}/").content.decode()
+    assert "1 Places Visited" in body and "1 Images Posted" not in body
+
+
+def test_turning_the_public_page_off_retires_its_link_for_good(client, owner):
+    client.force_login(owner)
+    save_settings(client, public_profile="on")
+    first = settings_of(owner).share_token
+    save_settings(client, public_profile=None)
+    assert settings_of(owner).share_token is None
+    save_settings(client, public_profile="on")
+    second = settings_of(owner).share_token
+    assert second and second != first
+    assert client.get(f"/p/{first}/").status_code == 404

@@ -241,9 +241,90 @@ def test_an_unknown_choice_is_refused_by_name_and_the_page_still_shows(
 ):
     make_places_badge(threshold=1)
     client.force_login(owner)
-    for headers in ({}, {"HX-Request": "true"}):
+    for headers, status in (({}, 400), ({"HX-Request": "true"}, 422)):
         response = client.get(f"/badges/{query}", headers=headers)
-        assert response.status_code == 400
+        assert response.status_code == status
         body = response.content.decode()
         assert f'id="id_{field}_error"' in body and value in body
         assert "places_visited_1" in body  # the badges, in the suggested order
+
+
+def test_a_held_tier_shows_how_rare_that_tier_is(owner):
+    badge = make_places_badge(threshold=1)
+    badge.tiers = [{"name": "Bronze", "threshold": 1}, {"name": "Gold", "threshold": 3}]
+    badge.save()
+    crowd = [make_user(username=f"tier-{n}") for n in range(9)]
+    for n, user in enumerate(crowd[:4]):
+        visit(user, 1, n)  # four hold Bronze
+    for place in range(3):
+        visit(owner, place, 100 + place)  # the owner holds Gold
+    card = card_of(owner, "places_visited_1")
+    assert card["tier"] == "Gold"
+    assert card["rarity_text"] == "Earned by 10% of members"  # 1 of 10 hold Gold
+    assert card_of(crowd[0], "places_visited_1")["rarity_text"] == "Earned by 50% of members"
+
+
+def test_a_failed_count_leaves_the_page_up_and_says_nothing_of_rarity(client, owner, monkeypatch):
+    from django.db import DatabaseError
+
+    make_places_badge(threshold=1)
+
+    def broken() -> rarity.Shares:
+        raise DatabaseError("statement timeout")
+
+    monkeypatch.setattr(rarity, "count", broken)
+    rarity.forget()
+    client.force_login(owner)
+    response = client.get("/badges/")
+    assert response.status_code == 200
+    assert 'class="badge-rarity' not in response.content.decode()
+    # Kept figures outlive a failure.
+    monkeypatch.undo()
+    rarity.forget()
+    rarity.shares()
+    monkeypatch.setattr(rarity, "count", broken)
+    kept = rarity._kept
+    assert kept is not None
+    monkeypatch.setattr(rarity, "_kept", (0.0, kept[1]))  # due for a recount
+    assert rarity.shares().counted
+
+
+def test_recently_earned_follows_the_latest_earning_not_the_first(client, owner):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    daily = make_badge(
+        key="daily_visit",
+        requirements=[{"event_type": "visit.created", "threshold": 1, "label": "visits"}],
+    )
+    daily.repeat = "day"
+    daily.save()
+    daily.requirements.update(scope="day")
+    make_places_badge(threshold=1)
+    now = timezone.now()
+    first = record_event(
+        owner, "visit.created", payload={"place_id": 1}, occurred_at=now - timedelta(days=3)
+    )
+    evaluate_event(first.event.pk)  # both earned three days ago
+    later = record_event(owner, "visit.created", payload={"place_id": 1}, event_id="today")
+    evaluate_event(later.event.pk)  # the daily one earned again today
+    client.force_login(owner)
+    earned = client.get("/badges/?show=earned&sort=recent").context["earned"]
+    assert [card["key"] for card in earned] == ["daily_visit", "places_visited_1"]
+
+
+def test_an_htmx_request_with_an_unknown_choice_gets_the_errors_by_the_controls(client, owner):
+    make_places_badge(threshold=1)
+    client.force_login(owner)
+    response = client.get("/badges/?sort=loudest", headers={"HX-Request": "true"})
+    body = response.content.decode()
+    assert response.status_code == 422
+    assert '<form id="badge-filters"' in body and 'hx-swap-oob="true"' in body
+    assert 'id="id_sort_error"' in body
+    # A valid one leaves the controls alone (focus stays where it is).
+    ok = client.get("/badges/?sort=closest", headers={"HX-Request": "true"}).content.decode()
+    assert '<form id="badge-filters"' not in ok
+    # The page's own refetch after a push says nothing to screen readers.
+    quiet = client.get("/badges/?sort=closest&relist=1", headers={"HX-Request": "true"})
+    assert 'id="badge-filter-status"' not in quiet.content.decode()

@@ -50,7 +50,7 @@ def test_a_held_badge_downloads_as_a_credential_an_independent_library_verifies(
     checked = jwt.JWT(jwt=token, key=keys, algs=["RS256"], expected_type="JWS")
     header = json.loads(checked.header)
     claims = json.loads(checked.claims)
-    assert header["alg"] == "RS256" and header["typ"] == "JWT"
+    assert header["alg"] == "RS256" and header["typ"] == "vc+jwt"
     assert header["kid"] in {key["kid"] for key in keys.export(as_dict=True)["keys"]}
     # The key the header names is published where the name points.
     published = client.get(header["kid"].removeprefix("http://testserver")).json()
@@ -229,3 +229,47 @@ def test_the_key_command_refuses_what_would_leave_no_key_or_is_unknown(db):
     with pytest.raises(CommandError, match="only key"):
         call_command("signing_keys", "retire", SigningKey.current().kid)
     assert SigningKey.objects.published().count() == 1
+
+
+def _b64(data: str) -> str:
+    return jws.base64url_encode(data)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "[" * 14_000,
+        '{"alg": "RS256", "kid": "http://testserver/ob/keys/0123456789abcdef", "crit": 5}',
+        '{"alg": "RS256", "kid": "http://testserver/ob/keys/0123456789abcdef", "crit": [{}]}',
+        '{"alg": "none", "kid": "x"}',
+        '{"alg": "RS256", "kid": 7}',
+        "not json at all",
+    ],
+)
+def test_a_crafted_header_is_reported_as_not_a_credential_never_a_500(client, holder, header):
+    token = ".".join([_b64(header), _b64('{"a": 1}'), "c2ln"])
+    for response in (
+        client.post("/ob/verify", token, content_type="text/plain"),
+        client.post("/verify/", {"credential": token}),
+    ):
+        assert response.status_code == 200
+    body = client.post("/ob/verify", token, content_type="text/plain").json()
+    assert (body["verified"], body["outcome"]) == (False, "invalid")
+
+
+def test_a_crafted_payload_or_body_gets_a_clear_answer_never_a_500(client, holder):
+    real = download(client)
+    header = real.split(".")[0]
+    deep = ".".join([header, _b64("[" * 14_000), real.split(".")[2]])
+    assert (
+        client.post("/ob/verify", deep, content_type="text/plain").json()["outcome"] == "invalid"
+    )
+    nested = client.post("/ob/verify", "[" * 19_000, content_type="application/json")
+    assert nested.status_code == 400 and "nested too deeply" in nested.json()["error"]
+    # A key that exists, with a header it never signs with.
+    kid = json.loads(jws.base64url_decode(header))["kid"]
+    crit = _b64(json.dumps({"alg": "RS256", "kid": kid, "crit": ["exp"], "exp": 1}))
+    token = ".".join([crit, real.split(".")[1], real.split(".")[2]])
+    assert (
+        client.post("/ob/verify", token, content_type="text/plain").json()["outcome"] == "invalid"
+    )
