@@ -11,6 +11,7 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import cache_control
 from django.views.decorators.csrf import csrf_exempt
@@ -139,8 +140,21 @@ def verify_page(request: HttpRequest) -> HttpResponse:
             result = verify(form.cleaned_data["credential"], _base(request))
         else:
             status = 400
+    credential = (result.credential or {}) if result else {}
+    # The credential's dates, shown as the reader's locale writes dates.
+    dates = {
+        name: parse_datetime(value)
+        for name, value in (
+            ("valid_from", credential.get("validFrom")),
+            ("valid_until", credential.get("validUntil")),
+        )
+        if isinstance(value, str)
+    }
     return render(
-        request, "credentials/verify.html", {"form": form, "result": result}, status=status
+        request,
+        "credentials/verify.html",
+        {"form": form, "result": result, "dates": dates},
+        status=status,
     )
 
 

@@ -5,6 +5,7 @@ site, and refused once tampered with, expired, revoked or signed by a retired ke
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -273,3 +274,15 @@ def test_a_crafted_payload_or_body_gets_a_clear_answer_never_a_500(client, holde
     assert (
         client.post("/ob/verify", token, content_type="text/plain").json()["outcome"] == "invalid"
     )
+
+
+def test_the_verify_page_writes_the_dates_as_the_reader_reads_them(client, holder):
+    from django.utils.formats import date_format
+
+    token = download(client)
+    page = client.post("/verify/", {"credential": token}).content.decode()
+    assert f">{date_format(timezone.localtime(), 'DATE_FORMAT')}</time>" in page
+    french = client.post(
+        "/verify/", {"credential": token}, headers={"Accept-Language": "fr"}
+    ).content.decode()
+    assert "Valide" in french and re.search(r">\d{1,2} \w+ 20\d\d</time>", french)
