@@ -178,7 +178,9 @@ def verify(token: str, base: str) -> Verification:
     else:
         result.passed("dates", gettext("It is within its dates of validity."))
     unlock = issued.unlock
-    if unlock.ended_at is not None:
+    if not unlock.user.is_active:
+        result.fail("revoked", "status", gettext("The holder's account is closed."))
+    elif unlock.ended_at is not None:
         when = date_format(timezone.localtime(unlock.ended_at), "DATE_FORMAT")
         endings: dict[str, tuple[str, str]] = {
             Ending.REVOKED: ("revoked", gettext("The site took this badge back on %(when)s.")),
@@ -199,4 +201,4 @@ def _issued(credential_id: Any) -> IssuedCredential | None:
         pk = uuid.UUID(credential_id.removeprefix("urn:uuid:"))
     except ValueError:
         return None
-    return IssuedCredential.objects.select_related("unlock").filter(pk=pk).first()
+    return IssuedCredential.objects.select_related("unlock__user").filter(pk=pk).first()

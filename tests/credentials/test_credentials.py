@@ -286,3 +286,12 @@ def test_the_verify_page_writes_the_dates_as_the_reader_reads_them(client, holde
         "/verify/", {"credential": token}, headers={"Accept-Language": "fr"}
     ).content.decode()
     assert "Valide" in french and re.search(r">\d{1,2} \w+ 20\d\d</time>", french)
+
+
+def test_a_credential_of_a_closed_account_no_longer_verifies(client, holder):
+    token = download(client)
+    holder.is_active = False
+    holder.save()
+    body = client.post("/ob/verify", token, content_type="text/plain").json()
+    assert (body["verified"], body["outcome"]) == (False, "revoked")
+    assert "account is closed" in body["checks"][-1]["detail"]

@@ -46,7 +46,7 @@ def test_a_french_browser_gets_french_pages_and_french_toasts(embedded_site, bro
             expect(page.locator(".subheading .count")).to_have_text(f"({number})")
         toast = page.locator("#toasts [data-toast]")
         expect(toast).to_have_count(1)
-        expect(toast).to_contain_text("Badge débloqué: 5 lieux visités")
+        expect(toast).to_contain_text("Badge débloqué : 5 lieux visités")
         expect(toast.get_by_role("link", name="Voir le badge")).to_be_visible()
         page.wait_for_timeout(400)
         problems["visits with a toast"] = violations(page)
