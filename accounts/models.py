@@ -89,13 +89,3 @@ def time_zone_for(user_id: int) -> str:
         Profile.objects.filter(user_id=user_id).values_list("time_zone", flat=True).first()
         or "UTC"
     )
-
-
-def language_for(user_ids: list[int]) -> dict[int, str]:
-    """Each user's language for what is pushed to them: theirs, else their browser's."""
-    return {
-        user_id: chosen or seen
-        for user_id, chosen, seen in Profile.objects.filter(user_id__in=user_ids)
-        .exclude(language="", browser_language="")
-        .values_list("user_id", "language", "browser_language")
-    }

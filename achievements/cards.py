@@ -431,14 +431,37 @@ class Muting:
 NOT_MUTED = Muting()
 
 
-def mutings(user_ids: Iterable[int]) -> dict[int, Muting]:
-    """The users (of these) who muted something, in one query: most mute nothing."""
+@dataclass(frozen=True)
+class Reader:
+    """What a user's settings ask of what is pushed to them: its language (theirs,
+    else their browser's as last seen; empty: the site's) and what they muted."""
+
+    language: str = ""
+    muting: Muting = NOT_MUTED
+
+
+DEFAULT_READER = Reader()
+
+
+def readers(user_ids: Iterable[int]) -> dict[int, Reader]:
+    """The users (of these) whose settings change a push, in one query: most have none."""
     return {
-        user_id: Muting(everything, frozenset(categories or ()))
-        for user_id, everything, categories in Profile.objects.filter(user_id__in=list(user_ids))
-        .exclude(mute_all=False, muted_categories=[])
-        .values_list("user_id", "mute_all", "muted_categories")
+        user_id: Reader(
+            language=chosen or seen,
+            muting=Muting(everything, frozenset(categories or ()))
+            if everything or categories
+            else NOT_MUTED,
+        )
+        for user_id, chosen, seen, everything, categories in Profile.objects.filter(
+            user_id__in=list(user_ids)
+        )
+        .exclude(language="", browser_language="", mute_all=False, muted_categories=[])
+        .values_list("user_id", "language", "browser_language", "mute_all", "muted_categories")
     }
+
+
+def reader(user_id: int) -> Reader:
+    return readers([user_id]).get(user_id, DEFAULT_READER)
 
 
 def split_muted(
@@ -468,7 +491,9 @@ def drop_muted(user_id: int, toasts: list[dict[str, Any]], muting: Muting) -> li
     return kept
 
 
-def unseen_unlocks(user_id: int, *, limit: int) -> list[dict[str, Any]]:
+def unseen_unlocks(
+    user_id: int, *, limit: int, muting: Muting | None = None
+) -> list[dict[str, Any]]:
     """The user's unlocks that no page has shown yet, oldest first, as toasts."""
     unlocks = list(
         Unlock.objects.held()
@@ -480,7 +505,7 @@ def unseen_unlocks(user_id: int, *, limit: int) -> list[dict[str, Any]]:
         return []
     badge_ids = {badge_id for _, badge_id, _, _ in unlocks}
     toasts = toasts_for(user_id, unlocks, cards_for_user(user_id, badge_ids=badge_ids))
-    return drop_muted(user_id, toasts, mutings([user_id]).get(user_id, NOT_MUTED))
+    return drop_muted(user_id, toasts, reader(user_id).muting if muting is None else muting)
 
 
 # Marked for translation; translated where a toast is rendered, in its reader's language.
@@ -491,7 +516,9 @@ ENDING_HEADLINES = {
 }
 
 
-def unseen_endings(user_id: int, *, limit: int) -> list[dict[str, Any]]:
+def unseen_endings(
+    user_id: int, *, limit: int, muting: Muting | None = None
+) -> list[dict[str, Any]]:
     """Toasts for the user's earnings that ended (badges that announce endings) and no
     page has shown yet, oldest first: one per badge and moment, as pushed."""
     ended = list(
@@ -525,7 +552,7 @@ def unseen_endings(user_id: int, *, limit: int) -> list[dict[str, Any]]:
         for (badge_id, _), (pk, ending) in chosen
         if badge_id in by_id
     ]
-    return drop_muted(user_id, toasts, mutings([user_id]).get(user_id, NOT_MUTED))
+    return drop_muted(user_id, toasts, reader(user_id).muting if muting is None else muting)
 
 
 def toasts_for(

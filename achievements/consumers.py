@@ -16,9 +16,8 @@ from django.conf import settings
 from django.template.loader import render_to_string
 from django.utils import translation
 
-from accounts.models import language_for
 from achievements import hub, presence, realtime
-from achievements.cards import cards_for_user, unseen_endings, unseen_unlocks
+from achievements.cards import cards_for_user, reader, unseen_endings, unseen_unlocks
 from achievements.frames import render_frame
 from achievements.models import Unlock
 from achievements.socket_sessions import (
@@ -229,10 +228,12 @@ def _parse_since(query_string: bytes) -> datetime | None:
 
 def _catch_up_frame(user_id: int, since: datetime | None) -> str:
     """The catch-up frame, in the user's language (as pushes are)."""
-    with translation.override(language_for([user_id]).get(user_id) or settings.LANGUAGE_CODE):
+    settings_of = reader(user_id)  # one query for the language and the muting
+    with translation.override(settings_of.language or settings.LANGUAGE_CODE):
         cards = cards_for_user(user_id, changed_since=since) if since else []
-        toasts = unseen_unlocks(user_id, limit=CATCH_UP_LIMIT)
-        return render_frame(cards, toasts + unseen_endings(user_id, limit=CATCH_UP_LIMIT))
+        toasts = unseen_unlocks(user_id, limit=CATCH_UP_LIMIT, muting=settings_of.muting)
+        toasts += unseen_endings(user_id, limit=CATCH_UP_LIMIT, muting=settings_of.muting)
+        return render_frame(cards, toasts)
 
 
 CLOSE_FORBIDDEN = 4403

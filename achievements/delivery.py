@@ -18,7 +18,6 @@ from django.conf import settings
 from django.utils import timezone, translation
 from django.utils.translation import gettext
 
-from accounts.models import language_for
 from achievements import metrics, presence, realtime
 from achievements.cards import (
     ENDING_HEADLINES,
@@ -27,7 +26,7 @@ from achievements.cards import (
     KnownState,
     Muting,
     cards_for_users,
-    mutings,
+    readers,
     split_muted,
     toasts_for,
 )
@@ -85,8 +84,10 @@ def notify_many(
         unlocks: dict[int, list[tuple[int, int, int, str]]] = {u: [] for u in targets}
         for pk, user_id, badge_id, tier, period, _ in rows:
             unlocks[user_id].append((pk, badge_id, tier, period))
-        # Each user's frame in their language: cards, toasts and dates.
-        languages = language_for(list(targets))
+        # Each user's frame in their language (cards, toasts and dates), without what
+        # they muted: one query for both.
+        settings_of = readers(targets)
+        languages = {user_id: r.language for user_id, r in settings_of.items()}
         cards = cards_for_users(
             {
                 user_id: {*badge_ids, *(b for _, b, _, _ in unlocks[user_id])}
@@ -95,7 +96,7 @@ def notify_many(
             known=known,
             languages=languages,
         )
-        muted = mutings(targets)
+        muted = {user_id: r.muting for user_id, r in settings_of.items()}
         messages = {}
         silenced: dict[int, tuple[list[int], list[int]]] = {}
         for user_id in targets:

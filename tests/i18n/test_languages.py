@@ -156,9 +156,9 @@ def test_a_users_browser_language_is_remembered_for_pushes(client, owner):
     client.force_login(owner)
     client.get("/badges/", headers={"Accept-Language": "fr"})
     assert Profile.objects.get(user=owner).browser_language == "fr"
-    from accounts.models import language_for
+    from achievements.cards import readers
 
-    assert language_for([owner.pk]) == {owner.pk: "fr"}
+    assert {user_id: r.language for user_id, r in readers([owner.pk]).items()} == {owner.pk: "fr"}
 
 
 def test_tier_names_translated_by_staff_need_one_per_tier(db):
