@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Make sure what the full test suite needs is present and running:
 # Debian's Chromium for the browser tests, PostgreSQL and Redis for the
-# topology tests; with --bench, wrk for the benchmarks. Safe to run again;
-# it only acts on what is missing.
+# topology tests, NATS with JetStream for the stream in; with --bench, wrk
+# for the benchmarks. Safe to run again; it only acts on what is missing.
 set -euo pipefail
 
 log() { echo "[services] $*"; }
@@ -48,12 +48,24 @@ if ! port_open 6379; then
     --dir /var/lib/redis --logfile /var/log/redis/ci.log
 fi
 
+# NATS with JetStream, for the event stream in (ingest/) and its tests.
+if ! port_open 4222; then
+  if ! command -v nats-server >/dev/null 2>&1; then
+    log "installing nats-server"
+    apt_install nats-server
+  fi
+  log "starting nats-server with JetStream"
+  mkdir -p /var/lib/nats-server
+  start-stop-daemon --start --oknodo --background --exec "$(command -v nats-server)" -- \
+    -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+fi
+
 for _ in $(seq 1 50); do
-  if port_open 5432 && port_open 6379; then
-    log "postgresql and redis are up; chromium is $(command -v chromium)"
+  if port_open 5432 && port_open 6379 && port_open 4222; then
+    log "postgresql, redis and nats are up; chromium is $(command -v chromium)"
     exit 0
   fi
   sleep 0.2
 done
-log "postgresql or redis did not come up" >&2
+log "postgresql, redis or nats did not come up" >&2
 exit 1

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,6 +32,8 @@ COUNTERS = {
     "accolade_events_processed_total": "Events evaluated (the evaluation histogram's count).",
     "accolade_events_dead_lettered_total": "Events given up on after repeated failures.",
     "accolade_unlocks_total": "Unlocks written (every tier and period, silent ones included).",
+    "accolade_stream_messages_total": "Messages taken from the event stream, all outcomes.",
+    "accolade_stream_rejected_total": "Stream messages refused as malformed (dead letters).",
 }
 HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
     "accolade_evaluation_seconds": (
@@ -43,6 +45,9 @@ HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
         (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
     ),
 }
+# Gauges other apps add to /metrics (ingest's consumer lag): each callable
+# gives (name, help, labels, value) rows; see add_gauges.
+_gauge_sources: list[Callable[[], list[tuple[str, str, dict[str, str], float]]]] = []
 WORKER_HEARTBEAT_SECONDS = 10
 WORKER_STALE_SECONDS = 3 * WORKER_HEARTBEAT_SECONDS
 
@@ -272,7 +277,39 @@ def render() -> str:
         if value is None:
             continue
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {_fmt(value)}"]
+    lines += _added_gauges()
     return "\n".join(lines) + "\n"
+
+
+def add_gauges(source: Callable[[], list[tuple[str, str, dict[str, str], float]]]) -> None:
+    """Have /metrics also show the gauges `source` reads (once per process: an
+    app's ready())."""
+    if source not in _gauge_sources:
+        _gauge_sources.append(source)
+
+
+def _added_gauges() -> list[str]:
+    lines: list[str] = []
+    described: set[str] = set()
+    for source in _gauge_sources:
+        try:
+            rows = source()
+        except Exception:
+            logger.warning("Could not read the gauges of %r", source, exc_info=True)
+            continue
+        for name, help_text, labels, value in rows:
+            if name not in described:
+                described.add(name)
+                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+            label_text = ",".join(f'{k}="{_label(v)}"' for k, v in sorted(labels.items()))
+            lines.append(
+                f"{name}{{{label_text}}} {_fmt(value)}" if labels else f"{name} {_fmt(value)}"
+            )
+    return lines
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _count_workers() -> int:

@@ -39,6 +39,7 @@ from achievements.models import (
     Unlock,
     UserBadge,
 )
+from achievements.models.ledger import announce, listening
 
 Read = Callable[[Any, Sequence[str], str, list[Any]], Rows]
 Pairs = dict[tuple[int, int], core.Pair]
@@ -405,6 +406,7 @@ class Writes:
             ]
             self.standings_if_moved = []
         if connection.vendor == "postgresql":  # one round trip for the four
+            held = [u for u in self.unlocks if u.ended_at is None]
             with pipeline() as send:
                 if new_keys:
                     send(*_distinct_statement(new_keys))
@@ -414,12 +416,14 @@ class Writes:
                 if self.standings:
                     send(*_standings_statement(self.standings, evaluated_at))
                 unlock_keys = [send(*statement) for statement in insert_statements(self.unlocks)]
-                if held := [u for u in self.unlocks if u.ended_at is None]:
+                if held:
                     send(*_earned_entries_statement(held))
             inserted(self.unlocks, unlock_keys)
             if progress_rows is not None:
                 written += [(user_id, requirement) for user_id, requirement in progress_rows()]
             entries = []
+            if held and listening():  # the statement wrote them; receivers hear of twins
+                announce([LedgerEntry.for_unlock(u, Entry.EARNED, u.unlocked_at) for u in held])
         else:
             insert_distinct(new_keys)
             written += _upsert_progress(self.progress)
@@ -437,6 +441,7 @@ class Writes:
                 entries.append(LedgerEntry.for_unlock(unlock, Entry.LAPSED, unlock.ended_at))
         if entries:
             LedgerEntry.objects.bulk_create(entries, batch_size=1000)
+            announce(entries)
         return written
 
     def _end_lapsed(self) -> None:
@@ -447,8 +452,10 @@ class Writes:
         ended = list(Unlock.objects.filter(pk__in=at_of, ended_at__isnull=True))
         for at in sorted(set(at_of.values())):
             Unlock.objects.end([u for u in ended if at_of[u.pk] == at], Ending.LAPSED, at)
-        LedgerEntry.objects.bulk_create(
-            [LedgerEntry.for_unlock(u, Entry.LAPSED, at_of[u.pk]) for u in ended]
+        announce(
+            LedgerEntry.objects.bulk_create(
+                [LedgerEntry.for_unlock(u, Entry.LAPSED, at_of[u.pk]) for u in ended]
+            )
         )
 
     def _badges(self, written: list[tuple[int, int]]) -> set[tuple[int, int]]:

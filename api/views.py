@@ -5,38 +5,27 @@ Every error names the field and the problem, as {"errors": [{"field", "problem"}
 
 from __future__ import annotations
 
-import json
-from collections.abc import Set as AbstractSet
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
-from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from achievements import awards, index
 from achievements.cards import cards_for_user
 from achievements.events import (
-    EVENT_ID_PATTERN,
-    SOURCE_PATTERN,
     ExternalEvent,
     InvalidEvent,
     record_external_events,
 )
 from achievements.models import Badge, Entry, Event, ExternalIdentity, LedgerEntry, Unlock
-from achievements.rules import event_type_problem
 from api.auth import authenticate, rate_limit, refused
+from api.documents import event_from, json_type, parse_json
 from api.models import ApiKey
 from api.schema import ID_MAX_LENGTH, openapi_schema
-from project.inputs import json_depth_problem, text_problem
-
-EVENT_FIELDS = {"event_id", "event_type", "user_id", "occurred_at", "source", "payload"}
-REQUIRED_FIELDS = ("event_id", "event_type", "user_id", "occurred_at")
-EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+from project.inputs import text_problem
 
 
 def error(status: int, field: str, problem: str, **headers: str) -> JsonResponse:
@@ -117,7 +106,7 @@ def events(request: HttpRequest) -> JsonResponse:
             return error(422, extra[0], "is not allowed next to 'events'")
         items = document["events"]
         if not isinstance(items, list):
-            return error(422, "events", f"must be an array, not {_json_type(items)}")
+            return error(422, "events", f"must be an array, not {json_type(items)}")
         if not items:
             return error(422, "events", "must hold at least one event")
         limit = settings.ACCOLADE_API_MAX_BATCH
@@ -135,23 +124,11 @@ def events(request: HttpRequest) -> JsonResponse:
         event_id = item.get("event_id") if isinstance(item, dict) else None
         shown_id = event_id if isinstance(event_id, str) and len(event_id) <= 128 else None
         results.append({"event_id": shown_id})
-        problems = _problems(item, prefix.format(position), known_types)
-        if problems:
-            results[-1].update(status="rejected", errors=problems)
+        event = event_from(item, prefix.format(position), known_types, source="api")
+        if isinstance(event, list):
+            results[-1].update(status="rejected", errors=event)
             continue
-        valid.append(
-            (
-                position,
-                ExternalEvent(
-                    user_id=item["user_id"],
-                    event_type=item["event_type"],
-                    payload=item.get("payload", {}),
-                    event_id=item["event_id"],
-                    occurred_at=_parse_time(item["occurred_at"]),
-                    source=item.get("source", "api"),
-                ),
-            )
-        )
+        valid.append((position, event))
     if valid:
         recorded = record_external_events([event for _, event in valid], producer=api_key.producer)
         for (position, _), outcome in zip(valid, recorded, strict=True):
@@ -193,111 +170,10 @@ def _json_body(request: HttpRequest) -> Any:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         return error(400, "body", f"is not valid UTF-8 (byte {exc.start})")
-    problem = json_depth_problem(text)
+    document, problem = parse_json(text)
     if problem:
         return error(400, "body", problem)
-    try:
-        document = json.loads(text, parse_constant=_refuse_constant)
-    except ValueError as exc:
-        return error(400, "body", f"is not valid JSON: {exc}")
     return document
-
-
-def _problems(item: Any, prefix: str, known_types: AbstractSet[str]) -> list[dict[str, str]]:
-    if not isinstance(item, dict):
-        return [
-            {
-                "field": prefix.rstrip(".") or "body",
-                "problem": f"must be an event object, not {_json_type(item)}",
-            }
-        ]
-    problems = [
-        {"field": prefix + name, "problem": "is not a field of an event"}
-        for name in sorted(set(item) - EVENT_FIELDS)
-    ]
-    problems += [
-        {"field": prefix + name, "problem": "is required"}
-        for name in REQUIRED_FIELDS
-        if name not in item
-    ]
-
-    def check(name: str, problem: str | None) -> None:
-        if problem:
-            problems.append({"field": prefix + name, "problem": problem})
-
-    if "event_id" in item:
-        check("event_id", _string_problem(item["event_id"], EVENT_ID_PATTERN, 128))
-    if "user_id" in item:
-        check("user_id", _string_problem(item["user_id"], EVENT_ID_PATTERN, 128))
-    if "source" in item:
-        check("source", _string_problem(item["source"], SOURCE_PATTERN, 64))
-    if "event_type" in item:
-        kind = item["event_type"]
-        type_problem = event_type_problem(kind)
-        if type_problem is None and kind not in known_types:
-            type_problem = (
-                f"{kind!r} is not a known event type; staff add it under "
-                "Achievements › Event types"
-            )
-        check("event_type", type_problem)
-    if "occurred_at" in item:
-        check("occurred_at", _time_problem(item["occurred_at"]))
-    if "payload" in item and not isinstance(item["payload"], dict):
-        check("payload", f"must be an object, not {_json_type(item['payload'])}")
-    return problems
-
-
-def _string_problem(value: Any, pattern: Any, limit: int) -> str | None:
-    if not isinstance(value, str):
-        return f"must be a string, not {_json_type(value)}"
-    if not pattern.match(value):
-        return (
-            f"must be 1-{limit} characters of letters, digits, '.', '_', ':' or '-', "
-            "starting with a letter or digit"
-        )
-    return None
-
-
-def _parse_time(value: str) -> datetime | None:
-    try:
-        return parse_datetime(value.replace("z", "Z").replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def _time_problem(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return f"must be an ISO 8601 date-time string, not {_json_type(value)}"
-    if len(value) > 40:
-        return "is too long for a date-time"
-    parsed = _parse_time(value)
-    if parsed is None:
-        return "is not an ISO 8601 date-time such as 2026-11-21T09:30:00Z"
-    if timezone.is_naive(parsed):
-        return "must include a time zone, such as Z or +01:00"
-    now = timezone.now()
-    skew = timedelta(seconds=settings.ACCOLADE_API_MAX_CLOCK_SKEW_SECONDS)
-    if parsed > now + skew:
-        return f"is in the future (more than {skew.seconds} s after the server's clock)"
-    if parsed < EARLIEST:
-        return "is before 2000-01-01"
-    return None
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _json_type(value: Any) -> str:
-    return {
-        dict: "an object",
-        list: "an array",
-        str: "a string",
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-        type(None): "null",
-    }.get(type(value), type(value).__name__)
 
 
 @require_GET
@@ -429,7 +305,7 @@ def user_badge(request: HttpRequest, user_id: str, badge_key: str) -> JsonRespon
     if isinstance(document, JsonResponse):
         return document
     if not isinstance(document, dict):
-        return error(422, "body", f"must be an object, not {_json_type(document)}")
+        return error(422, "body", f"must be an object, not {json_type(document)}")
     extra = sorted(set(document) - AWARD_FIELDS)
     if extra:
         return error(422, extra[0], f"is not a field here; send {', '.join(sorted(AWARD_FIELDS))}")

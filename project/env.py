@@ -7,6 +7,7 @@ error deep inside a request.
 
 from __future__ import annotations
 
+import email.utils
 import ipaddress
 import os
 from urllib.parse import urlsplit, urlunsplit
@@ -59,6 +60,23 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if not items:
         raise ImproperlyConfigured(f"{name} is set but lists nothing; unset it or give values.")
     return items
+
+
+def env_addresses(name: str) -> list[tuple[str, str]]:
+    """Comma-separated email addresses, with or without names ("Ops <ops@example.com>"),
+    as (name, address) pairs; none when unset. A malformed one is an error at start-up."""
+    raw = os.environ.get(name, "")
+    pairs = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        display, address = email.utils.parseaddr(item)
+        if "@" not in address or " " in address:
+            raise ImproperlyConfigured(
+                f"{name}: {item!r} is not an email address (like Ops <ops@example.com>)."
+            )
+        pairs.append((display or address, address))
+    return pairs
 
 
 def env_networks(name: str) -> list[str]:

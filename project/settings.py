@@ -17,6 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from project.env import (
     database_config,
+    env_addresses,
     env_bool,
     env_choice,
     env_identifier,
@@ -102,6 +103,8 @@ INSTALLED_APPS = [
     "accounts",
     "api",
     "credentials",
+    "webhooks",
+    "ingest",
     # The example producer: how a host application plugs into Accolade.
     "examples.places",
 ]
@@ -370,6 +373,61 @@ ACCOLADE_REEVALUATION_MAX_EVENTS_PER_SECOND = env_int(
 )
 CELERY_RESULT_EXTENDED = True
 CELERY_TIMEZONE = "UTC"
+
+# Webhooks out (webhooks/). Their tasks run on a queue of their own, which the
+# Procfile's `webhooks` worker consumes, so a slow receiver never holds up
+# evaluation. Endpoints on loopback, private or link-local addresses are
+# refused unless this is on (a receiver inside the network; the tests').
+ACCOLADE_WEBHOOK_QUEUE = f"{ACCOLADE_NAMESPACE}.webhooks"
+CELERY_TASK_ROUTES = {"webhooks.*": {"queue": ACCOLADE_WEBHOOK_QUEUE}}
+ACCOLADE_WEBHOOK_ALLOW_PRIVATE_ADDRESSES = env_bool(
+    "ACCOLADE_WEBHOOK_ALLOW_PRIVATE_ADDRESSES", False
+)
+# An endpoint whose every try has failed for this long is turned off (its
+# messages wait for it) and staff are told.
+ACCOLADE_WEBHOOK_DISABLE_AFTER_HOURS = env_int(
+    "ACCOLADE_WEBHOOK_DISABLE_AFTER_HOURS", 24, minimum=1
+)
+# Requests a sender has in flight to one endpoint at once (one at a time while
+# it fails): a receiver that takes 100 ms to answer still takes 80 a second.
+ACCOLADE_WEBHOOK_MAX_IN_FLIGHT = env_int("ACCOLADE_WEBHOOK_MAX_IN_FLIGHT", 8, minimum=1)
+# How often retries that have come due are sent.
+ACCOLADE_WEBHOOK_SWEEP_SECONDS = env_int("ACCOLADE_WEBHOOK_SWEEP_SECONDS", 5, minimum=1)
+CELERY_BEAT_SCHEDULE["send-due-webhooks"] = {
+    "task": "webhooks.send_due",
+    "schedule": float(ACCOLADE_WEBHOOK_SWEEP_SECONDS),
+}
+
+# The event stream in (ingest/, the Procfile's `ingest`): a NATS JetStream
+# stream of event documents on <prefix>.<producer>[.<partition>], read by a
+# durable consumer (docs/integrations.md).
+ACCOLADE_NATS_SERVERS = env_list("NATS_URL", ["nats://127.0.0.1:4222"])
+ACCOLADE_INGEST_STREAM = env_str("ACCOLADE_INGEST_STREAM") or "ACCOLADE_EVENTS"
+ACCOLADE_INGEST_PREFIX = env_str("ACCOLADE_INGEST_PREFIX") or "accolade.events"
+ACCOLADE_INGEST_DURABLE = env_str("ACCOLADE_INGEST_DURABLE") or "accolade-ingest"
+ACCOLADE_INGEST_BATCH = env_int("ACCOLADE_INGEST_BATCH", 500, minimum=1)
+# A message taken and not acknowledged within this long (its consumer died)
+# is handed out again.
+ACCOLADE_INGEST_ACK_WAIT_SECONDS = env_int("ACCOLADE_INGEST_ACK_WAIT_SECONDS", 10, minimum=1)
+# How long the stream keeps messages (it is also a log to replay from).
+ACCOLADE_INGEST_STREAM_MAX_AGE_DAYS = env_int("ACCOLADE_INGEST_STREAM_MAX_AGE_DAYS", 7, minimum=1)
+
+# Email: staff notices (an endpoint turned off) and the users' daily digest.
+# With EMAIL_HOST unset, messages are written to the console.
+EMAIL_HOST = env_str("EMAIL_HOST") or ""
+EMAIL_BACKEND = (
+    "django.core.mail.backends.smtp.EmailBackend"
+    if EMAIL_HOST
+    else "django.core.mail.backends.console.EmailBackend"
+)
+EMAIL_PORT = env_int("EMAIL_PORT", 587, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER") or ""
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL") or "Accolade <accolade@localhost>"
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# Who gets staff notices: "Name <address>, ..." (Django's ADMINS).
+ADMINS = env_addresses("ADMINS")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -34,9 +34,11 @@ from achievements.models import Badge, DedupRule, Event, Reevaluation
 from achievements.report_views import EXPORTS
 from api.models import ApiKey
 from examples.places.models import Place, Visit
+from ingest.models import ConsumerState, Rejected
 from project.forms import StorableJSONField
+from webhooks.models import Attempt, Delivery, Endpoint, Message
 
-PROJECT_APPS = {"achievements", "accounts", "api", "places"}
+PROJECT_APPS = {"achievements", "accounts", "api", "places", "webhooks", "ingest"}
 # Values no page should choke on: NUL characters (PostgreSQL refuses them in
 # text), lengths no column holds, more digits than int() reads, dates and
 # years at the ends of Python's calendar, numbers no column holds, ids that
@@ -113,6 +115,16 @@ def staff_data(db, django_capture_on_commit_callbacks):
     ApiKey.issue("walker")
     job = Reevaluation.objects.create(state=Reevaluation.State.DONE)
     job.badges.set(Badge.objects.all())
+    endpoint = Endpoint.objects.create(
+        url="https://hooks.example.com/in", kinds=["badge.unlocked"]
+    )
+    message = Message.objects.create(id="msg_walk", kind="badge.unlocked", payload={"x": 1})
+    delivery = Delivery.objects.create(message=message, endpoint=endpoint)
+    Attempt.objects.create(delivery=delivery, endpoint=endpoint, status_code=500, error="no")
+    Rejected.objects.create(
+        stream="S", sequence=1, subject="accolade.events.x", field="body", problem="p", data="{"
+    )
+    ConsumerState.objects.create(name="accolade-ingest", stream="S", filter_subject="a.>")
 
 
 # ?since=0001-01-01 on the re-evaluations list filters a DateTimeField with a date.

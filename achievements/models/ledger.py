@@ -8,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
+from django.dispatch import Signal
 from django.utils import timezone
 
 from achievements.models.badges import Badge
@@ -20,6 +21,25 @@ class Entry(models.TextChoices):
     REVOKED = "revoked", "Revoked by staff"
     EXPIRED = "expired", "Expired"
     LAPSED = "lapsed", "Lost: its rule no longer holds"
+
+
+# Sent inside the transaction that adds ledger entries, with `entries`: the
+# LedgerEntry objects added (on PostgreSQL's batched path, unsaved twins of the
+# rows the statement inserted), each with its `unlock` attached. Receivers
+# that write do so in the same transaction, so what they write commits or
+# rolls back with the entries: the webhooks' outbox (webhooks.outbox).
+ledger_written = Signal()
+
+
+def listening() -> bool:
+    """Whether anything receives `ledger_written` (else entries need not be built for it)."""
+    return ledger_written.has_listeners(LedgerEntry)
+
+
+def announce(entries: list[LedgerEntry]) -> None:
+    """Tell `ledger_written`'s receivers of these entries (nothing when there are none)."""
+    if entries and listening():
+        ledger_written.send(sender=LedgerEntry, entries=entries)
 
 
 class LedgerQuerySet(models.QuerySet["LedgerEntry"]):
@@ -36,8 +56,8 @@ class LedgerQuerySet(models.QuerySet["LedgerEntry"]):
         api_key_id: int | None = None,
         reason: str = "",
     ) -> list[LedgerEntry]:
-        """Add an entry of `kind` for each of these (saved) unlocks."""
-        return LedgerEntry._default_manager.bulk_create(
+        """Add an entry of `kind` for each of these (saved) unlocks, and announce them."""
+        entries = LedgerEntry._default_manager.bulk_create(
             [
                 LedgerEntry.for_unlock(
                     unlock, kind, at, actor_id=actor_id, api_key_id=api_key_id, reason=reason
@@ -45,6 +65,8 @@ class LedgerQuerySet(models.QuerySet["LedgerEntry"]):
                 for unlock in unlocks
             ]
         )
+        announce(entries)
+        return entries
 
 
 class LedgerEntry(models.Model):
@@ -135,7 +157,7 @@ class LedgerEntry(models.Model):
         return cls(
             user_id=unlock.user_id,
             badge_id=unlock.badge_id,
-            unlock_id=unlock.pk,
+            unlock=unlock,
             kind=kind,
             period=unlock.period,
             tier=unlock.tier,

@@ -139,6 +139,25 @@ def procfile_web_command(port: int) -> list[str]:
     return command
 
 
+def procfile_command(name: str, environment: dict[str, str]) -> list[str]:
+    """The Procfile's `name` command, its ${VAR:-default}s filled from `environment`."""
+    line = next(
+        line
+        for line in (ROOT / "Procfile").read_text().splitlines()
+        if line.startswith(f"{name}:")
+    )
+
+    def fill(match: re.Match[str]) -> str:
+        return environment.get(match.group(1)) or match.group(2)
+
+    words = [
+        re.sub(r"\$\{(\w+):-([^}]*)\}", fill, word)
+        for word in shlex.split(line.removeprefix(f"{name}:"))
+    ]
+    words[0] = str(BIN / words[0])
+    return words
+
+
 def wait_for_http(url: str, process: Process, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -333,6 +352,13 @@ class Topology:
         worker.wait_for_output(r"ready\.", timeout=90)
         self.workers.append(worker)
         return worker
+
+    def start_procfile(self, name: str, ready: str, **extra_env: str) -> Process:
+        """One of the Procfile's processes, as it is written there."""
+        command = procfile_command(name, {**self.environment, **extra_env})
+        process = self._spawn(name, command, extra_env)
+        process.wait_for_output(ready, timeout=90)
+        return process
 
     def start_beat(self) -> Process:
         schedule = self.tmp_dir / f"beat-schedule-{time.monotonic_ns()}"
