@@ -523,6 +523,9 @@ SOCKETS_PER_ADDRESS = env_int("SOCKETS_PER_ADDRESS", 200, minimum=1)
 # up again: the longest a revoked key keeps working on other processes.
 ACCOLADE_API_KEY_RECHECK_SECONDS = env_int("ACCOLADE_API_KEY_RECHECK_SECONDS", 5, minimum=0)
 
+_log_level = env_choice(
+    "ACCOLADE_LOG_LEVEL", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -530,11 +533,7 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
-        "achievements": {
-            "level": env_choice(
-                "ACCOLADE_LOG_LEVEL", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-            ),
-            "propagate": True,
-        },
+        app: {"level": _log_level, "propagate": True}
+        for app in ("achievements", "webhooks", "ingest")
     },
 }

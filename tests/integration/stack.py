@@ -356,7 +356,8 @@ class Topology:
     def start_procfile(self, name: str, ready: str, **extra_env: str) -> Process:
         """One of the Procfile's processes, as it is written there."""
         command = procfile_command(name, {**self.environment, **extra_env})
-        process = self._spawn(name, command, extra_env)
+        same = sum(1 for process in self.processes if process.name.split("-")[0] == name)
+        process = self._spawn(f"{name}-{same + 1}" if same else name, command, extra_env)
         process.wait_for_output(ready, timeout=90)
         return process
 
@@ -399,6 +400,33 @@ class Topology:
                 raise RuntimeError(f"redis-server did not start:\n{self.redis.output()}")
             time.sleep(0.05)
         return self.redis
+
+    def start_nats(self, port: int | None = None) -> Process:
+        """A private nats-server with JetStream (its store in the test's directory),
+        which a test may stop and start again on the same port and store."""
+        require(
+            shutil.which("nats-server") is not None,
+            "nats-server",
+            "Install it with `apt-get install -y nats-server` (CI does this itself).",
+        )
+        self.nats_port = port or getattr(self, "nats_port", None) or free_port()
+        store = self.tmp_dir / "nats-store"
+        store.mkdir(exist_ok=True)
+        self.nats = self._spawn(
+            f"nats-{time.monotonic_ns()}",
+            ["nats-server", "-a", "127.0.0.1", "-p", str(self.nats_port), "-js", "-sd", str(store)],
+        )
+        deadline = time.monotonic() + 20
+        while not port_open("127.0.0.1", self.nats_port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nats-server did not start:\n{self.nats.output()}")
+            time.sleep(0.05)
+        self.environment["NATS_URL"] = f"nats://127.0.0.1:{self.nats_port}"
+        return self.nats
+
+    def stop_nats(self) -> None:
+        self.nats.stop()
+        self.processes.remove(self.nats)
 
     def stop_redis(self) -> None:
         assert self.redis is not None, "only a private Redis can be stopped"
