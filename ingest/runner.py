@@ -165,30 +165,50 @@ async def _consume(
     holder: str,
 ) -> None:
     reported = 0.0
-    while not stopping.is_set():
-        if time.monotonic() - reported > LAG_EVERY_SECONDS:
-            reported = time.monotonic()
-            if not await leadership.still_held():
-                logger.warning("Lost the ingest lock with its connection; standing by again")
-                return
-            try:
-                await report(source, await source.lag(), holder)
-            except Exception as exc:
-                logger.warning("Could not report the consumer's lag: %s", exc)
+
+    async def fetch() -> Batch | None:
         try:
-            batch = await source.fetch(batch_size, timeout=1.0)
+            return await source.fetch(batch_size, timeout=1.0)
         except Exception as exc:
             # The server restarting, or the connection lost: the client
             # reconnects by itself; ask again shortly.
             logger.warning("Could not fetch from the stream: %s", exc)
             await asyncio.sleep(0.5)
-            continue
-        if batch is None:
-            continue
-        await _record(source, batch, take, stopping)
+            return None
+
+    # The next batch is fetched while this one is recorded: the stream's
+    # round trips overlap the database's. It is recorded after this one, so
+    # the order holds; if this one is retried for long, it is kept too.
+    upcoming = asyncio.create_task(fetch())
+    try:
+        while not stopping.is_set():
+            if time.monotonic() - reported > LAG_EVERY_SECONDS:
+                reported = time.monotonic()
+                if not await leadership.still_held():
+                    logger.warning("Lost the ingest lock with its connection; standing by again")
+                    return
+                try:
+                    await report(source, await source.lag(), holder)
+                except Exception as exc:
+                    logger.warning("Could not report the consumer's lag: %s", exc)
+            batch = await upcoming
+            upcoming = asyncio.create_task(fetch())
+            if batch is not None:
+                await _record(source, batch, take, stopping, upcoming)
+    finally:
+        # A batch fetched and not recorded is handed out again after the ack wait.
+        upcoming.cancel()
+        with contextlib.suppress(BaseException):
+            await upcoming
 
 
-async def _record(source: Source, batch: Batch, take: Any, stopping: asyncio.Event) -> None:
+async def _record(
+    source: Source,
+    batch: Batch,
+    take: Any,
+    stopping: asyncio.Event,
+    upcoming: asyncio.Task[Batch | None] | None = None,
+) -> None:
     """Record the batch, retrying while the database fails, then acknowledge it."""
     wait = RETRY_FIRST
     while True:
@@ -205,6 +225,9 @@ async def _record(source: Source, batch: Batch, take: Any, stopping: asyncio.Eve
                 return  # unacknowledged: handed out again after the ack wait
             try:
                 await source.keep(batch)
+                following = upcoming.result() if upcoming and upcoming.done() else None
+                if following is not None:
+                    await source.keep(following)
             except Exception as exc:
                 logger.warning("Could not keep the batch from redelivery: %s", exc)
             await asyncio.sleep(wait)
