@@ -16,9 +16,10 @@ Each run publishes --events messages while `ingest` is stopped (a backlog,
 as after an outage or a deploy), starts it, and times from the first event's
 commit (received_at; the process's start-up is left out) to the last one's,
 and to the last evaluation (processed_at).
-The floor is this machine's JetStream alone: a pull consumer in this
-process fetching the same backlog in batches of 500 and acknowledging it,
-recording nothing.
+Then the same runs again with no worker running: recording alone, as
+bench/ingestion.py measures the HTTP API. The floor is this machine's
+JetStream alone: a pull consumer in this process fetching the same backlog
+in batches of 500 and acknowledging it, recording nothing.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ def main() -> None:
     recorded: list[float] = []
     evaluated: list[float] = []
     floors: list[float] = []
+    alone: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         topology = Topology(Path(tmp), extra_env={"ACCOLADE_LOG_LEVEL": "WARNING"})
         try:
@@ -169,6 +171,27 @@ def main() -> None:
                     f"floor {floors[-1]:8,.0f} messages/s",
                     flush=True,
                 )
+            # The same runs with no worker evaluating: recording alone, as the
+            # API's ingestion figure is measured.
+            for worker in list(topology.workers):
+                topology.kill(worker)
+                topology.processes.remove(worker)
+            topology.workers.clear()
+            for run in range(args.repeats + 1, 2 * args.repeats + 1):
+                asyncio.run(publish(url, messages(run, args.events)))
+                ingest = topology.start_procfile("ingest", r"Ingesting")
+                deadline = time.monotonic() + 600
+                while True:
+                    [(count, first, last, _, _)] = topology.query(TIMES, (f"r{run}-%",))
+                    if count == args.events:
+                        break
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{count} recorded")
+                    time.sleep(0.2)
+                topology.kill(ingest)
+                topology.processes.remove(ingest)
+                alone.append(args.events / (last - first).total_seconds())
+                print(f"  run {run}, no worker: {alone[-1]:8,.0f} events/s recorded", flush=True)
         except Exception:
             print(topology.logs())
             raise
@@ -179,15 +202,17 @@ def main() -> None:
         "recorded": statistics.median(recorded),
         "recorded_and_evaluated": statistics.median(evaluated),
         "floor_fetch_and_ack": statistics.median(floors),
+        "recorded_without_a_worker": statistics.median(alone),
     }
     print(
         f"JetStream in, {args.events:,} events per run (+5 % duplicates), median of {args.repeats}"
     )
     print(f"  recorded by ingest          {result['recorded']:8,.0f} events/s")
     print(f"  recorded and evaluated      {result['recorded_and_evaluated']:8,.0f} events/s")
+    print(f"  recorded, no worker running {result['recorded_without_a_worker']:8,.0f} events/s")
     print(f"  floor: fetch and ack alone  {result['floor_fetch_and_ack']:8,.0f} messages/s")
-    share = result["recorded"] / result["floor_fetch_and_ack"]
-    print(f"  recorded, as a share of the floor: {share:.0%}")
+    share = result["recorded_without_a_worker"] / result["floor_fetch_and_ack"]
+    print(f"  recorded with no worker, as a share of the floor: {share:.0%}")
     write_results(
         "stream",
         {

@@ -27,6 +27,7 @@ class EndpointForm(forms.ModelForm):
         label="URL",
         max_length=2000,
         assume_scheme="https",
+        widget=forms.URLInput(attrs={"class": "vURLField", "size": 80}),
         help_text="Where messages are POSTed, over http or https. It must resolve to public "
         "addresses; it is checked again before every send.",
     )
@@ -145,12 +146,15 @@ class EndpointAdmin(admin.ModelAdmin):
         everything = (
             reverse("admin:webhooks_attempt_changelist") + f"?endpoint__id__exact={endpoint.pk}"
         )
+        caption = "The last try" if len(tries) == 1 else f"The last {len(tries)} tries"
         return format_html(
-            "<table><caption>The last {} tries</caption><thead><tr><th scope='col'>At</th>"
+            # Focusable, so a keyboard scrolls it sideways where it is wider than the screen.
+            "<div class='delivery-log' tabindex='0' role='region' aria-label='Recent tries'>"
+            "<table><caption>{}</caption><thead><tr><th scope='col'>At</th>"
             "<th scope='col'>Message</th><th scope='col'>Status</th><th scope='col'>Latency</th>"
             "<th scope='col'>Outcome</th><th scope='col'>Response</th></tr></thead>"
-            "<tbody>{}</tbody></table><p><a href='{}'>The whole log</a></p>",
-            len(tries),
+            "<tbody>{}</tbody></table></div><p><a href='{}'>The whole log</a></p>",
+            caption,
             rows,
             everything,
         )
