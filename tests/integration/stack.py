@@ -414,7 +414,16 @@ class Topology:
         store.mkdir(exist_ok=True)
         self.nats = self._spawn(
             f"nats-{time.monotonic_ns()}",
-            ["nats-server", "-a", "127.0.0.1", "-p", str(self.nats_port), "-js", "-sd", str(store)],
+            [
+                "nats-server",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.nats_port),
+                "-js",
+                "-sd",
+                str(store),
+            ],
         )
         deadline = time.monotonic() + 20
         while not port_open("127.0.0.1", self.nats_port):
