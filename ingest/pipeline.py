@@ -15,7 +15,6 @@ acknowledgement) records nothing twice.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +23,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from achievements import index, metrics
-from achievements.events import InvalidEvent, RecordedEvent, record_external_events
+from achievements.events import (
+    SOURCE_PATTERN,
+    InvalidEvent,
+    RecordedEvent,
+    record_external_events,
+)
 from api.documents import event_from, parse_json
 from ingest.models import ConsumerState, Rejected
 from project.inputs import text_problem
@@ -66,16 +70,20 @@ def take(batch: list[Incoming]) -> list[Outcome]:
     outcomes: list[Outcome | None] = [None] * len(batch)
     documents: list[Any] = [None] * len(batch)
     known_types = index.accepted_event_types()
-    by_producer: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+    # Consecutive messages of one producer are recorded together, runs in
+    # stream order: A1 B1 A2 records A1, then B1, then A2.
+    runs: list[tuple[str, list[tuple[int, Any]]]] = []
     for position, message in enumerate(batch):
         document, refusal = _read(message, known_types)
         documents[position] = document
         if refusal is not None:
             outcomes[position] = refusal
-        else:
-            assert message.producer is not None
-            by_producer[message.producer].append((position, document))
-    for producer, items in by_producer.items():
+            continue
+        assert message.producer is not None
+        if not runs or runs[-1][0] != message.producer:
+            runs.append((message.producer, []))
+        runs[-1][1].append((position, document))
+    for producer, items in runs:
         recorded = record_external_events([event for _, event in items], producer=producer)
         for (position, _), result in zip(items, recorded, strict=True):
             if isinstance(result, InvalidEvent):
@@ -97,6 +105,13 @@ def _read(message: Incoming, known_types: Any) -> tuple[Any, Outcome | None]:
         return None, Outcome(
             "rejected", "subject", f"{message.subject!r} names no producer (<prefix>.<producer>…)"
         )
+    if not SOURCE_PATTERN.match(message.producer):
+        return None, Outcome(
+            "rejected",
+            "subject",
+            f"names the producer {message.producer[:80]!r}: a producer is 1-64 letters, digits, "
+            "'_', ':' or '-', starting with a letter or digit",
+        )
     limit = int(settings.ACCOLADE_API_MAX_BODY_BYTES)
     if len(message.data) > limit:
         return None, Outcome("rejected", "body", f"must be at most {limit} bytes")
@@ -117,6 +132,15 @@ def _read(message: Incoming, known_types: Any) -> tuple[Any, Outcome | None]:
         more = f" (and {len(event) - 1} more)" if len(event) > 1 else ""
         return None, Outcome("rejected", first["field"], first["problem"] + more)
     return event, None
+
+
+def reject(message: Incoming, field: str, problem: str) -> Outcome:
+    """Write this message down as a dead letter, for a reason found outside `take`."""
+    outcome = Outcome("rejected", field, problem)
+    _write_rejections([message], [outcome])
+    metrics.incr("accolade_stream_messages_total")
+    metrics.incr("accolade_stream_rejected_total")
+    return outcome
 
 
 def _write_rejections(batch: list[Incoming], outcomes: list[Outcome]) -> None:

@@ -29,7 +29,7 @@ import zlib
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections, connection
+from django.db import DatabaseError, close_old_connections, connection
 
 from ingest import pipeline
 from ingest.sources import Batch, Source
@@ -39,11 +39,38 @@ logger = logging.getLogger(__name__)
 LAG_EVERY_SECONDS = 5.0
 LEADER_POLL_SECONDS = 2.0
 RETRY_FIRST, RETRY_MOST = 0.5, 10.0
+# A batch that waited this long behind the one before has its redelivery clock
+# restarted before it is recorded.
+KEEP_AFTER_SECONDS = 2.0
 
 
 def _take(batch: list[pipeline.Incoming]) -> list[pipeline.Outcome]:
     try:
         return pipeline.take(batch)
+    finally:
+        close_old_connections()
+
+
+def _take_alone(batch: list[pipeline.Incoming]) -> list[pipeline.Outcome]:
+    """Each message on its own; one that raises (not the database) is a dead letter."""
+    outcomes = []
+    try:
+        for message in batch:
+            try:
+                [outcome] = pipeline.take([message])
+            except DatabaseError:
+                raise
+            except Exception as exc:
+                logger.exception(
+                    "Stream message %s #%d breaks recording", message.stream, message.sequence
+                )
+                outcome = pipeline.reject(
+                    message,
+                    "message",
+                    f"could not be recorded ({type(exc).__name__}); see the ingest log",
+                )
+            outcomes.append(outcome)
+        return outcomes
     finally:
         close_old_connections()
 
@@ -142,14 +169,23 @@ async def run(source: Source, *, batch_size: int, stopping: asyncio.Event | None
     holder = f"{socket.gethostname()}:{os.getpid()}"
     leadership = Leadership(source.name)
     take = sync_to_async(_take, thread_sensitive=True)
+    take_alone = sync_to_async(_take_alone, thread_sensitive=True)
     report = sync_to_async(_report, thread_sensitive=True)
     while not stopping.is_set():
         if not await leadership.acquire(stopping):
             break
         logger.info("Consuming %s as %s", source.name, holder)
-        await source.connect()
         try:
-            await _consume(source, leadership, batch_size, stopping, take, report, holder)
+            await source.connect()
+        except Exception as exc:
+            logger.warning("Could not connect to the stream: %s; trying again", exc)
+            await source.close()
+            await asyncio.sleep(1.0)
+            continue
+        try:
+            await _consume(
+                source, leadership, batch_size, stopping, (take, take_alone), report, holder
+            )
         finally:
             await source.close()
     await leadership.release()
@@ -160,7 +196,7 @@ async def _consume(
     leadership: Leadership,
     batch_size: int,
     stopping: asyncio.Event,
-    take: Any,
+    takers: tuple[Any, Any],
     report: Any,
     holder: str,
 ) -> None:
@@ -193,63 +229,88 @@ async def _consume(
                     logger.warning("Could not report the consumer's lag: %s", exc)
             batch = await upcoming
             upcoming = asyncio.create_task(fetch())
-            if batch is not None:
-                await _record(source, batch, take, stopping, upcoming)
+            if batch is not None and not await _record(
+                source, batch, takers, stopping, leadership, upcoming
+            ):
+                return
     finally:
-        # A batch fetched and not recorded is handed out again after the ack wait.
+        # What was fetched and not recorded goes back at once (not after the
+        # ack wait), so whoever consumes next starts from it, in order.
         upcoming.cancel()
         with contextlib.suppress(BaseException):
-            await upcoming
+            following = await upcoming
+            if following is not None:
+                await _give_back(source, following)
+
+
+async def _give_back(source: Source, batch: Batch) -> None:
+    try:
+        await source.release(batch)
+    except Exception as exc:
+        logger.warning("Could not hand %d messages back: %s", len(batch.incoming), exc)
 
 
 async def _record(
     source: Source,
     batch: Batch,
-    take: Any,
+    takers: tuple[Any, Any],
     stopping: asyncio.Event,
+    leadership: Leadership,
     upcoming: asyncio.Task[Batch | None] | None = None,
-) -> None:
-    """Record the batch, retrying while the database fails, then acknowledge it."""
+) -> bool:
+    """Record the batch, retrying while the database fails, then acknowledge it;
+    False (the batch handed back) if this process is to stop consuming."""
+    take, take_alone = takers
     wait = RETRY_FIRST
     while True:
+        if stopping.is_set() or not await leadership.still_held():
+            await _give_back(source, batch)
+            return False
+        if time.monotonic() - batch.fetched_at > KEEP_AFTER_SECONDS:
+            with contextlib.suppress(Exception):
+                await source.keep(batch)  # waited behind the last one: restart its clock
         try:
             outcomes = await take(batch.incoming)
             break
-        except Exception:
+        except DatabaseError:
             logger.exception(
                 "Could not record %d stream messages; trying again in %.1f s",
                 len(batch.incoming),
                 wait,
             )
-            if stopping.is_set():
-                return  # unacknowledged: handed out again after the ack wait
+        except Exception:
+            # Not the database: something in a message breaks recording. Take
+            # them one at a time; each that still fails is a dead letter.
+            logger.exception("Recording a batch failed; taking its messages one at a time")
             try:
-                await source.keep(batch)
-                following = upcoming.result() if upcoming and upcoming.done() else None
-                if following is not None:
-                    await source.keep(following)
-            except Exception as exc:
-                logger.warning("Could not keep the batch from redelivery: %s", exc)
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, RETRY_MOST)
-    rejected = [
-        (message, outcome)
-        for message, outcome in zip(batch.incoming, outcomes, strict=True)
-        if outcome.status == "rejected"
-    ]
-    for message, outcome in rejected:
-        logger.warning(
-            "Refused stream message %s #%d: %s %s",
-            message.stream,
-            message.sequence,
-            outcome.field,
-            outcome.problem,
-        )
+                outcomes = await take_alone(batch.incoming)
+                break
+            except DatabaseError:
+                logger.exception("The database failed too; trying again in %.1f s", wait)
+        try:
+            await source.keep(batch)
+            following = upcoming.result() if upcoming and upcoming.done() else None
+            if following is not None:
+                await source.keep(following)
+        except Exception as exc:
+            logger.warning("Could not keep the batch from redelivery: %s", exc)
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, RETRY_MOST)
+    for message, outcome in zip(batch.incoming, outcomes, strict=True):
+        if outcome.status == "rejected":
+            logger.warning(
+                "Refused stream message %s #%d: %s %s",
+                message.stream,
+                message.sequence,
+                outcome.field,
+                outcome.problem,
+            )
     try:
         await source.acknowledge(batch)
     except Exception as exc:
         # Recorded, not acknowledged: handed out again, and all duplicates then.
         logger.warning("Could not acknowledge %d messages: %s", len(batch.incoming), exc)
+    return True
 
 
 def install_signal_handlers(stopping: asyncio.Event) -> None:

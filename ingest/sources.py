@@ -5,14 +5,15 @@ pipeline, and acknowledges it once its events are committed. A Source for
 NATS JetStream is here; one for Kafka is a sibling of the same shape
 (docs/scaling.md says how): `fetch` is `consumer.poll`, `acknowledge`
 commits the offsets, `keep` is nothing (Kafka has no redelivery timer; the
-consumer's session keeps its partitions), and `lag` is the end offsets
-minus the committed ones.
+consumer's session keeps its partitions), `release` seeks back to the
+batch's first offsets, and `lag` is the end offsets minus the committed ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,6 +36,9 @@ class Batch(Protocol):
     @property
     def incoming(self) -> list[Incoming]: ...
 
+    @property
+    def fetched_at(self) -> float: ...  # time.monotonic()
+
 
 class Source(Protocol):
     name: str  # the durable consumer's (or consumer group's) name
@@ -50,6 +54,9 @@ class Source(Protocol):
     async def keep(self, batch: Batch) -> None:
         """The batch is still being worked on (a retry): do not hand it to another."""
 
+    async def release(self, batch: Batch) -> None:
+        """The batch will not be recorded here: hand it out again now, first."""
+
     async def lag(self) -> Lag: ...
 
     async def close(self) -> None: ...
@@ -62,6 +69,7 @@ class Source(Protocol):
 class JetStreamBatch:
     messages: Sequence[Any]  # nats.aio.msg.Msg
     incoming: list[Incoming]
+    fetched_at: float
 
 
 class JetStreamSource:
@@ -170,6 +178,7 @@ class JetStreamSource:
                 )
                 for message in messages
             ],
+            time.monotonic(),
         )
 
     async def acknowledge(self, batch: Batch) -> None:
@@ -184,6 +193,12 @@ class JetStreamSource:
         assert isinstance(batch, JetStreamBatch)
         for message in batch.messages:
             await message.in_progress()
+
+    async def release(self, batch: Batch) -> None:
+        assert isinstance(batch, JetStreamBatch)
+        for message in batch.messages:
+            await message.nak()
+        await self.connection.flush(timeout=5)
 
     async def lag(self) -> Lag:
         info = await self.subscription.consumer_info()

@@ -62,8 +62,12 @@ def parse(url: str) -> tuple[str, str, int, str]:
 def refusal(address: str) -> str | None:
     """Why a webhook may not go to this IP address, or None if it may."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    for inner in embedded_ipv4(ip):
+        # An IPv6 address that carries an IPv4 one (mapped, NAT64, 6to4, Teredo,
+        # the old compatible form) reaches that one: judge it by it.
+        problem = refusal(str(inner))
+        if problem:
+            return problem
     if ip.is_global and not ip.is_multicast:
         return None
     if private_allowed() and not (ip.is_multicast or ip.is_unspecified):
@@ -78,6 +82,34 @@ def refusal(address: str) -> str | None:
         else "private or reserved"
     )
     return f"resolves to {ip}, a {what} address; webhooks go to public addresses only"
+
+
+# Prefixes whose last 32 bits are an IPv4 address: NAT64 (well-known and local
+# use), SIIT's IPv4-translated form, and the old IPv4-compatible form.
+EMBEDDING = [
+    ipaddress.ip_network("64:ff9b::/96"),
+    ipaddress.ip_network("64:ff9b:1::/48"),
+    ipaddress.ip_network("::ffff:0:0:0/96"),
+    ipaddress.ip_network("::/96"),
+]
+
+
+def embedded_ipv4(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address leads to, if it is one of the forms that embed one."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return []
+    found: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found += list(ip.teredo)
+    if int(ip) > 1 and any(ip in network for network in EMBEDDING):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
 
 
 def resolve(url: str) -> Target:

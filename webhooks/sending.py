@@ -237,7 +237,7 @@ def send_endpoint(endpoint_id: int, lease: str) -> int:
                 continue
             # Healthy: the chunk goes out `width` at a time, recorded as the
             # answers come (which renews the lease) while the rest are in flight.
-            outcomes = connections.stream(endpoint, due)
+            outcomes = connections.stream(endpoint, due, started + BUDGET_SECONDS)
             batch: list[tuple[Delivery, Result]] = []
             failed, kept, recorded_at = False, True, time.monotonic()
             try:
@@ -294,10 +294,11 @@ class Connections:
         return [post(pool, target, endpoint, message, timezone.now()) for message in messages]
 
     def stream(
-        self, endpoint: Endpoint, deliveries: list[Delivery]
+        self, endpoint: Endpoint, deliveries: list[Delivery], deadline: float
     ) -> Generator[tuple[Delivery, Result], None, None]:
         """Each delivery with its result, as they come, `width` in flight at
-        once; after a failure nothing more is started. Close it to stop early."""
+        once; after a failure, or past `deadline` (time.monotonic()), nothing
+        more is started. Close it to stop early."""
         try:
             target = resolve(endpoint.url)
         except Refused as exc:
@@ -309,7 +310,7 @@ class Connections:
         stop = threading.Event()
 
         def one(delivery: Delivery) -> tuple[Delivery, Result | None]:
-            if stop.is_set():
+            if stop.is_set() or time.monotonic() > deadline:
                 return delivery, None
             result = post(pool, target, endpoint, delivery.message, timezone.now())
             if not result.succeeded:
@@ -388,6 +389,7 @@ def post(pool: Any, target: Target, endpoint: Endpoint, message: Message, now: d
             retries=False,
             preload_content=False,
             assert_same_host=False,
+            pool_timeout=CONNECT_TIMEOUT + READ_TIMEOUT,
         )
     except urllib3.exceptions.HTTPError as exc:
         return Result(None, _ms(began), _describe(exc), "")
@@ -395,10 +397,12 @@ def post(pool: Any, target: Target, endpoint: Endpoint, message: Message, now: d
         data = response.read(64 * 1024)
         if response.read(1):
             response.close()  # more than we read: not worth keeping the connection for
-        else:
-            response.release_conn()
     except urllib3.exceptions.HTTPError as exc:
         return Result(response.status, _ms(began), _describe(exc), "")
+    finally:
+        # Back to the pool in every case (closed, its slot is free for a new one):
+        # a pool of `width` that lost a slot per long answer would wait forever.
+        response.release_conn()
     excerpt = data.decode("utf-8", "replace")[:EXCERPT_CHARS]
     status = int(response.status)
     error = "" if 200 <= status < 300 else f"answered HTTP {status}"

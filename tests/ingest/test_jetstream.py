@@ -184,7 +184,7 @@ def test_the_database_down_for_a_while_keeps_the_batch_and_its_order(stream, mon
     def flaky(batch):
         if len(failures) < 3:
             failures.append(len(batch))
-            raise ConnectionError("the database is restarting")
+            raise OperationalError("the database is restarting")
         return real_take(batch)
 
     monkeypatch.setattr(pipeline, "take", flaky)
@@ -218,3 +218,39 @@ def test_lag_is_reported_while_it_falls_behind(stream, monkeypatch):
         wait_for(lambda: ConsumerState.objects.filter(name="ingest", pending=0).exists())
     finally:
         running.stop()
+
+
+def test_a_message_that_breaks_recording_is_a_dead_letter_and_the_rest_go_on(stream, monkeypatch):
+    make_images_badge(threshold=3)
+    from ingest import pipeline
+
+    real_take = pipeline.take
+
+    def breaks_on_e7(batch):
+        if any(b'"e-7"' in message.data for message in batch):
+            raise ValueError("a bug that only this message reaches")
+        return real_take(batch)
+
+    monkeypatch.setattr(pipeline, "take", breaks_on_e7)
+    running = Running(source(stream))
+    try:
+        publish(stream[1], [event(n) for n in range(12)])
+        wait_for(lambda: Event.objects.count() == 11 and Rejected.objects.count() == 1)
+        wait_for(lambda: consumer_counts(stream) == (0, 0))
+    finally:
+        running.stop()
+    rejected = Rejected.objects.get()
+    assert rejected.event_id == "e-7" and rejected.field == "message"
+    assert "could not be recorded (ValueError)" in rejected.problem
+
+
+def test_a_producer_name_the_recording_would_refuse_is_a_dead_letter(stream):
+    make_images_badge(threshold=3)
+    running = Running(source(stream))
+    try:
+        publish(stream[1], [event(1)], producer="_bad")
+        publish(stream[1], [event(2)])
+        wait_for(lambda: Event.objects.count() == 1 and Rejected.objects.count() == 1)
+    finally:
+        running.stop()
+    assert Rejected.objects.get().field == "subject"

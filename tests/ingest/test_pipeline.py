@@ -132,3 +132,14 @@ def test_the_lag_is_a_gauge_on_metrics(client, django_user_model):
     text = client.get("/metrics").content.decode()
     assert 'accolade_stream_lag_messages{consumer="accolade-ingest"} 150' in text
     assert "# TYPE accolade_stream_lag_messages gauge" in text
+
+
+def test_a_batch_keeps_stream_order_across_producers():
+    batch = [
+        message(1, event(1)),
+        message(2, event(2), subject="accolade.events.crm"),
+        message(3, event(3)),
+    ]
+    assert [o.status for o in pipeline.take(batch)] == ["accepted"] * 3
+    recorded = list(Event.objects.order_by("pk").values_list("producer", "event_id"))
+    assert recorded == [("shop", "e-1"), ("crm", "e-2"), ("shop", "e-3")]

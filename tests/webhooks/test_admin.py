@@ -56,6 +56,10 @@ def _add(staff: Client, url: str):
         ("http://192.168.0.10/hook", "private"),
         ("http://169.254.169.254/latest/meta-data/", "link-local"),
         ("http://[::ffff:127.0.0.1]/hook", "loopback"),
+        # IPv6 forms that carry an IPv4 address: NAT64, 6to4, IPv4-translated.
+        ("http://[64:ff9b::a9fe:a9fe]/latest/meta-data/", "link-local"),
+        ("http://[2002:7f00:1::]/hook", "loopback"),
+        ("http://[::ffff:0:a00:1]/hook", "private"),
         ("http://0.0.0.0/hook", "private or reserved"),
         ("ftp://example.com/hook", "http:// or https://"),
         ("https://user:secret@example.com/hook", "user name or password"),
