@@ -374,3 +374,17 @@ def test_a_slow_receiver_gets_several_requests_at_once_but_a_failing_one_gets_on
     assert receiver.most_in_flight == 4
     assert len(set(receiver.ids())) == 8
     assert set(Delivery.objects.values_list("status", flat=True)) == {Status.DELIVERED}
+
+
+def test_long_answers_do_not_use_up_the_connections(
+    owner, endpoint, receiver, settings, django_capture_on_commit_callbacks
+):
+    # Each answer is longer than the sender reads, so its connection is closed;
+    # the pool must get its place back or the third send would wait forever.
+    settings.ACCOLADE_WEBHOOK_MAX_IN_FLIGHT = 2
+    receiver.status, receiver.answer = 200, b"x" * 100_000
+    for n in range(6):
+        make_badge(key=f"b{n}", requirements=[{"event_type": "image.posted", "threshold": 1}])
+    _post(owner, 1, django_capture_on_commit_callbacks)
+    assert set(Delivery.objects.values_list("status", flat=True)) == {Status.DELIVERED}
+    assert len(set(receiver.ids())) == 6
