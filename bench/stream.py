@@ -115,6 +115,25 @@ async def floor(url: str, count: int) -> float:
     return count / seconds
 
 
+def ingest_run(topology, run: int, events: int, *, evaluated: bool) -> tuple[float, float]:
+    """Start `ingest` on the backlog of run `run`, wait for its events to be
+    recorded (and evaluated), stop it; the seconds from the first commit to
+    the last one, and to the last evaluation (the process's start-up is not
+    the stream's cost)."""
+    ingest = topology.start_procfile("ingest", r"Ingesting")
+    deadline = time.monotonic() + 600
+    while True:
+        [(count, first, last, done, evaluated_count)] = topology.query(TIMES, (f"r{run}-%",))
+        if count == events and (evaluated_count == events or not evaluated):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{count} recorded, {evaluated_count} evaluated")
+        time.sleep(0.2)
+    topology.kill(ingest)
+    topology.processes.remove(ingest)
+    return (last - first).total_seconds(), ((done or last) - first).total_seconds()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
@@ -143,22 +162,7 @@ def main() -> None:
             for run in range(args.repeats + 1):  # the first warms up
                 data = messages(run, args.events)
                 asyncio.run(publish(url, data))
-                ingest = topology.start_procfile("ingest", r"Ingesting")
-                deadline = time.monotonic() + 600
-                while True:
-                    [(count, first, last, done, evaluated_count)] = topology.query(
-                        TIMES, (f"r{run}-%",)
-                    )
-                    if count == args.events and evaluated_count == args.events:
-                        break
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"{count} recorded, {evaluated_count} evaluated")
-                    time.sleep(0.2)
-                topology.kill(ingest)
-                topology.processes.remove(ingest)
-                # From the first commit: the process's start-up is not the stream's cost.
-                to_record = (last - first).total_seconds()
-                to_evaluate = (done - first).total_seconds()
+                to_record, to_evaluate = ingest_run(topology, run, args.events, evaluated=True)
                 if run == 0:
                     print(f"  warm-up: {args.events / to_record:,.0f} events/s recorded")
                     continue
@@ -179,18 +183,8 @@ def main() -> None:
             topology.workers.clear()
             for run in range(args.repeats + 1, 2 * args.repeats + 1):
                 asyncio.run(publish(url, messages(run, args.events)))
-                ingest = topology.start_procfile("ingest", r"Ingesting")
-                deadline = time.monotonic() + 600
-                while True:
-                    [(count, first, last, _, _)] = topology.query(TIMES, (f"r{run}-%",))
-                    if count == args.events:
-                        break
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"{count} recorded")
-                    time.sleep(0.2)
-                topology.kill(ingest)
-                topology.processes.remove(ingest)
-                alone.append(args.events / (last - first).total_seconds())
+                to_record, _ = ingest_run(topology, run, args.events, evaluated=False)
+                alone.append(args.events / to_record)
                 print(f"  run {run}, no worker: {alone[-1]:8,.0f} events/s recorded", flush=True)
         except Exception:
             print(topology.logs())

@@ -68,21 +68,19 @@ def take(batch: list[Incoming]) -> list[Outcome]:
     for each, in order. Raises if the database fails; what it recorded before
     is a duplicate when the batch is taken again."""
     outcomes: list[Outcome | None] = [None] * len(batch)
-    documents: list[Any] = [None] * len(batch)
     known_types = index.accepted_event_types()
     # Consecutive messages of one producer are recorded together, runs in
     # stream order: A1 B1 A2 records A1, then B1, then A2.
     runs: list[tuple[str, list[tuple[int, Any]]]] = []
     for position, message in enumerate(batch):
-        document, refusal = _read(message, known_types)
-        documents[position] = document
+        event, refusal = _read(message, known_types)
         if refusal is not None:
             outcomes[position] = refusal
             continue
         assert message.producer is not None
         if not runs or runs[-1][0] != message.producer:
             runs.append((message.producer, []))
-        runs[-1][1].append((position, document))
+        runs[-1][1].append((position, event))
     for producer, items in runs:
         recorded = record_external_events([event for _, event in items], producer=producer)
         for (position, _), result in zip(items, recorded, strict=True):

@@ -154,6 +154,11 @@ class JetStreamSource:
             ),
         )
 
+    async def set_up(self) -> None:
+        """Create the stream and the durable consumer if missing, and let go."""
+        await self.connect()
+        await self.close()
+
     async def fetch(self, size: int, timeout: float) -> JetStreamBatch | None:
         import nats.errors
 

@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import connection
 
 from achievements.db import after_commit
 from achievements.models import Badge, Entry, ExternalIdentity, LedgerEntry
@@ -73,7 +72,7 @@ def write_messages(sender: Any, entries: list[LedgerEntry], **kwargs: Any) -> No
         {d.message_id: d.message for d in deliveries}.values(), ignore_conflicts=True
     )
     Delivery.objects.bulk_create(deliveries, ignore_conflicts=True)
-    after_commit(sending.kick, sorted({d.endpoint_id for d in deliveries}), connection.alias)
+    after_commit(sending.kick, sorted({d.endpoint_id for d in deliveries}))
 
 
 def build_messages(entries: Iterable[LedgerEntry]) -> list[Message]:

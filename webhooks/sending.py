@@ -52,7 +52,7 @@ from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from webhooks.addresses import Refused, Target, resolve
-from webhooks.models import Attempt, Delivery, Endpoint, Message, Status
+from webhooks.models import TEST_KIND, Attempt, Delivery, Endpoint, Message, Status
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ UNREACHABLE_STATUSES = frozenset({502, 503, 504})
 # --- asking for sends --------------------------------------------------------
 
 
-def kick(endpoint_ids: list[int], alias: str = "default") -> None:
+def kick(endpoint_ids: list[int]) -> None:
     """Send what these endpoints have due now (called once new messages commit)."""
     for endpoint_id in endpoint_ids:
         start(endpoint_id)
@@ -224,37 +224,31 @@ def send_endpoint(endpoint_id: int, lease: str) -> int:
                 if Delivery.objects.due(timezone.now()).filter(endpoint=endpoint).exists():
                     start(endpoint_id)
                 return sent
+
             if endpoint.failing_since is not None:
                 # Failing: one at a time, until it answers.
-                delivery = due[0]
-                [result] = connections.post(endpoint, [delivery.message])
-                kept = record(endpoint, [(delivery, result)], lease, probe=probe)
-                sent += result.succeeded
-                if not kept or not result.succeeded:
-                    if kept:
-                        release(endpoint_id, lease)
-                    return sent
-                continue
-            # Healthy: the chunk goes out `width` at a time, recorded as the
-            # answers come (which renews the lease) while the rest are in flight.
-            outcomes = connections.stream(endpoint, due, started + BUDGET_SECONDS)
-            batch: list[tuple[Delivery, Result]] = []
-            failed, kept, recorded_at = False, True, time.monotonic()
-            try:
-                for delivery, result in outcomes:
-                    batch.append((delivery, result))
-                    failed = failed or not result.succeeded
-                    if len(batch) >= RECORD_EVERY or time.monotonic() - recorded_at > 0.5:
-                        kept = record(endpoint, batch, lease)
-                        sent += sum(result.succeeded for _, result in batch)
-                        batch, recorded_at = [], time.monotonic()
-                        if not kept:
-                            break
-            finally:
-                outcomes.close()  # stops what has not started, waits for what has
-            if kept and batch:
-                kept = record(endpoint, batch, lease)
-                sent += sum(result.succeeded for _, result in batch)
+                result = connections.post(endpoint, due[0].message)
+                kept = record(endpoint, [(due[0], result)], lease, probe=probe)
+                sent, failed = sent + result.succeeded, not result.succeeded
+            else:
+                # Healthy: the chunk goes out `width` at a time, recorded as the
+                # answers come (which renews the lease) while the rest are in flight.
+                outcomes = connections.stream(endpoint, due, started + BUDGET_SECONDS)
+                batch: list[tuple[Delivery, Result]] = []
+                failed, kept, recorded_at = False, True, time.monotonic()
+                try:
+                    for delivery, result in outcomes:
+                        batch.append((delivery, result))
+                        failed = failed or not result.succeeded
+                        if len(batch) >= RECORD_EVERY or time.monotonic() - recorded_at > 0.5:
+                            kept, sent = record(endpoint, batch, lease), sent + _delivered(batch)
+                            batch, recorded_at = [], time.monotonic()
+                            if not kept:
+                                break
+                finally:
+                    outcomes.close()  # stops what has not started, waits for what has
+                if kept and batch:
+                    kept, sent = record(endpoint, batch, lease), sent + _delivered(batch)
             if not kept or failed:
                 if kept:
                     release(endpoint_id, lease)
@@ -265,6 +259,10 @@ def send_endpoint(endpoint_id: int, lease: str) -> int:
                 return sent
     finally:
         connections.close()
+
+
+def _delivered(batch: list[tuple[Delivery, Result]]) -> int:
+    return sum(result.succeeded for _, result in batch)
 
 
 class Connections:
@@ -284,14 +282,13 @@ class Connections:
             self.target, self.pool = target, _pool(target, self.width)
         return self.pool
 
-    def post(self, endpoint: Endpoint, messages: list[Message]) -> list[Result]:
-        """Each message's result, one after the other."""
+    def post(self, endpoint: Endpoint, message: Message) -> Result:
+        """One message's result."""
         try:
             target = resolve(endpoint.url)
         except Refused as exc:
-            return [Result(None, None, f"refused: {exc}", "") for _ in messages]
-        pool = self._pool_for(target)
-        return [post(pool, target, endpoint, message, timezone.now()) for message in messages]
+            return Result(None, None, f"refused: {exc}", "")
+        return post(self._pool_for(target), target, endpoint, message, timezone.now())
 
     def stream(
         self, endpoint: Endpoint, deliveries: list[Delivery], deadline: float
@@ -607,8 +604,6 @@ def tell_staff(endpoint: Endpoint) -> None:
 
 def send_test(endpoint: Endpoint) -> Result:
     """Send a test message to this endpoint now, outside the queue, and log it."""
-    from webhooks.models import TEST_KIND
-
     now = timezone.now()
     message = Message.objects.create(
         id=f"msg_test_{uuid.uuid4().hex}",
@@ -619,7 +614,7 @@ def send_test(endpoint: Endpoint) -> Result:
     delivery = Delivery.objects.create(message=message, endpoint=endpoint, next_attempt_at=now)
     connections = Connections(1)
     try:
-        [result] = connections.post(endpoint, [message])
+        result = connections.post(endpoint, message)
     finally:
         connections.close()
     record(endpoint, [(delivery, result)], lease=None)

@@ -204,12 +204,7 @@ def test_lag_is_reported_while_it_falls_behind(stream, monkeypatch):
     make_images_badge(threshold=3)
     monkeypatch.setattr(runner, "LAG_EVERY_SECONDS", 0.2)
     the_source = source(stream)
-
-    async def set_up() -> None:  # what `manage.py ingest --set-up` does
-        await the_source.connect()
-        await the_source.close()
-
-    asyncio.run(set_up())
+    asyncio.run(the_source.set_up())  # what `manage.py ingest --set-up` does
     publish(stream[1], [event(n) for n in range(300)])  # before the consumer runs
     running = Running(the_source, batch_size=10)
     try:

@@ -9,8 +9,7 @@ from django.urls import reverse
 from standardwebhooks.webhooks import Webhook
 
 from tests.factories import make_images_badge
-from tests.webhooks.receiver import Receiver
-from tests.webhooks.test_webhooks import ALL_KINDS, _post
+from tests.webhooks.test_webhooks import _post
 from webhooks.addresses import Refused, resolve
 from webhooks.models import Attempt, Delivery, Endpoint, Status
 
@@ -23,20 +22,6 @@ def staff(db) -> Client:
     client = Client()
     client.force_login(user)
     return client
-
-
-@pytest.fixture
-def receiver(settings):
-    settings.ACCOLADE_WEBHOOK_ALLOW_PRIVATE_ADDRESSES = True
-    receiver = Receiver()
-    receiver.start()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture
-def endpoint(db, receiver):
-    return Endpoint.objects.create(url=receiver.url, kinds=ALL_KINDS, description="CRM")
 
 
 def _add(staff: Client, url: str):

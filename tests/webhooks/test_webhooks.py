@@ -14,25 +14,10 @@ from achievements.engine import evaluate_event
 from achievements.events import record_event
 from achievements.models import Unlock
 from tests.factories import make_badge, make_images_badge
-from tests.webhooks.receiver import Receiver
 from webhooks import sending
 from webhooks.models import Attempt, Delivery, Endpoint, Kind, Message, Status
 
 ALL_KINDS = [kind.value for kind in Kind]
-
-
-@pytest.fixture
-def receiver(settings):
-    settings.ACCOLADE_WEBHOOK_ALLOW_PRIVATE_ADDRESSES = True
-    receiver = Receiver()
-    receiver.start()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture
-def endpoint(db, receiver):
-    return Endpoint.objects.create(url=receiver.url, kinds=ALL_KINDS)
 
 
 @pytest.fixture

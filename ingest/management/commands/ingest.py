@@ -85,12 +85,7 @@ class Command(BaseCommand):
         )
 
         if options["set_up"]:
-
-            async def set_up() -> None:
-                await source.connect()
-                await source.close()
-
-            asyncio.run(set_up())
+            asyncio.run(source.set_up())
             self.stdout.write(f"The stream {source.stream} and the consumer {durable} are ready")
             return
 
