@@ -39,7 +39,7 @@ class RejectedAdmin(ReadOnly):
 
     @admin.display(description="the message as it came")
     def message(self, rejected: Rejected) -> str:
-        return format_html("<pre>{}</pre>", rejected.data)
+        return format_html("<pre tabindex='0' aria-label='The message'>{}</pre>", rejected.data)
 
 
 @admin.register(ConsumerState)

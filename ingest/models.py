@@ -33,7 +33,7 @@ class Rejected(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.stream} #{self.sequence}: {self.field} {self.problem}"
+        return f"{self.stream} #{self.sequence}"
 
 
 class ConsumerState(models.Model):

@@ -128,35 +128,12 @@ class EndpointAdmin(admin.ModelAdmin):
         tries = list(endpoint.attempts.select_related("delivery")[:20])
         if not tries:
             return "No tries yet."
-        rows = format_html_join(
-            "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-            (
-                (
-                    f"{a.at:%Y-%m-%d %H:%M:%S}",
-                    a.delivery.message_id,
-                    a.status_code or "—",
-                    f"{a.latency_ms} ms" if a.latency_ms is not None else "—",
-                    (a.error or "delivered") + (" (probe)" if a.probe else ""),
-                    a.response_excerpt[:120],
-                )
-                for a in tries
-            ),
-        )
         everything = (
             reverse("admin:webhooks_attempt_changelist") + f"?endpoint__id__exact={endpoint.pk}"
         )
         caption = "The last try" if len(tries) == 1 else f"The last {len(tries)} tries"
         return format_html(
-            # Focusable, so a keyboard scrolls it sideways where it is wider than the screen.
-            "<div class='delivery-log' tabindex='0' role='region' aria-label='Recent tries'>"
-            "<table><caption>{}</caption><thead><tr><th scope='col'>At</th>"
-            "<th scope='col'>Message</th><th scope='col'>Status</th><th scope='col'>Latency</th>"
-            "<th scope='col'>Outcome</th><th scope='col'>Response</th></tr></thead>"
-            "<tbody>{}</tbody></table></div><p><a href='{}'>The whole log</a></p>",
-            caption,
-            rows,
-            everything,
+            "{}<p><a href='{}'>The whole log</a></p>", tries_table(tries, caption, 120), everything
         )
 
     @admin.action(description="Send a test message")
@@ -211,15 +188,37 @@ class EndpointAdmin(admin.ModelAdmin):
             sending.kick_on_commit([obj.pk])
 
 
-class AttemptInline(admin.TabularInline):
-    model = Attempt
-    fields = ("at", "status_code", "latency_ms", "probe", "error", "response_excerpt")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
+def tries_table(tries: list[Attempt], caption: str, excerpt_chars: int) -> str:
+    """Tries as a table: when, which message, status, latency, outcome, the answer's start.
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    In a focusable region, so a keyboard scrolls it sideways where it is wider
+    than the screen (a phone's).
+    """
+    rows = format_html_join(
+        "",
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+        (
+            (
+                f"{a.at:%Y-%m-%d %H:%M:%S}",
+                a.delivery.message_id,
+                a.status_code or "—",
+                f"{a.latency_ms} ms" if a.latency_ms is not None else "—",
+                (a.error or "delivered") + (" (probe)" if a.probe else ""),
+                a.response_excerpt[:excerpt_chars],
+            )
+            for a in tries
+        ),
+    )
+    return format_html(
+        "<div class='delivery-log' tabindex='0' role='region' aria-label='{}'>"
+        "<table><caption>{}</caption><thead><tr><th scope='col'>At</th>"
+        "<th scope='col'>Message</th><th scope='col'>Status</th><th scope='col'>Latency</th>"
+        "<th scope='col'>Outcome</th><th scope='col'>Response</th></tr></thead>"
+        "<tbody>{}</tbody></table></div>",
+        caption,
+        caption,
+        rows,
+    )
 
 
 @admin.register(Delivery)
@@ -246,20 +245,30 @@ class DeliveryAdmin(admin.ModelAdmin):
         "delivered_at",
         "last_status_code",
         "last_error",
+        "tries",
         "body",
     )
     fields = readonly_fields
-    inlines = [AttemptInline]
     actions = ["send_these_again"]
 
     @admin.display(description="kind", ordering="message__kind")
     def kind(self, delivery: Delivery) -> str:
         return delivery.message.kind
 
+    @admin.display(description="tries")
+    def tries(self, delivery: Delivery) -> str:
+        tries = list(delivery.tries.select_related("delivery"))
+        return (
+            tries_table(tries, "Every try, newest first", sending.EXCERPT_CHARS)
+            if tries
+            else "None yet."
+        )
+
     @admin.display(description="body")
     def body(self, delivery: Delivery) -> str:
         return format_html(
-            "<pre>{}</pre>", json.dumps(delivery.message.body(), indent=2, ensure_ascii=False)
+            "<pre tabindex='0' aria-label='The body'>{}</pre>",
+            json.dumps(delivery.message.body(), indent=2, ensure_ascii=False),
         )
 
     @admin.action(description="Send again")
