@@ -86,6 +86,18 @@ LATEST = "lt"  # the latest event that changed the state, as an order key
 WITNESS = "w"  # the event that met it, as an order key
 NEGATIVE = "neg"  # a sum has had a negative term: its met flag is not monotone
 
+# What an event did to a requirement (`evaluate`'s `decisions`): it moved its
+# progress; it changed nothing (a value, day or step already counted, or below
+# the best); the requirement's filters or scope leave it out; it came before
+# the badge's last earning expired (it counted towards that one).
+COUNTED = "counted"
+NO_CHANGE = "no_change"
+FILTERED_OUT = "filtered_out"
+BEFORE_RENEWAL = "before_renewal"
+
+# (event pk, badge id, requirement id, decision)
+Decision = tuple[int, int, int, str]
+
 
 # --- the loaded state of a pair, and what evaluating changes -------------------
 
@@ -211,6 +223,7 @@ def evaluate(
     now: datetime,
     unlocked: Mapping[int, set[int]] | None = None,
     fresh: bool = False,
+    decisions: list[Decision] | None = None,
 ) -> dict[tuple[int, int], Outcome]:
     """Fold `events` (any order) into `pairs` under `rules`; an Outcome per pair.
 
@@ -228,7 +241,9 @@ def evaluate(
     provenance revised where it differs under the same rule version.
     Otherwise the events extend the stored state; a pair whose witnesses a
     late event could move is reported with `needs_history` and left as it was.
-    `unlocked` is the badges each user holds, for composites.
+    `unlocked` is the badges each user holds, for composites. A `decisions`
+    list hears what each event did to each requirement of the pairs it was
+    folded into (none for a pair that stopped to ask for its history).
     """
     unlocked = unlocked or {}
     outcomes = {key: Outcome(pair) for key, pair in pairs.items()}
@@ -261,10 +276,21 @@ def evaluate(
         for badge_id, spec in candidates:
             pair_key = (event.user_id, badge_id)
             outcome = outcomes.get(pair_key)
-            if outcome is None or pair_key in stopped or not progress.relevant(spec, fact):
+            if outcome is None or pair_key in stopped:
+                # A pair no event of the batch could move is not loaded: still, the
+                # filters leaving this event out is a decision worth telling.
+                if outcome is None and decisions is not None and not progress.relevant(spec, fact):
+                    decisions.append((event.pk, badge_id, spec.id, FILTERED_OUT))
+                continue
+            if not progress.relevant(spec, fact):
+                if decisions is not None:
+                    decisions.append((event.pk, badge_id, spec.id, FILTERED_OUT))
                 continue
             if outcome.pair.since is not None and event.occurred_at < outcome.pair.since:
-                continue  # before the last earning expired: it counted towards that one
+                # Before the last earning expired: it counted towards that one.
+                if decisions is not None:
+                    decisions.append((event.pk, badge_id, spec.id, BEFORE_RENEWAL))
+                continue
             if pair_key in holding and (not moved or moved[-1] != badge_id):
                 # Once per event and badge, before the event counts.
                 if not fresh and _late_for_holding(outcome.pair, rules.badges[badge_id], event):
@@ -272,10 +298,14 @@ def evaluate(
                     outcome.needs_history = True
                     continue
                 _lapse_until(outcome, rules.badges[badge_id], event.occurred_at)
-            if not _fold(outcome, spec, fact, event, event_key, fresh):
+            decision = _fold(outcome, spec, fact, event, event_key, fresh)
+            if decision is None:
                 stopped.add(pair_key)  # a late event that could move a witness
                 outcome.needs_history = True
-            elif not moved or moved[-1] != badge_id:
+                continue
+            if decisions is not None:
+                decisions.append((event.pk, badge_id, spec.id, decision))
+            if not moved or moved[-1] != badge_id:
                 moved.append(badge_id)
         for badge_id in moved:
             pair_key = (event.user_id, badge_id)
@@ -383,9 +413,9 @@ def _fold(
     event: Occurrence,
     event_key: OrderKey,
     fresh: bool,
-) -> bool:
-    """Fold one event into one requirement; False if it is a late event that could
-    move a witness, and then nothing is changed."""
+) -> str | None:
+    """Fold one event into one requirement: COUNTED or NO_CHANGE; None if it is a
+    late event that could move a witness, and then nothing is changed."""
     pair = outcome.pair
     row = pair.progress.get(spec.id)
     if row is None:
@@ -403,7 +433,7 @@ def _fold(
         or (pair.tier >= 2 and not pair.held_known)
         or any(h.witness is not None and h.witness > event_key for h in pair.held.values())
     ):
-        return False
+        return None
     is_new_key = True
     key = progress.key_for(spec, fact)
     if key is not None:
@@ -415,7 +445,7 @@ def _fold(
     state = progress.apply_fact(spec, old, fact, pair.time_zone, is_new_key=is_new_key)
     newly_met = bool(state.get("met")) and not old.get("met")
     if newly_met and late:
-        return False  # met by an event older than one already folded: which one met it?
+        return None  # met by an event older than one already folded: which one met it?
     if state == old:
         # It changes nothing, and would not in occurrence order either (its value,
         # day or step time is one an earlier event brought): not even the mark
@@ -424,7 +454,7 @@ def _fold(
         if row.started_at is None or event.occurred_at < row.started_at:
             row.started_at = event.occurred_at
             outcome.moved.add(spec.id)
-        return True
+        return NO_CHANGE
     outcome.visible = True
     if not late:
         state[LATEST] = list(event_key)
@@ -438,7 +468,7 @@ def _fold(
     row.state = state
     outcome.moved.add(spec.id)
     outcome.touched = True
-    return True
+    return COUNTED
 
 
 def _negative(spec: Spec, fact: Fact) -> bool:

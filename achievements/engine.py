@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 from django.db import connection, transaction
 from django.db.models import Min, Q, QuerySet
+from django.dispatch import Signal
 from django.utils import timezone
 
 from accounts.models import Profile
@@ -42,6 +43,15 @@ from achievements.models import Badge, Event, RequirementProgress, Unlock
 from achievements.versions import ensure_versions, live_version_id
 
 logger = logging.getLogger(__name__)
+
+# Sent inside a batch's transaction, after its writes, when anything receives
+# it: `events`, the claimed events (`Claimed`); `decisions`, what each did to
+# each requirement it was folded into (`core.Decision`; a pair refolded from
+# its history after a late event reports the refold's); `now`, the batch's
+# processing time. Receivers that write do so in the same transaction, so
+# what they write commits or rolls back with the batch: the analytics feed's
+# outbox (feed.outbox).
+evaluated = Signal()
 
 
 @dataclass
@@ -115,7 +125,11 @@ def evaluate_events(
                 events = _claim_next(limit, now)
             if on_claim is not None:
                 on_claim([event.pk for event in events])
-            result = _evaluate(events, now)
+            told = bool(events) and evaluated.has_listeners(Event)
+            decisions: list[core.Decision] | None = [] if told else None
+            result = _evaluate(events, now, decisions)
+            if told:
+                evaluated.send(sender=Event, events=events, decisions=decisions, now=now)
             if result.changed:
                 changes = {
                     user_id: (sorted(badge_ids), result.unlocks.get(user_id, []))
@@ -162,7 +176,7 @@ def _claimable(now: datetime) -> QuerySet[Event]:
     )
 
 
-class _Claimed(NamedTuple):
+class Claimed(NamedTuple):
     pk: int
     event_id: str
     event_type: str
@@ -170,6 +184,7 @@ class _Claimed(NamedTuple):
     payload: dict[str, Any]
     occurred_at: datetime
     received_at: datetime | None  # for the unlock latency the push reports
+    producer: str
     # The user's time zone when the claim read it too (saves a query); None if not.
     time_zone: str | None = None
 
@@ -182,10 +197,11 @@ _EVENT_FIELDS = (
     "payload",
     "occurred_at",
     "received_at",
+    "producer",
 )
 
 
-def _claim(event_pks: list[int], now: datetime) -> list[_Claimed]:
+def _claim(event_pks: list[int], now: datetime) -> list[Claimed]:
     pending = Event.objects.filter(
         pk__in=event_pks,
         processed_at__isnull=True,
@@ -195,7 +211,7 @@ def _claim(event_pks: list[int], now: datetime) -> list[_Claimed]:
     if connection.features.has_select_for_update_skip_locked:
         # Rows another transaction holds are its to evaluate (or to give back).
         events = [
-            _Claimed(*row)
+            Claimed(*row)
             for row in pending.select_for_update(skip_locked=True)
             .order_by("pk")
             .values_list(*_EVENT_FIELDS)
@@ -205,14 +221,14 @@ def _claim(event_pks: list[int], now: datetime) -> list[_Claimed]:
     # SQLite writes one transaction at a time: the conditional update is the claim.
     pending.update(processed_at=now, retry_at=None)
     return [
-        _Claimed(*row)
+        Claimed(*row)
         for row in Event.objects.filter(pk__in=event_pks, processed_at=now)
         .order_by("pk")
         .values_list(*_EVENT_FIELDS)
     ]
 
 
-def _claim_next(limit: int, now: datetime) -> list[_Claimed]:
+def _claim_next(limit: int, now: datetime) -> list[Claimed]:
     """The next waiting events, skipping those another batch holds."""
     if connection.vendor == "postgresql":
         # Pick, lock (skipping rows another batch holds) and stamp in one round
@@ -231,6 +247,7 @@ def _claim_next(limit: int, now: datetime) -> list[_Claimed]:
                     ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
                 )
                 RETURNING id, event_id, event_type, user_id, payload, occurred_at, received_at,
+                    producer,
                     (SELECT time_zone FROM {Profile._meta.db_table} WHERE user_id = e.user_id)
                 """,
                 [now, now, limit],
@@ -238,8 +255,18 @@ def _claim_next(limit: int, now: datetime) -> list[_Claimed]:
             rows = cursor.fetchall()
         return sorted(
             (
-                _Claimed(pk, event_id, kind, user_id, _json(payload), at, received, zone or "UTC")
-                for pk, event_id, kind, user_id, payload, at, received, zone in rows
+                Claimed(
+                    pk,
+                    event_id,
+                    kind,
+                    user_id,
+                    _json(payload),
+                    at,
+                    received,
+                    producer,
+                    zone or "UTC",
+                )
+                for pk, event_id, kind, user_id, payload, at, received, producer, zone in rows
             ),
             key=lambda event: event.pk,
         )
@@ -251,7 +278,9 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str | bytes) else value
 
 
-def _evaluate(events: list[_Claimed], now: datetime) -> BatchResult:
+def _evaluate(
+    events: list[Claimed], now: datetime, decisions: list[core.Decision] | None = None
+) -> BatchResult:
     result = BatchResult()
     result.claimed = [event.pk for event in events]
     if not events:
@@ -263,6 +292,8 @@ def _evaluate(events: list[_Claimed], now: datetime) -> BatchResult:
     ]
     pairs = in_segments(rules.touched_pairs(occurrences))
     if not pairs:
+        if decisions is not None:  # the events the filters left out, for the feed
+            core.evaluate({}, rules, occurrences, now=now, decisions=decisions)
         return result
     zones = store.time_zones(
         {user_id for user_id, _ in pairs},
@@ -284,12 +315,23 @@ def _evaluate(events: list[_Claimed], now: datetime) -> BatchResult:
     )
     unlocked = _held_badges(rules, touched_badges, {user_id for user_id, _ in pairs})
     stored_rows = {key: set(pair.progress) for key, pair in loaded.pairs.items()}
-    outcomes = core.evaluate(loaded.pairs, rules, occurrences, now=now, unlocked=unlocked)
+    outcomes = core.evaluate(
+        loaded.pairs, rules, occurrences, now=now, unlocked=unlocked, decisions=decisions
+    )
     writes = store.Writes(leftovers=False)
     late = sorted(key for key, outcome in outcomes.items() if outcome.needs_history)
 
     if late:
-        outcomes.update(_refold(late, rules, zones, now, unlocked, writes))
+        refolded: list[core.Decision] | None = None if decisions is None else []
+        outcomes.update(_refold(late, rules, zones, now, unlocked, writes, refolded))
+        if decisions is not None and refolded is not None:
+            # The refold's word on this batch's events replaces the first fold's.
+            user_of = {event.pk: event.user_id for event in events}
+            again = set(late)
+            decisions[:] = [
+                *(d for d in decisions if (user_of[d[0]], d[1]) not in again),
+                *(d for d in refolded if d[0] in user_of and (user_of[d[0]], d[1]) in again),
+            ]
         for key in late:
             stored_rows[key] = set()
             loaded.stored[key] = None  # written whole
@@ -366,13 +408,16 @@ def _refold(
     now: datetime,
     unlocked: dict[int, set[int]],
     writes: store.Writes,
+    decisions: list[core.Decision] | None = None,
 ) -> dict[tuple[int, int], core.Outcome]:
     """Fold pairs again from their whole history (this batch's events included,
     claimed in this transaction): exact witnesses after a late event."""
     loaded = store.load_pairs(late, rules, zones, progress=False)
     types = {t for _, badge_id in late for t in rules.badges[badge_id].watched_types}
     history = store.history(sorted({user_id for user_id, _ in late}), types, name="refold")
-    outcomes = core.evaluate(loaded.pairs, rules, history, now=now, unlocked=unlocked, fresh=True)
+    outcomes = core.evaluate(
+        loaded.pairs, rules, history, now=now, unlocked=unlocked, fresh=True, decisions=decisions
+    )
     for user_id, badge_id in outcomes:
         for spec in rules.badges[badge_id].requirements:
             if progress.keeps_keys(spec):

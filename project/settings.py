@@ -105,6 +105,7 @@ INSTALLED_APPS = [
     "credentials",
     "webhooks",
     "ingest",
+    "feed",
     # The example producer: how a host application plugs into Accolade.
     "examples.places",
 ]
@@ -412,6 +413,22 @@ ACCOLADE_INGEST_ACK_WAIT_SECONDS = env_int("ACCOLADE_INGEST_ACK_WAIT_SECONDS", 1
 # How long the stream keeps messages (it is also a log to replay from).
 ACCOLADE_INGEST_STREAM_MAX_AGE_DAYS = env_int("ACCOLADE_INGEST_STREAM_MAX_AGE_DAYS", 7, minimum=1)
 
+# The analytics feed (feed/, docs/integrations.md): every evaluated event, its
+# decisions and every unlock, as gzipped newline-delimited JSON files in the
+# `accolade_feed` storage, one UTC day a directory. Off unless asked for: it
+# costs the evaluation the records' lines and one INSERT a batch.
+ACCOLADE_FEED = env_bool("ACCOLADE_FEED", False)
+ACCOLADE_FEED_DIR = Path(env_str("ACCOLADE_FEED_DIR") or BASE_DIR / "var" / "feed")
+# Days of files kept (0: all); how often waiting records are written out.
+ACCOLADE_FEED_KEEP_DAYS = env_int("ACCOLADE_FEED_KEEP_DAYS", 30, minimum=0)
+ACCOLADE_FEED_INTERVAL_SECONDS = env_int("ACCOLADE_FEED_INTERVAL_SECONDS", 60, minimum=1)
+CELERY_BEAT_SCHEDULE["export-feed"] = {
+    "task": "feed.export",
+    "schedule": float(ACCOLADE_FEED_INTERVAL_SECONDS),
+}
+# Writing files is the webhook worker's kind of work (I/O, off the evaluation).
+CELERY_TASK_ROUTES["feed.*"] = {"queue": ACCOLADE_WEBHOOK_QUEUE}
+
 # Email: staff notices (an endpoint turned off) and the users' daily digest.
 # With EMAIL_HOST unset, messages are written to the console.
 EMAIL_HOST = env_str("EMAIL_HOST") or ""
@@ -494,6 +511,16 @@ WHITENOISE_USE_FINDERS = True
 
 MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / "media")) or BASE_DIR / "media")
+
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    # The analytics feed's files (feed.storage); an S3Storage of django-storages serves too.
+    "accolade_feed": {
+        "BACKEND": "feed.storage.FeedDirectory",
+        "OPTIONS": {"location": ACCOLADE_FEED_DIR},
+    },
+}
 
 # Uploaded images are small; anything larger is refused by the form.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440

@@ -1,0 +1,158 @@
+"""The exporter: waiting batches into gzipped newline-delimited JSON files.
+
+Files are named `v1/date=<UTC day>/part-<number>.ndjson.gz` in the feed
+storage (a layout DuckDB, Spark and pandas read as a partitioned data set),
+each with the records of up to `BATCHES_PER_FILE` batches of one UTC day, in
+the order they were written. Celery beat runs `export_due` every
+ACCOLADE_FEED_INTERVAL_SECONDS (the embedded sweeper does in the embedded
+mode); one export runs at a time. Nobody waits for it: a feed that falls
+behind, or a storage that is down, leaves batches waiting in the outbox
+while evaluation goes on, and the next run catches up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, time, timedelta
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import Storage, storages
+from django.db import connection, transaction
+from django.db.models import Min
+from django.utils import timezone
+
+from feed.models import Batch, File
+
+logger = logging.getLogger(__name__)
+
+STORAGE = "accolade_feed"
+PREFIX = "v1"
+BATCHES_PER_FILE = 500
+_LOCK_KEY = 0x0FEED  # the advisory lock one export at a time holds
+
+
+def storage() -> Storage:
+    return storages[STORAGE]
+
+
+@contextlib.contextmanager
+def _single() -> Iterator[bool]:
+    """Whether this process may export now (no other export runs)."""
+    if connection.vendor != "postgresql":
+        yield True  # SQLite: the embedded mode's single process
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_LOCK_KEY])
+        (held,) = cursor.fetchone()
+    try:
+        yield held
+    finally:
+        if held:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [_LOCK_KEY])
+
+
+def export_due() -> int:
+    """Write what waits into files, and drop files past their keep; files written."""
+    written = 0
+    with _single() as mine:
+        if not mine:
+            return 0
+        while (file := _next_file()) is not None:
+            _write(file)
+            written += 1
+        prune()
+    if written:
+        logger.info("Wrote %d feed file(s)", written)
+    return written
+
+
+def _next_file() -> File | None:
+    """A file named before whose writing did not finish, or else a new one with
+    the next waiting batches of one day claimed for it."""
+    with transaction.atomic():
+        unfinished = File.objects.filter(written_at__isnull=True).order_by("pk").first()
+        if unfinished is not None:
+            return unfinished
+        first = Batch.objects.filter(file__isnull=True).order_by("pk").first()
+        if first is None:
+            return None
+        day = first.written_at.astimezone(UTC).date()
+        starts = datetime.combine(day, time.min, tzinfo=UTC)
+        ids = list(
+            Batch.objects.filter(
+                file__isnull=True,
+                written_at__gte=starts,
+                written_at__lt=starts + timedelta(days=1),
+            )
+            .order_by("pk")
+            .values_list("pk", flat=True)[:BATCHES_PER_FILE]
+        )
+        file = File.objects.create(name=f".naming-{first.pk}", day=day)
+        file.name = f"{PREFIX}/date={day.isoformat()}/part-{file.pk:08d}.ndjson.gz"
+        file.save(update_fields=["name"])
+        Batch.objects.filter(pk__in=ids).update(file=file)
+        return file
+
+
+def _write(file: File) -> None:
+    """Write the file's batches, whole, under its name; then forget them."""
+    with transaction.atomic():
+        buffer = io.BytesIO()
+        records = 0
+        # mtime=0: written again after a crash, the file is the same bytes.
+        with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, compresslevel=6) as out:
+            for count, lines in (
+                Batch.objects.filter(file=file)
+                .order_by("pk")
+                .values_list("records", "lines")
+                .iterator(chunk_size=20)
+            ):
+                out.write(lines.encode())
+                records += count
+        storage().save(file.name, ContentFile(buffer.getvalue()))
+        Batch.objects.filter(file=file).delete()
+        file.written_at = timezone.now()
+        file.records = records
+        file.size = buffer.tell()
+        file.save(update_fields=["written_at", "records", "size"])
+
+
+def prune(now: datetime | None = None) -> int:
+    """Delete the files of days older than ACCOLADE_FEED_KEEP_DAYS (0: keep all)."""
+    keep = settings.ACCOLADE_FEED_KEEP_DAYS
+    if not keep:
+        return 0
+    first_kept = (now or timezone.now()).astimezone(UTC).date() - timedelta(days=keep - 1)
+    old = File.objects.filter(day__lt=first_kept, written_at__isnull=False)
+    names = list(old.values_list("name", flat=True))
+    for name in names:
+        storage().delete(name)
+    old.delete()
+    return len(names)
+
+
+def gauges() -> list[tuple[str, str, dict[str, str], float]]:
+    """/metrics: what waits for the exporter."""
+    waiting = Batch.objects.filter(file__isnull=True).aggregate(n=Min("written_at"))["n"]
+    count = Batch.objects.count()
+    age = (timezone.now() - waiting).total_seconds() if waiting is not None else 0.0
+    return [
+        (
+            "accolade_feed_waiting_batches",
+            "Batches of records in the feed's outbox, not yet in a file.",
+            {},
+            float(count),
+        ),
+        (
+            "accolade_feed_oldest_waiting_seconds",
+            "Age of the oldest batch not yet claimed for a file (0: none waits).",
+            {},
+            round(age, 1),
+        ),
+    ]
