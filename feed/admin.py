@@ -3,11 +3,12 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
+from achievements.admin_lists import DateHierarchyAdmin
 from feed.models import File
 
 
 @admin.register(File)
-class FileAdmin(admin.ModelAdmin):
+class FileAdmin(DateHierarchyAdmin):
     """The files the exporter wrote: read-only, for seeing that the feed flows."""
 
     list_display = ("name", "day", "records", "size", "created_at", "written_at")

@@ -34,11 +34,12 @@ from achievements.models import Badge, DedupRule, Event, Reevaluation
 from achievements.report_views import EXPORTS
 from api.models import ApiKey
 from examples.places.models import Place, Visit
+from feed.models import File as FeedFile
 from ingest.models import ConsumerState, Rejected
 from project.forms import StorableJSONField
 from webhooks.models import Attempt, Delivery, Endpoint, Message
 
-PROJECT_APPS = {"achievements", "accounts", "api", "places", "webhooks", "ingest"}
+PROJECT_APPS = {"achievements", "accounts", "api", "places", "webhooks", "ingest", "feed"}
 # Values no page should choke on: NUL characters (PostgreSQL refuses them in
 # text), lengths no column holds, more digits than int() reads, dates and
 # years at the ends of Python's calendar, numbers no column holds, ids that
@@ -125,6 +126,9 @@ def staff_data(db, django_capture_on_commit_callbacks):
         stream="S", sequence=1, subject="accolade.events.x", field="body", problem="p", data="{"
     )
     ConsumerState.objects.create(name="accolade-ingest", stream="S", filter_subject="a.>")
+    FeedFile.objects.create(
+        name="v1/date=2026-12-08/part-00000001.ndjson.gz", day="2026-12-08", records=3
+    )
 
 
 # ?since=0001-01-01 on the re-evaluations list filters a DateTimeField with a date.
