@@ -73,6 +73,9 @@ bench: install
 	$(PY) bench/reports.py
 	$(PY) bench/replay.py
 	$(PY) bench/reevaluation_impact.py
+	$(PY) bench/webhooks.py
+	$(PY) bench/stream.py
+	$(PY) bench/feed.py
 	$(PY) bench/collect.py
 
 clean:

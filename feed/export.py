@@ -16,6 +16,7 @@ import contextlib
 import gzip
 import io
 import logging
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
 
@@ -107,13 +108,13 @@ def _write(file: File) -> None:
         records = 0
         # mtime=0: written again after a crash, the file is the same bytes.
         with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, compresslevel=6) as out:
-            for count, lines in (
+            for count, data in (
                 Batch.objects.filter(file=file)
                 .order_by("pk")
-                .values_list("records", "lines")
+                .values_list("records", "data")
                 .iterator(chunk_size=20)
             ):
-                out.write(lines.encode())
+                out.write(zlib.decompress(data))
                 records += count
         storage().save(file.name, ContentFile(buffer.getvalue()))
         Batch.objects.filter(file=file).delete()

@@ -9,6 +9,7 @@ reader of the files) is doing, it is the same.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -25,7 +26,10 @@ from feed.models import Batch
 
 def _add(lines: list[str], now: datetime) -> None:
     if lines:
-        Batch.objects.create(written_at=now, records=len(lines), lines="\n".join(lines) + "\n")
+        text = "\n".join(lines) + "\n"
+        Batch.objects.create(
+            written_at=now, records=len(lines), data=zlib.compress(text.encode(), 1)
+        )
 
 
 def write_batch(
