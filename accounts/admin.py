@@ -12,6 +12,7 @@ class ProfileAdmin(admin.ModelAdmin):
     list_select_related = ["user"]
     search_fields = ["user__username", "time_zone"]
     raw_id_fields = ["user"]
-    # The public page's address is made by the user's settings, never typed in.
-    readonly_fields = ["share_token"]
+    # The public page's address is made by the user's settings, never typed in; the
+    # daily digest's moments are its own (achievements.digest).
+    readonly_fields = ["share_token", "digest_since", "last_digest_at"]
     formfield_overrides = STORABLE_JSON

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from datetime import time
 from typing import Any
 
 from django import forms
 from django.conf import settings
 from django.contrib.auth.forms import UserCreationForm
+from django.utils.formats import time_format
 from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Profile, time_zone_names
@@ -30,12 +32,23 @@ class SignUpForm(UserCreationForm):
 
 
 class SettingsForm(forms.ModelForm):
-    """What a user decides about their notifications and their public page."""
+    """What a user decides about their notifications, their daily email and their
+    public page.
+
+    The email address is asked for only while the user has none (the daily
+    email needs one); the view stores it on the user.
+    """
 
     muted_categories = forms.MultipleChoiceField(
         label=_("Mute notifications of these kinds of badge"),
         required=False,
         widget=forms.CheckboxSelectMultiple,
+    )
+    email = forms.EmailField(
+        label=_("Email address"),
+        required=False,
+        help_text=_("Where the daily summary goes."),
+        widget=forms.EmailInput(attrs={"autocomplete": "email"}),
     )
 
     class Meta:
@@ -45,12 +58,23 @@ class SettingsForm(forms.ModelForm):
             "mute_all",
             "muted_categories",
             "animate",
+            "email_digest",
             "public_profile",
             "public_name",
         )
 
-    def __init__(self, *args: Any, categories: list[str], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, categories: list[str], email_address: str, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.email_address = email_address
+        if email_address:
+            del self.fields["email"]
+        hour = time_format(time(int(settings.ACCOLADE_DIGEST_HOUR)), "TIME_FORMAT")
+        self.fields["email_digest"].help_text = _(
+            "Once a day, after %(hour)s your time (%(time_zone)s), and only when you earned "
+            "something no page showed you. Badges whose notifications you muted are left out."
+        ) % {"hour": hour, "time_zone": self.instance.time_zone}
         self.fields["language"].choices = [  # type: ignore[attr-defined]
             ("", _("As my browser asks")),
             *settings.LANGUAGES,
@@ -64,3 +88,11 @@ class SettingsForm(forms.ModelForm):
 
     def clean_public_name(self) -> str:
         return " ".join((self.cleaned_data.get("public_name") or "").split())
+
+    def clean(self) -> dict[str, Any] | None:
+        cleaned = super().clean() or {}
+        wanted = cleaned.get("email_digest") and not self.email_address
+        # (An address that is not one has its own error already.)
+        if wanted and not cleaned.get("email") and "email" not in self.errors:
+            self.add_error("email", _("Give an email address for the daily summary to go to."))
+        return cleaned

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import zoneinfo
+from datetime import datetime
 from functools import cache
 
 from django.conf import settings
@@ -80,8 +81,34 @@ class Profile(models.Model):
     # and made anew (the old link then stops working) from the settings.
     share_token = models.CharField(max_length=43, null=True, blank=True, unique=True)
 
+    # The daily email of what the user earned while away (achievements.digest),
+    # off until they ask for it; it goes to User.email.
+    email_digest = models.BooleanField(
+        _("Email me a daily summary of badges I earned while away"), default=False
+    )
+    # Since when it tells of unlocks: asking for it does not mail everything the
+    # user never looked at before.
+    digest_since = models.DateTimeField(null=True, blank=True, editable=False)
+    # When the digest was last made for the user (sent, or nothing was new): one a
+    # local day. A run claims a user's digest by moving this from the value it read.
+    last_digest_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        indexes = [
+            # The digest's hourly run reads the few users who asked for it.
+            models.Index(
+                fields=["time_zone"], name="profile_digest", condition=models.Q(email_digest=True)
+            ),
+        ]
+
     def __str__(self) -> str:
         return f"{self.user} ({self.time_zone})"
+
+    def start_digest(self, now: datetime) -> None:
+        """Turned on: the first digest comes at the next digest hour, and tells of
+        what is earned from now on."""
+        self.digest_since = now
+        self.last_digest_at = now
 
 
 def time_zone_for(user_id: int) -> str:

@@ -2,18 +2,22 @@ from __future__ import annotations
 
 import secrets
 
-from django.contrib.auth import login
+from django.contrib.auth import get_user_model, login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.translation import gettext
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.forms import SettingsForm, SignUpForm
 from accounts.models import Profile
+from accounts.unsubscribe import user_id_from_token
 from achievements.models import Badge
 from project.http import AuthenticatedHttpRequest
 
@@ -59,10 +63,12 @@ def settings_page(request: AuthenticatedHttpRequest) -> HttpResponse:
         request.POST if request.method == "POST" else None,
         instance=profile,
         categories=categories,
+        email_address=request.user.email,
     )
     status = 200
     saved = ""
     language_before = profile.language
+    digest_before = profile.email_digest
     if request.method == "POST":
         if form.is_valid():
             with transaction.atomic():
@@ -73,7 +79,14 @@ def settings_page(request: AuthenticatedHttpRequest) -> HttpResponse:
                     # Turned off, the link is gone for good: turning the page on again
                     # makes a new one, so a link that travelled too far stays dead.
                     profile.share_token = None
+                if profile.email_digest and not digest_before:
+                    profile.start_digest(timezone.now())
                 profile.save()
+                if address := form.cleaned_data.get("email"):
+                    # An update, not user.save(): a new address is no reason for the
+                    # user's sockets to check their session again.
+                    get_user_model().objects.filter(pk=request.user.pk).update(email=address)
+                    request.user.email = address
             if not request.htmx:
                 return redirect("accounts:settings")
             if profile.language != language_before:
@@ -82,7 +95,9 @@ def settings_page(request: AuthenticatedHttpRequest) -> HttpResponse:
                 response["HX-Refresh"] = "true"
                 return response
             saved = gettext("Settings saved.")
-            form = SettingsForm(instance=profile, categories=categories)
+            form = SettingsForm(
+                instance=profile, categories=categories, email_address=request.user.email
+            )
         else:
             status = 422
     context = {
@@ -101,6 +116,32 @@ def new_share_link(request: AuthenticatedHttpRequest) -> HttpResponse:
     """A new address for the public page: the old link stops working at once."""
     Profile.objects.filter(user=request.user).update(share_token=_new_share_token())
     return redirect(reverse("accounts:settings") + "#public-page")
+
+
+@csrf_exempt
+@never_cache
+@require_http_methods(["GET", "POST"])
+def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
+    """Stop the daily email from the link in it, without logging in.
+
+    GET only asks: mail scanners open the links in an email, and must not
+    unsubscribe anyone. POST turns the email off: the page's button, or a mail
+    program's one-click unsubscribe (RFC 8058, a POST of
+    "List-Unsubscribe=One-Click" to the List-Unsubscribe address). The signed
+    token is the authority, so there is no CSRF token to ask for; a mail
+    program would have none. A token that is not one we signed changes
+    nothing and says so.
+    """
+    user_id = user_id_from_token(token)
+    if user_id is None:
+        return render(request, "accounts/unsubscribe.html", {"state": "invalid"}, status=400)
+    subscribed = Profile.objects.filter(user_id=user_id, email_digest=True)
+    if request.method == "POST":
+        subscribed.update(email_digest=False)
+        state = "stopped"
+    else:
+        state = "confirm" if subscribed.exists() else "already_off"
+    return render(request, "accounts/unsubscribe.html", {"state": state, "token": token})
 
 
 def _share_url(request: HttpRequest, profile: Profile) -> str:

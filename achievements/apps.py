@@ -50,6 +50,14 @@ class AchievementsConfig(AppConfig):
         from achievements import dispatch, expiry
 
         dispatch.run_with_embedded_sweeper(expiry.run_schedule)
+        # The users' daily emails: hourly from celery beat, and here after each
+        # sweep (between digest hours, a run is two small queries).
+        from django.core import checks
+
+        from achievements import digest
+
+        dispatch.run_with_embedded_sweeper(digest.send_due_digests)
+        checks.register(digest.check_site_url)
 
         # Sockets end with their session (achievements.socket_sessions; a
         # deleted session is told by achievements.session_store).

@@ -119,6 +119,7 @@ class UnlockAdmin(DateHierarchyAdmin):
         "silent",
         "delivered_at",
         "seen_at",
+        "digested_at",
         "took",
         "expires_at",
         "reminded_at",

@@ -117,6 +117,15 @@ def expire_badges_task() -> int:
     return expiry.run_schedule().expired
 
 
+@shared_task(name="achievements.send_digests", ignore_result=True)
+def send_digests_task() -> int:
+    """The daily emails that have come due (achievements.digest); hourly, from beat.
+    Runs that overlap are safe: each user's digest is claimed by one."""
+    from achievements import digest
+
+    return digest.send_due_digests().sent
+
+
 @task_postrun.connect
 def reset_task_context(**kwargs: object) -> None:
     """Forget task-scoped context after every task, whether it succeeded or failed."""

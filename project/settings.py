@@ -445,6 +445,19 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL") or "Accolade <accolade@localh
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 # Who gets staff notices: "Name <address>, ..." (Django's ADMINS).
 ADMINS = env_addresses("ADMINS")
+# Seconds before a mail server that stopped answering counts as a failed send.
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 30, minimum=1)
+# The daily digest (achievements.digest): the unlocks no page showed a user who
+# asked for it, mailed once a local day by the first hourly run after this hour
+# (0-23) of their time zone. Its links start with ACCOLADE_SITE_URL.
+ACCOLADE_DIGEST_HOUR = env_int("ACCOLADE_DIGEST_HOUR", 8, minimum=0)
+if ACCOLADE_DIGEST_HOUR > 23:
+    raise ImproperlyConfigured(
+        f"ACCOLADE_DIGEST_HOUR={ACCOLADE_DIGEST_HOUR} is not an hour, 0-23."
+    )
+CELERY_BEAT_SCHEDULE["send-digests"] = {"task": "achievements.send_digests", "schedule": 3600.0}
+# Waiting on a mail server is the webhook worker's kind of work, not evaluation's.
+CELERY_TASK_ROUTES["achievements.send_digests"] = {"queue": ACCOLADE_WEBHOOK_QUEUE}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -182,6 +182,22 @@ class UnlockQuerySet(models.QuerySet["Unlock"]):
             end_seen_at=timezone.now()
         )
 
+    def awaiting_digest(self, user_id: int, since: datetime | None) -> UnlockQuerySet:
+        """The user's unlocks the daily email would tell of: held, meant to be
+        announced, shown by no page, in no digest yet (from `since` on), of badges
+        still in play."""
+        unlocks = self.held().filter(
+            user_id=user_id,
+            seen_at__isnull=True,
+            silent=False,
+            digested_at__isnull=True,
+            badge__is_active=True,
+        )
+        return unlocks.filter(unlocked_at__gte=since) if since is not None else unlocks
+
+    def mark_digested(self, unlock_ids: list[int], at: datetime) -> int:
+        return self.filter(pk__in=unlock_ids, digested_at__isnull=True).update(digested_at=at)
+
     def mark_delivered(self, unlock_ids: list[int]) -> int:
         """Record that a push carried these unlocks to the channel layer."""
         return self.filter(pk__in=unlock_ids, delivered_at__isnull=True).update(
@@ -265,6 +281,12 @@ class Unlock(models.Model):
         blank=True,
         help_text="Badges that announce endings: when a page of the user first showed that "
         "it ended.",
+    )
+    digested_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the user's daily email told of it (or left it out, as they muted "
+        "its notifications).",
     )
 
     objects = UnlockQuerySet.as_manager()

@@ -280,3 +280,47 @@ def test_turning_the_public_page_off_retires_its_link_for_good(client, owner):
     second = settings_of(owner).share_token
     assert second and second != first
     assert client.get(f"/p/{first}/").status_code == 404
+
+
+def test_asking_for_the_daily_email_stores_the_address_given_with_it(client, owner):
+    client.force_login(owner)
+    page = client.get("/accounts/settings/").content.decode()
+    assert "Email me a daily summary of badges I earned while away" in page
+    assert 'type="email" name="email"' in page
+    response = save_settings(client, email_digest="on", email=" ada@example.com ")
+    assert response.status_code == 302
+    owner.refresh_from_db()
+    profile = settings_of(owner)
+    assert owner.email == "ada@example.com" and profile.email_digest is True
+    assert profile.digest_since is not None and profile.last_digest_at is not None
+    # With an address, the page says where the email goes instead of asking.
+    page = client.get("/accounts/settings/").content.decode()
+    assert "It goes to ada@example.com." in page and 'name="email"' not in page
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("not-an-address", "Enter a valid email address."),
+        ("", "Give an email address for the daily summary to go to."),
+    ],
+)
+def test_a_bad_or_missing_address_is_refused_by_name_and_nothing_is_saved(
+    client, owner, address, problem
+):
+    client.force_login(owner)
+    response = client.post(
+        "/accounts/settings/",
+        {"animate": "on", "email_digest": "on", "mute_all": "on", "email": address},
+        headers={"HX-Request": "true"},
+    )
+    assert response.status_code == 422
+    body = response.content.decode()
+    assert 'id="id_email_error"' in body and problem in body
+    owner.refresh_from_db()
+    profile = settings_of(owner)
+    assert (owner.email, profile.email_digest, profile.mute_all) == ("", False, False)
+
+
+def test_the_daily_email_is_off_until_asked_for(db, owner):
+    assert settings_of(owner).email_digest is False
