@@ -93,6 +93,31 @@ def test_no_user_page_has_an_accessibility_violation(embedded_site, browser, scr
         page.goto(page.locator(".share a").first.get_attribute("href"))
         found["the public page"] = violations(page)
 
+        # The daily email, asked for with an address, and its unsubscribe link's pages.
+        page.goto(f"{base}/accounts/settings/")
+        page.get_by_label("Email me a daily summary of badges I earned while away").check()
+        page.get_by_role("button", name="Save settings").click()
+        expect(page.get_by_label("Email address")).to_have_attribute("aria-invalid", "true")
+        found["signed in /accounts/settings/ without an address"] = violations(page)
+        page.get_by_label("Email address").fill(f"axe-{screen['width']}@example.com")
+        page.get_by_role("button", name="Save settings").click()
+        expect(page.get_by_role("status")).to_have_text("Settings saved.")
+        token = embedded_site.python(
+            "from django.contrib.auth import get_user_model\n"
+            "from accounts.unsubscribe import unsubscribe_token\n"
+            f"user = get_user_model().objects.get(username='axe-{screen['width']}')\n"
+            "print(unsubscribe_token(user.pk))"
+        ).split()[-1]
+        page.goto(f"{base}/accounts/unsubscribe/{token}/")
+        found["the unsubscribe page"] = violations(page)
+        page.get_by_role("button", name="Stop the daily email").click()
+        expect(page.get_by_role("heading", level=1)).to_have_text(
+            "You will get no more daily emails"
+        )
+        found["the unsubscribe page, done"] = violations(page)
+        page.goto(f"{base}/accounts/unsubscribe/{token[:-3]}xyz/")
+        found["the unsubscribe page, a broken link"] = violations(page)
+
         # The verify page with a verdict (this one says the text is not a credential).
         page.goto(f"{base}/verify/")
         page.get_by_label("Credential", exact=True).fill("not.a.credential")
