@@ -27,6 +27,7 @@ from django.db.models import (
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 from django.utils.dateparse import parse_date
+from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
@@ -385,15 +386,22 @@ def pipeline_health(
         .annotate(span=_span("processed_at", "received_at"))
         .order_by("-received_at")[:SAMPLE_LIMIT]
     )
+    unlocks = Unlock.objects.filter(unlocked_at__gte=filters.since, unlocked_at__lt=filters.before)
+    # Live unlocks: made by the evaluation that first took their deciding event,
+    # in its transaction (the same moment). A re-evaluation's or a replay's
+    # unlock, a composite's, or one a late event's refold moved to an older
+    # event would measure how old history is, not how fast the pipeline is.
+    is_live = Q(event__isnull=False, unlocked_at=F("event__processed_at"))
     latency_p50, latency_p95 = _percentiles(
-        Unlock.objects.filter(
-            unlocked_at__gte=filters.since,
-            unlocked_at__lt=filters.before,
-            delivered_at__isnull=False,
-            event__isnull=False,
-        )
+        unlocks.filter(is_live, delivered_at__isnull=False)
         .annotate(span=_span("delivered_at", "event__received_at"))
         .order_by("-unlocked_at")[:SAMPLE_LIMIT]
+    )
+    # How many of the latest unlocks the latency leaves out (a bounded read, as
+    # the percentiles' is).
+    latest = unlocks.order_by("-unlocked_at").values("pk")[:SAMPLE_LIMIT]
+    counted = Unlock.objects.filter(pk__in=latest).aggregate(
+        total=Count("pk"), live=Count("pk", filter=is_live)
     )
     try:
         counters = metrics._read()
@@ -406,16 +414,17 @@ def pipeline_health(
     except Exception:
         depth = None
 
-    def seconds(value: float | None) -> str:
-        return "—" if value is None else f"{value:.3f} s"
-
     rows = [
-        ("Events received in the range", f"{received}"),
-        ("Events per minute (average over the range)", f"{received / minutes:.3g}"),
-        ("Processing lag p50 (received → evaluated)", seconds(lag_p50)),
-        ("Processing lag p95", seconds(lag_p95)),
-        ("Unlock latency p50 (event received → pushed)", seconds(latency_p50)),
-        ("Unlock latency p95", seconds(latency_p95)),
+        ("Events received in the range", f"{received:,}"),
+        ("Event rate (average over the range)", _rate(received, minutes)),
+        ("Processing lag p50 (received → evaluated)", _seconds(lag_p50)),
+        ("Processing lag p95", _seconds(lag_p95)),
+        ("Unlock latency p50 (live unlocks: event received → pushed)", _seconds(latency_p50)),
+        ("Unlock latency p95 (live unlocks)", _seconds(latency_p95)),
+        (
+            "Unlocks not counted as live (re-evaluation, replay, composites)",
+            f"{counted['total'] - counted['live']:,} of {counted['total']:,}",
+        ),
         (
             "Duplicate rate (since the counters started)",
             f"{100 * duplicates / (accepted + duplicates):.1f} %"
@@ -430,7 +439,7 @@ def pipeline_health(
 
 
 def rule_health(filters: Filters) -> list[dict[str, Any]]:
-    """Badges that look broken: never awarded, watching silent event types, or swinging."""
+    """Badges that look broken: earned by no one, counting silent event types, or swinging."""
     badges = list(
         Badge.objects.active()
         .annotate(awarded=Exists(Unlock.objects.filter(badge=OuterRef("pk"))))
@@ -458,24 +467,30 @@ def rule_health(filters: Filters) -> list[dict[str, Any]]:
     rows = []
     for badge in badges:
         if badge.pk not in awarded:
-            rows.append({"badge": badge.name, "problem": "never awarded"})
+            rows.append({"badge": badge.name, "problem": "No one has earned it yet."})
         for event_type in sorted({t for r in badge.requirements.all() for t in r.watched_types()}):
             last = last_seen.get(event_type)
-            if last is None or last < quiet_since:
-                when = "never" if last is None else f"not since {timezone.localdate(last)}"
-                rows.append(
-                    {
-                        "badge": badge.name,
-                        "problem": f"watches {event_type}, which has arrived {when}",
-                    }
+            if last is None:
+                problem = f"It counts {event_type} events, and none has arrived yet."
+            elif last < quiet_since:
+                problem = (
+                    f"It counts {event_type} events, and none has arrived since "
+                    f"{date_format(timezone.localdate(last), 'DATE_FORMAT')}."
                 )
+            else:
+                continue
+            rows.append({"badge": badge.name, "problem": problem})
         now, before = recent.get(badge.pk, 0), earlier.get(badge.pk, 0)
-        if max(now, before) >= 5 and (now >= 2 * before or before >= 2 * now):
-            change = "spike" if now > before else "drop"
+        # A change against a small base is noise, and a badge younger than the two
+        # weeks compared has no "before" to compare with.
+        compared = before >= SPIKE_BASE and badge.created_at <= filters.before - 2 * week
+        if compared and (now >= 2 * before or 2 * now <= before):
+            change = "more than doubled" if now > before else "fell by half or more"
             rows.append(
                 {
                     "badge": badge.name,
-                    "problem": f"unlock {change}: {now} in the last 7 days, {before} the 7 before",
+                    "problem": f"Its unlocks {change}: {now:,} in the last 7 days, "
+                    f"{before:,} in the 7 days before.",
                 }
             )
     return rows
@@ -575,6 +590,32 @@ class _PercentileDisc(Aggregate):
 
     def __init__(self, expression: str, *, share: float) -> None:
         super().__init__(expression, share=float(share))
+
+
+# Unlocks a badge needs in the earlier week before a change in the next counts.
+SPIKE_BASE = 10
+
+
+def _seconds(value: float | None) -> str:
+    """A lag or a latency as a person reads it: 0.042 s, 3.4 s, 45 s, 12 min."""
+    if value is None:
+        return "—"
+    if value < 10:
+        return f"{value:.2g} s" if value >= 0.001 else "under 1 ms"
+    return _duration(value)
+
+
+def _rate(count: int, minutes: float) -> str:
+    """An average rate in the largest unit that keeps it at least one: 1,200 a
+    minute, 4.5 an hour, 2 a day."""
+    if count == 0:
+        return "none"
+    for per, unit in ((1, "minute"), (60, "hour"), (1440, "day")):
+        rate = count / minutes * per
+        if rate >= 1:
+            shown = f"{rate:,.0f}" if rate >= 10 else f"{rate:.1f}".removesuffix(".0")
+            return f"{shown} an {unit}" if unit == "hour" else f"{shown} a {unit}"
+    return "under 1 a day"
 
 
 def _duration(seconds: float | None) -> str:

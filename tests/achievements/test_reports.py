@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth.models import Permission
 from django.utils import timezone
+from django.utils.formats import date_format
 
 from achievements import reports
 from achievements.events import record_event
@@ -188,22 +189,82 @@ def test_rule_health_flags_unawarded_badges_and_silent_event_types(analyst, hist
     make_badge(key="quiet", requirements=[{"event_type": "lesson.finished", "threshold": 1}])
     page = analyst.get("/admin/reports/")
     problems = {(row["badge"], row["problem"]) for row in page.context["rule_health"]}
-    assert ("Quiet", "never awarded") in problems
-    assert ("Quiet", "watches lesson.finished, which has arrived never") in problems
+    assert ("Quiet", "No one has earned it yet.") in problems
+    assert ("Quiet", "It counts lesson.finished events, and none has arrived yet.") in problems
     assert not any(badge == "5 Places Visited" for badge, _ in problems)
 
 
-def test_rule_health_sees_an_unlock_spike(db, history):
+def test_rule_health_sees_an_unlock_spike_against_a_base_worth_comparing(db, history):
+    from achievements.models import Badge, Unlock
+
+    badge, _ = history
+    filters, _ = reports.parse_filters({})
+
+    def problems() -> list[str]:
+        return [
+            row["problem"] for row in reports.rule_health(filters) if row["badge"] == badge.name
+        ]
+
+    Badge.objects.filter(pk=badge.pk).update(created_at=timezone.now() - timedelta(days=30))
+    users = [make_user(username=f"new{n}") for n in range(30)]
+    # 7 this week against none before: a new badge's first week, not a spike.
+    Unlock.objects.bulk_create([Unlock(user=user, badge=badge) for user in users[:6]])
+    assert problems() == []
+    # Against a base of 10 the week before, 21 is more than double.
+    ten_days_ago = timezone.now() - timedelta(days=10)
+    Unlock.objects.bulk_create(
+        [Unlock(user=user, badge=badge, unlocked_at=ten_days_ago) for user in users[6:16]]
+    )
+    Unlock.objects.bulk_create([Unlock(user=user, badge=badge) for user in users[16:30]])
+    assert problems() == [
+        "Its unlocks more than doubled: 21 in the last 7 days, 10 in the 7 days before."
+    ]
+    # A badge younger than the two weeks compared is not compared.
+    Badge.objects.filter(pk=badge.pk).update(created_at=timezone.now() - timedelta(days=9))
+    assert problems() == []
+
+
+def test_live_latency_leaves_out_unlocks_found_later(db, history):
     from achievements.models import Unlock
 
     badge, _ = history
-    users = [make_user(username=f"new{n}") for n in range(6)]
-    Unlock.objects.bulk_create([Unlock(user=user, badge=badge) for user in users])
     filters, _ = reports.parse_filters({})
-    problems = [
-        row["problem"] for row in reports.rule_health(filters) if row["badge"] == badge.name
-    ]
-    assert problems == ["unlock spike: 7 in the last 7 days, 0 the 7 before"]
+    [live] = Unlock.objects.filter(badge=badge)  # ana's, made by her fifth visit
+    live.delivered_at = live.event.received_at + timedelta(milliseconds=50)
+    live.save(update_fields=["delivered_at"])
+    rows = {row["measure"]: row["value"] for row in reports.pipeline_health(filters)}
+    assert rows["Unlocks not counted as live (re-evaluation, replay, composites)"] == "0 of 4"
+    # A re-evaluation an hour later: its deciding event was received an hour before.
+    late = make_user(username="late")
+    old = record_event(late, "visit.created", payload={"place_id": 1}).event
+    hour = timezone.now() + timedelta(hours=1)
+    Unlock.objects.create(user=late, badge=badge, event=old, unlocked_at=hour, delivered_at=hour)
+    rows = {row["measure"]: row["value"] for row in reports.pipeline_health(filters)}
+    assert rows["Unlocks not counted as live (re-evaluation, replay, composites)"] == "1 of 5"
+    assert rows["Unlock latency p95 (live unlocks)"] == "0.05 s"  # not the hour
+
+
+@pytest.mark.parametrize(
+    ("count", "minutes", "shown"),
+    [
+        (0, 60, "none"),
+        (90_000, 60, "1,500 a minute"),
+        (45, 10, "4.5 a minute"),
+        (3, 60, "3 an hour"),
+        (7, 7 * 1440, "1 a day"),
+        (1, 30 * 1440, "under 1 a day"),
+    ],
+)
+def test_rates_read_as_a_person_says_them(count, minutes, shown):
+    assert reports._rate(count, minutes) == shown
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(None, "—"), (0.0004, "under 1 ms"), (0.042, "0.042 s"), (3.456, "3.5 s"), (312, "5 min")],
+)
+def test_lags_read_as_a_person_says_them(seconds, shown):
+    assert reports._seconds(seconds) == shown
 
 
 def test_pipeline_health_reports_volume_lag_and_failures(analyst, history):
@@ -248,9 +309,12 @@ def test_the_quiet_days_filter_sets_when_an_event_type_counts_as_silent(analyst,
         assert page.status_code == 200
         return {row["problem"] for row in page.context["rule_health"] if row["badge"] == "Lessons"}
 
-    ten_days_ago = timezone.localdate() - timedelta(days=10)
-    assert f"watches lesson.finished, which has arrived not since {ten_days_ago}" in problems("")
-    assert problems("quiet=30") == {"never awarded"}
+    ten_days_ago = date_format(timezone.localdate() - timedelta(days=10), "DATE_FORMAT")
+    assert (
+        f"It counts lesson.finished events, and none has arrived since {ten_days_ago}."
+        in problems("")
+    )
+    assert problems("quiet=30") == {"No one has earned it yet."}
     assert 'name="quiet"' in analyst.get("/admin/reports/").content.decode()
 
 
