@@ -79,9 +79,13 @@ def settings_page(request: AuthenticatedHttpRequest) -> HttpResponse:
                     # Turned off, the link is gone for good: turning the page on again
                     # makes a new one, so a link that travelled too far stays dead.
                     profile.share_token = None
+                # Only what the page sets: a digest run may be moving the digest's
+                # own bookkeeping (last_digest_at) at this moment.
+                fields = [*SettingsForm.Meta.fields, "share_token"]
                 if profile.email_digest and not digest_before:
                     profile.start_digest(timezone.now())
-                profile.save()
+                    fields += ["digest_since", "last_digest_at"]
+                profile.save(update_fields=fields)
                 if address := form.cleaned_data.get("email"):
                     # An update, not user.save(): a new address is no reason for the
                     # user's sockets to check their session again.

@@ -243,7 +243,9 @@ def evaluate(
     late event could move is reported with `needs_history` and left as it was.
     `unlocked` is the badges each user holds, for composites. A `decisions`
     list hears what each event did to each requirement of the pairs it was
-    folded into (none for a pair that stopped to ask for its history).
+    folded into, and that the filters left an event out of a pair not loaded.
+    A pair that stops to ask for its history gets no more decisions; those
+    made before it stopped stay, for the caller's refold to replace.
     """
     unlocked = unlocked or {}
     outcomes = {key: Outcome(pair) for key, pair in pairs.items()}

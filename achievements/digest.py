@@ -135,7 +135,9 @@ def due_profiles(now: datetime) -> QuerySet[Profile]:
     hour = int(settings.ACCOLADE_DIGEST_HOUR)
     due = Q(pk__in=[])
     for zone in zones:
-        before = digest_moment(now, zone, hour)
+        # Due since the latest digest hour, and at most one a local day: one sent
+        # late, before today's hour (beat was down), is today's.
+        before = min(digest_moment(now, zone, hour), _local_midnight(now, zone))
         due |= Q(time_zone=zone) & (Q(last_digest_at__isnull=True) | Q(last_digest_at__lt=before))
     return wanting.filter(due)
 
@@ -334,6 +336,12 @@ def _email(
         render_to_string("achievements/digest_email.html", context), "text/html"
     )
     return email
+
+
+def _local_midnight(now: datetime, time_zone: str) -> datetime:
+    """The start of the user's current day, in UTC."""
+    local = now.astimezone(_zone(time_zone))
+    return local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
 
 
 def _zone(name: str) -> zoneinfo.ZoneInfo:

@@ -129,6 +129,7 @@ def evaluate_events(
             decisions: list[core.Decision] | None = [] if told else None
             result = _evaluate(events, now, decisions)
             if told:
+                decisions = _in_their_segments(events, decisions or [])
                 evaluated.send(sender=Event, events=events, decisions=decisions, now=now)
             if result.changed:
                 changes = {
@@ -425,6 +426,24 @@ def _refold(
                 writes.keyed.add(spec.id)
     logger.info("Refolded %d pair(s) from their history after late events", len(late))
     return outcomes
+
+
+def _in_their_segments(
+    events: list[Claimed], decisions: list[core.Decision]
+) -> list[core.Decision]:
+    """The decisions, but those of a badge limited to a segment for its members
+    only: the core tells of requirements an event's filters leave out whatever
+    the pair, and a badge outside the user's segment is not theirs to earn."""
+    segmented = {
+        badge_id
+        for _, badge_id, _, _ in decisions
+        if (badge := index.badge(badge_id)) is not None and badge.is_segmented
+    }
+    if not segmented:
+        return decisions
+    user_of = {event.pk: event.user_id for event in events}
+    members = in_segments({(user_of[pk], b) for pk, b, _, _ in decisions if b in segmented})
+    return [d for d in decisions if d[1] not in segmented or (user_of[d[0]], d[1]) in members]
 
 
 def in_segments(pairs: set[tuple[int, int]]) -> set[tuple[int, int]]:

@@ -46,7 +46,7 @@ COLUMNS = {
     "effective_time": "TIMESTAMPTZ",
     "unlocked_at": "TIMESTAMPTZ",
     "silent": "BOOLEAN",
-    "by": "VARCHAR",  # rules, staff or api
+    "cause": "VARCHAR",  # rule, schedule, staff or api
     "event_ids": "VARCHAR[]",
 }
 

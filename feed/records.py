@@ -21,7 +21,7 @@ from datetime import datetime
 from achievements import index
 from achievements.core import Decision
 from achievements.engine import Claimed
-from achievements.models import BadgeVersion, Entry, LedgerEntry
+from achievements.models import BadgeVersion, LedgerEntry
 from achievements.versions import live_version_id
 
 SCHEMA = 1
@@ -91,12 +91,6 @@ def batch_lines(
     return lines
 
 
-def _by(entry: LedgerEntry) -> str:
-    if entry.kind in (Entry.GRANTED, Entry.REVOKED):
-        return "api" if entry.api_key_id is not None else "staff"
-    return "rules"
-
-
 def ledger_lines(entries: Sequence[LedgerEntry], now: datetime) -> list[str]:
     """The records of these ledger entries: one `unlock` record each."""
     numbers = version_numbers(entry.version_id for entry in entries)
@@ -115,6 +109,6 @@ def ledger_lines(entries: Sequence[LedgerEntry], now: datetime) -> list[str]:
             f'"tier":{entry.tier},"period":{_dumps(entry.period)},'
             f'"rule_version":{_json_int(number)},"effective_time":{_time(entry.at)},'
             f'"unlocked_at":{_time(unlock.unlocked_at)},"silent":{_dumps(unlock.silent)},'
-            f'"by":"{_by(entry)}","event_ids":{_dumps(entry.event_ids)}}}'
+            f'"cause":"{entry.cause}","event_ids":{_dumps(entry.event_ids)}}}'
         )
     return lines

@@ -335,6 +335,18 @@ def test_the_digest_comes_after_the_digest_hour_of_the_users_own_clock(
     assert send_due_digests(now=at("2026-12-10 04:00")).sent == 1  # 23:00 on the 9th
 
 
+def test_a_digest_made_up_before_the_hour_is_that_days_one(owner, mailoutbox, settings):
+    settings.ACCOLADE_DIGEST_HOUR = 8
+    # The last digest two days ago; beat was down until 07:59 UTC today.
+    ask_for_digest(owner, last_digest_at=at("2026-12-06 08:05"))
+    earn(owner, "first_steps")
+    assert send_due_digests(now=at("2026-12-08 07:59")).sent == 1  # the missed one
+    earn(owner, "second_steps")
+    assert send_due_digests(now=at("2026-12-08 08:00")).sent == 0  # not a second today
+    assert send_due_digests(now=at("2026-12-09 08:00")).sent == 1  # tomorrow's
+    assert len(mailoutbox) == 2
+
+
 def test_the_digest_hour_is_found_across_a_change_of_clocks():
     # Paris moves from UTC+2 to UTC+1 on 2026-10-25.
     assert digest_moment(at("2026-10-24 07:00"), "Europe/Paris", 8) == at("2026-10-24 06:00")

@@ -324,3 +324,29 @@ def test_a_bad_or_missing_address_is_refused_by_name_and_nothing_is_saved(
 
 def test_the_daily_email_is_off_until_asked_for(db, owner):
     assert settings_of(owner).email_digest is False
+
+
+def test_saving_settings_leaves_a_digest_run_s_bookkeeping_alone(client, owner, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from accounts.forms import SettingsForm
+
+    owner.email = "ada@example.com"
+    owner.save()
+    settings_of(owner)
+    Profile.objects.filter(user=owner).update(email_digest=True)
+    sent = timezone.now() - timedelta(minutes=1)
+    real = SettingsForm.is_valid
+
+    def a_digest_run_meanwhile(form) -> bool:  # type: ignore[no-untyped-def]
+        # The page read the profile; a digest run claims the day before it saves.
+        Profile.objects.filter(user=owner).update(last_digest_at=sent)
+        return real(form)
+
+    monkeypatch.setattr(SettingsForm, "is_valid", a_digest_run_meanwhile)
+    client.force_login(owner)
+    assert save_settings(client, email_digest="on", mute_all="on").status_code == 302
+    profile = settings_of(owner)
+    assert profile.mute_all is True and profile.last_digest_at == sent

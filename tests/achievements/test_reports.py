@@ -230,6 +230,7 @@ def test_live_latency_leaves_out_unlocks_found_later(db, history):
     badge, _ = history
     filters, _ = reports.parse_filters({})
     [live] = Unlock.objects.filter(badge=badge)  # ana's, made by her fifth visit
+    assert live.event is not None
     live.delivered_at = live.event.received_at + timedelta(milliseconds=50)
     live.save(update_fields=["delivered_at"])
     rows = {row["measure"]: row["value"] for row in reports.pipeline_health(filters)}

@@ -9,6 +9,7 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.models import Profile
 from achievements import rules
 from achievements.awards import Actor, grant_badge, revoke_badge
 from achievements.engine import evaluate_event, evaluate_events
@@ -56,7 +57,7 @@ def test_an_event_its_decisions_and_its_unlock_reach_a_file_with_the_schema(owne
     held = Unlock.objects.get(user=owner, badge=badge)
     assert unlock["change"] == "earned" and unlock["unlock_id"] == held.pk
     assert unlock["dedup_key"] == f"unlock:{held.pk}:earned"
-    assert unlock["rule_version"] == 1 and unlock["by"] == "rules"
+    assert unlock["rule_version"] == 1 and unlock["cause"] == "rule"
     assert unlock["event_ids"] == ["v-3"]  # the witness
     assert datetime.fromisoformat(unlock["unlocked_at"]) == held.unlocked_at
     # Every fact once: the keys are unique.
@@ -97,7 +98,7 @@ def test_staff_grants_and_revocations_are_unlock_records(owner, staff_user, feed
     grant_badge(user_id=owner.pk, badge=badge, reason="Helped at the meetup", by=by)
     revoke_badge(user_id=owner.pk, badge=badge, reason="A mistake", by=by)
     export.export_due()
-    changes = [(r["change"], r["by"]) for r in read_feed(feed_dir) if r["record"] == "unlock"]
+    changes = [(r["change"], r["cause"]) for r in read_feed(feed_dir) if r["record"] == "unlock"]
     assert changes == [("granted", "staff"), ("revoked", "staff")]
 
 
@@ -186,15 +187,36 @@ def test_a_late_event_that_refolds_its_pair_gives_one_decision_per_requirement(o
     assert len(keys) == len(set(keys))
 
 
-def test_old_days_are_pruned(owner, feed_dir, settings):
+def test_old_days_are_pruned_once_they_were_written_as_long_ago(owner, feed_dir, settings):
     settings.ACCOLADE_FEED_KEEP_DAYS = 2
     make_places_badge(threshold=5)
     _visit(owner, 1)
     Batch.objects.update(written_at=timezone.now() - timedelta(days=3))
     _visit(owner, 2)
+    # The old day's batch waited out an outage: written now, its file is kept.
+    assert export.export_due() == 2
+    assert File.objects.count() == 2
+    old = File.objects.get(day=(timezone.now() - timedelta(days=3)).date())
+    File.objects.filter(pk=old.pk).update(written_at=timezone.now() - timedelta(days=3))
     export.export_due()
-    assert File.objects.count() == 1
+    assert list(File.objects.values_list("day", flat=True)) == [timezone.now().date()]
     assert len(list(feed_dir.rglob("*.gz"))) == 1
+
+
+def test_an_export_writes_what_waited_when_it_began_and_takes_turns(owner, feed_dir):
+    make_places_badge(threshold=5)
+    _visit(owner, 1)
+    first = export._next_file(Batch.objects.latest("pk").pk, set())
+    assert first is not None
+    # A second exporter meanwhile: it finishes the named file, and the first's
+    # write of it then finds nothing to do.
+    assert export.export_due() == 1
+    assert export._write(first) is False
+    _visit(owner, 2)
+    last = Batch.objects.latest("pk").pk
+    _visit(owner, 3)  # arrives after the run began: the next run's
+    later = export._next_file(last, set())
+    assert later is not None and later.batches.count() == 1
 
 
 def test_a_feed_that_waits_shows_on_the_metrics_and_evaluation_goes_on(owner, feed_dir):
@@ -205,3 +227,24 @@ def test_a_feed_that_waits_shows_on_the_metrics_and_evaluation_goes_on(owner, fe
     text = render()
     assert "accolade_feed_waiting_batches 3" in text
     assert "accolade_feed_oldest_waiting_seconds" in text
+
+
+def test_a_badge_limited_to_a_segment_has_decisions_for_its_members_only(
+    owner, second_user, feed_dir
+):
+    badge = make_places_badge(threshold=5)
+    badge.segment_attribute, badge.segment_value = "plan", "pro"
+    badge.save()
+    Profile.objects.update_or_create(user=owner, defaults={"attributes": {"plan": "pro"}})
+    Profile.objects.update_or_create(user=second_user, defaults={"attributes": {"plan": "free"}})
+    _visit(owner, 1, event_id="pro-visit")
+    _visit(second_user, 1, event_id="free-visit")
+    evaluate_event(record_event(second_user, "visit.created", payload={}).event.pk)  # no place
+    export.export_due()
+    records = read_feed(feed_dir)
+    assert {r["event_id"] for r in records if r["record"] == "event"} >= {
+        "pro-visit",
+        "free-visit",
+    }
+    decided = [(r["event_id"], r["decision"]) for r in records if r["record"] == "decision"]
+    assert decided == [("pro-visit", "counted")]
