@@ -28,7 +28,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 from django.utils.dateparse import parse_date
 from django.utils.formats import date_format
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from achievements import rollups
@@ -281,60 +281,138 @@ def near_misses(filters: Filters) -> list[dict[str, Any]]:
     return sorted(result, key=lambda row: (-row["percent"], row["badge"], row["user"]))
 
 
+def _nice_ticks(peak: float, most: int = 4) -> list[int]:
+    """Round scale marks from 0 to at least `peak`: steps of 1, 2 or 5 times a power
+    of ten, at most `most` steps (0, 5, 10, 15 rather than 0, 3.75, 7.5, 11.25)."""
+    peak = max(peak, 1)
+    power = 1
+    while True:
+        for factor in (1, 2, 5):
+            step = factor * power
+            if step * most >= peak:
+                return list(range(0, step * math.ceil(peak / step) + 1, step))
+        power *= 10
+
+
 def chart(rows: list[dict[str, Any]], *, unit: str) -> SafeString:
-    """Bars for unlocks per period and a line for the running total, as inline SVG."""
-    width, height, pad = 720, 220, 30
+    """Unlocks per period as bars on the left scale, the running total as a line on
+    the right one, with dated marks below: inline SVG, a tooltip on each bar, and
+    the same figures as a table beside it in the page."""
     if not rows:
         return format_html("<p>No periods in range.</p>")
-    peak = max(max(row["unlocks"] for row in rows), 1)
-    total = max(rows[-1]["cumulative"], 1)
-    step = (width - 2 * pad) / len(rows)
-    # format_html escapes its arguments first, so numbers go in already formatted.
-    bars = format_html_join(
-        "",
-        '<rect x="{}" y="{}" width="{}" height="{}" class="bar">'
-        "<title>{}: {} unlock(s)</title></rect>",
-        (
-            (
-                f"{pad + i * step + step * 0.1:.1f}",
-                f"{height - pad - (height - 2 * pad) * row['unlocks'] / peak:.1f}",
-                f"{step * 0.8:.1f}",
-                f"{(height - 2 * pad) * row['unlocks'] / peak:.1f}",
-                row["period"].isoformat(),
-                row["unlocks"],
+    width, height = 720, 280
+    left, right, top, bottom = 48, 56, 34, 44
+    plot_w, plot_h = width - left - right, height - top - bottom
+    bar_ticks = _nice_ticks(max(row["unlocks"] for row in rows))
+    total_ticks = _nice_ticks(rows[-1]["cumulative"])
+    bar_max, total_max = bar_ticks[-1], total_ticks[-1]
+    step = plot_w / len(rows)
+    base = top + plot_h
+
+    def y(value: float, scale: int) -> str:
+        return f"{base - plot_h * value / scale:.1f}"
+
+    parts: list[str] = []
+    for tick in bar_ticks:  # gridlines and the left scale
+        parts.append(
+            format_html(
+                '<line x1="{}" x2="{}" y1="{}" y2="{}" class="grid"/>'
+                '<text x="{}" y="{}" class="tick" text-anchor="end">{}</text>',
+                left,
+                left + plot_w,
+                y(tick, bar_max),
+                y(tick, bar_max),
+                left - 6,
+                f"{float(y(tick, bar_max)) + 4:.1f}",
+                f"{tick:,}",
             )
-            for i, row in enumerate(rows)
-        ),
-    )
-    plot = height - 2 * pad
+        )
+    for tick in total_ticks:  # the right scale, for the line
+        parts.append(
+            format_html(
+                '<text x="{}" y="{}" class="tick total">{}</text>',
+                left + plot_w + 6,
+                f"{float(y(tick, total_max)) + 4:.1f}",
+                f"{tick:,}",
+            )
+        )
+    for i, row in enumerate(rows):
+        parts.append(
+            format_html(
+                '<rect x="{}" y="{}" width="{}" height="{}" class="bar">'
+                "<title>{} {}: {} unlock{}, {} in all</title></rect>",
+                f"{left + i * step + step * 0.12:.1f}",
+                y(row["unlocks"], bar_max),
+                f"{max(step * 0.76, 1):.1f}",
+                f"{plot_h * row['unlocks'] / bar_max:.1f}",
+                unit.capitalize(),
+                row["period"].isoformat(),
+                f"{row['unlocks']:,}",
+                "" if row["unlocks"] == 1 else "s",
+                f"{row['cumulative']:,}",
+            )
+        )
+    # Dated marks: at most eight, evenly spaced, the last period always among them.
+    every = max(1, math.ceil(len(rows) / 8))
+    marked = sorted({*range(len(rows) - 1, -1, -every)})
+    for i in marked:
+        x = left + (i + 0.5) * step
+        parts.append(
+            format_html(
+                '<line x1="{}" x2="{}" y1="{}" y2="{}" class="axis"/>'
+                '<text x="{}" y="{}" class="tick" text-anchor="middle">{}</text>',
+                f"{x:.1f}",
+                f"{x:.1f}",
+                base,
+                base + 4,
+                f"{x:.1f}",
+                base + 18,
+                date_format(rows[i]["period"], "M j"),
+            )
+        )
     points = " ".join(
-        f"{pad + (i + 0.5) * step:.1f},{height - pad - plot * row['cumulative'] / total:.1f}"
+        f"{left + (i + 0.5) * step:.1f},{y(row['cumulative'], total_max)}"
         for i, row in enumerate(rows)
     )
+    peak = max(row["unlocks"] for row in rows)
     label = (
         f"Unlocks per {unit} from {rows[0]['period']} to {rows[-1]['period']}: "
-        f"{rows[-1]['cumulative']} in all, at most {peak} in one {unit}."
+        f"{rows[-1]['cumulative']:,} in all, at most {peak:,} in one {unit}. "
+        "The figures are in the table below."
     )
+    first, last = rows[0]["period"].year, rows[-1]["period"].year
+    years = str(first) if first == last else f"{first}–{last}"
     return format_html(
+        '<div class="report-chart-scroll" role="region" tabindex="0" aria-label="{}">'
         '<svg class="report-chart" viewBox="0 0 {} {}" role="img" aria-label="{}">'
-        '<line x1="{}" y1="{}" x2="{}" y2="{}" class="axis"/>{}'
+        '<rect x="{}" y="10" width="10" height="10" class="bar"/>'
+        '<text x="{}" y="19" class="legend">Unlocks per {} (left scale)</text>'
+        '<line x1="{}" x2="{}" y1="15" y2="15" class="cumulative"/>'
+        '<text x="{}" y="19" class="legend">Running total (right scale)</text>'
+        "{}"
+        '<line x1="{}" x2="{}" y1="{}" y2="{}" class="axis"/>'
         '<polyline points="{}" class="cumulative"/>'
-        '<text x="{}" y="{}" class="label">{} per {} (bars) · running total (line, to {})</text>'
-        "</svg>",
+        '<text x="{}" y="{}" class="tick" text-anchor="end">{}</text>'
+        "</svg></div>",
+        f"Chart of unlocks per {unit}",
         width,
         height,
         label,
-        pad,
-        height - pad,
-        width - pad,
-        height - pad,
-        bars,
-        points,
-        pad,
-        pad - 10,
-        "Unlocks",
+        left,
+        left + 16,
         unit,
-        rows[-1]["cumulative"],
+        left + 236,
+        left + 258,
+        left + 264,
+        SafeString("".join(parts)),
+        left,
+        left + plot_w,
+        base,
+        base,
+        points,
+        left + plot_w,
+        base + 36,
+        years,
     )
 
 

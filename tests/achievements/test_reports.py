@@ -57,6 +57,11 @@ def test_the_page_shows_unlocks_rarity_and_near_misses(analyst, history):
     assert page.status_code == 200
     body = page.content.decode()
     assert '<svg class="report-chart"' in body and 'role="img"' in body
+    # Scales on both sides, dated marks, a tooltip per bar; it scrolls on a phone.
+    assert 'class="tick" text-anchor="end">0</text>' in body
+    assert 'class="tick total">' in body and "Running total (right scale)" in body
+    assert "in all</title></rect>" in body
+    assert 'class="report-chart-scroll" role="region" tabindex="0"' in body
     rarity = {(row["badge"], row["tier"]): row for row in page.context["rarity"]}
     assert rarity[("5 Places Visited", "")]["holders"] == 1
     assert rarity[("5 Places Visited", "")]["percent"] == pytest.approx(33.3)
@@ -398,3 +403,39 @@ def test_near_misses_keep_the_closest_when_there_are_too_many(db, monkeypatch):
     monkeypatch.setattr(reports, "NEAR_MISS_LIMIT", 1)
     [row] = reports.near_misses(reports.parse_filters({})[0])
     assert (row["user"], row["percent"]) == ("close", 90)
+
+
+@pytest.mark.parametrize(
+    ("peak", "ticks"),
+    [
+        (0, [0, 1]),
+        (3, [0, 1, 2, 3]),
+        (7, [0, 2, 4, 6, 8]),
+        (20, [0, 5, 10, 15, 20]),
+        (386, [0, 100, 200, 300, 400]),
+        (1234, [0, 500, 1000, 1500]),
+    ],
+)
+def test_chart_scales_have_round_marks_that_reach_the_top(peak, ticks):
+    assert reports._nice_ticks(peak) == ticks
+
+
+def test_the_chart_keeps_every_bar_and_the_running_total_inside_its_frame(db):
+    from datetime import date
+
+    rows = [
+        {"period": date(2026, 12, 1) + timedelta(days=n), "unlocks": n * 7, "cumulative": 0}
+        for n in range(31)
+    ]
+    running = 0
+    for row in rows:
+        running += row["unlocks"]
+        row["cumulative"] = running
+    svg = str(reports.chart(rows, unit="day"))
+    import re
+
+    tops = [float(y) for y in re.findall(r'<rect x="[\d.]+" y="([\d.]+)" width', svg)]
+    assert len(tops) == 1 + 31 and min(tops) >= 10  # the legend's swatch and every bar
+    line = re.search(r'<polyline points="([^"]+)"', svg).group(1)
+    assert min(float(point.split(",")[1]) for point in line.split()) >= 34  # below the top
+    assert svg.count('text-anchor="middle"') <= 8 and "Dec 31" in svg
