@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -423,19 +425,22 @@ def test_chart_scales_have_round_marks_that_reach_the_top(peak, ticks):
 def test_the_chart_keeps_every_bar_and_the_running_total_inside_its_frame(db):
     from datetime import date
 
-    rows = [
-        {"period": date(2026, 12, 1) + timedelta(days=n), "unlocks": n * 7, "cumulative": 0}
-        for n in range(31)
-    ]
-    running = 0
-    for row in rows:
-        running += row["unlocks"]
-        row["cumulative"] = running
+    rows: list[dict[str, Any]] = []
+    for n in range(31):
+        running = sum(7 * k for k in range(n + 1))
+        rows.append(
+            {
+                "period": date(2026, 12, 1) + timedelta(days=n),
+                "unlocks": 7 * n,
+                "cumulative": running,
+            }
+        )
     svg = str(reports.chart(rows, unit="day"))
-    import re
 
     tops = [float(y) for y in re.findall(r'<rect x="[\d.]+" y="([\d.]+)" width', svg)]
     assert len(tops) == 1 + 31 and min(tops) >= 10  # the legend's swatch and every bar
-    line = re.search(r'<polyline points="([^"]+)"', svg).group(1)
+    found = re.search(r'<polyline points="([^"]+)"', svg)
+    assert found is not None
+    line = found.group(1)
     assert min(float(point.split(",")[1]) for point in line.split()) >= 34  # below the top
     assert svg.count('text-anchor="middle"') <= 8 and "Dec 31" in svg
