@@ -9,8 +9,10 @@ PostgreSQL database, Redis, `celery worker` processes), records waiting
 events straight into the database (1,000 users, `visit.created` with a
 place id each user has not visited yet, up to 40, so every event moves two
 distinct-place counts, against the demo's badges), asks for one drain, and
-times until
-every event is processed, as the worker's own `processed_at` stamps tell.
+times from the first claim (the worker's own `processed_at` stamp) to the
+moment the last batch's commit is seen (polled every 20 ms): `processed_at`
+is written when a batch is claimed, so the last stamp leaves out the last
+batch's whole work.
 Set-ups:
 
 - one worker process vs two (`--concurrency 1` and `2`);
@@ -30,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import run_script, write_results  # noqa: E402
 
 SINGLE_EVENTS = 2000
+STAMPED = "last claim overstatement"
 
 LOAD = """
 import json
@@ -98,6 +102,8 @@ class Bench:
         self.topology = topology
         self.events = events
         self.runs = 0
+        # Per run: the span the last claim's stamp gives, as a share of the span to commit.
+        self.stamped: list[float] = []
 
     def load(self, *, count: int, users: int, who: str = "bench", processed: bool = False) -> str:
         self.runs += 1
@@ -117,8 +123,8 @@ class Bench:
         prefix = self.load(count=self.events, users=users, who=who)
         started = time.monotonic()
         self.topology.python("from achievements.dispatch import request_drain; request_drain()")
-        self._wait(prefix)
-        elapsed = self._span(prefix)
+        committed = self._wait(prefix)
+        elapsed = self._span(prefix, committed)
         wall = time.monotonic() - started
         return self.events / elapsed if elapsed > 0 else self.events / wall
 
@@ -134,30 +140,35 @@ class Bench:
             ".order_by('pk').values_list('pk', flat=True):\n"
             "    evaluate_event_task.delay(pk)"
         )
-        self._wait(prefix)
-        return count / max(self._span(prefix), 1e-6)
+        committed = self._wait(prefix)
+        return count / max(self._span(prefix, committed), 1e-6)
 
-    def _span(self, prefix: str) -> float:
-        """Seconds from the first of these events a worker took to the last it committed."""
+    def _span(self, prefix: str, committed: datetime) -> float:
+        """Seconds from the first of these events a worker took to the commit of the
+        last; beside it, what the last claim's stamp would have said (`stamped`)."""
         first, last = self.topology.query(
             "SELECT min(processed_at), max(processed_at) FROM achievements_event "
             "WHERE event_id LIKE %s",
             (f"{prefix}-%",),
         )[0]
-        return (last - first).total_seconds() if first and last else 0.0
+        if not (first and last):
+            return 0.0
+        self.stamped.append((last - first).total_seconds() / (committed - first).total_seconds())
+        return (committed - first).total_seconds()
 
-    def _wait(self, prefix: str, timeout: float = 600) -> None:
+    def _wait(self, prefix: str, timeout: float = 600) -> datetime:
+        """Until every event of the run is committed: when that was first seen."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             [(waiting,)] = self.topology.query(
-                "SELECT count(*) FROM achievements_event "
-                "WHERE event_id LIKE %s AND processed_at IS NULL",
+                "SELECT EXISTS (SELECT 1 FROM achievements_event "
+                "WHERE processed_at IS NULL AND event_id LIKE %s)",
                 (f"{prefix}-%",),
             )
-            if waiting == 0:
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"{waiting} events of {prefix} still waiting")
+            if not waiting:
+                return datetime.now(UTC)
+            time.sleep(0.02)
+        raise TimeoutError(f"events of {prefix} still waiting")
 
     def restart_workers(self, concurrency: int) -> None:
         for worker in self.topology.workers:
@@ -212,10 +223,15 @@ def run(events: int, repeats: int, *, quick: bool, batch: int = 0) -> dict[str, 
             raise
         finally:
             topology.stop()
-    return {name: statistics.median(values) for name, values in results.items()}
+    medians = {name: statistics.median(values) for name, values in results.items()}
+    # How much the last claim's stamp would have flattered the figures.
+    stamped = [run for run in bench.stamped[1:] if run > 0]  # not the warm-up
+    medians[STAMPED] = statistics.median(1 / run - 1 for run in stamped) if stamped else 0.0
+    return medians
 
 
 def report(results: dict[str, float], args: argparse.Namespace) -> None:
+    overstated = results.pop(STAMPED)
     one = results["1 process, 10 badges"]
     badge_ratio = results["1 process, 1,000 badges"] / one
     scale = results["2 processes"] / one
@@ -226,6 +242,7 @@ def report(results: dict[str, float], args: argparse.Namespace) -> None:
     print(f"  1,000 vs 10 badges       ratio {badge_ratio:.2f}")
     print(f"  100,000 vs 100 history   ratio {history_ratio:.2f}")
     print(f"  2 vs 1 process           x{scale:.2f}")
+    print(f"  timed to the last claim instead of the commit: {overstated:+.1%} (median of runs)")
     write_results(
         "throughput",
         {
@@ -237,6 +254,7 @@ def report(results: dict[str, float], args: argparse.Namespace) -> None:
                 "history_100000_vs_100": round(history_ratio, 3),
                 "processes_2_vs_1": round(scale, 3),
             },
+            "last_claim_overstatement": round(overstated, 4),
         },
     )
 
