@@ -1,7 +1,12 @@
-"""The README's example: a day of the feed in DuckDB gives the reports' figure."""
+"""The examples: a day of the feed in DuckDB gives the reports' figure (examples/
+feed_duckdb.py, and the README's query)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import duckdb
+from django.conf import settings
 from django.utils import timezone
 
 from achievements import reports
@@ -38,6 +43,13 @@ def test_a_day_in_duckdb_counts_the_unlocks_the_report_shows(owner, staff_user, 
         expected[badge.key] = row["unlocks"]
     assert got == expected
     assert got[images.key] == 5 and got[places.key] == 3  # users 3-6 and the grant; 2, 3, 6
+
+    # The README's query, on this directory and day, says the same.
+    readme = (Path(settings.BASE_DIR) / "README.md").read_text()
+    section = readme[readme.index("## An analytics feed") :]
+    query = section[section.index('duckdb.sql("""') + 14 : section.index('""")')]
+    query = query.replace("var/feed", str(feed_dir)).replace("2026-12-08", today.isoformat())
+    assert dict(duckdb.sql(query).fetchall()) == expected
 
 
 def test_every_field_of_every_record_is_in_the_documented_schema(owner, feed_dir):
