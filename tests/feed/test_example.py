@@ -49,7 +49,8 @@ def test_a_day_in_duckdb_counts_the_unlocks_the_report_shows(owner, staff_user, 
     section = readme[readme.index("## An analytics feed") :]
     query = section[section.index('duckdb.sql("""') + 14 : section.index('""")')]
     query = query.replace("var/feed", str(feed_dir)).replace("2026-12-08", today.isoformat())
-    assert dict(duckdb.sql(query).fetchall()) == expected
+    relation = duckdb.sql(query)
+    assert relation is not None and dict(relation.fetchall()) == expected
 
 
 def test_every_field_of_every_record_is_in_the_documented_schema(owner, feed_dir):
