@@ -278,15 +278,14 @@ def evaluate(
         for badge_id, spec in candidates:
             pair_key = (event.user_id, badge_id)
             outcome = outcomes.get(pair_key)
-            if outcome is None or pair_key in stopped:
-                # A pair no event of the batch could move is not loaded: still, the
-                # filters leaving this event out is a decision worth telling.
-                if outcome is None and decisions is not None and not progress.relevant(spec, fact):
-                    decisions.append((event.pk, badge_id, spec.id, FILTERED_OUT))
+            if pair_key in stopped or (outcome is None and decisions is None):
                 continue
+            # Told even for a pair not loaded (no event of the batch could move it).
             if not progress.relevant(spec, fact):
                 if decisions is not None:
                     decisions.append((event.pk, badge_id, spec.id, FILTERED_OUT))
+                continue
+            if outcome is None:
                 continue
             if outcome.pair.since is not None and event.occurred_at < outcome.pair.since:
                 # Before the last earning expired: it counted towards that one.

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage, storages
 from django.db import connection, transaction
-from django.db.models import Min
+from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from feed.models import Batch, File
@@ -155,8 +155,10 @@ def prune(now: datetime | None = None) -> int:
 
 def gauges() -> list[tuple[str, str, dict[str, str], float]]:
     """/metrics: what waits for the exporter."""
-    waiting = Batch.objects.filter(file__isnull=True).aggregate(n=Min("written_at"))["n"]
-    count = Batch.objects.count()
+    outbox = Batch.objects.aggregate(
+        count=Count("pk"), waiting=Min("written_at", filter=Q(file__isnull=True))
+    )
+    count, waiting = outbox["count"], outbox["waiting"]
     age = (timezone.now() - waiting).total_seconds() if waiting is not None else 0.0
     return [
         (

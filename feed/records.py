@@ -56,12 +56,8 @@ def _badges(badge_ids: set[int]) -> dict[int, str]:
         badge = index.badge(badge_id)
         number = numbers.get(versions[badge_id]) if versions[badge_id] is not None else None
         key = _dumps(badge.key) if badge is not None else "null"
-        parts[badge_id] = f'"badge_id":{badge_id},"badge":{key},"rule_version":{_json_int(number)}'
+        parts[badge_id] = f'"badge_id":{badge_id},"badge":{key},"rule_version":{_dumps(number)}'
     return parts
-
-
-def _json_int(value: int | None) -> str:
-    return "null" if value is None else str(value)
 
 
 def batch_lines(
@@ -107,7 +103,7 @@ def ledger_lines(entries: Sequence[LedgerEntry], now: datetime) -> list[str]:
             f'"unlock_id":{entry.unlock_id},"badge_id":{entry.badge_id},'
             f'"badge":{_dumps(badge.key) if badge is not None else "null"},'
             f'"tier":{entry.tier},"period":{_dumps(entry.period)},'
-            f'"rule_version":{_json_int(number)},"effective_time":{_time(entry.at)},'
+            f'"rule_version":{_dumps(number)},"effective_time":{_time(entry.at)},'
             f'"unlocked_at":{_time(unlock.unlocked_at)},"silent":{_dumps(unlock.silent)},'
             f'"cause":"{entry.cause}","event_ids":{_dumps(entry.event_ids)}}}'
         )
